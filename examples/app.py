@@ -1,0 +1,64 @@
+"""The example app: a Falcon WSGI app with monitoring on (used by the README and the tests).
+
+    gunicorn -c gunicorn_conf.py examples.app:app
+
+Routes: ``/`` hello, ``/work?ms=N`` burns N ms of CPU, ``/sleep?ms=N`` sleeps, ``/error`` answers 500.
+"""
+import time
+
+import falcon
+
+from rockstar_mp.worker.wsgi import MetricsMiddleware
+
+MAX_MS = 10_000
+
+
+def _ms(req: falcon.Request) -> int:
+    ms = req.get_param_as_int("ms", default=10, min_value=0, max_value=MAX_MS)
+    return ms
+
+
+def burn_cpu(ms: int) -> int:
+    """Spin for ``ms`` milliseconds of CPU time (the profiling tests look for this function)."""
+    deadline = time.process_time() + ms / 1000.0
+    n = 0
+    while time.process_time() < deadline:
+        n += sum(i * i for i in range(200))
+    return n
+
+
+class Hello:
+    def on_get(self, req, resp):
+        resp.media = {"hello": "rockstar-mp"}
+
+
+class Work:
+    def on_get(self, req, resp):
+        ms = _ms(req)
+        burn_cpu(ms)
+        resp.media = {"worked_ms": ms}
+
+
+class Sleep:
+    def on_get(self, req, resp):
+        ms = _ms(req)
+        time.sleep(ms / 1000.0)
+        resp.media = {"slept_ms": ms}
+
+
+class Error:
+    def on_get(self, req, resp):
+        raise falcon.HTTPInternalServerError(title="500 Internal Server Error",
+                                             description="this route always fails (by design)")
+
+
+def create_app() -> falcon.App:
+    api = falcon.App()
+    api.add_route("/", Hello())
+    api.add_route("/work", Work())
+    api.add_route("/sleep", Sleep())
+    api.add_route("/error", Error())
+    return api
+
+
+app = MetricsMiddleware(create_app())

@@ -1,0 +1,147 @@
+"""The aggregator process: ``python -m rockstar_mp.aggregator --segment PATH --config FILE --parent PID``.
+
+One asyncio loop runs uvicorn serving the Falcon app and the tick (fold dead workers, heartbeat,
+process figures). It dies with its master (``PR_SET_PDEATHSIG`` plus a parent-pid check on every tick)
+and holds an exclusive lock beside the segment, so a second aggregator for the same segment (gunicorn's
+USR2 starts a second master) waits in standby until the first is gone.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+import uvicorn
+
+from ..config import MonitoringConfig
+from ..segment import Segment
+from ..segment.layout import Header
+from .http import create_app
+from .state import AggregatorState
+
+LOCK_SUFFIX = ".agg"
+PROCESS_REFRESH = 1.0
+BIND_RETRY_SECONDS = 10.0
+
+log = logging.getLogger("rockstar_mp.aggregator")
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL us when the parent dies; exit now if it is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the tick's parent check still ends us within a tick
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+def wait_for_lock(path: str, parent: int) -> int:
+    """Take the one-aggregator-per-segment lock, waiting in standby while another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if os.getppid() != parent:
+                sys.exit(0)
+            time.sleep(0.1)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so a busy port is an error we can report."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + BIND_RETRY_SECONDS
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"rockstar-mp aggregator: cannot listen on {host}:{port}: {exc}")
+            time.sleep(0.2)
+
+
+class HttpServer:
+    """One uvicorn server on a socket we bound, driven from our loop."""
+
+    def __init__(self, app, sock: socket.socket) -> None:
+        self.sock = sock
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=2)
+        config.load()
+        self.server = uvicorn.Server(config)
+        self.server.lifespan = config.lifespan_class(config)
+
+    async def run(self) -> None:
+        await self.server.startup(sockets=[self.sock])
+        await self.server.main_loop()
+        await self.server.shutdown(sockets=[self.sock])
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+async def serve(state: AggregatorState, parent: int) -> None:
+    config = state.config
+    loop = asyncio.get_running_loop()
+    servers = [HttpServer(create_app(state), bind(config.host, config.metrics_port))]
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    tasks = [asyncio.create_task(s.run()) for s in servers]
+    next_refresh = 0.0
+    while not stopping.is_set():
+        if os.getppid() != parent:
+            break
+        try:
+            state.tick()
+            if time.monotonic() >= next_refresh:
+                state.refresh_processes()
+                next_refresh = time.monotonic() + PROCESS_REFRESH
+        except Exception:  # never let one bad tick stop serving
+            log.exception("rockstar-mp aggregator: tick failed")
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=config.tick_interval)
+        except asyncio.TimeoutError:
+            pass
+    for s in servers:
+        s.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rockstar_mp.aggregator")
+    parser.add_argument("--segment", required=True)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    die_with_parent(args.parent)
+    with open(args.config) as f:
+        config = MonitoringConfig.from_json(f.read())
+    wait_for_lock(args.segment + LOCK_SUFFIX, args.parent)
+    segment = Segment.attach(args.segment)
+    Header.aggregator_pid.set(segment.buf, os.getpid())
+    Header.aggregator_starts.set(segment.buf, Header.aggregator_starts.get(segment.buf) + 1)
+    state = AggregatorState(segment, config)
+    asyncio.run(serve(state, args.parent))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Rendering a ``Snapshot``: the spec's JSON, and the Prometheus text format (0.0.4).
+
+JSON keys are the declared names (``http.requests``); a labelled series is ``name{a="x",b="y"}``, and a
+labelled counter also has its plain name holding the sum over its label sets, so the spec's
+``counters["http.requests"]`` is always the total.
+"""
+from __future__ import annotations
+
+import math
+
+from ..series import COUNTER, GAUGE, HISTOGRAM, prometheus_name
+from .merge import Snapshot
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _label_text(names, values) -> str:
+    return ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(names, values))
+
+
+def _json_key(key, extra_names=(), extra_values=()) -> str:
+    names, values = key.labelnames + tuple(extra_names), key.labelvalues + tuple(extra_values)
+    return f"{key.name}{{{_label_text(names, values)}}}" if names else key.name
+
+
+def _number(value: float):
+    """JSON has no NaN/Inf: they become strings; whole numbers become ints."""
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    return int(value) if value.is_integer() and abs(value) < 2 ** 53 else value
+
+
+def merge_gauge(mode: str, readings: list) -> list:
+    """``[(extra label values, value)]`` for one gauge series from ``[(pid, value, stamp)]``."""
+    if not readings:
+        return []
+    values = [v for _, v, _ in readings]
+    if mode == "all":
+        return [((str(pid),), v) for pid, v, _ in readings]
+    if mode == "max":
+        return [((), max(values))]
+    if mode == "min":
+        return [((), min(values))]
+    if mode == "last":
+        return [((), max(readings, key=lambda r: r[2])[1])]
+    return [((), math.fsum(values))]
+
+
+def _series_values(snap: Snapshot, pid: int | None):
+    """Yield ``(info, values)`` per series: merged totals, or one worker's values when ``pid`` is set."""
+    if pid is None:
+        for sid, info in enumerate(snap.series):
+            if info.cell >= 0:
+                yield info, snap.totals[info.cell:info.cell + info.n], None
+            elif info.key.kind == GAUGE and sid in snap.gauges:
+                yield info, None, snap.gauges[sid]
+        return
+    worker = snap.worker(pid)
+    if worker is None:
+        return
+    for sid, local in worker.cache.series:
+        info = snap.series[sid]
+        values = worker.values[local:local + info.n]
+        if info.cell >= 0:
+            yield info, values, None
+        else:
+            yield info, None, [(pid, values[0], values[1])]
+
+
+def _histogram_json(key, values) -> dict:
+    bounds = key.extra
+    cumulative, buckets = 0.0, {}
+    for bound, count in zip(list(bounds) + [math.inf], values[:-1]):
+        cumulative += count
+        buckets["+Inf" if bound == math.inf else repr(float(bound))] = _number(cumulative)
+    return {"count": _number(cumulative), "sum": _number(values[-1]), "buckets": buckets}
+
+
+def render_json(snap: Snapshot, pid: int | None = None) -> dict:
+    """The spec's ``{"counters", "gauges", "histograms"}`` part of the JSON (system and workers are
+    added by the caller)."""
+    counters: dict = {}
+    gauges: dict = {}
+    histograms: dict = {}
+    for info, values, readings in _series_values(snap, pid):
+        key = info.key
+        if key.kind == COUNTER:
+            counters[_json_key(key)] = _number(values[0])
+            if key.labelnames:
+                counters[key.name] = _number(counters.get(key.name, 0) + values[0])
+        elif key.kind == HISTOGRAM:
+            histograms[_json_key(key)] = _histogram_json(key, values)
+        elif key.kind == GAUGE:
+            for extra_values, value in merge_gauge(key.extra[0], readings):
+                names = ("pid",) if extra_values else ()
+                gauges[_json_key(key, names, extra_values)] = _number(value)
+    return {"counters": counters, "gauges": gauges, "histograms": histograms}
+
+
+def _go_float(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
+def _help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def render_prometheus(snap: Snapshot, pid: int | None = None) -> str:
+    """The Prometheus text exposition format 0.0.4, one family per metric name."""
+    families: dict[str, list] = {}
+    for info, values, readings in _series_values(snap, pid):
+        families.setdefault(info.key.name, []).append((info.key, values, readings))
+    out: list[str] = []
+    for name, members in families.items():
+        key0 = members[0][0]
+        base = prometheus_name(name)
+        if key0.kind == COUNTER:
+            sample = base if base.endswith("_total") else base + "_total"
+            out.append(f"# HELP {sample} {_help(key0.documentation)}\n# TYPE {sample} counter\n")
+            for key, values, _ in members:
+                out.append(f"{sample}{_braces(key.labelnames, key.labelvalues)} {_go_float(values[0])}\n")
+        elif key0.kind == GAUGE:
+            out.append(f"# HELP {base} {_help(key0.documentation)}\n# TYPE {base} gauge\n")
+            for key, _, readings in members:
+                for extra_values, value in merge_gauge(key.extra[0], readings):
+                    names = key.labelnames + (("pid",) if extra_values else ())
+                    out.append(f"{base}{_braces(names, key.labelvalues + extra_values)} {_go_float(value)}\n")
+        elif key0.kind == HISTOGRAM:
+            out.append(f"# HELP {base} {_help(key0.documentation)}\n# TYPE {base} histogram\n")
+            for key, values, _ in members:
+                out.append(_histogram_lines(base, key, values))
+    return "".join(out)
+
+
+def _braces(names, values) -> str:
+    return "{" + _label_text(names, values) + "}" if names else ""
+
+
+def _histogram_lines(base: str, key, values) -> str:
+    lines, cumulative = [], 0.0
+    for bound, count in zip(list(key.extra) + [math.inf], values[:-1]):
+        cumulative += count
+        labels = _braces(key.labelnames + ("le",), key.labelvalues + (_go_float(bound),))
+        lines.append(f"{base}_bucket{labels} {_go_float(cumulative)}\n")
+    plain = _braces(key.labelnames, key.labelvalues)
+    lines.append(f"{base}_sum{plain} {_go_float(values[-1])}\n{base}_count{plain} {_go_float(cumulative)}\n")
+    return "".join(lines)

@@ -1,0 +1,235 @@
+"""The merge: every live worker's slab plus the retired totals, into one ``Snapshot``.
+
+Incremental: each slab's catalogue is parsed once per tenancy (only new entries after that), and each
+series gets fixed cells in one flat accumulator, so a merge is one ``tolist()`` per slab and one add per
+value. Its cost follows live workers x live series, never how many workers have come and gone.
+
+Dead workers: a retired slab's counters and histograms are *folded* into the retired totals, which live
+in the aggregator's region of the segment as two copies (write the inactive one, then flip), each naming
+the last (slab, generation) it folded. A fold interrupted at any point is neither lost nor done twice.
+Gauges are live-only: a dead worker's gauge is dropped.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..segment import LIVE, RETIRED, CatalogueFull, CatalogueWriter, Segment, SlotInfo, process_alive
+from ..segment import read_entries, reset_body
+from ..segment.layout import Body, Header
+from ..series import COUNTER, GAUGE, HISTOGRAM, SeriesKey
+
+log = logging.getLogger("rockstar_mp.aggregator")
+
+
+@dataclass
+class SeriesInfo:
+    """A series known to the aggregator: its key and, for summed kinds, its first accumulator cell."""
+
+    raw: bytes
+    key: SeriesKey
+    cell: int  # -1 for gauges (merged by mode, not summed)
+
+    @property
+    def n(self) -> int:
+        return self.key.n_values
+
+
+@dataclass
+class SlabCache:
+    """What has been parsed of one slab tenancy."""
+
+    generation: int
+    base: int  # segment-wide float64 index of the slab's first value
+    parsed: int = 0
+    n_local: int = 0  # values covered by the parsed entries
+    summed: list = field(default_factory=list)  # (accumulator cell, local offset)
+    gauges: list = field(default_factory=list)  # (series id, local offset)
+    series: list = field(default_factory=list)  # (series id, local offset), every entry
+
+
+@dataclass
+class WorkerSeries:
+    """One live worker's slab as merged: its slot, parsed catalogue and the values read."""
+
+    slot: SlotInfo
+    cache: SlabCache
+    values: list
+    heartbeat: float
+    catalogue_full: int
+
+
+@dataclass
+class Snapshot:
+    """One merge: everything the aggregator serves is rendered from one of these."""
+
+    taken: float
+    series: list  # SeriesInfo by series id
+    totals: list  # the accumulator: retired + every live worker, by cell
+    gauges: dict  # series id -> [(pid, value, stamp)]
+    workers: list  # WorkerSeries of live workers
+    workers_folded: int
+    retired_overflow: int
+    claim_failures: int
+
+    def worker(self, pid: int) -> WorkerSeries | None:
+        return next((w for w in self.workers if w.slot.pid == pid), None)
+
+
+class Merger:
+    """Owns the retired totals and merges the segment. One per aggregator, used from its one loop."""
+
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self.geometry = segment.geometry
+        self.series: list[SeriesInfo] = []
+        self._ids: dict[bytes, int] = {}
+        self._n_cells = 0
+        self.retired: list[float] = []  # retired totals by accumulator cell
+        self._retired_ids: list[int] = []  # series present in the retired totals, in order
+        self._slabs: dict[int, SlabCache] = {}
+        self.workers_folded = 0
+        self.retired_overflow = 0
+        self._folded_marker = (0, 0)
+        self._load_retired()
+
+    # -- series ---------------------------------------------------------------------------------
+    def _series_id(self, raw: bytes) -> int:
+        sid = self._ids.get(raw)
+        if sid is None:
+            key = SeriesKey.decode(raw)
+            cell = -1
+            if key.kind in (COUNTER, HISTOGRAM):
+                cell = self._n_cells
+                self._n_cells += key.n_values
+                self.retired.extend([0.0] * key.n_values)
+            sid = len(self.series)
+            self.series.append(SeriesInfo(raw, key, cell))
+            self._ids[raw] = sid
+        return sid
+
+    def _sync(self, slot: SlotInfo) -> SlabCache:
+        """Parse the entries the slab's worker appended since the last look."""
+        cache = self._slabs.get(slot.slab)
+        if cache is None or cache.generation != slot.generation:
+            base = (self.geometry.slab_offset(slot.slab) + self.geometry.slab.values_offset) // 8
+            cache = self._slabs[slot.slab] = SlabCache(slot.generation, base)
+        entries = read_entries(self.segment.buf, self.geometry.slab,
+                               self.geometry.slab_offset(slot.slab), cache.parsed)
+        for raw, first, n in entries:
+            try:
+                sid = self._series_id(raw)
+            except Exception:  # a key we cannot decode: skip it, never stop merging
+                log.warning("rockstar-mp: undecodable series key in slab %d", slot.slab)
+                sid = -1
+            local = first - cache.base
+            cache.parsed += 1
+            cache.n_local = max(cache.n_local, local + n)
+            if sid < 0:
+                continue
+            info = self.series[sid]
+            cache.series.append((sid, local))
+            if info.cell >= 0:
+                cache.summed.extend((info.cell + i, local + i) for i in range(min(n, info.n)))
+            elif info.key.kind == GAUGE:
+                cache.gauges.append((sid, local))
+        return cache
+
+    def _read(self, cache: SlabCache) -> list:
+        return self.segment.doubles[cache.base:cache.base + cache.n_local].tolist()
+
+    # -- dead workers ---------------------------------------------------------------------------
+    def collect_dead(self) -> int:
+        """Retire live slabs whose worker died unseen, and fold every retired slab. Returns folds."""
+        folded = 0
+        for slot in self.segment.slots():
+            if slot.state == LIVE and slot.pid and not process_alive(slot.pid, slot.proc_start):
+                if self.segment.retire_slab(slot.slab, slot.generation):
+                    slot = self.segment.slot(slot.slab)
+            if slot.state == RETIRED:
+                self._fold(slot)
+                folded += 1
+        return folded
+
+    def _fold(self, slot: SlotInfo) -> None:
+        if (slot.slab, slot.generation) != self._folded_marker:
+            cache = self._sync(slot)
+            values = self._read(cache)
+            retired = self.retired
+            for cell, local in cache.summed:
+                retired[cell] += values[local]
+            known = set(self._retired_ids)
+            self._retired_ids.extend(sid for sid, _ in cache.series
+                                     if self.series[sid].cell >= 0 and sid not in known)
+            self.workers_folded += 1
+            self._folded_marker = (slot.slab, slot.generation)
+            self._write_retired()
+        self._slabs.pop(slot.slab, None)
+        reset_body(self.segment.buf, self.geometry.slab_offset(slot.slab))
+        self.segment.free_slab(slot.slab, slot.generation)
+
+    def _write_retired(self) -> None:
+        """Write the totals into the inactive retired copy, then make it the active one."""
+        buf, doubles = self.segment.buf, self.segment.doubles
+        inactive = 1 - Header.retired_active.get(buf)
+        base = self.geometry.retired_copy(inactive)
+        reset_body(buf, base)
+        writer = CatalogueWriter(buf, self.geometry.retired, base)
+        overflow = 0
+        for sid in self._retired_ids:
+            info = self.series[sid]
+            try:
+                first = writer.append(info.raw, info.n)
+            except CatalogueFull:
+                overflow += 1  # kept in memory; lost only if the aggregator restarts
+                continue
+            for i in range(info.n):
+                doubles[first + i] = self.retired[info.cell + i]
+        if overflow and overflow != self.retired_overflow:
+            log.error("rockstar-mp: %d retired series do not fit the retired region: raise "
+                      "retired_max_series/retired_max_values", overflow)
+        self.retired_overflow = overflow
+        Body.folded_slab.set(buf, self._folded_marker[0], base)
+        Body.folded_generation.set(buf, self._folded_marker[1], base)
+        Body.workers_folded.set(buf, self.workers_folded, base)
+        Header.retired_active.set(buf, inactive)  # the flip: one aligned store
+
+    def _load_retired(self) -> None:
+        """Start from the active retired copy (an aggregator restart loses nothing)."""
+        buf = self.segment.buf
+        base = self.geometry.retired_copy(Header.retired_active.get(buf))
+        layout = self.geometry.retired
+        for raw, first, n in read_entries(buf, layout, base):
+            sid = self._series_id(raw)
+            info = self.series[sid]
+            if info.cell < 0:
+                continue
+            for i in range(min(n, info.n)):
+                self.retired[info.cell + i] = self.segment.doubles[first + i]
+            self._retired_ids.append(sid)
+        self.workers_folded = Body.workers_folded.get(buf, base)
+        self._folded_marker = (Body.folded_slab.get(buf, base), Body.folded_generation.get(buf, base))
+
+    # -- the merge ------------------------------------------------------------------------------
+    def merge(self) -> Snapshot:
+        """One consistent view: retired totals plus every live (and not yet folded) slab."""
+        buf = self.segment.buf
+        slots = [s for s in self.segment.slots() if s.state in (LIVE, RETIRED)]
+        caches = [(slot, self._sync(slot)) for slot in slots]
+        totals = self.retired.copy()
+        gauges: dict[int, list] = {}
+        workers = []
+        for slot, cache in caches:
+            values = self._read(cache)
+            for cell, local in cache.summed:
+                totals[cell] += values[local]
+            if slot.state != LIVE:
+                continue
+            for sid, local in cache.gauges:
+                gauges.setdefault(sid, []).append((slot.pid, values[local], values[local + 1]))
+            body = self.geometry.slab_offset(slot.slab)
+            workers.append(WorkerSeries(slot, cache, values, Body.heartbeat.get(buf, body),
+                                        Body.catalogue_full.get(buf, body)))
+        return Snapshot(time.time(), self.series, totals, gauges, workers, self.workers_folded,
+                        self.retired_overflow, Header.claim_failures.get(buf))

@@ -1,0 +1,111 @@
+"""What the aggregator knows at any moment: the latest merge and the workers' process figures.
+
+Everything the HTTP (and later SNMP) surfaces serve comes from here, already computed; a scrape only
+re-merges when the last merge is older than ``snapshot_max_age`` (a merge takes milliseconds).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+from ..config import MonitoringConfig
+from ..segment import STATE_NAMES, Segment
+from ..segment.layout import Header
+from .merge import Merger, Snapshot
+
+GC_SERIES = "rockstar.gc.collections"
+
+
+class ProcessStats:
+    """psutil figures per worker pid, refreshed on the aggregator's tick (never on a scrape)."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+        self.stats: dict[int, dict] = {}
+
+    def refresh(self, pids: list[int]) -> None:
+        stats = {}
+        for pid in pids:
+            proc = self._procs.get(pid)
+            try:
+                if proc is None:
+                    proc = self._procs[pid] = psutil.Process(pid)
+                    proc.cpu_percent(None)  # the first call only starts the measurement
+                with proc.oneshot():
+                    mem = proc.memory_info()
+                    cpu = proc.cpu_times()
+                    stats[pid] = {"rss": mem.rss, "vms": mem.vms, "cpu_percent": proc.cpu_percent(None),
+                                  "cpu_seconds": round(cpu.user + cpu.system, 3),
+                                  "threads": proc.num_threads()}
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                self._procs.pop(pid, None)
+        for gone in set(self._procs) - set(pids):
+            del self._procs[gone]
+        self.stats = stats
+
+
+class AggregatorState:
+    def __init__(self, segment: Segment, config: MonitoringConfig) -> None:
+        self.segment = segment
+        self.config = config
+        self.merger = Merger(segment)
+        self.procs = ProcessStats()
+        self.started = time.time()
+        self._snapshot: Snapshot | None = None
+
+    def tick(self) -> None:
+        """Fold dead workers, beat, and refresh the cached merge."""
+        Header.aggregator_heartbeat.set(self.segment.buf, time.time())
+        if self.merger.collect_dead():
+            self._snapshot = None
+        self.snapshot()
+
+    def refresh_processes(self) -> None:
+        self.procs.refresh([w.slot.pid for w in self.snapshot().workers])
+
+    def snapshot(self) -> Snapshot:
+        snap = self._snapshot
+        if snap is None or time.time() - snap.taken > self.config.snapshot_max_age:
+            snap = self._snapshot = self.merger.merge()
+        return snap
+
+    # -- the JSON sections beside the metrics ---------------------------------------------------
+    def workers_json(self, snap: Snapshot) -> list[dict]:
+        out = []
+        for w in snap.workers:
+            slot = w.slot
+            proc = self.procs.stats.get(slot.pid, {})
+            out.append({"pid": slot.pid, "age": slot.age, "slab": slot.slab,
+                        "state": STATE_NAMES[slot.state], "started": slot.proc_start,
+                        "heartbeat": w.heartbeat, "rss": proc.get("rss"),
+                        "cpu_percent": proc.get("cpu_percent"), "cpu_seconds": proc.get("cpu_seconds"),
+                        "threads": proc.get("threads"), "series": w.cache.parsed,
+                        "catalogue_full": w.catalogue_full})
+        return out
+
+    def system_json(self, snap: Snapshot) -> dict:
+        procs = [self.procs.stats.get(w.slot.pid, {}) for w in snap.workers]
+        rss = sum(p.get("rss", 0) for p in procs)
+        machine = psutil.virtual_memory()
+        num_gc = sum(snap.totals[info.cell] for info in snap.series if info.key.name == GC_SERIES)
+        return {
+            "num_cpu": os.cpu_count(),
+            "num_goroutine": sum(p.get("threads", 0) for p in procs),
+            "memory_alloc": rss,
+            "memory_rss": rss,
+            "num_gc": int(num_gc),
+            "workers_live": len(snap.workers),
+            "workers_folded": snap.workers_folded,
+            "cpu_percent": round(sum(p.get("cpu_percent", 0.0) for p in procs), 1),
+            "machine_memory_total": machine.total,
+            "machine_memory_available": machine.available,
+            "load_average": list(os.getloadavg()),
+            "uptime_seconds": round(time.time() - Header.created.get(self.segment.buf), 3),
+            "aggregator_pid": os.getpid(),
+            "aggregator_starts": Header.aggregator_starts.get(self.segment.buf),
+            "catalogue_full": sum(w.catalogue_full for w in snap.workers),
+            "claim_failures": snap.claim_failures,
+            "retired_overflow": snap.retired_overflow,
+        }

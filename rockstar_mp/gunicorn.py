@@ -1,0 +1,67 @@
+"""gunicorn hooks: ``from rockstar_mp.gunicorn import *`` in a gunicorn config file turns monitoring on.
+
+Example ``gunicorn_conf.py``::
+
+    from rockstar_mp import MonitoringConfig
+    from rockstar_mp.gunicorn import *  # on_starting, pre_fork, post_fork, child_exit, on_exit, ...
+    configure(MonitoringConfig(metrics_port=9090))
+
+Hooks of your own can call ours: ``rockstar_mp.gunicorn.post_fork(server, worker)``.
+The state lives in this module, not in the config file, so it survives gunicorn's HUP (which re-executes
+the config file); a USR2 master re-attaches the segment its parent exported.
+"""
+from __future__ import annotations
+
+from .config import MonitoringConfig
+from .master.manager import MonitoringManager
+from .worker.attach import attach_worker
+
+__all__ = ["configure", "on_starting", "on_reload", "pre_fork", "post_fork", "child_exit", "on_exit"]
+
+_config: MonitoringConfig | None = None
+_manager: MonitoringManager | None = None
+
+
+def configure(config: MonitoringConfig) -> None:
+    """Set the config the hooks use (call it in the gunicorn config file; defaults otherwise)."""
+    global _config
+    _config = config
+
+
+def manager() -> MonitoringManager | None:
+    """The master's manager (None in a worker or before ``on_starting``)."""
+    return _manager
+
+
+def on_starting(server) -> None:
+    global _manager
+    _manager = MonitoringManager(_config).start()
+    server.log.info("rockstar-mp: segment %s, metrics on http://%s:%d%s", _manager.segment.path,
+                    _manager.config.host, _manager.config.metrics_port, _manager.config.metrics_path)
+
+
+def on_reload(server) -> None:
+    if _manager is not None and _config is not None and _config.with_env() != _manager.config:
+        _manager.reload(_config)
+
+
+def pre_fork(server, worker) -> None:
+    if _manager is not None:
+        worker.rockstar_slab = _manager.assign_slab(age=worker.age)
+
+
+def post_fork(server, worker) -> None:
+    slab = getattr(worker, "rockstar_slab", None)
+    if _manager is not None and slab is not None:
+        attach_worker(_manager.segment, *slab)
+
+
+def child_exit(server, worker) -> None:
+    slab = getattr(worker, "rockstar_slab", None)
+    if _manager is not None and slab is not None:
+        _manager.retire_slab(*slab)
+
+
+def on_exit(server) -> None:
+    if _manager is not None:
+        _manager.stop()

@@ -1,0 +1,156 @@
+"""``MonitoringManager``: what the master (the pre-fork parent) runs.
+
+It creates the segment (or re-attaches the one a previous master exported, as after gunicorn's USR2),
+hands out slabs before each fork, retires them when a worker exits, and supervises the aggregator.
+Nothing here blocks: every call takes microseconds, so it is safe inside the arbiter's hooks.
+
+Example, any pre-fork server::
+
+    manager = MonitoringManager(MonitoringConfig(metrics_port=9090))
+    manager.start()
+    for _ in range(4):
+        slab = manager.assign_slab()
+        if os.fork() == 0:
+            rockstar_mp.attach_worker(manager.segment, *slab)
+            serve_forever()
+    ...
+    manager.stop()
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+
+from ..config import MonitoringConfig
+from ..segment import Geometry, LayoutMismatch, Segment, stale_segments
+from ..worker.attach import SEGMENT_ENV
+from .supervisor import AggregatorSupervisor
+
+RUN_DIR_ENV = "ROCKSTAR_PRIVATE_RUN_DIR"  # the private run directory, inherited by a re-executed master
+AGGREGATOR_LOCK_SUFFIX = ".agg"
+
+log = logging.getLogger("rockstar_mp.master")
+
+
+def geometry_for(config: MonitoringConfig) -> Geometry:
+    return Geometry(n_slabs=config.max_workers, slab_max_series=config.slab_max_series,
+                    slab_heap_bytes=config.slab_max_series * 128, slab_max_values=config.slab_max_values,
+                    retired_max_series=config.retired_max_series,
+                    retired_heap_bytes=config.retired_max_series * 128,
+                    retired_max_values=config.retired_max_values)
+
+
+class MonitoringManager:
+    """Owns the segment and the aggregator for one pre-fork master."""
+
+    def __init__(self, config: MonitoringConfig | None = None) -> None:
+        self.config = (config or MonitoringConfig()).with_env()
+        self.segment: Segment | None = None
+        self.run_dir: str | None = None
+        self._own_run_dir = False
+        self._supervisor: AggregatorSupervisor | None = None
+        self._pid = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "MonitoringManager":
+        """Create or re-attach the segment and start the aggregator. Call once, before forking."""
+        if self.segment is not None:
+            return self
+        self._pid = os.getpid()
+        self.segment = self._open_segment()
+        self.segment.register_master(self._pid)
+        os.environ[SEGMENT_ENV] = self.segment.path
+        self._open_run_dir()
+        self._write_aggregator_config()
+        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path())
+        self._supervisor.start()
+        return self
+
+    def _open_segment(self) -> Segment:
+        inherited = os.environ.get(SEGMENT_ENV)
+        if inherited and os.path.exists(inherited):
+            try:
+                return Segment.attach(inherited)  # a re-executed master (USR2) carries the totals on
+            except (OSError, LayoutMismatch) as exc:
+                log.warning("rockstar-mp: not re-attaching %s (%s); creating a new segment", inherited, exc)
+        for path in stale_segments(self.config.segment_dir):
+            log.info("rockstar-mp: removing %s, left by a master that died", path)
+            _remove_segment_files(path)
+        return Segment.create(self.config.segment_dir, geometry_for(self.config))
+
+    def _open_run_dir(self) -> None:
+        if self.config.run_dir:
+            self.run_dir = self.config.run_dir
+            os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+            return
+        inherited = os.environ.get(RUN_DIR_ENV)
+        if inherited and os.path.isdir(inherited):
+            self.run_dir = inherited
+        else:
+            self.run_dir = tempfile.mkdtemp(prefix="rockstar-mp-")
+            os.environ[RUN_DIR_ENV] = self.run_dir
+        self._own_run_dir = True
+
+    def _config_path(self) -> str:
+        assert self.run_dir is not None
+        return os.path.join(self.run_dir, f"aggregator-{self._pid}.json")
+
+    def _write_aggregator_config(self) -> None:
+        """The config goes to the aggregator in a 0600 file, never on its command line (ps shows argv)."""
+        path = self._config_path()
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.config.to_json())
+        os.replace(path + ".tmp", path)
+
+    def reload(self, config: MonitoringConfig) -> None:
+        """Apply a new config (gunicorn HUP): the aggregator restarts with it; the segment stays."""
+        self.config = config.with_env()
+        if self._supervisor is None:
+            return
+        self._write_aggregator_config()
+        self._supervisor.stop()
+        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path())  # type: ignore
+        self._supervisor.start()
+
+    def stop(self) -> None:
+        """Stop the aggregator; remove the segment unless another master still uses it."""
+        if self.segment is None or os.getpid() != self._pid:
+            return
+        if self._supervisor is not None:
+            self._supervisor.stop()
+        others = self.segment.unregister_master(self._pid)
+        path = self.segment.path
+        self.segment.close()
+        self.segment = None
+        with contextlib.suppress(OSError):
+            os.unlink(self._config_path())
+        if not others:
+            _remove_segment_files(path)
+            if self._own_run_dir and self.run_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            for name in (SEGMENT_ENV, RUN_DIR_ENV):
+                os.environ.pop(name, None)
+
+    # -- slabs ----------------------------------------------------------------------------------
+    def assign_slab(self, age: int | None = None) -> tuple[int, int]:
+        """Reserve a slab for the worker about to be forked: ``(slab, generation)``."""
+        assert self.segment is not None, "start() the manager first"
+        return self.segment.claim_slab(age=age, master_pid=os.getpid())
+
+    def retire_slab(self, slab: int, generation: int) -> bool:
+        """The worker of that tenancy exited: its counts will be folded into the retired totals."""
+        return self.segment is not None and self.segment.retire_slab(slab, generation)
+
+    @property
+    def aggregator_pid(self) -> int:
+        return self._supervisor.pid if self._supervisor else 0
+
+
+def _remove_segment_files(path: str) -> None:
+    for name in (path, path + AGGREGATOR_LOCK_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)

@@ -1,0 +1,418 @@
+"""The metrics API used in workers: ``Counter``, ``Gauge``, ``Histogram``, with ``labels(...)``.
+
+Every series owns a run of float64 cells. Until the process attaches to a slab (``attach_worker``), the
+cells are private memory; attaching moves every declared series into the worker's slab, where the
+aggregator reads it. An update is one ``memoryview`` store: no lock and no system call.
+
+Why no lock: under the GIL, CPython switches threads only at its eval-breaker checks, and none falls
+inside ``view[i] += x`` (load, add and store are one uninterrupted run of bytecodes), so updates from
+many threads (gunicorn's gthread worker) are exact. On a free-threaded build, where that no longer holds,
+every update takes a per-series lock instead (``_LOCKED`` below).
+
+Example::
+
+    from rockstar_mp import Counter, Histogram
+
+    REQUESTS = Counter("http.requests", "Requests served", ["method", "status"])
+    LATENCY = Histogram("http.latency", "Seconds per request")
+
+    REQUESTS.labels("GET", "200").inc()
+    with LATENCY.time():
+        handle()
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time as _time
+from bisect import bisect_left
+from typing import Callable, Iterable, Sequence
+
+from .segment import CatalogueFull
+from .series import (COUNTER, GAUGE, GAUGE_MODES, HISTOGRAM, SeriesKey, check_labelnames,
+                     check_name)
+
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+_LOCKED = hasattr(sys, "_is_gil_enabled") and not sys._is_gil_enabled()
+
+
+class _Unbound:
+    """Stands in for the cells of a labelled parent, so ``parent.inc()`` says what to do."""
+
+    def __init__(self, name: str, labelnames: tuple) -> None:
+        self._message = f"{name} has labels {labelnames}: call .labels(...) and update the result"
+
+    def __getitem__(self, _):
+        raise TypeError(self._message)
+
+    __setitem__ = __getitem__
+
+
+class LocalStore:
+    """Cells in private memory: used before a process attaches to a slab (and in the master)."""
+
+    def register(self, key: bytes, n_values: int):
+        return memoryview(bytearray(8 * n_values)).cast("d"), 0
+
+
+class Registry:
+    """All families declared in this process, and the store their cells live in."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, "_Family"] = {}
+        self._lock = threading.RLock()
+        self.store = LocalStore()
+
+    def register(self, family: "_Family") -> None:
+        with self._lock:
+            if family.name in self._families:
+                raise ValueError(f"metric {family.name!r} is already declared in this process: "
+                                 "declare each metric once, at module level, and import it")
+            self._families[family.name] = family
+
+    def unregister(self, family: "_Family") -> None:
+        """Forget a family (its series keep their last values in the slab)."""
+        with self._lock:
+            if self._families.get(family.name) is family:
+                del self._families[family.name]
+
+    def families(self) -> list["_Family"]:
+        with self._lock:
+            return list(self._families.values())
+
+    def bind(self, store) -> list[str]:
+        """Move every series to ``store`` (attach); returns the keys that did not fit."""
+        with self._lock:
+            self.store = store
+            refused = []
+            for family in self._families.values():
+                for series in family._all_series():
+                    try:
+                        series._bind(store)
+                    except CatalogueFull:
+                        series._bind(LocalStore())
+                        refused.append(series._key.decode("latin-1"))
+            return refused
+
+    def _after_fork(self) -> None:
+        self._lock = threading.RLock()
+        for family in self._families.values():
+            family._lock = threading.Lock()
+
+
+REGISTRY = Registry()
+os.register_at_fork(after_in_child=REGISTRY._after_fork)
+
+
+class _Series:
+    """One series: a key and its cells. Subclasses add the update methods."""
+
+    __slots__ = ("_vals", "_idx", "_key", "_n")
+
+    def _init_series(self, key: SeriesKey, registry: Registry) -> None:
+        self._key = key.encode()
+        self._n = key.n_values
+        self._bind(registry.store)
+
+    def _bind(self, store) -> None:
+        vals, idx = store.register(self._key, self._n)
+        self._vals, self._idx = vals, idx
+
+    def _values(self) -> list[float]:
+        return [self._vals[self._idx + i] for i in range(self._n)]
+
+
+class _Family:
+    """The shared part of a metric: its name, labels and children."""
+
+    kind = ""
+    _child_class: type = _Series
+
+    def __init__(self, name: str, documentation: str = "", labelnames: Iterable[str] = (),
+                 extra: tuple = (), registry: Registry | None = None) -> None:
+        check_name(name)
+        labelnames = tuple(labelnames)
+        check_labelnames(labelnames, self.kind)
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self._extra = extra
+        self._registry = registry or REGISTRY
+        self._children: dict[tuple, _Series] = {}
+        self._lock = threading.Lock()
+        if labelnames:
+            self._vals, self._idx, self._key, self._n = _Unbound(name, labelnames), 0, b"", 0
+        self._family = self
+
+    def _series_key(self, values: tuple) -> SeriesKey:
+        return SeriesKey(self.kind, self.name, self.documentation, self.labelnames, values, self._extra)
+
+    def _all_series(self) -> list[_Series]:
+        if not self.labelnames:
+            return [self]  # type: ignore[list-item]
+        with self._lock:
+            return list({id(c): c for c in self._children.values()}.values())
+
+    def labels(self, *values, **kwvalues):
+        """The child series for these label values (positional, or all by name).
+
+        >>> REQUESTS.labels("GET", "200").inc()
+        >>> REQUESTS.labels(method="GET", status="200").inc()
+        """
+        if kwvalues:
+            if values or set(kwvalues) != set(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(kwvalues)}")
+            values = tuple(kwvalues[n] for n in self.labelnames)
+        try:
+            return self._children[values]
+        except KeyError:
+            return self._new_child(values)
+        except TypeError:
+            raise ValueError(f"label values of {self.name} must be hashable (strings)") from None
+
+    def _new_child(self, values: tuple):
+        if not self.labelnames:
+            raise ValueError(f"{self.name} has no labels; update it directly")
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes {len(self.labelnames)} label values "
+                             f"{self.labelnames}, got {len(values)}")
+        text = tuple(str(v) for v in values)
+        with self._registry._lock, self._lock:
+            child = self._children.get(text)
+            if child is None:
+                child = self._child_class.__new__(self._child_class)
+                child._family = self
+                child._init_child()
+                child._init_series(self._series_key(text), self._registry)
+                self._children[text] = child
+            self._children[values] = child
+            return child
+
+    def _declare(self) -> None:
+        """Register in the registry; an unlabelled family is its own series."""
+        with self._registry._lock:
+            self._registry.register(self)
+            if not self.labelnames:
+                self._init_series(self._series_key(()), self._registry)
+
+
+class _CounterSeries(_Series):
+    __slots__ = ("_family",)
+
+    def _init_child(self) -> None:
+        pass
+
+    def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` (>= 0)."""
+        if amount < 0:
+            raise ValueError("a counter only goes up: inc() takes amount >= 0")
+        self._vals[self._idx] += amount
+
+    def get(self) -> float:
+        """This worker's value (the aggregator merges every worker's)."""
+        return self._vals[self._idx]
+
+    def _set_total(self, value: float) -> None:
+        """Runtime use: store an absolute count this process keeps elsewhere (gc collections)."""
+        self._vals[self._idx] = value
+
+
+class _GaugeSeries(_Series):
+    __slots__ = ("_family",)
+
+    def _init_child(self) -> None:
+        pass
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._vals[self._idx] += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self._vals[self._idx] -= amount
+
+    def set(self, value: float) -> None:
+        self._vals[self._idx] = value
+
+    def set_to_current_time(self) -> None:
+        self.set(_time.time())
+
+    def get(self) -> float:
+        return self._vals[self._idx]
+
+    def track_inprogress(self) -> "_InProgress":
+        """Context manager (and decorator): +1 while the block runs."""
+        return _InProgress(self)
+
+
+class _LastGaugeSeries(_GaugeSeries):
+    """A gauge merged as ``last``: each update also stamps the time, the newest worker wins."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._vals[self._idx] += amount
+        self._vals[self._idx + 1] = _time.time()
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.inc(-amount)
+
+    def set(self, value: float) -> None:
+        self._vals[self._idx] = value
+        self._vals[self._idx + 1] = _time.time()
+
+
+class _HistogramSeries(_Series):
+    __slots__ = ("_family", "_bounds", "_sum_at")
+
+    def _init_child(self) -> None:
+        self._bounds = self._family._extra
+        self._sum_at = len(self._bounds) + 1
+
+    def observe(self, amount: float) -> None:
+        """Count one observation in its bucket (``le`` bounds: v <= bound) and add it to the sum."""
+        vals = self._vals
+        idx = self._idx
+        vals[idx + bisect_left(self._bounds, amount)] += 1.0
+        vals[idx + self._sum_at] += amount
+
+    def time(self) -> "_Timer":
+        """Context manager (and decorator) observing the seconds the block took."""
+        return _Timer(self.observe)
+
+
+class _Timer:
+    __slots__ = ("_observe", "_start")
+
+    def __init__(self, observe: Callable[[float], None]) -> None:
+        self._observe = observe
+
+    def __enter__(self) -> "_Timer":
+        self._start = _time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._observe(_time.perf_counter() - self._start)
+
+    def __call__(self, func):
+        import functools
+
+        @functools.wraps(func)
+        def wrapped(*args, **kwargs):
+            with _Timer(self._observe):
+                return func(*args, **kwargs)
+        return wrapped
+
+
+class _InProgress:
+    __slots__ = ("_gauge",)
+
+    def __init__(self, gauge: _GaugeSeries) -> None:
+        self._gauge = gauge
+
+    def __enter__(self) -> None:
+        self._gauge.inc()
+
+    def __exit__(self, *exc) -> None:
+        self._gauge.dec()
+
+    def __call__(self, func):
+        import functools
+
+        @functools.wraps(func)
+        def wrapped(*args, **kwargs):
+            with self:
+                return func(*args, **kwargs)
+        return wrapped
+
+
+def _locked(cls: type) -> type:
+    """On free-threaded builds, wrap every update method of ``cls`` in a per-class lock."""
+    if not _LOCKED:
+        return cls
+    lock = threading.Lock()
+    for name in ("inc", "dec", "set", "observe", "_set_total"):
+        method = cls.__dict__.get(name)
+        if method is None:
+            continue
+
+        def guarded(self, *args, _method=method):
+            with lock:
+                _method(self, *args)
+        setattr(cls, name, guarded)
+    return cls
+
+
+for _cls in (_CounterSeries, _GaugeSeries, _LastGaugeSeries, _HistogramSeries):
+    _locked(_cls)
+
+
+class Counter(_Family, _CounterSeries):
+    """A count that only goes up, summed across workers; a dead worker's count is kept.
+
+    >>> REQUESTS = Counter("http.requests", "Requests served", ["method", "status"])
+    >>> REQUESTS.labels("GET", "200").inc()
+    """
+
+    kind = COUNTER
+    _child_class = _CounterSeries
+
+    def __init__(self, name: str, documentation: str = "", labelnames: Sequence[str] = (),
+                 *, registry: Registry | None = None) -> None:
+        _Family.__init__(self, name, documentation, labelnames, (), registry)
+        self._declare()
+
+
+class Gauge(_Family, _GaugeSeries):
+    """A value that goes up and down. ``mode`` says how workers merge: ``sum`` (default), ``max``,
+    ``min``, ``last`` (the most recently set) or ``all`` (one series per worker, with a ``pid`` label).
+    Only live workers count: a dead worker's gauge is dropped.
+
+    >>> IN_FLIGHT = Gauge("http.in_flight", "Requests being served")
+    >>> with IN_FLIGHT.track_inprogress():
+    ...     handle()
+    """
+
+    kind = GAUGE
+    _child_class = _GaugeSeries
+
+    def __new__(cls, *args, mode: str = "sum", **kwargs):
+        return object.__new__(_LastGauge if mode == "last" else cls)
+
+    def __init__(self, name: str, documentation: str = "", labelnames: Sequence[str] = (),
+                 *, mode: str = "sum", registry: Registry | None = None) -> None:
+        if mode not in GAUGE_MODES:
+            raise ValueError(f"gauge mode {mode!r} is not one of {GAUGE_MODES}")
+        _Family.__init__(self, name, documentation, labelnames, (mode,), registry)
+        self._declare()
+
+    @property
+    def mode(self) -> str:
+        return self._extra[0]
+
+
+class _LastGauge(Gauge, _LastGaugeSeries):
+    _child_class = _LastGaugeSeries
+
+
+class Histogram(_Family, _HistogramSeries):
+    """Observations counted in buckets (``le`` upper bounds; +Inf is added), summed across workers.
+
+    >>> LATENCY = Histogram("http.latency", "Seconds per request", buckets=(0.01, 0.1, 1))
+    >>> LATENCY.observe(0.042)
+    >>> with LATENCY.time():
+    ...     handle()
+    """
+
+    kind = HISTOGRAM
+    _child_class = _HistogramSeries
+
+    def __init__(self, name: str, documentation: str = "", labelnames: Sequence[str] = (),
+                 *, buckets: Sequence[float] = DEFAULT_BUCKETS, registry: Registry | None = None) -> None:
+        bounds = tuple(sorted(float(b) for b in buckets if b != float("inf")))
+        if not bounds or len(set(bounds)) != len(bounds):
+            raise ValueError("histogram buckets must be distinct finite numbers (+Inf is implied)")
+        _Family.__init__(self, name, documentation, labelnames, bounds, registry)
+        if not labelnames:
+            self._init_child()
+        self._declare()

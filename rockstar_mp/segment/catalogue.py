@@ -1,0 +1,82 @@
+"""The series catalogue inside one body: append-only, one writer, published by writing the count last.
+
+A series is a key (opaque bytes, the same in every worker for the same series) and a run of float64
+values. The writer appends the key to the heap, writes the index entry, zeroes the values, and only then
+stores the new count, so a reader (or a worker killed between any two stores) never sees a half entry.
+"""
+from __future__ import annotations
+
+from .errors import CatalogueFull
+from .layout import INDEX_ENTRY, Body, BodyLayout
+
+
+class CatalogueWriter:
+    """Appends series to the body at ``base``. Only the body's single owner may hold one."""
+
+    def __init__(self, buf: memoryview, layout: BodyLayout, base: int) -> None:
+        self._buf = buf
+        self._layout = layout
+        self._base = base
+        self._n = Body.n_series.get(buf, base)
+        self._heap_used = Body.heap_used.get(buf, base)
+        self._values_used = Body.values_used.get(buf, base)
+
+    @property
+    def series_count(self) -> int:
+        return self._n
+
+    def value_index(self, first_value: int) -> int:
+        """The segment-wide float64 index of a body-relative value index."""
+        return (self._base + self._layout.values_offset) // 8 + first_value
+
+    def append(self, key: bytes, n_values: int) -> int:
+        """Add a series; returns the segment-wide float64 index of its first value.
+
+        Raises ``CatalogueFull`` (and counts the refusal in the body) when it does not fit.
+        """
+        layout, buf, base = self._layout, self._buf, self._base
+        if (self._n >= layout.max_series or self._heap_used + len(key) > layout.heap_bytes
+                or self._values_used + n_values > layout.max_values):
+            Body.catalogue_full.set(buf, Body.catalogue_full.get(buf, base) + 1, base)
+            raise CatalogueFull(
+                f"catalogue full ({self._n}/{layout.max_series} series, {self._heap_used}/"
+                f"{layout.heap_bytes} key bytes, {self._values_used}/{layout.max_values} values); "
+                "raise slab_max_series/slab_max_values or use fewer label values")
+        heap_at = base + layout.heap_offset + self._heap_used
+        buf[heap_at:heap_at + len(key)] = key
+        values_at = base + layout.values_offset + self._values_used * 8
+        buf[values_at:values_at + n_values * 8] = bytes(n_values * 8)
+        INDEX_ENTRY.pack_into(buf, base + layout.entry_offset(self._n),
+                              self._heap_used, len(key), self._values_used, n_values)
+        first = self._values_used
+        self._heap_used += len(key)
+        self._values_used += n_values
+        Body.heap_used.set(buf, self._heap_used, base)
+        Body.values_used.set(buf, self._values_used, base)
+        self._n += 1
+        Body.n_series.set(buf, self._n, base)  # publish last
+        return self.value_index(first)
+
+
+def reset_body(buf: memoryview, base: int) -> None:
+    """Empty a body's catalogue (its owner must be gone or not yet started)."""
+    for field in (Body.n_series, Body.heap_used, Body.values_used, Body.catalogue_full,
+                  Body.heartbeat):
+        field.set(buf, 0, base)
+
+
+def read_entries(buf: memoryview, layout: BodyLayout, base: int, start: int = 0):
+    """Entries ``start..n_series`` of a body as ``(key, first value index (segment-wide), n_values)``.
+
+    Reads the published count first, so a concurrent append is either wholly seen or not at all.
+    """
+    n = min(Body.n_series.get(buf, base), layout.max_series)
+    heap = base + layout.heap_offset
+    values = (base + layout.values_offset) // 8
+    out = []
+    for i in range(start, n):
+        key_off, key_len, first, n_values = INDEX_ENTRY.unpack_from(buf, base + layout.entry_offset(i))
+        if key_off + key_len > layout.heap_bytes or first + n_values > layout.max_values:
+            break  # never trust a corrupt entry past the bounds of its own body
+        out.append((bytes(buf[heap + key_off:heap + key_off + key_len]), values + first, n_values))
+    return out

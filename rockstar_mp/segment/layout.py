@@ -1,0 +1,198 @@
+"""The byte layout of the shared segment: every offset and format is defined here, and only here.
+
+A segment file is::
+
+    [ header (4 KiB) | slab table | retired copy A | retired copy B | slab 0 | slab 1 | ... ]
+
+The header names the geometry, so a reader computes every offset from the file itself. A slab and a
+retired copy share one *body* layout (a catalogue of series and their float64 values)::
+
+    [ body header (256 B) | index: max_series x 16 B | key heap | values: max_values x 8 B ]
+
+Other modules ask this one for offsets (``Geometry``, ``BodyLayout``, the ``Field`` constants) and never
+add numbers of their own.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"RSTARMP\x00"
+LAYOUT_VERSION = 1
+PAGE = 4096
+HEADER_SIZE = PAGE
+TABLE_ENTRY_SIZE = 64
+BODY_HEADER_SIZE = 256
+INDEX_ENTRY = struct.Struct("<IIII")  # key offset in heap, key length, first value (float64 index), value count
+MAX_MASTERS = 8
+
+# Slab states, stored in the slab table.
+FREE, LIVE, RETIRED = 0, 1, 2
+STATE_NAMES = {FREE: "free", LIVE: "live", RETIRED: "retired"}
+
+
+class Field:
+    """One fixed-size field at a fixed offset relative to a base (the file, a table entry or a body)."""
+
+    __slots__ = ("offset", "struct")
+
+    def __init__(self, offset: int, fmt: str) -> None:
+        self.offset = offset
+        self.struct = struct.Struct("<" + fmt)
+
+    def get(self, buf, base: int = 0):
+        return self.struct.unpack_from(buf, base + self.offset)[0]
+
+    def set(self, buf, value, base: int = 0) -> None:
+        self.struct.pack_into(buf, base + self.offset, value)
+
+
+class Header:
+    """Fields of the file header (base 0)."""
+
+    magic = Field(0, "8s")
+    version = Field(8, "I")
+    total_size = Field(16, "Q")
+    n_slabs = Field(24, "I")
+    slab_max_series = Field(28, "I")
+    slab_heap_bytes = Field(32, "I")
+    slab_max_values = Field(36, "I")
+    retired_max_series = Field(40, "I")
+    retired_heap_bytes = Field(44, "I")
+    retired_max_values = Field(48, "I")
+    created = Field(56, "d")
+    next_age = Field(64, "Q")  # ages for workers that no pre-fork server numbered
+    aggregator_pid = Field(72, "Q")
+    aggregator_heartbeat = Field(80, "d")
+    aggregator_starts = Field(88, "Q")
+    retired_active = Field(96, "Q")  # which retired copy (0 or 1) is current
+    claim_failures = Field(104, "Q")  # workers that found no free slab
+    masters = [Field(256 + 8 * i, "Q") for i in range(MAX_MASTERS)]  # pids of masters sharing the file
+
+
+class Slot:
+    """Fields of one slab-table entry (base: the entry's offset, from ``Geometry.table_entry``)."""
+
+    state = Field(0, "Q")
+    generation = Field(8, "Q")  # bumped at every claim, so a fold names exactly one tenancy
+    pid = Field(16, "Q")
+    age = Field(24, "Q")
+    assigned_at = Field(32, "d")
+    master_pid = Field(40, "Q")
+    proc_start = Field(48, "d")  # the worker's create time (pid-reuse check)
+
+
+class Body:
+    """Fields of a body header (base: the body's offset)."""
+
+    n_series = Field(0, "Q")  # published count: written last, after the entry it counts
+    heap_used = Field(8, "Q")
+    values_used = Field(16, "Q")
+    catalogue_full = Field(24, "Q")  # declarations refused because the catalogue was full
+    heartbeat = Field(32, "d")  # slabs: the worker's last heartbeat (time.time())
+    folded_slab = Field(40, "Q")  # retired copies: the last (slab, generation) folded in
+    folded_generation = Field(48, "Q")
+    workers_folded = Field(56, "Q")
+
+
+def _round_up(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+@dataclass(frozen=True)
+class BodyLayout:
+    """Offsets inside one body, relative to the body's start."""
+
+    max_series: int
+    heap_bytes: int
+    max_values: int
+
+    @property
+    def index_offset(self) -> int:
+        return BODY_HEADER_SIZE
+
+    @property
+    def heap_offset(self) -> int:
+        return self.index_offset + self.max_series * INDEX_ENTRY.size
+
+    @property
+    def values_offset(self) -> int:
+        return _round_up(self.heap_offset + self.heap_bytes, 8)
+
+    @property
+    def size(self) -> int:
+        return _round_up(self.values_offset + self.max_values * 8, PAGE)
+
+    def entry_offset(self, i: int) -> int:
+        return self.index_offset + i * INDEX_ENTRY.size
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The sizes a segment is created with; everything else follows from them."""
+
+    n_slabs: int = 64
+    slab_max_series: int = 2048
+    slab_heap_bytes: int = 256 * 1024
+    slab_max_values: int = 16384
+    retired_max_series: int = 8192
+    retired_heap_bytes: int = 1024 * 1024
+    retired_max_values: int = 65536
+
+    @property
+    def slab(self) -> BodyLayout:
+        return BodyLayout(self.slab_max_series, self.slab_heap_bytes, self.slab_max_values)
+
+    @property
+    def retired(self) -> BodyLayout:
+        return BodyLayout(self.retired_max_series, self.retired_heap_bytes, self.retired_max_values)
+
+    @property
+    def table_offset(self) -> int:
+        return HEADER_SIZE
+
+    def table_entry(self, slab: int) -> int:
+        return self.table_offset + slab * TABLE_ENTRY_SIZE
+
+    @property
+    def retired_offset(self) -> int:
+        return _round_up(self.table_offset + self.n_slabs * TABLE_ENTRY_SIZE, PAGE)
+
+    def retired_copy(self, which: int) -> int:
+        return self.retired_offset + which * self.retired.size
+
+    @property
+    def slabs_offset(self) -> int:
+        return self.retired_copy(2)
+
+    def slab_offset(self, slab: int) -> int:
+        return self.slabs_offset + slab * self.slab.size
+
+    @property
+    def total_size(self) -> int:
+        return self.slab_offset(self.n_slabs)
+
+    def write_header(self, buf) -> None:
+        Header.magic.set(buf, MAGIC)
+        Header.version.set(buf, LAYOUT_VERSION)
+        Header.total_size.set(buf, self.total_size)
+        for name in ("n_slabs", "slab_max_series", "slab_heap_bytes", "slab_max_values",
+                     "retired_max_series", "retired_heap_bytes", "retired_max_values"):
+            getattr(Header, name).set(buf, getattr(self, name))
+
+    @classmethod
+    def read_header(cls, buf) -> "Geometry":
+        """The geometry a segment was created with. Raises ``LayoutMismatch`` if it is not ours."""
+        from .errors import LayoutMismatch
+
+        magic = Header.magic.get(buf)
+        if magic != MAGIC:
+            raise LayoutMismatch(f"not a rockstar-mp segment (magic {magic!r})")
+        version = Header.version.get(buf)
+        if version != LAYOUT_VERSION:
+            raise LayoutMismatch(
+                f"segment layout version {version}, this rockstar-mp reads version {LAYOUT_VERSION}: "
+                "restart the master so it creates a new segment")
+        return cls(**{name: getattr(Header, name).get(buf) for name in (
+            "n_slabs", "slab_max_series", "slab_heap_bytes", "slab_max_values",
+            "retired_max_series", "retired_heap_bytes", "retired_max_values")})

@@ -1,0 +1,116 @@
+"""Attaching a worker process to its slab, and the worker's heartbeat.
+
+Example, any pre-fork server (gunicorn's hooks do this for you)::
+
+    manager = MonitoringManager(MonitoringConfig())
+    manager.start()                       # in the parent, before forking
+    if os.fork() == 0:
+        rockstar_mp.attach_worker()       # first thing in the child
+        serve()
+"""
+from __future__ import annotations
+
+import atexit
+import gc
+import logging
+import os
+import threading
+import time
+
+from ..metrics import REGISTRY, Counter, Gauge
+from ..segment import CatalogueWriter, Segment, process_start
+from ..segment.layout import Body
+
+SEGMENT_ENV = "ROCKSTAR_SEGMENT"
+HEARTBEAT_SECONDS = 1.0
+
+log = logging.getLogger("rockstar_mp.worker")
+
+# The runtime's own series, reported like any other (the aggregator sums them into ``system``).
+GC_COLLECTIONS = Counter("rockstar.gc.collections", "Garbage collections, by generation", ["generation"])
+THREADS = Gauge("rockstar.threads", "Threads in the worker processes")
+
+
+class SlabStore:
+    """Cells in this worker's slab: appends under a lock (declarations are rare), updates lock-free."""
+
+    def __init__(self, segment: Segment, slab: int) -> None:
+        self._writer = CatalogueWriter(segment.buf, segment.geometry.slab, segment.geometry.slab_offset(slab))
+        self._doubles = segment.doubles
+        self._lock = threading.Lock()
+
+    def register(self, key: bytes, n_values: int):
+        with self._lock:
+            return self._doubles, self._writer.append(key, n_values)
+
+
+class WorkerState:
+    """What this process attached to: the segment, its slab and the generation of its tenancy."""
+
+    def __init__(self, segment: Segment, slab: int, generation: int) -> None:
+        self.segment = segment
+        self.slab = slab
+        self.generation = generation
+        self.pid = os.getpid()
+        self._stop = threading.Event()
+
+    def start_heartbeat(self) -> None:
+        self.beat()
+        threading.Thread(target=self._heartbeat_loop, name="rockstar-heartbeat", daemon=True).start()
+
+    def beat(self) -> None:
+        """Record liveness and the runtime figures the aggregator sums into ``system``."""
+        for generation, stats in enumerate(gc.get_stats()):
+            GC_COLLECTIONS.labels(generation)._set_total(stats["collections"])
+        THREADS.set(threading.active_count())
+        Body.heartbeat.set(self.segment.buf, time.time(), self.segment.geometry.slab_offset(self.slab))
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            if os.getpid() != self.pid:
+                return  # a fork of the worker: not ours to report
+            self.beat()
+
+    def detach(self) -> None:
+        """Retire the slab (the worker is exiting); the aggregator folds its counts."""
+        self._stop.set()
+        if os.getpid() == self.pid:
+            self.segment.retire_slab(self.slab, self.generation)
+
+
+_STATE: WorkerState | None = None
+
+
+def current() -> WorkerState | None:
+    """The attachment of this process, if it attached (and is not a fork of an attached process)."""
+    return _STATE if _STATE is not None and _STATE.pid == os.getpid() else None
+
+
+def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
+                  generation: int | None = None, age: int | None = None) -> WorkerState:
+    """Attach this (just forked) process to a slab of the segment; call it first thing in the child.
+
+    ``segment`` is the master's ``Segment`` (inherited across fork) or its path; by default the path
+    the master exported in ``$ROCKSTAR_SEGMENT``. ``slab``/``generation`` are what the master assigned
+    before forking (gunicorn's ``pre_fork``); without them the worker claims a free slab itself.
+    Every metric declared so far moves into the slab (its values start at zero in the worker).
+    """
+    global _STATE
+    if current() is not None:
+        return current()  # type: ignore[return-value]
+    if not isinstance(segment, Segment):
+        path = segment or os.environ.get(SEGMENT_ENV)
+        if not path:
+            raise RuntimeError("no segment to attach to: call MonitoringManager(...).start() in the "
+                               f"parent before forking, or set ${SEGMENT_ENV}")
+        segment = Segment.attach(path)
+    if slab is None or generation is None:
+        slab, generation = segment.claim_slab(age=age, master_pid=os.getppid())
+    segment.bind_slab(slab, os.getpid(), process_start(os.getpid()))
+    refused = REGISTRY.bind(SlabStore(segment, slab))
+    if refused:
+        log.warning("rockstar-mp: %d series did not fit in the slab and are not reported", len(refused))
+    _STATE = WorkerState(segment, slab, generation)
+    _STATE.start_heartbeat()
+    atexit.register(_STATE.detach)
+    return _STATE
