@@ -12,11 +12,15 @@ the config file); a USR2 master re-attaches the segment its parent exported.
 """
 from __future__ import annotations
 
+import os
+
 from .config import MonitoringConfig
 from .master.manager import MonitoringManager
-from .worker.attach import attach_worker
+from .master.manager import RUN_DIR_ENV
+from .worker.attach import SEGMENT_ENV, attach_worker
 
-__all__ = ["configure", "on_starting", "on_reload", "pre_fork", "post_fork", "child_exit", "on_exit"]
+__all__ = ["configure", "on_starting", "on_reload", "pre_fork", "post_fork", "child_exit", "pre_exec",
+           "on_exit"]
 
 _config: MonitoringConfig | None = None
 _manager: MonitoringManager | None = None
@@ -53,7 +57,15 @@ def pre_fork(server, worker) -> None:
 def post_fork(server, worker) -> None:
     slab = getattr(worker, "rockstar_slab", None)
     if _manager is not None and slab is not None:
-        attach_worker(_manager.segment, *slab)
+        attach_worker(_manager.segment, *slab, die_with_parent=True)
+
+
+def pre_exec(server) -> None:
+    """USR2: gunicorn re-executes the master with the environment it started with; add the segment,
+    so the new master carries the totals on (its aggregator waits until the old one is gone)."""
+    for name in (SEGMENT_ENV, RUN_DIR_ENV):
+        if name in os.environ:
+            server.cfg.env_orig[name] = os.environ[name]
 
 
 def child_exit(server, worker) -> None:

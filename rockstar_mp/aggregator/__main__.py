@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import fcntl
 import logging
 import os
@@ -20,6 +19,7 @@ import time
 
 import uvicorn
 
+from .._linux import set_parent_death_signal
 from ..config import MonitoringConfig
 from ..segment import Segment
 from ..segment.layout import Header
@@ -35,11 +35,7 @@ log = logging.getLogger("rockstar_mp.aggregator")
 
 def die_with_parent(parent: int) -> None:
     """Ask the kernel to SIGKILL us when the parent dies; exit now if it is already gone."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the tick's parent check still ends us within a tick
+    set_parent_death_signal(signal.SIGKILL)  # elsewhere, the tick's parent check ends us
     if os.getppid() != parent:
         sys.exit(0)
 

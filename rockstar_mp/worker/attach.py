@@ -14,9 +14,11 @@ import atexit
 import gc
 import logging
 import os
+import signal
 import threading
 import time
 
+from .._linux import set_parent_death_signal
 from ..metrics import REGISTRY, Counter, Gauge
 from ..segment import CatalogueWriter, Segment, process_start
 from ..segment.layout import Body
@@ -81,19 +83,28 @@ class WorkerState:
 _STATE: WorkerState | None = None
 
 
+def _terminate_with_parent() -> None:
+    """PR_SET_PDEATHSIG(SIGTERM): the kernel signals us when the parent process exits."""
+    if set_parent_death_signal(signal.SIGTERM) and os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request took effect
+
+
 def current() -> WorkerState | None:
     """The attachment of this process, if it attached (and is not a fork of an attached process)."""
     return _STATE if _STATE is not None and _STATE.pid == os.getpid() else None
 
 
 def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
-                  generation: int | None = None, age: int | None = None) -> WorkerState:
+                  generation: int | None = None, age: int | None = None,
+                  die_with_parent: bool = False) -> WorkerState:
     """Attach this (just forked) process to a slab of the segment; call it first thing in the child.
 
     ``segment`` is the master's ``Segment`` (inherited across fork) or its path; by default the path
     the master exported in ``$ROCKSTAR_SEGMENT``. ``slab``/``generation`` are what the master assigned
     before forking (gunicorn's ``pre_fork``); without them the worker claims a free slab itself.
     Every metric declared so far moves into the slab (its values start at zero in the worker).
+    With ``die_with_parent``, the worker gets SIGTERM (a graceful stop) when its master dies, even
+    by SIGKILL, instead of serving on as an orphan.
     """
     global _STATE
     if current() is not None:
@@ -110,6 +121,8 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     refused = REGISTRY.bind(SlabStore(segment, slab))
     if refused:
         log.warning("rockstar-mp: %d series did not fit in the slab and are not reported", len(refused))
+    if die_with_parent:
+        _terminate_with_parent()
     _STATE = WorkerState(segment, slab, generation)
     _STATE.start_heartbeat()
     atexit.register(_STATE.detach)

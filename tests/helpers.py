@@ -1,0 +1,202 @@
+"""Test helpers: a real gunicorn master running an app with monitoring on, HTTP clients, polling."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poll(check, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
+    """Call ``check`` until it returns a truthy value (returned) or ``timeout`` passes (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+        time.sleep(interval)
+
+
+def http_get(url: str, headers: dict | None = None, timeout: float = 5.0):
+    """``(status, headers, body bytes)``, also for 4xx/5xx."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def accepts(port: int) -> bool:
+    """Does the port accept a connection? (No request is sent, so nothing is counted.)"""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def raw_get(port: int, path: str = "/", timeout: float = 10.0) -> int:
+    """One HTTP/1.0 request on a fresh connection; the status, or 0 if no complete response came."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return 0
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep or not head.startswith(b"HTTP/1."):
+        return 0
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), None)
+    if length is not None and len(body) != length:
+        return 0
+    return int(head.split()[1])
+
+
+def load(port: int, n: int, path: str = "/", concurrency: int = 16) -> dict:
+    """Send ``n`` requests from ``concurrency`` threads; count responses by status (0 = none)."""
+    counts: dict[int, int] = {}
+    with ThreadPoolExecutor(concurrency) as pool:
+        for status in pool.map(lambda _: raw_get(port, path), range(n)):
+            counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+class Gunicorn:
+    """``gunicorn -c gunicorn_conf.py examples.app:app`` with its own ports and segment directory."""
+
+    def __init__(self, tmp: Path, workers: int = 4, args: tuple = (), env: dict | None = None,
+                 app: str = "examples.app:app") -> None:
+        self.app = app
+        self.tmp = tmp
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.segment_dir = tmp / "shm"
+        self.segment_dir.mkdir(exist_ok=True)
+        self.log_path = tmp / "gunicorn.log"
+        self.env = dict(os.environ, BIND=f"127.0.0.1:{self.port}", WORKERS=str(workers),
+                        ROCKSTAR_METRICS_PORT=str(self.metrics_port),
+                        ROCKSTAR_SEGMENT_DIR=str(self.segment_dir), **(env or {}))
+        for name in ("ROCKSTAR_SEGMENT", "ROCKSTAR_PRIVATE_RUN_DIR"):
+            self.env.pop(name, None)
+        self.args = args
+        self.workers = workers
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def start(self) -> "Gunicorn":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([GUNICORN, "-c", str(ROOT / "gunicorn_conf.py"), *self.args,
+                                      self.app], cwd=ROOT, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        poll(lambda: len(self.worker_pids()) == self.workers and accepts(self.port),
+             timeout=20, message="gunicorn listening")
+        poll(lambda: self.metrics()["system"]["workers_live"] == self.workers, timeout=20,
+             message="the aggregator seeing every worker")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def metrics(self, headers: dict | None = None) -> dict:
+        status, _, body = http_get(self.url, headers)
+        if status != 200:
+            raise ValueError(f"metrics: HTTP {status}: {body!r}")
+        return json.loads(body)
+
+    def total(self, name: str = "http.requests") -> int:
+        return self.metrics()["counters"].get(name, 0)
+
+    def wait_total(self, expected: int, name: str = "http.requests", timeout: float = 10.0) -> int:
+        poll(lambda: self.total(name) == expected, timeout=timeout,
+             message=f"{name} == {expected}")
+        return expected
+
+    def children(self, pid: int | None = None) -> list[psutil.Process]:
+        try:
+            return psutil.Process(pid or self.pid).children()
+        except psutil.Error:
+            return []
+
+    def aggregator_pids(self) -> list[int]:
+        """Every aggregator process started for this server's segment directory."""
+        out = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmd = proc.info["cmdline"] or []
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if "rockstar_mp.aggregator" in cmd and any(str(self.segment_dir) in c for c in cmd):
+                out.append(proc.pid)
+        return out
+
+    def worker_pids(self, master: int | None = None) -> list[int]:
+        pids = []
+        for proc in self.children(master):
+            try:
+                if (proc.status() != psutil.STATUS_ZOMBIE
+                        and "rockstar_mp.aggregator" not in proc.cmdline()):
+                    pids.append(proc.pid)
+            except psutil.Error:
+                pass  # exited while we looked
+        return pids
+
+    def segment_files(self) -> list[Path]:
+        return sorted(self.segment_dir.glob("rockstar-mp-*.seg"))
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for pid in self.aggregator_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()

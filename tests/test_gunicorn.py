@@ -1,0 +1,175 @@
+"""Real gunicorn masters and workers: exact merged counts across restarts, kills and signals."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+import psutil
+
+from tests.helpers import load, poll, raw_get
+
+
+def _received(counts: dict) -> int:
+    return sum(n for status, n in counts.items() if status)
+
+
+def test_exact_total_across_max_requests_restarts(gunicorn_factory):
+    server = gunicorn_factory(workers=4, args=("--max-requests", "50"))
+    [segment] = server.segment_files()
+    size_before = segment.stat().st_size
+    first_workers = set(server.worker_pids())
+
+    counts = load(server.port, 2000, concurrency=16)
+
+    assert counts.get(200) == 2000, counts
+    server.wait_total(2000)
+    data = server.metrics()
+    assert data["counters"]['http.requests{method="GET",status="200"}'] == 2000
+    assert data["histograms"]['http.request.duration{method="GET"}']["count"] == 2000
+    assert data["system"]["workers_folded"] >= 2000 // 50 - 4  # dead workers were folded, not dropped
+    assert not first_workers & set(server.worker_pids())
+    assert segment.stat().st_size == size_before
+    assert server.segment_files() == [segment]
+
+
+def test_nothing_lost_while_workers_are_sigkilled(gunicorn_factory):
+    server = gunicorn_factory(workers=4, args=("--max-requests", "50"))
+    aggregator = server.metrics()["system"]["aggregator_pid"]
+    stop = threading.Event()
+    kills = []
+
+    def killer():
+        while not stop.wait(0.2):
+            pids = server.worker_pids()
+            if pids:
+                victim = random.choice(pids)
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                    kills.append(victim)
+                except ProcessLookupError:
+                    pass
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        counts = load(server.port, 2000, concurrency=16)
+    finally:
+        stop.set()
+        thread.join()
+
+    received = _received(counts)
+    assert len(kills) >= 3, kills
+    assert received > 1000, counts
+    poll(lambda: len(server.worker_pids()) == 4, timeout=10, message="workers respawned")
+    server.wait_total(received)
+    data = server.metrics()
+    assert data["system"]["aggregator_pid"] == aggregator  # it never crashed
+    assert "Traceback" not in server.log_text()
+
+
+def test_aggregator_sigkill_is_restarted_with_totals(gunicorn_factory):
+    server = gunicorn_factory(workers=2)
+    load(server.port, 200)
+    server.wait_total(200)
+    old = server.metrics()["system"]["aggregator_pid"]
+
+    os.kill(old, signal.SIGKILL)
+    killed_at = time.monotonic()
+    data = poll(lambda: (d := server.metrics())["system"]["aggregator_pid"] != old and d,
+                timeout=5, interval=0.02, message="a new aggregator serving")
+    assert time.monotonic() - killed_at < 2.0
+    assert data["counters"]["http.requests"] == 200
+    assert data["system"]["aggregator_starts"] == 2
+    assert server.aggregator_pids() == [data["system"]["aggregator_pid"]]
+
+
+def test_master_sigkill_leaves_no_process(gunicorn_factory):
+    server = gunicorn_factory(workers=2)
+    leftovers = server.aggregator_pids() + server.worker_pids()
+    assert len(leftovers) == 3
+
+    server.signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    poll(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                         for p in leftovers), timeout=5, interval=0.02,
+         message="aggregator and workers gone")
+    assert time.monotonic() - killed_at < 2.0
+
+
+def test_master_sigterm_exits_cleanly_and_removes_segment(gunicorn_factory):
+    server = gunicorn_factory(workers=2)
+    aggregators = server.aggregator_pids()
+    assert len(aggregators) == 1 and server.segment_files()
+
+    server.signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=15) == 0
+    assert server.segment_files() == []
+    assert not any(psutil.pid_exists(p) for p in aggregators)
+
+
+def test_hup_keeps_one_aggregator_and_the_totals(gunicorn_factory):
+    server = gunicorn_factory(workers=2)
+    load(server.port, 300)
+    server.wait_total(300)
+    aggregator = server.aggregator_pids()
+    old_workers = set(server.worker_pids())
+
+    server.signal(signal.SIGHUP)
+    poll(lambda: len(server.worker_pids()) == 2 and not old_workers & set(server.worker_pids()),
+         timeout=15, message="workers replaced after HUP")
+    load(server.port, 200)
+
+    server.wait_total(500)
+    assert server.aggregator_pids() == aggregator
+    assert len(server.segment_files()) == 1
+
+
+def _listeners(port: int) -> set[int]:
+    return {c.pid for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
+
+
+def test_usr2_never_two_aggregators_on_one_segment(gunicorn_factory):
+    server = gunicorn_factory(workers=2)
+    load(server.port, 100)
+    server.wait_total(100)
+    [segment] = server.segment_files()
+    old_aggregator = server.aggregator_pids()
+
+    server.signal(signal.SIGUSR2)
+    # The new master is the old one's only child with children of its own.
+    new_master = poll(lambda: [p.pid for p in server.children() if p.children()],
+                      timeout=15, message="the USR2 master")[0]
+    poll(lambda: len(server.worker_pids(new_master)) == 2, timeout=15, message="new master's workers")
+    poll(lambda: len(server.aggregator_pids()) == 2, timeout=10, message="standby aggregator started")
+    # Both masters share the segment, but only one aggregator serves it.
+    assert server.segment_files() == [segment]
+    assert _listeners(server.metrics_port) == set(old_aggregator)
+    load(server.port, 100)
+
+    server.signal(signal.SIGTERM)  # retire the old master; the new one carries on
+    server.proc.wait(timeout=15)
+    poll(lambda: len(server.aggregator_pids()) == 1 and server.aggregator_pids() != old_aggregator,
+         timeout=10, message="the standby aggregator taking over")
+    assert server.segment_files() == [segment]
+    load(server.port, 100)
+    server.wait_total(300)
+
+    os.kill(new_master, signal.SIGTERM)
+    poll(lambda: not psutil.pid_exists(new_master) or
+         psutil.Process(new_master).status() == psutil.STATUS_ZOMBIE, timeout=15,
+         message="the new master exiting")
+    poll(lambda: server.segment_files() == [], timeout=5, message="segment removed by the last master")
+
+
+def test_gthread_increments_are_exact(gunicorn_factory):
+    """8 threads x 20,000 increments of one counter in one gthread worker merge to exactly 160,000
+    (the app forces a thread switch every microsecond)."""
+    server = gunicorn_factory(workers=1, app="tests.apps.hammer:app",
+                              args=("--threads", "8", "--worker-class", "gthread"))
+    counts = load(server.port, 8, path="/?n=20000", concurrency=8)
+    assert counts == {200: 8}
+    server.wait_total(160_000, name="test.hammer")
