@@ -42,13 +42,13 @@ def poll(check, timeout: float = 10.0, interval: float = 0.05, message: str = "c
 
 
 def http_get(url: str, headers: dict | None = None, timeout: float = 5.0):
-    """``(status, headers, body bytes)``, also for 4xx/5xx."""
+    """``(status, headers (case-insensitive), body bytes)``, also for 4xx/5xx."""
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, exc.headers, exc.read()
 
 
 def accepts(port: int) -> bool:

@@ -1,8 +1,11 @@
 """The merge: every live worker's slab plus the retired totals, into one ``Snapshot``.
 
-Incremental: each slab's catalogue is parsed once per tenancy (only new entries after that), and each
-series gets fixed cells in one flat accumulator, so a merge is one ``tolist()`` per slab and one add per
-value. Its cost follows live workers x live series, never how many workers have come and gone.
+Incremental: each slab's catalogue is parsed once per tenancy (only new entries after that; a tenancy
+whose catalogue is byte-identical to one parsed before reuses that parse), and each series gets fixed
+cells in one flat accumulator. Each slab's values are gathered into accumulator order by a prebuilt
+``itemgetter`` and all slabs are summed column-wise in C (``map(sum, zip_longest(...))``), so no Python
+loop runs per value. The cost follows live workers x live series, never how many workers have come and
+gone.
 
 Dead workers: a retired slab's counters and histograms are *folded* into the retired totals, which live
 in the aggregator's region of the segment as two copies (write the inactive one, then flip), each naming
@@ -13,14 +16,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import zip_longest
+from operator import add, itemgetter
+from typing import Callable
 
 from ..segment import LIVE, RETIRED, CatalogueFull, CatalogueWriter, Segment, SlotInfo, process_alive
-from ..segment import read_entries, reset_body
+from ..segment import catalogue_bytes, published_count, read_entries, reset_body
 from ..segment.layout import Body, Header
 from ..series import COUNTER, GAUGE, HISTOGRAM, SeriesKey
 
 log = logging.getLogger("rockstar_mp.aggregator")
+
+
+MEMO_SIZE = 16
+SPARSE = 4  # a slab whose cells span more than SPARSE x its values is added value by value instead
 
 
 @dataclass
@@ -30,23 +40,21 @@ class SeriesInfo:
     raw: bytes
     key: SeriesKey
     cell: int  # -1 for gauges (merged by mode, not summed)
-
-    @property
-    def n(self) -> int:
-        return self.key.n_values
+    n: int
 
 
 @dataclass
 class SlabCache:
-    """What has been parsed of one slab tenancy."""
+    """What has been parsed of one slab tenancy. The tuples are shared between slabs of equal layout."""
 
     generation: int
     base: int  # segment-wide float64 index of the slab's first value
     parsed: int = 0
     n_local: int = 0  # values covered by the parsed entries
-    summed: list = field(default_factory=list)  # (accumulator cell, local offset)
-    gauges: list = field(default_factory=list)  # (series id, local offset)
-    series: list = field(default_factory=list)  # (series id, local offset), every entry
+    summed: tuple = ()  # (accumulator cell, local offset)
+    gauges: tuple = ()  # (series id, local offset)
+    series: tuple = ()  # (series id, local offset), every entry
+    gather: Callable | None = None  # values (+ a trailing 0.0) -> summed values in cell order from 0
 
 
 @dataclass
@@ -77,6 +85,19 @@ class Snapshot:
         return next((w for w in self.workers if w.slot.pid == pid), None)
 
 
+def _gatherer(summed: list) -> Callable | None:
+    """An ``itemgetter`` taking a slab's values (with 0.0 appended) to its summed cells, in cell order
+    from cell 0 (-1, the appended 0.0, where the slab lacks a cell); None for an empty or sparse slab."""
+    if not summed:
+        return None
+    local_of = dict(summed)
+    top = max(local_of) + 1
+    if top > SPARSE * len(local_of):
+        return None
+    getter = itemgetter(*(local_of.get(cell, -1) for cell in range(top)))
+    return getter if top > 1 else lambda values: (getter(values),)
+
+
 class Merger:
     """Owns the retired totals and merges the segment. One per aggregator, used from its one loop."""
 
@@ -89,6 +110,7 @@ class Merger:
         self.retired: list[float] = []  # retired totals by accumulator cell
         self._retired_ids: list[int] = []  # series present in the retired totals, in order
         self._slabs: dict[int, SlabCache] = {}
+        self._memo: dict[bytes, tuple] = {}  # catalogue bytes -> a parse of them
         self.workers_folded = 0
         self.retired_overflow = 0
         self._folded_marker = (0, 0)
@@ -105,36 +127,51 @@ class Merger:
                 self._n_cells += key.n_values
                 self.retired.extend([0.0] * key.n_values)
             sid = len(self.series)
-            self.series.append(SeriesInfo(raw, key, cell))
+            self.series.append(SeriesInfo(raw, key, cell, key.n_values))
             self._ids[raw] = sid
         return sid
 
     def _sync(self, slot: SlotInfo) -> SlabCache:
         """Parse the entries the slab's worker appended since the last look."""
+        buf, layout = self.segment.buf, self.geometry.slab
+        body = self.geometry.slab_offset(slot.slab)
         cache = self._slabs.get(slot.slab)
         if cache is None or cache.generation != slot.generation:
-            base = (self.geometry.slab_offset(slot.slab) + self.geometry.slab.values_offset) // 8
-            cache = self._slabs[slot.slab] = SlabCache(slot.generation, base)
-        entries = read_entries(self.segment.buf, self.geometry.slab,
-                               self.geometry.slab_offset(slot.slab), cache.parsed)
+            cache = self._slabs[slot.slab] = SlabCache(slot.generation, (body + layout.values_offset) // 8)
+        n = published_count(buf, layout, body)
+        if n <= cache.parsed:
+            return cache
+        memo_key = catalogue_bytes(buf, layout, body, n) if cache.parsed == 0 else None
+        parse = self._memo.get(memo_key) if memo_key is not None else None
+        if parse is None:
+            parse = self._parse(read_entries(buf, layout, body, cache.parsed, n), cache)
+            if memo_key is not None:
+                if len(self._memo) >= MEMO_SIZE:
+                    self._memo.pop(next(iter(self._memo)))
+                self._memo[memo_key] = parse
+        cache.parsed, cache.n_local, cache.series, cache.summed, cache.gauges, cache.gather = parse
+        return cache
+
+    def _parse(self, entries: list, cache: SlabCache) -> tuple:
+        """New entries appended to ``cache``'s: ``(parsed, n_local, series, summed, gauges, gather)``."""
+        series, summed, gauges = list(cache.series), list(cache.summed), list(cache.gauges)
+        parsed, n_local = cache.parsed, cache.n_local
         for raw, first, n in entries:
+            parsed += 1
+            local = first - cache.base
+            n_local = max(n_local, local + n)
             try:
                 sid = self._series_id(raw)
             except Exception:  # a key we cannot decode: skip it, never stop merging
-                log.warning("rockstar-mp: undecodable series key in slab %d", slot.slab)
-                sid = -1
-            local = first - cache.base
-            cache.parsed += 1
-            cache.n_local = max(cache.n_local, local + n)
-            if sid < 0:
+                log.warning("rockstar-mp: undecodable series key in a slab")
                 continue
             info = self.series[sid]
-            cache.series.append((sid, local))
+            series.append((sid, local))
             if info.cell >= 0:
-                cache.summed.extend((info.cell + i, local + i) for i in range(min(n, info.n)))
+                summed.extend((info.cell + i, local + i) for i in range(min(n, info.n)))
             elif info.key.kind == GAUGE:
-                cache.gauges.append((sid, local))
-        return cache
+                gauges.append((sid, local))
+        return parsed, n_local, tuple(series), tuple(summed), tuple(gauges), _gatherer(summed)
 
     def _read(self, cache: SlabCache) -> list:
         return self.segment.doubles[cache.base:cache.base + cache.n_local].tolist()
@@ -162,6 +199,7 @@ class Merger:
             known = set(self._retired_ids)
             self._retired_ids.extend(sid for sid, _ in cache.series
                                      if self.series[sid].cell >= 0 and sid not in known)
+            # (a series seen twice in one slab cannot happen: a worker appends each key once)
             self.workers_folded += 1
             self._folded_marker = (slot.slab, slot.generation)
             self._write_retired()
@@ -215,15 +253,22 @@ class Merger:
     def merge(self) -> Snapshot:
         """One consistent view: retired totals plus every live (and not yet folded) slab."""
         buf = self.segment.buf
-        slots = [s for s in self.segment.slots() if s.state in (LIVE, RETIRED)]
+        slots = [s for s in self.segment.slots() if s.state == LIVE or
+                 s.state == RETIRED and (s.slab, s.generation) != self._folded_marker]
         caches = [(slot, self._sync(slot)) for slot in slots]
         totals = self.retired.copy()
+        columns = []
         gauges: dict[int, list] = {}
         workers = []
         for slot, cache in caches:
             values = self._read(cache)
-            for cell, local in cache.summed:
-                totals[cell] += values[local]
+            if cache.gather is not None:
+                values.append(0.0)  # what the gatherer reads for cells this slab lacks
+                columns.append(cache.gather(values))
+                values.pop()
+            else:
+                for cell, local in cache.summed:
+                    totals[cell] += values[local]
             if slot.state != LIVE:
                 continue
             for sid, local in cache.gauges:
@@ -231,5 +276,8 @@ class Merger:
             body = self.geometry.slab_offset(slot.slab)
             workers.append(WorkerSeries(slot, cache, values, Body.heartbeat.get(buf, body),
                                         Body.catalogue_full.get(buf, body)))
+        if columns:
+            sums = list(map(sum, zip_longest(*columns, fillvalue=0.0)))
+            totals[:len(sums)] = map(add, totals[:len(sums)], sums)
         return Snapshot(time.time(), self.series, totals, gauges, workers, self.workers_folded,
                         self.retired_overflow, Header.claim_failures.get(buf))

@@ -63,12 +63,15 @@ class AggregatorState:
         self.snapshot()
 
     def refresh_processes(self) -> None:
-        self.procs.refresh([w.slot.pid for w in self.snapshot().workers])
+        snap = self._snapshot or self.snapshot()
+        self.procs.refresh([w.slot.pid for w in snap.workers])
 
     def snapshot(self) -> Snapshot:
         snap = self._snapshot
         if snap is None or time.time() - snap.taken > self.config.snapshot_max_age:
             snap = self._snapshot = self.merger.merge()
+            if {w.slot.pid for w in snap.workers} != set(self.procs.stats):
+                self.refresh_processes()  # a worker came or went: do not wait for the periodic refresh
         return snap
 
     # -- the JSON sections beside the metrics ---------------------------------------------------

@@ -2,11 +2,11 @@
 
 This package imports nothing else of rockstar-mp: workers, masters and the aggregator all build on it.
 """
-from .catalogue import CatalogueWriter, read_entries, reset_body
+from .catalogue import CatalogueWriter, catalogue_bytes, published_count, read_entries, reset_body
 from .errors import CatalogueFull, LayoutMismatch, NoFreeSlab, RockstarError
 from .layout import FREE, LIVE, RETIRED, STATE_NAMES, Geometry
 from .segment import Segment, SlotInfo, process_alive, process_start, stale_segments
 
-__all__ = ["CatalogueWriter", "read_entries", "reset_body", "CatalogueFull", "LayoutMismatch",
+__all__ = ["CatalogueWriter", "catalogue_bytes", "published_count", "read_entries", "reset_body", "CatalogueFull", "LayoutMismatch",
            "NoFreeSlab", "RockstarError", "FREE", "LIVE", "RETIRED", "STATE_NAMES", "Geometry",
            "Segment", "SlotInfo", "process_alive", "process_start", "stale_segments"]

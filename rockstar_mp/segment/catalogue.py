@@ -65,17 +65,31 @@ def reset_body(buf: memoryview, base: int) -> None:
         field.set(buf, 0, base)
 
 
-def read_entries(buf: memoryview, layout: BodyLayout, base: int, start: int = 0):
-    """Entries ``start..n_series`` of a body as ``(key, first value index (segment-wide), n_values)``.
+def published_count(buf: memoryview, layout: BodyLayout, base: int) -> int:
+    return min(Body.n_series.get(buf, base), layout.max_series)
 
-    Reads the published count first, so a concurrent append is either wholly seen or not at all.
-    """
-    n = min(Body.n_series.get(buf, base), layout.max_series)
+
+def catalogue_bytes(buf: memoryview, layout: BodyLayout, base: int, n: int) -> bytes:
+    """The index entries ``0..n`` and the key heap in use: equal bytes mean equal catalogues."""
+    index = base + layout.index_offset
+    heap = base + layout.heap_offset
+    used = min(Body.heap_used.get(buf, base), layout.heap_bytes)
+    return bytes(buf[index:index + n * INDEX_ENTRY.size]) + bytes(buf[heap:heap + used])
+
+
+def read_entries(buf: memoryview, layout: BodyLayout, base: int, start: int = 0, n: int | None = None):
+    """Entries ``start..n`` (default: the published count) as ``(key, first value index (segment-wide),
+    n_values)``. Reads the count first, so a concurrent append is either wholly seen or not at all."""
+    if n is None:
+        n = published_count(buf, layout, base)
+    if n <= start:
+        return []
     heap = base + layout.heap_offset
     values = (base + layout.values_offset) // 8
+    index = base + layout.entry_offset(start)
     out = []
-    for i in range(start, n):
-        key_off, key_len, first, n_values = INDEX_ENTRY.unpack_from(buf, base + layout.entry_offset(i))
+    for key_off, key_len, first, n_values in INDEX_ENTRY.iter_unpack(
+            buf[index:index + (n - start) * INDEX_ENTRY.size]):
         if key_off + key_len > layout.heap_bytes or first + n_values > layout.max_values:
             break  # never trust a corrupt entry past the bounds of its own body
         out.append((bytes(buf[heap + key_off:heap + key_off + key_len]), values + first, n_values))
