@@ -67,8 +67,10 @@ class MonitoringConfig:
                 raise ValueError(f"{name} must be 0..65535, got {getattr(self, name)}")
         if self.require_auth and not self.auth_token:
             raise ValueError("require_auth needs auth_token (or $ROCKSTAR_AUTH_TOKEN)")
-        if self.optimization_interval <= 0:
-            raise ValueError("optimization_interval must be > 0 seconds")
+        for name in ("optimization_interval", "snapshot_max_age", "tick_interval"):
+            value = getattr(self, name)
+            if not 0 < value < float("inf"):  # also refuses NaN
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not 1 <= self.max_workers <= 4096:
             raise ValueError("max_workers must be 1..4096 (it sizes the segment)")
 

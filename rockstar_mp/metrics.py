@@ -44,10 +44,11 @@ class _Unbound:
     def __init__(self, name: str, labelnames: tuple) -> None:
         self._message = f"{name} has labels {labelnames}: call .labels(...) and update the result"
 
-    def __getitem__(self, _):
+    def __getitem__(self, _key):
         raise TypeError(self._message)
 
-    __setitem__ = __getitem__
+    def __setitem__(self, _key, _value):
+        raise TypeError(self._message)
 
 
 class LocalStore:
@@ -195,7 +196,11 @@ class _Family:
         with self._registry._lock:
             self._registry.register(self)
             if not self.labelnames:
-                self._init_series(self._series_key(()), self._registry)
+                try:
+                    self._init_series(self._series_key(()), self._registry)
+                except CatalogueFull:
+                    self._registry.unregister(self)  # refused whole: it may be declared again
+                    raise
 
 
 class _CounterSeries(_Series):
@@ -413,6 +418,5 @@ class Histogram(_Family, _HistogramSeries):
         if not bounds or len(set(bounds)) != len(bounds):
             raise ValueError("histogram buckets must be distinct finite numbers (+Inf is implied)")
         _Family.__init__(self, name, documentation, labelnames, bounds, registry)
-        if not labelnames:
-            self._init_child()
+        self._init_child()
         self._declare()

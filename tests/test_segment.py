@@ -159,10 +159,6 @@ def test_catalogue_full_at_bind_keeps_the_series_private_and_reports_them(tmp_pa
         seg.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: metrics.py _Family._declare registers the family before _init_series; when the slab is "
-    "full, CatalogueFull propagates but the family stays in the registry, so declaring it again "
-    "raises 'already declared'. Fix: unregister on failure (or fall back to LocalStore as bind does)."))
 def test_declaration_refused_by_a_full_slab_is_not_half_done(tmp_path):
     geometry = Geometry(n_slabs=2, slab_max_series=1, slab_heap_bytes=8192, slab_max_values=64,
                         retired_max_series=16, retired_heap_bytes=4096, retired_max_values=256)
@@ -345,13 +341,6 @@ def test_a_fold_crashing_after_the_flip_is_not_counted_twice_before_the_next_fol
     assert counters(Merger(seg)) == {"c": 5}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: merge.py _fold trusts only the last (slab, generation) marker. If, before the new "
-    "aggregator's first collect_dead(), a worker in a LOWER slab also retires, collect_dead() folds "
-    "that one first, the marker moves, and the half-folded slab is folded again: c == 11, for good. "
-    "Fix: finish an interrupted fold in Merger.__init__ (after _load_retired: if the marker's slot is "
-    "RETIRED with the marker's generation, reset_body + free_slab it), or fold the marker's slot "
-    "first in collect_dead()."))
 def test_a_fold_crashing_after_the_flip_is_not_counted_twice_when_another_worker_dies_first(seg):
     low_slab, low_gen, registry = start_worker(seg)  # slab 0: lower than the crashed fold's
     Counter("c", registry=registry).inc(1)
@@ -447,11 +436,6 @@ def test_a_labelled_parent_refuses_updates_with_a_helpful_message(make, update):
         update(metric)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: metrics.py _Unbound: `__setitem__ = __getitem__` takes (self, key) but item assignment "
-    "passes (self, key, value), so a labelled gauge's .set() raises 'TypeError: _Unbound."
-    "__getitem__() takes 2 positional arguments but 3 were given' instead of the helpful message. "
-    "Fix: def __setitem__(self, _key, _value): raise TypeError(self._message)."))
 @pytest.mark.parametrize("mode", ["sum", "last"])
 def test_a_labelled_gauge_parent_set_has_the_helpful_message(mode):
     gauge = Gauge("g", "", ["k"], mode=mode, registry=Registry())
@@ -459,10 +443,6 @@ def test_a_labelled_gauge_parent_set_has_the_helpful_message(mode):
         gauge.set(1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: metrics.py Histogram.__init__ calls _init_child() only without labels, so a labelled "
-    "parent has no _bounds and .observe() raises AttributeError('_bounds') instead of the helpful "
-    "TypeError. Fix: call self._init_child() unconditionally (bounds are known)."))
 def test_a_labelled_histogram_parent_observe_has_the_helpful_message():
     hist = Histogram("h", "", ["k"], buckets=(1,), registry=Registry())
     with pytest.raises(TypeError, match=r"call \.labels\(\.\.\.\)"):

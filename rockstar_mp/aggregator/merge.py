@@ -248,6 +248,17 @@ class Merger:
             self._retired_ids.append(sid)
         self.workers_folded = Body.workers_folded.get(buf, base)
         self._folded_marker = (Body.folded_slab.get(buf, base), Body.folded_generation.get(buf, base))
+        self._finish_interrupted_fold()
+
+    def _finish_interrupted_fold(self) -> None:
+        """A previous aggregator died after the flip but before freeing the slab: free it now, before
+        any other fold moves the marker (which would make that slab look unfolded)."""
+        slab, generation = self._folded_marker
+        if slab < self.geometry.n_slabs:
+            slot = self.segment.slot(slab)
+            if slot.state == RETIRED and slot.generation == generation:
+                reset_body(self.segment.buf, self.geometry.slab_offset(slab))
+                self.segment.free_slab(slab, generation)
 
     # -- the merge ------------------------------------------------------------------------------
     def merge(self) -> Snapshot:
