@@ -173,3 +173,24 @@ def test_gthread_increments_are_exact(gunicorn_factory):
     counts = load(server.port, 8, path="/?n=20000", concurrency=8)
     assert counts == {200: 8}
     server.wait_total(160_000, name="test.hammer")
+
+
+def test_preloaded_app_declares_metrics_before_fork(gunicorn_factory):
+    """With --preload the app (and its metrics) is imported in the master; each worker moves them
+    into its own slab after fork."""
+    server = gunicorn_factory(workers=2, args=("--preload", "--max-requests", "40"))
+    counts = load(server.port, 300)
+    assert counts == {200: 300}
+    server.wait_total(300)
+
+
+def test_ttin_and_ttou_change_the_workers_seen(gunicorn_factory):
+    server = gunicorn_factory(workers=2)
+    load(server.port, 100)
+    server.signal(signal.SIGTTIN)
+    poll(lambda: server.metrics()["system"]["workers_live"] == 3, timeout=10, message="3 workers")
+    load(server.port, 100)
+    server.signal(signal.SIGTTOU)
+    poll(lambda: server.metrics()["system"]["workers_live"] == 2, timeout=10, message="2 workers")
+    server.wait_total(200)
+    assert server.metrics()["system"]["workers_folded"] == 1
