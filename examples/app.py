@@ -2,20 +2,25 @@
 
     gunicorn -c gunicorn_conf.py examples.app:app
 
-Routes: ``/`` hello, ``/work?ms=N`` burns N ms of CPU, ``/sleep?ms=N`` sleeps, ``/error`` answers 500.
+Routes: ``/`` hello, ``/work?ms=N`` burns N ms of CPU, ``/sleep?ms=N`` sleeps, ``/error`` answers 500,
+``/users/{name}`` greets (a route template). Falcon's ``WorkloadMiddleware`` records one workload record
+per request (route template, tenant from ``X-Tenant-ID``); the WSGI ``MetricsMiddleware`` around it counts
+``http.requests`` once the response has been handed to gunicorn.
 """
+import logging
 import time
 
 import falcon
 
+from rockstar_mp.worker.falcon import WorkloadMiddleware
 from rockstar_mp.worker.wsgi import MetricsMiddleware
 
 MAX_MS = 10_000
+log = logging.getLogger("examples.app")
 
 
 def _ms(req: falcon.Request) -> int:
-    ms = req.get_param_as_int("ms", default=10, min_value=0, max_value=MAX_MS)
-    return ms
+    return req.get_param_as_int("ms", default=10, min_value=0, max_value=MAX_MS)
 
 
 def burn_cpu(ms: int) -> int:
@@ -30,6 +35,11 @@ def burn_cpu(ms: int) -> int:
 class Hello:
     def on_get(self, req, resp):
         resp.media = {"hello": "rockstar-mp"}
+
+
+class User:
+    def on_get(self, req, resp, name):
+        resp.media = {"hello": name}
 
 
 class Work:
@@ -48,13 +58,15 @@ class Sleep:
 
 class Error:
     def on_get(self, req, resp):
+        log.warning("the /error route was called (it always fails)")
         raise falcon.HTTPInternalServerError(title="500 Internal Server Error",
                                              description="this route always fails (by design)")
 
 
 def create_app() -> falcon.App:
-    api = falcon.App()
+    api = falcon.App(middleware=[WorkloadMiddleware()])
     api.add_route("/", Hello())
+    api.add_route("/users/{name}", User())
     api.add_route("/work", Work())
     api.add_route("/sleep", Sleep())
     api.add_route("/error", Error())

@@ -53,9 +53,22 @@ class MonitoringConfig:
     slab_max_values: int = 16384
     retired_max_series: int = 8192
     retired_max_values: int = 65536
+    record_slots: int = 1024  # workload records a worker's ring holds until the aggregator drains it
+    log_slots: int = 256  # log records likewise
+    # What workers record.
+    capture_logs: bool = True  # a SlabLogHandler on the root logger and gunicorn's error logger
+    log_level: str = "INFO"  # the lowest level the handler keeps
+    # The aggregator's memory of recent things.
+    recent_records: int = 1000  # workload records kept, newest first in /snmp and SNMP
+    recent_logs: int = 1000
+    window_seconds: float = 60.0  # the sliding window of /workload?window=1
     # The aggregator.
     snapshot_max_age: float = 0.1  # a scrape re-merges when the last merge is older than this (s)
     tick_interval: float = 0.25  # folding of dead workers, heartbeat, liveness (s)
+    # The metrics history (SQLite, in the aggregator; served at {metrics_path}/history).
+    history_interval: float = 10.0  # seconds between snapshots into the history; 0 turns history off
+    history_retention: float = 86400.0  # points older than this many seconds are deleted
+    history_path: Optional[str] = None  # the SQLite file; None: <run_dir>/history.sqlite3
 
     def __post_init__(self) -> None:
         for name in ("metrics_path", "pprof_path"):
@@ -71,6 +84,12 @@ class MonitoringConfig:
             value = getattr(self, name)
             if not 0 < value < float("inf"):  # also refuses NaN
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not 0 <= self.history_interval < float("inf"):  # 0 means no history; also refuses NaN
+            raise ValueError("history_interval must be a number of seconds >= 0 (0: history off), "
+                             f"got {self.history_interval!r}")
+        if not 0 < self.history_retention < float("inf"):
+            raise ValueError("history_retention must be a positive number of seconds, "
+                             f"got {self.history_retention!r}")
         if not 1 <= self.max_workers <= 4096:
             raise ValueError("max_workers must be 1..4096 (it sizes the segment)")
 

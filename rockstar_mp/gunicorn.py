@@ -57,7 +57,9 @@ def pre_fork(server, worker) -> None:
 def post_fork(server, worker) -> None:
     slab = getattr(worker, "rockstar_slab", None)
     if _manager is not None and slab is not None:
-        attach_worker(_manager.segment, *slab, die_with_parent=True)
+        config = _manager.config
+        attach_worker(_manager.segment, *slab, die_with_parent=True,
+                      capture_logs=config.log_level if config.capture_logs else None)
 
 
 def pre_exec(server) -> None:

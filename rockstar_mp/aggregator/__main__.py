@@ -23,11 +23,13 @@ from .._linux import set_parent_death_signal
 from ..config import MonitoringConfig
 from ..segment import Segment
 from ..segment.layout import Header
+from .history import HistoryWriter
 from .http import create_app
 from .state import AggregatorState
 
 LOCK_SUFFIX = ".agg"
 PROCESS_REFRESH = 1.0
+PROCESS_DETAIL_EVERY = 5  # USS/PSS and open fds on every 5th process refresh
 BIND_RETRY_SECONDS = 10.0
 
 log = logging.getLogger("rockstar_mp.aggregator")
@@ -92,25 +94,34 @@ class HttpServer:
         self.server.should_exit = True
 
 
-async def serve(state: AggregatorState, parent: int) -> None:
+async def serve(state: AggregatorState, parent: int, run_dir: str | None = None) -> None:
     config = state.config
     loop = asyncio.get_running_loop()
+    history = HistoryWriter.from_config(config, run_dir)  # None when history_interval=0
+    state.history = history  # read by the history endpoint (and system_json's history_errors)
     servers = [HttpServer(create_app(state), bind(config.host, config.metrics_port))]
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     tasks = [asyncio.create_task(s.run()) for s in servers]
     next_refresh = 0.0
+    refreshes = 0
     while not stopping.is_set():
         if os.getppid() != parent:
             break
         try:
             state.tick()
             if time.monotonic() >= next_refresh:
-                state.refresh_processes()
+                state.refresh_processes(full=refreshes % PROCESS_DETAIL_EVERY == 0)
+                refreshes += 1
                 next_refresh = time.monotonic() + PROCESS_REFRESH
         except Exception:  # never let one bad tick stop serving
             log.exception("rockstar-mp aggregator: tick failed")
+        if history is not None:
+            try:
+                history.maybe_write(state)  # renders on the loop, writes in the history thread
+            except Exception:
+                log.exception("rockstar-mp aggregator: history snapshot failed")
         try:
             await asyncio.wait_for(stopping.wait(), timeout=config.tick_interval)
         except asyncio.TimeoutError:
@@ -118,6 +129,8 @@ async def serve(state: AggregatorState, parent: int) -> None:
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if history is not None:
+        await history.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     Header.aggregator_pid.set(segment.buf, os.getpid())
     Header.aggregator_starts.set(segment.buf, Header.aggregator_starts.get(segment.buf) + 1)
     state = AggregatorState(segment, config)
-    asyncio.run(serve(state, args.parent))
+    asyncio.run(serve(state, args.parent, os.path.dirname(os.path.abspath(args.config))))  # the run dir
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Rendering a ``Snapshot``: the spec's JSON, and the Prometheus text format (0.0.4).
+"""Rendering a ``Snapshot``: the spec's JSON, the Prometheus text format (0.0.4) and OpenMetrics 1.0 text.
 
 JSON keys are the declared names (``http.requests``); a labelled series is ``name{a="x",b="y"}``, and a
 labelled counter also has its plain name holding the sum over its label sets, so the spec's
@@ -7,11 +7,13 @@ labelled counter also has its plain name holding the sum over its label sets, so
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 from ..series import COUNTER, GAUGE, HISTOGRAM, prometheus_name
 from .merge import Snapshot
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 def _escape_label(value: str) -> str:
@@ -113,8 +115,51 @@ def _help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def _openmetrics_help(text: str) -> str:
+    return _help(text).replace('"', '\\"')
+
+
+class _TextFormat(NamedTuple):
+    """What differs between the two text formats; everything else is one walk (``_render_text``)."""
+
+    counter_names: Callable[[str], tuple]  # base name -> (family name, sample name)
+    help: Callable[[str], str]  # escapes HELP text
+    histogram_sum: Callable[[tuple, float], bool]  # (bounds, sum) -> expose _sum and _count?
+    trailer: str
+
+
+def _prometheus_counter(base: str) -> tuple:
+    sample = base if base.endswith("_total") else base + "_total"
+    return sample, sample
+
+
+def _openmetrics_counter(base: str) -> tuple:
+    family = base[:-len("_total")] if base.endswith("_total") and len(base) > len("_total") else base
+    return family, family + "_total"
+
+
+def _openmetrics_sum(bounds: tuple, total: float) -> bool:
+    """OpenMetrics: _sum is a counter, so it is left out (and _count with it, the two go together)
+    when a bucket bound is negative or the sum is negative or NaN; the +Inf bucket still has the count."""
+    return not (total < 0 or math.isnan(total) or (bounds and bounds[0] < 0))
+
+
+PROMETHEUS = _TextFormat(_prometheus_counter, _help, lambda bounds, total: True, "")
+OPENMETRICS = _TextFormat(_openmetrics_counter, _openmetrics_help, _openmetrics_sum, "# EOF\n")
+
+
 def render_prometheus(snap: Snapshot, pid: int | None = None) -> str:
     """The Prometheus text exposition format 0.0.4, one family per metric name."""
+    return _render_text(snap, pid, PROMETHEUS)
+
+
+def render_openmetrics(snap: Snapshot, pid: int | None = None) -> str:
+    """OpenMetrics 1.0 text: as ``render_prometheus`` but a counter family is named without ``_total``
+    (its samples keep it), HELP also escapes ``"``, and the text ends with ``# EOF``."""
+    return _render_text(snap, pid, OPENMETRICS)
+
+
+def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat) -> str:
     families: dict[str, list] = {}
     for info, values, readings in _series_values(snap, pid):
         families.setdefault(info.key.name, []).append((info.key, values, readings))
@@ -123,20 +168,21 @@ def render_prometheus(snap: Snapshot, pid: int | None = None) -> str:
         key0 = members[0][0]
         base = prometheus_name(name)
         if key0.kind == COUNTER:
-            sample = base if base.endswith("_total") else base + "_total"
-            out.append(f"# HELP {sample} {_help(key0.documentation)}\n# TYPE {sample} counter\n")
+            family, sample = fmt.counter_names(base)
+            out.append(f"# HELP {family} {fmt.help(key0.documentation)}\n# TYPE {family} counter\n")
             for key, values, _ in members:
                 out.append(f"{sample}{_braces(key.labelnames, key.labelvalues)} {_go_float(values[0])}\n")
         elif key0.kind == GAUGE:
-            out.append(f"# HELP {base} {_help(key0.documentation)}\n# TYPE {base} gauge\n")
+            out.append(f"# HELP {base} {fmt.help(key0.documentation)}\n# TYPE {base} gauge\n")
             for key, _, readings in members:
                 for extra_values, value in merge_gauge(key.extra[0], readings):
                     names = key.labelnames + (("pid",) if extra_values else ())
                     out.append(f"{base}{_braces(names, key.labelvalues + extra_values)} {_go_float(value)}\n")
         elif key0.kind == HISTOGRAM:
-            out.append(f"# HELP {base} {_help(key0.documentation)}\n# TYPE {base} histogram\n")
+            out.append(f"# HELP {base} {fmt.help(key0.documentation)}\n# TYPE {base} histogram\n")
             for key, values, _ in members:
-                out.append(_histogram_lines(base, key, values))
+                out.append(_histogram_lines(base, key, values, fmt.histogram_sum(key.extra, values[-1])))
+    out.append(fmt.trailer)
     return "".join(out)
 
 
@@ -144,12 +190,14 @@ def _braces(names, values) -> str:
     return "{" + _label_text(names, values) + "}" if names else ""
 
 
-def _histogram_lines(base: str, key, values) -> str:
+def _histogram_lines(base: str, key, values, with_sum: bool = True) -> str:
     lines, cumulative = [], 0.0
     for bound, count in zip(list(key.extra) + [math.inf], values[:-1]):
         cumulative += count
         labels = _braces(key.labelnames + ("le",), key.labelvalues + (_go_float(bound),))
         lines.append(f"{base}_bucket{labels} {_go_float(cumulative)}\n")
+    if not with_sum:
+        return "".join(lines)
     plain = _braces(key.labelnames, key.labelvalues)
     lines.append(f"{base}_sum{plain} {_go_float(values[-1])}\n{base}_count{plain} {_go_float(cumulative)}\n")
     return "".join(lines)

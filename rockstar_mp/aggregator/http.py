@@ -12,10 +12,12 @@ import falcon
 import falcon.asgi
 
 from ..config import MonitoringConfig
-from .exposition import PROMETHEUS_CONTENT_TYPE, render_json, render_prometheus
+from .exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, render_json, render_openmetrics,
+                         render_prometheus)
+from .history import HistoryResource, history_route
+from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
 from .state import AggregatorState
-
-FORMATS = ("json", "prometheus")
+from .views import add_views
 
 
 def _digest(token: str) -> bytes:
@@ -66,27 +68,35 @@ def _pid_param(req: falcon.asgi.Request, state: AggregatorState):
 
 
 class MetricsResource:
-    """``GET {metrics_path}[?format=json|prometheus][&pid=N]``: the merged metrics.
+    """``GET {metrics_path}[?format=json|prometheus|openmetrics][&pid=N]``: the merged metrics.
+
+    Without ``format`` the ``Accept`` header chooses (``negotiation.choose_format``): Prometheus's
+    scraper gets OpenMetrics, ``text/plain`` the Prometheus text format, anything else (curl's ``*/*``)
+    JSON. Every answer says ``Vary: Accept``.
 
     JSON: ``counters``, ``gauges``, ``histograms``, ``system`` (the server as a whole) and ``workers``.
     """
+
+    _TEXT = {"prometheus": (PROMETHEUS_CONTENT_TYPE, render_prometheus),
+             "openmetrics": (OPENMETRICS_CONTENT_TYPE, render_openmetrics)}
 
     def __init__(self, state: AggregatorState) -> None:
         self._state = state
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.vary = ("Accept",)
         if not self._state.config.enable_metrics:
             raise falcon.HTTPNotFound(title="404 Not Found", description="the metrics endpoint is off")
         _only_params(req, ("format", "pid"))
-        fmt = req.get_param("format") or "json"
-        if fmt not in FORMATS:
-            raise falcon.HTTPBadRequest(title="400 Bad Request",
-                                        description=f"format must be one of {list(FORMATS)}, got {fmt!r}")
+        try:
+            fmt = choose_format(req.get_header("Accept"), req.get_param("format"))
+        except ValueError as exc:
+            raise falcon.HTTPBadRequest(title="400 Bad Request", description=str(exc)) from None
         pid = _pid_param(req, self._state)
         snap = self._state.snapshot()
-        if fmt == "prometheus":
-            resp.content_type = PROMETHEUS_CONTENT_TYPE
-            resp.text = render_prometheus(snap, pid)
+        if fmt in self._TEXT:
+            resp.content_type, render = self._TEXT[fmt]
+            resp.text = render(snap, pid)
             return
         body = render_json(snap, pid)
         body["system"] = self._state.system_json(snap)
@@ -105,4 +115,6 @@ def create_app(state: AggregatorState) -> falcon.asgi.App:
     app = falcon.asgi.App(middleware=[BearerAuth(state.config)])
     app.set_error_serializer(_json_errors)
     app.add_route(state.config.metrics_path, MetricsResource(state))
+    app.add_route(history_route(state.config), HistoryResource(state))
+    add_views(app, state)
     return app

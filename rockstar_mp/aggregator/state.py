@@ -14,8 +14,12 @@ from ..config import MonitoringConfig
 from ..segment import STATE_NAMES, Segment
 from ..segment.layout import Header
 from .merge import Merger, Snapshot
+from .workload import RingDrain, Window, sketch_totals
 
 GC_SERIES = "rockstar.gc.collections"
+
+
+DETAIL_KEYS = ("uss", "pss", "open_fds")
 
 
 class ProcessStats:
@@ -25,7 +29,9 @@ class ProcessStats:
         self._procs: dict[int, psutil.Process] = {}
         self.stats: dict[int, dict] = {}
 
-    def refresh(self, pids: list[int]) -> None:
+    def refresh(self, pids: list[int], full: bool = False) -> None:
+        """``full`` also reads USS/PSS (smaps, a few ms a worker) and open fds; otherwise those are
+        kept from the last full refresh."""
         stats = {}
         for pid in pids:
             proc = self._procs.get(pid)
@@ -39,11 +45,28 @@ class ProcessStats:
                     stats[pid] = {"rss": mem.rss, "vms": mem.vms, "cpu_percent": proc.cpu_percent(None),
                                   "cpu_seconds": round(cpu.user + cpu.system, 3),
                                   "threads": proc.num_threads()}
+                if full or pid not in self.stats:
+                    stats[pid].update(self._memory_detail(proc))
+                else:
+                    stats[pid].update({k: self.stats[pid].get(k) for k in DETAIL_KEYS})
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 self._procs.pop(pid, None)
         for gone in set(self._procs) - set(pids):
             del self._procs[gone]
         self.stats = stats
+
+    @staticmethod
+    def _memory_detail(proc: psutil.Process) -> dict:
+        try:
+            full = proc.memory_full_info()
+            detail = {"uss": full.uss, "pss": getattr(full, "pss", None)}
+        except (psutil.AccessDenied, AttributeError):
+            detail = {"uss": None, "pss": None}
+        try:
+            detail["open_fds"] = proc.num_fds()
+        except (psutil.AccessDenied, AttributeError):
+            detail["open_fds"] = None
+        return detail
 
 
 class AggregatorState:
@@ -52,19 +75,22 @@ class AggregatorState:
         self.config = config
         self.merger = Merger(segment)
         self.procs = ProcessStats()
+        self.rings = RingDrain(segment, config.recent_records, config.recent_logs)
+        self.window = Window(config.window_seconds)
         self.started = time.time()
         self._snapshot: Snapshot | None = None
 
     def tick(self) -> None:
-        """Fold dead workers, beat, and refresh the cached merge."""
+        """Drain the rings, fold dead workers (after draining them), beat, refresh the merge."""
         Header.aggregator_heartbeat.set(self.segment.buf, time.time())
+        self.rings.drain()
         if self.merger.collect_dead():
             self._snapshot = None
-        self.snapshot()
+        self.window.add(sketch_totals(self.snapshot()))
 
-    def refresh_processes(self) -> None:
+    def refresh_processes(self, full: bool = False) -> None:
         snap = self._snapshot or self.snapshot()
-        self.procs.refresh([w.slot.pid for w in snap.workers])
+        self.procs.refresh([w.slot.pid for w in snap.workers], full)
 
     def snapshot(self) -> Snapshot:
         snap = self._snapshot
@@ -111,4 +137,6 @@ class AggregatorState:
             "catalogue_full": sum(w.catalogue_full for w in snap.workers),
             "claim_failures": snap.claim_failures,
             "retired_overflow": snap.retired_overflow,
+            "records_dropped": self.rings.records_dropped,
+            "logs_dropped": self.rings.logs_dropped,
         }

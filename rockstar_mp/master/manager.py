@@ -40,7 +40,8 @@ def geometry_for(config: MonitoringConfig) -> Geometry:
                     slab_heap_bytes=config.slab_max_series * 128, slab_max_values=config.slab_max_values,
                     retired_max_series=config.retired_max_series,
                     retired_heap_bytes=config.retired_max_series * 128,
-                    retired_max_values=config.retired_max_values)
+                    retired_max_values=config.retired_max_values, record_slots=config.record_slots,
+                    log_slots=config.log_slots)
 
 
 class MonitoringManager:

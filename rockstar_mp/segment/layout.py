@@ -5,9 +5,14 @@ A segment file is::
     [ header (4 KiB) | slab table | retired copy A | retired copy B | slab 0 | slab 1 | ... ]
 
 The header names the geometry, so a reader computes every offset from the file itself. A slab and a
-retired copy share one *body* layout (a catalogue of series and their float64 values)::
+retired copy share one *body* layout (a catalogue of series and their float64 values; slabs also carry
+two rings, of workload records and of log records; a retired copy has rings of zero slots)::
 
-    [ body header (256 B) | index: max_series x 16 B | key heap | values: max_values x 8 B ]
+    [ body header (256 B) | index: max_series x 16 B | key heap | values: max_values x 8 B
+      | records: record_slots x 192 B | logs: log_slots x 512 B ]
+
+A ring slot starts with its sequence number (the record's index + 1 once complete, 0 while written),
+so a reader detects a slot overwritten while it read it.
 
 Other modules ask this one for offsets (``Geometry``, ``BodyLayout``, the ``Field`` constants) and never
 add numbers of their own.
@@ -18,7 +23,7 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"RSTARMP\x00"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 PAGE = 4096
 HEADER_SIZE = PAGE
 TABLE_ENTRY_SIZE = 64
@@ -60,6 +65,8 @@ class Header:
     retired_max_series = Field(40, "I")
     retired_heap_bytes = Field(44, "I")
     retired_max_values = Field(48, "I")
+    record_slots = Field(52, "I")
+    log_slots = Field(128, "I")
     created = Field(56, "d")
     next_age = Field(64, "Q")  # ages for workers that no pre-fork server numbered
     aggregator_pid = Field(72, "Q")
@@ -67,6 +74,8 @@ class Header:
     aggregator_starts = Field(88, "Q")
     retired_active = Field(96, "Q")  # which retired copy (0 or 1) is current
     claim_failures = Field(104, "Q")  # workers that found no free slab
+    records_dropped = Field(112, "Q")  # aggregator-owned: workload records lost to ring overflow
+    logs_dropped = Field(120, "Q")  # aggregator-owned: log records lost to ring overflow
     masters = [Field(256 + 8 * i, "Q") for i in range(MAX_MASTERS)]  # pids of masters sharing the file
 
 
@@ -93,6 +102,24 @@ class Body:
     folded_slab = Field(40, "Q")  # retired copies: the last (slab, generation) folded in
     folded_generation = Field(48, "Q")
     workers_folded = Field(56, "Q")
+    records_head = Field(64, "Q")  # slabs: workload records ever written (the ring's next index)
+    logs_head = Field(72, "Q")  # slabs: log records ever written
+    inflight_started = Field(80, "d")  # slabs: time.time() the current request began, 0.0 when idle
+    inflight_method = Field(88, "8s")
+    inflight_path = Field(96, "64s")
+    inflight_count = Field(160, "Q")  # requests in progress (gthread workers serve several)
+
+
+# Ring slots: the sequence number, then the payload.
+SLOT_SEQ = Field(0, "Q")
+# A workload record: start, duration (s), response bytes, pid, status, method, route, request id, tenant.
+RECORD = struct.Struct("<ddQIH8s64s40s32s")
+RECORD_SLOT = 192
+# A log record: time, pid, level number, logger name, message (UTF-8, truncated to fit).
+LOG = struct.Struct("<dIH48s442s")
+LOG_SLOT = 512
+LOG_MESSAGE_BYTES = 442
+assert 8 + RECORD.size <= RECORD_SLOT and 8 + LOG.size <= LOG_SLOT
 
 
 def _round_up(n: int, to: int) -> int:
@@ -106,6 +133,8 @@ class BodyLayout:
     max_series: int
     heap_bytes: int
     max_values: int
+    record_slots: int = 0
+    log_slots: int = 0
 
     @property
     def index_offset(self) -> int:
@@ -120,11 +149,26 @@ class BodyLayout:
         return _round_up(self.heap_offset + self.heap_bytes, 8)
 
     @property
+    def records_offset(self) -> int:
+        return self.values_offset + self.max_values * 8
+
+    @property
+    def logs_offset(self) -> int:
+        return self.records_offset + self.record_slots * RECORD_SLOT
+
+    @property
     def size(self) -> int:
-        return _round_up(self.values_offset + self.max_values * 8, PAGE)
+        return _round_up(self.logs_offset + self.log_slots * LOG_SLOT, PAGE)
 
     def entry_offset(self, i: int) -> int:
         return self.index_offset + i * INDEX_ENTRY.size
+
+    def record_slot(self, index: int) -> int:
+        """Offset of the slot holding workload record number ``index`` (0, 1, 2, ... ever written)."""
+        return self.records_offset + (index % self.record_slots) * RECORD_SLOT
+
+    def log_slot(self, index: int) -> int:
+        return self.logs_offset + (index % self.log_slots) * LOG_SLOT
 
 
 @dataclass(frozen=True)
@@ -138,10 +182,13 @@ class Geometry:
     retired_max_series: int = 8192
     retired_heap_bytes: int = 1024 * 1024
     retired_max_values: int = 65536
+    record_slots: int = 1024
+    log_slots: int = 256
 
     @property
     def slab(self) -> BodyLayout:
-        return BodyLayout(self.slab_max_series, self.slab_heap_bytes, self.slab_max_values)
+        return BodyLayout(self.slab_max_series, self.slab_heap_bytes, self.slab_max_values,
+                          self.record_slots, self.log_slots)
 
     @property
     def retired(self) -> BodyLayout:
@@ -176,8 +223,7 @@ class Geometry:
         Header.magic.set(buf, MAGIC)
         Header.version.set(buf, LAYOUT_VERSION)
         Header.total_size.set(buf, self.total_size)
-        for name in ("n_slabs", "slab_max_series", "slab_heap_bytes", "slab_max_values",
-                     "retired_max_series", "retired_heap_bytes", "retired_max_values"):
+        for name in _GEOMETRY_FIELDS:
             getattr(Header, name).set(buf, getattr(self, name))
 
     @classmethod
@@ -193,6 +239,9 @@ class Geometry:
             raise LayoutMismatch(
                 f"segment layout version {version}, this rockstar-mp reads version {LAYOUT_VERSION}: "
                 "restart the master so it creates a new segment")
-        return cls(**{name: getattr(Header, name).get(buf) for name in (
-            "n_slabs", "slab_max_series", "slab_heap_bytes", "slab_max_values",
-            "retired_max_series", "retired_heap_bytes", "retired_max_values")})
+        return cls(**{name: getattr(Header, name).get(buf) for name in _GEOMETRY_FIELDS})
+
+
+_GEOMETRY_FIELDS = ("n_slabs", "slab_max_series", "slab_heap_bytes", "slab_max_values",
+                    "retired_max_series", "retired_heap_bytes", "retired_max_values",
+                    "record_slots", "log_slots")

@@ -20,7 +20,10 @@ import time
 
 from .._linux import set_parent_death_signal
 from ..metrics import REGISTRY, Counter, Gauge
-from ..segment import CatalogueWriter, Segment, process_start
+from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
+from .logs import SlabLogHandler
+from .logs import install as install_log_handler
+from .workload import RECORDER
 from ..segment.layout import Body
 
 SEGMENT_ENV = "ROCKSTAR_SEGMENT"
@@ -94,9 +97,18 @@ def current() -> WorkerState | None:
     return _STATE if _STATE is not None and _STATE.pid == os.getpid() else None
 
 
+def _bind_rings(segment: Segment, slab: int, capture_logs: int | str | None) -> None:
+    """Point the workload recorder and the log handlers at this slab's rings."""
+    layout, base = segment.geometry.slab, segment.geometry.slab_offset(slab)
+    RECORDER.bind(RingWriter(segment.buf, base, record_ring(layout)), segment.buf, base)
+    SlabLogHandler.ring = RingWriter(segment.buf, base, log_ring(layout))
+    if capture_logs is not None:
+        install_log_handler(capture_logs)
+
+
 def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
                   generation: int | None = None, age: int | None = None,
-                  die_with_parent: bool = False) -> WorkerState:
+                  die_with_parent: bool = False, capture_logs: int | str | None = None) -> WorkerState:
     """Attach this (just forked) process to a slab of the segment; call it first thing in the child.
 
     ``segment`` is the master's ``Segment`` (inherited across fork) or its path; by default the path
@@ -104,7 +116,8 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     before forking (gunicorn's ``pre_fork``); without them the worker claims a free slab itself.
     Every metric declared so far moves into the slab (its values start at zero in the worker).
     With ``die_with_parent``, the worker gets SIGTERM (a graceful stop) when its master dies, even
-    by SIGKILL, instead of serving on as an orphan.
+    by SIGKILL, instead of serving on as an orphan. ``capture_logs`` (a level) installs a
+    ``SlabLogHandler`` on the root logger and gunicorn's error logger.
     """
     global _STATE
     if current() is not None:
@@ -124,6 +137,7 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     if die_with_parent:
         _terminate_with_parent()
     _STATE = WorkerState(segment, slab, generation)
+    _bind_rings(segment, slab, capture_logs)
     _STATE.start_heartbeat()
     atexit.register(_STATE.detach)
     return _STATE

@@ -1,0 +1,215 @@
+"""JSON views beside the metrics: ``/workload``, ``/workers``, ``/logs`` and the spec's ``/snmp``.
+
+All are served on the metrics port, behind the same bearer auth, from the state the tick already
+computed (the rings are drained on the tick, not on a request).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from datetime import datetime, timezone
+
+import falcon
+import falcon.asgi
+
+from ..segment import STATE_NAMES, text
+from ..segment.layout import Body
+from ..sketch import RELATIVE_ERROR
+from .state import AggregatorState
+from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, sketch_totals, summarize
+
+MAX_LIMIT = 10_000
+
+
+def _bad(description: str) -> falcon.HTTPBadRequest:
+    return falcon.HTTPBadRequest(title="400 Bad Request", description=description)
+
+
+def _only(req, allowed: tuple) -> None:
+    unknown = sorted(set(req.params) - set(allowed))
+    if unknown:
+        raise _bad(f"unknown query parameter(s) {unknown}; this path takes {list(allowed)}")
+
+
+def _number(req, name: str, default=None, minimum: float = 0.0, maximum: float | None = None):
+    raw = req.get_param(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _bad(f"{name} must be a number, got {raw!r}") from None
+    if value != value or value < minimum or (maximum is not None and value > maximum):
+        raise _bad(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
+    return value
+
+
+def _send(resp, body: dict) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps(body)
+
+
+class WorkloadResource:
+    """``GET /workload[?window=S][&route=R][&tenant=T][&status=2xx]``: totals, average and p50/p95/p99
+    latency overall and by route, status class and tenant, over the lifetime or the last S seconds."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+
+    async def on_get(self, req, resp) -> None:
+        _only(req, ("window", "route", "tenant", "status"))
+        state = self._state
+        window = _number(req, "window", None, 1.0, state.config.window_seconds)
+        filters = {dim: req.get_param(dim) for dim in DIMENSIONS if req.get_param(dim) is not None}
+        _send(resp, workload_json(state, window, filters))
+
+
+def workload_json(state: AggregatorState, window: float | None = None, filters: dict | None = None) -> dict:
+    snap = state.snapshot()
+    totals = sketch_totals(snap)
+    baseline, since = None, None
+    if window is not None:
+        since, baseline = state.window.baseline(time.time(), window)
+    by = aggregates(snap, totals, baseline, value_filter=filters or None)
+    overall = summarize(*_overall_sketch(snap, totals, baseline, filters or {}))
+    return {"timestamp": snap.taken, "window_seconds": window,
+            "since": since if window is not None else None,
+            **{k.replace("requests", "total_requests"): v for k, v in overall.items()},
+            "by_route": by["route"], "by_status": by["status"], "by_tenant": by["tenant"],
+            "relative_error": RELATIVE_ERROR, "records_dropped": state.rings.records_dropped}
+
+
+def _overall_sketch(snap, totals: dict, baseline: dict | None, filters: dict) -> tuple[dict, float]:
+    """The whole server's sketch: the status-class sketches (each request has exactly one) merged,
+    or, with a filter, the sketches of the filtered value."""
+    dim, value = next(iter(filters.items()), ("status", None))
+    merged: dict[int, float] = {}
+    seconds = 0.0
+    baseline = baseline or {}
+    for sid, total in totals.items():
+        key = snap.series[sid].key
+        if key.labelvalues[0] != dim or (value is not None and key.labelvalues[1] != value):
+            continue
+        amount = total - baseline.get(sid, 0.0)
+        if key.name == BUCKET_SERIES:
+            bucket = int(key.labelvalues[2])
+            merged[bucket] = merged.get(bucket, 0.0) + amount
+        else:
+            seconds += amount
+    return {k: v for k, v in merged.items() if v > 0}, seconds
+
+
+class WorkersResource:
+    """``GET /workers``: one entry per live worker, with its in-flight request and process figures."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+
+    async def on_get(self, req, resp) -> None:
+        _only(req, ())
+        _send(resp, {"workers": workers_json(self._state)})
+
+
+def workers_json(state: AggregatorState) -> list[dict]:
+    snap = state.snapshot()
+    buf, geometry = state.segment.buf, state.segment.geometry
+    now = time.time()
+    out = []
+    for worker in snap.workers:
+        slot = worker.slot
+        body = geometry.slab_offset(slot.slab)
+        proc = state.procs.stats.get(slot.pid, {})
+        started = Body.inflight_started.get(buf, body)
+        in_flight = Body.inflight_count.get(buf, body)
+        out.append({
+            "pid": slot.pid, "age": slot.age, "slab": slot.slab, "state": STATE_NAMES[slot.state],
+            "started": slot.proc_start, "requests": _worker_requests(snap, worker),
+            "in_flight": in_flight,
+            "in_flight_request": {"method": text(Body.inflight_method.get(buf, body)),
+                                  "path": text(Body.inflight_path.get(buf, body)),
+                                  "seconds": round(now - started, 3)} if in_flight and started else None,
+            "rss": proc.get("rss"), "uss": proc.get("uss"), "pss": proc.get("pss"),
+            "cpu_percent": proc.get("cpu_percent"), "cpu_seconds": proc.get("cpu_seconds"),
+            "threads": proc.get("threads"), "open_fds": proc.get("open_fds"),
+            "heartbeat": worker.heartbeat, "heartbeat_age": round(now - worker.heartbeat, 3),
+            "series": worker.cache.parsed, "catalogue_full": worker.catalogue_full})
+    return out
+
+
+def _worker_requests(snap, worker) -> int:
+    """Requests this worker recorded (its status-class sketches), else the responses it counted."""
+    recorded = counted = 0.0
+    for sid, local in worker.cache.series:
+        key = snap.series[sid].key
+        if key.name == BUCKET_SERIES and key.labelvalues[0] == "status":
+            recorded += worker.values[local]
+        elif key.name == "http.requests":
+            counted += worker.values[local]
+    return int(recorded or counted)
+
+
+class LogsResource:
+    """``GET /logs[?level=warning][&since=UNIX][&limit=N]``: recent log records of every worker,
+    merged by time, oldest first."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+
+    async def on_get(self, req, resp) -> None:
+        _only(req, ("level", "since", "limit"))
+        level_raw = (req.get_param("level") or "debug").lower()
+        level = LEVELS.get(level_raw)
+        if level is None:
+            if not level_raw.isdigit():
+                raise _bad(f"level must be one of {list(LEVELS)} or a number, got {level_raw!r}")
+            level = int(level_raw)
+        since = _number(req, "since", 0.0)
+        limit = int(_number(req, "limit", 100, 1, MAX_LIMIT))
+        rings = self._state.rings
+        matching = [r for r in rings.logs if r.level >= level and r.time >= since]
+        _send(resp, {"logs": [r.to_json() for r in matching[-limit:]], "dropped": rings.logs_dropped})
+
+
+class SnmpViewResource:
+    """The spec's ``GET /snmp`` (HTTP, not SNMP): needs ``X-SNMP-Community: <snmp_community>``.
+
+    ``timestamp``, ``system_info``, ``workload_metrics`` (recent records, newest first, ``?limit=``)
+    and ``aggregated_metrics``.
+    """
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+        self._community = hashlib.sha256(state.config.snmp_community.encode()).digest()
+
+    async def on_get(self, req, resp) -> None:
+        _only(req, ("limit",))
+        given = (req.get_header("X-SNMP-Community") or "").encode()
+        if not hmac.compare_digest(hashlib.sha256(given).digest(), self._community):
+            raise falcon.HTTPForbidden(title="403 Forbidden",
+                                       description="send the community as 'X-SNMP-Community: <community>'")
+        limit = int(_number(req, "limit", 100, 1, MAX_LIMIT))
+        state = self._state
+        snap = state.snapshot()
+        system = state.system_json(snap)
+        workload = workload_json(state)
+        records = list(state.rings.records)[-limit:][::-1]
+        _send(resp, {
+            "timestamp": datetime.fromtimestamp(snap.taken, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "system_info": {k: system[k] for k in ("num_cpu", "num_goroutine", "memory_alloc")},
+            "workload_metrics": [r.to_json() for r in records],
+            "aggregated_metrics": {
+                "total_requests": workload["total_requests"],
+                "avg_duration_ms": workload["avg_duration_ms"],
+                "p50_duration_ms": workload["p50_ms"], "p95_duration_ms": workload["p95_ms"],
+                "p99_duration_ms": workload["p99_ms"],
+                "error_requests": workload["by_status"].get("5xx", {}).get("requests", 0),
+                "records_dropped": workload["records_dropped"]}})
+
+
+def add_views(app: falcon.asgi.App, state: AggregatorState) -> None:
+    app.add_route("/workload", WorkloadResource(state))
+    app.add_route("/workers", WorkersResource(state))
+    app.add_route("/logs", LogsResource(state))
+    app.add_route("/snmp", SnmpViewResource(state))

@@ -1,0 +1,188 @@
+"""Workload and logs in the aggregator: draining the slabs' rings, and the aggregates by route, status
+class and tenant (lifetime and sliding window), read from the merged latency sketches.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from ..segment import LIVE, RETIRED, Segment, log_ring, read_ring, record_ring, text
+from ..segment.layout import Header
+from ..sketch import RELATIVE_ERROR, quantile
+from .merge import Snapshot
+
+BUCKET_SERIES = "rockstar.workload.bucket"
+SECONDS_SERIES = "rockstar.workload.seconds"
+DIMENSIONS = ("route", "status", "tenant")
+QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+@dataclass(frozen=True)
+class WorkloadRecord:
+    start: float
+    duration: float
+    response_bytes: int
+    pid: int
+    status: int
+    method: str
+    route: str
+    request_id: str
+    tenant: str
+
+    def to_json(self) -> dict:
+        return {"request_id": self.request_id, "tenant_id": self.tenant, "method": self.method,
+                "route": self.route, "status_code": self.status,
+                "duration_ms": round(self.duration * 1000, 3), "start": self.start,
+                "response_bytes": self.response_bytes, "pid": self.pid}
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    time: float
+    pid: int
+    level: int
+    logger: str
+    message: str
+
+    def to_json(self) -> dict:
+        return {"time": self.time, "pid": self.pid, "level": _level_name(self.level), "levelno": self.level,
+                "logger": self.logger, "message": self.message}
+
+
+def _level_name(level: int) -> str:
+    return next((name.upper() for name, n in sorted(LEVELS.items(), key=lambda kv: -kv[1]) if level >= n),
+                "NOTSET")
+
+
+class RingDrain:
+    """The aggregator's reading position in every slab's rings, and what it kept."""
+
+    def __init__(self, segment: Segment, recent_records: int, recent_logs: int) -> None:
+        self.segment = segment
+        self.records: deque[WorkloadRecord] = deque(maxlen=recent_records)
+        self.logs: deque[LogRecord] = deque(maxlen=recent_logs)
+        self._positions: dict[tuple, int] = {}  # (slab, generation, ring) -> next index
+
+    def drain(self) -> None:
+        """Read what every live or retired (not yet folded) slab wrote since the last drain."""
+        geometry, buf = self.segment.geometry, self.segment.buf
+        layout = geometry.slab
+        live = set()
+        new_records: list[WorkloadRecord] = []
+        new_logs: list[LogRecord] = []
+        for slot in self.segment.slots():
+            if slot.state not in (LIVE, RETIRED):
+                continue
+            base = geometry.slab_offset(slot.slab)
+            for name, spec, out, convert, dropped_field in (
+                    ("records", record_ring(layout), new_records, _record, Header.records_dropped),
+                    ("logs", log_ring(layout), new_logs, _log, Header.logs_dropped)):
+                key = (slot.slab, slot.generation, name)
+                live.add(key)
+                payloads, position, dropped = read_ring(buf, base, spec, self._positions.get(key, 0))
+                self._positions[key] = position
+                out.extend(convert(p) for p in payloads)
+                if dropped:
+                    dropped_field.set(buf, dropped_field.get(buf) + dropped)
+        for key in set(self._positions) - live:
+            del self._positions[key]
+        self.records.extend(sorted(new_records, key=lambda r: r.start))
+        self.logs.extend(sorted(new_logs, key=lambda r: r.time))
+
+    @property
+    def records_dropped(self) -> int:
+        return Header.records_dropped.get(self.segment.buf)
+
+    @property
+    def logs_dropped(self) -> int:
+        return Header.logs_dropped.get(self.segment.buf)
+
+
+def _record(p: tuple) -> WorkloadRecord:
+    start, duration, nbytes, pid, status, method, route, request_id, tenant = p
+    return WorkloadRecord(start, duration, nbytes, pid, status, text(method), text(route), text(request_id),
+                          text(tenant))
+
+
+def _log(p: tuple) -> LogRecord:
+    when, pid, level, logger, message = p
+    return LogRecord(when, pid, level, text(logger), text(message))
+
+
+# -- aggregates -----------------------------------------------------------------------------------
+def sketch_totals(snap: Snapshot) -> dict[int, float]:
+    """``{series id: merged value}`` of every workload sketch series (the input of ``aggregates``)."""
+    out = {}
+    for sid, info in enumerate(snap.series):
+        if info.key.name in (BUCKET_SERIES, SECONDS_SERIES) and info.cell >= 0:
+            out[sid] = snap.totals[info.cell]
+    return out
+
+
+def aggregates(snap: Snapshot, totals: dict[int, float], baseline: dict[int, float] | None = None,
+               dims: tuple = DIMENSIONS, value_filter: dict | None = None) -> dict:
+    """``{dim: {value: {requests, avg_duration_ms, p50_ms, p95_ms, p99_ms, seconds}}}``; with a
+    ``baseline`` (the totals some seconds ago) the figures are for the window since then."""
+    baseline = baseline or {}
+    buckets: dict[tuple, dict[int, float]] = {}
+    seconds: dict[tuple, float] = {}
+    for sid, value in totals.items():
+        value -= baseline.get(sid, 0.0)
+        if value <= 0:
+            continue
+        key = snap.series[sid].key
+        dim, dim_value = key.labelvalues[0], key.labelvalues[1]
+        if dim not in dims or (value_filter and value_filter.get(dim, dim_value) != dim_value):
+            continue
+        if key.name == BUCKET_SERIES:
+            buckets.setdefault((dim, dim_value), {})[int(key.labelvalues[2])] = value
+        else:
+            seconds[(dim, dim_value)] = value
+    out: dict = {dim: {} for dim in dims}
+    for (dim, dim_value), sketch in sorted(buckets.items()):
+        out[dim][dim_value] = summarize(sketch, seconds.get((dim, dim_value), 0.0))
+    return out
+
+
+def summarize(sketch: dict[int, float], seconds: float) -> dict:
+    requests = sum(sketch.values())
+    summary = {"requests": int(requests),
+               "avg_duration_ms": round(seconds / requests * 1000, 3) if requests else None}
+    for name, q in QUANTILES:
+        value = quantile(sketch, q)
+        summary[f"{name}_ms"] = round(value * 1000, 3) if value is not None else None
+    return summary
+
+
+def overall(by_status: dict) -> dict:
+    """Whole-server figures: every request has exactly one status class."""
+    return {"total_requests": sum(v["requests"] for v in by_status.values()),
+            "relative_error": RELATIVE_ERROR}
+
+
+class Window:
+    """Sketch totals sampled once a second, to difference against for the sliding window."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._samples: deque[tuple[float, dict]] = deque()
+
+    def add(self, totals: dict[int, float], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if self._samples and now - self._samples[-1][0] < 1.0:
+            return
+        self._samples.append((now, totals))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.seconds:
+            self._samples.popleft()
+
+    def baseline(self, now: float | None = None, seconds: float | None = None) -> tuple[float, dict]:
+        """The oldest sample at most ``seconds`` (default: the whole window) old: (time, totals);
+        (now, {}) before any sample."""
+        now = time.time() if now is None else now
+        seconds = self.seconds if seconds is None else seconds
+        for when, totals in self._samples:
+            if now - when <= seconds:
+                return when, totals
+        return (self._samples[-1] if self._samples else (now, {}))

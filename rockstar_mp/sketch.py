@@ -1,0 +1,37 @@
+"""The latency sketch: log-spaced buckets with a bounded relative error, mergeable by adding counts.
+
+Bucket ``k`` holds durations in ``(GAMMA**(k-1), GAMMA**k]`` seconds and is read back as
+``2 * GAMMA**k / (GAMMA + 1)``, so any quantile read from merged buckets is within ``RELATIVE_ERROR``
+(0.99 %) of the exact sample quantile (nearest rank), for durations of at least ``MIN_SECONDS``.
+Shared by the worker (which counts into buckets) and the aggregator (which reads quantiles).
+"""
+from __future__ import annotations
+
+import math
+
+GAMMA = 1.02
+RELATIVE_ERROR = (GAMMA - 1) / (GAMMA + 1)
+MIN_SECONDS = 1e-6  # shorter durations count as 1 us
+_LOG_GAMMA = math.log(GAMMA)
+
+
+def bucket_index(seconds: float) -> int:
+    return math.ceil(math.log(max(seconds, MIN_SECONDS)) / _LOG_GAMMA - 1e-9)
+
+
+def bucket_value(index: int) -> float:
+    return 2 * GAMMA ** index / (GAMMA + 1)
+
+
+def quantile(buckets: dict[int, float], q: float) -> float | None:
+    """The ``q`` quantile (0 < q <= 1, nearest rank) of a sketch given as ``{bucket index: count}``."""
+    total = sum(buckets.values())
+    if total <= 0:
+        return None
+    rank = max(1, math.ceil(q * total - 1e-9))
+    seen = 0.0
+    for index in sorted(buckets):
+        seen += buckets[index]
+        if seen >= rank:
+            return bucket_value(index)
+    return bucket_value(max(buckets))
