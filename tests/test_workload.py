@@ -1,0 +1,224 @@
+"""Workload records, the latency sketch, logs, and the JSON views over them."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rockstar_mp.aggregator.workload import RingDrain
+from rockstar_mp.segment import Geometry, RingWriter, Segment, log_ring, record_ring
+from rockstar_mp.segment.layout import LOG_MESSAGE_BYTES, SLOT_SEQ
+from rockstar_mp.sketch import RELATIVE_ERROR, bucket_index, quantile
+from rockstar_mp.worker.logs import SlabLogHandler
+from tests.helpers import http_get, poll
+
+SMALL = Geometry(n_slabs=2, slab_max_series=64, slab_heap_bytes=8192, slab_max_values=1024,
+                 retired_max_series=64, retired_heap_bytes=8192, retired_max_values=1024,
+                 record_slots=16, log_slots=8)
+
+
+def _exact_quantile(samples: list, q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[max(1, math.ceil(q * len(ordered) - 1e-9)) - 1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=1e-6, max_value=1e4, allow_nan=False), min_size=1, max_size=300),
+       st.sampled_from([0.5, 0.9, 0.95, 0.99, 1.0]), st.integers(min_value=1, max_value=4))
+def test_sketch_quantiles_are_within_the_documented_error(samples, q, workers):
+    """Samples spread over several workers' sketches, merged by adding counts, give every quantile
+    within RELATIVE_ERROR of the exact nearest-rank quantile of all samples."""
+    merged: dict[int, float] = {}
+    for i, value in enumerate(samples):  # worker i % workers; merging is adding bucket counts
+        merged[bucket_index(value)] = merged.get(bucket_index(value), 0) + 1
+    exact = _exact_quantile(samples, q)
+    assert abs(quantile(merged, q) - exact) <= RELATIVE_ERROR * exact * (1 + 1e-9)
+    assert RELATIVE_ERROR < 0.01
+
+
+def _segment(tmp_path) -> tuple[Segment, int]:
+    segment = Segment.create(str(tmp_path), SMALL)
+    slab, _ = segment.claim_slab()
+    return segment, slab
+
+
+def test_ring_overflow_reports_exactly_the_drops(tmp_path):
+    segment, slab = _segment(tmp_path)
+    base = segment.geometry.slab_offset(slab)
+    writer = RingWriter(segment.buf, base, record_ring(segment.geometry.slab))
+    drain = RingDrain(segment, recent_records=10_000, recent_logs=10)
+    for i in range(5):
+        writer.append(float(i), 0.001, 10, 1, 200, b"GET", b"/", f"r{i}".encode(), b"t")
+    drain.drain()
+    assert len(drain.records) == 5 and drain.records_dropped == 0
+    for i in range(5, 105):  # 100 more than the 16 slots can hold before the next drain
+        writer.append(float(i), 0.001, 10, 1, 200, b"GET", b"/", f"r{i}".encode(), b"t")
+    drain.drain()
+    assert drain.records_dropped == 100 - 16
+    assert [r.request_id for r in drain.records] == [f"r{i}" for i in range(5)] + [
+        f"r{i}" for i in range(105 - 16, 105)]
+    segment.close()
+
+
+def test_a_slot_being_rewritten_is_dropped_not_torn(tmp_path):
+    segment, slab = _segment(tmp_path)
+    layout, base = segment.geometry.slab, segment.geometry.slab_offset(slab)
+    writer = RingWriter(segment.buf, base, record_ring(layout))
+    for i in range(3):
+        writer.append(float(i), 0.001, 10, 1, 200, b"GET", b"/", b"id", b"t")
+    SLOT_SEQ.set(segment.buf, 0, base + layout.record_slot(1))  # as if a killed writer left it half done
+    drain = RingDrain(segment, 100, 10)
+    drain.drain()
+    assert [r.start for r in drain.records] == [0.0, 2.0]
+    assert drain.records_dropped == 1
+    segment.close()
+
+
+def test_log_messages_are_cut_on_a_character_boundary(tmp_path):
+    segment, slab = _segment(tmp_path)
+    base = segment.geometry.slab_offset(slab)
+    SlabLogHandler.ring = RingWriter(segment.buf, base, log_ring(segment.geometry.slab))
+    try:
+        logger = logging.getLogger("rockstar.test.cut")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(SlabLogHandler(logging.INFO))
+        logger.warning("é" * 1000)  # 2000 bytes of UTF-8, two bytes a character
+        logger.info("short %s", "message")
+        logger.debug("below the handler's level")
+    finally:
+        SlabLogHandler.ring = None
+    drain = RingDrain(segment, 10, 10)
+    drain.drain()
+    long, short = drain.logs
+    assert long.message == "é" * (LOG_MESSAGE_BYTES // 2) and long.logger == "rockstar.test.cut"
+    assert long.level == logging.WARNING and long.pid == os.getpid()
+    assert short.message == "short message"
+    segment.close()
+
+
+# -- a real gunicorn -------------------------------------------------------------------------------
+def _timed_get(port: int, path: str, tenant: str) -> tuple[int, float]:
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\nX-Tenant-ID: {tenant}\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split()[1]), time.perf_counter() - start
+
+
+def test_workload_counts_and_latency_match_what_clients_saw(gunicorn_factory):
+    server = gunicorn_factory(workers=2, env={"ROCKSTAR_RECENT_RECORDS": "5000"})
+    mixed = ([("/", "acme")] * 40 + [("/work?ms=2", "acme")] * 20 + [("/sleep?ms=50", "globex")] * 30
+             + [("/error", "globex")] * 10 + [("/users/7", "acme")] * 10)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: _timed_get(server.port, *p), mixed))
+    assert [status for status, _ in results].count(500) == 10
+    # Then sleeps one at a time, so the clients' clock measures no queueing, only service and transport.
+    sleeps_only = [("/sleep?ms=50", "globex")] * 30
+    client = [_timed_get(server.port, *p)[1] * 1000 for p in sleeps_only]
+    plan = mixed + sleeps_only
+
+    def workload():
+        status, _, body = http_get(f"http://127.0.0.1:{server.metrics_port}/workload")
+        data = json.loads(body)
+        return data if data["total_requests"] == len(plan) else None
+
+    data = poll(workload, timeout=10, message="every request recorded")
+    routes = {route: v["requests"] for route, v in data["by_route"].items()}
+    assert routes == {"/": 40, "/work": 20, "/sleep": 60, "/error": 10, "/users/{name}": 10}
+    assert {k: v["requests"] for k, v in data["by_status"].items()} == {"2xx": 130, "5xx": 10}
+    assert {k: v["requests"] for k, v in data["by_tenant"].items()} == {"acme": 70, "globex": 70}
+    assert data["records_dropped"] == 0
+
+    # The sketch against the exact durations the server measured (each record carries its own).
+    records = poll(lambda: len(r := json.loads(http_get(
+        f"http://127.0.0.1:{server.metrics_port}/snmp?limit=5000", {"X-SNMP-Community": "public"})[2])
+        ["workload_metrics"]) == len(plan) and r, message="every record drained")
+    sleeps = [r["duration_ms"] for r in records if r["route"] == "/sleep"]
+    server_p95 = data["by_route"]["/sleep"]["p95_ms"]
+    assert abs(server_p95 - _exact_quantile(sleeps, 0.95)) <= RELATIVE_ERROR * server_p95 + 0.001
+    # And against the clients' own clock: the server's time is inside the client's, which adds its
+    # connection and HTTP overhead (documented as at most 5 ms on loopback).
+    client_p95 = _exact_quantile(client, 0.95)
+    assert client_p95 * (1 - RELATIVE_ERROR) - 5 <= server_p95 <= client_p95 * (1 + RELATIVE_ERROR)
+
+    window = json.loads(http_get(f"http://127.0.0.1:{server.metrics_port}/workload?window=60")[2])
+    assert window["total_requests"] <= len(plan) and window["window_seconds"] == 60
+    tenant = json.loads(http_get(f"http://127.0.0.1:{server.metrics_port}/workload?tenant=globex")[2])
+    assert tenant["total_requests"] == 70
+
+
+def test_snmp_view_checks_the_community(gunicorn_factory):
+    server = gunicorn_factory(workers=1)
+    url = f"http://127.0.0.1:{server.metrics_port}/snmp"
+    for headers in ({}, {"X-SNMP-Community": "wrong"}):
+        status, response_headers, body = http_get(url, headers)
+        assert status == 403 and json.loads(body)["title"] == "403 Forbidden"
+    _timed_get(server.port, "/users/1", "acme")
+    data = poll(lambda: (d := json.loads(http_get(url, {"X-SNMP-Community": "public"})[2]))
+                ["workload_metrics"] and d, message="a record")
+    assert set(data) == {"timestamp", "system_info", "workload_metrics", "aggregated_metrics"}
+    assert data["timestamp"].endswith("Z")
+    [record] = data["workload_metrics"]
+    assert record["route"] == "/users/{name}" and record["tenant_id"] == "acme"
+    assert record["status_code"] == 200 and record["pid"] in server.worker_pids()
+    assert data["aggregated_metrics"]["total_requests"] == 1
+
+
+def test_records_dropped_under_overflow_add_up_to_the_requests(gunicorn_factory):
+    """Rings of 8 slots and a burst far faster than the aggregator's 0.25 s drain: every request is
+    either kept or counted as dropped, exactly."""
+    server = gunicorn_factory(workers=1, env={"ROCKSTAR_RECORD_SLOTS": "8",
+                                              "ROCKSTAR_RECENT_RECORDS": "10000"})
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: _timed_get(server.port, "/", "t"), range(400)))
+    url = f"http://127.0.0.1:{server.metrics_port}"
+
+    def settled():
+        kept = json.loads(http_get(f"{url}/snmp?limit=10000", {"X-SNMP-Community": "public"})[2])
+        dropped = json.loads(http_get(f"{url}/workload")[2])["records_dropped"]
+        return len(kept["workload_metrics"]) + dropped == 400 and (kept, dropped)
+
+    kept, dropped = poll(settled, timeout=10, message="kept + dropped == 400")
+    assert dropped > 0
+
+
+def test_logs_endpoint_filters(gunicorn_factory):
+    server = gunicorn_factory(workers=1)
+    url = f"http://127.0.0.1:{server.metrics_port}/logs"
+    _timed_get(server.port, "/error", "t")
+    logs = poll(lambda: json.loads(http_get(url + "?level=warning")[2])["logs"], message="a warning")
+    assert logs[-1]["message"] == "the /error route was called (it always fails)"
+    assert logs[-1]["level"] == "WARNING" and logs[-1]["pid"] in server.worker_pids()
+    assert json.loads(http_get(url + "?level=error")[2])["logs"] == []
+    assert json.loads(http_get(url + f"?since={time.time() + 60}")[2])["logs"] == []
+    assert len(json.loads(http_get(url + "?limit=1")[2])["logs"]) == 1
+    for bad in ("?level=loud", "?limit=0", "?since=soon", "?x=1"):
+        status, _, body = http_get(url + bad)
+        assert status == 400 and json.loads(body)["description"]
+
+
+def test_workers_view_shows_in_flight_requests(gunicorn_factory):
+    server = gunicorn_factory(workers=1)
+    url = f"http://127.0.0.1:{server.metrics_port}/workers"
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(_timed_get, server.port, "/sleep?ms=1500", "t")
+        worker = poll(lambda: (w := json.loads(http_get(url)[2])["workers"][0])["in_flight"] and w,
+                      message="the request in flight")
+        assert worker["in_flight_request"]["path"] == "/sleep"
+        assert worker["in_flight_request"]["seconds"] >= 0
+        assert slow.result()[0] == 200
+    worker = poll(lambda: (w := json.loads(http_get(url)[2])["workers"][0])["requests"] == 1 and w,
+                  message="the request done")
+    assert worker["in_flight"] == 0 and worker["pid"] == server.worker_pids()[0]
+    for key in ("rss", "uss", "cpu_percent", "threads", "open_fds", "heartbeat"):
+        assert worker[key] is not None, key
