@@ -51,6 +51,12 @@ CHURN_NOISE = 1.3  # "unchanged": after/before scrape time (min of runs) at most
 
 PARALLEL = 8  # prometheus_client writer subprocesses run at once
 
+# Figure 6: one request through a minimal Falcon app, direct WSGI calls; min over interleaved repeats.
+REQUEST_WARMUP = 2_000
+REQUEST_REPEATS = 5
+REQUEST_NUMBER = 20_000
+REQUEST_TARGET = 3e-6  # (b) - (a), seconds per request
+
 TARGETS = {"counter": 1 / 4, "labels": 1 / 3, "histogram": 1 / 3, "scrape": 1 / 10}
 
 PROM_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
@@ -214,6 +220,113 @@ def child_ours_churn(args) -> dict:
         os.unlink(seg.path)
 
 
+def _wsgi_environ(path: str = "/") -> dict:
+    """What gunicorn's sync worker hands the app for ``GET path`` from wrk (minus the socket)."""
+    return {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+            "RAW_URI": path, "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1:8000", "REMOTE_ADDR": "127.0.0.1",
+            "REMOTE_PORT": "40000", "wsgi.version": (1, 0), "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr, "wsgi.multithread": False, "wsgi.multiprocess": True,
+            "wsgi.run_once": False, "wsgi.file_wrapper": None}
+
+
+def _serve(app, n: int) -> float:
+    """``n`` direct WSGI calls of ``app`` as a server makes them: a fresh environ (and input) each,
+    the body consumed, ``close()`` called. Returns the seconds taken."""
+    import io
+
+    template = _wsgi_environ()
+    statuses = []
+
+    def start_response(status, headers, exc_info=None):
+        statuses.append(status)
+
+    t = time.perf_counter()
+    for _ in range(n):
+        environ = template.copy()
+        environ["wsgi.input"] = io.BytesIO(b"")
+        body = app(environ, start_response)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    elapsed = time.perf_counter() - t
+    if len(statuses) != n or statuses[-1] != "200 OK":
+        raise RuntimeError(f"the app answered {statuses[-1]!r} ({len(statuses)} of {n} responses)")
+    return elapsed
+
+
+def child_ours_request(args) -> dict:
+    """Figure 6: one request through a one-route Falcon app, bare and with our middlewares, in a
+    process attached to a real slab (ring and recorder bound), as a gunicorn worker is."""
+    import atexit
+
+    import falcon
+
+    from examples.app import Hello
+    from rockstar_mp.aggregator.merge import Merger
+    from rockstar_mp.segment import Geometry, Segment
+    from rockstar_mp.worker.attach import attach_worker
+    from rockstar_mp.worker.falcon import WorkloadMiddleware
+    from rockstar_mp.worker.workload import RECORDER
+    from rockstar_mp.worker.wsgi import MetricsMiddleware
+
+    seg = Segment.create(args.dir, Geometry(n_slabs=2))
+    state = None
+    try:
+        slab, generation = seg.claim_slab()
+        state = attach_worker(seg, slab, generation)
+        if RECORDER._ring is None:
+            raise RuntimeError("attach_worker did not bind the workload ring")
+
+        def one_route(middleware=()):
+            app = falcon.App(middleware=list(middleware))
+            app.add_route("/", Hello())
+            return app
+
+        apps = {"bare": one_route(),  # (a)
+                "full": MetricsMiddleware(one_route([WorkloadMiddleware()])),  # (b): examples/app.py
+                "falcon_mw": one_route([WorkloadMiddleware()]),  # WorkloadMiddleware only
+                "wsgi_mw": MetricsMiddleware(one_route())}  # MetricsMiddleware only
+        times: dict[str, list[float]] = {name: [] for name in apps}
+        for app in apps.values():
+            _serve(app, REQUEST_WARMUP)
+        for _ in range(REQUEST_REPEATS):  # interleaved, so a slow spell of the machine hits all apps
+            for name, app in apps.items():
+                times[name].append(_serve(app, REQUEST_NUMBER) / REQUEST_NUMBER)
+        out = {name: min(ts) for name, ts in times.items()}
+        out["medians"] = {name: statistics.median(ts) for name, ts in times.items()}
+
+        record = RECORDER.record
+        now = time.time()
+        timer = timeit.Timer(lambda: record("GET", "/", 200, 0.00012, now, 27, "1a2b-3c", ""))
+        timer.timeit(10_000)
+        out["record"] = min(timer.repeat(REPEATS, NUMBER // 4)) / (NUMBER // 4)
+
+        # the recording landed in the slab: http.requests counted every request of the two apps
+        # wrapped in MetricsMiddleware, the status-class sketch every workload record
+        served = REQUEST_WARMUP + REQUEST_REPEATS * REQUEST_NUMBER
+        snap = Merger(seg).merge()
+        requests = statuses = 0.0
+        for info in snap.series:
+            if info.cell < 0:
+                continue
+            if info.key.name == "http.requests":
+                requests += snap.totals[info.cell]
+            elif info.key.name == "rockstar.workload.bucket" and info.key.labelvalues[0] == "status":
+                statuses += snap.totals[info.cell]
+        records = 2 * served + 10_000 + REPEATS * (NUMBER // 4)
+        out["check"] = [requests, 2 * served, statuses, records]
+        return out
+    finally:
+        if state is not None:
+            state.detach()
+            atexit.unregister(state.detach)
+        seg.close()
+        os.unlink(seg.path)
+
+
 # ============================================================================ children: prometheus_client
 def _prom_import():
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -279,7 +392,7 @@ def child_prom_scrape(args) -> dict:
 
 
 CHILDREN = {"ours-micro": child_ours_micro, "ours-scrape": child_ours_scrape,
-            "ours-churn": child_ours_churn, "prom-micro": child_prom_micro,
+            "ours-churn": child_ours_churn, "ours-request": child_ours_request, "prom-micro": child_prom_micro,
             "prom-writer": child_prom_writer, "prom-scrape": child_prom_scrape}
 
 

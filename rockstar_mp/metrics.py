@@ -31,7 +31,7 @@ from typing import Callable, Iterable, Sequence
 
 from .segment import CatalogueFull
 from .series import (COUNTER, GAUGE, GAUGE_MODES, HISTOGRAM, SeriesKey, check_labelnames,
-                     check_name)
+                     check_name, prometheus_name)
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
@@ -71,6 +71,11 @@ class Registry:
             if family.name in self._families:
                 raise ValueError(f"metric {family.name!r} is already declared in this process: "
                                  "declare each metric once, at module level, and import it")
+            exported = prometheus_name(family.name)
+            clash = next((f.name for f in self._families.values() if prometheus_name(f.name) == exported), None)
+            if clash is not None:
+                raise ValueError(f"metric {family.name!r} and {clash!r} have the same Prometheus name "
+                                 f"{exported!r}: rename one")
             self._families[family.name] = family
 
     def unregister(self, family: "_Family") -> None:
@@ -211,8 +216,8 @@ class _CounterSeries(_Series):
 
     def inc(self, amount: float = 1.0) -> None:
         """Add ``amount`` (>= 0)."""
-        if amount < 0:
-            raise ValueError("a counter only goes up: inc() takes amount >= 0")
+        if not amount >= 0:  # also refuses NaN
+            raise ValueError(f"a counter only goes up: inc() takes a number >= 0, got {amount!r}")
         self._vals[self._idx] += amount
 
     def get(self) -> float:
@@ -276,6 +281,8 @@ class _HistogramSeries(_Series):
 
     def observe(self, amount: float) -> None:
         """Count one observation in its bucket (``le`` bounds: v <= bound) and add it to the sum."""
+        if amount != amount:
+            raise ValueError("observe() takes a number, got NaN")
         vals = self._vals
         idx = self._idx
         vals[idx + bisect_left(self._bounds, amount)] += 1.0

@@ -141,7 +141,7 @@ def _openmetrics_counter(base: str) -> tuple:
 def _openmetrics_sum(bounds: tuple, total: float) -> bool:
     """OpenMetrics: _sum is a counter, so it is left out (and _count with it, the two go together)
     when a bucket bound is negative or the sum is negative or NaN; the +Inf bucket still has the count."""
-    return not (total < 0 or math.isnan(total) or (bounds and bounds[0] < 0))
+    return not (total < 0 or math.isnan(total) or any(bound < 0 for bound in bounds))
 
 
 PROMETHEUS = _TextFormat(_prometheus_counter, _help, lambda bounds, total: True, "")

@@ -198,14 +198,22 @@ class HistoryStore:
         row = conn.execute("SELECT id FROM series WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
+        cursor = conn.execute("SELECT ts, value FROM points WHERE series_id = ? AND ts BETWEEN ? AND ? "
+                              "ORDER BY ts", (row[0], since, until))
         if step is None:
-            cursor = conn.execute("SELECT ts, value FROM points WHERE series_id = ? AND ts BETWEEN ? AND ? "
-                                  "ORDER BY ts", (row[0], since, until))
-        else:  # SQLite: the bare column comes from the row that has the max()
-            cursor = conn.execute("SELECT max(ts), value FROM points WHERE series_id = ? "
-                                  "AND ts BETWEEN ? AND ? GROUP BY CAST(ts / ? AS INTEGER) ORDER BY 1",
-                                  (row[0], since, until, step))
-        return [[ts, _number(value)] for ts, value in cursor]
+            return [[ts, _number(value)] for ts, value in cursor]
+        points: list = []
+        last_bucket = None
+        for ts, value in cursor:  # in Python: SQLite's CAST to INTEGER saturates for a tiny step
+            bucket = ts // step
+            if math.isinf(bucket):  # a step so small that every point is a bucket of its own
+                bucket = ts
+            if bucket == last_bucket:
+                points[-1] = [ts, _number(value)]
+            else:
+                points.append([ts, _number(value)])
+                last_bucket = bucket
+        return points
 
 
 class HistoryWriter:

@@ -62,9 +62,10 @@ class MonitoringManager:
             return self
         self._pid = os.getpid()
         self.segment = self._open_segment()
+        reattached = bool(self.segment.masters())
         self.segment.register_master(self._pid)
         os.environ[SEGMENT_ENV] = self.segment.path
-        self._open_run_dir()
+        self._open_run_dir(inherit=reattached)
         self._write_aggregator_config()
         self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path())
         self._supervisor.start()
@@ -74,7 +75,10 @@ class MonitoringManager:
         inherited = os.environ.get(SEGMENT_ENV)
         if inherited and os.path.exists(inherited):
             try:
-                return Segment.attach(inherited)  # a re-executed master (USR2) carries the totals on
+                segment = Segment.attach(inherited)  # a re-executed master (USR2) carries the totals on
+                if os.getpid() not in segment.masters():
+                    return segment
+                segment.close()  # another manager of this very process owns it: make our own
             except (OSError, LayoutMismatch) as exc:
                 log.warning("rockstar-mp: not re-attaching %s (%s); creating a new segment", inherited, exc)
         for path in stale_segments(self.config.segment_dir):
@@ -82,13 +86,13 @@ class MonitoringManager:
             _remove_segment_files(path)
         return Segment.create(self.config.segment_dir, geometry_for(self.config))
 
-    def _open_run_dir(self) -> None:
+    def _open_run_dir(self, inherit: bool) -> None:
         if self.config.run_dir:
             self.run_dir = self.config.run_dir
             os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
             return
         inherited = os.environ.get(RUN_DIR_ENV)
-        if inherited and os.path.isdir(inherited):
+        if inherit and inherited and os.path.isdir(inherited):
             self.run_dir = inherited
         else:
             self.run_dir = tempfile.mkdtemp(prefix="rockstar-mp-")
@@ -97,7 +101,8 @@ class MonitoringManager:
 
     def _config_path(self) -> str:
         assert self.run_dir is not None
-        return os.path.join(self.run_dir, f"aggregator-{self._pid}.json")
+        name = os.path.basename(self.segment.path) if self.segment else str(self._pid)
+        return os.path.join(self.run_dir, f"aggregator-{self._pid}-{name}.json")
 
     def _write_aggregator_config(self) -> None:
         """The config goes to the aggregator in a 0600 file, never on its command line (ps shows argv)."""
@@ -125,10 +130,10 @@ class MonitoringManager:
             self._supervisor.stop()
         others = self.segment.unregister_master(self._pid)
         path = self.segment.path
-        self.segment.close()
-        self.segment = None
         with contextlib.suppress(OSError):
             os.unlink(self._config_path())
+        self.segment.close()
+        self.segment = None
         if not others:
             _remove_segment_files(path)
             if self._own_run_dir and self.run_dir:

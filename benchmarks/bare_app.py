@@ -1,0 +1,25 @@
+"""The example app's routes without rockstar-mp: the "off" side of figure 7 of ``benchmarks.run``.
+
+    gunicorn -w 2 -b 127.0.0.1:8000 benchmarks.bare_app:app
+
+The same Falcon resources as ``examples.app`` (imported from it, so both serve identical responses), in a
+plain ``falcon.App()``: no ``WorkloadMiddleware``, no ``MetricsMiddleware`` around it. Importing
+``examples.app`` declares its metrics in the process-local registry, but nothing binds them to a slab
+and nothing records them: serving a request touches no rockstar-mp code.
+"""
+import falcon
+
+from examples.app import Error, Hello, Sleep, User, Work
+
+
+def create_app() -> falcon.App:
+    api = falcon.App()
+    api.add_route("/", Hello())
+    api.add_route("/users/{name}", User())
+    api.add_route("/work", Work())
+    api.add_route("/sleep", Sleep())
+    api.add_route("/error", Error())
+    return api
+
+
+app = create_app()
