@@ -17,6 +17,7 @@ import os
 from .config import MonitoringConfig
 from .master.manager import MonitoringManager
 from .master.manager import RUN_DIR_ENV
+from .segment import NoFreeSlab
 from .worker.attach import SEGMENT_ENV, attach_worker
 
 __all__ = ["configure", "on_starting", "on_reload", "pre_fork", "post_fork", "child_exit", "pre_exec",
@@ -50,8 +51,13 @@ def on_reload(server) -> None:
 
 
 def pre_fork(server, worker) -> None:
-    if _manager is not None:
+    if _manager is None:
+        return
+    try:
         worker.rockstar_slab = _manager.assign_slab(age=worker.age)
+    except NoFreeSlab as exc:  # never stop the arbiter: this worker just goes unmonitored
+        server.log.error("rockstar-mp: worker age %s is not monitored: %s (during a HUP old and new "
+                         "workers live at once: set max_workers >= 2 x workers)", worker.age, exc)
 
 
 def post_fork(server, worker) -> None:

@@ -7,7 +7,7 @@ aggregator reads it. An update is one ``memoryview`` store: no lock and no syste
 Why no lock: under the GIL, CPython switches threads only at its eval-breaker checks, and none falls
 inside ``view[i] += x`` (load, add and store are one uninterrupted run of bytecodes), so updates from
 many threads (gunicorn's gthread worker) are exact. On a free-threaded build, where that no longer holds,
-every update takes a per-series lock instead (``_LOCKED`` below).
+every update takes a lock instead (one per series class, ``_LOCKED`` below).
 
 Example::
 
@@ -342,7 +342,7 @@ def _locked(cls: type) -> type:
     """On free-threaded builds, wrap every update method of ``cls`` in a per-class lock."""
     if not _LOCKED:
         return cls
-    lock = threading.Lock()
+    lock = threading.RLock()  # _LastGaugeSeries.dec calls inc
     for name in ("inc", "dec", "set", "observe", "_set_total"):
         method = cls.__dict__.get(name)
         if method is None:

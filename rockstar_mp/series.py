@@ -17,6 +17,7 @@ GAUGE_MODES = ("sum", "max", "min", "last", "all")
 NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:.]*$")
 LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = frozenset({"pid", "le", "quantile"})
+HIDDEN_PREFIX = "rockstar.workload."  # the workload sketches: served as aggregates, not as series
 
 
 class SeriesKey(NamedTuple):

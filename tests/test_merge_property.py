@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from rockstar_mp.aggregator.exposition import render_json
 from rockstar_mp.aggregator.merge import Merger
 from rockstar_mp.metrics import Counter, Gauge, Histogram, Registry
-from rockstar_mp.segment import FREE, LIVE, RETIRED, Geometry, NoFreeSlab, Segment
+from rockstar_mp.segment import FREE, LIVE, RETIRED, Geometry, NoFreeSlab, Segment, process_start
 from rockstar_mp.segment.layout import Header, Slot
 from rockstar_mp.worker.attach import SlabStore
 
@@ -79,6 +79,7 @@ class SimWorker:
         self.slab = slab
         self.generation = generation
         self.registry = Registry()
+        seg.bind_slab(slab, os.getpid(), process_start(os.getpid()))  # as attach_worker names itself
         assert self.registry.bind(SlabStore(seg, slab)) == []
         self.families: dict = {}  # name -> family object
         self.alive = True

@@ -11,7 +11,7 @@ from rockstar_mp.aggregator.exposition import render_json, render_prometheus
 from rockstar_mp.aggregator.merge import Merger
 from rockstar_mp.metrics import Counter, Gauge, Histogram, Registry
 from rockstar_mp.segment import (FREE, LIVE, RETIRED, CatalogueFull, CatalogueWriter, Geometry,
-                                 LayoutMismatch, NoFreeSlab, Segment)
+                                 LayoutMismatch, NoFreeSlab, Segment, process_start)
 from rockstar_mp.segment.layout import HEADER_SIZE, LAYOUT_VERSION, Body, Header, Slot
 from rockstar_mp.worker.attach import SlabStore
 
@@ -31,6 +31,7 @@ def seg(tmp_path):
 def start_worker(seg: Segment) -> tuple[int, int, Registry]:
     """A simulated worker: a claimed slab and a registry bound to it."""
     slab, generation = seg.claim_slab()
+    seg.bind_slab(slab, os.getpid(), process_start(os.getpid()))  # as attach_worker names itself
     registry = Registry()
     assert registry.bind(SlabStore(seg, slab)) == []
     return slab, generation, registry
@@ -146,6 +147,7 @@ def test_catalogue_full_at_bind_keeps_the_series_private_and_reports_them(tmp_pa
         b = Counter("b", registry=registry)
         c = Counter("c", registry=registry)
         slab, _ = seg.claim_slab()
+        seg.bind_slab(slab, os.getpid(), process_start(os.getpid()))
         refused = registry.bind(SlabStore(seg, slab))
         assert len(refused) == 1 and '"c"' not in refused[0] and "c" in refused[0]
         assert Body.catalogue_full.get(seg.buf, geometry.slab_offset(slab)) == 1
@@ -387,6 +389,7 @@ def test_local_store_before_attach_then_attach_moves_series_to_the_slab(seg):
     h.observe(0.5)
     assert (c.get(), lab.labels("x").get(), g.get()) == (5, 2, 4)
     slab, _ = seg.claim_slab()
+    seg.bind_slab(slab, os.getpid(), process_start(os.getpid()))
     merger = Merger(seg)
     assert counters(merger) == {}  # private memory: nothing in the segment yet
     assert registry.bind(SlabStore(seg, slab)) == []

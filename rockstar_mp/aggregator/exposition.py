@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
-from ..series import COUNTER, GAUGE, HISTOGRAM, prometheus_name
+from ..series import COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, prometheus_name
 from .merge import Snapshot
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -52,8 +52,7 @@ def merge_gauge(mode: str, readings: list) -> list:
     return [((), math.fsum(values))]
 
 
-def _series_values(snap: Snapshot, pid: int | None):
-    """Yield ``(info, values)`` per series: merged totals, or one worker's values when ``pid`` is set."""
+def _raw_series_values(snap: Snapshot, pid: int | None):
     if pid is None:
         for sid, info in enumerate(snap.series):
             if info.cell >= 0:
@@ -71,6 +70,31 @@ def _series_values(snap: Snapshot, pid: int | None):
             yield info, values, None
         else:
             yield info, None, [(pid, values[0], values[1])]
+
+
+def _series_values(snap: Snapshot, pid: int | None):
+    """``(info, values, gauge readings)`` per series: merged totals, or one worker's values when ``pid``
+    is set. The workload sketches are left out (they are served as aggregates). Keys that differ only
+    in documentation, buckets or mode (old and new code side by side after a HUP) are one series:
+    counters add up, gauge readings join, a histogram keeps the first bucket layout seen."""
+    merged: dict[tuple, list] = {}
+    for info, values, readings in _raw_series_values(snap, pid):
+        key = info.key
+        if key.name.startswith(HIDDEN_PREFIX):
+            continue
+        ident = (key.name, key.labelnames, key.labelvalues)
+        seen = merged.get(ident)
+        if seen is None:
+            merged[ident] = [info, list(values) if values is not None else None,
+                             list(readings) if readings is not None else None]
+        elif seen[0].key.kind != key.kind or seen[0].key.extra != key.extra and key.kind == HISTOGRAM:
+            continue  # a conflicting declaration: the first one seen is served
+        elif values is not None:
+            seen[1] = [a + b for a, b in zip(seen[1], values)]
+        else:
+            seen[2].extend(readings)
+    for info, values, readings in merged.values():
+        yield info, values, readings
 
 
 def _histogram_json(key, values) -> dict:
@@ -92,7 +116,7 @@ def render_json(snap: Snapshot, pid: int | None = None) -> dict:
         key = info.key
         if key.kind == COUNTER:
             counters[_json_key(key)] = _number(values[0])
-            if key.labelnames:
+            if key.labelnames:  # the plain name holds the sum over label sets
                 counters[key.name] = _number(counters.get(key.name, 0) + values[0])
         elif key.kind == HISTOGRAM:
             histograms[_json_key(key)] = _histogram_json(key, values)
@@ -148,24 +172,25 @@ PROMETHEUS = _TextFormat(_prometheus_counter, _help, lambda bounds, total: True,
 OPENMETRICS = _TextFormat(_openmetrics_counter, _openmetrics_help, _openmetrics_sum, "# EOF\n")
 
 
-def render_prometheus(snap: Snapshot, pid: int | None = None) -> str:
-    """The Prometheus text exposition format 0.0.4, one family per metric name."""
-    return _render_text(snap, pid, PROMETHEUS)
+def render_prometheus(snap: Snapshot, pid: int | None = None, extra: tuple = ()) -> str:
+    """The Prometheus text exposition format 0.0.4, one family per metric name, then ``extra``."""
+    return _render_text(snap, pid, PROMETHEUS, extra)
 
 
-def render_openmetrics(snap: Snapshot, pid: int | None = None) -> str:
+def render_openmetrics(snap: Snapshot, pid: int | None = None, extra: tuple = ()) -> str:
     """OpenMetrics 1.0 text: as ``render_prometheus`` but a counter family is named without ``_total``
     (its samples keep it), HELP also escapes ``"``, and the text ends with ``# EOF``."""
-    return _render_text(snap, pid, OPENMETRICS)
+    return _render_text(snap, pid, OPENMETRICS, extra)
 
 
-def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat) -> str:
+def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat, extra: tuple = ()) -> str:
     families: dict[str, list] = {}
     for info, values, readings in _series_values(snap, pid):
         families.setdefault(info.key.name, []).append((info.key, values, readings))
     out: list[str] = []
     for name, members in families.items():
         key0 = members[0][0]
+        members = [m for m in members if m[0].kind == key0.kind]  # one kind per family
         base = prometheus_name(name)
         if key0.kind == COUNTER:
             family, sample = fmt.counter_names(base)
@@ -182,8 +207,31 @@ def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat) -> str:
             out.append(f"# HELP {base} {fmt.help(key0.documentation)}\n# TYPE {base} histogram\n")
             for key, values, _ in members:
                 out.append(_histogram_lines(base, key, values, fmt.histogram_sum(key.extra, values[-1])))
+    for family in extra:
+        out.append(_extra_family(family, fmt))
     out.append(fmt.trailer)
     return "".join(out)
+
+
+class ExtraFamily(NamedTuple):
+    """A family computed by the aggregator rather than declared by workers (process figures, workload
+    aggregates). ``samples``: ``(name suffix, label names, label values, value)``."""
+
+    name: str  # the Prometheus name, without ``_total`` for counters
+    kind: str  # counter, gauge or summary
+    documentation: str
+    samples: list
+
+
+def _extra_family(family: ExtraFamily, fmt: _TextFormat) -> str:
+    name, sample_base = family.name, family.name
+    if family.kind == COUNTER:
+        name, sample_base = fmt.counter_names(family.name)
+    lines = [f"# HELP {name} {fmt.help(family.documentation)}\n# TYPE {name} {family.kind}\n"]
+    for suffix, names, values, value in family.samples:
+        sample = sample_base if family.kind == COUNTER else family.name + suffix
+        lines.append(f"{sample}{_braces(names, values)} {_go_float(value)}\n")
+    return "".join(lines)
 
 
 def _braces(names, values) -> str:

@@ -17,7 +17,7 @@ from .exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, rend
 from .history import HistoryResource, history_route
 from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
 from .state import AggregatorState
-from .views import add_views
+from .views import add_views, exported_families
 
 
 def _digest(token: str) -> bytes:
@@ -96,7 +96,7 @@ class MetricsResource:
         snap = self._state.snapshot()
         if fmt in self._TEXT:
             resp.content_type, render = self._TEXT[fmt]
-            resp.text = render(snap, pid)
+            resp.text = render(snap, pid, exported_families(self._state) if pid is None else ())
             return
         body = render_json(snap, pid)
         body["system"] = self._state.system_json(snap)

@@ -30,6 +30,7 @@ log = logging.getLogger("rockstar_mp.aggregator")
 
 
 MEMO_SIZE = 16
+UNBOUND_SLAB_SECONDS = 60.0  # a slab assigned before a fork that never happened is reclaimed
 SPARSE = 4  # a slab whose cells span more than SPARSE x its values is added value by value instead
 
 
@@ -180,8 +181,11 @@ class Merger:
     def collect_dead(self) -> int:
         """Retire live slabs whose worker died unseen, and fold every retired slab. Returns folds."""
         folded = 0
+        now = time.time()
         for slot in self.segment.slots():
-            if slot.state == LIVE and slot.pid and not process_alive(slot.pid, slot.proc_start):
+            if slot.state == LIVE and (
+                    slot.pid and not process_alive(slot.pid, slot.proc_start)
+                    or not slot.pid and now - slot.assigned_at > UNBOUND_SLAB_SECONDS):
                 if self.segment.retire_slab(slot.slab, slot.generation):
                     slot = self.segment.slot(slot.slab)
             if slot.state == RETIRED:
@@ -239,7 +243,11 @@ class Merger:
         base = self.geometry.retired_copy(Header.retired_active.get(buf))
         layout = self.geometry.retired
         for raw, first, n in read_entries(buf, layout, base):
-            sid = self._series_id(raw)
+            try:
+                sid = self._series_id(raw)
+            except Exception:  # a corrupt key must not stop every respawned aggregator
+                log.warning("rockstar-mp: undecodable series key in the retired totals")
+                continue
             info = self.series[sid]
             if info.cell < 0:
                 continue
@@ -280,8 +288,8 @@ class Merger:
             else:
                 for cell, local in cache.summed:
                     totals[cell] += values[local]
-            if slot.state != LIVE:
-                continue
+            if slot.state != LIVE or not slot.pid:
+                continue  # retired, or assigned to a worker that has not started yet
             for sid, local in cache.gauges:
                 gauges.setdefault(sid, []).append((slot.pid, values[local], values[local + 1]))
             body = self.geometry.slab_offset(slot.slab)

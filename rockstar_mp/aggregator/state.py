@@ -23,7 +23,8 @@ DETAIL_KEYS = ("uss", "pss", "open_fds")
 
 
 class ProcessStats:
-    """psutil figures per worker pid, refreshed on the aggregator's tick (never on a scrape)."""
+    """psutil figures per worker pid: refreshed on the aggregator's tick, and on a scrape only when a
+    worker came or went since the last refresh (so a new worker never shows without them)."""
 
     def __init__(self) -> None:
         self._procs: dict[int, psutil.Process] = {}
@@ -77,7 +78,7 @@ class AggregatorState:
         self.procs = ProcessStats()
         self.rings = RingDrain(segment, config.recent_records, config.recent_logs)
         self.window = Window(config.window_seconds)
-        self.started = time.time()
+        self.history = None  # a HistoryWriter when history is on (set by the aggregator's serve())
         self._snapshot: Snapshot | None = None
 
     def tick(self) -> None:
@@ -139,4 +140,5 @@ class AggregatorState:
             "retired_overflow": snap.retired_overflow,
             "records_dropped": self.rings.records_dropped,
             "logs_dropped": self.rings.logs_dropped,
+            **(self.history.stats() if self.history is not None else {"history_errors": 0}),
         }

@@ -18,6 +18,8 @@ from ..segment import STATE_NAMES, text
 from ..segment.layout import Body
 from ..sketch import RELATIVE_ERROR
 from .state import AggregatorState
+from ..sketch import quantile
+from .exposition import ExtraFamily
 from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, sketch_totals, summarize
 
 MAX_LIMIT = 10_000
@@ -213,3 +215,46 @@ def add_views(app: falcon.asgi.App, state: AggregatorState) -> None:
     app.add_route("/workers", WorkersResource(state))
     app.add_route("/logs", LogsResource(state))
     app.add_route("/snmp", SnmpViewResource(state))
+
+
+def exported_families(state: AggregatorState) -> tuple:
+    """What the text formats add to the workers' own series: per-worker process figures (``pid``
+    label), the server's figures, and the workload aggregates as summaries per route, status class and
+    tenant (quantiles from the merged sketches, within ``RELATIVE_ERROR``)."""
+    snap = state.snapshot()
+    pids = [w.slot.pid for w in snap.workers]
+    procs = [state.procs.stats.get(pid, {}) for pid in pids]
+
+    def per_worker(field: str) -> list:
+        return [("", ("pid",), (str(pid),), p[field]) for pid, p in zip(pids, procs)
+                if p.get(field) is not None]
+
+    system = state.system_json(snap)
+    families = [
+        ExtraFamily("rockstar_worker_resident_memory_bytes", "gauge", "Resident memory of each worker",
+                    per_worker("rss")),
+        ExtraFamily("rockstar_worker_unique_memory_bytes", "gauge", "USS of each worker (private pages)",
+                    per_worker("uss")),
+        ExtraFamily("rockstar_worker_cpu_seconds", "counter", "CPU seconds used by each worker",
+                    per_worker("cpu_seconds")),
+        ExtraFamily("rockstar_worker_threads", "gauge", "Threads in each worker", per_worker("threads")),
+        ExtraFamily("rockstar_worker_open_fds", "gauge", "Open file descriptors of each worker",
+                    per_worker("open_fds")),
+        ExtraFamily("rockstar_workers_live", "gauge", "Live workers", [("", (), (), len(pids))]),
+        ExtraFamily("rockstar_workers_folded", "counter", "Workers that exited and were folded in",
+                    [("", (), (), snap.workers_folded)]),
+        ExtraFamily("rockstar_workload_records_dropped", "counter",
+                    "Workload records lost to ring overflow", [("", (), (), system["records_dropped"])]),
+    ]
+    by = aggregates(snap, sketch_totals(snap), raw=True)
+    for dim in DIMENSIONS:
+        samples = []
+        for value, (sketch, seconds) in by[dim].items():
+            for name, q in (("0.5", 0.5), ("0.95", 0.95), ("0.99", 0.99)):
+                samples.append(("", (dim, "quantile"), (value, name), quantile(sketch, q)))
+            samples.append(("_sum", (dim,), (value,), seconds))
+            samples.append(("_count", (dim,), (value,), sum(sketch.values())))
+        if samples:
+            families.append(ExtraFamily(f"rockstar_workload_{dim}_duration_seconds", "summary",
+                                        f"Request latency by {dim}", samples))
+    return tuple(families)

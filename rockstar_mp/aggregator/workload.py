@@ -81,7 +81,10 @@ class RingDrain:
                     ("logs", log_ring(layout), new_logs, _log, Header.logs_dropped)):
                 key = (slot.slab, slot.generation, name)
                 live.add(key)
-                payloads, position, dropped = read_ring(buf, base, spec, self._positions.get(key, 0))
+                since = self._positions.get(key)
+                if since is None:  # first sight (e.g. after an aggregator restart): what is still there
+                    since = max(0, spec.head.get(buf, base) - spec.slots)
+                payloads, position, dropped = read_ring(buf, base, spec, since)
                 self._positions[key] = position
                 out.extend(convert(p) for p in payloads)
                 if dropped:
@@ -122,9 +125,10 @@ def sketch_totals(snap: Snapshot) -> dict[int, float]:
 
 
 def aggregates(snap: Snapshot, totals: dict[int, float], baseline: dict[int, float] | None = None,
-               dims: tuple = DIMENSIONS, value_filter: dict | None = None) -> dict:
-    """``{dim: {value: {requests, avg_duration_ms, p50_ms, p95_ms, p99_ms, seconds}}}``; with a
-    ``baseline`` (the totals some seconds ago) the figures are for the window since then."""
+               dims: tuple = DIMENSIONS, value_filter: dict | None = None, raw: bool = False) -> dict:
+    """``{dim: {value: {requests, avg_duration_ms, p50_ms, p95_ms, p99_ms}}}``; with a ``baseline``
+    (the totals some seconds ago) the figures are for the window since then. ``raw``: ``{dim: {value:
+    (sketch, seconds)}}`` instead of the summaries."""
     baseline = baseline or {}
     buckets: dict[tuple, dict[int, float]] = {}
     seconds: dict[tuple, float] = {}
@@ -142,7 +146,8 @@ def aggregates(snap: Snapshot, totals: dict[int, float], baseline: dict[int, flo
             seconds[(dim, dim_value)] = value
     out: dict = {dim: {} for dim in dims}
     for (dim, dim_value), sketch in sorted(buckets.items()):
-        out[dim][dim_value] = summarize(sketch, seconds.get((dim, dim_value), 0.0))
+        spent = seconds.get((dim, dim_value), 0.0)
+        out[dim][dim_value] = (sketch, spent) if raw else summarize(sketch, spent)
     return out
 
 

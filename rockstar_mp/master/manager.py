@@ -2,7 +2,8 @@
 
 It creates the segment (or re-attaches the one a previous master exported, as after gunicorn's USR2),
 hands out slabs before each fork, retires them when a worker exits, and supervises the aggregator.
-Nothing here blocks: every call takes microseconds, so it is safe inside the arbiter's hooks.
+The calls made from the arbiter's per-worker hooks (``assign_slab``, ``retire_slab``) take
+microseconds; ``start``, ``reload`` and ``stop`` wait for the aggregator (up to a few seconds).
 
 Example, any pre-fork server::
 
@@ -26,11 +27,11 @@ import tempfile
 
 from ..config import MonitoringConfig
 from ..segment import Geometry, LayoutMismatch, Segment, stale_segments
+from ..segment.segment import AGGREGATOR_LOCK_SUFFIX
 from ..worker.attach import SEGMENT_ENV
 from .supervisor import AggregatorSupervisor
 
 RUN_DIR_ENV = "ROCKSTAR_PRIVATE_RUN_DIR"  # the private run directory, inherited by a re-executed master
-AGGREGATOR_LOCK_SUFFIX = ".agg"
 
 log = logging.getLogger("rockstar_mp.master")
 

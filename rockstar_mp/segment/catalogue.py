@@ -7,7 +7,7 @@ stores the new count, so a reader (or a worker killed between any two stores) ne
 from __future__ import annotations
 
 from .errors import CatalogueFull
-from .layout import INDEX_ENTRY, Body, BodyLayout
+from .layout import BODY_HEADER_SIZE, INDEX_ENTRY, Body, BodyLayout
 
 
 class CatalogueWriter:
@@ -59,10 +59,9 @@ class CatalogueWriter:
 
 
 def reset_body(buf: memoryview, base: int) -> None:
-    """Empty a body's catalogue (its owner must be gone or not yet started)."""
-    for field in (Body.n_series, Body.heap_used, Body.values_used, Body.catalogue_full,
-                  Body.heartbeat):
-        field.set(buf, 0, base)
+    """Empty a body: its catalogue, ring heads and in-flight fields (its owner must be gone or not
+    yet started). Ring slots and values are left: nothing reads them past the zeroed counts."""
+    buf[base:base + BODY_HEADER_SIZE] = bytes(BODY_HEADER_SIZE)
 
 
 def published_count(buf: memoryview, layout: BodyLayout, base: int) -> int:

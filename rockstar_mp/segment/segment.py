@@ -22,6 +22,7 @@ from .errors import LayoutMismatch, NoFreeSlab
 from .layout import FREE, HEADER_SIZE, LIVE, RETIRED, Geometry, Header, Slot
 
 SEGMENT_PREFIX = "rockstar-mp-"
+AGGREGATOR_LOCK_SUFFIX = ".agg"  # beside the segment: held by the one aggregator serving it
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import threading
 import time
 
 from .._linux import set_parent_death_signal
-from ..metrics import REGISTRY, Counter, Gauge
+from ..metrics import REGISTRY, Counter, Gauge, LocalStore
 from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
 from .logs import SlabLogHandler
 from .logs import install as install_log_handler
@@ -58,6 +58,7 @@ class WorkerState:
         self.generation = generation
         self.pid = os.getpid()
         self._stop = threading.Event()
+        self._gc_at_attach = [s["collections"] for s in gc.get_stats()]  # the master's, inherited
 
     def start_heartbeat(self) -> None:
         self.beat()
@@ -66,7 +67,8 @@ class WorkerState:
     def beat(self) -> None:
         """Record liveness and the runtime figures the aggregator sums into ``system``."""
         for generation, stats in enumerate(gc.get_stats()):
-            GC_COLLECTIONS.labels(generation)._set_total(stats["collections"])
+            since_attach = stats["collections"] - self._gc_at_attach[generation]
+            GC_COLLECTIONS.labels(generation)._set_total(since_attach)
         THREADS.set(threading.active_count())
         Body.heartbeat.set(self.segment.buf, time.time(), self.segment.geometry.slab_offset(self.slab))
 
@@ -80,15 +82,28 @@ class WorkerState:
         """Retire the slab (the worker is exiting); the aggregator folds its counts."""
         self._stop.set()
         if os.getpid() == self.pid:
-            self.segment.retire_slab(self.slab, self.generation)
+            try:
+                self.segment.retire_slab(self.slab, self.generation)
+            except OSError:
+                pass  # e.g. privileges dropped (gunicorn's user=): the aggregator retires it anyway
+
+
+def _forget_slab_in_child() -> None:
+    """A process forked from an attached worker must not write its parent's slab (one writer per
+    slab): its metrics go back to private memory until it attaches a slab of its own."""
+    if _STATE is not None and _STATE.pid != os.getpid():
+        REGISTRY.bind(LocalStore())
+        RECORDER.bind(None)
+        SlabLogHandler.ring = None
 
 
 _STATE: WorkerState | None = None
+os.register_at_fork(after_in_child=_forget_slab_in_child)
 
 
-def _terminate_with_parent() -> None:
+def _terminate_with_parent(parent: int) -> None:
     """PR_SET_PDEATHSIG(SIGTERM): the kernel signals us when the parent process exits."""
-    if set_parent_death_signal(signal.SIGTERM) and os.getppid() == 1:
+    if set_parent_death_signal(signal.SIGTERM) and os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request took effect
 
 
@@ -135,7 +150,7 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     if refused:
         log.warning("rockstar-mp: %d series did not fit in the slab and are not reported", len(refused))
     if die_with_parent:
-        _terminate_with_parent()
+        _terminate_with_parent(segment.slot(slab).master_pid or os.getppid())
     _STATE = WorkerState(segment, slab, generation)
     _bind_rings(segment, slab, capture_logs)
     _STATE.start_heartbeat()

@@ -18,7 +18,7 @@ import threading
 import time
 
 from ..metrics import Counter
-from ..segment import RingWriter, fit
+from ..segment import CatalogueFull, RingWriter, fit
 from ..segment.layout import Body
 from ..sketch import bucket_index
 
@@ -77,9 +77,12 @@ class WorkloadRecorder:
                            ("status", STATUS_CLASSES.get(status // 100, "other")),
                            ("tenant", self._bounded("tenant", tenant or "-"))):
             key = (dim, value, bucket)
-            (buckets.get(key) or BUCKETS.labels(*key)).inc()
             key2 = (dim, value)
-            (sums.get(key2) or SECONDS.labels(*key2)).inc(seconds)
+            try:
+                (buckets.get(key) or BUCKETS.labels(*key)).inc()
+                (sums.get(key2) or SECONDS.labels(*key2)).inc(seconds)
+            except CatalogueFull:
+                pass  # counted in the slab (system.catalogue_full); a request never fails for it
         ring = self._ring
         if ring is not None:
             ring.append(start, seconds, response_bytes, os.getpid(), status, fit(method, 8), fit(route, 64),
