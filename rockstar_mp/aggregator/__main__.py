@@ -22,12 +22,12 @@ import uvicorn
 from .._linux import set_parent_death_signal
 from ..config import MonitoringConfig
 from ..segment import Segment
+from ..segment.segment import AGGREGATOR_LOCK_SUFFIX
 from ..segment.layout import Header
 from .history import HistoryWriter
 from .http import create_app
 from .state import AggregatorState
 
-LOCK_SUFFIX = ".agg"
 PROCESS_REFRESH = 1.0
 PROCESS_DETAIL_EVERY = 5  # USS/PSS and open fds on every 5th process refresh
 BIND_RETRY_SECONDS = 10.0
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent)
     with open(args.config) as f:
         config = MonitoringConfig.from_json(f.read())
-    wait_for_lock(args.segment + LOCK_SUFFIX, args.parent)
+    wait_for_lock(args.segment + AGGREGATOR_LOCK_SUFFIX, args.parent)
     segment = Segment.attach(args.segment)
     Header.aggregator_pid.set(segment.buf, os.getpid())
     Header.aggregator_starts.set(segment.buf, Header.aggregator_starts.get(segment.buf) + 1)
