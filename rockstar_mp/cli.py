@@ -56,7 +56,12 @@ HOME, ERASE_LINE, ERASE_BELOW = "\x1b[H", "\x1b[K", "\x1b[J"
 
 
 class FetchError(Exception):
-    """A request to the aggregator failed; ``str()`` is the one-line message shown to the user."""
+    """A request to the aggregator failed; ``str()`` is the one-line message shown to the user and
+    ``status`` the HTTP status, if an answer came."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def fetch_json(url: str, token: str | None, timeout: float = 10.0) -> dict:
@@ -102,7 +107,7 @@ class Aggregator:
         try:
             data = fetch_json(url, self.token, self.timeout)
         except urllib.error.HTTPError as exc:
-            raise FetchError(f"{url}: {_http_error_text(exc)}") from None
+            raise FetchError(f"{url}: {_http_error_text(exc)}", exc.code) from None
         except urllib.error.URLError as exc:
             raise FetchError(f"cannot reach {url}: {exc.reason}") from None
         except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, truncated answers
@@ -247,7 +252,12 @@ def take_sample(agg: Aggregator) -> Sample:
     workload = agg.get("/workload")
     t_workers = time.monotonic()
     workers = agg.get("/workers").get("workers", [])
-    metrics = agg.get(agg.metrics_path)
+    try:
+        metrics = agg.get(agg.metrics_path)
+    except FetchError as exc:
+        if exc.status != 404:  # metrics off (enable_metrics=False): the views still work
+            raise
+        metrics = {}
     return Sample(workload, workers, metrics, t_workload, t_workers)
 
 

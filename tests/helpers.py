@@ -134,6 +134,8 @@ class Gunicorn:
         return self.proc.pid
 
     def metrics(self, headers: dict | None = None) -> dict:
+        if headers is None and self.env.get("ROCKSTAR_REQUIRE_AUTH", "").lower() in ("1", "true", "yes", "on"):
+            headers = {"Authorization": f"Bearer {self.env['ROCKSTAR_AUTH_TOKEN']}"}
         status, _, body = http_get(self.url, headers)
         if status != 200:
             raise ValueError(f"metrics: HTTP {status}: {body!r}")
