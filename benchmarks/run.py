@@ -1,4 +1,5 @@
-"""rockstar-mp against prometheus_client's multiprocess mode, measured side by side in one run.
+"""rockstar-mp against prometheus_client's multiprocess mode, measured side by side in one run (figures
+1-5), and rockstar-mp's cost per request against the same app without it (figures 6-7).
 
     cd /work/main && .venv/bin/python -m benchmarks.run        (what ``make bench`` calls)
 
@@ -18,12 +19,15 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import timeit
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +60,17 @@ REQUEST_WARMUP = 2_000
 REQUEST_REPEATS = 5
 REQUEST_NUMBER = 20_000
 REQUEST_TARGET = 3e-6  # (b) - (a), seconds per request
+
+# Figure 7: wrk against real gunicorn (sync workers), rockstar-mp on vs off, rounds alternating off/on.
+SERVER_WORKERS = 2
+WRK_THREADS = 2
+WRK_CONNECTIONS = 16
+WRK_SECONDS = 5
+WRK_WARMUP_SECONDS = 1
+WRK_ROUNDS = 3  # of each: off, on, off, on, ...
+THROUGHPUT_TARGET = 3.0  # loss in %, best "on" req/s against best "off"
+SERVER_START_TIMEOUT = 30.0
+SERVER_STOP_TIMEOUT = 35.0  # gunicorn's graceful_timeout is 30 s; idle sync workers stop at once
 
 TARGETS = {"counter": 1 / 4, "labels": 1 / 3, "histogram": 1 / 3, "scrape": 1 / 10}
 
@@ -396,6 +411,209 @@ CHILDREN = {"ours-micro": child_ours_micro, "ours-scrape": child_ours_scrape,
             "prom-writer": child_prom_writer, "prom-scrape": child_prom_scrape}
 
 
+
+# ============================================================================ figure 7: gunicorn + wrk
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (held together while picked, so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def process_group(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group ``pgid``, from /proc."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(name))
+    return pids
+
+
+def _no_control_socket() -> list[str]:
+    """gunicorn >= 27 opens a control socket, by default at ~/.gunicorn/gunicorn.ctl: one path for every
+    gunicorn of the user, so a bench server and any other gunicorn running at the time would take it
+    from each other. Ours go without (on and off alike)."""
+    try:
+        from gunicorn.config import KNOWN_SETTINGS
+    except ImportError:
+        return []
+    return ["--no-control-socket"] if any("--no-control-socket" in s.cli for s in KNOWN_SETTINGS
+                                         if s.cli) else []
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, dict, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status, dict(resp.headers), resp.read()
+
+
+class Server:
+    """One gunicorn master (and its workers, and for "on" its aggregator) in a session of its own, so
+    ``stop`` can find every process it started: SIGTERM the master, wait, then check its group."""
+
+    def __init__(self, mode: str, tmp: str, number: int) -> None:
+        self.mode = mode
+        self.port, self.metrics_port = free_ports(2)
+        env = {k: v for k, v in _env(None).items()
+               if not k.startswith("ROCKSTAR_") and k != "GUNICORN_CMD_ARGS"}
+        gunicorn = [sys.executable, "-m", "gunicorn"] + _no_control_socket()
+        if mode == "on":  # the example app under the example config: hooks, aggregator, middlewares
+            env.update(BIND=f"127.0.0.1:{self.port}", WORKERS=str(SERVER_WORKERS),
+                       ROCKSTAR_METRICS_PORT=str(self.metrics_port),
+                       ROCKSTAR_SEGMENT_DIR=tempfile.mkdtemp(prefix="segment-", dir=tmp),
+                       ROCKSTAR_RUN_DIR=tempfile.mkdtemp(prefix="run-", dir=tmp))
+            self.cmd = gunicorn + ["-c", "gunicorn_conf.py", "examples.app:app"]
+        else:  # plain gunicorn (an empty config file: not even ./gunicorn.conf.py) on the bare routes
+            empty = os.path.join(tmp, "empty_gunicorn_conf.py")
+            open(empty, "w").close()
+            self.cmd = gunicorn + ["-c", empty, "-k", "sync", "-w", str(SERVER_WORKERS),
+                                   "-b", f"127.0.0.1:{self.port}", "benchmarks.bare_app:app"]
+        self.stopped = False
+        self.log_path = os.path.join(tmp, f"gunicorn-{mode}-{number}.log")
+        self.url = f"http://127.0.0.1:{self.port}/"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self) -> None:
+        """Until the app answers 200 (and, for "on", the aggregator serves /metrics)."""
+        urls = [self.url] + ([self.metrics_url()] if self.mode == "on" else [])
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        for url in urls:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"gunicorn ({self.mode}) exited with {self.proc.returncode}:\n"
+                                       + self.log_tail())
+                try:
+                    status, headers, _ = _get(url)
+                    if status == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn ({self.mode}): {url} not ready after "
+                                       f"{SERVER_START_TIMEOUT:.0f} s:\n" + self.log_tail())
+                time.sleep(0.05)
+        status, headers, _ = _get(self.url)
+        has_id = any(k.lower() == "x-request-id" for k in headers)
+        if has_id != (self.mode == "on"):
+            raise RuntimeError(f"gunicorn ({self.mode}): X-Request-ID header "
+                               f"{'missing' if self.mode == 'on' else 'present'}: the middlewares are "
+                               f"{'off' if self.mode == 'on' else 'on'}")
+
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics?format=json"
+
+    def recorded(self) -> tuple[float, float]:
+        """("on") merged ``http.requests`` (from /metrics) and workload records (/workload's total)."""
+        _, _, body = _get(self.metrics_url(), timeout=10.0)
+        counters = json.loads(body)["counters"]
+        _, _, body = _get(f"http://127.0.0.1:{self.metrics_port}/workload", timeout=10.0)
+        return float(counters.get("http.requests", 0)), float(json.loads(body)["total_requests"])
+
+    def stop(self) -> list[str]:
+        """SIGTERM the master and wait; then every process of its group must be gone (else SIGKILL).
+        Returns notes on anything that needed force."""
+        if self.stopped:
+            return []
+        self.stopped = True
+        notes = []
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(SERVER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                notes.append(f"gunicorn ({self.mode}) master {pgid} ignored SIGTERM for "
+                             f"{SERVER_STOP_TIMEOUT:.0f} s: killed")
+                self.proc.kill()
+                self.proc.wait()
+        deadline = time.monotonic() + 10.0
+        left = process_group(pgid)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = process_group(pgid)
+        if left:
+            notes.append(f"gunicorn ({self.mode}): processes {left} outlived their master: killed")
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return notes
+
+
+def run_wrk(url: str, seconds: int) -> dict:
+    cmd = ["wrk", f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    out = {"rps": 0.0, "requests": 0, "errors": 0, "non2xx": 0}
+    for line in proc.stdout.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            out["rps"] = float(words[1])
+        elif len(words) > 2 and words[1] == "requests" and words[2] == "in":
+            out["requests"] = int(words[0])
+        elif line.strip().startswith("Socket errors:"):
+            out["errors"] = sum(int(w.strip(",")) for w in words if w.strip(",").isdigit())
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            out["non2xx"] = int(words[-1])
+    if not out["rps"]:
+        raise RuntimeError(f"no Requests/sec in wrk's output:\n{proc.stdout}")
+    return out
+
+
+def throughput(tmp: str, notes: list[str]) -> dict:
+    """Figure 7: rounds of off, on (a fresh server each, one at a time); best req/s of each."""
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    servers: list[Server] = []
+    try:
+        for number in range(WRK_ROUNDS):
+            for mode in ("off", "on"):
+                server = Server(mode, tmp, number)
+                servers.append(server)
+                server.wait_ready()
+                run_wrk(server.url, WRK_WARMUP_SECONDS)
+                result = run_wrk(server.url, WRK_SECONDS)
+                if result["errors"] or result["non2xx"]:
+                    notes.append(f"fig 7 {mode} round {number + 1}: wrk saw {result['errors']} socket "
+                                 f"errors, {result['non2xx']} non-2xx responses")
+                if mode == "on":
+                    requests, records = server.recorded()
+                    if requests < result["requests"] or records < result["requests"]:
+                        notes.append(f"fig 7 on round {number + 1}: merged http.requests {requests:.0f} "
+                                     f"and workload records {records:.0f}, but wrk got "
+                                     f"{result['requests']} responses in its timed run alone")
+                    result["recorded"] = requests
+                runs[mode].append(result)
+                notes.extend(server.stop())
+    finally:
+        for server in servers:
+            notes.extend(server.stop())
+    return runs
+
+
 # ============================================================================ the parent
 def _env(prom_dir: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in PROM_ENV}
@@ -446,6 +664,10 @@ def fmt_bytes(n: int) -> str:
     return f"{n / 1024 / 1024:.2f} MiB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KiB"
 
 
+def fmt_delta(seconds: float) -> str:
+    return ("+" if seconds >= 0 else "-") + fmt_time(abs(seconds))
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -454,6 +676,8 @@ def main() -> int:
     started = time.perf_counter()
     notes: list[str] = []
     rows: list[tuple] = []
+    rows2: list[tuple] = []  # figures 6-7: rockstar-mp on against off (no prometheus_client)
+    ours6 = runs7 = None
     tmp = tempfile.mkdtemp(prefix="rockstar-bench-")
     try:
         ours_dir = os.path.join(tmp, "ours")
@@ -538,12 +762,55 @@ def main() -> int:
                              f"expected {want[0]} summing to {want[1]}")
         if ours5["workers_folded"] != OUR_RESTARTS:
             notes.append(f"fig 5 ours: {ours5['workers_folded']} workers folded, expected {OUR_RESTARTS}")
+
+        # -- 6: one request with and without our middlewares ---------------------------------------
+        print(f"[6] one request through Falcon, bare and with our middlewares: min of {REQUEST_REPEATS} "
+              f"x {REQUEST_NUMBER:,} direct WSGI calls each ...", flush=True)
+        ours6 = run_child("ours-request", "--dir", ours_dir)
+        requests6, want_requests6, records6, want_records6 = ours6.pop("check")
+        if requests6 != want_requests6 or records6 != want_records6:
+            notes.append(f"fig 6: the slab holds {requests6:.0f} http.requests (expected "
+                         f"{want_requests6}) and {records6:.0f} workload records (expected {want_records6})")
+        cost6 = ours6["full"] - ours6["bare"]
+        rows2.append(("6. request: (b) with - (a) without", fmt_time(ours6["full"]), fmt_time(ours6["bare"]),
+                      fmt_delta(cost6), f"<= {fmt_time(REQUEST_TARGET)}",
+                      verdict(cost6 <= REQUEST_TARGET)))
+        for key, label in (("falcon_mw", "   WorkloadMiddleware only"),
+                           ("wsgi_mw", "   MetricsMiddleware only")):
+            rows2.append((label, fmt_time(ours6[key]), fmt_time(ours6["bare"]),
+                          fmt_delta(ours6[key] - ours6["bare"]), "(info)", ""))
+        rows2.append(("   RECORDER.record() alone", fmt_time(ours6["record"]), "", "", "(info)", ""))
+
+        # -- 7: throughput under wrk ----------------------------------------------------------------
+        if shutil.which("wrk") is None:
+            notes.append("fig 7 skipped: wrk is not installed")
+        else:
+            print(f"[7] wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s against gunicorn, "
+                  f"{SERVER_WORKERS} sync workers, {WRK_ROUNDS} rounds of off then on ...", flush=True)
+            try:
+                runs7 = throughput(tmp, notes)  # every server it started is stopped, even on errors
+            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+                notes.append(f"fig 7 failed (figures 1-6 stand): {exc}")
+        if runs7 is not None:
+            best_off = max(r["rps"] for r in runs7["off"])
+            best_on = max(r["rps"] for r in runs7["on"])
+            loss7 = (best_off - best_on) / best_off * 100
+            rows2.append((f"7. req/s, wrk, {SERVER_WORKERS} workers: on vs off", f"{best_on:,.0f}",
+                          f"{best_off:,.0f}", f"{-loss7:+.1f}%", f"loss <= {THROUGHPUT_TARGET:g}%",
+                          verdict(loss7 <= THROUGHPUT_TARGET)))
+            for mode in ("on", "off"):
+                rows2.append((f"   {mode}: every round, in order",
+                              " / ".join(f"{r['rps']:,.0f}" for r in runs7[mode]) if mode == "on" else "",
+                              " / ".join(f"{r['rps']:,.0f}" for r in runs7[mode]) if mode == "off" else "",
+                              "", "(info)", ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     # -- the report ------------------------------------------------------------------------------
     header = ("figure", "rockstar-mp", "prometheus_client", "ours/theirs", "target", "result")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    header2 = ("figure", "rockstar-mp on", "off", "cost", "target", "result")
+    # one set of column widths for both tables, so they read as one
+    widths = [max(len(str(r[i])) for r in rows + rows2 + [header, header2]) for i in range(len(header))]
     line = "  ".join("-" * w for w in widths)
     print()
     print(f"rockstar-mp vs prometheus_client {theirs.get('version', '?')} (multiprocess mode), "
@@ -554,6 +821,12 @@ def main() -> int:
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
     print(line)
+    if rows2:
+        print("  ".join(h.ljust(w) for h, w in zip(header2, widths)))
+        print(line)
+        for r in rows2:
+            print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+        print(line)
     print(f"1-3: per call, min of {REPEATS} repeats of {NUMBER:,} calls (loop overhead included, "
           "nothing subtracted); ours bound to a slab of a real segment.")
     print(f"4:   merge + render of {WORKERS} workers x {SERIES:,} counter series "
@@ -578,6 +851,23 @@ def main() -> int:
     print(f"       {files_before} files, {fmt_bytes(bytes_before)} -> {files_after} files, "
           f"{fmt_bytes(bytes_after)}; scrape {fmt_time(theirs5_before['min'])} -> "
           f"{fmt_time(theirs5_after['min'])} (x{their_growth:.2f}, grows with every restart).")
+    if ours6 is not None:
+        m = ours6["medians"]
+        print(f"6:   one GET / through a one-route falcon.App (the example's Hello), called as a server "
+              f"would (fresh environ, body consumed, close()), in a process attached to a slab of a real "
+              f"segment; per request, min of {REQUEST_REPEATS} interleaved repeats of {REQUEST_NUMBER:,} "
+              f"(medians: bare {fmt_time(m['bare'])}, with {fmt_time(m['full'])}).")
+        print("     (a) bare; (b) WorkloadMiddleware in the App and MetricsMiddleware around it, as "
+              "examples/app.py. record() alone: min of "
+              f"{REPEATS} x {NUMBER // 4:,} calls (one route, status and tenant: every series exists).")
+    if runs7 is not None:
+        print(f"7:   real gunicorn on loopback, {SERVER_WORKERS} sync workers, a fresh server per run, "
+              f"one at a time; per run wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_WARMUP_SECONDS}s "
+              f"(warm-up), then -d{WRK_SECONDS}s (timed); best req/s of {WRK_ROUNDS} runs each.")
+        print("     on: gunicorn -c gunicorn_conf.py examples.app:app (hooks, aggregator, both "
+              "middlewares); off: plain gunicorn on benchmarks.bare_app:app (same routes, no middleware).")
+        print(f"     wrk and gunicorn share the machine's {os.cpu_count()} CPUs: the workers get what wrk "
+              "leaves, so the loss is indicative, and noisy if anything else runs.")
     for note in notes:
         print(f"NOTE: {note}")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, fields
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional
 
 ENV_PREFIX = "ROCKSTAR_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -32,25 +32,50 @@ class MonitoringConfig:
     metrics_port: int = 9090
     require_auth: bool = False
     auth_token: Optional[str] = None
+    admin_token: Optional[str] = None  # for /control and POST /optimize; auth_token if unset
+    admin_open: bool = False  # let the admin endpoints work without any token (not recommended)
+    # Protection of every endpoint.
+    rate_limit: float = 100.0  # requests a second per client address (0 = no limit)
+    rate_limit_burst: int = 200
+    max_request_bytes: int = 65536
+    request_timeout: float = 5.0  # seconds for a request body to arrive
     # Go-style profiling (off unless enabled).
     enable_pprof: bool = False
     pprof_path: str = "/debug/pprof"
     pprof_port: int = 6060
+    pprof_max_seconds: float = 300.0  # ?seconds=N above this is refused (400)
+    pprof_hz: int = 100  # sampling rate of the CPU, wall, block/mutex and trace samplers (1..1000)
+    pprof_cpu_mode: str = "auto"  # auto | signal (SIGPROF, main thread) | thread (thread sampler)
+    heap_tracemalloc_at_boot: bool = False  # tracemalloc on in every worker from the start (8-20x slower)
+    pprof_heap_frames: int = 16  # frames tracemalloc keeps per allocation when started at boot
     # The SNMP agent.
     enable_snmp: bool = False
     snmp_port: int = 1161
     snmp_community: str = "public"
+    # SNMPv3 USM users (see rockstar_mp.aggregator.snmp.settings): a list of dicts
+    # {"user", "auth_protocol", "auth_key", "priv_protocol", "priv_key"}, or the compact string
+    # "user:SHA:authpass:AES:privpass,user2:..." ($ROCKSTAR_SNMP_USERS; a value starting with "[" is JSON).
+    snmp_users: "str | list" = ""
+    snmp_base_oid: str = "1.3.6.1.4.1.8072.9999.9999"  # the root of ROCKSTAR-MP-MIB (net-snmp's playpen)
+    # Notification targets: "v2c:community@host:port" or "v3:user@host:port" (a user of snmp_users),
+    # a "/inform" suffix for informs; comma-separated, or a list of such strings.
+    snmp_trap_targets: "str | list" = ""
+    snmp_error_rate_threshold: float = 0.0  # 5xx share of requests over snmp_threshold_window; 0 = off
+    snmp_p95_threshold_ms: float = 0.0  # p95 latency over snmp_threshold_window; 0 = off
+    snmp_threshold_window: float = 30.0  # seconds (at most window_seconds)
     # Scheduled garbage collection in the workers.
     enable_optimization: bool = False
     optimization_interval: float = 300.0
+    optimization_spread: float = 1.0  # 0..1: the share of the interval the workers' turns spread over
+    gc_freeze_before_fork: bool = False  # gc.freeze() in the master before each fork (with preload_app)
     # Where things live.
     host: str = "127.0.0.1"
     segment_dir: str = "/dev/shm"
     run_dir: Optional[str] = None  # control sockets, pid and history files; private per master if None
     # Sizes of the segment (fixed when the master creates it).
     max_workers: int = 64
-    slab_max_series: int = 2048
-    slab_max_values: int = 16384
+    slab_max_series: int = 8192  # the workload sketches take ~50 series per route, status class, tenant
+    slab_max_values: int = 32768
     retired_max_series: int = 8192
     retired_max_values: int = 65536
     record_slots: int = 1024  # workload records a worker's ring holds until the aggregator drains it
@@ -80,7 +105,11 @@ class MonitoringConfig:
                 raise ValueError(f"{name} must be 0..65535, got {getattr(self, name)}")
         if self.require_auth and not self.auth_token:
             raise ValueError("require_auth needs auth_token (or $ROCKSTAR_AUTH_TOKEN)")
-        for name in ("optimization_interval", "snapshot_max_age", "tick_interval"):
+        if not 0 <= self.optimization_spread <= 1:
+            raise ValueError(f"optimization_spread must be 0..1, got {self.optimization_spread!r}")
+        if self.rate_limit < 0 or self.rate_limit_burst < 1 or self.max_request_bytes < 1:
+            raise ValueError("rate_limit must be >= 0, rate_limit_burst and max_request_bytes >= 1")
+        for name in ("optimization_interval", "snapshot_max_age", "tick_interval", "request_timeout"):
             value = getattr(self, name)
             if not 0 < value < float("inf"):  # also refuses NaN
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -90,8 +119,34 @@ class MonitoringConfig:
         if not 0 < self.history_retention < float("inf"):
             raise ValueError("history_retention must be a positive number of seconds, "
                              f"got {self.history_retention!r}")
+        self._check_snmp()
+        if not 0 < self.pprof_max_seconds < float("inf"):
+            raise ValueError(f"pprof_max_seconds must be a positive number of seconds, got {self.pprof_max_seconds!r}")
+        if not 1 <= self.pprof_hz <= 1000:
+            raise ValueError(f"pprof_hz must be 1..1000, got {self.pprof_hz}")
+        if self.pprof_cpu_mode not in ("auto", "signal", "thread"):
+            raise ValueError(f"pprof_cpu_mode must be auto, signal or thread, got {self.pprof_cpu_mode!r}")
+        if not 1 <= self.pprof_heap_frames <= 256:
+            raise ValueError(f"pprof_heap_frames must be 1..256, got {self.pprof_heap_frames}")
         if not 1 <= self.max_workers <= 4096:
             raise ValueError("max_workers must be 1..4096 (it sizes the segment)")
+
+    def _check_snmp(self) -> None:
+        if not self.snmp_community:
+            raise ValueError("snmp_community must not be empty")
+        parse_base_oid(self.snmp_base_oid)
+        users = parse_users(self.snmp_users)
+        parse_trap_targets(self.snmp_trap_targets, {u.name for u in users})
+        for name in ("snmp_error_rate_threshold", "snmp_p95_threshold_ms"):
+            value = getattr(self, name)
+            if not 0 <= value < float("inf"):
+                raise ValueError(f"{name} must be a number >= 0 (0: off), got {value!r}")
+        if self.snmp_error_rate_threshold > 1:
+            raise ValueError("snmp_error_rate_threshold is a fraction of requests (0..1), "
+                             f"got {self.snmp_error_rate_threshold!r}")
+        if not 1 <= self.snmp_threshold_window <= self.window_seconds:
+            raise ValueError(f"snmp_threshold_window must be 1..window_seconds ({self.window_seconds}), "
+                             f"got {self.snmp_threshold_window!r}")
 
     def with_env(self, environ: Mapping[str, str] | None = None) -> "MonitoringConfig":
         """A copy with every ``ROCKSTAR_<FIELD>`` present in ``environ`` (default ``os.environ``) applied."""
@@ -112,8 +167,11 @@ class MonitoringConfig:
 
     def __repr__(self) -> str:  # never print the token
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        if shown["auth_token"]:
-            shown["auth_token"] = "***"
+        for secret in ("auth_token", "admin_token"):
+            if shown[secret]:
+                shown[secret] = "***"
+        if shown["snmp_users"]:
+            shown["snmp_users"] = [f"{u.name}:***" for u in parse_users(self.snmp_users)]
         return "MonitoringConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
@@ -136,3 +194,122 @@ def _parse(name: str, kind, raw: str):
         return raw
     except ValueError as exc:
         raise ValueError(f"${ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+
+
+# -- SNMP settings (parsed here so that workers and the aggregator validate them alike) -------------
+class SnmpUser(NamedTuple):
+    """One SNMPv3 USM user. Protocols: auth SHA (= SHA1), SHA224, SHA256, SHA384, SHA512, MD5 or NONE;
+    priv AES (= AES128), AES192, AES256, DES, 3DES or NONE. Keys are passphrases of 8+ characters."""
+
+    name: str
+    auth_protocol: str
+    auth_key: str
+    priv_protocol: str
+    priv_key: str
+
+    @property
+    def level(self) -> str:
+        if self.auth_protocol == "NONE":
+            return "noAuthNoPriv"
+        return "authNoPriv" if self.priv_protocol == "NONE" else "authPriv"
+
+
+class TrapTarget(NamedTuple):
+    version: str  # "v2c" or "v3"
+    secret: str  # the community (v2c) or the USM user name (v3)
+    host: str
+    port: int
+    inform: bool
+
+
+AUTH_PROTOCOLS = ("NONE", "MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512")
+PRIV_PROTOCOLS = ("NONE", "DES", "3DES", "AES", "AES128", "AES192", "AES256")
+
+
+def _entries(value, what: str) -> list:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"{what}: bad JSON: {exc}") from None
+        else:
+            return [part.strip() for part in text.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{what} must be a string or a list, got {type(value).__name__}")
+    return list(value)
+
+
+def parse_users(value) -> list[SnmpUser]:
+    """``snmp_users`` as ``SnmpUser``s: "name:AUTH:authkey:PRIV:privkey" strings (comma-separated in one
+    string; keys cannot contain ':' or ',' there: use the JSON/list form) or dicts with those fields."""
+    users = []
+    for entry in _entries(value, "snmp_users"):
+        if isinstance(entry, str):
+            parts = entry.split(":")
+            if len(parts) == 3:
+                parts += ["NONE", ""]
+            if len(parts) != 5:
+                raise ValueError("snmp_users entries are 'name:AUTH:authkey:PRIV:privkey' "
+                                 f"(or 'name:AUTH:authkey'), got {len(parts)} fields")
+            entry = dict(zip(("user", "auth_protocol", "auth_key", "priv_protocol", "priv_key"), parts))
+        if not isinstance(entry, dict):
+            raise ValueError(f"snmp_users entries must be strings or dicts, got {type(entry).__name__}")
+        unknown = set(entry) - {"user", "name", "auth_protocol", "auth_key", "priv_protocol", "priv_key"}
+        if unknown:
+            raise ValueError(f"snmp_users: unknown keys {sorted(unknown)}")
+        name = str(entry.get("user") or entry.get("name") or "")
+        auth = str(entry.get("auth_protocol") or "SHA").upper()
+        priv = str(entry.get("priv_protocol") or ("AES" if entry.get("priv_key") else "NONE")).upper()
+        user = SnmpUser(name, auth, str(entry.get("auth_key") or ""), "AES" if priv == "AES128" else priv,
+                        str(entry.get("priv_key") or ""))
+        if not name or len(name) > 32:
+            raise ValueError(f"snmp_users: a user name must have 1..32 characters, got {name!r}")
+        if auth not in AUTH_PROTOCOLS or priv not in PRIV_PROTOCOLS:
+            raise ValueError(f"snmp_users: user {name!r}: auth must be one of {AUTH_PROTOCOLS} and priv "
+                             f"one of {PRIV_PROTOCOLS}, got {auth!r}/{priv!r}")
+        if auth == "NONE" and priv != "NONE":
+            raise ValueError(f"snmp_users: user {name!r}: privacy needs authentication")
+        for proto, key, kind in ((auth, user.auth_key, "auth"), (user.priv_protocol, user.priv_key, "priv")):
+            if proto != "NONE" and len(key) < 8:
+                raise ValueError(f"snmp_users: user {name!r}: the {kind} key needs 8 or more characters")
+        if any(u.name == name for u in users):
+            raise ValueError(f"snmp_users: user {name!r} appears twice")
+        users.append(user)
+    return users
+
+
+def parse_trap_targets(value, users: set | None = None) -> list[TrapTarget]:
+    """``snmp_trap_targets``: "v2c:community@host:port" or "v3:user@host:port", "/inform" appended for
+    informs (default traps); comma-separated in one string, or a list of such strings."""
+    targets = []
+    for entry in _entries(value, "snmp_trap_targets"):
+        if not isinstance(entry, str):
+            raise ValueError("snmp_trap_targets entries are strings like 'v2c:public@127.0.0.1:162'")
+        spec, inform = entry, False
+        if spec.endswith("/inform") or spec.endswith("/trap"):
+            spec, _, kind = spec.rpartition("/")
+            inform = kind == "inform"
+        version, _, rest = spec.partition(":")
+        secret, _, address = rest.rpartition("@")
+        host, _, port = address.rpartition(":")
+        if version not in ("v2c", "v3") or not secret or not host or not port.isdigit() \
+                or not 0 < int(port) < 65536:
+            raise ValueError(f"snmp_trap_targets: expected 'v2c:community@host:port' or "
+                             f"'v3:user@host:port' (optionally '/inform'), got {entry!r}")
+        if version == "v3" and users is not None and secret not in users:
+            raise ValueError(f"snmp_trap_targets: {entry!r} names user {secret!r}, not in snmp_users")
+        targets.append(TrapTarget(version, secret, host.strip("[]"), int(port), inform))
+    return targets
+
+
+def parse_base_oid(value: str) -> tuple:
+    try:
+        oid = tuple(int(part) for part in value.strip(".").split("."))
+    except ValueError:
+        raise ValueError(f"snmp_base_oid must be a dotted OID like 1.3.6.1.4.1.8072.9999.9999, "
+                         f"got {value!r}") from None
+    if len(oid) < 2 or oid[0] > 2 or any(p < 0 or p >= 2 ** 32 for p in oid) or len(oid) > 100:
+        raise ValueError(f"snmp_base_oid is not a valid OID: {value!r}")
+    return oid

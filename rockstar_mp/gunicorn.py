@@ -12,16 +12,18 @@ the config file); a USR2 master re-attaches the segment its parent exported.
 """
 from __future__ import annotations
 
+import gc
 import os
 
 from .config import MonitoringConfig
 from .master.manager import MonitoringManager
 from .master.manager import RUN_DIR_ENV
 from .segment import NoFreeSlab
-from .worker.attach import SEGMENT_ENV, attach_worker
+from .worker.attach import SEGMENT_ENV, attach_worker, current
+from .worker.optimize import install_usr1
 
-__all__ = ["configure", "on_starting", "on_reload", "pre_fork", "post_fork", "child_exit", "pre_exec",
-           "on_exit"]
+__all__ = ["configure", "on_starting", "on_reload", "pre_fork", "post_fork", "post_worker_init",
+           "child_exit", "pre_exec", "on_exit"]
 
 _config: MonitoringConfig | None = None
 _manager: MonitoringManager | None = None
@@ -41,6 +43,8 @@ def manager() -> MonitoringManager | None:
 def on_starting(server) -> None:
     global _manager
     _manager = MonitoringManager(_config).start()
+    if _manager.config.gc_freeze_before_fork:
+        gc.disable()  # Python's advice: no collections in the parent (holes), freeze before fork
     server.log.info("rockstar-mp: segment %s, metrics on http://%s:%d%s", _manager.segment.path,
                     _manager.config.host, _manager.config.metrics_port, _manager.config.metrics_path)
 
@@ -53,6 +57,8 @@ def on_reload(server) -> None:
 def pre_fork(server, worker) -> None:
     if _manager is None:
         return
+    if _manager.config.gc_freeze_before_fork:
+        gc.freeze()  # what the app preloaded moves to the permanent generation: the child's GC skips it
     try:
         worker.rockstar_slab = _manager.assign_slab(age=worker.age)
     except NoFreeSlab as exc:  # never stop the arbiter: this worker just goes unmonitored
@@ -62,10 +68,19 @@ def pre_fork(server, worker) -> None:
 
 def post_fork(server, worker) -> None:
     slab = getattr(worker, "rockstar_slab", None)
+    if _manager is not None and _manager.config.gc_freeze_before_fork:
+        gc.enable()
     if _manager is not None and slab is not None:
         config = _manager.config
         attach_worker(_manager.segment, *slab, die_with_parent=True,
                       capture_logs=config.log_level if config.capture_logs else None)
+
+
+def post_worker_init(worker) -> None:
+    """After gunicorn installed the worker's signal handlers: SIGUSR1 also optimizes (chained)."""
+    state = current()
+    if state is not None:
+        install_usr1(state.optimizer)
 
 
 def pre_exec(server) -> None:

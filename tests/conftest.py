@@ -20,3 +20,6 @@ def gunicorn_factory(tmp_path):
     yield make
     for server in servers:
         server.stop()
+    for server in servers:  # no test may leave an exception in a master, worker or aggregator
+        log = server.log_text()
+        assert "Traceback" not in log, log[log.find("Traceback") - 300:][:4000]

@@ -26,6 +26,9 @@ from ..segment.segment import AGGREGATOR_LOCK_SUFFIX
 from ..segment.layout import Header
 from .history import HistoryWriter
 from .http import create_app
+from .pprof import create_pprof_app
+from .optimize import run_schedule
+from .snmp import SnmpAgent
 from .state import AggregatorState
 
 PROCESS_REFRESH = 1.0
@@ -100,10 +103,16 @@ async def serve(state: AggregatorState, parent: int, run_dir: str | None = None)
     history = HistoryWriter.from_config(config, run_dir)  # None when history_interval=0
     state.history = history  # read by the history endpoint (and system_json's history_errors)
     servers = [HttpServer(create_app(state), bind(config.host, config.metrics_port))]
+    if config.enable_pprof and run_dir:  # the /debug/pprof tree (aggregator/pprof.py)
+        servers.append(HttpServer(create_pprof_app(state, run_dir), bind(config.host, config.pprof_port)))
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     tasks = [asyncio.create_task(s.run()) for s in servers]
+    tasks.append(asyncio.create_task(run_schedule(state, stopping)))
+    snmp = state.snmp = SnmpAgent(state)  # start()/stop() at runtime too
+    if config.enable_snmp:
+        tasks.append(snmp.start_soon())  # binding may wait for a port: never hold up the tick
     next_refresh = 0.0
     refreshes = 0
     while not stopping.is_set():
@@ -126,6 +135,7 @@ async def serve(state: AggregatorState, parent: int, run_dir: str | None = None)
             await asyncio.wait_for(stopping.wait(), timeout=config.tick_interval)
         except asyncio.TimeoutError:
             pass
+    await snmp.stop()
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -4,8 +4,6 @@ Every error is JSON (``{"title": ..., "description": ...}``), whatever the clien
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 
 import falcon
@@ -14,31 +12,30 @@ import falcon.asgi
 from ..config import MonitoringConfig
 from .exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, render_json, render_openmetrics,
                          render_prometheus)
+from .admin import RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
 from .history import HistoryResource, history_route
 from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
 from .state import AggregatorState
 from .views import add_views, exported_families
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
 class BearerAuth:
-    """Falcon middleware: with ``require_auth``, every request needs ``Authorization: Bearer <token>``.
+    """Falcon middleware: with ``require_auth``, every request needs ``Authorization: Bearer <token>``
+    (the ``auth_token``, or the ``admin_token``, which may do everything the reading token may).
 
     Both sides are hashed first, so the comparison takes the same time whatever the token's length.
     """
 
     def __init__(self, config: MonitoringConfig) -> None:
         self._required = config.require_auth
-        self._expected = _digest(config.auth_token or "")
+        self._tokens = [t for t in (config.auth_token, config.admin_token) if t]
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         if not self._required:
             return
-        scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(_digest(token.strip()), self._expected):
+        refuse_token_in_query(req)
+        token = bearer_token(req)
+        if not any([token_matches(token, expected) for expected in self._tokens]):  # no short cut
             raise falcon.HTTPUnauthorized(
                 title="401 Unauthorized",
                 description="send the token as 'Authorization: Bearer <token>'",
@@ -110,11 +107,28 @@ def _json_errors(req, resp, exc: falcon.HTTPError) -> None:
     resp.text = json.dumps(exc.to_dict())
 
 
+class MetricsSink:
+    """Serves ``MetricsResource`` at whatever ``metrics_path`` is in force (runtime control can move
+    it); every other unrouted path is 404."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+        self._resource = MetricsResource(state)
+
+    async def __call__(self, req, resp, **_) -> None:
+        if req.path != self._state.config.metrics_path:
+            raise falcon.HTTPNotFound(title="404 Not Found", description=f"no such path {req.path!r}")
+        if req.method != "GET":
+            raise falcon.HTTPMethodNotAllowed(["GET"], title="405 Method Not Allowed")
+        await self._resource.on_get(req, resp)
+
+
 def create_app(state: AggregatorState) -> falcon.asgi.App:
-    """The metrics app served on ``metrics_port``."""
-    app = falcon.asgi.App(middleware=[BearerAuth(state.config)])
+    """The app served on ``metrics_port``: metrics, views, history and the admin endpoints."""
+    app = falcon.asgi.App(middleware=[RateLimit(state), BearerAuth(state.config)])
     app.set_error_serializer(_json_errors)
-    app.add_route(state.config.metrics_path, MetricsResource(state))
     app.add_route(history_route(state.config), HistoryResource(state))
     add_views(app, state)
+    add_admin(app, state)
+    app.add_sink(MetricsSink(state), prefix="/")
     return app

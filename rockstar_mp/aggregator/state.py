@@ -5,18 +5,23 @@ re-merges when the last merge is older than ``snapshot_max_age`` (a merge takes 
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import psutil
 
 from ..config import MonitoringConfig
+from ..control import apply_overrides, read_overrides
 from ..segment import STATE_NAMES, Segment
 from ..segment.layout import Header
 from .merge import Merger, Snapshot
+from .optimize import OptimizationSchedule
 from .workload import RingDrain, Window, sketch_totals
 
 GC_SERIES = "rockstar.gc.collections"
+
+log = logging.getLogger("rockstar_mp.aggregator")
 
 
 DETAIL_KEYS = ("uss", "pss", "open_fds")
@@ -73,21 +78,38 @@ class ProcessStats:
 class AggregatorState:
     def __init__(self, segment: Segment, config: MonitoringConfig) -> None:
         self.segment = segment
-        self.config = config
+        self.base_config = config  # what the master configured
+        self.config = config  # with the runtime overrides (``apply_control``)
+        self._overrides: dict = {}
         self.merger = Merger(segment)
         self.procs = ProcessStats()
         self.rings = RingDrain(segment, config.recent_records, config.recent_logs)
         self.window = Window(config.window_seconds)
+        self.optimization = OptimizationSchedule(segment)
         self.history = None  # a HistoryWriter when history is on (set by the aggregator's serve())
         self._snapshot: Snapshot | None = None
 
+    def apply_control(self) -> None:
+        """Apply the runtime overrides kept in the segment (``rockstar_mp.control``), if they changed."""
+        overrides = read_overrides(self.segment)
+        if overrides == self._overrides:
+            return
+        try:
+            self.config = apply_overrides(self.base_config, overrides)
+        except ValueError as exc:
+            log.error("rockstar-mp aggregator: runtime control ignored: %s", exc)
+        self._overrides = overrides
+
     def tick(self) -> None:
-        """Drain the rings, fold dead workers (after draining them), beat, refresh the merge."""
+        """Apply runtime control, drain the rings, fold dead workers (after draining them), beat,
+        refresh the merge."""
         Header.aggregator_heartbeat.set(self.segment.buf, time.time())
+        self.apply_control()
         self.rings.drain()
         if self.merger.collect_dead():
             self._snapshot = None
         self.window.add(sketch_totals(self.snapshot()))
+        self.optimization.observe()
 
     def refresh_processes(self, full: bool = False) -> None:
         snap = self._snapshot or self.snapshot()

@@ -29,7 +29,11 @@ def _bad(description: str) -> falcon.HTTPBadRequest:
     return falcon.HTTPBadRequest(title="400 Bad Request", description=description)
 
 
-def _only(req, allowed: tuple) -> None:
+def _only(req, allowed: tuple, state: AggregatorState | None = None) -> None:
+    """Refuse unknown parameters; with ``state``, 404 while the metrics endpoint (and with it every
+    view on its port) is switched off."""
+    if state is not None and not state.config.enable_metrics:
+        raise falcon.HTTPNotFound(title="404 Not Found", description="the metrics endpoint is off")
     unknown = sorted(set(req.params) - set(allowed))
     if unknown:
         raise _bad(f"unknown query parameter(s) {unknown}; this path takes {list(allowed)}")
@@ -61,7 +65,7 @@ class WorkloadResource:
         self._state = state
 
     async def on_get(self, req, resp) -> None:
-        _only(req, ("window", "route", "tenant", "status"))
+        _only(req, ("window", "route", "tenant", "status"), self._state)
         state = self._state
         window = _number(req, "window", None, 1.0, state.config.window_seconds)
         filters = {dim: req.get_param(dim) for dim in DIMENSIONS if req.get_param(dim) is not None}
@@ -110,7 +114,7 @@ class WorkersResource:
         self._state = state
 
     async def on_get(self, req, resp) -> None:
-        _only(req, ())
+        _only(req, (), self._state)
         _send(resp, {"workers": workers_json(self._state)})
 
 
@@ -160,7 +164,7 @@ class LogsResource:
         self._state = state
 
     async def on_get(self, req, resp) -> None:
-        _only(req, ("level", "since", "limit"))
+        _only(req, ("level", "since", "limit"), self._state)
         level_raw = (req.get_param("level") or "debug").lower()
         level = LEVELS.get(level_raw)
         if level is None:
@@ -186,7 +190,7 @@ class SnmpViewResource:
         self._community = hashlib.sha256(state.config.snmp_community.encode()).digest()
 
     async def on_get(self, req, resp) -> None:
-        _only(req, ("limit",))
+        _only(req, ("limit",), self._state)
         given = (req.get_header("X-SNMP-Community") or "").encode()
         if not hmac.compare_digest(hashlib.sha256(given).digest(), self._community):
             raise falcon.HTTPForbidden(title="403 Forbidden",

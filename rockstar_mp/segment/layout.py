@@ -30,6 +30,7 @@ TABLE_ENTRY_SIZE = 64
 BODY_HEADER_SIZE = 256
 INDEX_ENTRY = struct.Struct("<IIII")  # key offset in heap, key length, first value (float64 index), value count
 MAX_MASTERS = 8
+CONTROL_BYTES = 2048
 
 # Slab states, stored in the slab table.
 FREE, LIVE, RETIRED = 0, 1, 2
@@ -77,6 +78,10 @@ class Header:
     records_dropped = Field(112, "Q")  # aggregator-owned: workload records lost to ring overflow
     logs_dropped = Field(120, "Q")  # aggregator-owned: log records lost to ring overflow
     masters = [Field(256 + 8 * i, "Q") for i in range(MAX_MASTERS)]  # pids of masters sharing the file
+    # Runtime control (which endpoints are on, at which paths): JSON written under the segment lock
+    # by the master or the aggregator, its length last; read by the aggregator on every tick.
+    control_length = Field(512, "I")
+    control_json = Field(520, f"{CONTROL_BYTES}s")
 
 
 class Slot:
@@ -108,6 +113,17 @@ class Body:
     inflight_method = Field(88, "8s")
     inflight_path = Field(96, "64s")
     inflight_count = Field(160, "Q")  # requests in progress (gthread workers serve several)
+    # Optimization (GC). Requests are written by the aggregator or the master (a counter only they
+    # raise, the one field of a slab with another writer); everything after it by the worker.
+    optimize_requested = Field(168, "Q")
+    optimize_count = Field(176, "Q")  # optimizations done (also those asked by SIGUSR1)
+    optimize_last = Field(184, "d")  # time.time() the last one finished
+    optimize_seconds = Field(192, "d")  # how long gc.collect() took
+    optimize_rss_before = Field(200, "Q")
+    optimize_rss_after = Field(208, "Q")
+    optimize_uss_before = Field(216, "Q")
+    optimize_uss_after = Field(224, "Q")
+    optimize_collected = [Field(232 + 8 * i, "Q") for i in range(3)]  # objects, by generation
 
 
 # Ring slots: the sequence number, then the payload.

@@ -23,11 +23,14 @@ from ..metrics import REGISTRY, Counter, Gauge, LocalStore
 from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
 from .logs import SlabLogHandler
 from .logs import install as install_log_handler
+from .optimize import Optimizer
 from .workload import RECORDER
+from .control import start_control
 from ..segment.layout import Body
 
 SEGMENT_ENV = "ROCKSTAR_SEGMENT"
 HEARTBEAT_SECONDS = 1.0
+POLL_SECONDS = 0.1  # how soon a requested optimization is noticed
 
 log = logging.getLogger("rockstar_mp.worker")
 
@@ -58,11 +61,13 @@ class WorkerState:
         self.generation = generation
         self.pid = os.getpid()
         self._stop = threading.Event()
+        self.optimizer = Optimizer(segment.buf, segment.geometry.slab_offset(slab))
         self._gc_at_attach = [s["collections"] for s in gc.get_stats()]  # the master's, inherited
 
     def start_heartbeat(self) -> None:
         self.beat()
-        threading.Thread(target=self._heartbeat_loop, name="rockstar-heartbeat", daemon=True).start()
+        RECORDER.on_idle = self.optimizer.on_idle
+        threading.Thread(target=self._monitor_loop, name="rockstar-monitor", daemon=True).start()
 
     def beat(self) -> None:
         """Record liveness and the runtime figures the aggregator sums into ``system``."""
@@ -72,11 +77,21 @@ class WorkerState:
         THREADS.set(threading.active_count())
         Body.heartbeat.set(self.segment.buf, time.time(), self.segment.geometry.slab_offset(self.slab))
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+    def _monitor_loop(self) -> None:
+        """Every 0.1 s: optimization requests; every second: the heartbeat."""
+        next_beat = time.monotonic() + HEARTBEAT_SECONDS
+        while not self._stop.is_set():
+            self.optimizer.wake.wait(POLL_SECONDS)
+            self.optimizer.wake.clear()
             if os.getpid() != self.pid:
                 return  # a fork of the worker: not ours to report
-            self.beat()
+            try:
+                self.optimizer.poll()
+                if time.monotonic() >= next_beat:
+                    self.beat()
+                    next_beat = time.monotonic() + HEARTBEAT_SECONDS
+            except Exception:  # the monitor must outlive any one failure
+                log.exception("rockstar-mp: worker monitor")
 
     def detach(self) -> None:
         """Retire the slab (the worker is exiting); the aggregator folds its counts."""
@@ -153,6 +168,7 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
         _terminate_with_parent(segment.slot(slab).master_pid or os.getppid())
     _STATE = WorkerState(segment, slab, generation)
     _bind_rings(segment, slab, capture_logs)
+    start_control(segment.path)  # profiling's control socket, when pprof is on (worker/control.py)
     _STATE.start_heartbeat()
     atexit.register(_STATE.detach)
     return _STATE

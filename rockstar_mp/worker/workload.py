@@ -48,6 +48,7 @@ class WorkloadRecorder:
         self._ring: RingWriter | None = None
         self._inflight = threading.Lock()
         self._body: tuple | None = None  # (buf, base) of the slab, for the in-flight fields
+        self.on_idle = None  # called when the last in-flight request is done (pending optimization)
 
     def bind(self, ring: RingWriter | None, buf=None, base: int = 0) -> None:
         """Called by ``attach_worker``: records go to this ring from now on."""
@@ -108,6 +109,8 @@ class WorkloadRecorder:
             Body.inflight_count.set(buf, count, base)
             if not count:
                 Body.inflight_started.set(buf, 0.0, base)
+        if not count and self.on_idle is not None:
+            self.on_idle()
 
 
 RECORDER = WorkloadRecorder()

@@ -1,0 +1,184 @@
+"""Admin endpoints (``/optimize``, ``/control``) and the protection of every endpoint.
+
+Admin endpoints always need a token, even when reading is open (``require_auth=False``): the
+``admin_token``, or the ``auth_token`` when no admin token is set. Only ``admin_open=True`` opens them
+without one. A token is only ever read from the ``Authorization`` header, never the query string (URLs
+end up in logs).
+
+Every endpoint is rate limited per client address (a token bucket: ``rate_limit`` requests a second,
+bursts of ``rate_limit_burst``; 429 with ``Retry-After``), request bodies are capped at
+``max_request_bytes`` and must arrive within ``request_timeout`` seconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import math
+import time
+from collections import OrderedDict
+
+import falcon
+import falcon.asgi
+
+from ..config import MonitoringConfig
+from ..control import CONTROLLABLE, request_optimization, totals, write_overrides
+from .state import AggregatorState
+
+TOKEN_PARAMS = ("token", "access_token", "auth_token", "bearer")
+MAX_CLIENTS = 10_000
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def bearer_token(req) -> str | None:
+    scheme, _, token = (req.get_header("Authorization") or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def token_matches(given: str | None, expected: str | None) -> bool:
+    """Constant-time: both sides are hashed first, so the time does not depend on the length."""
+    return bool(given is not None and expected and hmac.compare_digest(_digest(given), _digest(expected)))
+
+
+def require_admin(req, config: MonitoringConfig) -> None:
+    refuse_token_in_query(req)
+    expected = config.admin_token or config.auth_token
+    if config.admin_open and not expected:
+        return
+    if not expected:
+        raise falcon.HTTPUnauthorized(
+            title="401 Unauthorized", challenges=['Bearer realm="rockstar-mp admin"'],
+            description="admin endpoints need a token: set admin_token (or auth_token), or admin_open=True")
+    if not token_matches(bearer_token(req), expected):
+        raise falcon.HTTPUnauthorized(title="401 Unauthorized",
+                                      description="send the admin token as 'Authorization: Bearer <token>'",
+                                      challenges=['Bearer realm="rockstar-mp admin"'])
+
+
+def refuse_token_in_query(req) -> None:
+    if any(name in req.params for name in TOKEN_PARAMS):
+        raise falcon.HTTPBadRequest(title="400 Bad Request",
+                                    description="a token is never accepted in the URL: send "
+                                                "'Authorization: Bearer <token>'")
+
+
+class RateLimit:
+    """Falcon middleware: a token bucket per client address."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+        self._buckets: OrderedDict[str, list] = OrderedDict()  # client -> [tokens, last time]
+
+    async def process_request(self, req, resp) -> None:
+        config = self._state.config
+        if config.rate_limit <= 0:
+            return
+        now = time.monotonic()
+        client = req.remote_addr or "?"
+        bucket = self._buckets.pop(client, None) or [float(config.rate_limit_burst), now]
+        self._buckets[client] = bucket  # most recently seen last
+        if len(self._buckets) > MAX_CLIENTS:
+            self._buckets.popitem(last=False)
+        tokens = min(config.rate_limit_burst, bucket[0] + (now - bucket[1]) * config.rate_limit)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            retry = max(1, math.ceil((1 - tokens) / config.rate_limit))
+            raise falcon.HTTPTooManyRequests(title="429 Too Many Requests", retry_after=retry,
+                                             description=f"more than {config.rate_limit:g} requests a "
+                                                         f"second from {client}; retry in {retry} s")
+        bucket[0] = tokens - 1
+
+
+async def read_json_body(req, config: MonitoringConfig) -> dict:
+    if req.content_length and req.content_length > config.max_request_bytes:
+        raise falcon.HTTPPayloadTooLarge(title="413 Payload Too Large",
+                                         description=f"at most {config.max_request_bytes} bytes")
+    try:
+        raw = await asyncio.wait_for(req.stream.read(config.max_request_bytes + 1), config.request_timeout)
+    except asyncio.TimeoutError:
+        raise falcon.HTTPRequestTimeout(title="408 Request Timeout",
+                                        description=f"the body must arrive within {config.request_timeout} s")
+    if len(raw) > config.max_request_bytes:
+        raise falcon.HTTPPayloadTooLarge(title="413 Payload Too Large",
+                                         description=f"at most {config.max_request_bytes} bytes")
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
+        raise falcon.HTTPBadRequest(title="400 Bad Request", description="the body must be a JSON object")
+    if not isinstance(data, dict):
+        raise falcon.HTTPBadRequest(title="400 Bad Request", description="the body must be a JSON object")
+    return data
+
+
+def _send(resp, body: dict, status=falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps(body)
+
+
+class OptimizeResource:
+    """``POST /optimize[?pid=N]``: every live worker (or one) collects garbage now. ``202`` with the pids
+    asked; ``GET /optimize/stats`` shows the results."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+
+    async def on_post(self, req, resp) -> None:
+        require_admin(req, self._state.config)
+        raw = req.get_param("pid")
+        pids = None
+        if raw is not None:
+            if not raw.isdigit():
+                raise falcon.HTTPBadRequest(title="400 Bad Request", description=f"pid must be a number: {raw!r}")
+            pids = {int(raw)}
+        asked = request_optimization(self._state.segment, pids)
+        if pids and not asked:
+            raise falcon.HTTPNotFound(title="404 Not Found", description=f"no live worker with pid {raw}")
+        _send(resp, {"requested": asked}, falcon.HTTP_202)
+
+
+class OptimizeStatsResource:
+    """``GET /optimize/stats``: the spec's OptimizationStats per worker and summed, and recent events."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+
+    async def on_get(self, req, resp) -> None:
+        refuse_token_in_query(req)
+        workers = self._state.optimization.workers()
+        _send(resp, {"workers": [w.to_json() for w in workers], "total": totals(workers),
+                     "recent": list(self._state.optimization.events)})
+
+
+class ControlResource:
+    """``GET /control``: the controllable settings in force. ``POST /control`` with a JSON object of
+    changes, e.g. ``{"enable_pprof": true, "pprof_path": "/debug/pprof"}``; kept in the segment."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+
+    async def on_get(self, req, resp) -> None:
+        require_admin(req, self._state.config)
+        _send(resp, {name: getattr(self._state.config, name) for name in CONTROLLABLE})
+
+    async def on_post(self, req, resp) -> None:
+        state = self._state
+        require_admin(req, state.config)
+        changes = await read_json_body(req, state.config)
+        try:
+            config = write_overrides(state.segment, state.base_config, changes)
+        except (ValueError, TypeError) as exc:
+            raise falcon.HTTPBadRequest(title="400 Bad Request", description=str(exc))
+        state.apply_control()  # at once, not on the next tick
+        _send(resp, {name: getattr(config, name) for name in CONTROLLABLE})
+
+
+def add_admin(app: falcon.asgi.App, state: AggregatorState) -> None:
+    app.add_route("/optimize", OptimizeResource(state))
+    app.add_route("/optimize/stats", OptimizeStatsResource(state))
+    app.add_route("/control", ControlResource(state))

@@ -1,0 +1,234 @@
+"""The ``/debug/pprof`` tree: Go-compatible profiles of every worker, served on ``pprof_port``.
+
+Each profile targets one worker (``?pid=N``) or every live worker, merged (the default); every sample
+has a ``pid`` label. The aggregator asks the workers over their control sockets
+(``rockstar_mp.worker.control``) with asyncio clients and timeouts, so its loop never waits on a
+worker; merging and encoding run in a thread. Errors are Go's: ``text/plain`` with ``X-Go-Pprof: 1``;
+400 for a bad parameter (or ``seconds`` above ``pprof_max_seconds``), 404 for an unknown pid, 409 when
+a CPU profile already runs on that worker, 503 when no (requested) worker answered.
+A worker that dies mid-profile is left out of the merge (``X-Rockstar-Missing-Workers`` names it).
+"""
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from urllib.parse import urlencode
+
+import falcon
+import falcon.asgi
+
+from ..profiling import DEFAULT_SECONDS, KINDS, TIMED, render
+from ..profiling.channel import WorkerUnavailable, ask, socket_path
+from .http import BearerAuth
+from .state import AggregatorState
+
+log = logging.getLogger("rockstar_mp.aggregator.pprof")
+
+ANSWER_GRACE = 15.0  # seconds a worker gets beyond the profile's window to answer
+
+DESCRIPTIONS = {
+    "profile": "CPU profile (cpu/nanoseconds, samples/count). Sync workers: SIGPROF (process CPU "
+               "time) sampling the main thread; threaded workers (gthread): a thread sampler reading "
+               "each thread's CPU time, biased toward GIL release points. ?seconds=N (default 30).",
+    "wall": "Wall-clock samples of every thread (wall/nanoseconds): where time goes, running or "
+            "waiting. ?seconds=N (default 30).",
+    "heap": "In-use memory by allocation site (inuse_space, inuse_objects) from tracemalloc, started "
+            "for a ?seconds=N window (default 1 s; the worker runs 8-20x slower meanwhile) unless it "
+            "runs since boot (then a snapshot, or a delta with ?seconds=N). ?gc=1 collects first.",
+    "goroutine": "Stack traces of all current threads (goroutine/count per distinct stack, thread and "
+                 "pid labels). ?debug=1: grouped text; ?debug=2: one block per thread with its state.",
+    "threadcreate": "Where each live thread was started (threadcreate/count).",
+    "block": "Off-CPU time by stack (delay/nanoseconds, contentions/count) over ?seconds=N (default "
+             "5): wall time minus the thread's CPU time while it sits in a wait, labelled wait=lock, "
+             "io or sleep. Unlike Go's (which records every blocking event since the program "
+             "started, with sampling), this one samples the threads for a window and counts a "
+             "'contention' per sample spent waiting; it includes idle threads.",
+    "mutex": "The block profile's lock waits only (wait=lock). Unlike Go's, which charges contention "
+             "to the holder that released the lock, this one charges the waiting stack.",
+    "trace": "A timeline of the workers' threads as Chrome trace-event JSON (open it in "
+             "https://ui.perfetto.dev), built from samples. ?seconds=N (default 1). Not Go's "
+             "execution-trace format: go tool trace cannot read it.",
+}
+
+
+def _pprof_error(req, resp, exc: falcon.HTTPError) -> None:
+    resp.content_type = "text/plain; charset=utf-8"
+    resp.set_header("X-Go-Pprof", "1")
+    resp.set_header("X-Content-Type-Options", "nosniff")
+    resp.text = (exc.description or exc.title or str(exc.status)) + "\n"
+
+
+def _error(status, message: str) -> falcon.HTTPError:
+    return falcon.HTTPError(status, title=str(status), description=message)
+
+
+class Pprof:
+    def __init__(self, state: AggregatorState, run_dir: str) -> None:
+        self.state = state
+        self.config = state.config
+        self.run_dir = run_dir
+        self.base = self.config.pprof_path.rstrip("/")
+        self._cpu_running: set[int] = set()
+
+    # -- parameters ----------------------------------------------------------------------------------
+    def _seconds(self, req, kind: str) -> float | None:
+        if kind not in TIMED:
+            return None
+        raw = req.get_param("seconds")
+        if raw is None:
+            if kind == "heap":
+                return None  # the worker chooses: a window, or a snapshot if tracemalloc runs since boot
+            return min(DEFAULT_SECONDS[kind], self.config.pprof_max_seconds)
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise _error(falcon.HTTP_400, f"invalid value for seconds: {raw!r}") from None
+        if not (seconds > 0 or (kind == "heap" and seconds == 0)) or seconds != seconds:
+            raise _error(falcon.HTTP_400, f"seconds must be a positive number, got {raw!r}")
+        if seconds > self.config.pprof_max_seconds:
+            raise _error(falcon.HTTP_400, f"profile duration {seconds:g}s exceeds the server's maximum "
+                                          f"(pprof_max_seconds={self.config.pprof_max_seconds:g})")
+        return seconds
+
+    @staticmethod
+    def _debug(req, kind: str) -> int:
+        raw = req.get_param("debug")
+        if raw is None:
+            return 0
+        if not raw.isdigit():
+            raise _error(falcon.HTTP_400, f"invalid value for debug: {raw!r}")
+        debug = int(raw)
+        if debug and kind not in ("goroutine", "threadcreate"):
+            raise _error(falcon.HTTP_400, f"debug={debug} is not supported for {kind}; "
+                                          "read the profile with go tool pprof")
+        return min(debug, 2)
+
+    def _pids(self, req) -> tuple[list[int], bool]:
+        live = [w.slot.pid for w in self.state.snapshot().workers]
+        raw = req.get_param("pid")
+        if raw is None:
+            if not live:
+                raise _error(falcon.HTTP_503, "no live workers to profile")
+            return live, False
+        if not raw.isdigit() or int(raw) <= 0:
+            raise _error(falcon.HTTP_400, f"pid must be a positive integer, got {raw!r}")
+        if int(raw) not in live:
+            raise _error(falcon.HTTP_404, f"no live worker with pid {raw}")
+        return [int(raw)], True
+
+    # -- one profile ---------------------------------------------------------------------------------
+    async def serve(self, kind: str, req, resp) -> None:
+        seconds = self._seconds(req, kind)
+        debug = self._debug(req, kind)
+        gc = req.get_param("gc") not in (None, "", "0", "false")
+        pids, single = self._pids(req)
+        if kind == "profile":
+            busy = self._cpu_running.intersection(pids)
+            if busy:
+                raise _error(falcon.HTTP_409, "a CPU profile is already running on worker(s) "
+                                              f"{sorted(busy)}")
+            self._cpu_running.update(pids)
+        try:
+            request = {"cmd": "profile", "kind": kind, "seconds": seconds, "gc": gc}
+            timeout = (DEFAULT_SECONDS[kind] if seconds is None and kind in TIMED else seconds or 0) + ANSWER_GRACE
+            answers = await asyncio.gather(*(self._ask(pid, request, timeout) for pid in pids))
+        finally:
+            if kind == "profile":
+                self._cpu_running.difference_update(pids)
+        results, missing, statuses = [], [], []
+        for pid, answer in zip(pids, answers):
+            if answer is None:
+                missing.append(pid)
+            elif answer.get("ok"):
+                results.append(answer["result"])
+            else:
+                missing.append(pid)
+                statuses.append((int(answer.get("status", 500)), f"worker {pid}: {answer.get('error')}"))
+        for status, message in statuses:
+            if status == 409 or single:
+                raise _error(falcon.code_to_http_status(status), message)
+        if not results:
+            detail = "; ".join(m for _, m in statuses) or "did not answer (gone, or not serving profiles)"
+            raise _error(falcon.HTTP_503, f"no profile from worker(s) {missing}: {detail}")
+        content_type, body = await asyncio.to_thread(render, kind, results, debug)
+        resp.content_type = content_type
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        if missing:
+            resp.set_header("X-Rockstar-Missing-Workers", ",".join(map(str, missing)))
+        if content_type == "application/octet-stream":
+            resp.set_header("Content-Disposition", f'attachment; filename="{kind}"')
+        resp.data = body
+
+    async def _ask(self, pid: int, request: dict, timeout: float) -> dict | None:
+        try:
+            return await ask(socket_path(self.run_dir, pid), request, timeout)
+        except WorkerUnavailable as exc:
+            log.warning("rockstar-mp: worker %d did not answer the %s profile request: %s", pid,
+                        request.get("kind"), exc)
+            return None
+
+    # -- the index ------------------------------------------------------------------------------------
+    def index_html(self) -> str:
+        snap = self.state.snapshot()
+        pids = [w.slot.pid for w in snap.workers]
+        threads = sum((self.state.procs.stats.get(pid) or {}).get("threads") or 0 for pid in pids)
+        rows, items = [], []
+        for kind in KINDS:
+            href = html.escape(f"{self.base}/{kind}" + ("?debug=1" if kind in ("goroutine", "threadcreate")
+                                                         else ""))
+            count = str(threads) if kind == "goroutine" else ""
+            per_worker = " ".join(
+                f'<a href="{html.escape(self._link(kind, pid))}">{pid}</a>' for pid in pids)
+            rows.append(f"<tr><td align=right>{count}</td><td><a href=\"{href}\">{kind}</a></td>"
+                        f"<td>{per_worker}</td></tr>")
+            items.append(f"<li><div class=profile-name>{kind}: </div>{html.escape(DESCRIPTIONS[kind])}</li>")
+        return ("<html>\n<head>\n<title>{base}/</title>\n<style>.profile-name{{display:inline-block; "
+                "width:6rem;}}</style>\n</head>\n<body>\n{base}/<br>\n<p>Set debug=1 as a query parameter "
+                "to export in legacy text format (goroutine, threadcreate); ?pid=N profiles one worker, "
+                "the default merges every live worker ({n}: {pids}) with a pid label on each sample.</p>\n"
+                "<br>\nTypes of profiles available:\n<table>\n<thead><td>Count</td><td>Profile</td>"
+                "<td>Per worker</td></thead>\n{rows}\n</table>\n"
+                "<a href=\"{base}/goroutine?debug=2\">full goroutine stack dump</a>\n<br>\n<p>\nProfile "
+                "Descriptions:\n<ul>\n{items}\n</ul>\n</p>\n<p>Read them with <code>go tool pprof "
+                "http://HOST:PORT{base}/profile?seconds=30</code>.</p>\n</body>\n</html>\n").format(
+            base=html.escape(self.base), n=len(pids), pids=", ".join(map(str, pids)) or "none",
+            rows="\n".join(rows), items="\n".join(items))
+
+    def _link(self, kind: str, pid: int) -> str:
+        params = {"pid": pid}
+        if kind in ("goroutine", "threadcreate"):
+            params["debug"] = 1
+        return f"{self.base}/{kind}?{urlencode(params)}"
+
+
+class _Index:
+    def __init__(self, pprof: Pprof) -> None:
+        self.pprof = pprof
+
+    async def on_get(self, req, resp) -> None:
+        resp.content_type = "text/html; charset=utf-8"
+        resp.text = self.pprof.index_html()
+
+
+class _Profile:
+    def __init__(self, pprof: Pprof, kind: str) -> None:
+        self.pprof = pprof
+        self.kind = kind
+
+    async def on_get(self, req, resp) -> None:
+        await self.pprof.serve(self.kind, req, resp)
+
+
+def create_pprof_app(state: AggregatorState, run_dir: str) -> falcon.asgi.App:
+    """The pprof app served on ``pprof_port`` (behind the bearer token when ``require_auth``)."""
+    app = falcon.asgi.App(middleware=[BearerAuth(state.config)])
+    app.set_error_serializer(_pprof_error)
+    pprof = Pprof(state, run_dir)
+    index = _Index(pprof)
+    app.add_route(pprof.base or "/", index)
+    if pprof.base:
+        app.add_route(pprof.base + "/", index)
+    for kind in KINDS:
+        app.add_route(f"{pprof.base}/{kind}", _Profile(pprof, kind))
+    return app

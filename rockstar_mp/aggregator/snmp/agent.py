@@ -1,0 +1,323 @@
+"""The SNMP agent: pysnmp's engine (transport, SNMPv2c communities, SNMPv3 USM) on the aggregator's loop,
+with our own read-only command responder over a ``View`` (``tree.py``).
+
+* Requests go through pysnmp's message processing and security (community check, USM authentication
+  and decryption); our responder then answers GET, GETNEXT and GETBULK from the view alone. The engine's
+  own MIB tree (which holds community strings and USM keys) is never consulted: the default SNMP
+  context is replaced by an empty one and nothing else reads it.
+* Only the read community (v2c) and the configured USM users (v3) are answered. Any other principal
+  (SNMPv1, a notification-only community) is dropped and counted, like pysnmp's own bad-community and
+  USM counters, which the view serves as ``rsmpSnmpBad*``.
+* GETBULK stops at the first repetition that is all endOfMibView and at the response size the manager
+  allows (pysnmp's stock responder repeats endOfMibView max-repetitions times and rescans the tree).
+* Any exception while answering becomes a genErr response (pysnmp would drop the request).
+
+``start()`` binds the UDP socket itself (a busy port is an error here, not silence) and creates the
+engine inside the running loop; ``stop()`` closes everything. Both can be called again at runtime.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+from ...config import parse_base_oid, parse_trap_targets, parse_users
+from ..state import AggregatorState
+from . import ber
+from .tree import COUNTER32, View, ViewBuilder
+
+log = logging.getLogger("rockstar_mp.aggregator")
+
+MAX_VARBINDS = 512  # per GETBULK response (the response size caps it first)
+BIND_RETRY_SECONDS = 10.0
+RCVBUF = 1 << 20
+
+AUTH = {"NONE": "USM_AUTH_NONE", "MD5": "USM_AUTH_HMAC96_MD5", "SHA": "USM_AUTH_HMAC96_SHA",
+        "SHA224": "USM_AUTH_HMAC128_SHA224", "SHA256": "USM_AUTH_HMAC192_SHA256",
+        "SHA384": "USM_AUTH_HMAC256_SHA384", "SHA512": "USM_AUTH_HMAC384_SHA512"}
+PRIV = {"NONE": "USM_PRIV_NONE", "DES": "USM_PRIV_CBC56_DES", "3DES": "USM_PRIV_CBC168_3DES",
+        "AES": "USM_PRIV_CFB128_AES", "AES192": "USM_PRIV_CFB192_AES", "AES256": "USM_PRIV_CFB256_AES"}
+READ_SECURITY_NAME = "rockstar-ro"
+
+
+def engine_id(port: int) -> bytes:
+    """Fixed per port: enterprise 8072 (net-snmp), format 4 (text), "rockstar-mp:<port>"."""
+    return bytes.fromhex("80001f8804") + f"rockstar-mp:{port}".encode()
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class SnmpAgent:
+    """The agent over one ``AggregatorState``. ``await start()``, ``await stop()``; ``running``."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self.state = state
+        self.config = state.config
+        self.base = parse_base_oid(self.config.snmp_base_oid)
+        self.users = parse_users(self.config.snmp_users)
+        self.targets = parse_trap_targets(self.config.snmp_trap_targets, {u.name for u in self.users})
+        self.builder = ViewBuilder(state, self.base, self._counter_values)
+        self.engine = None
+        self.sock: socket.socket | None = None
+        self.port: int | None = None
+        self.error: str | None = None
+        self.notifier = None
+        self._view: View | None = None
+        self._transport = None
+        self._responder = None
+        # our own counts, beside pysnmp's
+        self.refused = 0  # authenticated, but not a reader (v1, a notification community)
+        self.requests = 0
+        self.gen_errors = 0
+
+    @property
+    def running(self) -> bool:
+        return self.engine is not None
+
+    # -- life cycle -------------------------------------------------------------------------------
+    async def start(self, retry_seconds: float = BIND_RETRY_SECONDS) -> None:
+        if self.engine is not None:
+            return
+        deadline = time.monotonic() + retry_seconds
+        while True:
+            try:
+                sock = bind_udp(self.config.host, self.config.snmp_port)
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    self.error = f"cannot bind UDP {self.config.host}:{self.config.snmp_port}: {exc}"
+                    log.error("rockstar-mp: SNMP agent not started: %s", self.error)
+                    raise
+                await asyncio.sleep(0.2)
+        try:
+            await self._start_engine(sock)
+        except BaseException:
+            sock.close()
+            self.engine = None
+            raise
+        self.error = None
+        log.info("rockstar-mp: SNMP agent on udp://%s:%d (base %s)", self.config.host, self.port,
+                 ".".join(map(str, self.base)))
+        from .notify import Notifier
+        self.notifier = Notifier(self)
+        self.notifier.start()
+
+    def start_soon(self) -> asyncio.Task:
+        """``start()`` as a task of the running loop; a failure is logged (and kept in ``error``)."""
+        async def run() -> None:
+            try:
+                await self.start()
+            except Exception as exc:
+                self.error = self.error or repr(exc)
+                log.exception("rockstar-mp: the SNMP agent did not start")
+        return asyncio.get_running_loop().create_task(run())
+
+    async def _start_engine(self, sock: socket.socket) -> None:
+        from pysnmp.carrier.asyncio.dgram import udp
+        from pysnmp.entity import config, engine
+        from pysnmp.entity.rfc3413 import context
+        from pysnmp.proto.api import v2c
+        from pysnmp.smi.builder import MibBuilder
+        from pysnmp.smi.instrum import MibInstrumController
+
+        loop = asyncio.get_running_loop()
+        self.port = sock.getsockname()[1]
+        snmp_engine = engine.SnmpEngine(snmpEngineID=v2c.OctetString(engine_id(self.port)))
+        transport = udp.UdpTransport(loop=loop).open_server_mode(sock=sock)
+        await transport._lport  # the endpoint exists once this is done
+        config.add_transport(snmp_engine, udp.DOMAIN_NAME, transport)
+        config.add_v1_system(snmp_engine, READ_SECURITY_NAME, self.config.snmp_community)
+        for user in self.users:
+            config.add_v3_user(snmp_engine, user.name, getattr(config, AUTH[user.auth_protocol]),
+                               user.auth_key or None, getattr(config, PRIV[user.priv_protocol]),
+                               user.priv_key or None)
+        config.add_context(snmp_engine, "")
+        snmp_context = context.SnmpContext(snmp_engine)
+        # A private, empty tree for the default context: the engine's own (with the community and USM
+        # tables) is never reachable through a context, whatever the responders do.
+        snmp_context.unregister_context_name(b"")
+        snmp_context.register_context_name(b"", MibInstrumController(MibBuilder()))
+        self.engine, self._transport, self.sock = snmp_engine, transport, sock
+        self._responder = Responder(self, snmp_engine, snmp_context)
+        self._context = snmp_context
+
+    async def stop(self) -> None:
+        if self.engine is None:
+            return
+        if self.notifier is not None:
+            await self.notifier.stop()
+            self.notifier = None
+        try:
+            self._responder.close(self.engine)
+        except Exception:
+            pass
+        try:
+            self.engine.close_dispatcher()
+        except Exception:
+            log.exception("rockstar-mp: closing the SNMP engine")
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.engine = self._transport = self._responder = self.sock = None
+        self._view = None
+        log.info("rockstar-mp: SNMP agent stopped")
+
+    # -- the view ---------------------------------------------------------------------------------
+    def view(self) -> View:
+        view = self._view
+        if view is None or time.monotonic() - view.built > self.config.snapshot_max_age:
+            view = self._view = self.builder.build()
+        return view
+
+    def _mib_value(self, module: str, name: str) -> int:
+        try:
+            (symbol,) = self.engine.get_mib_builder().import_symbols(module, name)
+            return int(symbol.syntax)
+        except Exception:
+            return 0
+
+    def bad_counts(self) -> dict:
+        if self.engine is None:
+            return {"communities": 0, "usm": 0, "versions": 0, "parse": 0}
+        usm = sum(self._mib_value("__SNMP-USER-BASED-SM-MIB", n) for n in (
+            "usmStatsUnknownUserNames", "usmStatsWrongDigests", "usmStatsDecryptionErrors",
+            "usmStatsUnsupportedSecLevels"))
+        return {"communities": self._mib_value("__SNMPv2-MIB", "snmpInBadCommunityNames") + self.refused,
+                "usm": usm,
+                "versions": self._mib_value("__SNMPv2-MIB", "snmpInBadVersions"),
+                "parse": self._mib_value("__SNMPv2-MIB", "snmpInASNParseErrs")}
+
+    def _counter_values(self) -> dict:
+        bad = self.bad_counts()
+        c32 = 2 ** 32
+        return {18: (COUNTER32, bad["communities"] % c32), 19: (COUNTER32, bad["usm"] % c32),
+                20: (COUNTER32, bad["versions"] % c32), 21: (COUNTER32, bad["parse"] % c32),
+                22: (COUNTER32, self.requests % c32)}
+
+
+class Responder:
+    """GET / GETNEXT / GETBULK over the agent's view (a pysnmp ``CommandResponderBase``)."""
+
+    def __new__(cls, agent: SnmpAgent, snmp_engine, snmp_context):
+        from pysnmp.entity.rfc3413 import cmdrsp
+        from pysnmp.proto import rfc1905
+        from pysnmp.proto.api import v2c
+        from pyasn1.type import univ
+
+        class _Responder(cmdrsp.CommandResponderBase):
+            SUPPORTED_PDU_TYPES = (rfc1905.GetRequestPDU.tagSet, rfc1905.GetNextRequestPDU.tagSet,
+                                   rfc1905.GetBulkRequestPDU.tagSet)
+
+            def __init__(self) -> None:
+                super().__init__(snmp_engine, snmp_context)
+                self._max_size = 1472
+                self._readers = {(2, READ_SECURITY_NAME)} | {(3, u.name) for u in agent.users}
+
+            def process_pdu(self, snmpEngine, messageProcessingModel, securityModel, securityName,
+                            securityLevel, contextEngineId, contextName, pduVersion, PDU,
+                            maxSizeResponseScopedPDU, stateReference):
+                name = bytes(securityName).decode("utf-8", "replace") if securityName is not None else ""
+                if messageProcessingModel == 0 or (securityModel, name) not in self._readers \
+                        or bytes(contextName):
+                    agent.refused += 1  # dropped without an answer
+                    return
+                self._max_size = int(maxSizeResponseScopedPDU)
+                super().process_pdu(snmpEngine, messageProcessingModel, securityModel, securityName,
+                                    securityLevel, contextEngineId, contextName, pduVersion, PDU,
+                                    maxSizeResponseScopedPDU, stateReference)
+
+            def handle_management_operation(self, snmpEngine, stateReference, contextName, PDU):
+                agent.requests += 1
+                try:
+                    encoded = self._answer(PDU)
+                    status = 0
+                except Exception:
+                    agent.gen_errors += 1
+                    log.exception("rockstar-mp: SNMP request failed")
+                    encoded = [ber.varbind(tuple(oid), ber.NULL) for oid, _ in v2c.apiPDU.get_varbinds(PDU)]
+                    status = "genErr"
+                response = self._CommandResponderBase__pendingReqs[stateReference][7]
+                v2c.apiPDU.set_error_status(response, status)
+                v2c.apiPDU.set_error_index(response, 1 if status else 0)
+                # the var-bind list, encoded by us: pyasn1 copies the bytes through
+                response.setComponentByPosition(3, univ.Any(ber.varbind_list(encoded)), verifyConstraints=False,
+                                                matchTags=False, matchConstraints=False)
+                self.send_pdu(snmpEngine, stateReference, response)
+                self.release_state_information(stateReference)
+
+            def _answer(self, PDU) -> list:
+                view = agent.view()
+                requested = [tuple(oid) for oid, _ in v2c.apiPDU.get_varbinds(PDU)]
+                tag = PDU.tagSet
+                if tag == rfc1905.GetRequestPDU.tagSet:
+                    out = []
+                    for oid in requested:
+                        found = view.get(oid)
+                        if found is None:
+                            value = ber.NO_SUCH_INSTANCE if view.exists(oid) else ber.NO_SUCH_OBJECT
+                        else:
+                            value = ber.value(found)
+                        out.append(ber.varbind(oid, value))
+                    return out
+                if tag == rfc1905.GetNextRequestPDU.tagSet:
+                    return [self._next(view, oid)[1] for oid in requested]
+                # GETBULK (RFC 3416 4.2.3), stopping at the first all-endOfMibView repetition
+                non_repeaters = max(0, int(v2c.apiBulkPDU.get_non_repeaters(PDU)))
+                repetitions = max(0, int(v2c.apiBulkPDU.get_max_repetitions(PDU)))
+                n = min(non_repeaters, len(requested))
+                budget = self._max_size - 64
+                out = []
+                for oid in requested[:n]:
+                    out.append(self._next(view, oid)[1])
+                    budget -= len(out[-1])
+                last = requested[n:]
+                r = len(last)
+                if r == 1:  # the common walk: one repeater, read the view in order
+                    for name, found in view.after(last[0]):
+                        if not repetitions or len(out) >= MAX_VARBINDS:
+                            return out
+                        vb = ber.varbind(name, ber.value(found))
+                        if len(vb) > budget and len(out) > n:
+                            return out
+                        budget -= len(vb)
+                        out.append(vb)
+                        repetitions -= 1
+                    if repetitions and len(out) < MAX_VARBINDS:
+                        last_name = name if len(out) > n else last[0]
+                        out.append(ber.varbind(last_name, ber.END_OF_MIB_VIEW))
+                    return out
+                while r and repetitions and len(out) + r <= MAX_VARBINDS:
+                    row = [self._next(view, oid) for oid in last]
+                    cost = sum(len(vb) for _, vb, _ in row)
+                    if cost > budget and len(out) > n:
+                        break  # it would not fit: the manager asks again from here
+                    budget -= cost
+                    out.extend(vb for _, vb, _ in row)
+                    if all(end for _, _, end in row):
+                        break
+                    last = [name for name, _, _ in row]
+                    repetitions -= 1
+                return out
+
+            @staticmethod
+            def _next(view, oid):
+                """(the next OID, its encoded var-bind, whether it is endOfMibView)."""
+                found = view.next(oid)
+                if found is None:
+                    return oid, ber.varbind(oid, ber.END_OF_MIB_VIEW), True
+                return found[0], ber.varbind(found[0], ber.value(found[1])), False
+
+        return _Responder()

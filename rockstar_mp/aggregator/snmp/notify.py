@@ -1,0 +1,139 @@
+"""Notifications (traps or informs, SNMPv2c or SNMPv3) to ``snmp_trap_targets``.
+
+* ``rsmpWorkerDied``: any worker death. A worker that leaves the live set (crash, ``kill -9``,
+  ``max_requests`` recycling, a graceful stop or scale-down), whether the master retired its slab or the
+  aggregator found its process gone. Checked every ``WATCH_INTERVAL`` (0.25 s) against the merged
+  snapshot, so it goes out well within 2 s of the death.
+* ``rsmpAggregatorStarted``: sent when the agent starts; ``rsmpNotifyStarts`` > 1 means the aggregator
+  was restarted on an existing segment.
+* ``rsmpErrorRateHigh`` / ``rsmpLatencyHigh``: the 5xx share / p95 latency over
+  ``snmp_threshold_window`` rose above ``snmp_error_rate_threshold`` / ``snmp_p95_threshold_ms``
+  (checked once a second; sent again only after the value fell back below the threshold).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ..views import workload_json
+from . import mibdef
+
+log = logging.getLogger("rockstar_mp.aggregator")
+
+WATCH_INTERVAL = 0.25
+THRESHOLD_INTERVAL = 1.0
+MIN_REQUESTS = 10  # no error-rate verdict on fewer requests than this in the window
+SYS_UPTIME = (1, 3, 6, 1, 2, 1, 1, 3, 0)
+SNMP_TRAP_OID = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)
+
+
+class Notifier:
+    def __init__(self, agent) -> None:
+        self.agent = agent
+        self.oids = mibdef.oid_of(agent.base)
+        self.sent: dict[str, int] = {}  # notification name -> sent (per target)
+        self.errors = 0
+        self._task: asyncio.Task | None = None
+        self._names: list[str] = []
+        self._originator = None
+        self._high = {"rsmpErrorRateHigh": False, "rsmpLatencyHigh": False}
+
+    def start(self) -> None:
+        if not self.agent.targets:
+            return
+        self._configure()
+        starts = self.agent.state.system_json(self.agent.state.snapshot())["aggregator_starts"]
+        self.send("rsmpAggregatorStarted", rsmpNotifyStarts=("u", starts))
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _configure(self) -> None:
+        from pysnmp.carrier.asyncio.dgram import udp
+        from pysnmp.entity import config
+        from pysnmp.entity.rfc3413 import ntforg
+
+        from .agent import READ_SECURITY_NAME
+
+        agent, engine = self.agent, self.agent.engine
+        levels = {u.name: u.level for u in agent.users}
+        for i, target in enumerate(agent.targets):
+            if target.version == "v2c":
+                name, level, model = READ_SECURITY_NAME, "noAuthNoPriv", 1
+                if target.secret != agent.config.snmp_community:
+                    # a notification-only community: the responder refuses requests that use it
+                    name = f"rockstar-notify-{i}"
+                    config.add_v1_system(engine, name, target.secret)
+                config.add_vacm_user(engine, 2, name, level, notifySubTree=(1, 3, 6))
+            else:
+                name, level, model = target.secret, levels[target.secret], 3
+                config.add_vacm_user(engine, 3, name, level, notifySubTree=(1, 3, 6))
+            config.add_target_parameters(engine, f"rockstar-p{i}", name, level, model)
+            config.add_target_address(engine, f"rockstar-a{i}", udp.DOMAIN_NAME, (target.host, target.port),
+                                      f"rockstar-p{i}", tagList=f"rockstar-t{i}", timeout=100, retryCount=2)
+            config.add_notification_target(engine, f"rockstar-n{i}", f"rockstar-p{i}", f"rockstar-t{i}",
+                                           "inform" if target.inform else "trap")
+            self._names.append(f"rockstar-n{i}")
+        self._originator = ntforg.NotificationOriginator()
+
+    def send(self, notification: str, **objects) -> None:
+        """Send ``notification`` with ``objects`` ({name: (kind "i"|"u", value)}) to every target."""
+        if self._originator is None or self.agent.engine is None:
+            return
+        from pysnmp.proto import rfc1902
+
+        var_binds = [(SYS_UPTIME, rfc1902.TimeTicks(self.agent.builder.uptime_ticks())),
+                     (SNMP_TRAP_OID, rfc1902.ObjectIdentifier(self.oids[notification]))]
+        for name, (kind, value) in objects.items():
+            value = max(0, min(2 ** 32 - 1, int(value))) if kind == "u" else max(-2 ** 31, min(2 ** 31 - 1, int(value)))
+            var_binds.append((self.oids[name] + (0,),
+                              rfc1902.Unsigned32(value) if kind == "u" else rfc1902.Integer32(value)))
+        for target in self._names:
+            try:
+                self._originator.send_varbinds(self.agent.engine, target, None, b"", var_binds)
+                self.sent[notification] = self.sent.get(notification, 0) + 1
+            except Exception:
+                self.errors += 1
+                log.exception("rockstar-mp: sending SNMP notification %s failed", notification)
+
+    async def _watch(self) -> None:
+        state, config = self.agent.state, self.agent.config
+        live: dict[int, int] | None = None
+        next_threshold = 0.0
+        while True:
+            try:
+                now = {w.slot.pid: w.slot.age for w in state.snapshot().workers}
+                if live is not None:
+                    for pid in sorted(set(live) - set(now)):
+                        self.send("rsmpWorkerDied", rsmpNotifyPid=("i", pid), rsmpNotifyAge=("u", live[pid]))
+                live = now
+                if time.monotonic() >= next_threshold:
+                    next_threshold = time.monotonic() + THRESHOLD_INTERVAL
+                    if config.snmp_error_rate_threshold or config.snmp_p95_threshold_ms:
+                        self._thresholds()
+            except Exception:
+                log.exception("rockstar-mp: SNMP notification check failed")
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    def _thresholds(self) -> None:
+        config = self.agent.config
+        workload = workload_json(self.agent.state, window=config.snmp_threshold_window)
+        total = workload["total_requests"] or 0
+        checks = []
+        if config.snmp_error_rate_threshold and total >= MIN_REQUESTS:
+            errors = workload["by_status"].get("5xx", {}).get("requests", 0)
+            checks.append(("rsmpErrorRateHigh", errors / total, config.snmp_error_rate_threshold, 1e6))
+        if config.snmp_p95_threshold_ms and workload["p95_ms"] is not None:
+            checks.append(("rsmpLatencyHigh", workload["p95_ms"], config.snmp_p95_threshold_ms, 1e3))
+        for name, value, threshold, scale in checks:
+            if value > threshold and not self._high[name]:
+                self._high[name] = True
+                self.send(name, rsmpNotifyValue=("u", round(value * scale)),
+                          rsmpNotifyThreshold=("u", round(threshold * scale)))
+            elif value <= threshold:
+                self._high[name] = False

@@ -1,0 +1,312 @@
+"""The samplers: CPU by SIGPROF in the main thread, and a thread sampler for everything else.
+
+Clocks, said plainly:
+
+* **CPU, signal mode** (``cpu_profile(mode="signal")``): ``setitimer(ITIMER_PROF)`` delivers SIGPROF
+  every 1/hz s of *process* CPU time; Python runs the handler in the main thread, which records the
+  main thread's stack. Accurate where the main thread does the work (gunicorn's sync workers):
+  +~1% at 100 Hz. CPU burnt by other threads is charged to whatever the main thread is doing.
+  The handler is installed once, in the main thread, when the worker attaches (a handler that is
+  never called while the timer is disarmed costs nothing); ``setitimer`` then arms it from any thread.
+* **CPU, thread mode** (gthread and other threaded workers, or when no handler could be installed):
+  a sampler thread reads each thread's on-CPU time (``/proc/self/task/<tid>/schedstat``, ns) every
+  1/hz s and charges the increase to the stack the thread is at. Python frames can only be read
+  when the sampler holds the GIL, so stacks are biased toward the points where threads release it
+  (I/O, locks): a documented approximation.
+* **Wall** (``/wall``): the thread sampler, every thread, 1/hz s of wall time per sample.
+* **Block / mutex**: the thread sampler; per thread and interval, off-CPU time = wall - thread CPU,
+  charged to the stack when the thread is in a call we recognise as a wait (``frames.wait_kind``),
+  with a ``wait`` label: lock, io or sleep. ``mutex`` keeps only ``wait=lock``.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+
+from . import frames as _frames
+from .proto import new_raw
+
+MAX_HZ = 1000
+
+# One CPU profile at a time per process (a second one gets "busy": HTTP 409).
+CPU_LOCK = threading.Lock()
+
+
+class Busy(Exception):
+    """A profile of this kind is already running in this process."""
+
+
+# -- SIGPROF ------------------------------------------------------------------------------------------
+_SIG_COUNTS: dict | None = None
+
+
+def _on_sigprof(signum, frame) -> None:
+    counts = _SIG_COUNTS
+    if counts is None or frame is None:
+        return
+    key = _frames.capture(frame)
+    counts[key] = counts.get(key, 0) + 1
+
+
+def install_signal_handler() -> bool:
+    """Install the SIGPROF handler (main thread only). True if it is (now) ours."""
+    if signal_handler_installed():
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        previous = signal.getsignal(signal.SIGPROF)
+        if previous not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            return False  # someone else profiles with SIGPROF: leave theirs alone
+        signal.signal(signal.SIGPROF, _on_sigprof)
+        return True
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def signal_handler_installed() -> bool:
+    try:
+        return signal.getsignal(signal.SIGPROF) is _on_sigprof
+    except (ValueError, AttributeError):
+        return False
+
+
+def threaded_server() -> bool:
+    """Do request threads other than the main one do the work (gunicorn gthread, or similar)?"""
+    return "gunicorn.workers.gthread" in sys.modules or "gevent" in sys.modules
+
+
+def choose_cpu_mode(mode: str = "auto") -> str:
+    if mode == "auto":
+        return "signal" if signal_handler_installed() and not threaded_server() else "thread"
+    if mode == "signal" and not signal_handler_installed():
+        return "thread"
+    return mode
+
+
+def _labels(pid: int, extra: dict | None = None) -> dict:
+    labels = {"pid": str(pid)}
+    if extra:
+        labels.update(extra)
+    return labels
+
+
+def _sleep(seconds: float, stop: threading.Event | None) -> None:
+    if stop is not None:
+        stop.wait(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto",
+                stop: threading.Event | None = None) -> dict:
+    """A CPU profile of this process over ``seconds`` (raw form): samples/count and cpu/nanoseconds."""
+    hz = max(1, min(int(hz), MAX_HZ))
+    if not CPU_LOCK.acquire(blocking=False):
+        raise Busy("a CPU profile is already running in this process")
+    try:
+        mode = choose_cpu_mode(mode)
+        if mode == "signal":
+            return _signal_cpu(seconds, hz, stop)
+        return ThreadSampler(hz, cpu=True).run(seconds, stop).cpu_raw()
+    finally:
+        CPU_LOCK.release()
+
+
+def _signal_cpu(seconds: float, hz: int, stop: threading.Event | None) -> dict:
+    global _SIG_COUNTS
+    period = 1_000_000_000 // hz
+    counts: dict = {}
+    started = time.monotonic_ns()
+    _SIG_COUNTS = counts
+    signal.setitimer(signal.ITIMER_PROF, 1.0 / hz, 1.0 / hz)
+    try:
+        _sleep(seconds, stop)
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        _SIG_COUNTS = None
+    raw = new_raw([("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), period,
+                  time.monotonic_ns() - started,
+                  [f"clock: process CPU time, SIGPROF at {hz} Hz, main thread stacks"])
+    table = _frames.FrameTable(raw["frames"])
+    labels = _labels(os.getpid(), {"thread": threading.main_thread().name})
+    for stack, n in counts.items():
+        raw["samples"].append([table.stack(stack), [n, n * period], labels])
+    return raw
+
+
+# -- the thread sampler -----------------------------------------------------------------------------
+class _ThreadCpu:
+    """On-CPU nanoseconds of each thread, from /proc/self/task/<tid>/schedstat (kept open)."""
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}
+
+    def read(self, tid: int | None) -> int | None:
+        if tid is None:
+            return None
+        fd = self._fds.get(tid)
+        try:
+            if fd is None:
+                fd = self._fds[tid] = os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
+            return int(os.pread(fd, 64, 0).split()[0])
+        except (OSError, ValueError, IndexError):
+            if fd is not None:
+                self._fds.pop(tid, None)
+                os.close(fd)
+            return None
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def native_ids() -> dict[int, tuple[int | None, str]]:
+    """``{ident: (native thread id, name)}``; the main thread's tid is the pid (its ``native_id`` can
+    be stale after fork in 3.11)."""
+    main = threading.main_thread()
+    out = {}
+    for t in threading.enumerate():
+        if t.ident is None:
+            continue
+        tid = os.getpid() if t is main else getattr(t, "native_id", None)
+        out[t.ident] = (tid, t.name)
+    return out
+
+
+class ThreadSampler:
+    """Samples every other thread's Python stack every 1/hz s, in the calling thread."""
+
+    def __init__(self, hz: int = 100, cpu: bool = False, wall: bool = False, block: bool = False,
+                 trace: bool = False) -> None:
+        self.hz = max(1, min(int(hz), MAX_HZ))
+        self.want_cpu, self.want_wall, self.want_block, self.want_trace = cpu, wall, block, trace
+        self.cpu: dict = {}  # (ident, stack) -> [samples, ns]
+        self.wall: dict = {}
+        self.block: dict = {}  # (ident, stack, wait) -> [count, ns]
+        self.trace: list = []  # (t_us, ident, stack)
+        self.names: dict[int, tuple] = {}
+        self.duration_ns = 0
+
+    def run(self, seconds: float, stop: threading.Event | None = None) -> "ThreadSampler":
+        me = threading.get_ident()
+        interval = 1.0 / self.hz
+        clock = _ThreadCpu()
+        started = time.monotonic()
+        deadline = started + seconds
+        last_t = started
+        last_cpu: dict[int, int] = {}
+        last_stack: dict[int, tuple] = {}  # the last running stack of each thread (thread-mode CPU)
+        self.names = native_ids()
+        for ident, (tid, _) in self.names.items():
+            value = clock.read(tid)
+            if value is not None:
+                last_cpu[ident] = value
+        ticks = 0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= deadline or (stop is not None and stop.is_set()):
+                    break
+                wait = min(interval, deadline - now)
+                if stop is not None:
+                    stop.wait(wait)
+                else:
+                    time.sleep(wait)
+                now = time.monotonic()
+                dt_ns = int((now - last_t) * 1e9)
+                last_t = now
+                ticks += 1
+                if ticks % 10 == 1:
+                    self.names.update(native_ids())
+                current = sys._current_frames()
+                wall_us = time.time_ns() // 1000
+                for ident, frame in current.items():
+                    if ident == me:
+                        continue
+                    tid = self.names.get(ident, (None, ""))[0]
+                    cpu_ns = None
+                    if self.want_cpu or self.want_block:
+                        value = clock.read(tid)
+                        if value is not None:
+                            previous = last_cpu.get(ident)
+                            last_cpu[ident] = value
+                            if previous is not None:
+                                cpu_ns = max(0, value - previous)
+                    stack = _frames.capture(frame)
+                    kind = _frames.wait_kind(frame) if (self.want_block or self.want_cpu) else None
+                    if self.want_cpu:
+                        charged = stack
+                        if kind is not None:  # waiting now: the CPU was spent before it blocked
+                            charged = last_stack.get(ident, stack)
+                        else:
+                            last_stack[ident] = stack
+                        if cpu_ns:
+                            cell = self.cpu.setdefault((ident, charged), [0, 0])
+                            cell[0] += 1
+                            cell[1] += cpu_ns
+                    if self.want_wall:
+                        cell = self.wall.setdefault((ident, stack), [0, 0])
+                        cell[0] += 1
+                        cell[1] += dt_ns
+                    if self.want_block:
+                        off = dt_ns - (cpu_ns or 0)
+                        if kind is not None and off > 0:
+                            cell = self.block.setdefault((ident, stack, kind), [0, 0])
+                            cell[0] += 1
+                            cell[1] += off
+                    if self.want_trace:
+                        self.trace.append((wall_us, ident, stack))
+                current = frame = None  # no frame outlives the tick
+        finally:
+            clock.close()
+            self.duration_ns = int((time.monotonic() - started) * 1e9)
+        return self
+
+    # -- raw profiles ---------------------------------------------------------------------------------
+    def _thread_labels(self, ident: int, extra: dict | None = None) -> dict:
+        tid, name = self.names.get(ident, (None, f"thread-{ident}"))
+        labels = _labels(os.getpid(), {"thread": name})
+        if extra:
+            labels.update(extra)
+        return labels
+
+    def _raw(self, cells: dict, types, period_type, comment: str, keep=None) -> dict:
+        raw = new_raw(types, period_type, 1_000_000_000 // self.hz, self.duration_ns, [comment])
+        table = _frames.FrameTable(raw["frames"])
+        for key, values in cells.items():
+            ident, stack = key[0], key[1]
+            extra = {"wait": key[2]} if len(key) > 2 else None
+            if keep is not None and not keep(key):
+                continue
+            raw["samples"].append([table.stack(stack), list(values), self._thread_labels(ident, extra)])
+        return raw
+
+    def cpu_raw(self) -> dict:
+        return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
+                         f"clock: per-thread CPU time (schedstat), thread sampler at {self.hz} Hz; "
+                         "stacks biased toward GIL release points")
+
+    def wall_raw(self) -> dict:
+        return self._raw(self.wall, [("samples", "count"), ("wall", "nanoseconds")],
+                         ("wall", "nanoseconds"), f"clock: wall time, every thread, {self.hz} Hz")
+
+    def block_raw(self, mutex: bool = False) -> dict:
+        return self._raw(self.block, [("contentions", "count"), ("delay", "nanoseconds")],
+                         ("contentions", "count"),
+                         f"clock: off-CPU time (wall - thread CPU) in waits, {self.hz} Hz"
+                         + ("; lock waits only" if mutex else ""),
+                         keep=(lambda key: key[2] == "lock") if mutex else None)
+
+
+def wall_profile(seconds: float, hz: int = 100, stop: threading.Event | None = None) -> dict:
+    return ThreadSampler(hz, wall=True).run(seconds, stop).wall_raw()
+
+
+def block_profile(seconds: float, hz: int = 100, mutex: bool = False,
+                  stop: threading.Event | None = None) -> dict:
+    return ThreadSampler(hz, block=True).run(seconds, stop).block_raw(mutex)
