@@ -6,6 +6,7 @@ retired, and serves them. The public API::
     from rockstar_mp import Counter, Gauge, Histogram, MonitoringConfig, MonitoringManager, attach_worker
 """
 from .config import MonitoringConfig
+from .control import OptimizationStats
 from .master.manager import MonitoringManager
 from .metrics import Counter, Gauge, Histogram, Registry
 from .segment import CatalogueFull, LayoutMismatch, NoFreeSlab, RockstarError
@@ -14,5 +15,6 @@ from .worker.attach import attach_worker
 __version__ = "0.1.0"
 
 __all__ = ["Counter", "Gauge", "Histogram", "Registry", "MonitoringConfig", "MonitoringManager",
+           "OptimizationStats",
            "attach_worker", "CatalogueFull", "LayoutMismatch", "NoFreeSlab", "RockstarError",
            "__version__"]

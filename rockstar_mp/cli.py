@@ -3,6 +3,8 @@
     rockstar-mp top     [--url URL] [--token T] [--interval 1.0] [--iterations N]
     rockstar-mp metrics [--url URL] [--token T] [--json]
     rockstar-mp workers [--url URL] [--token T] [--json]
+    rockstar-mp optimize [--pid N]            (admin: $ROCKSTAR_ADMIN_TOKEN, else --token)
+    rockstar-mp control [NAME=VALUE ...]      (admin: show, or change, the runtime settings)
 
 Every command takes the same connection options:
 
@@ -27,6 +29,10 @@ refreshes: exit 0, or 1 if the last one failed.
 
 ``metrics`` and ``workers`` print one snapshot (``--json``: the metrics object of ``GET {metrics-path}``,
 the list of ``GET /workers``); on any error they print it to stderr and exit 1.
+
+``optimize`` asks every live worker (or ``--pid``) to collect garbage now (``POST /optimize``);
+``control`` prints the runtime settings (``GET /control``) or changes them (``POST /control``), e.g.
+``rockstar-mp control enable_metrics=false`` (values are read as JSON when they parse, else as strings).
 """
 from __future__ import annotations
 
@@ -64,8 +70,13 @@ class FetchError(Exception):
         self.status = status
 
 
-def fetch_json(url: str, token: str | None, timeout: float = 10.0) -> dict:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+def fetch_json(url: str, token: str | None, timeout: float = 10.0, body: dict | None = None) -> dict:
+    """GET ``url`` (or POST ``body`` as JSON) and decode the JSON answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Accept": "application/json"},
+                                     method="POST" if data is not None else "GET")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -101,11 +112,12 @@ class Aggregator:
     def metrics_url(self) -> str:
         return self.url(self.metrics_path)
 
-    def get(self, path: str) -> dict:
-        """The JSON at ``path``; ``FetchError`` with a readable message for every kind of failure."""
+    def get(self, path: str, body: dict | None = None) -> dict:
+        """The JSON at ``path`` (POSTing ``body`` if given); ``FetchError`` with a readable message for
+        every kind of failure."""
         url = self.url(path)
         try:
-            data = fetch_json(url, self.token, self.timeout)
+            data = fetch_json(url, self.token, self.timeout, body)
         except urllib.error.HTTPError as exc:
             raise FetchError(f"{url}: {_http_error_text(exc)}", exc.code) from None
         except urllib.error.URLError as exc:
@@ -470,7 +482,48 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--interval", type=_positive(float), default=1.0, help="seconds between refreshes")
     top.add_argument("--iterations", type=_positive(int), default=None,
                      help="stop after this many refreshes (exit 1 if the last one failed)")
+    admin = argparse.ArgumentParser(add_help=False, parents=[common])
+    admin.set_defaults(admin=True)
+    optimize = sub.add_parser("optimize", parents=[admin], help="garbage-collect every worker (or one) now",
+                              description="POST /optimize: every live worker (or --pid) collects garbage now. "
+                                          "Needs the admin token ($ROCKSTAR_ADMIN_TOKEN, else --token).")
+    optimize.add_argument("--pid", type=_positive(int), default=None)
+    control = sub.add_parser("control", parents=[admin], help="show or change runtime settings",
+                             description="Without arguments: the runtime settings in force (GET /control). "
+                                         "With NAME=VALUE pairs (e.g. enable_pprof=true pprof_path=/pp): "
+                                         "change them (POST /control). Needs the admin token.")
+    control.add_argument("settings", nargs="*", metavar="NAME=VALUE")
     return parser
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` with VALUE read as JSON when it is (true, 5, 0.5), else as a string."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw
+
+
+def run_admin(agg: Aggregator, args) -> int:
+    try:
+        if args.command == "optimize":
+            data = agg.get("/optimize" + (f"?pid={args.pid}" if args.pid else ""), body={})
+            print(f"optimization requested for pid(s) {', '.join(map(str, data['requested'])) or 'none'}")
+            return 0
+        body = dict(_setting(s) for s in args.settings) if args.settings else None
+        data = agg.get("/control", body=body)
+    except ValueError as exc:
+        print(f"rockstar-mp: {exc}", file=sys.stderr)
+        return 2
+    except FetchError as exc:
+        print(f"rockstar-mp: {exc}", file=sys.stderr)
+        return 1
+    for name, value in data.items():
+        print(f"{name} = {json.dumps(value)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -481,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     agg = Aggregator(base, metrics_path, args.token)
+    if getattr(args, "admin", False):
+        agg.token = os.environ.get("ROCKSTAR_ADMIN_TOKEN") or args.token
+        return run_admin(agg, args)
     try:
         if args.command == "top":
             agg.timeout = min(10.0, max(2.0, 2 * args.interval))

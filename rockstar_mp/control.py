@@ -111,6 +111,17 @@ def read_worker(segment: Segment, slab: int, pid: int) -> WorkerOptimization:
         Body.optimize_seconds.get(buf, base), tuple(f.get(buf, base) for f in Body.optimize_collected))
 
 
+@dataclass(frozen=True)
+class OptimizationStats:
+    """The spec's OptimizationStats (summed over workers; memory in bytes of RSS)."""
+
+    last_optimization: float | None
+    optimization_count: int
+    memory_before: int
+    memory_after: int
+    memory_freed: int
+
+
 def totals(workers: list[WorkerOptimization]) -> dict:
     return {"optimization_count": sum(w.optimization_count for w in workers),
             "last_optimization": max((w.last_optimization for w in workers), default=0.0) or None,

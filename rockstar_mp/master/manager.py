@@ -26,7 +26,9 @@ import shutil
 import tempfile
 
 from ..config import MonitoringConfig
-from ..segment import Geometry, LayoutMismatch, Segment, stale_segments
+from ..control import (OptimizationStats, apply_overrides, read_overrides, read_worker, request_optimization,
+                       totals, write_overrides)
+from ..segment import LIVE, Geometry, LayoutMismatch, Segment, stale_segments
 from ..segment.segment import AGGREGATOR_LOCK_SUFFIX
 from ..worker.attach import SEGMENT_ENV
 from .supervisor import AggregatorSupervisor
@@ -155,6 +157,60 @@ class MonitoringManager:
     @property
     def aggregator_pid(self) -> int:
         return self._supervisor.pid if self._supervisor else 0
+
+    # -- runtime control (kept in the segment; the aggregator applies it within a tick) -------------
+    def _control(self, **changes) -> MonitoringConfig:
+        assert self.segment is not None, "start() the manager first"
+        return write_overrides(self.segment, self.config, {k: v for k, v in changes.items() if v is not None})
+
+    def enable_metrics_endpoint(self, path: str | None = None) -> None:
+        """Serve the metrics (and the views beside them) again, optionally at a new path."""
+        self._control(enable_metrics=True, metrics_path=path)
+
+    def disable_metrics_endpoint(self) -> None:
+        """The metrics path and the views answer 404 (within a second)."""
+        self._control(enable_metrics=False)
+
+    def enable_pprof(self, path: str | None = None) -> None:
+        self._control(enable_pprof=True, pprof_path=path)
+
+    def disable_pprof(self) -> None:
+        self._control(enable_pprof=False)
+
+    def enable_snmp(self, port: int | None = None, community: str | None = None) -> None:
+        self._control(enable_snmp=True, snmp_port=port, snmp_community=community)
+
+    def disable_snmp(self) -> None:
+        self._control(enable_snmp=False)
+
+    def enable_optimization(self, interval: float | None = None) -> None:
+        self._control(enable_optimization=True, optimization_interval=interval)
+
+    def disable_optimization(self) -> None:
+        self._control(enable_optimization=False)
+
+    def runtime_config(self) -> MonitoringConfig:
+        """The config with the runtime changes applied (what the aggregator serves by)."""
+        assert self.segment is not None, "start() the manager first"
+        return apply_overrides(self.config, read_overrides(self.segment))
+
+    # -- optimization -------------------------------------------------------------------------------
+    def optimize_now(self, pid: int | None = None) -> list[int]:
+        """Ask every live worker (or one) to collect garbage now; returns the pids asked. Like
+        ``kill -USR1`` but without gunicorn's log reopen."""
+        assert self.segment is not None, "start() the manager first"
+        return request_optimization(self.segment, {pid} if pid is not None else None)
+
+    def get_optimization_stats(self, per_worker: bool = False):
+        """The spec's ``OptimizationStats`` summed over live workers (or a list, one per worker)."""
+        assert self.segment is not None, "start() the manager first"
+        workers = [read_worker(self.segment, s.slab, s.pid) for s in self.segment.slots()
+                   if s.state == LIVE and s.pid]
+        if per_worker:
+            return workers
+        total = totals(workers)
+        return OptimizationStats(total["last_optimization"], total["optimization_count"],
+                                 total["memory_before"], total["memory_after"], total["memory_freed"])
 
 
 def _remove_segment_files(path: str) -> None:

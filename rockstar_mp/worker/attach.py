@@ -23,7 +23,7 @@ from ..metrics import REGISTRY, Counter, Gauge, LocalStore
 from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
 from .logs import SlabLogHandler
 from .logs import install as install_log_handler
-from .optimize import Optimizer
+from .optimize import Optimizer, install_usr1
 from .workload import RECORDER
 from .control import start_control
 from ..segment.layout import Body
@@ -138,7 +138,8 @@ def _bind_rings(segment: Segment, slab: int, capture_logs: int | str | None) -> 
 
 def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
                   generation: int | None = None, age: int | None = None,
-                  die_with_parent: bool = False, capture_logs: int | str | None = None) -> WorkerState:
+                  die_with_parent: bool = False, capture_logs: int | str | None = None,
+                  optimize_on_usr1: bool = False) -> WorkerState:
     """Attach this (just forked) process to a slab of the segment; call it first thing in the child.
 
     ``segment`` is the master's ``Segment`` (inherited across fork) or its path; by default the path
@@ -147,7 +148,9 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     Every metric declared so far moves into the slab (its values start at zero in the worker).
     With ``die_with_parent``, the worker gets SIGTERM (a graceful stop) when its master dies, even
     by SIGKILL, instead of serving on as an orphan. ``capture_logs`` (a level) installs a
-    ``SlabLogHandler`` on the root logger and gunicorn's error logger.
+    ``SlabLogHandler`` on the root logger and gunicorn's error logger. ``optimize_on_usr1``: SIGUSR1
+    runs a garbage collection, chained to the handler installed before (gunicorn's hooks install it
+    later, in ``post_worker_init``, after gunicorn's own handlers).
     """
     global _STATE
     if current() is not None:
@@ -170,5 +173,7 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     _bind_rings(segment, slab, capture_logs)
     start_control(segment.path)  # profiling's control socket, when pprof is on (worker/control.py)
     _STATE.start_heartbeat()
+    if optimize_on_usr1:
+        install_usr1(_STATE.optimizer)
     atexit.register(_STATE.detach)
     return _STATE
