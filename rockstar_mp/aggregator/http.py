@@ -10,6 +10,7 @@ import falcon
 import falcon.asgi
 
 from ..config import MonitoringConfig
+from ..control import totals
 from .exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, render_json, render_openmetrics,
                          render_prometheus)
 from .admin import RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
@@ -97,6 +98,7 @@ class MetricsResource:
             return
         body = render_json(snap, pid)
         body["system"] = self._state.system_json(snap)
+        body["optimization"] = totals(self._state.optimization.workers())
         body["workers"] = self._state.workers_json(snap)
         resp.content_type = falcon.MEDIA_JSON
         resp.text = json.dumps(body)

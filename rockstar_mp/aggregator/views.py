@@ -250,6 +250,15 @@ def exported_families(state: AggregatorState) -> tuple:
         ExtraFamily("rockstar_workload_records_dropped", "counter",
                     "Workload records lost to ring overflow", [("", (), (), system["records_dropped"])]),
     ]
+    optimized = state.optimization.workers()
+    families += [
+        ExtraFamily("rockstar_worker_optimizations", "counter", "Garbage-collection optimizations run",
+                    [("", ("pid",), (str(w.pid),), w.optimization_count) for w in optimized]),
+        ExtraFamily("rockstar_worker_gc_pause_seconds", "gauge", "Duration of the last optimization",
+                    [("", ("pid",), (str(w.pid),), w.seconds) for w in optimized if w.optimization_count]),
+        ExtraFamily("rockstar_worker_memory_freed_bytes", "gauge", "RSS freed by the last optimization",
+                    [("", ("pid",), (str(w.pid),), w.memory_freed) for w in optimized if w.optimization_count]),
+    ]
     by = aggregates(snap, sketch_totals(snap), raw=True)
     for dim in DIMENSIONS:
         samples = []
