@@ -24,10 +24,10 @@ run: install
 	$(BIN)/gunicorn -c gunicorn_conf.py examples.app:app
 
 test: install system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	ROCKSTAR_TEST_MIBDIRS="$$(bash .ci/ietf-mibs.sh)" $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .cache *.egg-info

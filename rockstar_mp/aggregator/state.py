@@ -87,6 +87,7 @@ class AggregatorState:
         self.window = Window(config.window_seconds)
         self.optimization = OptimizationSchedule(segment)
         self.history = None  # a HistoryWriter when history is on (set by the aggregator's serve())
+        self.snmp = None  # the SnmpAgent while SNMP is on (set by the aggregator's serve())
         self._snapshot: Snapshot | None = None
 
     def apply_control(self) -> None:

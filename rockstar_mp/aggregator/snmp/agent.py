@@ -11,6 +11,9 @@ with our own read-only command responder over a ``View`` (``tree.py``).
 * GETBULK stops at the first repetition that is all endOfMibView and at the response size the manager
   allows (pysnmp's stock responder repeats endOfMibView max-repetitions times and rescans the tree).
 * Any exception while answering becomes a genErr response (pysnmp would drop the request).
+* SNMPv2c fast path (``fast.py``): well-formed v2c requests with the read community are decoded and
+  answered without pysnmp (its pyasn1 decoder caps it near 900 GETs/s); everything else goes to pysnmp.
+  Both paths answer from ``respond.answer`` and encode var-binds with ``ber.py``.
 
 ``start()`` binds the UDP socket itself (a busy port is an error here, not silence) and creates the
 engine inside the running loop; ``stop()`` closes everything. Both can be called again at runtime.
@@ -24,12 +27,12 @@ import time
 
 from ...config import parse_base_oid, parse_trap_targets, parse_users
 from ..state import AggregatorState
-from . import ber
+from . import ber, respond
+from .fast import FastPath
 from .tree import COUNTER32, View, ViewBuilder
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
-MAX_VARBINDS = 512  # per GETBULK response (the response size caps it first)
 BIND_RETRY_SECONDS = 10.0
 RCVBUF = 1 << 20
 
@@ -81,6 +84,7 @@ class SnmpAgent:
         self.refused = 0  # authenticated, but not a reader (v1, a notification community)
         self.requests = 0
         self.gen_errors = 0
+        self.fast_path = True  # SNMPv2c requests decoded by us (fast.py); False: everything via pysnmp
 
     @property
     def running(self) -> bool:
@@ -135,7 +139,17 @@ class SnmpAgent:
         loop = asyncio.get_running_loop()
         self.port = sock.getsockname()[1]
         snmp_engine = engine.SnmpEngine(snmpEngineID=v2c.OctetString(engine_id(self.port)))
-        transport = udp.UdpTransport(loop=loop).open_server_mode(sock=sock)
+        fast, agent = FastPath(self, self.config.snmp_community), self
+
+        class Transport(udp.UdpTransport):
+            def datagram_received(self, datagram, address):
+                reply = fast.handle(datagram) if agent.fast_path else None
+                if reply is None:
+                    super().datagram_received(datagram, address)
+                else:
+                    self.transport.sendto(reply, address)
+
+        transport = Transport(loop=loop).open_server_mode(sock=sock)
         await transport._lport  # the endpoint exists once this is done
         config.add_transport(snmp_engine, udp.DOMAIN_NAME, transport)
         config.add_v1_system(snmp_engine, READ_SECURITY_NAME, self.config.snmp_community)
@@ -177,10 +191,16 @@ class SnmpAgent:
 
     # -- the view ---------------------------------------------------------------------------------
     def view(self) -> View:
+        """The view of the current merge (``state.snapshot()``, as the HTTP endpoints use): rebuilt only
+        when the merge was redone, so an answer is never older than the JSON served at that moment."""
         view = self._view
-        if view is None or time.monotonic() - view.built > self.config.snapshot_max_age:
+        if view is None or view.snapshot is not self.state.snapshot():
             view = self._view = self.builder.build()
         return view
+
+    @staticmethod
+    def log_failure() -> None:
+        log.exception("rockstar-mp: SNMP request failed")
 
     def _mib_value(self, module: str, name: str) -> int:
         try:
@@ -216,6 +236,9 @@ class Responder:
         from pysnmp.proto import rfc1905
         from pysnmp.proto.api import v2c
         from pyasn1.type import univ
+
+        kinds = {rfc1905.GetRequestPDU.tagSet: respond.GET, rfc1905.GetNextRequestPDU.tagSet: respond.GETNEXT,
+                 rfc1905.GetBulkRequestPDU.tagSet: respond.GETBULK}
 
         class _Responder(cmdrsp.CommandResponderBase):
             SUPPORTED_PDU_TYPES = (rfc1905.GetRequestPDU.tagSet, rfc1905.GetNextRequestPDU.tagSet,
@@ -259,65 +282,12 @@ class Responder:
                 self.release_state_information(stateReference)
 
             def _answer(self, PDU) -> list:
-                view = agent.view()
                 requested = [tuple(oid) for oid, _ in v2c.apiPDU.get_varbinds(PDU)]
-                tag = PDU.tagSet
-                if tag == rfc1905.GetRequestPDU.tagSet:
-                    out = []
-                    for oid in requested:
-                        found = view.get(oid)
-                        if found is None:
-                            value = ber.NO_SUCH_INSTANCE if view.exists(oid) else ber.NO_SUCH_OBJECT
-                        else:
-                            value = ber.value(found)
-                        out.append(ber.varbind(oid, value))
-                    return out
-                if tag == rfc1905.GetNextRequestPDU.tagSet:
-                    return [self._next(view, oid)[1] for oid in requested]
-                # GETBULK (RFC 3416 4.2.3), stopping at the first all-endOfMibView repetition
-                non_repeaters = max(0, int(v2c.apiBulkPDU.get_non_repeaters(PDU)))
-                repetitions = max(0, int(v2c.apiBulkPDU.get_max_repetitions(PDU)))
-                n = min(non_repeaters, len(requested))
-                budget = self._max_size - 64
-                out = []
-                for oid in requested[:n]:
-                    out.append(self._next(view, oid)[1])
-                    budget -= len(out[-1])
-                last = requested[n:]
-                r = len(last)
-                if r == 1:  # the common walk: one repeater, read the view in order
-                    for name, found in view.after(last[0]):
-                        if not repetitions or len(out) >= MAX_VARBINDS:
-                            return out
-                        vb = ber.varbind(name, ber.value(found))
-                        if len(vb) > budget and len(out) > n:
-                            return out
-                        budget -= len(vb)
-                        out.append(vb)
-                        repetitions -= 1
-                    if repetitions and len(out) < MAX_VARBINDS:
-                        last_name = name if len(out) > n else last[0]
-                        out.append(ber.varbind(last_name, ber.END_OF_MIB_VIEW))
-                    return out
-                while r and repetitions and len(out) + r <= MAX_VARBINDS:
-                    row = [self._next(view, oid) for oid in last]
-                    cost = sum(len(vb) for _, vb, _ in row)
-                    if cost > budget and len(out) > n:
-                        break  # it would not fit: the manager asks again from here
-                    budget -= cost
-                    out.extend(vb for _, vb, _ in row)
-                    if all(end for _, _, end in row):
-                        break
-                    last = [name for name, _, _ in row]
-                    repetitions -= 1
-                return out
-
-            @staticmethod
-            def _next(view, oid):
-                """(the next OID, its encoded var-bind, whether it is endOfMibView)."""
-                found = view.next(oid)
-                if found is None:
-                    return oid, ber.varbind(oid, ber.END_OF_MIB_VIEW), True
-                return found[0], ber.varbind(found[0], ber.value(found[1])), False
+                kind = kinds[PDU.tagSet]
+                if kind != respond.GETBULK:
+                    return respond.answer(agent.view(), kind, requested)
+                return respond.answer(agent.view(), kind, requested,
+                                      int(v2c.apiBulkPDU.get_non_repeaters(PDU)),
+                                      int(v2c.apiBulkPDU.get_max_repetitions(PDU)), self._max_size - 64)
 
         return _Responder()

@@ -15,7 +15,7 @@ them, so the served tree and the shipped MIB cannot drift apart (a test compares
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 DEFAULT_BASE = (1, 3, 6, 1, 4, 1, 8072, 9999, 9999)
 MODULE = "ROCKSTAR-MP-MIB"

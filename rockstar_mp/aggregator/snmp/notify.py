@@ -34,6 +34,7 @@ class Notifier:
         self.oids = mibdef.oid_of(agent.base)
         self.sent: dict[str, int] = {}  # notification name -> sent (per target)
         self.errors = 0
+        self.acknowledged = 0
         self._task: asyncio.Task | None = None
         self._names: list[str] = []
         self._originator = None
@@ -95,11 +96,19 @@ class Notifier:
                               rfc1902.Unsigned32(value) if kind == "u" else rfc1902.Integer32(value)))
         for target in self._names:
             try:
-                self._originator.send_varbinds(self.agent.engine, target, None, b"", var_binds)
+                self._originator.send_varbinds(self.agent.engine, target, None, b"", var_binds, self._done)
                 self.sent[notification] = self.sent.get(notification, 0) + 1
             except Exception:
                 self.errors += 1
                 log.exception("rockstar-mp: sending SNMP notification %s failed", notification)
+
+    def _done(self, engine, handle, error_indication, error_status, error_index, var_binds, ctx) -> None:
+        """Called when a notification is done: sent (traps), acknowledged or timed out (informs)."""
+        if error_indication:
+            self.errors += 1
+            log.warning("rockstar-mp: SNMP inform not acknowledged: %s", error_indication)
+        else:
+            self.acknowledged += 1
 
     async def _watch(self) -> None:
         state, config = self.agent.state, self.agent.config

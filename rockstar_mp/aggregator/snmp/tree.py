@@ -169,7 +169,8 @@ class View:
     """Every served OID. ``get(oid)`` -> (kind, value) | None; ``next(oid)`` -> (oid, (kind, value)) | None;
     ``exists(oid)``: is there an object (for noSuchObject vs noSuchInstance)."""
 
-    def __init__(self, nodes: list, built: float) -> None:
+    def __init__(self, nodes: list, built: float, snapshot=None) -> None:
+        self.snapshot = snapshot  # the merge it was built from
         nodes.sort(key=lambda n: n.prefix)
         self.nodes = nodes
         self.prefixes = [n.prefix for n in nodes]
@@ -383,4 +384,4 @@ class ViewBuilder:
         rows = self._cached(self.logs, state.rings.logs, _log_row)
         nodes.append(self._table(mibdef.LOGS, rows))
         nodes.append(self._table(mibdef.OPTIMIZATION, self._optimization_rows()))
-        return View(nodes, time.monotonic())
+        return View(nodes, time.monotonic(), snap)
