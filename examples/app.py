@@ -73,4 +73,4 @@ def create_app() -> falcon.App:
     return api
 
 
-app = MetricsMiddleware(create_app())
+app = MetricsMiddleware(create_app(), workload=True)

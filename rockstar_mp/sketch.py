@@ -15,8 +15,8 @@ MIN_SECONDS = 1e-6  # shorter durations count as 1 us
 _LOG_GAMMA = math.log(GAMMA)
 
 
-def bucket_index(seconds: float) -> int:
-    return math.ceil(math.log(max(seconds, MIN_SECONDS)) / _LOG_GAMMA - 1e-9)
+def bucket_index(seconds: float, _log=math.log, _ceil=math.ceil, _scale=1 / _LOG_GAMMA) -> int:
+    return _ceil(_log(seconds if seconds > MIN_SECONDS else MIN_SECONDS) * _scale - 1e-9)
 
 
 def bucket_value(index: int) -> float:

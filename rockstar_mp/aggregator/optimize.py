@@ -1,8 +1,9 @@
 """Scheduled optimization (GC) of the workers, and what the workers report about it.
 
-With optimization on, every live worker is asked once per ``optimization_interval``; worker ``k`` of
-``n`` is asked at offset ``k / n * interval * optimization_spread``, so with the spread on no two
-workers pause together. A request is a counter raised in the worker's slab (no signal: see
+With optimization on, every live worker is asked once per ``optimization_interval``, the workers'
+turns spread over ``interval * optimization_spread``. With the spread on, a worker is only asked once the
+previous one has finished and ``MIN_GAP`` has passed, so no two workers pause together even when a
+loaded machine delays a worker's answer. A request is a counter raised in the worker's slab (no signal: see
 ``rockstar_mp.worker.optimize``).
 """
 from __future__ import annotations
@@ -17,6 +18,9 @@ from ..segment import LIVE, Segment
 
 RECENT_EVENTS = 1000
 RECHECK = 0.25  # the schedule looks at least this often for config changes and new workers
+MIN_GAP = 0.15  # with the spread on: seconds between one worker's optimization ending and the next ask
+WAIT = 0.02  # how soon to look again while another worker is optimizing
+OUTSTANDING_TIMEOUT = 2.0  # a worker that has not answered a request by then is not waited for
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -29,6 +33,7 @@ class OptimizationSchedule:
         self.events: deque[dict] = deque(maxlen=RECENT_EVENTS)
         self._seen: dict[tuple, int] = {}  # (slab, generation) -> optimize_count last seen
         self._next_due: dict[int, float] = {}  # pid -> time.monotonic() of its next request
+        self._outstanding: dict[int, tuple] = {}  # pid -> (its count when asked, when asked)
 
     def live(self) -> list:
         return sorted((s for s in self.segment.slots() if s.state == LIVE and s.pid), key=lambda s: s.slab)
@@ -59,12 +64,31 @@ class OptimizationSchedule:
         for pid in pids:
             if pid not in self._next_due:  # a new worker takes the middle of the widest gap
                 self._next_due[pid] = self._place(now, interval, spread)
-        due = {pid for pid, at in self._next_due.items() if at <= now}
+        due = sorted((at, pid) for pid, at in self._next_due.items() if at <= now)
+        if due and spread > 0:
+            if self._busy(live, now):
+                return WAIT  # one worker at a time, MIN_GAP apart: the spread holds under load too
+            due = due[:1]
         if due:
-            request_optimization(self.segment, due)
-            for pid in due:
+            asked = request_optimization(self.segment, {pid for _, pid in due})
+            for pid in asked:
+                stats = next(read_worker(self.segment, s.slab, s.pid) for s in live if s.pid == pid)
+                self._outstanding[pid] = (stats.optimization_count, now)
+            for _, pid in due:
                 self._next_due[pid] += interval * max(1, int((now - self._next_due[pid]) // interval) + 1)
         return max(0.01, min(self._next_due.values(), default=now + interval) - now)
+
+    def _busy(self, live: list, now: float) -> bool:
+        """Is a requested optimization still running, or did the last one end under MIN_GAP ago?"""
+        counts = {s.pid: read_worker(self.segment, s.slab, s.pid) for s in live}
+        for pid, (count, asked_at) in list(self._outstanding.items()):
+            stats = counts.get(pid)
+            if stats is None or stats.optimization_count > count or now - asked_at > OUTSTANDING_TIMEOUT:
+                del self._outstanding[pid]
+        if self._outstanding:
+            return True
+        last = max((s.last_optimization for s in counts.values()), default=0.0)
+        return time.time() - last < MIN_GAP
 
     def _place(self, now: float, interval: float, spread: float) -> float:
         span = interval * min(max(spread, 0.0), 1.0)

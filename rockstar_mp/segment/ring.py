@@ -27,25 +27,36 @@ class RingSpec:
 
 
 class RingWriter:
-    """The worker's end. Appends are serialised by a lock (gthread workers write from many threads)."""
+    """The worker's end. Appends are serialised by a lock (gthread workers write from many threads).
+
+    On the request path, so everything is computed once: the slots' base and size, and one struct
+    writing the zero sequence and the payload in one call; the head is kept here (one writer).
+    """
 
     def __init__(self, buf: memoryview, base: int, spec: RingSpec) -> None:
         self._buf = buf
         self._base = base
         self._spec = spec
         self._lock = threading.Lock()
+        self._slots = spec.slots
+        self._first = base + spec.slot_offset(0)
+        self._size = spec.slot_offset(1) - spec.slot_offset(0) if spec.slots > 1 else 0
+        self._seq_and_payload = struct.Struct(SLOT_SEQ.struct.format + spec.payload.format.lstrip("<"))
+        self._seq = SLOT_SEQ.struct
+        self._head = spec.head.struct
+        self._head_at = base + spec.head.offset
+        self._index = spec.head.get(buf, base)
 
     def append(self, *payload) -> None:
-        spec, buf, base = self._spec, self._buf, self._base
-        if not spec.slots:
+        if not self._slots:
             return
         with self._lock:
-            index = spec.head.get(buf, base)
-            at = base + spec.slot_offset(index)
-            SLOT_SEQ.set(buf, 0, at)
-            spec.payload.pack_into(buf, at + SLOT_SEQ.struct.size, *payload)
-            SLOT_SEQ.set(buf, index + 1, at)
-            spec.head.set(buf, index + 1, base)
+            index = self._index
+            at = self._first + (index % self._slots) * self._size
+            self._seq_and_payload.pack_into(self._buf, at, 0, *payload)  # sequence 0 while written
+            self._seq.pack_into(self._buf, at, index + 1)
+            self._index = index + 1
+            self._head.pack_into(self._buf, self._head_at, index + 1)
 
 
 def read_ring(buf: memoryview, base: int, spec: RingSpec, since: int) -> tuple[list, int, int]:

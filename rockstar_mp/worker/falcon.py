@@ -8,7 +8,11 @@ Example::
     app = falcon.App(middleware=[WorkloadMiddleware(tenant_header="X-Tenant-ID")])
 
 The route is the template (``/users/{id}``), never the raw path, so label cardinality stays bounded.
-The request id comes from ``X-Request-ID`` or is generated, and is echoed in the response.
+The request id comes from ``X-Request-ID`` or is generated.
+
+Wrapped in ``MetricsMiddleware(app, workload=True)`` (as ``examples/app.py`` is), this middleware only
+hands its route template to the WSGI layer, which makes the one record after the response is sent,
+with the exact bytes sent; on its own it records in ``process_response``.
 """
 from __future__ import annotations
 
@@ -17,33 +21,51 @@ from typing import Callable
 
 from .workload import RECORDER, template_path
 
+WSGI_KEY = "rockstar.wsgi"  # set by MetricsMiddleware(workload=True): it records, we annotate
+ROUTE_KEY = "rockstar.route"
+
 
 class WorkloadMiddleware:
     """``tenant``: a callable ``(req) -> str`` overriding ``tenant_header``."""
 
     def __init__(self, tenant_header: str = "X-Tenant-ID", tenant: Callable | None = None,
                  request_id_header: str = "X-Request-ID") -> None:
-        self._tenant_header = tenant_header
+        self._tenant_key = _environ_key(tenant_header)
         self._tenant = tenant
-        self._request_id_header = request_id_header
+        self._request_id_key = _environ_key(request_id_header)
 
     def process_request(self, req, resp) -> None:
-        req.context.rockstar_start = (time.time(), time.perf_counter())
-        req.context.rockstar_id = req.get_header(self._request_id_header) or RECORDER.new_request_id()
+        env = req.env
+        if WSGI_KEY in env:
+            return
+        env["rockstar.start"] = (time.time(), time.perf_counter())
         RECORDER.begin(req.method, req.path)
 
     def process_response(self, req, resp, resource, req_succeeded: bool) -> None:
-        started = getattr(req.context, "rockstar_start", None)
+        env = req.env
+        route = req.uri_template or (template_path(req.path) if resource is not None else "(unrouted)")
+        if WSGI_KEY in env:
+            env[ROUTE_KEY] = route
+            if self._tenant is not None:
+                env["rockstar.tenant"] = self._tenant(req)
+            return
+        started = env.get("rockstar.start")
         if started is None:
             return
         start, t0 = started
         seconds = time.perf_counter() - t0
-        route = req.uri_template or (template_path(req.path) if resource is not None else "(unrouted)")
-        tenant = self._tenant(req) if self._tenant else req.get_header(self._tenant_header)
-        resp.set_header(self._request_id_header, req.context.rockstar_id)
+        tenant = self._tenant(req) if self._tenant else env.get(self._tenant_key, "")
         RECORDER.end()
-        RECORDER.record(req.method, route, int(resp.status_code), seconds, start, _length(resp),
-                        req.context.rockstar_id, tenant or "")
+        RECORDER.record(req.method, route, _status(resp.status), seconds, start, _length(resp),
+                        env.get(self._request_id_key) or RECORDER.new_request_id(), tenant)
+
+
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def _status(status) -> int:
+    return status if isinstance(status, int) else int(str(status)[:3])
 
 
 def _length(resp) -> int:

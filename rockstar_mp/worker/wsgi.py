@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 
 from ..metrics import Counter, Histogram
+from .falcon import ROUTE_KEY, WSGI_KEY
 from .workload import RECORDER, template_path
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
@@ -31,19 +32,23 @@ DURATION = Histogram("http.request.duration.seconds", "Seconds from request to l
 class _CountingBody:
     """Wraps a WSGI response iterable; counts once, when the last chunk was taken or on close()."""
 
-    __slots__ = ("_body", "_method", "_status", "_start", "_counted", "_workload", "_bytes")
+    __slots__ = ("_body", "_middleware", "_method", "_status", "_start", "_counted", "_environ",
+                 "_wall_start", "_bytes")
 
-    def __init__(self, body, method: str, status: list, start: float, workload=None) -> None:
+    def __init__(self, body, middleware: "MetricsMiddleware", method: str, status: list, start: float,
+                 environ: dict | None, wall_start: float) -> None:
         self._body = body
+        self._middleware = middleware
         self._method = method
         self._status = status
         self._start = start
         self._counted = False
-        self._workload = workload  # (environ, wall-clock start, tenant header key) or None
+        self._environ = environ  # set when recording workload
+        self._wall_start = wall_start
         self._bytes = 0
 
     def __iter__(self):
-        if self._workload is None:
+        if self._environ is None:
             yield from self._body
         else:
             for chunk in self._body:
@@ -63,16 +68,16 @@ class _CountingBody:
         if self._counted:
             return
         self._counted = True
-        status = self._status[0] if self._status else "500"
         seconds = time.perf_counter() - self._start
-        REQUESTS.labels(self._method, status).inc()
-        DURATION.labels(self._method).observe(seconds)
-        if self._workload is not None:
-            environ, wall_start, tenant_key = self._workload
+        status = self._status[0] if self._status else "500"
+        self._middleware.count(self._method, status, seconds)
+        environ = self._environ
+        if environ is not None:
             RECORDER.end()
-            route = environ.get("rockstar.route") or template_path(environ.get("PATH_INFO") or "/")
-            RECORDER.record(self._method, route, int(status), seconds, wall_start, self._bytes,
-                            environ.get("rockstar.request_id", ""), environ.get(tenant_key, ""))
+            RECORDER.record(self._method, environ.get(ROUTE_KEY) or template_path(environ.get("PATH_INFO") or "/"),
+                            int(status), seconds, self._wall_start, self._bytes,
+                            environ.get("HTTP_X_REQUEST_ID") or RECORDER.new_request_id(),
+                            environ.get("rockstar.tenant") or environ.get(self._middleware.tenant_key, ""))
 
 
 class MetricsMiddleware:
@@ -81,7 +86,19 @@ class MetricsMiddleware:
     def __init__(self, app, workload: bool = False, tenant_header: str = "X-Tenant-ID") -> None:
         self.app = app
         self.workload = workload
-        self._tenant_key = "HTTP_" + tenant_header.upper().replace("-", "_")
+        self.tenant_key = "HTTP_" + tenant_header.upper().replace("-", "_")
+        self._requests: dict[tuple, object] = {}  # (method, status) -> counter child
+        self._durations: dict[str, object] = {}  # method -> histogram child
+
+    def count(self, method: str, status: str, seconds: float) -> None:
+        requests = self._requests.get((method, status))
+        if requests is None:
+            requests = self._requests[(method, status)] = REQUESTS.labels(method, status)
+        requests.inc()
+        duration = self._durations.get(method)
+        if duration is None:
+            duration = self._durations[method] = DURATION.labels(method)
+        duration.observe(seconds)
 
     def __call__(self, environ, start_response):
         start = time.perf_counter()
@@ -89,11 +106,12 @@ class MetricsMiddleware:
         if method not in KNOWN_METHODS:
             method = "other"
         status: list = []
-        workload = None
+        recording = None
+        wall_start = 0.0
         if self.workload:
-            environ.setdefault("rockstar.request_id",
-                               environ.get("HTTP_X_REQUEST_ID") or RECORDER.new_request_id())
-            workload = (environ, time.time(), self._tenant_key)
+            environ[WSGI_KEY] = True
+            recording = environ
+            wall_start = time.time()
             RECORDER.begin(method, environ.get("PATH_INFO") or "/")
 
         def recording_start_response(status_line, headers, exc_info=None):
@@ -103,6 +121,6 @@ class MetricsMiddleware:
         try:
             body = self.app(environ, recording_start_response)
         except BaseException:
-            _CountingBody((), method, ["500"], start, workload)._count()
+            _CountingBody((), self, method, ["500"], start, recording, wall_start)._count()
             raise
-        return _CountingBody(body, method, status, start, workload)
+        return _CountingBody(body, self, method, status, start, recording, wall_start)
