@@ -28,6 +28,7 @@ from rockstar_mp.aggregator.snmp import mib_path, render_mib
 from rockstar_mp.aggregator.snmp.agent import engine_id
 from rockstar_mp.aggregator.snmp.mibdef import DEFAULT_BASE, oid_of
 from rockstar_mp.config import MonitoringConfig, parse_trap_targets, parse_users
+from rockstar_mp.segment import fit
 from tests.helpers import ROOT, Gunicorn, http_get, load, poll
 
 CI = os.environ.get("CI") == "true"
@@ -428,8 +429,9 @@ def test_agent_starts_and_stops_at_runtime(tmp_path):
     async def scenario() -> None:
         state = AggregatorState(segment, config)
         for i in range(5):  # rows in the records and logs tables, with long and non-ASCII strings
-            state.rings.records.append(WorkloadRecord(time.time(), 0.001 * i, 10 * i, 4242, 200 + i, "GET",
-                                                      "/r/" + "é" * 200 * (i == 2), f"id-{i}", "acme"))
+            state.rings.records.append(WorkloadRecord((time.time(), 0.001 * i, 10 * i, 4242, 200 + i, b"GET",
+                                                       fit("/r/" + "é" * 200 * (i == 2), 64), f"id-{i}".encode(),
+                                                       b"acme")))
             state.rings.logs.append(LogRecord(time.time(), 4242, 30, "app", f"message {i}"))
         agent = SnmpAgent(state)
         await agent.start()

@@ -19,17 +19,20 @@ QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-@dataclass(frozen=True)
 class WorkloadRecord:
-    start: float
-    duration: float
-    response_bytes: int
-    pid: int
-    status: int
-    method: str
-    route: str
-    request_id: str
-    tenant: str
+    """One request, kept as the ring's raw payload: the strings are decoded only when read (most
+    records are never shown), so draining costs the aggregator little per request."""
+
+    __slots__ = ("start", "duration", "response_bytes", "pid", "status", "_raw")
+
+    def __init__(self, payload: tuple) -> None:
+        self.start, self.duration, self.response_bytes, self.pid, self.status = payload[:5]
+        self._raw = payload[5:]
+
+    method = property(lambda self: text(self._raw[0]))
+    route = property(lambda self: text(self._raw[1]))
+    request_id = property(lambda self: text(self._raw[2]))
+    tenant = property(lambda self: text(self._raw[3]))
 
     def to_json(self) -> dict:
         return {"request_id": self.request_id, "tenant_id": self.tenant, "method": self.method,
@@ -77,7 +80,7 @@ class RingDrain:
                 continue
             base = geometry.slab_offset(slot.slab)
             for name, spec, out, convert, dropped_field in (
-                    ("records", record_ring(layout), new_records, _record, Header.records_dropped),
+                    ("records", record_ring(layout), new_records, WorkloadRecord, Header.records_dropped),
                     ("logs", log_ring(layout), new_logs, _log, Header.logs_dropped)):
                 key = (slot.slab, slot.generation, name)
                 live.add(key)
@@ -101,12 +104,6 @@ class RingDrain:
     @property
     def logs_dropped(self) -> int:
         return Header.logs_dropped.get(self.segment.buf)
-
-
-def _record(p: tuple) -> WorkloadRecord:
-    start, duration, nbytes, pid, status, method, route, request_id, tenant = p
-    return WorkloadRecord(start, duration, nbytes, pid, status, text(method), text(route), text(request_id),
-                          text(tenant))
 
 
 def _log(p: tuple) -> LogRecord:
