@@ -7,19 +7,6 @@ plain ``falcon.App()``: no ``WorkloadMiddleware``, no ``MetricsMiddleware`` arou
 ``examples.app`` declares its metrics in the process-local registry, but nothing binds them to a slab
 and nothing records them: serving a request touches no rockstar-mp code.
 """
-import falcon
+from examples.app import create_app
 
-from examples.app import Error, Hello, Sleep, User, Work
-
-
-def create_app() -> falcon.App:
-    api = falcon.App()
-    api.add_route("/", Hello())
-    api.add_route("/users/{name}", User())
-    api.add_route("/work", Work())
-    api.add_route("/sleep", Sleep())
-    api.add_route("/error", Error())
-    return api
-
-
-app = create_app()
+app = create_app(monitored=False)
