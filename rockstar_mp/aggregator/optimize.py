@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 
-from ..control import read_worker, request_optimization
+from ..control import WorkerOptimization, read_worker, request_optimization
 from ..segment import LIVE, Segment
 
 RECENT_EVENTS = 1000

@@ -187,12 +187,12 @@ class SnmpViewResource:
 
     def __init__(self, state: AggregatorState) -> None:
         self._state = state
-        self._community = hashlib.sha256(state.config.snmp_community.encode()).digest()
 
     async def on_get(self, req, resp) -> None:
         _only(req, ("limit",), self._state)
         given = (req.get_header("X-SNMP-Community") or "").encode()
-        if not hmac.compare_digest(hashlib.sha256(given).digest(), self._community):
+        expected = self._state.config.snmp_community.encode()  # runtime control may change it
+        if not hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(expected).digest()):
             raise falcon.HTTPForbidden(title="403 Forbidden",
                                        description="send the community as 'X-SNMP-Community: <community>'")
         limit = int(_number(req, "limit", 100, 1, MAX_LIMIT))

@@ -93,6 +93,7 @@ class MonitoringManager:
         if self.config.run_dir:
             self.run_dir = self.config.run_dir
             os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
+            os.environ[RUN_DIR_ENV] = self.run_dir  # workers find their control socket directory here
             return
         inherited = os.environ.get(RUN_DIR_ENV)
         if inherit and inherited and os.path.isdir(inherited):

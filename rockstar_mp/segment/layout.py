@@ -192,9 +192,9 @@ class Geometry:
     """The sizes a segment is created with; everything else follows from them."""
 
     n_slabs: int = 64
-    slab_max_series: int = 2048
-    slab_heap_bytes: int = 256 * 1024
-    slab_max_values: int = 16384
+    slab_max_series: int = 8192  # as MonitoringConfig's defaults (the master derives its geometry there)
+    slab_heap_bytes: int = 1024 * 1024
+    slab_max_values: int = 32768
     retired_max_series: int = 8192
     retired_heap_bytes: int = 1024 * 1024
     retired_max_values: int = 65536
