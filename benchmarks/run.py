@@ -868,6 +868,39 @@ def main() -> int:
               "middlewares); off: plain gunicorn on benchmarks.bare_app:app (same routes, no middleware).")
         print(f"     wrk and gunicorn share the machine's {os.cpu_count()} CPUs: the workers get what wrk "
               "leaves, so the loss is indicative, and noisy if anything else runs.")
+    run_ops(notes)
+    for note in notes:
+        print(f"NOTE: {note}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def run_ops(notes: list[str], figs: list[str] | None = None) -> None:
+    """Figures 8-10 (benchmarks/ops.py): real gunicorn servers, their own table."""
+    from benchmarks import ops
+
+    tmp = tempfile.mkdtemp(prefix="rockstar-bench-ops-")
+    try:
+        rows = ops.run_figures(tmp, figs or list(ops.FIGURES), notes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print("operations on a real gunicorn (figures 8-10; best-of-N where said: the machine may be shared)")
+    if rows:
+        ops.print_rows(rows)
+
+
+def only_main(figs: list[str]) -> int:
+    """``--only 8,9,10``: just those of figures 8-10."""
+    from benchmarks import ops
+
+    unknown = [f for f in figs if f not in ops.FIGURES]
+    if unknown:
+        print(f"--only: unknown figures {unknown}; choose among {', '.join(ops.FIGURES)}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    notes: list[str] = []
+    run_ops(notes, figs)
     for note in notes:
         print(f"NOTE: {note}")
     print(f"total {time.perf_counter() - started:.0f} s")
@@ -889,4 +922,6 @@ def child_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         sys.exit(child_main(sys.argv[2:]))
+    if len(sys.argv) > 2 and sys.argv[1] == "--only":
+        sys.exit(only_main([f for f in sys.argv[2].split(",") if f]))
     sys.exit(main())

@@ -5,6 +5,7 @@
     rockstar-mp workers [--url URL] [--token T] [--json]
     rockstar-mp optimize [--pid N]            (admin: $ROCKSTAR_ADMIN_TOKEN, else --token)
     rockstar-mp control [NAME=VALUE ...]      (admin: show, or change, the runtime settings)
+    rockstar-mp profile [--kind K] [--seconds N] [--pid N] [--out FILE] [--pprof-url URL]
 
 Every command takes the same connection options:
 
@@ -50,6 +51,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Optional
+
+from .profiling.fetch import DEFAULT_PPROF_URL, ProfileFetchError, fetch_profile
 
 DEFAULT_URL = "http://127.0.0.1:9090"
 DEFAULT_METRICS_PATH = "/metrics"
@@ -493,7 +496,32 @@ def build_parser() -> argparse.ArgumentParser:
                                          "With NAME=VALUE pairs (e.g. enable_pprof=true pprof_path=/pp): "
                                          "change them (POST /control). Needs the admin token.")
     control.add_argument("settings", nargs="*", metavar="NAME=VALUE")
+    profile = sub.add_parser("profile", parents=[common], help="fetch a profile (pprof) from the workers",
+                             description="Fetch a profile from the /debug/pprof tree (every live worker "
+                                         "merged, or --pid) and write it to --out; read it with go tool "
+                                         "pprof. The token is --token / $ROCKSTAR_AUTH_TOKEN.")
+    profile.add_argument("--kind", default="profile", choices=("profile", "wall", "heap", "goroutine",
+                                                               "threadcreate", "block", "mutex", "trace"))
+    profile.add_argument("--seconds", type=_positive(float), default=None, help="the profile's window")
+    profile.add_argument("--pid", type=_positive(int), default=None, help="one worker (default: all)")
+    profile.add_argument("--debug", type=int, choices=(0, 1, 2), default=0,
+                         help="goroutine/threadcreate as text (1: grouped, 2: one block per thread)")
+    profile.add_argument("--out", default=None, help="the file to write (default: <kind>.pb.gz)")
+    profile.add_argument("--pprof-url", default=os.environ.get("ROCKSTAR_PPROF_URL", DEFAULT_PPROF_URL),
+                         help=f"the pprof tree (default: $ROCKSTAR_PPROF_URL or {DEFAULT_PPROF_URL})")
     return parser
+
+
+def run_profile(args) -> int:
+    out = args.out or {"trace": "trace.json"}.get(args.kind, f"{args.kind}.txt" if args.debug
+                                                    else f"{args.kind}.pb.gz")
+    try:
+        size = fetch_profile(args.pprof_url, out, args.kind, args.seconds, args.pid, args.token, args.debug)
+    except ProfileFetchError as exc:
+        print(f"rockstar-mp: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {size} bytes to {out}")
+    return 0
 
 
 def _setting(text: str) -> tuple[str, object]:
@@ -533,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         base, metrics_path = resolve(args.url, args.metrics_path)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.command == "profile":
+        return run_profile(args)
     agg = Aggregator(base, metrics_path, args.token)
     if getattr(args, "admin", False):
         agg.token = os.environ.get("ROCKSTAR_ADMIN_TOKEN") or args.token

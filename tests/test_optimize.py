@@ -4,19 +4,28 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
 import psutil
+import pytest
 
-from tests.helpers import ROOT, http_get, load, poll, raw_get
+from tests.helpers import ROOT, free_port, http_get, load, poll, raw_get
 from tests.test_http import PreforkServer, prefork  # noqa: F401  (the fixture)
 
 ADMIN = "admin-token"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def http_post(url: str, body: dict | None = None, headers: dict | None = None):
@@ -236,4 +245,36 @@ def test_request_bodies_are_limited(gunicorn_factory):
     base = f"http://127.0.0.1:{server.metrics_port}"
     status, _, body = http_post(f"{base}/control", {"metrics_path": "/" + "x" * 200}, ADMIN_HEADERS)
     assert status == 413 and body["title"] == "413 Payload Too Large"
+    assert http_get(server.url)[0] == 200
+
+
+def _snmp_answers(port: int) -> bool:
+    snmpget = shutil.which("snmpget")
+    if snmpget is None:
+        message = "snmpget is not installed (Debian: snmp)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    out = subprocess.run([snmpget, "-v2c", "-c", "public", "-t", "0.5", "-r", "0", f"127.0.0.1:{port}",
+                          "1.3.6.1.2.1.1.1.0"], capture_output=True, text=True, timeout=10)
+    return out.returncode == 0 and "rockstar-mp" in out.stdout
+
+
+def test_snmp_and_pprof_switched_at_runtime(gunicorn_factory):
+    snmp_port, pprof_port = free_udp_port(), free_port()
+    server = gunicorn_factory(workers=1, env={"ROCKSTAR_ADMIN_TOKEN": ADMIN, "ROCKSTAR_PPROF_PORT": str(pprof_port)})
+    base = f"http://127.0.0.1:{server.metrics_port}"
+    pprof = f"http://127.0.0.1:{pprof_port}/debug/pprof/"
+    assert not _snmp_answers(snmp_port)
+
+    assert http_post(f"{base}/control", {"enable_snmp": True, "snmp_port": snmp_port}, ADMIN_HEADERS)[0] == 200
+    poll(lambda: _snmp_answers(snmp_port), timeout=5, message="the SNMP agent switched on")
+    assert http_post(f"{base}/control", {"enable_pprof": True}, ADMIN_HEADERS)[0] == 200
+    poll(lambda: http_get(pprof)[0] == 200, timeout=5, message="pprof switched on")
+    aggregator = server.aggregator_pids()
+
+    assert http_post(f"{base}/control", {"enable_snmp": False, "enable_pprof": False}, ADMIN_HEADERS)[0] == 200
+    poll(lambda: not _snmp_answers(snmp_port), timeout=2, message="the SNMP agent switched off")
+    poll(lambda: http_get(pprof)[0] != 200, timeout=1, interval=0.02, message="pprof switched off")
+    assert server.aggregator_pids() == aggregator  # nothing else was restarted
     assert http_get(server.url)[0] == 200

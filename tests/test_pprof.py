@@ -12,9 +12,11 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
@@ -22,7 +24,7 @@ import pytest
 from rockstar_mp import profiling
 from rockstar_mp.config import MonitoringConfig
 from rockstar_mp.profiling.channel import ask_sync, socket_path
-from tests.helpers import Gunicorn, free_port, http_get, load, poll
+from tests.helpers import Gunicorn, accepts, free_port, http_get, load, poll
 
 APP = "tests.apps.pprof_app:app"
 BURN = "examples.app.burn_cpu"
@@ -259,6 +261,24 @@ def test_control_socket_is_private(server):
         assert bad["status"] == 400
 
 
+def test_cli_profile_fetches_a_profile(server, gotmp, tmp_path):
+    go_binary()
+    cli = str(Path(sys.executable).with_name("rockstar-mp"))
+    out = tmp_path / "cpu.pb.gz"
+    pid = server.pids()[0]
+    loader = background_load(server.g.port, "/work?ms=10", 2.0)
+    proc = subprocess.run([cli, "profile", "--seconds", "1", "--out", str(out), "--pid", str(pid),
+                           "--pprof-url", server.url("")], capture_output=True, text=True, timeout=60)
+    loader.join()
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout
+    tags = pprof(gotmp, "-tags", str(out))
+    assert str(pid) in tags
+    bad = subprocess.run([cli, "profile", "--pid", "1", "--out", str(tmp_path / "x"),
+                          "--pprof-url", server.url("")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "404" in bad.stderr
+
+
 # -- a worker killed mid-profile (last: the server respawns a worker) -------------------------------
 def test_worker_killed_mid_profile(server):
     victim, survivor = server.pids()
@@ -379,5 +399,34 @@ def test_heap_with_tracemalloc_at_boot(tmp_path, gotmp):
         loader.join()
         assert "delta over 1 s" in delta
         assert top_rows(delta)[0][2] == ALLOC, delta
+    finally:
+        s.g.stop()
+
+
+# -- runtime control: pprof turned on, then off, while everything runs ------------------------------
+def test_pprof_enabled_and_disabled_at_runtime(tmp_path):
+    from rockstar_mp.control import write_overrides
+    from rockstar_mp.segment import Segment
+    s = Server(tmp_path, ROCKSTAR_ENABLE_PPROF="0")
+    try:
+        s.g.start()
+        assert not accepts(s.pprof_port)  # off: the port is not even open
+        segment = Segment.attach(str(s.g.segment_files()[0]))
+        try:
+            write_overrides(segment, MonitoringConfig(), {"enable_pprof": True})
+            poll(lambda: http_get(s.url("/"))[0] == 200, timeout=10, message="pprof on")
+            code, _, body = http_get(s.url("/goroutine?debug=1"))
+            assert code == 200
+            for pid in s.pids():
+                assert f'"pid": "{pid}"' in body.decode()
+            write_overrides(segment, MonitoringConfig(), {"pprof_path": "/pp"})
+            poll(lambda: http_get(f"http://127.0.0.1:{s.pprof_port}/pp/goroutine?debug=1")[0] == 200,
+                 timeout=10, message="the new path")
+            assert http_get(s.url("/"))[0] == 404
+            write_overrides(segment, MonitoringConfig(), {"enable_pprof": False})
+            poll(lambda: http_get(f"http://127.0.0.1:{s.pprof_port}/pp/")[0] == 404, timeout=10,
+                 message="pprof off")
+        finally:
+            segment.close()
     finally:
         s.g.stop()

@@ -212,7 +212,7 @@ def test_workers_view_shows_in_flight_requests(gunicorn_factory):
     url = f"http://127.0.0.1:{server.metrics_port}/workers"
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(_timed_get, server.port, "/sleep?ms=1500", "t")
-        worker = poll(lambda: (w := json.loads(http_get(url)[2])["workers"][0])["in_flight"] and w,
+        worker = poll(lambda: (w := json.loads(http_get(url)[2])["workers"][0])["in_flight_request"] and w,
                       message="the request in flight")
         assert worker["in_flight_request"]["path"] == "/sleep"
         assert worker["in_flight_request"]["seconds"] >= 0

@@ -26,9 +26,10 @@ from ..segment.segment import AGGREGATOR_LOCK_SUFFIX
 from ..segment.layout import Header
 from .history import HistoryWriter
 from .http import create_app
-from .pprof import create_pprof_app
+from .net import listen_tcp
+from .pprof import run_pprof_server
 from .optimize import run_schedule
-from .snmp import SnmpAgent
+from .snmp.runtime import run_snmp
 from .state import AggregatorState
 
 PROCESS_REFRESH = 1.0
@@ -59,21 +60,12 @@ def wait_for_lock(path: str, parent: int) -> int:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves, so a busy port is an error we can report."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """The metrics port's socket, retried for a while (the aggregator before us may still hold it)."""
     deadline = time.monotonic() + BIND_RETRY_SECONDS
     while True:
-        # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say so (else Nagle and
-        # delayed ACKs stall every keep-alive request by 40 ms)
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
-            return sock
+            return listen_tcp(host, port)
         except OSError as exc:
-            sock.close()
             if time.monotonic() > deadline:
                 raise SystemExit(f"rockstar-mp aggregator: cannot listen on {host}:{port}: {exc}")
             time.sleep(0.2)
@@ -105,16 +97,14 @@ async def serve(state: AggregatorState, parent: int, run_dir: str | None = None)
     history = HistoryWriter.from_config(config, run_dir)  # None when history_interval=0
     state.history = history  # read by the history endpoint (and system_json's history_errors)
     servers = [HttpServer(create_app(state), bind(config.host, config.metrics_port))]
-    if config.enable_pprof and run_dir:  # the /debug/pprof tree (aggregator/pprof.py)
-        servers.append(HttpServer(create_pprof_app(state, run_dir), bind(config.host, config.pprof_port)))
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     tasks = [asyncio.create_task(s.run()) for s in servers]
+    if run_dir:  # the /debug/pprof tree, served once enable_pprof is on (aggregator/pprof.py)
+        tasks.append(asyncio.create_task(run_pprof_server(state, run_dir, HttpServer, stopping)))
     tasks.append(asyncio.create_task(run_schedule(state, stopping)))
-    snmp = state.snmp = SnmpAgent(state)  # start()/stop() at runtime too
-    if config.enable_snmp:
-        tasks.append(snmp.start_soon())  # binding may wait for a port: never hold up the tick
+    tasks.append(asyncio.create_task(run_snmp(state, stopping)))  # follows runtime control
     next_refresh = 0.0
     refreshes = 0
     while not stopping.is_set():
@@ -137,7 +127,6 @@ async def serve(state: AggregatorState, parent: int, run_dir: str | None = None)
             await asyncio.wait_for(stopping.wait(), timeout=config.tick_interval)
         except asyncio.TimeoutError:
             pass
-    await snmp.stop()
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -21,6 +21,7 @@ import falcon.asgi
 from ..profiling import DEFAULT_SECONDS, KINDS, TIMED, render
 from ..profiling.channel import WorkerUnavailable, ask, socket_path
 from .http import BearerAuth
+from .net import listen_tcp
 from .state import AggregatorState
 
 log = logging.getLogger("rockstar_mp.aggregator.pprof")
@@ -28,8 +29,8 @@ log = logging.getLogger("rockstar_mp.aggregator.pprof")
 ANSWER_GRACE = 15.0  # seconds a worker gets beyond the profile's window to answer
 
 DESCRIPTIONS = {
-    "profile": "CPU profile (cpu/nanoseconds, samples/count). Sync workers: SIGPROF (process CPU "
-               "time) sampling the main thread; threaded workers (gthread): a thread sampler reading "
+    "profile": "CPU profile (cpu/nanoseconds, samples/count). Sync workers: SIGPROF every 10 ms of "
+               "the main thread's CPU time (a POSIX CPU-clock timer), sampling the main thread; threaded workers (gthread): a thread sampler reading "
                "each thread's CPU time, biased toward GIL release points. ?seconds=N (default 30).",
     "wall": "Wall-clock samples of every thread (wall/nanoseconds): where time goes, running or "
             "waiting. ?seconds=N (default 30).",
@@ -66,10 +67,16 @@ def _error(status, message: str) -> falcon.HTTPError:
 class Pprof:
     def __init__(self, state: AggregatorState, run_dir: str) -> None:
         self.state = state
-        self.config = state.config
         self.run_dir = run_dir
-        self.base = self.config.pprof_path.rstrip("/")
         self._cpu_running: set[int] = set()
+
+    @property
+    def config(self):
+        return self.state.config  # with the runtime overrides (enable_pprof, pprof_path)
+
+    @property
+    def base(self) -> str:
+        return self.config.pprof_path.rstrip("/")
 
     # -- parameters ----------------------------------------------------------------------------------
     def _seconds(self, req, kind: str) -> float | None:
@@ -202,33 +209,67 @@ class Pprof:
         return f"{self.base}/{kind}?{urlencode(params)}"
 
 
-class _Index:
+class _Tree:
+    """Every path goes through here, so ``enable_pprof`` and ``pprof_path`` changed at runtime
+    (``rockstar-mp control``) take effect at once: off, or outside the tree, is a 404."""
+
     def __init__(self, pprof: Pprof) -> None:
         self.pprof = pprof
 
-    async def on_get(self, req, resp) -> None:
-        resp.content_type = "text/html; charset=utf-8"
-        resp.text = self.pprof.index_html()
-
-
-class _Profile:
-    def __init__(self, pprof: Pprof, kind: str) -> None:
-        self.pprof = pprof
-        self.kind = kind
-
-    async def on_get(self, req, resp) -> None:
-        await self.pprof.serve(self.kind, req, resp)
+    async def handle(self, req, resp, **_) -> None:
+        pprof = self.pprof
+        if not pprof.config.enable_pprof:
+            raise _error(falcon.HTTP_404, "profiling is off (enable_pprof)")
+        base, path = pprof.base, req.path
+        if path in (base, base + "/") or (not base and path == "/"):
+            kind = None
+        elif path.startswith(base + "/") and path[len(base) + 1:] in KINDS:
+            kind = path[len(base) + 1:]
+        else:
+            raise _error(falcon.HTTP_404, f"404 page not found: {path} (the profiles are under {base or '/'}/)")
+        if req.method not in ("GET", "HEAD"):
+            raise _error(falcon.HTTP_405, f"{req.method} is not allowed; use GET")
+        if kind is None:
+            resp.content_type = "text/html; charset=utf-8"
+            resp.text = pprof.index_html()
+        else:
+            await pprof.serve(kind, req, resp)
 
 
 def create_pprof_app(state: AggregatorState, run_dir: str) -> falcon.asgi.App:
     """The pprof app served on ``pprof_port`` (behind the bearer token when ``require_auth``)."""
     app = falcon.asgi.App(middleware=[BearerAuth(state.config)])
     app.set_error_serializer(_pprof_error)
-    pprof = Pprof(state, run_dir)
-    index = _Index(pprof)
-    app.add_route(pprof.base or "/", index)
-    if pprof.base:
-        app.add_route(pprof.base + "/", index)
-    for kind in KINDS:
-        app.add_route(f"{pprof.base}/{kind}", _Profile(pprof, kind))
+    app.add_sink(_Tree(Pprof(state, run_dir)).handle, prefix="/")
     return app
+
+
+async def run_pprof_server(state: AggregatorState, run_dir: str, make_server, stopping: asyncio.Event,
+                           poll: float = 0.25) -> None:
+    """Serve the pprof app on ``pprof_port`` while the aggregator runs, from the moment
+    ``enable_pprof`` is on (at start, or later at runtime); the port stays bound once opened (the
+    app answers 404 while pprof is off). ``make_server(app, sock)`` is the aggregator's HttpServer.
+    Binding never blocks the loop: a busy port is retried on the next poll (and logged once)."""
+    server = task = None
+    logged = False
+    try:
+        while not stopping.is_set():
+            if server is None and state.config.enable_pprof:
+                try:
+                    sock = listen_tcp(state.config.host, state.config.pprof_port)
+                except OSError as exc:
+                    if not logged:
+                        log.error("rockstar-mp: cannot listen on %s:%d for pprof (retrying): %s",
+                                  state.config.host, state.config.pprof_port, exc)
+                        logged = True
+                else:
+                    server = make_server(create_pprof_app(state, run_dir), sock)
+                    task = asyncio.create_task(server.run())
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=poll)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        if server is not None:
+            server.stop()
+            await asyncio.gather(task, return_exceptions=True)

@@ -135,7 +135,7 @@ def workers_json(state: AggregatorState) -> list[dict]:
             "in_flight": in_flight,
             "in_flight_request": {"method": text(Body.inflight_method.get(buf, body)),
                                   "path": text(Body.inflight_path.get(buf, body)),
-                                  "seconds": round(now - started, 3)} if in_flight and started else None,
+                                  "seconds": round(max(0.0, now - started), 3)} if in_flight and started else None,
             "rss": proc.get("rss"), "uss": proc.get("uss"), "pss": proc.get("pss"),
             "cpu_percent": proc.get("cpu_percent"), "cpu_seconds": proc.get("cpu_seconds"),
             "threads": proc.get("threads"), "open_fds": proc.get("open_fds"),

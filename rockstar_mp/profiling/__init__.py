@@ -25,7 +25,6 @@ processes merge into one. In-process use::
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 import tracemalloc
@@ -122,17 +121,17 @@ class cpu_profile:
         self._counts: dict = {}
         self._started = time.monotonic_ns()
         samplers._SIG_COUNTS = self._counts
-        signal.setitimer(signal.ITIMER_PROF, 1.0 / self.hz, 1.0 / self.hz)
+        self._timer = samplers._Timer(self.hz)
         return self
 
     def __exit__(self, *exc) -> None:
         from . import frames, samplers
-        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        self._timer.disarm()
         samplers._SIG_COUNTS = None
         samplers.CPU_LOCK.release()
         period = 1_000_000_000 // self.hz
         raw = new_raw([("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), period,
-                      time.monotonic_ns() - self._started, [f"clock: process CPU time, SIGPROF at {self.hz} Hz"])
+                      time.monotonic_ns() - self._started, [f"clock: {self._timer.clock}, SIGPROF at {self.hz} Hz"])
         table = frames.FrameTable(raw["frames"])
         import os
         labels = {"pid": str(os.getpid()), "thread": threading.main_thread().name}

@@ -9,6 +9,7 @@ or by the user), ``seconds=0`` is a plain snapshot of everything traced and ``se
 from __future__ import annotations
 
 import gc
+import json
 import linecache
 import os
 import re
@@ -20,7 +21,7 @@ from .proto import new_raw
 
 HEAP_LOCK = threading.Lock()
 DEFAULT_FRAMES = 16
-MAX_SITES = 20_000  # allocation sites (distinct tracebacks) kept in one profile
+MAX_SITES = 5_000  # allocation sites (distinct tracebacks) kept in one profile
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -30,60 +31,56 @@ _DEF = re.compile(r"^(\s*)(?:async\s+)?(def|class)\s+(\w+)")
 class _Functions:
     """(filename, line) -> ``(module.qualname, first line)`` of the function around that line.
 
-    tracemalloc records no function names; reading the source upward (by indentation) is cheap and
-    needs no compilation: the name matches ``co_qualname`` for functions, classes and closures."""
+    tracemalloc records no function names. One pass over each source file (by indentation, skipping
+    the inside of triple-quoted strings) maps every line to its enclosing def/class, without
+    compiling anything; the names match ``co_qualname`` for functions, methods and closures."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple, tuple] = {}
+        self._files: dict[str, tuple] = {}
 
     def name(self, filename: str, line: int) -> tuple[str, int]:
-        key = (filename, line)
-        found = self._cache.get(key)
-        if found is None:
-            found = self._cache[key] = self._lookup(filename, line)
-        return found
+        entry = self._files.get(filename)
+        if entry is None:
+            entry = self._files[filename] = self._scan(filename)
+        module, scopes, by_line = entry
+        scope = by_line[line - 1] if 0 < line <= len(by_line) else 0
+        qualname, first = scopes[scope]
+        return f"{module}.{qualname}", first
 
     @staticmethod
-    def _lookup(filename: str, line: int) -> tuple[str, int]:
+    def _scan(filename: str) -> tuple:
         from .frames import module_name
-        module = module_name(filename)
-        lines = linecache.getlines(filename)
-        if not lines or not 0 < line <= len(lines):
-            return f"{module}.<module>", 1
-        text = lines[line - 1]
-        indent = len(text) - len(text.lstrip()) if text.strip() else 1 << 30
-        parts: list[tuple[str, str]] = []
-        first = 0
-        for n in range(line - 1, -1, -1):
-            m = _DEF.match(lines[n])
-            if m is None:
-                stripped = lines[n].strip()
-                if stripped and not stripped.startswith(("#", ")", "]", "}", "@")) and \
-                        len(lines[n]) - len(lines[n].lstrip()) == 0 and n != line - 1:
-                    if not parts:
-                        break  # top-level code above us: module level
-                continue
-            depth = len(m.group(1))
-            if depth < indent or (n == line - 1 and not parts):
-                parts.append((m.group(2), m.group(3)))
-                if not first:
-                    first = n + 1
-                indent = depth
-                if depth == 0:
-                    break
-        if not parts:
-            return f"{module}.<module>", 1
-        names = []
-        for i, (kind, name) in enumerate(reversed(parts)):
-            names.append(name)
-            if kind == "def" and i < len(parts) - 1:
-                names.append("<locals>")
-        return f"{module}.{'.'.join(names)}", first
+        scopes: list[tuple[str, int]] = [("<module>", 1)]
+        by_line: list[int] = []
+        stack: list[tuple[int, str, str, int]] = []  # (indent, kind, name, scope index)
+        in_string: str | None = None
+        for n, text in enumerate(linecache.getlines(filename), 1):
+            stripped = text.strip()
+            if in_string is None and stripped and not stripped.startswith(("#", ")", "]", "}")):
+                indent = len(text) - len(text.lstrip())
+                while stack and stack[-1][0] >= indent:
+                    stack.pop()
+                m = _DEF.match(text)
+                if m is not None:
+                    names = []
+                    for i, (_, kind, name, _) in enumerate(stack):
+                        names.append(name)
+                        if kind == "def":
+                            names.append("<locals>")
+                    names.append(m.group(3))
+                    scopes.append((".".join(names), n))
+                    stack.append((indent, m.group(2), m.group(3), len(scopes) - 1))
+            by_line.append(stack[-1][3] if stack else 0)
+            for quote in ('"""', "'''"):
+                if text.count(quote) % 2 == 1 and in_string in (None, quote):
+                    in_string = None if in_string == quote else quote
+        return module_name(filename), scopes, by_line
 
 
-def _filtered(snapshot: tracemalloc.Snapshot) -> tracemalloc.Snapshot:
-    return snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__),
-                                   tracemalloc.Filter(False, os.path.join(_HERE, "*"))])
+def _ours(traceback) -> bool:
+    """Allocated by tracemalloc's module or by this package (a previous snapshot, our own tables)."""
+    filename = traceback[-1].filename if len(traceback) else ""
+    return filename == tracemalloc.__file__ or filename.startswith(_HERE)
 
 
 def heap_profile(seconds: float = 1.0, collect: bool = False, nframes: int = DEFAULT_FRAMES,
@@ -98,7 +95,7 @@ def heap_profile(seconds: float = 1.0, collect: bool = False, nframes: int = DEF
         before = None
         if at_boot:
             if seconds > 0:
-                before = _filtered(tracemalloc.take_snapshot())
+                before = tracemalloc.take_snapshot()
                 _wait(seconds, stop)
         else:
             tracemalloc.start(max(1, int(nframes)))
@@ -106,29 +103,66 @@ def heap_profile(seconds: float = 1.0, collect: bool = False, nframes: int = DEF
                 _wait(seconds, stop)
                 if collect:
                     gc.collect()
-                snapshot = _filtered(tracemalloc.take_snapshot())
+                snapshot = tracemalloc.take_snapshot()
             finally:
                 tracemalloc.stop()
         if at_boot:
             if collect:
                 gc.collect()
-            snapshot = _filtered(tracemalloc.take_snapshot())
-        if before is not None:
-            stats = [(s.traceback, s.size_diff, s.count_diff)
-                     for s in snapshot.compare_to(before, "traceback") if s.size_diff or s.count_diff]
-            how = f"delta over {seconds:g} s (tracemalloc running since boot)"
-        else:
-            stats = [(s.traceback, s.size, s.count) for s in snapshot.statistics("traceback")]
-            how = ("snapshot (tracemalloc running since boot)" if at_boot
-                   else f"allocated during a {seconds:g} s tracemalloc window and still alive")
-        if len(stats) > MAX_SITES:  # the biggest sites; the rest is one summary sample
-            stats.sort(key=lambda s: -abs(s[1]))
-            rest = stats[MAX_SITES:]
-            stats = stats[:MAX_SITES]
-            how += f"; {len(rest)} smaller sites ({sum(r[1] for r in rest)} bytes) left out"
-        return _raw(stats, time.monotonic_ns() - started, how)
+            snapshot = tracemalloc.take_snapshot()
+            # Reading the snapshot allocates a lot, and every allocation is traced here (8-20x slower):
+            # do it in a forked child that stops tracing first (its copy of the snapshot stays).
+            return _in_child(lambda: _process(snapshot, before, seconds, at_boot, started))
+        return _process(snapshot, before, seconds, at_boot, started)
     finally:
         HEAP_LOCK.release()
+
+
+def _process(snapshot, before, seconds: float, at_boot: bool, started: int) -> dict:
+    if before is not None:
+        stats = [(s.traceback, s.size_diff, s.count_diff)
+                 for s in snapshot.compare_to(before, "traceback")
+                 if (s.size_diff or s.count_diff) and not _ours(s.traceback)]
+        how = f"delta over {seconds:g} s (tracemalloc running since boot)"
+    else:
+        stats = [(s.traceback, s.size, s.count) for s in snapshot.statistics("traceback")
+                 if not _ours(s.traceback)]
+        how = ("snapshot (tracemalloc running since boot)" if at_boot
+               else f"allocated during a {seconds:g} s tracemalloc window and still alive")
+    if len(stats) > MAX_SITES:  # the biggest sites only
+        stats.sort(key=lambda s: -abs(s[1]))
+        rest = stats[MAX_SITES:]
+        stats = stats[:MAX_SITES]
+        how += f"; {len(rest)} smaller sites ({sum(r[1] for r in rest)} bytes) left out"
+    return _raw(stats, time.monotonic_ns() - started, how)
+
+
+def _in_child(compute) -> dict:
+    """``compute()`` in a forked child with tracemalloc off; its JSON comes back through a pipe.
+    Falls back to computing here if fork fails."""
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+    except OSError:
+        return compute()
+    if pid == 0:  # the child: no atexit handlers, no cleanup of the parent's state (os._exit)
+        status = 1
+        try:
+            os.close(r)
+            tracemalloc.stop()
+            data = json.dumps(compute(), separators=(",", ":")).encode()
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not data:
+        raise RuntimeError(f"the heap snapshot's child process failed (wait status {status})")
+    return json.loads(data)
 
 
 def _wait(seconds: float, stop: threading.Event | None) -> None:

@@ -1,7 +1,8 @@
 """The worker's control channel: a Unix socket served by a small daemon thread (never a request thread).
 
 ``start_control(segment_path)`` is called once by ``attach_worker`` (in the worker's main thread, just
-after fork). When pprof is enabled it:
+after fork). Whether or not pprof is enabled (it can be turned on at runtime: the aggregator decides
+what it serves; the socket only answers this user), it:
 
 * installs the SIGPROF handler (main thread only; it does nothing until a CPU profile arms the timer),
 * records where threads are started (``threadcreate``), and starts tracemalloc if
@@ -10,7 +11,8 @@ after fork). When pprof is enabled it:
   connection from a same-user peer (SO_PEERCRED) in a short-lived daemon thread: profiles run there,
   never on a request thread.
 
-With pprof off it does nothing at all: no thread, no socket, no handler.
+None of it touches the request path: with no profile running the cost is one thread asleep in
+``accept`` and an idle signal handler.
 """
 from __future__ import annotations
 
@@ -176,7 +178,7 @@ class ControlServer:
 
 
 def start_control(segment_path: str | None = None) -> ControlServer | None:
-    """Set up profiling and the control socket in this worker if pprof is on (see the module doc).
+    """Set up profiling and the control socket in this worker (see the module doc).
     Never raises: a worker that cannot be profiled still serves."""
     global _SERVER
     if _SERVER is not None and _SERVER.pid == os.getpid():
@@ -184,8 +186,6 @@ def start_control(segment_path: str | None = None) -> ControlServer | None:
     try:
         run_dir = _run_dir(segment_path)
         config = load_config(run_dir, segment_path)
-        if not config.enable_pprof:
-            return None
         install_signal_handler()
         install_threadcreate_hook()
         if config.heap_tracemalloc_at_boot and not tracemalloc.is_tracing():

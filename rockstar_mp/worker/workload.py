@@ -146,11 +146,11 @@ class WorkloadRecorder:
         if inflight is None:
             return
         doubles, started_at, quads, count_at, buf, method_at, path_at = inflight
-        quads[count_at] += 1
         buf[method_at:method_at + 8] = self._fit(method, 8)
         raw = path.encode("utf-8", "replace")[:64]
         buf[path_at:path_at + 64] = raw if len(raw) == 64 else raw.ljust(64, b"\0")
         doubles[started_at] = time.time()
+        quads[count_at] += 1  # last: a reader that sees the count sees the request's fields
 
     def end(self) -> None:
         inflight = self._inflight

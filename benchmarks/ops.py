@@ -1,0 +1,413 @@
+"""Figures 8-10: operations on a real gunicorn (SNMP agent, GC optimization, rate limit).
+
+    .venv/bin/python -m benchmarks.run --only 8,9,10      (just these; ``make bench`` runs them last)
+
+Every server is a real gunicorn under ``gunicorn_conf.py`` in its own session, started and stopped by
+``benchmarks.run.Server`` (SIGTERM, wait, check the process group). The machine may be shared, so the
+timings are best-of-N (said per figure). These are reports, not assertions.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from benchmarks.run import ROOT, Server, _env, _get, _no_control_socket, free_ports
+
+BASE = "1.3.6.1.4.1.8072.9999.9999"  # mibdef.DEFAULT_BASE
+RECORDS_TABLE = BASE + ".1.5"  # rsmpRecordTable (its entry, rsmpRecordEntry, is .1.5.1)
+SCALAR = BASE + ".1.1.4.0"  # rsmpTotalRequests.0
+RECORDS = 1_000
+WALK_RUNS = 5
+WALK_TARGET = 0.3  # s
+GET_SECONDS = 2.0
+GET_RUNS = 3
+GET_TARGET = 2_000  # /s
+HTTP_REQUESTS = 200
+HTTP_ROUNDS = 3
+HTTP_MAX_TARGET = 50.0  # ms
+GC_WORKERS = 4
+RATE_REQUESTS = 300
+RATE_BURST = 1_000
+RATE_ROUNDS = 3
+RATE_TARGET = 1.10  # loaded p50 / unloaded p50
+
+
+class OpsServer(Server):
+    """``Server`` ("on" mode: stop and wait_ready inherited) with a chosen app, worker count, extra
+    gunicorn arguments and ROCKSTAR_* settings."""
+
+    def __init__(self, tmp: str, name: str, env_extra: dict, app: str = "examples.app:app",
+                 workers: int = 2, args: tuple = ()) -> None:
+        self.mode = "on"
+        self.port, self.metrics_port = free_ports(2)
+        env = {k: v for k, v in _env(None).items()
+               if not k.startswith("ROCKSTAR_") and k != "GUNICORN_CMD_ARGS"}
+        env.update(BIND=f"127.0.0.1:{self.port}", WORKERS=str(workers),
+                   ROCKSTAR_METRICS_PORT=str(self.metrics_port),
+                   ROCKSTAR_SEGMENT_DIR=tempfile.mkdtemp(prefix="segment-", dir=tmp),
+                   ROCKSTAR_RUN_DIR=tempfile.mkdtemp(prefix="run-", dir=tmp), **env_extra)
+        self.cmd = ([sys.executable, "-m", "gunicorn"] + _no_control_socket()
+                    + ["-c", "gunicorn_conf.py", *args, app])
+        self.stopped = False
+        self.log_path = os.path.join(tmp, f"gunicorn-{name}.log")
+        self.url = f"http://127.0.0.1:{self.port}/"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self) -> None:
+        """Until the app and the aggregator's /metrics answer 200. (Not ``Server.wait_ready``'s
+        X-Request-ID check: the middlewares do not set that response header in this tree.)"""
+        deadline = time.monotonic() + 30
+        for url in (self.url, f"http://127.0.0.1:{self.metrics_port}/metrics"):
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n" + self.log_tail())
+                try:
+                    if _get(url)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} not ready after 30 s:\n" + self.log_tail())
+                time.sleep(0.05)
+
+    def mget(self, path: str, headers: dict | None = None, timeout: float = 10.0):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.metrics_port}{path}", headers=headers or {})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def pct(values: list[float], p: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(len(v) * p))]
+
+
+def http_once(url: str, timeout: float = 5.0) -> tuple[float, int]:
+    """One GET on a new connection: (seconds, status)."""
+    t = time.perf_counter()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        status = exc.code
+    return time.perf_counter() - t, status
+
+
+# ---------------------------------------------------------------- a minimal SNMPv2c GET (raw BER)
+def _tlv(tag: int, payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 0x80:
+        return bytes([tag, n]) + payload
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + payload
+
+
+def _oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.strip(".").split(".")]
+    out = bytearray([40 * parts[0] + parts[1]])
+    for n in parts[2:]:
+        chunk = [n & 0x7F]
+        n >>= 7
+        while n:
+            chunk.append(0x80 | (n & 0x7F))
+            n >>= 7
+        out += bytes(reversed(chunk))
+    return _tlv(0x06, bytes(out))
+
+
+def v2c_get(community: str, oid: str, request_id: int = 7) -> bytes:
+    varbind = _tlv(0x30, _oid(oid) + b"\x05\x00")
+    pdu = _tlv(0xA0, _tlv(0x02, bytes([request_id])) + b"\x02\x01\x00\x02\x01\x00" + _tlv(0x30, varbind))
+    return _tlv(0x30, b"\x02\x01\x01" + _tlv(0x04, community.encode()) + pdu)
+
+
+def get_rate(port: int, community: str = "public") -> tuple[float, bytes]:
+    """GETs of one scalar, one outstanding at a time (same request, fixed id), for GET_SECONDS."""
+    req = v2c_get(community, SCALAR)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.0)
+    s.connect(("127.0.0.1", port))
+    try:
+        s.send(req)
+        first = s.recv(4096)  # warm-up, and a response to check
+        n = 0
+        t = time.perf_counter()
+        while time.perf_counter() - t < GET_SECONDS:
+            s.send(req)
+            s.recv(4096)
+            n += 1
+        return n / (time.perf_counter() - t), first
+    finally:
+        s.close()
+
+
+def bulkwalk(port: int, oid: str, community: str = "public") -> tuple[float, int, str]:
+    t = time.perf_counter()
+    proc = subprocess.run(["snmpbulkwalk", "-v2c", "-c", community, "-Cr50", "-On",
+                           f"127.0.0.1:{port}", oid], capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - t
+    return elapsed, proc.stdout.count("\n"), proc.stderr.strip()
+
+
+# ---------------------------------------------------------------- figure 8: SNMP
+def fig8(tmp: str, rows: list, notes: list) -> None:
+    snmp_port = free_udp_port()
+    server = OpsServer(tmp, "snmp", {"ROCKSTAR_ENABLE_SNMP": "1", "ROCKSTAR_SNMP_PORT": str(snmp_port),
+                                     "ROCKSTAR_RECENT_RECORDS": str(RECORDS)})
+    try:
+        server.wait_ready()
+        # load: 1,000+ requests, until /snmp holds 1,000 records
+        deadline = time.monotonic() + 60
+        have = 0
+        while time.monotonic() < deadline:
+            subprocess.run(["wrk", "-t1", "-c4", "-d1s", server.url], capture_output=True, timeout=30)
+            body = server.mget(f"/snmp?limit={RECORDS}", {"X-SNMP-Community": "public"})
+            have = len(body["workload_metrics"])
+            if have >= RECORDS:
+                break
+        if have < RECORDS:
+            notes.append(f"fig 8: /snmp held only {have} records after 60 s of load")
+        # wait for the agent to answer
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            _, lines, err = bulkwalk(snmp_port, BASE + ".1.1")
+            if lines:
+                break
+            time.sleep(0.2)
+        # (a) walk of the records table
+        walks = [bulkwalk(snmp_port, RECORDS_TABLE) for _ in range(WALK_RUNS)]
+        best = min(w[0] for w in walks)
+        varbinds = walks[-1][1]
+        if varbinds < RECORDS:
+            notes.append(f"fig 8a: the walk returned {varbinds} varbinds ({walks[-1][2][:200]})")
+        rows.append(("8a. snmpbulkwalk -Cr50 records table", f"{best:.3f} s",
+                     f"<= {WALK_TARGET} s", "PASS" if best <= WALK_TARGET else "FAIL",
+                     f"{varbinds:,} varbinds ({varbinds // 9 if varbinds else 0} rows x 9 cols); best of "
+                     f"{WALK_RUNS}, median {statistics.median(w[0] for w in walks):.3f} s"))
+        # (b) GETs per second
+        rates = []
+        for _ in range(GET_RUNS):
+            rate, first = get_rate(snmp_port)
+            rates.append(rate)
+        oid = _oid(SCALAR)
+        value = first[first.find(oid) + len(oid):] if oid in first else b""  # the value's TLV
+        ok = (b"\xa2" in first and b"\x02\x01\x07\x02\x01\x00\x02\x01\x00" in first
+              and value[:1] not in (b"", b"\x05", b"\x80", b"\x81", b"\x82"))
+        if not ok:
+            notes.append(f"fig 8b: the GET answer is not a Response-PDU with a value: {first.hex()}")
+        rows.append(("8b. v2c GET of one scalar, sequential", f"{max(rates):,.0f}/s",
+                     f">= {GET_TARGET:,}/s", "PASS" if max(rates) >= GET_TARGET else "FAIL",
+                     f"raw UDP, 1 outstanding, {GET_SECONDS:g} s runs; best of {GET_RUNS}: "
+                     + " / ".join(f"{r:,.0f}" for r in rates)))
+        # (c) /metrics latency while walks of the whole agent run in a loop
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        idle = [http_once(url)[0] * 1000 for _ in range(50)]
+        stop = threading.Event()
+        walks_done = [0]
+
+        def walker():
+            while not stop.is_set():
+                bulkwalk(snmp_port, ".1")
+                walks_done[0] += 1
+
+        th = threading.Thread(target=walker, daemon=True)
+        th.start()
+        time.sleep(0.2)
+        rounds = []  # HTTP_ROUNDS x HTTP_REQUESTS, the walks looping throughout
+        for _ in range(HTTP_ROUNDS):
+            busy = []
+            for _ in range(HTTP_REQUESTS):
+                busy.append(http_once(url)[0] * 1000)
+                time.sleep(0.005)
+            rounds.append(busy)
+        stop.set()
+        th.join(60)
+        busy = min(rounds, key=max)  # the round with the lowest max
+        mx = max(busy)
+        rows.append(("8c. GET /metrics during whole-agent walks", f"max {mx:.1f} ms",
+                     f"max < {HTTP_MAX_TARGET:g} ms", "PASS" if mx < HTTP_MAX_TARGET else "FAIL",
+                     f"best of {HTTP_ROUNDS} rounds of {HTTP_REQUESTS} (new connection each): p50 "
+                     f"{pct(busy, .5):.1f} / p99 {pct(busy, .99):.1f} ms; max of each round "
+                     + " / ".join(f"{max(r):.1f}" for r in rounds) + f"; {walks_done[0]} walks meanwhile; "
+                     f"idle p50 {pct(idle, .5):.1f} max {max(idle):.1f} ms"))
+    finally:
+        notes.extend(server.stop())
+
+
+# ---------------------------------------------------------------- figure 9: GC
+def _optimize_all(server: OpsServer, pids: list[int], timeout: float = 60.0) -> dict:
+    """Poll /optimize/stats until every pid in ``pids`` has optimization_count == 1."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = {w["pid"]: w for w in server.mget("/optimize/stats")["workers"]}
+        if all(stats.get(p, {}).get("optimization_count", 0) >= 1 for p in pids):
+            return stats
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"optimization not seen for every worker: {stats}")
+        time.sleep(0.1)
+
+
+def _workers(server: OpsServer, n: int) -> list[int]:
+    import psutil
+
+    deadline = time.monotonic() + 30
+    while True:
+        stats = server.mget("/optimize/stats")["workers"]
+        pids = [w["pid"] for w in stats]
+        master_children = {c.pid for c in psutil.Process(server.proc.pid).children()}
+        pids = [p for p in pids if p in master_children]
+        if len(pids) >= n:
+            return pids
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pids)} workers in /optimize/stats, expected {n}")
+        time.sleep(0.1)
+
+
+def fig9(tmp: str, rows: list, notes: list) -> None:
+    import psutil
+
+    uss = {}
+    for freeze in ("0", "1"):
+        server = OpsServer(tmp, f"gc-freeze-{freeze}", {"ROCKSTAR_GC_FREEZE_BEFORE_FORK": freeze},
+                           app="tests.apps.preloaded:app", workers=2, args=("--preload",))
+        try:
+            server.wait_ready()
+            pids = _workers(server, 2)
+            for pid in pids:
+                os.kill(pid, signal.SIGUSR1)
+            _optimize_all(server, pids)
+            time.sleep(0.2)
+            uss[freeze] = sum(psutil.Process(p).memory_full_info().uss for p in pids)
+        finally:
+            notes.extend(server.stop())
+    off, on = uss["0"], uss["1"]
+    saved = off - on
+    mib = 1024 * 1024
+    rows.append(("9a. gc_freeze_before_fork: workers' USS", f"on {on / mib:.1f} / off {off / mib:.1f} MiB",
+                 "saving > 0", "PASS" if saved > 0 else "FAIL",
+                 f"saving {saved / mib:.1f} MiB ({saved / off * 100:.1f}%); tests/apps/preloaded.py "
+                 "--preload, 2 workers, after a USR1 full GC in each (one run each)"))
+
+    server = OpsServer(tmp, "gc-pause", {}, workers=GC_WORKERS)
+    try:
+        server.wait_ready()
+        pids = _workers(server, GC_WORKERS)
+        os.kill(server.proc.pid, signal.SIGUSR1)
+        stats = _optimize_all(server, pids)
+        pauses = {p: stats[p]["last_pause_ms"] for p in pids}
+        freed = {p: stats[p]["memory_freed"] for p in pids}
+        uss_freed = {p: stats[p].get("uss_freed", 0) for p in pids}
+        rows.append((f"9b. GC pause per worker ({GC_WORKERS} workers)", f"max {max(pauses.values()):.1f} ms",
+                     "(info)", "",
+                     "pause ms " + " / ".join(f"{pauses[p]:.1f}" for p in pids) + "; RSS freed KiB "
+                     + " / ".join(f"{freed[p] // 1024}" for p in pids) + "; USS freed KiB "
+                     + " / ".join(f"{uss_freed[p] // 1024}" for p in pids)
+                     + "; USR1 to the master (one run)"))
+    finally:
+        notes.extend(server.stop())
+
+
+# ---------------------------------------------------------------- figure 10: rate limit
+def fig10(tmp: str, rows: list, notes: list) -> None:
+    server = OpsServer(tmp, "ratelimit", {"ROCKSTAR_RATE_LIMIT": "50", "ROCKSTAR_RATE_LIMIT_BURST": "100"})
+    try:
+        server.wait_ready()
+        app_url = server.url
+        metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        for _ in range(50):
+            http_once(app_url)
+        unloaded, loaded, counts = [], [], []
+        for _ in range(RATE_ROUNDS):
+            lat = [http_once(app_url)[0] * 1000 for _ in range(RATE_REQUESTS)]
+            unloaded.append(statistics.median(lat))
+            time.sleep(2.5)  # let the bucket refill (burst 100 at 50/s)
+            # the burst runs in its own process, so it does not share this one's GIL with the timing
+            burst = subprocess.Popen([sys.executable, "-m", "benchmarks.ops", "--burst", metrics_url,
+                                      str(RATE_BURST)], cwd=ROOT, env=_env(None),
+                                     stdout=subprocess.PIPE, text=True)
+            time.sleep(0.1)
+            lat, overlapped = [], 0
+            for _ in range(RATE_REQUESTS):
+                lat.append(http_once(app_url)[0] * 1000)
+                overlapped += burst.poll() is None
+            out, _ = burst.communicate(timeout=120)
+            got = json.loads(out.strip().splitlines()[-1])
+            loaded.append(statistics.median(lat))
+            counts.append((got, overlapped))
+            time.sleep(2.5)
+        u, l = min(unloaded), min(loaded)
+        ratio = l / u
+        got, overlapped = counts[loaded.index(l)]
+        rows.append(("10. app GET / p50: metrics burst vs none", f"{l:.2f} vs {u:.2f} ms (x{ratio:.2f})",
+                     f"x <= {RATE_TARGET:.2f}", "PASS" if ratio <= RATE_TARGET else "FAIL",
+                     f"best p50 of {RATE_ROUNDS} rounds x {RATE_REQUESTS} (new connection each); "
+                     f"rounds unloaded " + " / ".join(f"{x:.2f}" for x in unloaded) + ", loaded "
+                     + " / ".join(f"{x:.2f}" for x in loaded) + f"; burst of {RATE_BURST} to /metrics: "
+                     + ", ".join(f"{k}: {v}" for k, v in sorted(got.items(), key=str))
+                     + f"; {overlapped}/{RATE_REQUESTS} app requests during the burst"))
+    finally:
+        notes.extend(server.stop())
+
+
+def burst_main(url: str, n: int) -> None:
+    got: dict = {}
+    for _ in range(n):
+        try:
+            status = str(http_once(url)[1])
+        except OSError:
+            status = "error"
+        got[status] = got.get(status, 0) + 1
+    print(json.dumps(got), flush=True)
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--burst":
+    burst_main(sys.argv[2], int(sys.argv[3]))
+
+
+FIGURES = {"8": fig8, "9": fig9, "10": fig10}
+
+
+def run_figures(tmp: str, figs: list[str], notes: list) -> list:
+    rows: list = []
+    for fig in figs:
+        print(f"[{fig}] {FIGURES[fig].__name__} ...", flush=True)
+        try:
+            FIGURES[fig](tmp, rows, notes)
+        except Exception as exc:  # noqa: BLE001  (a report: one figure failing leaves the others)
+            notes.append(f"fig {fig} failed: {type(exc).__name__}: {exc}")
+    return rows
+
+
+def print_rows(rows: list) -> None:
+    header = ("figure", "value", "target", "result", "detail")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
+    line = "  ".join("-" * w for w in widths) + "  ------"
+    print(line)
+    print("  ".join(h.ljust(w) for h, w in zip(header[:4], widths)) + "  (detail below each row)")
+    print(line)
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths)))
+        print(" " * 5 + r[4])
+    print(line)
