@@ -66,8 +66,7 @@ class OpsServer(Server):
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self) -> None:
-        """Until the app and the aggregator's /metrics answer 200. (Not ``Server.wait_ready``'s
-        X-Request-ID check: the middlewares do not set that response header in this tree.)"""
+        """Until the app and the aggregator's /metrics answer 200."""
         deadline = time.monotonic() + 30
         for url in (self.url, f"http://127.0.0.1:{self.metrics_port}/metrics"):
             while True:
