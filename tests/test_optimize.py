@@ -278,3 +278,50 @@ def test_snmp_and_pprof_switched_at_runtime(gunicorn_factory):
     poll(lambda: http_get(pprof)[0] != 200, timeout=1, interval=0.02, message="pprof switched off")
     assert server.aggregator_pids() == aggregator  # nothing else was restarted
     assert http_get(server.url)[0] == 200
+
+
+def test_every_feature_switched_from_python(prefork, tmp_path):  # noqa: F811
+    snmp_port, pprof_port = free_udp_port(), free_port()
+    server = prefork(pprof_port=pprof_port)
+    manager, pprof = server.manager, f"http://127.0.0.1:{pprof_port}/debug/pprof/"
+    pid = server.fork_worker(hits=1, load=0, size=1)
+
+    manager.enable_pprof()
+    poll(lambda: http_get(pprof)[0] == 200, timeout=5, message="pprof on from Python")
+    manager.enable_snmp(port=snmp_port)
+    poll(lambda: _snmp_answers(snmp_port), timeout=5, message="SNMP on from Python")
+    manager.enable_optimization(interval=0.5)
+    poll(lambda: manager.get_optimization_stats().optimization_count >= 1, timeout=5,
+         message="scheduled optimization on from Python")
+
+    manager.disable_pprof()
+    manager.disable_snmp()
+    manager.disable_optimization()
+    poll(lambda: http_get(pprof)[0] == 404, timeout=1, interval=0.02, message="pprof off from Python")
+    poll(lambda: not _snmp_answers(snmp_port), timeout=2, message="SNMP off from Python")
+    settled = manager.get_optimization_stats().optimization_count
+    assert manager.runtime_config().enable_optimization is False
+    assert [w.pid for w in manager.get_optimization_stats(per_worker=True)] == [pid]
+    assert manager.get_optimization_stats().optimization_count <= settled + 1  # at most one in flight
+
+
+def test_every_feature_switched_from_the_cli(gunicorn_factory):
+    snmp_port, pprof_port = free_udp_port(), free_port()
+    server = gunicorn_factory(workers=1, env={"ROCKSTAR_ADMIN_TOKEN": ADMIN, "ROCKSTAR_PPROF_PORT": str(pprof_port)})
+    env = dict(os.environ, ROCKSTAR_URL=f"http://127.0.0.1:{server.metrics_port}", ROCKSTAR_ADMIN_TOKEN=ADMIN)
+    pprof = f"http://127.0.0.1:{pprof_port}/debug/pprof/"
+
+    def control(*settings):
+        out = subprocess.run([sys.executable, "-m", "rockstar_mp.cli", "control", *settings], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+
+    control("enable_pprof=true", "enable_snmp=true", f"snmp_port={snmp_port}", "enable_optimization=true",
+            "optimization_interval=0.5")
+    poll(lambda: http_get(pprof)[0] == 200, timeout=5, message="pprof on from the CLI")
+    poll(lambda: _snmp_answers(snmp_port), timeout=5, message="SNMP on from the CLI")
+    poll(lambda: sum(counts(server).values()) >= 1, timeout=5, message="optimization on from the CLI")
+
+    control("enable_pprof=false", "enable_snmp=false", "enable_optimization=false")
+    poll(lambda: http_get(pprof)[0] == 404, timeout=1, interval=0.02, message="pprof off from the CLI")
+    poll(lambda: not _snmp_answers(snmp_port), timeout=2, message="SNMP off from the CLI")
