@@ -145,8 +145,10 @@ class Gunicorn:
         return self.metrics()["counters"].get(name, 0)
 
     def wait_total(self, expected: int, name: str = "http.requests", timeout: float = 10.0) -> int:
-        poll(lambda: self.total(name) == expected, timeout=timeout,
-             message=f"{name} == {expected}")
+        try:
+            poll(lambda: self.total(name) == expected, timeout=timeout, message=f"{name} == {expected}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} (it is {self.total(name)})") from None
         return expected
 
     def children(self, pid: int | None = None) -> list[psutil.Process]:
