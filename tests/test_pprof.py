@@ -104,12 +104,17 @@ def server(tmp_path_factory):
 
 
 def background_load(port: int, path: str, seconds: float, concurrency: int = 4) -> threading.Thread:
+    """Load for ``seconds`` in a thread; returns once the workers have answered the first requests."""
+    answered = threading.Event()
+
     def run():
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             load(port, 8 * concurrency, path, concurrency=concurrency)
+            answered.set()
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    poll(answered.is_set, timeout=seconds, interval=0.02, message="the load under way")
     return thread
 
 
@@ -121,7 +126,6 @@ def saved_profile(output: str) -> str:
 def test_cpu_profile_blames_the_burning_function(server, gotmp):
     go_binary()
     loader = background_load(server.g.port, "/work?ms=20", 4.5)
-    time.sleep(0.3)
     out = pprof(gotmp, "-top", "-cum", "-nodecount=60", server.url("/profile?seconds=3"))
     loader.join()
     rows = {name: cum for _, cum, name in top_rows(out)}
@@ -136,7 +140,6 @@ def test_cpu_profile_blames_the_burning_function(server, gotmp):
 def test_heap_window_names_the_allocation_site_first(server, gotmp):
     go_binary()
     loader = background_load(server.g.port, "/alloc", 3.5)
-    time.sleep(0.3)
     out = pprof(gotmp, "-top", "-sample_index=inuse_space", server.url("/heap?seconds=2"))
     loader.join()
     rows = top_rows(out)
@@ -228,7 +231,7 @@ def test_errors_are_go_style(server, path, status):
 def test_second_cpu_profile_gets_409(server):
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(http_get, server.url("/profile?seconds=2"), None, 20)
-        time.sleep(0.5)
+        time.sleep(0.5)  # a point in time inside the first profile's 2 s window, not an event to wait for
         started = time.monotonic()
         code, headers, body = http_get(server.url("/profile?seconds=1"))
         assert code == 409 and headers["X-Go-Pprof"] == "1", body
@@ -286,7 +289,7 @@ def test_worker_killed_mid_profile(server):
     with ThreadPoolExecutor(2) as pool:
         merged = pool.submit(http_get, server.url("/profile?seconds=3"), None, 30)
         single = pool.submit(http_get, server.url(f"/wall?seconds=3&pid={victim}"), None, 30)
-        time.sleep(1.0)
+        time.sleep(1.0)  # a point in time inside the profiles' 3 s windows, not an event to wait for
         started = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         code, headers, body = merged.result()
@@ -374,7 +377,6 @@ def test_gthread_cpu_profile(tmp_path, gotmp):
     try:
         s.start()
         loader = background_load(s.g.port, "/work?ms=20", 3.5)
-        time.sleep(0.3)
         out = pprof(gotmp, "-top", "-cum", "-nodecount=80", s.url("/profile?seconds=2"))
         loader.join()
         assert "per-thread CPU time" in out, out  # the documented choice for threaded workers
@@ -394,7 +396,6 @@ def test_heap_with_tracemalloc_at_boot(tmp_path, gotmp):
         snapshot = pprof(gotmp, "-top", s.url("/heap"))
         assert "tracemalloc running since boot" in snapshot
         loader = background_load(s.g.port, "/alloc", 2.5)
-        time.sleep(0.3)
         delta = pprof(gotmp, "-top", s.url("/heap?seconds=1"))
         loader.join()
         assert "delta over 1 s" in delta
