@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 
-from benchmarks.run import ROOT, Server, _env, _get, _no_control_socket, free_ports
+from benchmarks.run import ROOT, Server, _env, _no_control_socket, free_ports
 
 BASE = "1.3.6.1.4.1.8072.9999.9999"  # mibdef.DEFAULT_BASE
 RECORDS_TABLE = BASE + ".1.5"  # rsmpRecordTable (its entry, rsmpRecordEntry, is .1.5.1)
@@ -64,22 +64,6 @@ class OpsServer(Server):
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self) -> None:
-        """Until the app and the aggregator's /metrics answer 200."""
-        deadline = time.monotonic() + 30
-        for url in (self.url, f"http://127.0.0.1:{self.metrics_port}/metrics"):
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n" + self.log_tail())
-                try:
-                    if _get(url)[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{url} not ready after 30 s:\n" + self.log_tail())
-                time.sleep(0.05)
 
     def mget(self, path: str, headers: dict | None = None, timeout: float = 10.0):
         req = urllib.request.Request(f"http://127.0.0.1:{self.metrics_port}{path}", headers=headers or {})

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
-from rockstar_mp import Counter, Gauge, Histogram, attach_worker
+from rockstar_mp import Counter, Gauge, Histogram
 from rockstar_mp.aggregator.exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
                                                render_openmetrics, render_prometheus)
 from rockstar_mp.aggregator.merge import SeriesInfo, Snapshot
@@ -222,30 +222,6 @@ def test_openmetrics_text():
 
 
 # -- a real aggregator --------------------------------------------------------------------------------
-def fork_worker(server: PreforkServer, update) -> int:
-    """Like ``PreforkServer.fork_worker``, with ``update()`` run in the attached child."""
-    ready_r, ready_w = os.pipe()
-    stop_r, stop_w = os.pipe()
-    slab = server.manager.assign_slab()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            for fd in (ready_r, stop_w, *server.children.values()):
-                os.close(fd)
-            attach_worker(server.manager.segment, *slab)
-            update()
-            os.write(ready_w, b"x")
-            os.read(stop_r, 1)
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    os.close(stop_r)
-    assert os.read(ready_r, 1) == b"x"
-    os.close(ready_r)
-    server.children[pid] = stop_w
-    return pid
-
-
 def first_worker(quoted_help: bool = True) -> None:
     for queue in TRICKY:
         JOBS.labels(queue).inc(3)
@@ -266,7 +242,7 @@ def second_worker() -> None:
 
 def start(prefork, quoted_help: bool = True):  # noqa: F811 (the fixture)
     server = prefork()
-    pids = [fork_worker(server, lambda: first_worker(quoted_help)), fork_worker(server, second_worker)]
+    pids = [server.fork_with(lambda: first_worker(quoted_help)), server.fork_with(second_worker)]
     poll(lambda: server.metrics()["counters"].get("xt.jobs") == 16, message="both workers merged")
     return server, pids
 

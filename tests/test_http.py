@@ -33,6 +33,16 @@ class PreforkServer:
         return f"http://127.0.0.1:{self.port}/metrics"
 
     def fork_worker(self, hits: int, load: float, size: float) -> int:
+        """A worker that counts ``hits``, sets the gauge to ``load`` and observes ``size``."""
+        def update() -> None:
+            for _ in range(hits):
+                HITS.labels("/").inc()
+            LOAD.set(load)
+            SIZES.observe(size)
+        return self.fork_with(update)
+
+    def fork_with(self, update) -> int:
+        """Fork a worker that attaches, runs ``update()``, and lives until ``stop_worker``."""
         ready_r, ready_w = os.pipe()
         stop_r, stop_w = os.pipe()
         slab = self.manager.assign_slab()
@@ -42,10 +52,7 @@ class PreforkServer:
                 for fd in (ready_r, stop_w, *self.children.values()):  # siblings' pipes too
                     os.close(fd)
                 attach_worker(self.manager.segment, *slab)
-                for _ in range(hits):
-                    HITS.labels("/").inc()
-                LOAD.set(load)
-                SIZES.observe(size)
+                update()
                 os.write(ready_w, b"x")
                 os.read(stop_r, 1)  # until the parent closes the pipe
             finally:

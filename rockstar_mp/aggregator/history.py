@@ -38,6 +38,7 @@ import falcon.asgi
 
 from ..config import MonitoringConfig
 from .exposition import _number, render_json
+from .views import _bad
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -319,10 +320,6 @@ PARAMS = ("name", "since", "until", "step")
 def history_route(config: MonitoringConfig) -> str:
     """``/metrics/history`` for the default ``metrics_path``."""
     return config.metrics_path.rstrip("/") + "/history"
-
-
-def _bad(description: str) -> falcon.HTTPBadRequest:
-    return falcon.HTTPBadRequest(title="400 Bad Request", description=description)
 
 
 def _seconds(req: falcon.asgi.Request, name: str) -> Optional[float]:

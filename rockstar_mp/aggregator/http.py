@@ -17,7 +17,7 @@ from .admin import RateLimit, add_admin, bearer_token, refuse_token_in_query, to
 from .history import HistoryResource, history_route
 from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
 from .state import AggregatorState
-from .views import add_views, exported_families
+from .views import _only, add_views, exported_families
 
 
 class BearerAuth:
@@ -41,14 +41,6 @@ class BearerAuth:
                 title="401 Unauthorized",
                 description="send the token as 'Authorization: Bearer <token>'",
                 challenges=['Bearer realm="rockstar-mp"'])
-
-
-def _only_params(req: falcon.asgi.Request, allowed: tuple) -> None:
-    unknown = sorted(set(req.params) - set(allowed))
-    if unknown:
-        raise falcon.HTTPBadRequest(title="400 Bad Request",
-                                    description=f"unknown query parameter(s) {unknown}; "
-                                                f"this path takes {list(allowed)}")
 
 
 def _pid_param(req: falcon.asgi.Request, state: AggregatorState):
@@ -85,7 +77,7 @@ class MetricsResource:
         resp.vary = ("Accept",)
         if not self._state.config.enable_metrics:
             raise falcon.HTTPNotFound(title="404 Not Found", description="the metrics endpoint is off")
-        _only_params(req, ("format", "pid"))
+        _only(req, ("format", "pid"))
         try:
             fmt = choose_format(req.get_header("Accept"), req.get_param("format"))
         except ValueError as exc:
