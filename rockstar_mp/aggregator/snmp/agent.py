@@ -118,16 +118,6 @@ class SnmpAgent:
         self.notifier = Notifier(self)
         self.notifier.start()
 
-    def start_soon(self) -> asyncio.Task:
-        """``start()`` as a task of the running loop; a failure is logged (and kept in ``error``)."""
-        async def run() -> None:
-            try:
-                await self.start()
-            except Exception as exc:
-                self.error = self.error or repr(exc)
-                log.exception("rockstar-mp: the SNMP agent did not start")
-        return asyncio.get_running_loop().create_task(run())
-
     async def _start_engine(self, sock: socket.socket) -> None:
         from pysnmp.carrier.asyncio.dgram import udp
         from pysnmp.entity import config, engine
