@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time as _time
+import weakref
 from bisect import bisect_left
 from typing import Callable, Iterable, Sequence
 
@@ -58,6 +59,11 @@ class LocalStore:
         return memoryview(bytearray(8 * n_values)).cast("d"), 0
 
 
+class CellCache(dict):
+    """A cache holding cells (``(view, index)``) of series: emptied whenever the series move (attach,
+    fork), so nobody writes through a stale view. Get one from ``REGISTRY.cell_cache()``."""
+
+
 class Registry:
     """All families declared in this process, and the store their cells live in."""
 
@@ -65,6 +71,13 @@ class Registry:
         self._families: dict[str, "_Family"] = {}
         self._lock = threading.RLock()
         self.store = LocalStore()
+        self._caches: list[weakref.ref] = []
+
+    def cell_cache(self) -> CellCache:
+        cache = CellCache()
+        with self._lock:
+            self._caches = [ref for ref in self._caches if ref() is not None] + [weakref.ref(cache)]
+        return cache
 
     def register(self, family: "_Family") -> None:
         with self._lock:
@@ -92,6 +105,10 @@ class Registry:
         """Move every series to ``store`` (attach); returns the keys that did not fit."""
         with self._lock:
             self.store = store
+            for ref in self._caches:
+                cache = ref()
+                if cache is not None:
+                    cache.clear()
             refused = []
             for family in self._families.values():
                 for series in family._all_series():

@@ -12,11 +12,12 @@ import math
 GAMMA = 1.02
 RELATIVE_ERROR = (GAMMA - 1) / (GAMMA + 1)
 MIN_SECONDS = 1e-6  # shorter durations count as 1 us
-_LOG_GAMMA = math.log(GAMMA)
+BUCKET_SCALE = 1 / math.log(GAMMA)
 
 
-def bucket_index(seconds: float, _log=math.log, _ceil=math.ceil, _scale=1 / _LOG_GAMMA) -> int:
-    return _ceil(_log(seconds if seconds > MIN_SECONDS else MIN_SECONDS) * _scale - 1e-9)
+def bucket_index(seconds: float, _log=math.log, _ceil=math.ceil) -> int:
+    # the worker's recorder inlines this expression (rockstar_mp.worker.workload): keep them alike
+    return _ceil(_log(seconds if seconds > MIN_SECONDS else MIN_SECONDS) * BUCKET_SCALE - 1e-9)
 
 
 def bucket_value(index: int) -> float:

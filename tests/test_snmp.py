@@ -429,7 +429,7 @@ def test_agent_starts_and_stops_at_runtime(tmp_path):
     async def scenario() -> None:
         state = AggregatorState(segment, config)
         for i in range(5):  # rows in the records and logs tables, with long and non-ASCII strings
-            state.rings.records.append(WorkloadRecord((time.time(), 0.001 * i, 10 * i, 4242, 200 + i, b"GET",
+            state.rings.records.append(WorkloadRecord((i + 1, time.time(), 0.001 * i, 10 * i, 4242, 200 + i, b"GET",
                                                        fit("/r/" + "é" * 200 * (i == 2), 64), f"id-{i}".encode(),
                                                        b"acme")))
             state.rings.logs.append(LogRecord(time.time(), 4242, 30, "app", f"message {i}"))

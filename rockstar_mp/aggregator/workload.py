@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from operator import itemgetter
 from dataclasses import dataclass
 
 from ..segment import LIVE, RETIRED, Segment, log_ring, read_ring, record_ring, text
@@ -19,20 +20,27 @@ QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-class WorkloadRecord:
-    """One request, kept as the ring's raw payload: the strings are decoded only when read (most
-    records are never shown), so draining costs the aggregator little per request."""
+class WorkloadRecord(tuple):
+    """One request: the ring slot as read, ``(sequence, start, duration, response bytes, pid, status,
+    method, route, request id, tenant)``. The strings are decoded only when read (most records are never
+    shown), so draining costs the aggregator little per request. A request without an ``X-Request-ID``
+    was stored without one; its id is made here from the worker's pid and the record's number."""
 
-    __slots__ = ("start", "duration", "response_bytes", "pid", "status", "_raw")
+    __slots__ = ()
 
-    def __init__(self, payload: tuple) -> None:
-        self.start, self.duration, self.response_bytes, self.pid, self.status = payload[:5]
-        self._raw = payload[5:]
+    sequence = property(itemgetter(0))
+    start = property(itemgetter(1))
+    duration = property(itemgetter(2))
+    response_bytes = property(itemgetter(3))
+    pid = property(itemgetter(4))
+    status = property(itemgetter(5))
+    method = property(lambda self: text(self[6]))
+    route = property(lambda self: text(self[7]))
+    tenant = property(lambda self: text(self[9]))
 
-    method = property(lambda self: text(self._raw[0]))
-    route = property(lambda self: text(self._raw[1]))
-    request_id = property(lambda self: text(self._raw[2]))
-    tenant = property(lambda self: text(self._raw[3]))
+    @property
+    def request_id(self) -> str:
+        return text(self[8]) or f"{self[4]:x}-{self[0]:x}"
 
     def to_json(self) -> dict:
         return {"request_id": self.request_id, "tenant_id": self.tenant, "method": self.method,
@@ -89,12 +97,13 @@ class RingDrain:
                     since = max(0, spec.head.get(buf, base) - spec.slots)
                 payloads, position, dropped = read_ring(buf, base, spec, since)
                 self._positions[key] = position
-                out.extend(convert(p) for p in payloads)
+                out.extend(map(convert, payloads))
                 if dropped:
                     dropped_field.set(buf, dropped_field.get(buf) + dropped)
         for key in set(self._positions) - live:
             del self._positions[key]
-        self.records.extend(sorted(new_records, key=lambda r: r.start))
+        new_records.sort(key=_START)
+        self.records.extend(new_records)
         self.logs.extend(sorted(new_logs, key=lambda r: r.time))
 
     @property
@@ -106,8 +115,11 @@ class RingDrain:
         return Header.logs_dropped.get(self.segment.buf)
 
 
-def _log(p: tuple) -> LogRecord:
-    when, pid, level, logger, message = p
+_START = itemgetter(1)
+
+
+def _log(entry: tuple) -> LogRecord:
+    _sequence, when, pid, level, logger, message = entry
     return LogRecord(when, pid, level, text(logger), text(message))
 
 

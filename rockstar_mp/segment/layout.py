@@ -19,7 +19,9 @@ add numbers of their own.
 """
 from __future__ import annotations
 
+import re
 import struct
+import sys
 from dataclasses import dataclass
 
 MAGIC = b"RSTARMP\x00"
@@ -51,6 +53,14 @@ class Field:
 
     def set(self, buf, value, base: int = 0) -> None:
         self.struct.pack_into(buf, base + self.offset, value)
+
+    def word(self, base: int = 0) -> int:
+        """The field's index in a view of 8-byte cells (``buf.cast("Q")``/``"d"``): hot paths store
+        through it without packing. Only for 8-byte, 8-aligned fields."""
+        at = base + self.offset
+        if self.struct.size != 8 or at % 8:
+            raise ValueError(f"field at {at} ({self.struct.format}) is not an aligned 8-byte cell")
+        return at // 8
 
 
 class Header:
@@ -136,6 +146,28 @@ LOG = struct.Struct("<dIH48s442s")
 LOG_SLOT = 512
 LOG_MESSAGE_BYTES = 442
 assert 8 + RECORD.size <= RECORD_SLOT and 8 + LOG.size <= LOG_SLOT
+assert sys.byteorder == "little"  # hot paths store 8-byte cells through native memoryview casts
+
+
+def field_offsets(packed: struct.Struct) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(offsets, sizes)`` of the fields of a little-endian, unaligned struct (each ``Ns`` one field),
+    for code that writes them one by one (the C request path, ``rockstar_mp/_hotpath.c``)."""
+    offsets, sizes, at = [], [], 0
+    for count, code in re.findall(r"(\d*)([a-zA-Z?])", packed.format.lstrip("<")):
+        fields = [count + code] if code == "s" else [code] * int(count or 1)
+        for field in fields:
+            size = struct.calcsize("<" + field)
+            offsets.append(at)
+            sizes.append(size)
+            at += size
+    return tuple(offsets), tuple(sizes)
+
+
+def slot_struct(payload: struct.Struct, slot_size: int) -> struct.Struct:
+    """One whole ring slot: the sequence, the payload, padding to the slot's size (so a run of slots
+    unpacks in one ``iter_unpack``)."""
+    pad = slot_size - SLOT_SEQ.struct.size - payload.size
+    return struct.Struct(SLOT_SEQ.struct.format + payload.format.lstrip("<") + (f"{pad}x" if pad else ""))
 
 
 def _round_up(n: int, to: int) -> int:

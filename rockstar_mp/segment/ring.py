@@ -2,18 +2,20 @@
 
 The writer never waits for the reader: record ``i`` goes to slot ``i % slots``, so a slow reader loses
 the oldest records, and it counts them. Each slot is written as: sequence 0, payload, sequence i + 1;
-then the head. A reader accepts slot ``i`` only if it saw sequence ``i + 1`` before and after reading
-the payload, so a record overwritten (or half-written by a worker killed mid-write) is counted as
-dropped, never returned torn.
+then the head. A reader accepts slot ``i`` only if its copy holds sequence ``i + 1`` and the writer
+cannot have started on the slot again before the copy ended (or the sequence is unchanged after it),
+so a record overwritten (or half-written by a worker killed mid-write) is counted as dropped, never
+returned torn.
 """
 from __future__ import annotations
 
+import contextlib
 import struct
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from .layout import LOG, RECORD, SLOT_SEQ, Body, BodyLayout, Field
+from .layout import LOG, LOG_SLOT, RECORD, RECORD_SLOT, SLOT_SEQ, Body, BodyLayout, Field, slot_struct
 
 
 @dataclass(frozen=True)
@@ -24,60 +26,84 @@ class RingSpec:
     slot_offset: Callable[[int], int]  # body-relative offset of record number i
     slots: int
     payload: struct.Struct
+    slot_size: int
 
 
 class RingWriter:
-    """The worker's end. Appends are serialised by a lock (gthread workers write from many threads).
+    """The worker's end. ``threads``: appends from several threads are serialised by a lock (gunicorn's
+    gthread workers); a process that appends from one thread only (sync workers) skips it.
 
-    On the request path, so everything is computed once: the slots' base and size, and one struct
-    writing the zero sequence and the payload in one call; the head is kept here (one writer).
+    On the request path, so everything is computed once; the sequence and the head are stored as
+    8-byte cells (no packing), the payload with one ``pack_into``; the head is kept here (one writer).
     """
 
-    def __init__(self, buf: memoryview, base: int, spec: RingSpec) -> None:
+    def __init__(self, buf: memoryview, base: int, spec: RingSpec, threads: bool = True) -> None:
         self._buf = buf
-        self._base = base
-        self._spec = spec
-        self._lock = threading.Lock()
+        self._words = buf.cast("Q")
         self._slots = spec.slots
         self._first = base + spec.slot_offset(0)
-        self._size = spec.slot_offset(1) - spec.slot_offset(0) if spec.slots > 1 else 0
-        self._seq_and_payload = struct.Struct(SLOT_SEQ.struct.format + spec.payload.format.lstrip("<"))
-        self._seq = SLOT_SEQ.struct
-        self._head = spec.head.struct
-        self._head_at = base + spec.head.offset
+        self._size = spec.slot_size
+        self._pack_payload = spec.payload.pack_into
+        self._head = spec.head.word(base)
         self._index = spec.head.get(buf, base)
+        self._lock = threading.Lock() if threads else contextlib.nullcontext()
+        if self._first % 8 or self._size % 8:
+            raise ValueError("ring slots must be 8-byte aligned")
+
+    def geometry(self) -> tuple[int, int, int, int, int]:
+        """``(first slot, slots, slot size, head, next index)``, byte offsets in the buffer: for a
+        writer that takes over this ring (the C request path, ``rockstar_mp/_hotpath.c``)."""
+        return self._first, self._slots, self._size, self._head * 8, self._index
 
     def append(self, *payload) -> None:
+        """Write one record: sequence 0, the payload, sequence index + 1, then the head."""
         if not self._slots:
             return
         with self._lock:
             index = self._index
             at = self._first + (index % self._slots) * self._size
-            self._seq_and_payload.pack_into(self._buf, at, 0, *payload)  # sequence 0 while written
-            self._seq.pack_into(self._buf, at, index + 1)
+            words = self._words
+            words[at >> 3] = 0  # a reader that sees 0 (or another index) skips the slot
+            self._pack_payload(self._buf, at + 8, *payload)
+            words[at >> 3] = index + 1
             self._index = index + 1
-            self._head.pack_into(self._buf, self._head_at, index + 1)
+            words[self._head] = index + 1
 
 
-def read_ring(buf: memoryview, base: int, spec: RingSpec, since: int) -> tuple[list, int, int]:
-    """Records from number ``since`` on: ``(payload tuples, next index to read, records dropped)``."""
+def read_ring(buf: memoryview, base: int, spec: RingSpec, since: int) -> tuple[list[tuple], int, int]:
+    """Records from number ``since`` on: ``(entries, next index to read, records dropped)``; an entry
+    is ``(sequence, *payload)`` (its record number is sequence - 1).
+
+    The slots are copied in one pass (at most two runs, where the ring wraps) and checked after the
+    copy: a slot whose sequence is not its record number + 1 was being written (or its writer died
+    mid-write); one the writer may have reached again since (a record ``slots`` behind the head seen
+    after the copy, or older) is kept only if its sequence is still the same after the copy. Both are
+    counted as dropped, never returned torn.
+    """
     head = spec.head.get(buf, base)
     if head < since:  # a new tenancy restarted the count
         since = 0
     start = max(since, head - spec.slots)
     dropped = start - since
-    out = []
-    seq_size = SLOT_SEQ.struct.size
-    for index in range(start, head):
+    if start >= head:
+        return [], head, dropped
+    whole = slot_struct(spec.payload, spec.slot_size)
+    entries: list[tuple] = []
+    index = start
+    while index < head:
+        run = min(head - index, spec.slots - index % spec.slots)
         at = base + spec.slot_offset(index)
-        if SLOT_SEQ.get(buf, at) != index + 1:
-            dropped += 1
+        entries.extend(whole.iter_unpack(buf[at:at + run * spec.slot_size].tobytes()))
+        index += run
+    lapped = spec.head.get(buf, base) - spec.slots  # after the copy (x86-64 keeps loads in order)
+    out = []
+    for number, entry in enumerate(entries, start):
+        if entry[0] != number + 1:
             continue
-        payload = spec.payload.unpack_from(buf, at + seq_size)
-        if SLOT_SEQ.get(buf, at) != index + 1:
-            dropped += 1
-            continue
-        out.append(payload)
+        if number <= lapped and SLOT_SEQ.get(buf, base + spec.slot_offset(number)) != number + 1:
+            continue  # overwritten while copied
+        out.append(entry)
+    dropped += len(entries) - len(out)
     return out, head, dropped
 
 
@@ -96,9 +122,9 @@ def fit(value: str, size: int) -> bytes:
 
 def record_ring(layout: BodyLayout) -> RingSpec:
     """The workload-record ring of a slab."""
-    return RingSpec(Body.records_head, layout.record_slot, layout.record_slots, RECORD)
+    return RingSpec(Body.records_head, layout.record_slot, layout.record_slots, RECORD, RECORD_SLOT)
 
 
 def log_ring(layout: BodyLayout) -> RingSpec:
     """The log-record ring of a slab."""
-    return RingSpec(Body.logs_head, layout.log_slot, layout.log_slots, LOG)
+    return RingSpec(Body.logs_head, layout.log_slot, layout.log_slots, LOG, LOG_SLOT)

@@ -19,10 +19,10 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, WSGI_KEY
 from .workload import RECORDER, template_path
 
-WSGI_KEY = "rockstar.wsgi"  # set by MetricsMiddleware(workload=True): it records, we annotate
-ROUTE_KEY = "rockstar.route"
+UNROUTED = "(unrouted)"
 
 
 class WorkloadMiddleware:
@@ -36,18 +36,19 @@ class WorkloadMiddleware:
 
     def process_request(self, req, resp) -> None:
         env = req.env
-        if WSGI_KEY in env:
-            return
-        env["rockstar.start"] = (time.time(), time.perf_counter())
-        RECORDER.begin(req.method, req.path)
+        if WSGI_KEY not in env:
+            env["rockstar.start"] = (time.time(), time.perf_counter())
+            RECORDER.begin(req.method, req.path)
 
     def process_response(self, req, resp, resource, req_succeeded: bool) -> None:
         env = req.env
-        route = req.uri_template or (template_path(req.path) if resource is not None else "(unrouted)")
+        route = req.uri_template or (template_path(req.path) if resource is not None else UNROUTED)
         if WSGI_KEY in env:
             env[ROUTE_KEY] = route
             if self._tenant is not None:
-                env["rockstar.tenant"] = self._tenant(req)
+                env[TENANT_KEY] = self._tenant(req)
+            if self._request_id_key != DEFAULT_REQUEST_ID_KEY:
+                env[REQUEST_ID_KEY] = env.get(self._request_id_key, "")
             return
         started = env.get("rockstar.start")
         if started is None:
@@ -55,9 +56,9 @@ class WorkloadMiddleware:
         start, t0 = started
         seconds = time.perf_counter() - t0
         tenant = self._tenant(req) if self._tenant else env.get(self._tenant_key, "")
-        RECORDER.end()
         RECORDER.record(req.method, route, _status(resp.status), seconds, start, _length(resp),
-                        env.get(self._request_id_key) or RECORDER.new_request_id(), tenant)
+                        env.get(self._request_id_key, ""), tenant)
+        RECORDER.end()
 
 
 def _environ_key(header: str) -> str:

@@ -19,11 +19,16 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from bisect import bisect_left
+from time import perf_counter
 
-from ..metrics import Counter, Histogram
-from .falcon import ROUTE_KEY, WSGI_KEY
+from ..metrics import REGISTRY, Counter, Histogram
+from .accelerator import hotpath
+from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, WSGI_KEY
 from .workload import RECORDER, template_path
 
+MAX_STATUS_LINES = 1000  # cached (method, status line) pairs
+MAX_PATHS = 1000  # cached raw path -> route template (apps that name no route)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 
 REQUESTS = Counter("http.requests", "HTTP responses served", ["method", "status"])
@@ -58,33 +63,55 @@ def _release(sock) -> None:
         pass
 
 
-class _CountingBody:
-    """Wraps a WSGI response iterable; counts once, when the last chunk was taken or on close()."""
+class _Request:
+    """What ``MetricsMiddleware`` keeps of one request until the server took its last byte."""
 
-    __slots__ = ("_body", "_middleware", "_method", "_status", "_start", "_counted", "_environ",
-                 "_wall_start", "_bytes", "_sock")
+    __slots__ = ("middleware", "environ", "server_start_response", "method", "status", "started", "sock")
 
-    def __init__(self, body, middleware: "MetricsMiddleware", method: str, status: list, start: float,
-                 environ: dict | None, wall_start: float, sock=None) -> None:
+    def __init__(self, middleware: "MetricsMiddleware", environ: dict, server_start_response,
+                 method: str, started: float, sock) -> None:
+        self.middleware = middleware
+        self.environ = environ
+        self.server_start_response = server_start_response
+        self.method = method
+        self.status = "500"  # until the app calls start_response (an app that raised answers 500)
+        self.started = started
+        self.sock = sock  # corked and set to reset on death until the count is stored (``_hold``)
+
+    def start_response(self, status_line: str, headers, exc_info=None):
+        self.status = status_line
+        return self.server_start_response(status_line, headers, exc_info)
+
+
+class _ListBody(list):
+    """A response body the app gave as a list (Falcon's, most frameworks'): the server iterates it at C
+    speed, and its ``close()`` (which every WSGI server calls after the last byte) counts.
+
+    Every response is counted on ``close()``, after the server wrote all of it; a server that never
+    calls ``close()`` breaks the WSGI contract and counts nothing."""
+
+    __slots__ = ("_request",)
+
+    def close(self) -> None:
+        request, self._request = self._request, None
+        if request is not None:
+            request.middleware._finish(request, sum(map(len, self)))
+
+
+class _StreamingBody:
+    """Any other response iterable: its bytes counted as the server takes them; counted on close()."""
+
+    __slots__ = ("_body", "_request", "_bytes")
+
+    def __init__(self, body, request: _Request) -> None:
         self._body = body
-        self._middleware = middleware
-        self._method = method
-        self._status = status
-        self._start = start
-        self._counted = False
-        self._environ = environ  # set when recording workload
-        self._wall_start = wall_start
+        self._request = request
         self._bytes = 0
-        self._sock = sock  # corked and set to reset on death until the count is stored (``_hold``)
 
     def __iter__(self):
-        if self._environ is None:
-            yield from self._body
-        else:
-            for chunk in self._body:
-                self._bytes += len(chunk)
-                yield chunk
-        self._count()
+        for chunk in self._body:
+            self._bytes += len(chunk)
+            yield chunk
 
     def close(self) -> None:
         try:
@@ -92,34 +119,13 @@ class _CountingBody:
             if close is not None:
                 close()
         finally:
-            self._count()
-
-    def _count(self) -> None:
-        if self._counted:
-            return
-        self._counted = True
-        # First thing after the last chunk went out: a worker killed after this counted what its
-        # client received, and the window before it is a few hundred nanoseconds.
-        if self._status:
-            self._status[1].inc()
-        else:
-            self._middleware.requests(self._method, "500").inc()
-        if self._sock is not None:
-            _release(self._sock)
-        seconds = time.perf_counter() - self._start
-        status = self._status[0] if self._status else "500"
-        self._middleware.observe(self._method, seconds)
-        environ = self._environ
-        if environ is not None:
-            RECORDER.end()
-            RECORDER.record(self._method, environ.get(ROUTE_KEY) or template_path(environ.get("PATH_INFO") or "/"),
-                            int(status), seconds, self._wall_start, self._bytes,
-                            environ.get("HTTP_X_REQUEST_ID") or RECORDER.new_request_id(),
-                            environ.get("rockstar.tenant") or environ.get(self._middleware.tenant_key, ""))
+            request, self._request = self._request, None
+            if request is not None:
+                request.middleware._finish(request, self._bytes)
 
 
-class MetricsMiddleware:
-    """Counts requests and their durations for any WSGI ``app`` (and records workload if asked)."""
+class _Shared:
+    """Configuration and the slow paths, shared by the C request path and the Python one."""
 
     def __init__(self, app, workload: bool = False, tenant_header: str = "X-Tenant-ID",
                  hold: bool = True) -> None:
@@ -127,46 +133,99 @@ class MetricsMiddleware:
         self.workload = workload
         self.hold = hold and _CORK is not None  # see _hold(); gunicorn passes its socket in the environ
         self.tenant_key = "HTTP_" + tenant_header.upper().replace("-", "_")
-        self._requests: dict[tuple, object] = {}  # (method, status) -> counter child
-        self._durations: dict[str, object] = {}  # method -> histogram child
+        # (method, status line) -> what a response writes; emptied when the metrics move (attach, fork)
+        self._statuses = REGISTRY.cell_cache()
+        self._routes: dict[str, str] = {}  # raw path -> template, for apps that name no route
+        if hotpath is not None and isinstance(self, hotpath.Middleware):
+            hotpath.Middleware.__init__(self, app, self._statuses, self._routes, KNOWN_METHODS, self.tenant_key,
+                                        workload, self.hold)
 
-    def requests(self, method: str, status: str):
-        """The ``http.requests`` child for this method and status."""
-        requests = self._requests.get((method, status))
-        if requests is None:
-            requests = self._requests[(method, status)] = REQUESTS.labels(method, status)
-        return requests
+    def _status(self, method: str, status_line: str) -> tuple:
+        """``(http.requests view, index, duration view, index, bounds, sum offset, status code)`` for a
+        method and status line."""
+        code = status_line[:3]
+        try:
+            number = int(code)
+        except ValueError:
+            number = 0
+        counter, duration = REQUESTS.labels(method, code), DURATION.labels(method)
+        known = (counter._vals, counter._idx, duration._vals, duration._idx,
+                 tuple(float(b) for b in duration._bounds), duration._sum_at, number)
+        if len(self._statuses) < MAX_STATUS_LINES:
+            self._statuses[(method, status_line)] = known
+        return known
 
-    def observe(self, method: str, seconds: float) -> None:
-        duration = self._durations.get(method)
-        if duration is None:
-            duration = self._durations[method] = DURATION.labels(method)
-        duration.observe(seconds)
+    def _route(self, environ: dict) -> str:
+        """The route of a request no framework named: a template of its path, cached."""
+        path = environ.get("PATH_INFO") or "/"
+        route = self._routes.get(path)
+        if route is None:
+            route = template_path(path)
+            if len(self._routes) < MAX_PATHS:
+                self._routes[path] = route
+        return route
+
+    _hold_socket = staticmethod(_hold)
+    _release_socket = staticmethod(_release)
+
+
+class _PythonPath(_Shared):
+    """The request path in Python: the reference, and what runs without the C accelerator."""
+
+    def _finish(self, request: _Request, response_bytes: int) -> None:
+        """The server took the last byte: count, record, then let the response go (``_release``)."""
+        seconds = perf_counter() - request.started
+        method, status_line = request.method, request.status
+        vals, idx, hvals, hidx, bounds, sum_at, status = (self._statuses.get((method, status_line))
+                                                          or self._status(method, status_line))
+        vals[idx] += 1.0
+        hvals[hidx + bisect_left(bounds, seconds)] += 1.0
+        hvals[hidx + sum_at] += seconds
+        environ = request.environ
+        if self.workload:
+            RECORDER.record(method, environ.get(ROUTE_KEY) or self._route(environ), status, seconds,
+                            time.time() - seconds, response_bytes,
+                            environ.get(REQUEST_ID_KEY) or environ.get(DEFAULT_REQUEST_ID_KEY, ""),
+                            environ.get(TENANT_KEY) or environ.get(self.tenant_key, ""))
+        if request.sock is not None:
+            _release(request.sock)
+        if self.workload:
+            RECORDER.end()  # may run a pending optimization: after the response went
 
     def __call__(self, environ, start_response):
-        start = time.perf_counter()
+        started = perf_counter()
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in KNOWN_METHODS:
             method = "other"
-        status: list = []
-        recording = None
-        wall_start = 0.0
-        if self.workload:
-            environ[WSGI_KEY] = True
-            recording = environ
-            wall_start = time.time()
-            RECORDER.begin(method, environ.get("PATH_INFO") or "/")
-
-        def recording_start_response(status_line, headers, exc_info=None):
-            status[:] = [status_line[:3], self.requests(method, status_line[:3])]
-            return start_response(status_line, headers, exc_info)
-
         sock = environ.get("gunicorn.socket") if self.hold else None
         if sock is not None and not _hold(sock):
             sock = None
+        request = _Request(self, environ, start_response, method, started, sock)
+        if self.workload:
+            environ[WSGI_KEY] = True
+            RECORDER.begin(method, environ.get("PATH_INFO") or "/")
         try:
-            body = self.app(environ, recording_start_response)
+            body = self.app(environ, request.start_response)
         except BaseException:
-            _CountingBody((), self, method, [], start, recording, wall_start, sock)._count()
+            request.status = "500"
+            self._finish(request, 0)
             raise
-        return _CountingBody(body, self, method, status, start, recording, wall_start, sock)
+        if type(body) is list:
+            body = _ListBody(body)
+            body._request = request
+            return body
+        return _StreamingBody(body, request)
+
+
+if hotpath is not None:
+    class MetricsMiddleware(_Shared, hotpath.Middleware):
+        """Counts requests and their durations for any WSGI ``app`` (and records workload if asked).
+        This build runs the request path in C (``rockstar_mp/_hotpath.c``)."""
+else:
+    class MetricsMiddleware(_PythonPath):  # type: ignore[no-redef]
+        """Counts requests and their durations for any WSGI ``app`` (and records workload if asked)."""
+
+
+class PythonMetricsMiddleware(_PythonPath):
+    """``MetricsMiddleware`` with the Python request path even when the C one is built (for tests and
+    comparisons)."""

@@ -1,0 +1,863 @@
+/* rockstar_mp._hotpath: the per-request path of MetricsMiddleware in C (optional accelerator).
+ *
+ * Same behaviour as the pure-Python path in rockstar_mp/worker/wsgi.py and workload.py, which remains
+ * the reference and the fallback when this module is not built. Every offset and constant comes from
+ * Python (rockstar_mp.segment.layout, rockstar_mp.sketch) through configure() and Slab(); nothing about
+ * the segment's byte layout is defined here. First-time lookups (a new status line, route, bucket)
+ * call back into Python, which fills the caches this code reads.
+ *
+ * Runs with the GIL held throughout, so a request's stores are never interleaved with another
+ * thread's (gthread workers): no lock. Stores a reader in another process depends on are ordered with
+ * release stores (the sequence after the payload, the head after the sequence, the in-flight count
+ * after its fields).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+/* ---------------------------------------------------------------- configuration (from Python) */
+static double bucket_scale = 0.0;   /* sketch.BUCKET_SCALE */
+static double min_seconds = 1e-6;   /* sketch.MIN_SECONDS */
+#define RECORD_FIELDS 9             /* start, duration, bytes, pid, status, method, route, request id, tenant */
+static Py_ssize_t rec_off[RECORD_FIELDS];
+static Py_ssize_t rec_size[RECORD_FIELDS];
+static int configured = 0;
+
+static PyObject *str_route_key, *str_tenant_key, *str_request_id_key, *str_default_request_id_key;
+static PyObject *str_wsgi_key, *str_method_key, *str_path_key, *str_socket_key, *str_other, *str_500;
+static PyObject *str_status, *str_route, *str_combination, *str_bucket, *str_hold, *str_release;
+static PyObject *empty_str;
+
+/* The recorder's state the C path uses: set by WorkloadRecorder.bind() through bind(). */
+static PyObject *bound_slab = NULL;      /* a Slab, or NULL */
+static PyObject *recorder = NULL;        /* the WorkloadRecorder (slow paths) */
+static PyObject *combinations = NULL;    /* its dict (route, status class, tenant) -> combination tuple */
+static PyObject *on_idle = NULL;         /* callable or NULL */
+
+static double monotonic_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double wall_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A float64 cell: element i of a memoryview of "d"; its address, or NULL with an exception. */
+static double *cell_at(PyObject *view, Py_ssize_t i) {
+    if (!PyMemoryView_Check(view)) {
+        PyErr_SetString(PyExc_TypeError, "a cell's view must be a memoryview");
+        return NULL;
+    }
+    Py_buffer *b = PyMemoryView_GET_BUFFER(view);
+    if (b->buf == NULL || b->readonly || b->itemsize != 8 || i < 0 || i >= b->len / 8) {
+        PyErr_SetString(PyExc_ValueError, "cell outside its view (or the view was released)");
+        return NULL;
+    }
+    return (double *)b->buf + i;
+}
+
+static double *cell(PyObject *view, PyObject *index) {
+    Py_ssize_t i = PyLong_AsSsize_t(index);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    return cell_at(view, i);
+}
+
+/* Add amount to the cells of a tuple (view, index, view, index, ...). */
+static int add_cells(PyObject *cells, double amount) {
+    if (!PyTuple_Check(cells)) {
+        PyErr_SetString(PyExc_TypeError, "cells must be a tuple");
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(cells);
+    for (Py_ssize_t k = 0; k + 1 < n; k += 2) {
+        double *c = cell(PyTuple_GET_ITEM(cells, k), PyTuple_GET_ITEM(cells, k + 1));
+        if (c == NULL)
+            return -1;
+        *c += amount;
+    }
+    return 0;
+}
+
+static void put_text(char *dst, Py_ssize_t size, const char *src, Py_ssize_t len) {
+    if (len > size)
+        len = size;
+    memcpy(dst, src, len);
+    memset(dst + len, 0, size - len);
+}
+
+/* UTF-8 of a str or the bytes of a bytes object. */
+static const char *text_of(PyObject *o, Py_ssize_t *len) {
+    if (PyBytes_Check(o)) {
+        *len = PyBytes_GET_SIZE(o);
+        return PyBytes_AS_STRING(o);
+    }
+    if (PyUnicode_Check(o))
+        return PyUnicode_AsUTF8AndSize(o, len);
+    PyErr_SetString(PyExc_TypeError, "expected str or bytes");
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- Slab */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer buf;
+    int has_buf;
+    Py_ssize_t first, slots, slot_size, head_at;
+    uint64_t index;
+    Py_ssize_t started_at, count_at, text_at, method_size, path_size;
+    uint32_t pid;
+} Slab;
+
+static void slab_dealloc(Slab *self) {
+    if (self->has_buf)
+        PyBuffer_Release(&self->buf);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int check_range(Slab *self, Py_ssize_t at, Py_ssize_t size) {
+    if (at < 0 || size < 0 || at + size > self->buf.len) {
+        PyErr_SetString(PyExc_ValueError, "offset outside the segment");
+        return -1;
+    }
+    return 0;
+}
+
+/* Slab(buf, first_slot, slots, slot_size, head_at, index, started_at, count_at, text_at, method_size,
+ *      path_size, pid): all byte offsets in buf. */
+static int slab_init(Slab *self, PyObject *args, PyObject *kw) {
+    PyObject *obj;
+    unsigned long long index;
+    unsigned int pid;
+    if (!PyArg_ParseTuple(args, "OnnnnKnnnnnI", &obj, &self->first, &self->slots, &self->slot_size,
+                          &self->head_at, &index, &self->started_at, &self->count_at, &self->text_at,
+                          &self->method_size, &self->path_size, &pid))
+        return -1;
+    if (self->has_buf) {
+        PyBuffer_Release(&self->buf);
+        self->has_buf = 0;
+    }
+    if (PyObject_GetBuffer(obj, &self->buf, PyBUF_WRITABLE) < 0)
+        return -1;
+    self->has_buf = 1;
+    self->index = index;
+    self->pid = pid;
+    if (self->slots < 0 || self->slot_size < rec_off[RECORD_FIELDS - 1] + rec_size[RECORD_FIELDS - 1] + 8
+        || (self->first % 8) || (self->slot_size % 8) || (self->head_at % 8) || (self->started_at % 8)
+        || (self->count_at % 8)
+        || check_range(self, self->first, self->slots * self->slot_size) < 0
+        || check_range(self, self->head_at, 8) < 0 || check_range(self, self->started_at, 8) < 0
+        || check_range(self, self->count_at, 8) < 0
+        || check_range(self, self->text_at, self->method_size + self->path_size) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "bad ring or in-flight geometry (configure() first?)");
+        return -1;
+    }
+    return 0;
+}
+
+static char *slab_at(Slab *self, Py_ssize_t at) { return (char *)self->buf.buf + at; }
+
+static void slab_begin(Slab *self, PyObject *method, PyObject *path) {
+    Py_ssize_t mlen = 0, plen = 0;
+    const char *m = text_of(method, &mlen);
+    const char *p = m ? text_of(path, &plen) : NULL;
+    if (m == NULL || p == NULL) {
+        PyErr_Clear();  /* display fields only */
+        m = p = "";
+        mlen = plen = 0;
+    }
+    put_text(slab_at(self, self->text_at), self->method_size, m, mlen);
+    put_text(slab_at(self, self->text_at + self->method_size), self->path_size, p, plen);
+    double now = wall_now();
+    memcpy(slab_at(self, self->started_at), &now, 8);
+    uint64_t *count = (uint64_t *)slab_at(self, self->count_at);
+    __atomic_store_n(count, *count + 1, __ATOMIC_RELEASE);
+}
+
+/* Returns 1 when no request is in flight any more. */
+static int slab_end(Slab *self) {
+    uint64_t *count = (uint64_t *)slab_at(self, self->count_at);
+    uint64_t n = *count;
+    n = n ? n - 1 : 0;
+    __atomic_store_n(count, n, __ATOMIC_RELEASE);
+    if (n == 0) {
+        double zero = 0.0;
+        memcpy(slab_at(self, self->started_at), &zero, 8);
+        return 1;
+    }
+    return 0;
+}
+
+/* One record: (start, duration, bytes, pid, status, method, route, request id, tenant). */
+static int slab_append(Slab *self, double start, double seconds, uint64_t nbytes, uint32_t status,
+                       PyObject *method, PyObject *route, PyObject *request_id, PyObject *tenant) {
+    if (self->slots <= 0)
+        return 0;
+    PyObject *texts[4] = {method, route, request_id, tenant};
+    const char *raw[4];
+    Py_ssize_t len[4];
+    for (int k = 0; k < 4; k++) {
+        raw[k] = text_of(texts[k], &len[k]);
+        if (raw[k] == NULL)
+            return -1;
+    }
+    uint64_t index = self->index;
+    char *slot = slab_at(self, self->first + (Py_ssize_t)(index % (uint64_t)self->slots) * self->slot_size);
+    uint64_t *seq = (uint64_t *)slot;
+    __atomic_store_n(seq, 0, __ATOMIC_RELEASE);  /* a reader that sees 0 skips the slot */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    char *payload = slot + 8;
+    uint16_t status16 = (uint16_t)status;
+    memcpy(payload + rec_off[0], &start, 8);
+    memcpy(payload + rec_off[1], &seconds, 8);
+    memcpy(payload + rec_off[2], &nbytes, 8);
+    memcpy(payload + rec_off[3], &self->pid, 4);
+    memcpy(payload + rec_off[4], &status16, 2);
+    for (int k = 0; k < 4; k++)
+        put_text(payload + rec_off[5 + k], rec_size[5 + k], raw[k], len[k]);
+    __atomic_store_n(seq, index + 1, __ATOMIC_RELEASE);
+    self->index = index + 1;
+    __atomic_store_n((uint64_t *)slab_at(self, self->head_at), index + 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static PyObject *slab_py_begin(Slab *self, PyObject *const *args, Py_ssize_t n) {
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, "begin(method, path)");
+        return NULL;
+    }
+    slab_begin(self, args[0], args[1]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *slab_py_end(Slab *self, PyObject *unused) {
+    return PyBool_FromLong(slab_end(self));
+}
+
+/* append(start, seconds, bytes, status, method, route, request_id, tenant) */
+static PyObject *slab_py_append(Slab *self, PyObject *args) {
+    double start, seconds;
+    unsigned long long nbytes;
+    unsigned int status;
+    PyObject *m, *r, *q, *t;
+    if (!PyArg_ParseTuple(args, "ddKIOOOO", &start, &seconds, &nbytes, &status, &m, &r, &q, &t))
+        return NULL;
+    if (slab_append(self, start, seconds, nbytes, status, m, r, q, t) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *slab_get_index(Slab *self, void *unused) { return PyLong_FromUnsignedLongLong(self->index); }
+
+static PyMethodDef slab_methods[] = {
+    {"begin", (PyCFunction)(void (*)(void))slab_py_begin, METH_FASTCALL, "A request started."},
+    {"end", (PyCFunction)slab_py_end, METH_NOARGS, "A request ended; True when none is in flight."},
+    {"append", (PyCFunction)slab_py_append, METH_VARARGS, "Append one workload record to the ring."},
+    {NULL}};
+
+static PyGetSetDef slab_getset[] = {{"index", (getter)slab_get_index, NULL, "records written", NULL}, {NULL}};
+
+static PyTypeObject SlabType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rockstar_mp._hotpath.Slab",
+    .tp_basicsize = sizeof(Slab),
+    .tp_dealloc = (destructor)slab_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A worker's slab as the request path writes it: the record ring and the in-flight fields.",
+    .tp_methods = slab_methods,
+    .tp_getset = slab_getset,
+    .tp_init = (initproc)slab_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---------------------------------------------------------------- the workload record */
+/* The sketch cells and the ring, as WorkloadRecorder.record does. Returns 0, or -1 with an exception. */
+static int record(PyObject *method, PyObject *route, long status, double seconds, double start,
+                  uint64_t nbytes, PyObject *request_id, PyObject *tenant) {
+    if (combinations == NULL || recorder == NULL)
+        return 0;
+    PyObject *status_class = PyLong_FromLong(status / 100);
+    if (status_class == NULL)
+        return -1;
+    PyObject *key = PyTuple_Pack(3, route, status_class, tenant);
+    if (key == NULL) {
+        Py_DECREF(status_class);
+        return -1;
+    }
+    PyObject *combination = PyDict_GetItemWithError(combinations, key);  /* borrowed */
+    Py_XINCREF(combination);
+    if (combination == NULL && !PyErr_Occurred())
+        combination = PyObject_CallMethodObjArgs(recorder, str_combination, route, status_class, tenant, NULL);
+    Py_DECREF(key);
+    Py_DECREF(status_class);
+    if (combination == NULL)
+        return -1;
+    PyObject *route_raw = route, *tenant_raw = tenant;
+    int rc = 0;
+    /* combination: (buckets dict, sums cells, route bytes, tenant bytes, ...) or None */
+    if (PyTuple_Check(combination) && PyTuple_GET_SIZE(combination) >= 4) {
+        PyObject *buckets = PyTuple_GET_ITEM(combination, 0);
+        double s = seconds > min_seconds ? seconds : min_seconds;
+        long index = (long)ceil(log(s) * bucket_scale - 1e-9);
+        PyObject *pyindex = PyLong_FromLong(index);
+        if (pyindex == NULL) {
+            Py_DECREF(combination);
+            return -1;
+        }
+        PyObject *cells = PyDict_GetItemWithError(buckets, pyindex);
+        Py_XINCREF(cells);
+        if (cells == NULL && !PyErr_Occurred())
+            cells = PyObject_CallMethodObjArgs(recorder, str_bucket, combination, pyindex, NULL);
+        Py_DECREF(pyindex);
+        if (cells == NULL)
+            rc = -1;
+        else {
+            rc = cells == Py_None ? 0 : add_cells(cells, 1.0);  /* None: the catalogue was full */
+            Py_DECREF(cells);
+        }
+        if (rc == 0)
+            rc = add_cells(PyTuple_GET_ITEM(combination, 1), seconds);
+        route_raw = PyTuple_GET_ITEM(combination, 2);
+        tenant_raw = PyTuple_GET_ITEM(combination, 3);
+    }
+    if (rc == 0 && bound_slab != NULL)
+        rc = slab_append((Slab *)bound_slab, start, seconds, nbytes, (uint32_t)status, method, route_raw,
+                         request_id, tenant_raw);
+    Py_DECREF(combination);
+    return rc;
+}
+
+/* record(method, route, status, seconds, start, bytes, request_id, tenant): the C version of
+ * WorkloadRecorder.record (method, route and tenant already cut to fit; request id "" for none). */
+static PyObject *py_record(PyObject *module, PyObject *args) {
+    PyObject *method, *route, *request_id, *tenant;
+    long status;
+    double seconds, start;
+    unsigned long long nbytes;
+    if (!PyArg_ParseTuple(args, "OOlddKOO", &method, &route, &status, &seconds, &start, &nbytes, &request_id,
+                          &tenant))
+        return NULL;
+    if (record(method, route, status, seconds, start, nbytes, request_id, tenant) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------- the middleware */
+typedef struct {
+    PyObject_HEAD
+    PyObject *app;
+    PyObject *statuses;      /* dict (method, status line) -> (vals, i, hist vals, hist i, bounds, sum_at, code) */
+    PyObject *routes;        /* dict raw path -> route template */
+    PyObject *methods;       /* frozenset of known methods */
+    PyObject *tenant_key;    /* environ key of the tenant header */
+    int workload, hold;
+} Middleware;
+
+typedef struct {
+    PyObject_HEAD
+    Middleware *owner;
+    PyObject *environ;
+    PyObject *server_start_response;
+    PyObject *method;
+    PyObject *status;        /* status line, or NULL */
+    PyObject *body;          /* the app's iterable */
+    PyObject *iterator;      /* iter(body) once iteration began */
+    PyObject *sock;          /* held socket, or NULL */
+    double started;
+    uint64_t nbytes;
+    int finished;
+} Request;
+
+static PyTypeObject RequestType;
+
+static int finish(Request *req);
+
+static void request_dealloc(Request *self) {
+    PyObject_GC_UnTrack(self);
+    Py_XDECREF(self->owner);
+    Py_XDECREF(self->environ);
+    Py_XDECREF(self->server_start_response);
+    Py_XDECREF(self->method);
+    Py_XDECREF(self->status);
+    Py_XDECREF(self->body);
+    Py_XDECREF(self->iterator);
+    Py_XDECREF(self->sock);
+    PyObject_GC_Del(self);
+}
+
+static int request_traverse(Request *self, visitproc visit, void *arg) {
+    Py_VISIT(self->owner);
+    Py_VISIT(self->environ);
+    Py_VISIT(self->server_start_response);
+    Py_VISIT(self->body);
+    Py_VISIT(self->iterator);
+    Py_VISIT(self->sock);
+    return 0;
+}
+
+static int request_clear(Request *self) {
+    Py_CLEAR(self->environ);
+    Py_CLEAR(self->server_start_response);
+    Py_CLEAR(self->body);
+    Py_CLEAR(self->iterator);
+    Py_CLEAR(self->sock);
+    return 0;
+}
+
+/* start_response(status, headers, exc_info=None), handed to the app */
+static PyObject *request_call(Request *self, PyObject *args, PyObject *kw) {
+    PyObject *status, *headers, *exc_info = Py_None;
+    static char *names[] = {"status", "headers", "exc_info", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", names, &status, &headers, &exc_info))
+        return NULL;
+    Py_INCREF(status);
+    Py_XSETREF(self->status, status);
+    return PyObject_CallFunctionObjArgs(self->server_start_response, status, headers, exc_info, NULL);
+}
+
+static int start_iteration(Request *self) {
+    if (self->body == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the response body is gone");
+        return -1;
+    }
+    self->iterator = PyObject_GetIter(self->body);
+    return self->iterator ? 0 : -1;
+}
+
+static PyObject *request_iter(Request *self) {
+    if (self->iterator == NULL && start_iteration(self) < 0)
+        return NULL;
+    Py_INCREF(self);
+    return (PyObject *)self;
+}
+
+static PyObject *request_next(Request *self) {
+    if (self->iterator == NULL && start_iteration(self) < 0)
+        return NULL;
+    PyObject *chunk = PyIter_Next(self->iterator);  /* NULL and no exception: exhausted */
+    if (chunk != NULL && PyBytes_Check(chunk))
+        self->nbytes += (uint64_t)PyBytes_GET_SIZE(chunk);
+    return chunk;
+}
+
+/* close(): the server is done with the response (WSGI servers call it after the last byte). */
+static PyObject *request_close(Request *self, PyObject *unused) {
+    PyObject *body = self->body;
+    int failed = 0;
+    if (body != NULL && !PyList_CheckExact(body)) {
+        PyObject *r = PyObject_CallMethod(body, "close", NULL);
+        if (r == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_AttributeError))
+                PyErr_Clear();
+            else
+                failed = 1;
+        }
+        Py_XDECREF(r);
+    }
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    if (failed)
+        PyErr_Fetch(&type, &value, &tb);
+    int rc = finish(self);
+    if (failed) {
+        if (rc < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef request_methods[] = {
+    {"close", (PyCFunction)request_close, METH_NOARGS, "Count the response (the server sent it)."},
+    {NULL}};
+
+static PyTypeObject RequestType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rockstar_mp._hotpath.Request",
+    .tp_basicsize = sizeof(Request),
+    .tp_dealloc = (destructor)request_dealloc,
+    .tp_call = (ternaryfunc)request_call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One request in MetricsMiddleware: the app's start_response, then the response body.",
+    .tp_traverse = (traverseproc)request_traverse,
+    .tp_clear = (inquiry)request_clear,
+    .tp_iter = (getiterfunc)request_iter,
+    .tp_iternext = (iternextfunc)request_next,
+    .tp_methods = request_methods,
+};
+
+/* (vals, i, hist vals, hist i, bounds, sum_at, code) for the request's method and status line */
+static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status) {
+    PyObject *key = PyTuple_Pack(2, method, status);
+    if (key == NULL)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(mw->statuses, key);
+    Py_XINCREF(entry);
+    Py_DECREF(key);
+    if (entry == NULL && !PyErr_Occurred())
+        entry = PyObject_CallMethodObjArgs((PyObject *)mw, str_status, method, status, NULL);
+    if (entry != NULL && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 7)) {
+        Py_DECREF(entry);
+        PyErr_SetString(PyExc_TypeError, "_status() must return a 7-tuple");
+        return NULL;
+    }
+    return entry;
+}
+
+/* http.requests + 1 and the duration histogram, from a status entry */
+static int count_and_observe(PyObject *entry, double seconds) {
+    double *count = cell(PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(entry, 1));
+    if (count == NULL)
+        return -1;
+    *count += 1.0;
+    PyObject *vals = PyTuple_GET_ITEM(entry, 2), *bounds = PyTuple_GET_ITEM(entry, 4);
+    Py_ssize_t base = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 3));
+    Py_ssize_t sum_at = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 5));
+    if ((base == -1 || sum_at == -1) && PyErr_Occurred())
+        return -1;
+    if (!PyTuple_Check(bounds)) {
+        PyErr_SetString(PyExc_TypeError, "histogram bounds must be a tuple");
+        return -1;
+    }
+    Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(bounds);
+    while (lo < hi) {  /* bisect_left: the first bound >= seconds */
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, mid)) < seconds)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    double *bucket = cell_at(vals, base + lo);
+    double *sum = bucket ? cell_at(vals, base + sum_at) : NULL;
+    if (sum == NULL)
+        return -1;
+    *bucket += 1.0;
+    *sum += seconds;
+    return 0;
+}
+
+static PyObject *environ_text(PyObject *environ, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(environ, key);
+    return v != NULL && PyUnicode_Check(v) && PyUnicode_GET_LENGTH(v) ? v : NULL;
+}
+
+static int finish_workload(Request *req, double seconds, long code) {
+    Middleware *mw = req->owner;
+    PyObject *environ = req->environ;
+    PyObject *route = environ_text(environ, str_route_key);
+    if (route != NULL)
+        Py_INCREF(route);
+    else if (!PyErr_Occurred()) {
+        PyObject *path = environ_text(environ, str_path_key);
+        route = path ? PyDict_GetItemWithError(mw->routes, path) : NULL;
+        Py_XINCREF(route);
+        if (route == NULL && !PyErr_Occurred())
+            route = PyObject_CallMethodObjArgs((PyObject *)mw, str_route, environ, NULL);
+    }
+    if (route == NULL)
+        return -1;
+    PyObject *request_id = environ_text(environ, str_request_id_key);
+    if (request_id == NULL && !PyErr_Occurred())
+        request_id = environ_text(environ, str_default_request_id_key);
+    PyObject *tenant = environ_text(environ, str_tenant_key);
+    if (tenant == NULL && !PyErr_Occurred())
+        tenant = environ_text(environ, mw->tenant_key);
+    int rc = -1;
+    if (!PyErr_Occurred())
+        rc = record(req->method, route, code, seconds, wall_now() - seconds, req->nbytes,
+                    request_id ? request_id : empty_str, tenant ? tenant : empty_str);
+    Py_DECREF(route);
+    return rc;
+}
+
+/* The server took the last byte: count, record, then let the response go, then end the in-flight
+ * request (which may run a pending optimization: after the response went). */
+static int finish(Request *req) {
+    if (req->finished)
+        return 0;
+    req->finished = 1;
+    if (req->body != NULL && PyList_CheckExact(req->body)) {  /* its bytes, iterated or not (HEAD) */
+        uint64_t n = 0;
+        for (Py_ssize_t k = 0; k < PyList_GET_SIZE(req->body); k++) {
+            PyObject *chunk = PyList_GET_ITEM(req->body, k);
+            if (PyBytes_Check(chunk))
+                n += (uint64_t)PyBytes_GET_SIZE(chunk);
+        }
+        req->nbytes = n;
+    }
+    Middleware *mw = req->owner;
+    double seconds = monotonic_now() - req->started;
+    PyObject *status = req->status ? req->status : str_500;
+    PyObject *entry = status_entry(mw, req->method, status);
+    int rc = entry ? count_and_observe(entry, seconds) : -1;
+    long code = 0;
+    if (entry != NULL) {
+        code = PyLong_AsLong(PyTuple_GET_ITEM(entry, 6));
+        Py_DECREF(entry);
+    }
+    if (rc == 0 && mw->workload)
+        rc = finish_workload(req, seconds, code);
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    PyErr_Fetch(&type, &value, &tb);  /* whatever failed above, the response must still go */
+    if (req->sock != NULL) {
+        PyObject *r = PyObject_CallMethodObjArgs((PyObject *)mw, str_release, req->sock, NULL);
+        if (r == NULL)
+            PyErr_Clear();
+        Py_XDECREF(r);
+        Py_CLEAR(req->sock);
+    }
+    if (mw->workload && bound_slab != NULL && slab_end((Slab *)bound_slab) && on_idle != NULL) {
+        PyObject *r = PyObject_CallNoArgs(on_idle);
+        if (r == NULL && type == NULL)
+            PyErr_Fetch(&type, &value, &tb);
+        Py_XDECREF(r);
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw) {
+    PyObject *environ, *start_response;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "a WSGI app takes (environ, start_response)");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "MetricsMiddleware", 2, 2, &environ, &start_response))
+        return NULL;
+    if (!PyDict_Check(environ)) {
+        PyErr_SetString(PyExc_TypeError, "environ must be a dict");
+        return NULL;
+    }
+    Request *req = PyObject_GC_New(Request, &RequestType);
+    if (req == NULL)
+        return NULL;
+    req->started = monotonic_now();
+    Py_INCREF(self);
+    req->owner = self;
+    Py_INCREF(environ);
+    req->environ = environ;
+    Py_INCREF(start_response);
+    req->server_start_response = start_response;
+    req->status = req->body = req->iterator = req->sock = NULL;
+    req->nbytes = 0;
+    req->finished = 0;
+    PyObject *method = environ_text(environ, str_method_key);
+    if (method == NULL || PySet_Contains(self->methods, method) != 1)
+        method = str_other;
+    PyErr_Clear();
+    Py_INCREF(method);
+    req->method = method;
+    PyObject_GC_Track(req);
+    if (self->hold) {
+        PyObject *sock = PyDict_GetItemWithError(environ, str_socket_key);
+        if (sock != NULL) {
+            PyObject *held = PyObject_CallMethodObjArgs((PyObject *)self, str_hold, sock, NULL);
+            if (held != NULL && PyObject_IsTrue(held) == 1) {
+                Py_INCREF(sock);
+                req->sock = sock;
+            }
+            Py_XDECREF(held);
+        }
+        PyErr_Clear();
+    }
+    if (self->workload) {
+        if (PyDict_SetItem(environ, str_wsgi_key, Py_True) < 0) {
+            Py_DECREF(req);
+            return NULL;
+        }
+        if (bound_slab != NULL) {
+            PyObject *path = environ_text(environ, str_path_key);
+            PyErr_Clear();
+            slab_begin((Slab *)bound_slab, method, path ? path : empty_str);
+        }
+    }
+    PyObject *body = PyObject_CallFunctionObjArgs(self->app, environ, (PyObject *)req, NULL);
+    if (body == NULL) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        Py_CLEAR(req->status);  /* an app that raised answers 500 */
+        if (finish(req) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        Py_DECREF(req);
+        return NULL;
+    }
+    req->body = body;
+    return (PyObject *)req;
+}
+
+static int middleware_init(Middleware *self, PyObject *args, PyObject *kw) {
+    PyObject *app, *statuses, *routes, *methods, *tenant_key;
+    int workload, hold;
+    if (!PyArg_ParseTuple(args, "OO!O!O!Upp", &app, &PyDict_Type, &statuses, &PyDict_Type, &routes,
+                          &PyFrozenSet_Type, &methods, &tenant_key, &workload, &hold))
+        return -1;
+    Py_INCREF(app);
+    Py_XSETREF(self->app, app);
+    Py_INCREF(statuses);
+    Py_XSETREF(self->statuses, statuses);
+    Py_INCREF(routes);
+    Py_XSETREF(self->routes, routes);
+    Py_INCREF(methods);
+    Py_XSETREF(self->methods, methods);
+    Py_INCREF(tenant_key);
+    Py_XSETREF(self->tenant_key, tenant_key);
+    self->workload = workload;
+    self->hold = hold;
+    return 0;
+}
+
+static int middleware_traverse(Middleware *self, visitproc visit, void *arg) {
+    Py_VISIT(self->app);
+    Py_VISIT(self->statuses);
+    Py_VISIT(self->routes);
+    return 0;
+}
+
+static int middleware_clear(Middleware *self) {
+    Py_CLEAR(self->app);
+    Py_CLEAR(self->statuses);
+    Py_CLEAR(self->routes);
+    Py_CLEAR(self->methods);
+    Py_CLEAR(self->tenant_key);
+    return 0;
+}
+
+static void middleware_dealloc(Middleware *self) {
+    /* a Python subclass's dealloc (subtype_dealloc) untracks, calls this, then drops its type */
+    PyObject_GC_UnTrack(self);
+    middleware_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject MiddlewareType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rockstar_mp._hotpath.Middleware",
+    .tp_basicsize = sizeof(Middleware),
+    .tp_dealloc = (destructor)middleware_dealloc,
+    .tp_call = (ternaryfunc)middleware_call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The base of MetricsMiddleware when the accelerator is built: its __call__.",
+    .tp_traverse = (traverseproc)middleware_traverse,
+    .tp_clear = (inquiry)middleware_clear,
+    .tp_init = (initproc)middleware_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---------------------------------------------------------------- module functions */
+/* configure(scale, min_seconds, record_offsets, record_sizes, keys): constants from Python. */
+static PyObject *py_configure(PyObject *module, PyObject *args) {
+    PyObject *offsets, *sizes, *keys;
+    if (!PyArg_ParseTuple(args, "ddO!O!O!", &bucket_scale, &min_seconds, &PyTuple_Type, &offsets, &PyTuple_Type,
+                          &sizes, &PyDict_Type, &keys))
+        return NULL;
+    if (PyTuple_GET_SIZE(offsets) != RECORD_FIELDS || PyTuple_GET_SIZE(sizes) != RECORD_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "the record layout changed: update _hotpath.c's record()");
+        return NULL;
+    }
+    static const Py_ssize_t expected[5] = {8, 8, 8, 4, 2};  /* d d Q I H */
+    for (int k = 0; k < RECORD_FIELDS; k++) {
+        rec_off[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, k));
+        rec_size[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(sizes, k));
+        if (PyErr_Occurred())
+            return NULL;
+        if (k < 5 && rec_size[k] != expected[k]) {
+            PyErr_SetString(PyExc_ValueError, "the record's numeric fields changed: update _hotpath.c");
+            return NULL;
+        }
+    }
+    struct { const char *name; PyObject **dst; } names[] = {
+        {"route", &str_route_key}, {"tenant", &str_tenant_key}, {"request_id", &str_request_id_key},
+        {"default_request_id", &str_default_request_id_key}, {"wsgi", &str_wsgi_key}, {NULL, NULL}};
+    for (int k = 0; names[k].name; k++) {
+        PyObject *v = PyDict_GetItemString(keys, names[k].name);
+        if (v == NULL || !PyUnicode_Check(v)) {
+            PyErr_Format(PyExc_KeyError, "configure(): keys[%s] missing", names[k].name);
+            return NULL;
+        }
+        Py_INCREF(v);
+        Py_XSETREF(*names[k].dst, v);
+    }
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
+/* bind(slab or None, combinations dict or None, recorder or None, on_idle or None) */
+static PyObject *py_bind(PyObject *module, PyObject *args) {
+    PyObject *slab, *combos, *rec, *idle;
+    if (!PyArg_ParseTuple(args, "OOOO", &slab, &combos, &rec, &idle))
+        return NULL;
+    if (slab != Py_None && !PyObject_TypeCheck(slab, &SlabType)) {
+        PyErr_SetString(PyExc_TypeError, "bind() takes a Slab or None");
+        return NULL;
+    }
+    if (combos != Py_None && !PyDict_Check(combos)) {
+        PyErr_SetString(PyExc_TypeError, "combinations must be a dict");
+        return NULL;
+    }
+#define SET(dst, v) do { PyObject *tmp_ = (v) == Py_None ? NULL : (v); Py_XINCREF(tmp_); Py_XSETREF(dst, tmp_); } while (0)
+    SET(bound_slab, slab);
+    SET(combinations, combos);
+    SET(recorder, rec);
+    SET(on_idle, idle);
+#undef SET
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bound(PyObject *module, PyObject *unused) {
+    PyObject *r = bound_slab ? bound_slab : Py_None;
+    Py_INCREF(r);
+    return r;
+}
+
+static PyMethodDef module_methods[] = {
+    {"configure", py_configure, METH_VARARGS, "Constants from the layout and the sketch."},
+    {"bind", py_bind, METH_VARARGS, "The slab, the recorder's caches and the idle callback."},
+    {"bound", py_bound, METH_NOARGS, "The bound Slab, or None."},
+    {"record", py_record, METH_VARARGS, "One workload record (sketch cells and ring)."},
+    {NULL}};
+
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_hotpath",
+                                        "The per-request path of rockstar-mp in C (optional).", -1,
+                                        module_methods};
+
+PyMODINIT_FUNC PyInit__hotpath(void) {
+    if (PyType_Ready(&SlabType) < 0 || PyType_Ready(&RequestType) < 0 || PyType_Ready(&MiddlewareType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+#define INTERN(var, s) if ((var = PyUnicode_InternFromString(s)) == NULL) return NULL
+    INTERN(str_method_key, "REQUEST_METHOD");
+    INTERN(str_path_key, "PATH_INFO");
+    INTERN(str_socket_key, "gunicorn.socket");
+    INTERN(str_other, "other");
+    INTERN(str_500, "500");
+    INTERN(str_status, "_status");
+    INTERN(str_route, "_route");
+    INTERN(str_combination, "_combination_tuple");
+    INTERN(str_bucket, "_bucket_cells");
+    INTERN(str_hold, "_hold_socket");
+    INTERN(str_release, "_release_socket");
+    INTERN(empty_str, "");
+#undef INTERN
+    Py_INCREF(&SlabType);
+    Py_INCREF(&MiddlewareType);
+    if (PyModule_AddObject(m, "Slab", (PyObject *)&SlabType) < 0
+        || PyModule_AddObject(m, "Middleware", (PyObject *)&MiddlewareType) < 0)
+        return NULL;
+    return m;
+}

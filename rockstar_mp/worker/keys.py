@@ -1,0 +1,8 @@
+"""The environ keys the middlewares share (Falcon's ``WorkloadMiddleware`` annotates, the WSGI
+``MetricsMiddleware`` records)."""
+
+WSGI_KEY = "rockstar.wsgi"  # set by MetricsMiddleware(workload=True): it records, Falcon's only annotates
+ROUTE_KEY = "rockstar.route"  # the route template, when a framework names it
+TENANT_KEY = "rockstar.tenant"  # a tenant computed by a callable (else the tenant header is read)
+REQUEST_ID_KEY = "rockstar.request_id"  # a request id from a non-default header
+DEFAULT_REQUEST_ID_KEY = "HTTP_X_REQUEST_ID"

@@ -1,0 +1,68 @@
+"""The C request path (rockstar_mp/_hotpath.c) against the Python one: same counts, sketches and records.
+
+Both run ``tests/apps/paths.py`` (a fixed mix of requests through ``MetricsMiddleware``: statuses,
+routes, tenants, request ids, an app that raises, a streamed body, HEAD, an unknown method) in a fresh
+process attached to a fresh segment; the Python one with ``ROCKSTAR_PURE_PYTHON=1``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from rockstar_mp.worker.accelerator import hotpath
+from tests.helpers import ROOT
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def test_the_c_request_path_is_built():
+    if hotpath is None and not IN_CI:
+        pytest.skip("rockstar_mp._hotpath is not built (no C compiler?): the Python path runs")
+    assert hotpath is not None, "CI must build rockstar_mp._hotpath (pip install compiles it)"
+
+
+def _paths(tmp_path, pure: bool, *args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "ROCKSTAR_PURE_PYTHON"}
+    if pure:
+        env["ROCKSTAR_PURE_PYTHON"] = "1"
+    directory = tmp_path / ("pure" if pure else "c")
+    directory.mkdir()
+    out = subprocess.run([sys.executable, "-m", "tests.apps.paths", str(directory), *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for record in result["records"]:  # generated ids name the worker's pid: the two runs differ in it
+        record[4] = re.sub(r"^[0-9a-f]+-(?=[0-9a-f]+$)", "<pid>-", record[4])
+    return result
+
+
+@pytest.mark.parametrize("app", ["wsgi", "falcon"])
+def test_c_and_python_paths_write_the_same(tmp_path, app):
+    if hotpath is None and not IN_CI:
+        pytest.skip("rockstar_mp._hotpath is not built")
+    args = ("falcon",) if app == "falcon" else ()
+    c, pure = _paths(tmp_path, False, *args), _paths(tmp_path, True, *args)
+    assert c.pop("c") is True and pure.pop("c") is False
+    assert c == pure
+    assert c["inflight"] == 0 and c["dropped"] == 0
+    if app == "wsgi":
+        assert c["statuses"] == ["201 Created", "201 Created", "404 Not Found", "200 OK", "201 Created", "raised",
+                                 "200 OK", "201 Created"]
+        assert c["series"]["http.requests['GET', '500']"] == 1  # the app that raised
+        assert c["series"]["http.requests['other', '201']"] == 1  # BREW
+        routes = [r[1] for r in c["records"]]
+        assert routes == ["/users/{id}", "/users/{id}", "/missing/{id}", "/stream", "/", "/raise", "/stream",
+                          "/orders/{id}"]
+        assert [r[3] for r in c["records"]] == [11, 11, 11, 5, 11, 0, 5, 11]  # bytes sent (HEAD: the body's)
+        assert c["records"][2][4] == "req-" + "x" * 36  # cut to the record's 40 bytes
+        assert c["records"][0][4] == "<pid>-1" and c["records"][1][5] == "acme"
+        assert c["records"][4][5] == "é" * 16  # 32 bytes of UTF-8, cut on a character boundary
+    else:
+        assert [r[1] for r in c["records"]] == ["/items/{item_id}", "/items/{item_id}", "/fail", "(unrouted)"]
+        assert [r[2] for r in c["records"]] == [200, 200, 500, 404]
+        assert c["records"][3][4] == "abc"
