@@ -64,8 +64,9 @@ class Error:
 
 
 def create_app(monitored: bool = True) -> falcon.App:
-    """The routes; ``monitored=False`` leaves out rockstar-mp's middleware (the benchmarks' "off")."""
-    api = falcon.App(middleware=[WorkloadMiddleware()] if monitored else [])
+    """The routes; ``monitored=False`` leaves out rockstar-mp's middleware (the benchmarks' "off").
+    ``WorkloadMiddleware(wsgi_layer=True)``: it names the routes, ``MetricsMiddleware`` below records."""
+    api = falcon.App(middleware=[WorkloadMiddleware(wsgi_layer=True)] if monitored else [])
     api.add_route("/", Hello())
     api.add_route("/users/{name}", User())
     api.add_route("/work", Work())

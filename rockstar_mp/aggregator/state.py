@@ -109,7 +109,8 @@ class AggregatorState:
         self.rings.drain()
         if self.merger.collect_dead():
             self._snapshot = None
-        self.window.add(sketch_totals(self.snapshot()))
+        if self.window.due():  # a merge only when the window takes a sample (once a second)
+            self.window.add(sketch_totals(self.snapshot()))
         self.optimization.observe()
 
     def refresh_processes(self, full: bool = False) -> None:

@@ -183,9 +183,14 @@ class Window:
         self.seconds = seconds
         self._samples: deque[tuple[float, dict]] = deque()
 
+    def due(self, now: float | None = None) -> bool:
+        """Whether ``add`` would keep a sample now (at most one a second)."""
+        now = time.time() if now is None else now
+        return not self._samples or now - self._samples[-1][0] >= 1.0
+
     def add(self, totals: dict[int, float], now: float | None = None) -> None:
         now = time.time() if now is None else now
-        if self._samples and now - self._samples[-1][0] < 1.0:
+        if not self.due(now):
             return
         self._samples.append((now, totals))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self.seconds:

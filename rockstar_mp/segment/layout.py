@@ -106,6 +106,13 @@ class Slot:
     proc_start = Field(48, "d")  # the worker's create time (pid-reuse check)
 
 
+SLOT_FIELDS = (Slot.state, Slot.generation, Slot.pid, Slot.age, Slot.assigned_at, Slot.master_pid, Slot.proc_start)
+# A whole table entry in one struct (reading the table is one iter_unpack); the fields are contiguous.
+SLOT_ENTRY = struct.Struct("<" + "".join(f.struct.format.lstrip("<") for f in SLOT_FIELDS)
+                           + f"{TABLE_ENTRY_SIZE - sum(f.struct.size for f in SLOT_FIELDS)}x")
+assert all(f.offset == sum(g.struct.size for g in SLOT_FIELDS[:i]) for i, f in enumerate(SLOT_FIELDS))
+
+
 class Body:
     """Fields of a body header (base: the body's offset)."""
 

@@ -19,7 +19,7 @@ import psutil
 
 from .catalogue import reset_body
 from .errors import LayoutMismatch, NoFreeSlab
-from .layout import FREE, HEADER_SIZE, LIVE, RETIRED, Geometry, Header, Slot
+from .layout import FREE, HEADER_SIZE, LIVE, RETIRED, SLOT_ENTRY, Geometry, Header, Slot
 
 SEGMENT_PREFIX = "rockstar-mp-"
 AGGREGATOR_LOCK_SUFFIX = ".agg"  # beside the segment: held by the one aggregator serving it
@@ -121,7 +121,9 @@ class Segment:
                         Slot.proc_start.get(buf, base))
 
     def slots(self) -> list[SlotInfo]:
-        return [self.slot(i) for i in range(self.geometry.n_slabs)]
+        start = self.geometry.table_entry(0)
+        table = self.buf[start:start + self.geometry.n_slabs * SLOT_ENTRY.size].tobytes()
+        return [SlotInfo(i, *entry) for i, entry in enumerate(SLOT_ENTRY.iter_unpack(table))]
 
     def claim_slab(self, age: int | None = None, master_pid: int = 0) -> tuple[int, int]:
         """Take a free slab for a worker about to start: returns ``(slab, generation)``."""

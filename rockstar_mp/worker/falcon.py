@@ -11,28 +11,35 @@ The route is the template (``/users/{id}``), never the raw path, so label cardin
 The request id comes from ``X-Request-ID`` or is generated.
 
 Wrapped in ``MetricsMiddleware(app, workload=True)`` (as ``examples/app.py`` is), this middleware only
-hands its route template to the WSGI layer, which makes the one record after the response is sent,
-with the exact bytes sent; on its own it records in ``process_response``.
+hands its route template (and a tenant or request id from non-default headers) to the WSGI layer,
+which makes the one record after the response is sent, with the exact bytes sent; on its own it
+records in ``process_response``. Say ``wsgi_layer=True`` when it is wrapped: it then has no
+``process_request`` hook for Falcon to call (about 1 us less per request)::
+
+    app = MetricsMiddleware(falcon.App(middleware=[WorkloadMiddleware(wsgi_layer=True)]), workload=True)
 """
 from __future__ import annotations
 
 import time
 from typing import Callable
 
-from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, WSGI_KEY
+from .keys import DEFAULT_REQUEST_ID_KEY, DEFAULT_TENANT_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, WSGI_KEY
 from .workload import RECORDER, template_path
 
 UNROUTED = "(unrouted)"
 
 
 class WorkloadMiddleware:
-    """``tenant``: a callable ``(req) -> str`` overriding ``tenant_header``."""
+    """``tenant``: a callable ``(req) -> str`` overriding ``tenant_header``. ``wsgi_layer``: the app is
+    wrapped in ``MetricsMiddleware(app, workload=True)``, which records (see the module's docstring)."""
 
     def __init__(self, tenant_header: str = "X-Tenant-ID", tenant: Callable | None = None,
-                 request_id_header: str = "X-Request-ID") -> None:
+                 request_id_header: str = "X-Request-ID", wsgi_layer: bool = False) -> None:
         self._tenant_key = _environ_key(tenant_header)
         self._tenant = tenant
         self._request_id_key = _environ_key(request_id_header)
+        if wsgi_layer:
+            self.process_request = None  # Falcon skips a hook that is None; the WSGI layer times the request
 
     def process_request(self, req, resp) -> None:
         env = req.env
@@ -47,6 +54,8 @@ class WorkloadMiddleware:
             env[ROUTE_KEY] = route
             if self._tenant is not None:
                 env[TENANT_KEY] = self._tenant(req)
+            elif self._tenant_key != DEFAULT_TENANT_KEY:
+                env[TENANT_KEY] = env.get(self._tenant_key, "")
             if self._request_id_key != DEFAULT_REQUEST_ID_KEY:
                 env[REQUEST_ID_KEY] = env.get(self._request_id_key, "")
             return

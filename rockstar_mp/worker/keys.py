@@ -6,3 +6,4 @@ ROUTE_KEY = "rockstar.route"  # the route template, when a framework names it
 TENANT_KEY = "rockstar.tenant"  # a tenant computed by a callable (else the tenant header is read)
 REQUEST_ID_KEY = "rockstar.request_id"  # a request id from a non-default header
 DEFAULT_REQUEST_ID_KEY = "HTTP_X_REQUEST_ID"
+DEFAULT_TENANT_KEY = "HTTP_X_TENANT_ID"

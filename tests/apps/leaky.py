@@ -24,4 +24,4 @@ class Leak:
 
 api = create_app()
 api.add_route("/leak", Leak())
-app = MetricsMiddleware(api)
+app = MetricsMiddleware(api, workload=True)

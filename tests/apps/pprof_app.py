@@ -28,4 +28,4 @@ class Alloc:
 threading.Thread(target=blocked_on_lock, name="pprof-test-blocked", daemon=True).start()
 api = create_app()
 api.add_route("/alloc", Alloc())
-app = MetricsMiddleware(api)
+app = MetricsMiddleware(api, workload=True)
