@@ -55,20 +55,22 @@ CHURN_NOISE = 1.3  # "unchanged": after/before scrape time (min of runs) at most
 
 PARALLEL = 8  # prometheus_client writer subprocesses run at once
 
-# Figure 6: one request through a minimal Falcon app, direct WSGI calls; min over interleaved repeats.
+# Figure 6: one request through a minimal Falcon app, direct WSGI calls; min over interleaved repeats,
+# in a process pinned to one CPU (a process moved between CPUs mid-run measures the move).
 REQUEST_WARMUP = 2_000
-REQUEST_REPEATS = 5
-REQUEST_NUMBER = 20_000
+REQUEST_REPEATS = 40
+REQUEST_NUMBER = 2_000
 REQUEST_TARGET = 3e-6  # (b) - (a), seconds per request
 
-# Figure 7: wrk against real gunicorn (sync workers), rockstar-mp on vs off, rounds alternating off/on.
+# Figure 7: wrk against real gunicorn (sync workers), rockstar-mp on vs off: both servers up at once,
+# short wrk runs alternating off/on, medians compared (a slow spell of the machine hits both sides).
 SERVER_WORKERS = 2
 WRK_THREADS = 2
 WRK_CONNECTIONS = 16
-WRK_SECONDS = 5
+WRK_SECONDS = 3
 WRK_WARMUP_SECONDS = 1
-WRK_ROUNDS = 3  # of each: off, on, off, on, ...
-THROUGHPUT_TARGET = 3.0  # loss in %, best "on" req/s against best "off"
+WRK_ROUNDS = 10  # of each: off, on, off, on, ...
+THROUGHPUT_TARGET = 3.0  # loss in %, median "on" req/s against median "off"
 SERVER_START_TIMEOUT = 30.0
 SERVER_STOP_TIMEOUT = 35.0  # gunicorn's graceful_timeout is 30 s; idle sync workers stop at once
 
@@ -282,11 +284,13 @@ def child_ours_request(args) -> dict:
     from examples.app import Hello
     from rockstar_mp.aggregator.merge import Merger
     from rockstar_mp.segment import Geometry, Segment
+    from rockstar_mp.worker.accelerator import hotpath
     from rockstar_mp.worker.attach import attach_worker
     from rockstar_mp.worker.falcon import WorkloadMiddleware
     from rockstar_mp.worker.workload import RECORDER
     from rockstar_mp.worker.wsgi import MetricsMiddleware
 
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     seg = Segment.create(args.dir, Geometry(n_slabs=2))
     state = None
     try:
@@ -312,6 +316,7 @@ def child_ours_request(args) -> dict:
                 times[name].append(_serve(app, REQUEST_NUMBER) / REQUEST_NUMBER)
         out = {name: min(ts) for name, ts in times.items()}
         out["medians"] = {name: statistics.median(ts) for name, ts in times.items()}
+        out["accelerated"] = hotpath is not None
 
         record = RECORDER.record
         now = time.time()
@@ -580,31 +585,32 @@ def run_wrk(url: str, seconds: int) -> dict:
 
 
 def throughput(tmp: str, notes: list[str]) -> dict:
-    """Figure 7: rounds of off, on (a fresh server each, one at a time); best req/s of each."""
+    """Figure 7: an "off" and an "on" server, both up; wrk runs alternating between them. Returns every
+    run's figures by mode."""
     runs: dict[str, list[dict]] = {"off": [], "on": []}
-    servers: list[Server] = []
+    servers: dict[str, Server] = {}
+    sent_on = 0
     try:
+        for number, mode in enumerate(("off", "on")):
+            servers[mode] = Server(mode, tmp, number)
+            servers[mode].wait_ready()
+        for mode, server in servers.items():
+            sent_on += run_wrk(server.url, WRK_WARMUP_SECONDS)["requests"] if mode == "on" else 0
         for number in range(WRK_ROUNDS):
-            for mode in ("off", "on"):
-                server = Server(mode, tmp, number)
-                servers.append(server)
-                server.wait_ready()
-                run_wrk(server.url, WRK_WARMUP_SECONDS)
+            for mode, server in servers.items():
                 result = run_wrk(server.url, WRK_SECONDS)
                 if result["errors"] or result["non2xx"]:
                     notes.append(f"fig 7 {mode} round {number + 1}: wrk saw {result['errors']} socket "
                                  f"errors, {result['non2xx']} non-2xx responses")
-                if mode == "on":
-                    requests, records = server.recorded()
-                    if requests < result["requests"] or records < result["requests"]:
-                        notes.append(f"fig 7 on round {number + 1}: merged http.requests {requests:.0f} "
-                                     f"and workload records {records:.0f}, but wrk got "
-                                     f"{result['requests']} responses in its timed run alone")
-                    result["recorded"] = requests
+                sent_on += result["requests"] if mode == "on" else 0
                 runs[mode].append(result)
-                notes.extend(server.stop())
+        requests, records = servers["on"].recorded()
+        if requests < sent_on or records < sent_on:
+            notes.append(f"fig 7 on: merged http.requests {requests:.0f} and workload records {records:.0f}, "
+                         f"but wrk got {sent_on} responses from it")
+        runs["recorded"] = [{"requests": requests, "records": records, "sent": sent_on}]
     finally:
-        for server in servers:
+        for server in servers.values():
             notes.extend(server.stop())
     return runs
 
@@ -671,8 +677,6 @@ def main() -> int:
     started = time.perf_counter()
     notes: list[str] = []
     rows: list[tuple] = []
-    rows2: list[tuple] = []  # figures 6-7: rockstar-mp on against off (no prometheus_client)
-    ours6 = runs7 = None
     tmp = tempfile.mkdtemp(prefix="rockstar-bench-")
     try:
         ours_dir = os.path.join(tmp, "ours")
@@ -758,46 +762,8 @@ def main() -> int:
         if ours5["workers_folded"] != OUR_RESTARTS:
             notes.append(f"fig 5 ours: {ours5['workers_folded']} workers folded, expected {OUR_RESTARTS}")
 
-        # -- 6: one request with and without our middlewares ---------------------------------------
-        print(f"[6] one request through Falcon, bare and with our middlewares: min of {REQUEST_REPEATS} "
-              f"x {REQUEST_NUMBER:,} direct WSGI calls each ...", flush=True)
-        ours6 = run_child("ours-request", "--dir", ours_dir)
-        requests6, want_requests6, records6, want_records6 = ours6.pop("check")
-        if requests6 != want_requests6 or records6 != want_records6:
-            notes.append(f"fig 6: the slab holds {requests6:.0f} http.requests (expected "
-                         f"{want_requests6}) and {records6:.0f} workload records (expected {want_records6})")
-        cost6 = ours6["full"] - ours6["bare"]
-        rows2.append(("6. request: (b) with - (a) without", fmt_time(ours6["full"]), fmt_time(ours6["bare"]),
-                      fmt_delta(cost6), f"<= {fmt_time(REQUEST_TARGET)}",
-                      verdict(cost6 <= REQUEST_TARGET)))
-        for key, label in (("falcon_mw", "   WorkloadMiddleware only"),
-                           ("wsgi_mw", "   MetricsMiddleware only")):
-            rows2.append((label, fmt_time(ours6[key]), fmt_time(ours6["bare"]),
-                          fmt_delta(ours6[key] - ours6["bare"]), "(info)", ""))
-        rows2.append(("   RECORDER.record() alone", fmt_time(ours6["record"]), "", "", "(info)", ""))
-
-        # -- 7: throughput under wrk ----------------------------------------------------------------
-        if shutil.which("wrk") is None:
-            notes.append("fig 7 skipped: wrk is not installed")
-        else:
-            print(f"[7] wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s against gunicorn, "
-                  f"{SERVER_WORKERS} sync workers, {WRK_ROUNDS} rounds of off then on ...", flush=True)
-            try:
-                runs7 = throughput(tmp, notes)  # every server it started is stopped, even on errors
-            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
-                notes.append(f"fig 7 failed (figures 1-6 stand): {exc}")
-        if runs7 is not None:
-            best_off = max(r["rps"] for r in runs7["off"])
-            best_on = max(r["rps"] for r in runs7["on"])
-            loss7 = (best_off - best_on) / best_off * 100
-            rows2.append((f"7. req/s, wrk, {SERVER_WORKERS} workers: on vs off", f"{best_on:,.0f}",
-                          f"{best_off:,.0f}", f"{-loss7:+.1f}%", f"loss <= {THROUGHPUT_TARGET:g}%",
-                          verdict(loss7 <= THROUGHPUT_TARGET)))
-            for mode in ("on", "off"):
-                rows2.append((f"   {mode}: every round, in order",
-                              " / ".join(f"{r['rps']:,.0f}" for r in runs7[mode]) if mode == "on" else "",
-                              " / ".join(f"{r['rps']:,.0f}" for r in runs7[mode]) if mode == "off" else "",
-                              "", "(info)", ""))
+        # -- 6-7: one request, and throughput, with and without rockstar-mp -------------------------
+        rows2, ours6, runs7 = request_figures(tmp, ours_dir, notes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -846,28 +812,86 @@ def main() -> int:
     print(f"       {files_before} files, {fmt_bytes(bytes_before)} -> {files_after} files, "
           f"{fmt_bytes(bytes_after)}; scrape {fmt_time(theirs5_before['min'])} -> "
           f"{fmt_time(theirs5_after['min'])} (x{their_growth:.2f}, grows with every restart).")
-    if ours6 is not None:
-        m = ours6["medians"]
-        print(f"6:   one GET / through a one-route falcon.App (the example's Hello), called as a server "
-              f"would (fresh environ, body consumed, close()), in a process attached to a slab of a real "
-              f"segment; per request, min of {REQUEST_REPEATS} interleaved repeats of {REQUEST_NUMBER:,} "
-              f"(medians: bare {fmt_time(m['bare'])}, with {fmt_time(m['full'])}).")
-        print("     (a) bare; (b) WorkloadMiddleware in the App and MetricsMiddleware around it, as "
-              "examples/app.py. record() alone: min of "
-              f"{REPEATS} x {NUMBER // 4:,} calls (one route, status and tenant: every series exists).")
-    if runs7 is not None:
-        print(f"7:   real gunicorn on loopback, {SERVER_WORKERS} sync workers, a fresh server per run, "
-              f"one at a time; per run wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_WARMUP_SECONDS}s "
-              f"(warm-up), then -d{WRK_SECONDS}s (timed); best req/s of {WRK_ROUNDS} runs each.")
-        print("     on: gunicorn -c gunicorn_conf.py examples.app:app (hooks, aggregator, both "
-              "middlewares); off: plain gunicorn on benchmarks.bare_app:app (same routes, no middleware).")
-        print(f"     wrk and gunicorn share the machine's {os.cpu_count()} CPUs: the workers get what wrk "
-              "leaves, so the loss is indicative, and noisy if anything else runs.")
+    print_request_footnotes(ours6, runs7)
     run_ops(notes)
     for note in notes:
         print(f"NOTE: {note}")
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def request_figures(tmp: str, ours_dir: str, notes: list[str], figs: tuple = ("6", "7")):
+    """Figures 6 and 7 (rockstar-mp on against off): ``(rows, figure 6 results, figure 7 runs)``."""
+    rows2: list[tuple] = []
+    ours6 = runs7 = None
+    if "6" in figs:
+        # -- 6: one request with and without our middlewares ---------------------------------------
+        print(f"[6] one request through Falcon, bare and with our middlewares: min of {REQUEST_REPEATS} "
+              f"x {REQUEST_NUMBER:,} direct WSGI calls each ...", flush=True)
+        ours6 = run_child("ours-request", "--dir", ours_dir)
+        requests6, want_requests6, records6, want_records6 = ours6.pop("check")
+        if requests6 != want_requests6 or records6 != want_records6:
+            notes.append(f"fig 6: the slab holds {requests6:.0f} http.requests (expected "
+                         f"{want_requests6}) and {records6:.0f} workload records (expected {want_records6})")
+        cost6 = ours6["full"] - ours6["bare"]
+        rows2.append(("6. request: (b) with - (a) without", fmt_time(ours6["full"]), fmt_time(ours6["bare"]),
+                      fmt_delta(cost6), f"<= {fmt_time(REQUEST_TARGET)}",
+                      verdict(cost6 <= REQUEST_TARGET)))
+        for key, label in (("falcon_mw", "   WorkloadMiddleware only"),
+                           ("wsgi_mw", "   MetricsMiddleware only")):
+            rows2.append((label, fmt_time(ours6[key]), fmt_time(ours6["bare"]),
+                          fmt_delta(ours6[key] - ours6["bare"]), "(info)", ""))
+        rows2.append(("   RECORDER.record() alone", fmt_time(ours6["record"]), "", "", "(info)", ""))
+
+    if "7" in figs:
+        # -- 7: throughput under wrk ----------------------------------------------------------------
+        if shutil.which("wrk") is None:
+            notes.append("fig 7 skipped: wrk is not installed")
+        else:
+            print(f"[7] wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s against gunicorn, "
+                  f"{SERVER_WORKERS} sync workers, {WRK_ROUNDS} rounds of off then on, both servers up ...",
+                  flush=True)
+            try:
+                runs7 = throughput(tmp, notes)  # every server it started is stopped, even on errors
+            except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+                notes.append(f"fig 7 failed (figures 1-6 stand): {exc}")
+    if runs7 is not None:
+        median_off = statistics.median(r["rps"] for r in runs7["off"])
+        median_on = statistics.median(r["rps"] for r in runs7["on"])
+        loss7 = (median_off - median_on) / median_off * 100
+        rows2.append((f"7. req/s, wrk, {SERVER_WORKERS} workers: on vs off", f"{median_on:,.0f}",
+                      f"{median_off:,.0f}", f"{-loss7:+.1f}%", f"loss <= {THROUGHPUT_TARGET:g}%",
+                      verdict(loss7 <= THROUGHPUT_TARGET)))
+        pairs = [on["rps"] / off["rps"] for on, off in zip(runs7["on"], runs7["off"])]
+        rows2.append(("   on/off, median of the pairs", "", "", f"{(statistics.median(pairs) - 1) * 100:+.1f}%",
+                      "(info)", ""))
+    return rows2, ours6, runs7
+
+
+def print_request_footnotes(ours6: dict | None, runs7: dict | None) -> None:
+    if ours6 is not None:
+        m = ours6["medians"]
+        print(f"6:   one GET / through a one-route falcon.App (the example's Hello), called as a server "
+              f"would (fresh environ, body consumed, close()), in a process pinned to one CPU and attached "
+              f"to a slab of a real segment; per request, min of {REQUEST_REPEATS} interleaved repeats of "
+              f"{REQUEST_NUMBER:,} (medians: bare {fmt_time(m['bare'])}, with {fmt_time(m['full'])}); "
+              f"request path in {'C (rockstar_mp._hotpath)' if ours6['accelerated'] else 'Python'}.")
+        print("     (a) bare; (b) WorkloadMiddleware(wsgi_layer=True) in the App and MetricsMiddleware "
+              "around it, as examples/app.py. record() alone: min of "
+              f"{REPEATS} x {NUMBER // 4:,} calls (one route, status and tenant: every series exists).")
+    if runs7 is not None:
+        rec = runs7["recorded"][0]
+        print(f"7:   real gunicorn on loopback, {SERVER_WORKERS} sync workers; an off and an on server up at "
+              f"once, each warmed by wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_WARMUP_SECONDS}s, then "
+              f"{WRK_ROUNDS} rounds of -d{WRK_SECONDS}s runs alternating off, on; median req/s of each side.")
+        print(f"     the on server counted {rec['requests']:,.0f} http.requests and {rec['records']:,.0f} workload "
+              f"records for the {rec['sent']:,} responses wrk got from it.")
+        print("     on: gunicorn -c gunicorn_conf.py examples.app:app (hooks, aggregator, both "
+              "middlewares); off: plain gunicorn on benchmarks.bare_app:app (same routes, no middleware).")
+        for mode in ("off", "on"):
+            print(f"     {mode}, every run in order: " + " / ".join(f"{r['rps']:,.0f}" for r in runs7[mode]))
+        print(f"     wrk and gunicorn share the machine's {os.cpu_count()} CPUs: the workers get what wrk "
+              "leaves, so the loss is indicative, and noisy if anything else runs.")
 
 
 def run_ops(notes: list[str], figs: list[str] | None = None) -> None:
@@ -886,16 +910,32 @@ def run_ops(notes: list[str], figs: list[str] | None = None) -> None:
 
 
 def only_main(figs: list[str]) -> int:
-    """``--only 8,9,10``: just those of figures 8-10."""
+    """``--only 6,7,8``: just those of figures 6-10."""
     from benchmarks import ops
 
-    unknown = [f for f in figs if f not in ops.FIGURES]
+    unknown = [f for f in figs if f not in ops.FIGURES and f not in ("6", "7")]
     if unknown:
-        print(f"--only: unknown figures {unknown}; choose among {', '.join(ops.FIGURES)}", file=sys.stderr)
+        print(f"--only: unknown figures {unknown}; choose among 6, 7, {', '.join(ops.FIGURES)}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     notes: list[str] = []
-    run_ops(notes, figs)
+    request_figs = tuple(f for f in figs if f in ("6", "7"))
+    if request_figs:
+        tmp = tempfile.mkdtemp(prefix="rockstar-bench-")
+        try:
+            ours_dir = os.path.join(tmp, "ours")
+            os.makedirs(ours_dir)
+            rows2, ours6, runs7 = request_figures(tmp, ours_dir, notes, request_figs)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        header2 = ("figure", "rockstar-mp on", "off", "cost", "target", "result")
+        widths = [max(len(str(r[i])) for r in rows2 + [header2]) for i in range(len(header2))]
+        for r in [header2] + rows2:
+            print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+        print_request_footnotes(ours6, runs7)
+    ops_figs = [f for f in figs if f in ops.FIGURES]
+    if ops_figs:
+        run_ops(notes, ops_figs)
     for note in notes:
         print(f"NOTE: {note}")
     print(f"total {time.perf_counter() - started:.0f} s")

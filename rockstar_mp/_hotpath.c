@@ -414,13 +414,20 @@ static int request_clear(Request *self) {
 
 /* start_response(status, headers, exc_info=None), handed to the app */
 static PyObject *request_call(Request *self, PyObject *args, PyObject *kw) {
-    PyObject *status, *headers, *exc_info = Py_None;
-    static char *names[] = {"status", "headers", "exc_info", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", names, &status, &headers, &exc_info))
-        return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    if ((kw != NULL && PyDict_GET_SIZE(kw)) || n < 2 || n > 3) {  /* rare: the general form */
+        PyObject *status, *headers, *exc_info = Py_None;
+        static char *names[] = {"status", "headers", "exc_info", NULL};
+        if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", names, &status, &headers, &exc_info))
+            return NULL;
+        Py_INCREF(status);
+        Py_XSETREF(self->status, status);
+        return PyObject_CallFunctionObjArgs(self->server_start_response, status, headers, exc_info, NULL);
+    }
+    PyObject *status = PyTuple_GET_ITEM(args, 0);
     Py_INCREF(status);
     Py_XSETREF(self->status, status);
-    return PyObject_CallFunctionObjArgs(self->server_start_response, status, headers, exc_info, NULL);
+    return PyObject_Call(self->server_start_response, args, NULL);  /* the same arguments, as given */
 }
 
 static int start_iteration(Request *self) {
@@ -442,13 +449,19 @@ static PyObject *request_iter(Request *self) {
 static PyObject *request_next(Request *self) {
     if (self->iterator == NULL && start_iteration(self) < 0)
         return NULL;
-    PyObject *chunk = PyIter_Next(self->iterator);  /* NULL and no exception: exhausted */
-    if (chunk != NULL && PyBytes_Check(chunk))
-        self->nbytes += (uint64_t)PyBytes_GET_SIZE(chunk);
-    return chunk;
+    PyObject *chunk = PyIter_Next(self->iterator);
+    if (chunk != NULL) {
+        if (PyBytes_Check(chunk))
+            self->nbytes += (uint64_t)PyBytes_GET_SIZE(chunk);
+        return chunk;
+    }
+    if (!PyErr_Occurred())
+        finish(self);  /* exhausted: the server wrote the last chunk (still corked): count now */
+    return NULL;
 }
 
-/* close(): the server is done with the response (WSGI servers call it after the last byte). */
+/* close(): the server is done with the response (WSGI servers call it after the last byte); counts if
+ * the iteration did not (HEAD, a client gone mid-body, a server that does not exhaust the body). */
 static PyObject *request_close(Request *self, PyObject *unused) {
     PyObject *body = self->body;
     int failed = 0;

@@ -38,7 +38,7 @@ def test_exact_total_across_max_requests_restarts(gunicorn_factory):
 def test_nothing_lost_while_workers_are_sigkilled(gunicorn_factory):
     """Every response a client received is counted, while workers die by SIGKILL every 200 ms.
 
-    Without MetricsMiddleware's hold (TCP_CORK + SO_LINGER 0 until the count is stored) this failed
+    Without MetricsMiddleware's hold (the response corked until the count is stored) this failed
     about one run in five: the send woke the client, and the killer ran before the worker counted."""
     server = gunicorn_factory(workers=4, args=("--max-requests", "50"))
     aggregator = server.metrics()["system"]["aggregator_pid"]

@@ -1,8 +1,9 @@
 """WSGI middleware that counts every response in the worker's slab.
 
 A response is counted when the server has taken its last body chunk (right after gunicorn wrote it),
-so a worker killed mid-request does not count a response its client never got, and the window between
-"sent" and "counted" is a few hundred nanoseconds.
+so a worker killed mid-request does not count a response its client never got. With gunicorn the
+response stays corked in the kernel until the count is stored (``_hold``), so a client never sees a
+response before it is counted; the window left is the microsecond between the last write and the count.
 
 Example::
 
@@ -17,7 +18,6 @@ workload record per response (see ``rockstar_mp.worker.workload``), taking the r
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from bisect import bisect_left
 from time import perf_counter
@@ -36,19 +36,16 @@ DURATION = Histogram("http.request.duration.seconds", "Seconds from request to l
                      ["method"])
 
 
-_LINGER_RESET = struct.pack("ii", 1, 0)
-_LINGER_OFF = struct.pack("ii", 0, 0)
 _CORK = getattr(socket, "TCP_CORK", None)
 
 
 def _hold(sock) -> bool:
-    """Until the count is stored, the response stays in the kernel (TCP_CORK) and the socket resets
-    if the process dies (SO_LINGER 0 discards what was not sent): a worker SIGKILLed before counting
-    sends nothing complete, one killed after counting has its response flushed by the kernel. Without
-    it, a send wakes the client and the scheduler may run the client (and a killer) before the worker
-    stores its count, a window of milliseconds on a busy machine."""
+    """Until the count is stored, the response stays in the kernel (TCP_CORK): a send would wake the
+    client, and on a busy machine the scheduler may then run the client (and a killer) before the
+    worker stores its count, a window of milliseconds. Corked, the client sees nothing until the count
+    is stored, right after the server wrote the last chunk; what remains is that microsecond between
+    the last write and the count (a worker killed in it has its corked response flushed at exit)."""
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
         return True
     except (OSError, AttributeError, TypeError):
@@ -57,7 +54,6 @@ def _hold(sock) -> bool:
 
 def _release(sock) -> None:
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
         sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)  # flush
     except OSError:
         pass
@@ -84,22 +80,27 @@ class _Request:
 
 
 class _ListBody(list):
-    """A response body the app gave as a list (Falcon's, most frameworks'): the server iterates it at C
-    speed, and its ``close()`` (which every WSGI server calls after the last byte) counts.
-
-    Every response is counted on ``close()``, after the server wrote all of it; a server that never
-    calls ``close()`` breaks the WSGI contract and counts nothing."""
+    """A response body the app gave as a list (Falcon's, most frameworks'): iterated through a generator
+    that counts once the last chunk was taken (the server wrote it); ``close()`` counts a response the
+    server did not iterate to its end (HEAD, a client gone)."""
 
     __slots__ = ("_request",)
 
+    def __iter__(self):
+        yield from list.__iter__(self)
+        self._count()  # the server wrote the last chunk (still corked): count now
+
     def close(self) -> None:
+        self._count()
+
+    def _count(self) -> None:
         request, self._request = self._request, None
         if request is not None:
-            request.middleware._finish(request, sum(map(len, self)))
+            request.middleware._finish(request, sum(map(len, list.__iter__(self))))
 
 
 class _StreamingBody:
-    """Any other response iterable: its bytes counted as the server takes them; counted on close()."""
+    """Any other response iterable: counted once the server took the last chunk, or on close()."""
 
     __slots__ = ("_body", "_request", "_bytes")
 
@@ -112,6 +113,7 @@ class _StreamingBody:
         for chunk in self._body:
             self._bytes += len(chunk)
             yield chunk
+        self._count()
 
     def close(self) -> None:
         try:
@@ -119,9 +121,12 @@ class _StreamingBody:
             if close is not None:
                 close()
         finally:
-            request, self._request = self._request, None
-            if request is not None:
-                request.middleware._finish(request, self._bytes)
+            self._count()
+
+    def _count(self) -> None:
+        request, self._request = self._request, None
+        if request is not None:
+            request.middleware._finish(request, self._bytes)
 
 
 class _Shared:
