@@ -72,7 +72,7 @@ class _Request:
         self.method = method
         self.status = "500"  # until the app calls start_response (an app that raised answers 500)
         self.started = started
-        self.sock = sock  # corked and set to reset on death until the count is stored (``_hold``)
+        self.sock = sock  # corked until the count is stored (``_hold``)
 
     def start_response(self, status_line: str, headers, exc_info=None):
         self.status = status_line
