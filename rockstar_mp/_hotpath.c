@@ -4,7 +4,8 @@
  * the reference and the fallback when this module is not built. Every offset and constant comes from
  * Python (rockstar_mp.segment.layout, rockstar_mp.sketch) through configure() and Slab(); nothing about
  * the segment's byte layout is defined here. First-time lookups (a new status line, route, bucket)
- * call back into Python, which fills the caches this code reads.
+ * call back into Python, which fills the caches this code reads. The hold (wsgi._hold) is done here
+ * with setsockopt(2) directly.
  *
  * Runs with the GIL held throughout, so a request's stores are never interleaved with another
  * thread's (gthread workers): no lock. Stores a reader in another process depends on are ordered with
@@ -17,6 +18,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 /* ---------------------------------------------------------------- configuration (from Python) */
 static double bucket_scale = 0.0;   /* sketch.BUCKET_SCALE */
@@ -28,7 +32,7 @@ static int configured = 0;
 
 static PyObject *str_route_key, *str_tenant_key, *str_request_id_key, *str_default_request_id_key;
 static PyObject *str_wsgi_key, *str_method_key, *str_path_key, *str_socket_key, *str_other, *str_500;
-static PyObject *str_status, *str_route, *str_combination, *str_bucket, *str_hold, *str_release;
+static PyObject *str_status, *str_route, *str_combination, *str_bucket;
 static PyObject *empty_str;
 
 /* The recorder's state the C path uses: set by WorkloadRecorder.bind() through bind(). */
@@ -509,6 +513,19 @@ static PyTypeObject RequestType = {
     .tp_methods = request_methods,
 };
 
+/* TCP_CORK on (1) or off (0, which sends what was held) on the server's socket object: the hold of
+ * wsgi._hold/_release, without a call into Python. 0, or -1 (no such option, not a socket). */
+static int set_cork(PyObject *sock, int on) {
+#ifdef TCP_CORK
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0)
+        return -1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) == 0 ? 0 : -1;
+#else
+    return -1;
+#endif
+}
+
 /* (vals, i, hist vals, hist i, bounds, sum_at, code) for the request's method and status line */
 static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status) {
     PyObject *key = PyTuple_Pack(2, method, status);
@@ -623,10 +640,8 @@ static int finish(Request *req) {
     PyObject *type = NULL, *value = NULL, *tb = NULL;
     PyErr_Fetch(&type, &value, &tb);  /* whatever failed above, the response must still go */
     if (req->sock != NULL) {
-        PyObject *r = PyObject_CallMethodObjArgs((PyObject *)mw, str_release, req->sock, NULL);
-        if (r == NULL)
-            PyErr_Clear();
-        Py_XDECREF(r);
+        set_cork(req->sock, 0);  /* flushes; a socket already closed fails, and has nothing to flush */
+        PyErr_Clear();
         Py_CLEAR(req->sock);
     }
     if (mw->workload && bound_slab != NULL && slab_end((Slab *)bound_slab) && on_idle != NULL) {
@@ -676,13 +691,9 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
     PyObject_GC_Track(req);
     if (self->hold) {
         PyObject *sock = PyDict_GetItemWithError(environ, str_socket_key);
-        if (sock != NULL) {
-            PyObject *held = PyObject_CallMethodObjArgs((PyObject *)self, str_hold, sock, NULL);
-            if (held != NULL && PyObject_IsTrue(held) == 1) {
-                Py_INCREF(sock);
-                req->sock = sock;
-            }
-            Py_XDECREF(held);
+        if (sock != NULL && set_cork(sock, 1) == 0) {
+            Py_INCREF(sock);
+            req->sock = sock;
         }
         PyErr_Clear();
     }
@@ -863,8 +874,6 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     INTERN(str_route, "_route");
     INTERN(str_combination, "_combination_tuple");
     INTERN(str_bucket, "_bucket_cells");
-    INTERN(str_hold, "_hold_socket");
-    INTERN(str_release, "_release_socket");
     INTERN(empty_str, "");
 #undef INTERN
     Py_INCREF(&SlabType);

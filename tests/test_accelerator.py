@@ -66,3 +66,45 @@ def test_c_and_python_paths_write_the_same(tmp_path, app):
         assert [r[1] for r in c["records"]] == ["/items/{item_id}", "/items/{item_id}", "/fail", "(unrouted)"]
         assert [r[2] for r in c["records"]] == [200, 200, 500, 404]
         assert c["records"][3][4] == "abc"
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_the_response_stays_corked_until_it_is_counted(path):
+    """The hold on a real loopback connection: corked while the app runs and while the server writes;
+    the count is stored, then the socket uncorked, when the server takes the end of the body."""
+    import socket
+
+    from rockstar_mp.worker.wsgi import REQUESTS, MetricsMiddleware, PythonMetricsMiddleware
+
+    if path == "c" and hotpath is None:
+        pytest.skip("rockstar_mp._hotpath is not built")
+    middleware = MetricsMiddleware if path == "c" else PythonMetricsMiddleware
+    seen = {}
+
+    def app(environ, start_response):
+        seen["corked in the app"] = corked(environ["gunicorn.socket"])
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    def corked(sock) -> int:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as client:
+        conn, _ = server.accept()
+        with conn:
+            before = REQUESTS.labels("PUT", "200").get()
+            body = middleware(app)({"REQUEST_METHOD": "PUT", "PATH_INFO": "/", "gunicorn.socket": conn},
+                                   lambda status, headers, exc_info=None: None)
+            chunks = iter(body)
+            conn.sendall(next(chunks))  # the server writes the last chunk: it stays in the kernel
+            assert corked(conn) == 1 and REQUESTS.labels("PUT", "200").get() == before
+            with pytest.raises(BlockingIOError):
+                client.recv(10, socket.MSG_DONTWAIT)  # nothing reached the client yet
+            assert next(chunks, None) is None  # the server asks for more: counted, then uncorked
+            assert REQUESTS.labels("PUT", "200").get() == before + 1 and corked(conn) == 0
+            client.settimeout(10)
+            assert client.recv(10) == b"ok"
+            body.close()
+            assert REQUESTS.labels("PUT", "200").get() == before + 1  # close() does not count twice
+    assert seen["corked in the app"] == 1

@@ -170,8 +170,6 @@ class _Shared:
                 self._routes[path] = route
         return route
 
-    _hold_socket = staticmethod(_hold)
-    _release_socket = staticmethod(_release)
 
 
 class _PythonPath(_Shared):
