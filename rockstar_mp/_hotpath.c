@@ -386,6 +386,8 @@ static int finish(Request *req);
 
 static void request_dealloc(Request *self) {
     PyObject_GC_UnTrack(self);
+    if (!self->finished && self->owner != NULL && self->owner->workload && bound_slab != NULL)
+        slab_end((Slab *)bound_slab);  /* dropped unfinished (no close(), not exhausted): not in flight */
     Py_XDECREF(self->owner);
     Py_XDECREF(self->environ);
     Py_XDECREF(self->server_start_response);
