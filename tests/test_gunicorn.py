@@ -8,6 +8,7 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from tests.helpers import load, poll, raw_get
 
@@ -35,12 +36,15 @@ def test_exact_total_across_max_requests_restarts(gunicorn_factory):
     assert server.segment_files() == [segment]
 
 
-def test_nothing_lost_while_workers_are_sigkilled(gunicorn_factory):
-    """Every response a client received is counted, while workers die by SIGKILL every 200 ms.
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_nothing_lost_while_workers_are_sigkilled(gunicorn_factory, path):
+    """Every response a client received is counted, while workers die by SIGKILL every 200 ms; with the
+    C request path and with the Python one (``ROCKSTAR_PURE_PYTHON=1``).
 
     Without MetricsMiddleware's hold (the response corked until the count is stored) this failed
     about one run in five: the send woke the client, and the killer ran before the worker counted."""
-    server = gunicorn_factory(workers=4, args=("--max-requests", "50"))
+    env = {"ROCKSTAR_PURE_PYTHON": "1"} if path == "python" else {"ROCKSTAR_PURE_PYTHON": ""}
+    server = gunicorn_factory(workers=4, args=("--max-requests", "50"), env=env)
     aggregator = server.metrics()["system"]["aggregator_pid"]
     stop = threading.Event()
     kills = []
