@@ -39,7 +39,9 @@ NUMBER = 200_000
 # Figure 4: merge + render of WORKERS x SERIES counters.
 WORKERS = 64
 SERIES = 1_000
-# Scrape figures are the min over runs, like the micro benchmarks (the machine may be shared).
+# Scrape figures are the min over runs, like the micro benchmarks (the machine may be shared), over
+# SCRAPE_ROUNDS rounds of (theirs, ours) children.
+SCRAPE_ROUNDS = 2
 COLD_RUNS = 5  # fresh Merger each time (after the first, reported separately)
 STEADY_RUNS = 20  # one Merger reused, as the aggregator does
 PROM_SCRAPES = 5  # prometheus_client: every scrape reads every file, there is no warm state
@@ -706,9 +708,13 @@ def main() -> int:
         scrape_dir = fresh_prom_dir("scrape")
         writers_seconds = prom_writers(scrape_dir, WORKERS, SERIES, "bench_c")
         files4, bytes4 = dir_usage(scrape_dir)
-        theirs4 = run_child("prom-scrape", "--runs", str(PROM_SCRAPES), "--metric", "bench_c",
-                            prom_dir=scrape_dir)
-        ours4 = run_child("ours-scrape", "--dir", ours_dir)
+        # two rounds, theirs then ours, each side's best kept: a slow spell of the machine hits both
+        rounds4 = [(run_child("prom-scrape", "--runs", str(PROM_SCRAPES), "--metric", "bench_c",
+                              prom_dir=scrape_dir), run_child("ours-scrape", "--dir", ours_dir))
+                   for _ in range(SCRAPE_ROUNDS)]
+        theirs4 = min((t for t, _ in rounds4), key=lambda r: r["min"])
+        ours4 = min((o for _, o in rounds4), key=lambda r: r["cold"])
+        ours4["steady"] = min(o["steady"] for _, o in rounds4)
         ratio4 = ours4["cold"] / theirs4["min"]
         rows.append((f"4. scrape {WORKERS}x{SERIES:,} (cold)", fmt_time(ours4["cold"]),
                      fmt_time(theirs4["min"]), f"{ratio4:.3f}", "<= 1/10",
@@ -791,7 +797,8 @@ def main() -> int:
     print(f"1-3: per call, min of {REPEATS} repeats of {NUMBER:,} calls (loop overhead included, "
           "nothing subtracted); ours bound to a slab of a real segment.")
     print(f"4:   merge + render of {WORKERS} workers x {SERIES:,} counter series "
-          f"({WORKERS * SERIES:,} per-worker values), min over runs.")
+          f"({WORKERS * SERIES:,} per-worker values), min over runs, in {SCRAPE_ROUNDS} alternating rounds of "
+          "theirs then ours (fresh processes each).")
     print(f"     ours: {COLD_RUNS} scrapes on a fresh Merger each (cold: merge "
           f"{fmt_time(ours4['cold_merge'])} + render {fmt_time(ours4['cold_render'])}; median "
           f"{fmt_time(ours4['cold_median'])}), {STEADY_RUNS} on one reused Merger (steady; median "

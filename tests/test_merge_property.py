@@ -416,3 +416,17 @@ MergeMachine.TestCase.settings = settings(
     max_examples=80, stateful_step_count=60, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestMerge = MergeMachine.TestCase
+
+
+def test_parse_memo_tells_equal_length_catalogues_apart_and_forgets_the_oldest():
+    from rockstar_mp.aggregator.merge import MEMO_SIZE, _ParseMemo
+
+    memo = _ParseMemo()
+    memo.put(b"abc", ("first",))
+    memo.put(b"abd", ("second",))  # same length, other bytes
+    assert memo.get(b"abc") == ("first",) and memo.get(b"abd") == ("second",)
+    assert memo.get(b"abe") is None and memo.get(b"ab") is None
+    for i in range(MEMO_SIZE - 1):
+        memo.put(b"x%03d" % i, (i,))
+    assert memo.get(b"abc") is None  # the oldest went
+    assert memo.get(b"abd") == ("second",) and memo.get(b"x000") == (0,)

@@ -99,6 +99,30 @@ def _gatherer(summed: list) -> Callable | None:
     return getter if top > 1 else lambda values: (getter(values),)
 
 
+class _ParseMemo:
+    """The last ``MEMO_SIZE`` parses by catalogue bytes. Looked up by length first, then compared byte
+    for byte (a memcmp), so a slab's ~60 KB catalogue is never hashed: 64 slabs' worth of hashing cost
+    more than a cold merge's parse of its one distinct catalogue."""
+
+    def __init__(self) -> None:
+        self._by_length: dict[int, list[tuple[bytes, tuple]]] = {}
+        self._order: list[bytes] = []
+
+    def get(self, catalogue: bytes) -> tuple | None:
+        for known, parse in self._by_length.get(len(catalogue), ()):
+            if known == catalogue:
+                return parse
+        return None
+
+    def put(self, catalogue: bytes, parse: tuple) -> None:
+        if len(self._order) >= MEMO_SIZE:
+            oldest = self._order.pop(0)
+            same = self._by_length[len(oldest)]
+            same[:] = [entry for entry in same if entry[0] is not oldest]
+        self._by_length.setdefault(len(catalogue), []).append((catalogue, parse))
+        self._order.append(catalogue)
+
+
 class Merger:
     """Owns the retired totals and merges the segment. One per aggregator, used from its one loop."""
 
@@ -111,7 +135,7 @@ class Merger:
         self.retired: list[float] = []  # retired totals by accumulator cell
         self._retired_ids: list[int] = []  # series present in the retired totals, in order
         self._slabs: dict[int, SlabCache] = {}
-        self._memo: dict[bytes, tuple] = {}  # catalogue bytes -> a parse of them
+        self._memo = _ParseMemo()  # catalogue bytes -> a parse of them
         self.workers_folded = 0
         self.retired_overflow = 0
         self._folded_marker = (0, 0)
@@ -122,13 +146,14 @@ class Merger:
         sid = self._ids.get(raw)
         if sid is None:
             key = SeriesKey.decode(raw)
+            n = key.n_values
             cell = -1
             if key.kind in (COUNTER, HISTOGRAM):
                 cell = self._n_cells
-                self._n_cells += key.n_values
-                self.retired.extend([0.0] * key.n_values)
+                self._n_cells += n
+                self.retired.extend([0.0] * n)
             sid = len(self.series)
-            self.series.append(SeriesInfo(raw, key, cell, key.n_values))
+            self.series.append(SeriesInfo(raw, key, cell, n))
             self._ids[raw] = sid
         return sid
 
@@ -142,14 +167,12 @@ class Merger:
         n = published_count(buf, layout, body)
         if n <= cache.parsed:
             return cache
-        memo_key = catalogue_bytes(buf, layout, body, n) if cache.parsed == 0 else None
-        parse = self._memo.get(memo_key) if memo_key is not None else None
+        catalogue = catalogue_bytes(buf, layout, body, n) if cache.parsed == 0 else None
+        parse = self._memo.get(catalogue) if catalogue is not None else None
         if parse is None:
             parse = self._parse(read_entries(buf, layout, body, cache.parsed, n), cache)
-            if memo_key is not None:
-                if len(self._memo) >= MEMO_SIZE:
-                    self._memo.pop(next(iter(self._memo)))
-                self._memo[memo_key] = parse
+            if catalogue is not None:
+                self._memo.put(catalogue, parse)
         cache.parsed, cache.n_local, cache.series, cache.summed, cache.gauges, cache.gather = parse
         return cache
 
@@ -157,19 +180,27 @@ class Merger:
         """New entries appended to ``cache``'s: ``(parsed, n_local, series, summed, gauges, gather)``."""
         series, summed, gauges = list(cache.series), list(cache.summed), list(cache.gauges)
         parsed, n_local = cache.parsed, cache.n_local
+        ids, known, base = self._ids, self.series, cache.base
         for raw, first, n in entries:
             parsed += 1
-            local = first - cache.base
-            n_local = max(n_local, local + n)
-            try:
-                sid = self._series_id(raw)
-            except Exception:  # a key we cannot decode: skip it, never stop merging
-                log.warning("rockstar-mp: undecodable series key in a slab")
-                continue
-            info = self.series[sid]
+            local = first - base
+            if local + n > n_local:
+                n_local = local + n
+            sid = ids.get(raw)
+            if sid is None:
+                try:
+                    sid = self._series_id(raw)
+                except Exception:  # a key we cannot decode: skip it, never stop merging
+                    log.warning("rockstar-mp: undecodable series key in a slab")
+                    continue
+            info = known[sid]
             series.append((sid, local))
-            if info.cell >= 0:
-                summed.extend((info.cell + i, local + i) for i in range(min(n, info.n)))
+            cell = info.cell
+            if cell >= 0:
+                if n == 1:  # a counter (every series has at least one value)
+                    summed.append((cell, local))
+                else:
+                    summed.extend((cell + i, local + i) for i in range(min(n, info.n)))
             elif info.key.kind == GAUGE:
                 gauges.append((sid, local))
         return parsed, n_local, tuple(series), tuple(summed), tuple(gauges), _gatherer(summed)
