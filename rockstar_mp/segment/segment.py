@@ -39,6 +39,10 @@ class SlotInfo:
     proc_start: float
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if os.path.exists("/proc/self/stat") else 0
+_BOOT_TIME: float | None = None  # psutil's, read once (psutil caches it too)
+
+
 def process_start(pid: int) -> float:
     """The create time of ``pid`` (0.0 if there is no such process)."""
     try:
@@ -47,10 +51,36 @@ def process_start(pid: int) -> float:
         return 0.0
 
 
+def _proc_stat(pid: int) -> tuple[bytes, float] | None:
+    """``(state letter, create time)`` from ``/proc/<pid>/stat``, computed as psutil computes its
+    ``create_time`` (start ticks / CLK_TCK + boot time); None if there is no such process. About 4x
+    cheaper than a ``psutil.Process``: the aggregator asks for every live worker on every tick."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    global _BOOT_TIME
+    if _BOOT_TIME is None:
+        _BOOT_TIME = psutil.boot_time()
+    return fields[0], int(fields[19]) / _CLOCK_TICKS + _BOOT_TIME
+
+
 def process_alive(pid: int, start: float = 0.0) -> bool:
     """Is ``pid`` running (not a zombie) and, when ``start`` is given, the same process as then?"""
     if pid <= 0:
         return False
+    if _CLOCK_TICKS:
+        try:
+            seen = _proc_stat(pid)
+        except (ValueError, IndexError):
+            seen = (b"?", 0.0)  # an unexpected format: psutil decides below
+        if seen is None or seen[0] == b"Z":
+            return False
+        if not start or abs(seen[1] - start) < 0.01:
+            return True
+        # a different start time means pid reuse; psutil confirms before a live slab is retired
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
