@@ -515,14 +515,21 @@ static PyTypeObject RequestType = {
     .tp_methods = request_methods,
 };
 
-/* TCP_CORK on (1) or off (0, which sends what was held) on the server's socket object: the hold of
- * wsgi._hold/_release, without a call into Python. 0, or -1 (no such option, not a socket). */
+/* The hold of wsgi._hold/_release on the server's socket object, without a call into Python: on (1),
+ * SO_LINGER 0 (a process killed now resets the connection) and TCP_CORK (nothing sent); off (0), the
+ * reverse (uncorking sends what was held). 0, or -1 (no such option, not a socket). */
 static int set_cork(PyObject *sock, int on) {
 #ifdef TCP_CORK
     int fd = PyObject_AsFileDescriptor(sock);
     if (fd < 0)
         return -1;
-    return setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) == 0 ? 0 : -1;
+    struct linger linger = {on, 0};
+    if (on)
+        return setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof linger) == 0
+               && setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) == 0 ? 0 : -1;
+    int lingered = setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof linger);
+    int flushed = setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on);
+    return lingered == 0 && flushed == 0 ? 0 : -1;
 #else
     return -1;
 #endif

@@ -73,6 +73,7 @@ def test_the_response_stays_corked_until_it_is_counted(path):
     """The hold on a real loopback connection: corked while the app runs and while the server writes;
     the count is stored, then the socket uncorked, when the server takes the end of the body."""
     import socket
+    import struct
 
     from rockstar_mp.worker.wsgi import REQUESTS, MetricsMiddleware, PythonMetricsMiddleware
 
@@ -87,7 +88,11 @@ def test_the_response_stays_corked_until_it_is_counted(path):
         return [b"ok"]
 
     def corked(sock) -> int:
-        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+        """1 while held: corked, and set to reset the connection if the process dies (SO_LINGER 0)."""
+        cork = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+        linger = struct.unpack("ii", sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+        assert linger == ((1, 0) if cork else (0, 0)), (cork, linger)
+        return cork
 
     with socket.create_server(("127.0.0.1", 0)) as server, \
             socket.create_connection(server.getsockname()) as client:
