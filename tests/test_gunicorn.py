@@ -1,11 +1,14 @@
 """Real gunicorn masters and workers: exact merged counts across restarts, kills and signals."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import socket
 import threading
 import time
+import urllib.request
 
 import psutil
 import pytest
@@ -203,3 +206,22 @@ def test_ttin_and_ttou_change_the_workers_seen(gunicorn_factory):
     poll(lambda: server.metrics()["system"]["workers_live"] == 2, timeout=10, message="2 workers")
     server.wait_total(200)
     poll(lambda: server.metrics()["system"]["workers_folded"] == 1, timeout=5, message="one fold")
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_responses_are_held_and_gunicorns_own_answers_still_arrive(gunicorn_factory, worker_class):
+    """The app runs held (corked, SO_LINGER 0), with sync and gthread workers, and a response gunicorn
+    writes itself (400 for a malformed request, before any app) reaches the client whole."""
+    args = ("-k", worker_class) + (("--threads", "2") if worker_class == "gthread" else ())
+    server = gunicorn_factory(workers=1, args=args, app="tests.apps.held:app")
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/held", timeout=10) as resp:
+        held = json.loads(resp.read())
+    assert held == {"cork": 1, "linger": [1, 0]}
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"NOT A REQUEST LINE\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400"), data[:200]
+    assert raw_get(server.port, "/") == 200
+    server.wait_total(2)  # /held and / (gunicorn's own 400 never reached the app)
