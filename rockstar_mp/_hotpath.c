@@ -644,15 +644,15 @@ static int finish(Request *req) {
         code = PyLong_AsLong(PyTuple_GET_ITEM(entry, 6));
         Py_DECREF(entry);
     }
-    if (rc == 0 && mw->workload)
-        rc = finish_workload(req, seconds, code);
     PyObject *type = NULL, *value = NULL, *tb = NULL;
     PyErr_Fetch(&type, &value, &tb);  /* whatever failed above, the response must still go */
-    if (req->sock != NULL) {
+    if (req->sock != NULL) {  /* right after the count: a kill in between is the one window left */
         set_cork(req->sock, 0);  /* flushes; a socket already closed fails, and has nothing to flush */
         PyErr_Clear();
         Py_CLEAR(req->sock);
     }
+    if (rc == 0 && type == NULL && mw->workload && finish_workload(req, seconds, code) < 0)
+        PyErr_Fetch(&type, &value, &tb);
     if (mw->workload && bound_slab != NULL && slab_end((Slab *)bound_slab) && on_idle != NULL) {
         PyObject *r = PyObject_CallNoArgs(on_idle);
         if (r == NULL && type == NULL)

@@ -188,17 +188,16 @@ class _PythonPath(_Shared):
         vals, idx, hvals, hidx, bounds, sum_at, status = (self._statuses.get((method, status_line))
                                                           or self._status(method, status_line))
         vals[idx] += 1.0
+        if request.sock is not None:
+            _release(request.sock)  # right after the count: a kill in between is the one window left
         hvals[hidx + bisect_left(bounds, seconds)] += 1.0
         hvals[hidx + sum_at] += seconds
-        environ = request.environ
         if self.workload:
+            environ = request.environ
             RECORDER.record(method, environ.get(ROUTE_KEY) or self._route(environ), status, seconds,
                             time.time() - seconds, response_bytes,
                             environ.get(REQUEST_ID_KEY) or environ.get(DEFAULT_REQUEST_ID_KEY, ""),
                             environ.get(TENANT_KEY) or environ.get(self.tenant_key, ""))
-        if request.sock is not None:
-            _release(request.sock)
-        if self.workload:
             RECORDER.end()  # may run a pending optimization: after the response went
 
     def __call__(self, environ, start_response):
