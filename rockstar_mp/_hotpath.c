@@ -140,6 +140,10 @@ static int slab_init(Slab *self, PyObject *args, PyObject *kw) {
     PyObject *obj;
     unsigned long long index;
     unsigned int pid;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "call configure() first (rockstar_mp.worker.accelerator does)");
+        return -1;
+    }
     if (!PyArg_ParseTuple(args, "OnnnnKnnnnnI", &obj, &self->first, &self->slots, &self->slot_size,
                           &self->head_at, &index, &self->started_at, &self->count_at, &self->text_at,
                           &self->method_size, &self->path_size, &pid))
@@ -161,7 +165,7 @@ static int slab_init(Slab *self, PyObject *args, PyObject *kw) {
         || check_range(self, self->count_at, 8) < 0
         || check_range(self, self->text_at, self->method_size + self->path_size) < 0) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "bad ring or in-flight geometry (configure() first?)");
+            PyErr_SetString(PyExc_ValueError, "bad ring or in-flight geometry");
         return -1;
     }
     return 0;
@@ -246,28 +250,10 @@ static PyObject *slab_py_end(Slab *self, PyObject *unused) {
     return PyBool_FromLong(slab_end(self));
 }
 
-/* append(start, seconds, bytes, status, method, route, request_id, tenant) */
-static PyObject *slab_py_append(Slab *self, PyObject *args) {
-    double start, seconds;
-    unsigned long long nbytes;
-    unsigned int status;
-    PyObject *m, *r, *q, *t;
-    if (!PyArg_ParseTuple(args, "ddKIOOOO", &start, &seconds, &nbytes, &status, &m, &r, &q, &t))
-        return NULL;
-    if (slab_append(self, start, seconds, nbytes, status, m, r, q, t) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
-static PyObject *slab_get_index(Slab *self, void *unused) { return PyLong_FromUnsignedLongLong(self->index); }
-
 static PyMethodDef slab_methods[] = {
     {"begin", (PyCFunction)(void (*)(void))slab_py_begin, METH_FASTCALL, "A request started."},
     {"end", (PyCFunction)slab_py_end, METH_NOARGS, "A request ended; True when none is in flight."},
-    {"append", (PyCFunction)slab_py_append, METH_VARARGS, "Append one workload record to the ring."},
     {NULL}};
-
-static PyGetSetDef slab_getset[] = {{"index", (getter)slab_get_index, NULL, "records written", NULL}, {NULL}};
 
 static PyTypeObject SlabType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -277,7 +263,6 @@ static PyTypeObject SlabType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A worker's slab as the request path writes it: the record ring and the in-flight fields.",
     .tp_methods = slab_methods,
-    .tp_getset = slab_getset,
     .tp_init = (initproc)slab_init,
     .tp_new = PyType_GenericNew,
 };
@@ -850,16 +835,9 @@ static PyObject *py_bind(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_bound(PyObject *module, PyObject *unused) {
-    PyObject *r = bound_slab ? bound_slab : Py_None;
-    Py_INCREF(r);
-    return r;
-}
-
 static PyMethodDef module_methods[] = {
     {"configure", py_configure, METH_VARARGS, "Constants from the layout and the sketch."},
     {"bind", py_bind, METH_VARARGS, "The slab, the recorder's caches and the idle callback."},
-    {"bound", py_bound, METH_NOARGS, "The bound Slab, or None."},
     {"record", py_record, METH_VARARGS, "One workload record (sketch cells and ring)."},
     {NULL}};
 

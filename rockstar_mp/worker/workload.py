@@ -116,12 +116,13 @@ class WorkloadRecorder:
         if buf is not None:
             if Body.inflight_path.offset != Body.inflight_method.offset + INFLIGHT_METHOD_BYTES:
                 raise AssertionError("the in-flight method and path must be adjacent")
-            self._inflight = (buf.cast("d"), buf.cast("Q"), Body.inflight_started.word(base),
-                              Body.inflight_count.word(base), buf, base + Body.inflight_method.offset)
-            if hotpath is not None and ring is not None:
+            if hotpath is not None and ring is not None:  # the C Slab writes the ring and the in-flight fields
                 self._slab = hotpath.Slab(buf, *ring.geometry(), base + Body.inflight_started.offset,
                                           base + Body.inflight_count.offset, base + Body.inflight_method.offset,
                                           INFLIGHT_METHOD_BYTES, Body.inflight_path.struct.size, self._pid)
+            else:
+                self._inflight = (buf.cast("d"), buf.cast("Q"), Body.inflight_started.word(base),
+                                  Body.inflight_count.word(base), buf, base + Body.inflight_method.offset)
         self._bind_accelerator()
 
     def _bind_accelerator(self) -> None:
