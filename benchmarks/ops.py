@@ -15,13 +15,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 
-from benchmarks.run import ROOT, Server, _env, _no_control_socket, free_ports
+from benchmarks.run import ROOT, Server, _env, free_ports
 
 BASE = "1.3.6.1.4.1.8072.9999.9999"  # mibdef.DEFAULT_BASE
 RECORDS_TABLE = BASE + ".1.5"  # rsmpRecordTable (its entry, rsmpRecordEntry, is .1.5.1)
@@ -50,20 +49,8 @@ class OpsServer(Server):
                  workers: int = 2, args: tuple = ()) -> None:
         self.mode = "on"
         self.port, self.metrics_port = free_ports(2)
-        env = {k: v for k, v in _env(None).items()
-               if not k.startswith("ROCKSTAR_") and k != "GUNICORN_CMD_ARGS"}
-        env.update(BIND=f"127.0.0.1:{self.port}", WORKERS=str(workers),
-                   ROCKSTAR_METRICS_PORT=str(self.metrics_port),
-                   ROCKSTAR_SEGMENT_DIR=tempfile.mkdtemp(prefix="segment-", dir=tmp),
-                   ROCKSTAR_RUN_DIR=tempfile.mkdtemp(prefix="run-", dir=tmp), **env_extra)
-        self.cmd = ([sys.executable, "-m", "gunicorn"] + _no_control_socket()
-                    + ["-c", "gunicorn_conf.py", *args, app])
-        self.stopped = False
-        self.log_path = os.path.join(tmp, f"gunicorn-{name}.log")
-        self.url = f"http://127.0.0.1:{self.port}/"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._launch(["-c", "gunicorn_conf.py", *args, app], dict(self._monitored_env(tmp, workers), **env_extra),
+                     tmp, name)
 
     def mget(self, path: str, headers: dict | None = None, timeout: float = 10.0):
         req = urllib.request.Request(f"http://127.0.0.1:{self.metrics_port}{path}", headers=headers or {})

@@ -468,6 +468,11 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, dict, bytes]:
         return resp.status, dict(resp.headers), resp.read()
 
 
+def _plain_env() -> dict:
+    """This environment without rockstar-mp's settings or GUNICORN_CMD_ARGS: a server gets only ours."""
+    return {k: v for k, v in _env(None).items() if not k.startswith("ROCKSTAR_") and k != "GUNICORN_CMD_ARGS"}
+
+
 class Server:
     """One gunicorn master (and its workers, and for "on" its aggregator) in a session of its own, so
     ``stop`` can find every process it started: SIGTERM the master, wait, then check its group."""
@@ -475,22 +480,27 @@ class Server:
     def __init__(self, mode: str, tmp: str, number: int) -> None:
         self.mode = mode
         self.port, self.metrics_port = free_ports(2)
-        env = {k: v for k, v in _env(None).items()
-               if not k.startswith("ROCKSTAR_") and k != "GUNICORN_CMD_ARGS"}
-        gunicorn = [sys.executable, "-m", "gunicorn"] + _no_control_socket()
         if mode == "on":  # the example app under the example config: hooks, aggregator, middlewares
-            env.update(BIND=f"127.0.0.1:{self.port}", WORKERS=str(SERVER_WORKERS),
-                       ROCKSTAR_METRICS_PORT=str(self.metrics_port),
-                       ROCKSTAR_SEGMENT_DIR=tempfile.mkdtemp(prefix="segment-", dir=tmp),
-                       ROCKSTAR_RUN_DIR=tempfile.mkdtemp(prefix="run-", dir=tmp))
-            self.cmd = gunicorn + ["-c", "gunicorn_conf.py", "examples.app:app"]
+            self._launch(["-c", "gunicorn_conf.py", "examples.app:app"],
+                         self._monitored_env(tmp, SERVER_WORKERS), tmp, f"{mode}-{number}")
         else:  # plain gunicorn (an empty config file: not even ./gunicorn.conf.py) on the bare routes
             empty = os.path.join(tmp, "empty_gunicorn_conf.py")
             open(empty, "w").close()
-            self.cmd = gunicorn + ["-c", empty, "-k", "sync", "-w", str(SERVER_WORKERS),
-                                   "-b", f"127.0.0.1:{self.port}", "benchmarks.bare_app:app"]
+            self._launch(["-c", empty, "-k", "sync", "-w", str(SERVER_WORKERS), "-b", f"127.0.0.1:{self.port}",
+                          "benchmarks.bare_app:app"], _plain_env(), tmp, f"{mode}-{number}")
+
+    def _monitored_env(self, tmp: str, workers: int) -> dict:
+        """What gunicorn_conf.py reads: bind, workers, the metrics port, fresh segment and run dirs."""
+        return dict(_plain_env(), BIND=f"127.0.0.1:{self.port}", WORKERS=str(workers),
+                    ROCKSTAR_METRICS_PORT=str(self.metrics_port),
+                    ROCKSTAR_SEGMENT_DIR=tempfile.mkdtemp(prefix="segment-", dir=tmp),
+                    ROCKSTAR_RUN_DIR=tempfile.mkdtemp(prefix="run-", dir=tmp))
+
+    def _launch(self, gunicorn_args: list, env: dict, tmp: str, name: str) -> None:
+        """Start ``python -m gunicorn <args>`` in a session of its own, logging to a file of ``tmp``."""
+        self.cmd = [sys.executable, "-m", "gunicorn"] + _no_control_socket() + gunicorn_args
         self.stopped = False
-        self.log_path = os.path.join(tmp, f"gunicorn-{mode}-{number}.log")
+        self.log_path = os.path.join(tmp, f"gunicorn-{name}.log")
         self.url = f"http://127.0.0.1:{self.port}/"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
