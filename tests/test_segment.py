@@ -12,7 +12,7 @@ from rockstar_mp.aggregator.merge import Merger
 from rockstar_mp.metrics import Counter, Gauge, Histogram, Registry
 from rockstar_mp.segment import (FREE, LIVE, RETIRED, CatalogueFull, CatalogueWriter, Geometry,
                                  LayoutMismatch, NoFreeSlab, Segment, process_start)
-from rockstar_mp.segment.layout import HEADER_SIZE, LAYOUT_VERSION, Body, Header, Slot
+from rockstar_mp.segment.layout import LAYOUT_VERSION, Body, Header, Slot
 from rockstar_mp.worker.attach import SlabStore
 
 SMALL = Geometry(n_slabs=4, slab_max_series=64, slab_heap_bytes=8192, slab_max_values=1024,
