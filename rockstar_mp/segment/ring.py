@@ -9,7 +9,6 @@ returned torn.
 """
 from __future__ import annotations
 
-import contextlib
 import struct
 import threading
 from dataclasses import dataclass
@@ -30,14 +29,13 @@ class RingSpec:
 
 
 class RingWriter:
-    """The worker's end. ``threads``: appends from several threads are serialised by a lock (gunicorn's
-    gthread workers); a process that appends from one thread only (sync workers) skips it.
+    """The worker's end. Appends are serialised by a lock (gthread workers write from many threads).
 
     On the request path, so everything is computed once; the sequence and the head are stored as
     8-byte cells (no packing), the payload with one ``pack_into``; the head is kept here (one writer).
     """
 
-    def __init__(self, buf: memoryview, base: int, spec: RingSpec, threads: bool = True) -> None:
+    def __init__(self, buf: memoryview, base: int, spec: RingSpec) -> None:
         self._buf = buf
         self._words = buf.cast("Q")
         self._slots = spec.slots
@@ -46,7 +44,7 @@ class RingWriter:
         self._pack_payload = spec.payload.pack_into
         self._head = spec.head.word(base)
         self._index = spec.head.get(buf, base)
-        self._lock = threading.Lock() if threads else contextlib.nullcontext()
+        self._lock = threading.Lock()
         if self._first % 8 or self._size % 8:
             raise ValueError("ring slots must be 8-byte aligned")
 
