@@ -2,8 +2,9 @@
 
 One asyncio loop runs uvicorn serving the Falcon app and the tick (fold dead workers, heartbeat,
 process figures). It dies with its master (``PR_SET_PDEATHSIG`` plus a parent-pid check on every tick)
-and holds an exclusive lock beside the segment, so a second aggregator for the same segment (gunicorn's
-USR2 starts a second master) waits in standby until the first is gone.
+and holds an exclusive lock on the segment itself, so a second aggregator for the same segment (gunicorn's
+USR2 starts a second master) waits in standby until the first is gone. It maps the segment through the
+descriptor the master passes (``--segment-fd``), so a deleted segment path does not stop it.
 """
 from __future__ import annotations
 
@@ -22,11 +23,14 @@ import uvicorn
 from .._linux import set_parent_death_signal
 from ..config import MonitoringConfig
 from ..segment import Segment
-from ..segment.segment import AGGREGATOR_LOCK_SUFFIX
 from ..segment.layout import Header
 from .history import HistoryWriter
 from .http import create_app
+from . import net
 from .net import listen_tcp
+from .snmp.agent import RCVBUF as SNMP_RCVBUF
+from .snmp.agent import preload as preload_snmp
+from ..privileges import drop_to
 from .pprof import run_pprof_server
 from .optimize import run_schedule
 from .snmp.runtime import run_snmp
@@ -46,17 +50,12 @@ def die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
-def wait_for_lock(path: str, parent: int) -> int:
-    """Take the one-aggregator-per-segment lock, waiting in standby while another holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if os.getppid() != parent:
-                sys.exit(0)
-            time.sleep(0.1)
+def wait_for_lock(segment: Segment, parent: int) -> None:
+    """Take the one-aggregator-per-segment lock, waiting in standby while another aggregator holds it."""
+    while not segment.try_aggregator_lock():
+        if os.getppid() != parent:
+            sys.exit(0)
+        time.sleep(0.1)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -69,6 +68,24 @@ def bind(host: str, port: int) -> socket.socket:
             if time.monotonic() > deadline:
                 raise SystemExit(f"rockstar-mp aggregator: cannot listen on {host}:{port}: {exc}")
             time.sleep(0.2)
+
+
+def bind_then_drop(config: MonitoringConfig, uid: int, gid: int) -> None:
+    """Bind every port the config serves now (privileged ports need root), then run as ``uid``/``gid``.
+    A port enabled only later, at runtime, is bound then, as that user."""
+    net.hold("tcp", config.host, config.metrics_port, bind(config.host, config.metrics_port))
+    wanted = [("tcp", config.pprof_port, config.enable_pprof), ("udp", config.snmp_port, config.enable_snmp)]
+    for kind, port, enabled in wanted:
+        if enabled:
+            try:
+                net.prebind(kind, config.host, port, SNMP_RCVBUF if kind == "udp" else 0)
+            except OSError as exc:  # the server of that port retries, and reports, as usual
+                log.error("rockstar-mp aggregator: cannot bind %s %s:%d before dropping privileges: %s",
+                          kind, config.host, port, exc)
+    if config.enable_snmp:
+        preload_snmp()
+    drop_to(uid, gid)
+    log.info("rockstar-mp aggregator: running as uid %d gid %d", uid, gid)
 
 
 class HttpServer:
@@ -137,15 +154,21 @@ async def serve(state: AggregatorState, parent: int, run_dir: str | None = None)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rockstar_mp.aggregator")
     parser.add_argument("--segment", required=True)
+    parser.add_argument("--segment-fd", type=int, default=None, help="the master's open segment (inherited)")
     parser.add_argument("--config", required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--user", type=int, default=None, help="uid to run as once the ports are bound")
+    parser.add_argument("--group", type=int, default=None, help="gid to run as once the ports are bound")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     die_with_parent(args.parent)
     with open(args.config) as f:
         config = MonitoringConfig.from_json(f.read())
-    wait_for_lock(args.segment + AGGREGATOR_LOCK_SUFFIX, args.parent)
-    segment = Segment.attach(args.segment)
+    segment = Segment.attach(args.segment, fd=args.segment_fd)
+    wait_for_lock(segment, args.parent)
+    if args.user is not None and os.geteuid() == 0 and args.user != 0:
+        bind_then_drop(config, args.user, args.group if args.group is not None else args.user)
+        die_with_parent(args.parent)  # a change of credentials clears the parent-death signal
     Header.aggregator_pid.set(segment.buf, os.getpid())
     Header.aggregator_starts.set(segment.buf, Header.aggregator_starts.get(segment.buf) + 1)
     state = AggregatorState(segment, config)

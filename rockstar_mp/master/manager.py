@@ -28,12 +28,13 @@ import tempfile
 from ..config import MonitoringConfig
 from ..control import (OptimizationStats, apply_overrides, read_overrides, read_worker, request_optimization,
                        totals, write_overrides)
-from ..segment import LIVE, Geometry, LayoutMismatch, Segment, stale_segments
-from ..segment.segment import AGGREGATOR_LOCK_SUFFIX
+from ..segment import LIVE, Geometry, RockstarError, Segment, stale_segments
 from ..worker.attach import SEGMENT_ENV
+from ..privileges import resolve
 from .supervisor import AggregatorSupervisor
 
 RUN_DIR_ENV = "ROCKSTAR_PRIVATE_RUN_DIR"  # the private run directory, inherited by a re-executed master
+SEGMENT_FD_ENV = "ROCKSTAR_SEGMENT_FD"  # "fd:dev:inode" of the open segment, across a USR2 re-exec
 
 log = logging.getLogger("rockstar_mp.master")
 
@@ -57,6 +58,7 @@ class MonitoringManager:
         self._own_run_dir = False
         self._supervisor: AggregatorSupervisor | None = None
         self._pid = 0
+        self.run_as = _aggregator_identity(self.config)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "MonitoringManager":
@@ -69,20 +71,23 @@ class MonitoringManager:
         self.segment.register_master(self._pid)
         os.environ[SEGMENT_ENV] = self.segment.path
         self._open_run_dir(inherit=reattached)
+        self._grant_run_dir()
         self._write_aggregator_config()
-        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path())
+        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path(), self.segment.fileno(),
+                                                self.run_as)
         self._supervisor.start()
         return self
 
     def _open_segment(self) -> Segment:
         inherited = os.environ.get(SEGMENT_ENV)
-        if inherited and os.path.exists(inherited):
+        fd = _inherited_fd(os.environ.pop(SEGMENT_FD_ENV, ""))
+        if inherited and (fd is not None or os.path.exists(inherited)):
             try:
-                segment = Segment.attach(inherited)  # a re-executed master (USR2) carries the totals on
+                segment = Segment.attach(inherited, fd=fd)  # a re-executed master (USR2) carries the totals on
                 if os.getpid() not in segment.masters():
                     return segment
                 segment.close()  # another manager of this very process owns it: make our own
-            except (OSError, LayoutMismatch) as exc:
+            except (OSError, RockstarError) as exc:
                 log.warning("rockstar-mp: not re-attaching %s (%s); creating a new segment", inherited, exc)
         for path in stale_segments(self.config.segment_dir):
             log.info("rockstar-mp: removing %s, left by a master that died", path)
@@ -103,6 +108,13 @@ class MonitoringManager:
             os.environ[RUN_DIR_ENV] = self.run_dir
         self._own_run_dir = True
 
+    def _grant_run_dir(self) -> None:
+        """The aggregator (and gunicorn's workers) run as ``run_as``: they keep history and control
+        sockets in the run dir, so it is theirs (root, the master, can use it anyway)."""
+        if self.run_as is None or self.run_dir is None or not self._own_run_dir:
+            return
+        os.chown(self.run_dir, *self.run_as)
+
     def _config_path(self) -> str:
         assert self.run_dir is not None
         name = os.path.basename(self.segment.path) if self.segment else str(self._pid)
@@ -119,11 +131,13 @@ class MonitoringManager:
     def reload(self, config: MonitoringConfig) -> None:
         """Apply a new config (gunicorn HUP): the aggregator restarts with it; the segment stays."""
         self.config = config.with_env()
+        self.run_as = _aggregator_identity(self.config)
         if self._supervisor is None:
             return
         self._write_aggregator_config()
         self._supervisor.stop()
-        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path())  # type: ignore
+        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path(), self.segment.fileno(),
+                                                self.run_as)  # type: ignore
         self._supervisor.start()
 
     def stop(self) -> None:
@@ -214,7 +228,27 @@ class MonitoringManager:
                                  total["memory_before"], total["memory_after"], total["memory_freed"])
 
 
+def _aggregator_identity(config: MonitoringConfig) -> tuple[int, int] | None:
+    """Whom a root master's aggregator runs as (None: as the master)."""
+    if os.geteuid() != 0:
+        return None
+    return resolve(config.aggregator_user, config.aggregator_group)
+
+
+def _inherited_fd(spec: str) -> int | None:
+    """The segment descriptor a re-executing master left open for us ("fd:dev:inode"), if it is
+    still that file (so a segment whose path was deleted is carried on too)."""
+    try:
+        fd, dev, ino = (int(part) for part in spec.split(":"))
+        st = os.fstat(fd)
+    except (ValueError, OSError):
+        return None
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        return None
+    os.set_inheritable(fd, False)
+    return fd
+
+
 def _remove_segment_files(path: str) -> None:
-    for name in (path, path + AGGREGATOR_LOCK_SUFFIX):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -27,8 +27,11 @@ log = logging.getLogger("rockstar_mp.master")
 class AggregatorSupervisor:
     """Spawns the aggregator for ``segment_path`` and respawns it when it dies."""
 
-    def __init__(self, segment_path: str, config_path: str) -> None:
+    def __init__(self, segment_path: str, config_path: str, segment_fd: int | None = None,
+                 run_as: tuple[int, int] | None = None) -> None:
         self.segment_path = segment_path
+        self.segment_fd = segment_fd
+        self.run_as = run_as  # (uid, gid) the aggregator drops to once its ports are bound
         self.config_path = config_path
         self.owner = os.getpid()
         self.pid = 0
@@ -46,7 +49,13 @@ class AggregatorSupervisor:
     def _spawn(self) -> None:
         cmd = [sys.executable, "-m", "rockstar_mp.aggregator", "--segment", self.segment_path,
                "--config", self.config_path, "--parent", str(os.getpid())]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
+        pass_fds: tuple[int, ...] = ()
+        if self.segment_fd is not None:  # the aggregator maps the open file: a deleted path is no matter
+            cmd += ["--segment-fd", str(self.segment_fd)]
+            pass_fds += (self.segment_fd,)
+        if self.run_as is not None:
+            cmd += ["--user", str(self.run_as[0]), "--group", str(self.run_as[1])]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True, pass_fds=pass_fds)
         self.pid = self._proc.pid
         self._start_time = process_start(self.pid)
         self.starts += 1

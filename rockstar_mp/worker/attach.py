@@ -160,7 +160,12 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
         if not path:
             raise RuntimeError("no segment to attach to: call MonitoringManager(...).start() in the "
                                f"parent before forking, or set ${SEGMENT_ENV}")
-        segment = Segment.attach(path)
+        segment = Segment.inherited(path) or Segment.attach(path)
+    try:
+        segment.open_lock()  # now, while privileged: gunicorn's user= switch comes after post_fork
+    except OSError as exc:
+        log.warning("rockstar-mp: no lock on the segment in this worker (%s); the aggregator will retire "
+                    "its slab", exc)
     if slab is None or generation is None:
         slab, generation = segment.claim_slab(age=age, master_pid=os.getppid())
     segment.bind_slab(slab, os.getpid(), process_start(os.getpid()))
