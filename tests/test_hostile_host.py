@@ -5,18 +5,24 @@ missing privilege fails the test instead of skipping it).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
+import time
 from collections import Counter as Tally
+from pathlib import Path
 
 import psutil
 import pytest
 
+from rockstar_mp.segment import Geometry, Segment
+from rockstar_mp.segment.layout import Header
 from tests.helpers import load, poll, raw_get
 
 SMALL_GEOMETRY = {  # a slab of 344 KiB, shared regions of 432 KiB: 4 slabs fit in a 2 MiB tmpfs
@@ -177,3 +183,88 @@ def test_root_master_runs_the_aggregator_as_gunicorns_user(gunicorn_factory):
                           f"127.0.0.1:{port}", "1.3.6.1.2.1.1.5.0"], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0 and "1.3.6.1.2.1.1.5.0 = STRING" in out.stdout, out
     assert "running as uid" in server.log_text()
+
+
+@pytest.fixture
+def shared_shm():
+    """A world-writable sticky directory in /dev/shm (like /dev/shm itself) that nobody can reach."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("acting as another user needs root")
+        pytest.skip("needs root")
+    path = Path(tempfile.mkdtemp(prefix="rockstar-test-", dir="/dev/shm"))
+    path.chmod(0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _as_nobody(work, seconds: float) -> int:
+    """Fork a child that becomes nobody and runs ``work(deadline)`` (only already-imported modules:
+    nobody cannot read this machine's interpreter). Returns its pid; reap with os.waitpid."""
+    nobody = pwd.getpwnam("nobody")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            work(time.monotonic() + seconds)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _squat_lock_names(directory: Path, deadline: float) -> None:
+    """What an attacker did to main: create and flock ``<segment>.agg`` for every segment that appears,
+    and try to open the segments themselves."""
+    held = []
+    while time.monotonic() < deadline:
+        for name in os.listdir(directory):
+            if name.endswith(".seg") and not os.path.exists(directory / f"{name}.agg.squatted"):
+                try:
+                    fd = os.open(directory / f"{name}.agg", os.O_RDWR | os.O_CREAT, 0o666)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held.append(fd)
+                except OSError:
+                    pass
+                try:
+                    os.open(directory / name, os.O_RDONLY)
+                    os.close(os.open(directory / f"{name}.read-by-nobody", os.O_CREAT | os.O_WRONLY, 0o666))
+                except OSError:
+                    pass
+                os.close(os.open(directory / f"{name}.agg.squatted", os.O_CREAT | os.O_WRONLY, 0o666))
+        time.sleep(0.02)
+
+
+def test_nobody_squatting_the_segment_dir_stops_nothing(gunicorn_factory, shared_shm):
+    """In a world-writable segment_dir another user creates and locks the names beside our segment
+    and plants a 'stale' segment of their own: the aggregator still serves, also after a restart,
+    nobody reads the segment, and their file is left alone."""
+    planted = shared_shm / "rockstar-mp-999999-0badf00d.seg"
+    seg = Segment.create(str(shared_shm), Geometry(n_slabs=1, slab_max_series=16, slab_heap_bytes=2048,
+                                                   slab_max_values=64, retired_max_series=16,
+                                                   retired_heap_bytes=2048, retired_max_values=64))
+    Header.created.set(seg.buf, time.time() - 3600)  # an hour old, its master long dead
+    Header.masters[0].set(seg.buf, 999999)
+    os.rename(seg.path, planted)
+    seg.close()
+    os.chown(planted, pwd.getpwnam("nobody").pw_uid, -1)
+    planted_bytes = planted.read_bytes()
+    squatter = _as_nobody(lambda deadline: _squat_lock_names(shared_shm, deadline), seconds=20)
+    try:
+        server = gunicorn_factory(workers=2, segment_dir=shared_shm)
+        poll(lambda: list(shared_shm.glob("*.agg.squatted")) and
+             len(list(shared_shm.glob("*.agg.squatted"))) == len(list(shared_shm.glob("*.seg"))),
+             message="the squatter at work on every segment")
+        (aggregator,) = server.aggregator_pids()
+        os.kill(aggregator, signal.SIGKILL)  # the new one must take the lock despite the squatter
+        poll(lambda: server.metrics()["system"]["aggregator_starts"] == 2, message="a new aggregator serving")
+        total = _ok(load(server.port, 40, concurrency=4))
+        server.wait_total(total)
+        assert [p.name for p in shared_shm.glob("*.read-by-nobody")] == [f"{planted.name}.read-by-nobody"]
+        assert planted.read_bytes() == planted_bytes  # neither attached as ours nor removed
+    finally:
+        os.kill(squatter, signal.SIGKILL)
+        os.waitpid(squatter, 0)
