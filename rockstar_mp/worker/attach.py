@@ -99,8 +99,8 @@ class WorkerState:
         if os.getpid() == self.pid:
             try:
                 self.segment.retire_slab(self.slab, self.generation)
-            except OSError:
-                pass  # e.g. privileges dropped (gunicorn's user=): the aggregator retires it anyway
+            except Exception:  # noqa: BLE001 - never a traceback at exit: the aggregator retires it anyway
+                log.debug("rockstar-mp: slab %d not retired at exit", self.slab, exc_info=True)
 
 
 def _forget_slab_in_child() -> None:
