@@ -26,7 +26,7 @@ import pytest
 
 from rockstar_mp import safefs
 from rockstar_mp.aggregator.history import HISTORY_FILE, HistoryWriter
-from tests.helpers import ROOT, free_port, http_get, load, poll
+from tests.helpers import free_port, http_get, load, poll
 
 TOKEN = "hostile-files-token-5d1c9e"
 NOBODY = pwd.getpwnam("nobody").pw_uid
