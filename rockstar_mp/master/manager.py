@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 
+from .. import safefs
 from ..config import MonitoringConfig
 from ..control import (OptimizationStats, apply_overrides, read_overrides, read_worker, request_optimization,
                        totals, write_overrides)
@@ -46,6 +47,16 @@ def geometry_for(config: MonitoringConfig) -> Geometry:
                     retired_heap_bytes=config.retired_max_series * 128,
                     retired_max_values=config.retired_max_values, record_slots=config.record_slots,
                     log_slots=config.log_slots)
+
+
+def _inheritable(inherited: str, configured: str | None) -> bool:
+    """May a re-executed master (USR2) keep its parent's run dir? If it is private, and still where the
+    configured ``run_dir`` says (the directory itself or one made inside it)."""
+    if not safefs.is_private_dir(inherited):
+        return False
+    if configured is None:
+        return safefs.is_temp_run_dir(inherited)
+    return inherited == configured or os.path.dirname(inherited) == configured
 
 
 class MonitoringManager:
@@ -95,18 +106,19 @@ class MonitoringManager:
         return Segment.create(self.config.segment_dir, geometry_for(self.config))
 
     def _open_run_dir(self, inherit: bool) -> None:
-        if self.config.run_dir:
-            self.run_dir = self.config.run_dir
-            os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-            os.environ[RUN_DIR_ENV] = self.run_dir  # workers find their control socket directory here
-            return
-        inherited = os.environ.get(RUN_DIR_ENV)
-        if inherit and inherited and os.path.isdir(inherited):
-            self.run_dir = inherited
+        """Pick the run dir (private: see ``safefs.effective_run_dir``), export it for the workers and a
+        re-executed master, and remove what dead masters left in it (their configs hold the tokens)."""
+        configured = os.path.abspath(self.config.run_dir) if self.config.run_dir else None
+        inherited = os.environ.get(RUN_DIR_ENV) if inherit else None
+        if inherited and _inheritable(inherited, configured):
+            self.run_dir, self._own_run_dir = inherited, safefs.is_temp_run_dir(inherited)
+        elif configured:
+            self.run_dir, self._own_run_dir = safefs.effective_run_dir(configured)
         else:
-            self.run_dir = tempfile.mkdtemp(prefix="rockstar-mp-")
-            os.environ[RUN_DIR_ENV] = self.run_dir
-        self._own_run_dir = True
+            self.run_dir, self._own_run_dir = safefs.new_temp_run_dir(tempfile.gettempdir()), True
+        os.environ[RUN_DIR_ENV] = self.run_dir  # workers find their control socket directory here
+        parents = [tempfile.gettempdir()] + ([configured] if configured else [])
+        safefs.remove_dead_masters_leftovers(self.run_dir, parents)
 
     def _grant_run_dir(self) -> None:
         """The aggregator (and gunicorn's workers) run as ``run_as``: they keep history and control
@@ -122,11 +134,7 @@ class MonitoringManager:
 
     def _write_aggregator_config(self) -> None:
         """The config goes to the aggregator in a 0600 file, never on its command line (ps shows argv)."""
-        path = self._config_path()
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.config.to_json())
-        os.replace(path + ".tmp", path)
+        safefs.write_atomic(self._config_path(), self.config.to_json().encode())
 
     def reload(self, config: MonitoringConfig) -> None:
         """Apply a new config (gunicorn HUP): the aggregator restarts with it; the segment stays."""
