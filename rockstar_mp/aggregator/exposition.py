@@ -3,13 +3,16 @@
 JSON keys are the declared names (``http.requests``); a labelled series is ``name{a="x",b="y"}``, and a
 labelled counter also has its plain name holding the sum over its label sets, so the spec's
 ``counters["http.requests"]`` is always the total.
+
+A series whose family lost its Prometheus name to another declaration (``merge.FamilyNames``) is left out
+of every rendering, so each name is exposed once.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable, NamedTuple
 
-from ..series import COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, prometheus_name
+from ..series import COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, exposed_names, prometheus_name
 from .merge import Snapshot
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -55,6 +58,8 @@ def merge_gauge(mode: str, readings: list) -> list:
 def _raw_series_values(snap: Snapshot, pid: int | None):
     if pid is None:
         for sid, info in enumerate(snap.series):
+            if not info.exposed:
+                continue
             if info.cell >= 0:
                 yield info, snap.totals[info.cell:info.cell + info.n], None
             elif info.key.kind == GAUGE and sid in snap.gauges:
@@ -65,6 +70,8 @@ def _raw_series_values(snap: Snapshot, pid: int | None):
         return
     for sid, local in worker.cache.series:
         info = snap.series[sid]
+        if not info.exposed:
+            continue
         values = worker.values[local:local + info.n]
         if info.cell >= 0:
             yield info, values, None
@@ -187,9 +194,12 @@ def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat, extra: tuple
     families: dict[str, list] = {}
     for info, values, readings in _series_values(snap, pid):
         families.setdefault(info.key.name, []).append((info.key, values, readings))
+    ours = frozenset().union(*(exposed_names(family.kind, family.name) for family in extra))
     out: list[str] = []
     for name, members in families.items():
         key0 = members[0][0]
+        if not ours.isdisjoint(exposed_names(key0.kind, name)):
+            continue  # a worker cannot declare these (reserved), unless it runs another rockstar-mp
         members = [m for m in members if m[0].kind == key0.kind]  # one kind per family
         base = prometheus_name(name)
         if key0.kind == COUNTER:
