@@ -111,7 +111,9 @@ class Registry:
         with self._lock:
             if self._families.get(family.name) is family:
                 del self._families[family.name]
-                self._claims = {n: f for n, f in self._claims.items() if f is not family}
+                for name in exposed_names(family.kind, family.name):
+                    if self._claims.get(name) is family:
+                        del self._claims[name]
 
     def families(self) -> list["_Family"]:
         with self._lock:

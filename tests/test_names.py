@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 from rockstar_mp import RockstarError
 from rockstar_mp.aggregator.exposition import (ExtraFamily, render_json, render_openmetrics,
                                                render_prometheus)
-from rockstar_mp.aggregator.merge import Merger, SeriesInfo, Snapshot
+from rockstar_mp.aggregator.merge import Merger, Snapshot
 from rockstar_mp.metrics import Counter, Gauge, Histogram, Registry
 from rockstar_mp.segment import Geometry, Segment, process_start
 from rockstar_mp.segment.errors import MetricNameConflict
@@ -319,15 +319,29 @@ def test_declarations_differing_only_in_help_buckets_or_mode_are_one_family(seg)
     assert_clean_scrape(snap, 3)
 
 
-def test_the_aggregators_own_families_win_over_a_worker_series_of_the_same_name():
-    """A worker of another rockstar-mp (which did not refuse the name) cannot duplicate our families."""
-    key = SeriesKey(GAUGE, "rockstar.worker.threads", "Squatted", (), (), ("sum",))
-    counter = SeriesKey(COUNTER, "rockstar.workers.folded", "Squatted", (), (), ())
-    snap = Snapshot(0.0, [SeriesInfo(key.encode(), key, -1, 2), SeriesInfo(counter.encode(), counter, 0, 1)],
-                    [9.0], {0: [(1, 99.0, 0.0)]}, [], 0, 0, 0)
-    extra = (ExtraFamily("rockstar_worker_threads", "gauge", "Threads in each worker", [("", ("pid",), ("1",), 4)]),
+def test_reserved_names_from_a_worker_of_another_version_are_not_exposed(seg, caplog):
+    """A worker that did not refuse a reserved name (another rockstar-mp: its keys are written straight
+    into its slab here) cannot duplicate the aggregator's own families or take our http names; our own
+    declarations of them are exposed as usual."""
+    registry = _worker(seg)
+    store = SlabStore(seg, registry.slab)
+    for key in (SeriesKey(GAUGE, "rockstar.worker.threads", "Squatted", (), (), ("sum",)),
+                SeriesKey(COUNTER, "rockstar.workers.folded", "Squatted", (), (), ()),
+                SeriesKey(GAUGE, "http.requests", "Squatted", (), (), ("sum",))):
+        view, index = store.register(key.encode(), key.n_values)
+        view[index] = 99.0
+    own = SeriesKey(COUNTER, "http.requests", "HTTP responses served", ("method", "status"), ("GET", "200"), ())
+    view, index = store.register(own.encode(), own.n_values)
+    view[index] = 5.0
+    with caplog.at_level(logging.WARNING, "rockstar_mp.aggregator"):
+        snap = Merger(seg).merge()
+    assert snap.name_conflicts == 3
+    assert sum("reserved for rockstar-mp's own metrics" in r.getMessage() for r in caplog.records) == 3
+    assert render_json(snap) == {"counters": {'http.requests{method="GET",status="200"}': 5, "http.requests": 5},
+                                 "gauges": {}, "histograms": {}}
+    extra = (ExtraFamily("rockstar_worker_threads", "gauge", "Threads in each worker",
+                         [("", ("pid",), ("1",), 4)]),
              ExtraFamily("rockstar_workers_folded", "counter", "Workers folded", [("", (), (), 2)]))
     text = render_prometheus(snap, None, extra)
-    assert text.count("# TYPE rockstar_worker_threads ") == 1 and "99" not in text and "Squatted" not in text
-    assert text.count("# TYPE rockstar_workers_folded_total ") == 1
-    assert_clean_scrape(snap, 2, extra=extra)
+    assert "99" not in text and "Squatted" not in text
+    assert_clean_scrape(snap, 3, extra=extra)

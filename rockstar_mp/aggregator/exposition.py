@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
-from ..series import COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, exposed_names, prometheus_name
+from ..series import COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, prometheus_name
 from .merge import Snapshot
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -194,12 +194,9 @@ def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat, extra: tuple
     families: dict[str, list] = {}
     for info, values, readings in _series_values(snap, pid):
         families.setdefault(info.key.name, []).append((info.key, values, readings))
-    ours = frozenset().union(*(exposed_names(family.kind, family.name) for family in extra))
     out: list[str] = []
     for name, members in families.items():
         key0 = members[0][0]
-        if not ours.isdisjoint(exposed_names(key0.kind, name)):
-            continue  # a worker cannot declare these (reserved), unless it runs another rockstar-mp
         members = [m for m in members if m[0].kind == key0.kind]  # one kind per family
         base = prometheus_name(name)
         if key0.kind == COUNTER:
