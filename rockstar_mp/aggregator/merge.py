@@ -21,6 +21,10 @@ the live workers' declarations first, oldest worker first (gunicorn's age), then
 new workers oldest first: so the owner survives a restart unless a younger worker declared the name first
 (a lazy declaration) or the owner's workers are all dead. Declarations differing only in
 documentation, buckets or gauge mode (old and new code after a HUP) are one family, not a conflict.
+Names reserved for rockstar-mp (``series.is_reserved``: its ``rockstar_*`` names, the aggregator's own
+families among them, and its http families) are exposed only as rockstar-mp declares them
+(``series.OWN_FAMILIES``): the worker registry refuses them to user code, and a worker of another
+version that did not is counted as a conflict too.
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ from typing import Callable
 from ..segment import LIVE, RETIRED, CatalogueFull, CatalogueWriter, Segment, SlotInfo, process_alive
 from ..segment import catalogue_bytes, published_count, read_entries, reset_body
 from ..segment.layout import Body, Header
-from ..series import COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, SeriesKey, exposed_names
+from ..series import (COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, OWN_FAMILIES, SeriesKey, exposed_names,
+                      is_reserved)
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -138,6 +143,12 @@ class FamilyNames:
         if name.startswith(HIDDEN_PREFIX):
             return True  # never rendered as a family
         names = exposed_names(kind, name)
+        if (name, kind) not in OWN_FAMILIES and any(is_reserved(n) for n in names):
+            self.conflicts += 1
+            log.warning("rockstar-mp aggregator: metric %r (%s) of a worker is not exposed: its Prometheus "
+                        "names are reserved for rockstar-mp's own metrics (a worker running another "
+                        "version of rockstar-mp?): rename it", name, kind)
+            return False
         owner = next((self._owners[n] for n in sorted(names) if n in self._owners), None)
         if owner is None:
             self._owners.update(dict.fromkeys(names, family))
