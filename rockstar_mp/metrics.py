@@ -4,6 +4,11 @@ Every series owns a run of float64 cells. Until the process attaches to a slab (
 cells are private memory; attaching moves every declared series into the worker's slab, where the
 aggregator reads it. An update is one ``memoryview`` store: no lock and no system call.
 
+Names are checked once, when a metric is declared (never on an update): a name whose Prometheus names
+(``.`` becomes ``_``, a counter's ``_total``, a histogram's ``_bucket``...) meet another metric's in this
+process, or are reserved for rockstar-mp's own (``rockstar_*``, ``http.requests``...), raises
+``MetricNameConflict``.
+
 Why no lock: under the GIL, CPython switches threads only at its eval-breaker checks, and none falls
 inside ``view[i] += x`` (load, add and store are one uninterrupted run of bytecodes), so updates from
 many threads (gunicorn's gthread worker) are exact. On a free-threaded build, where that no longer holds,
@@ -13,8 +18,8 @@ Example::
 
     from rockstar_mp import Counter, Histogram
 
-    REQUESTS = Counter("http.requests", "Requests served", ["method", "status"])
-    LATENCY = Histogram("http.latency", "Seconds per request")
+    REQUESTS = Counter("app.requests", "Requests served", ["method", "status"])
+    LATENCY = Histogram("app.latency.seconds", "Seconds per request")
 
     REQUESTS.labels("GET", "200").inc()
     with LATENCY.time():
@@ -31,8 +36,9 @@ from bisect import bisect_left
 from typing import Callable, Iterable, Sequence
 
 from .segment import CatalogueFull
-from .series import (COUNTER, GAUGE, GAUGE_MODES, HISTOGRAM, SeriesKey, check_labelnames,
-                     check_name, prometheus_name)
+from .segment.errors import MetricNameConflict
+from .series import (COUNTER, GAUGE, GAUGE_MODES, HISTOGRAM, OWN_FAMILIES, RESERVED_PREFIX, SeriesKey,
+                     check_labelnames, check_name, exposed_names, is_reserved, main_name)
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
@@ -69,6 +75,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._families: dict[str, "_Family"] = {}
+        self._claims: dict[str, "_Family"] = {}  # every Prometheus name taken -> the family taking it
         self._lock = threading.RLock()
         self.store = LocalStore()
         self._caches: list[weakref.ref] = []
@@ -80,22 +87,33 @@ class Registry:
         return cache
 
     def register(self, family: "_Family") -> None:
+        """Add ``family``, unless one of its Prometheus names is taken (``MetricNameConflict``)."""
+        names = exposed_names(family.kind, family.name)
+        ours = _declared_by_rockstar_mp()
         with self._lock:
-            if family.name in self._families:
-                raise ValueError(f"metric {family.name!r} is already declared in this process: "
-                                 "declare each metric once, at module level, and import it")
-            exported = prometheus_name(family.name)
-            clash = next((f.name for f in self._families.values() if prometheus_name(f.name) == exported), None)
-            if clash is not None:
-                raise ValueError(f"metric {family.name!r} and {clash!r} have the same Prometheus name "
-                                 f"{exported!r}: rename one")
+            self._refuse_conflict(family, names, ours)
             self._families[family.name] = family
+            self._claims.update(dict.fromkeys(names, family))
+
+    def _refuse_conflict(self, family: "_Family", names: frozenset, ours: bool) -> None:
+        if family.name in self._families:
+            raise MetricNameConflict(f"metric {family.name!r} is already declared in this process: "
+                                     "declare each metric once, at module level, and import it")
+        reserved = sorted(n for n in names if is_reserved(n)) if not ours else []
+        if reserved:
+            raise MetricNameConflict(_reserved_message(family, reserved))
+        holder = next((self._claims[n] for n in sorted(names) if n in self._claims), None)
+        if holder is not None:
+            raise MetricNameConflict(_conflict_message(family, holder, names))
 
     def unregister(self, family: "_Family") -> None:
         """Forget a family (its series keep their last values in the slab)."""
         with self._lock:
             if self._families.get(family.name) is family:
                 del self._families[family.name]
+                for name in exposed_names(family.kind, family.name):
+                    if self._claims.get(name) is family:
+                        del self._claims[name]
 
     def families(self) -> list["_Family"]:
         with self._lock:
@@ -123,6 +141,46 @@ class Registry:
         self._lock = threading.RLock()
         for family in self._families.values():
             family._lock = threading.Lock()
+
+
+def _declared_by_rockstar_mp() -> bool:
+    """Is the code declaring the metric (the first caller outside this module) rockstar-mp's own?
+    The reserved names are granted by where the declaration comes from, so that no argument a user
+    could pass opens them."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return frame is not None and str(frame.f_globals.get("__name__", "")).startswith("rockstar_mp.")
+
+
+_NAME_RULES = ("Prometheus turns '.' into '_', and gives a counter <name>_total and <name>_created, "
+               "a histogram <name>_bucket, _sum, _count and _created")
+
+
+def _conflict_message(family: "_Family", holder: "_Family", names: frozenset) -> str:
+    shared = names & exposed_names(holder.kind, holder.name)
+    mains = {main_name(family.kind, family.name), main_name(holder.kind, holder.name)} & shared
+    shown = min(mains or shared)
+    return (f"metric {family.name!r} ({family.kind}) conflicts with {holder.name!r} ({holder.kind}), "
+            f"declared before it in this process: both would be exposed as {shown!r} ({_NAME_RULES}). "
+            f"Rename {family.name!r}")
+
+
+def _reserved_message(family: "_Family", reserved: list) -> str:
+    main = main_name(family.kind, family.name)
+    shown = main if main in reserved else reserved[0]
+    stem = family.name
+    for prefix in ("rockstar.", "rockstar_"):
+        if stem.startswith(prefix) and len(stem) > len(prefix):
+            stem = stem[len(prefix):]
+    if shown.startswith(RESERVED_PREFIX):
+        why = f"names starting with {RESERVED_PREFIX!r} are reserved for rockstar-mp's own metrics"
+    else:
+        owner = next(f"{name!r} ({kind})" for name, kind in sorted(OWN_FAMILIES)
+                     if shown in exposed_names(kind, name))
+        why = f"that name belongs to rockstar-mp's own metric {owner}"
+    return (f"metric {family.name!r} ({family.kind}) would be exposed as {shown!r}, and {why}. "
+            f"Rename {family.name!r}, e.g. to {'app.' + stem!r}")
 
 
 REGISTRY = Registry()
@@ -379,7 +437,7 @@ for _cls in (_CounterSeries, _GaugeSeries, _LastGaugeSeries, _HistogramSeries):
 class Counter(_Family, _CounterSeries):
     """A count that only goes up, summed across workers; a dead worker's count is kept.
 
-    >>> REQUESTS = Counter("http.requests", "Requests served", ["method", "status"])
+    >>> REQUESTS = Counter("app.requests", "Requests served", ["method", "status"])
     >>> REQUESTS.labels("GET", "200").inc()
     """
 

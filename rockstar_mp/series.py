@@ -12,7 +12,30 @@ from typing import NamedTuple
 import msgpack
 
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
+SUMMARY, INFO = "summary", "info"  # only the aggregator's own families are summaries; nothing is an info
 GAUGE_MODES = ("sum", "max", "min", "last", "all")
+
+# prometheus_client's rule (``CollectorRegistry._get_names``): the sample names a family of each type
+# takes besides its own name, so two families clash when these sets meet.
+CLAIMED_SUFFIXES = {
+    COUNTER: ("_total", "_created"),
+    GAUGE: (),
+    HISTOGRAM: ("_bucket", "_sum", "_count", "_created"),
+    SUMMARY: ("_sum", "_count", "_created"),
+    INFO: ("_info",),
+}
+# Names only rockstar-mp's own code may declare: every Prometheus name starting ``rockstar_`` (the
+# workers' ``rockstar.*`` families and the aggregator's ``rockstar_worker_*``, ``rockstar_workers_*`` and
+# ``rockstar_workload_*``), and the names of the families below.
+RESERVED_PREFIX = "rockstar_"
+OWN_FAMILIES = frozenset({
+    ("http.requests", COUNTER),  # worker/wsgi.py
+    ("http.request.duration.seconds", HISTOGRAM),  # worker/wsgi.py
+    ("rockstar.gc.collections", COUNTER),  # worker/attach.py
+    ("rockstar.threads", GAUGE),  # worker/attach.py
+    ("rockstar.workload.bucket", COUNTER),  # worker/workload.py
+    ("rockstar.workload.seconds", COUNTER),  # worker/workload.py
+})
 
 NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:.]*$")
 LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -56,6 +79,35 @@ def prometheus_name(name: str) -> str:
     """The Prometheus name of a metric: the spec's dotted names become underscores (``http.requests``
     becomes ``http_requests``). This is the only place the two are related."""
     return name.replace(".", "_")
+
+
+def family_name(kind: str, name: str) -> str:
+    """The name of a family in the OpenMetrics text: the Prometheus name, and for a counter without
+    ``_total`` (its samples get it back), so ``dup`` and ``dup_total`` are the same counter family."""
+    base = prometheus_name(name)
+    if kind == COUNTER and base.endswith("_total") and len(base) > len("_total"):
+        return base[:-len("_total")]
+    return base
+
+
+def exposed_names(kind: str, name: str) -> frozenset:
+    """Every Prometheus name a family takes: its family name and the suffixed names of its type."""
+    family = family_name(kind, name)
+    return frozenset((family, *(family + suffix for suffix in CLAIMED_SUFFIXES.get(kind, ()))))
+
+
+def main_name(kind: str, name: str) -> str:
+    """The name a family shows in the Prometheus text format (0.0.4): a counter's ends in ``_total``."""
+    family = family_name(kind, name)
+    return family + "_total" if kind == COUNTER else family
+
+
+RESERVED_NAMES = frozenset().union(*(exposed_names(kind, name) for name, kind in OWN_FAMILIES))
+
+
+def is_reserved(name: str) -> bool:
+    """Is this Prometheus name reserved for rockstar-mp's own metrics?"""
+    return name in RESERVED_NAMES or name.startswith(RESERVED_PREFIX)
 
 
 def check_name(name: str) -> None:

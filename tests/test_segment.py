@@ -475,7 +475,7 @@ def test_counter_refuses_a_negative_amount_and_gauge_an_unknown_mode():
 def two_workers(seg):
     """Two live workers and one folded dead one, with every kind of metric."""
     def declare(registry):
-        return (Counter("http.requests", "Requests served", ["method"], registry=registry),
+        return (Counter("app.requests", "Requests served", ["method"], registry=registry),
                 Counter("jobs", "Jobs done", registry=registry),
                 Gauge("in_flight", "In flight", registry=registry),
                 Gauge("peak", "Peak", ["pool"], mode="max", registry=registry),
@@ -505,9 +505,9 @@ def test_json_shape_and_values(two_workers):
     out = render_json(two_workers.merge())
     assert set(out) == {"counters", "gauges", "histograms"}
     json.dumps(out)  # JSON-serialisable
-    assert out["counters"] == {'http.requests{method="GET"}': 7,
-                               'http.requests{method="we\\"ird\\\\"}': 2,
-                               "http.requests": 9, "jobs": 31}
+    assert out["counters"] == {'app.requests{method="GET"}': 7,
+                               'app.requests{method="we\\"ird\\\\"}': 2,
+                               "app.requests": 9, "jobs": 31}
     assert out["gauges"] == {"in_flight": 3, 'peak{pool="db"}': 6}
     assert out["histograms"] == {'latency{route="/"}': {
         "count": 4, "sum": 4.75, "buckets": {"0.5": 2, "1.0": 2, "+Inf": 4}}}
@@ -518,14 +518,14 @@ def test_prometheus_text_parses_and_matches(two_workers):
 
     text = render_prometheus(two_workers.merge())
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert set(families) == {"http_requests", "jobs", "in_flight", "peak", "latency"}
-    assert families["http_requests"].type == "counter"
-    assert families["http_requests"].documentation == "Requests served"
+    assert set(families) == {"app_requests", "jobs", "in_flight", "peak", "latency"}
+    assert families["app_requests"].type == "counter"
+    assert families["app_requests"].documentation == "Requests served"
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in families.values() for s in f.samples}
     assert samples == {
-        ("http_requests_total", (("method", "GET"),)): 7,
-        ("http_requests_total", (("method", 'we"ird\\'),)): 2,
+        ("app_requests_total", (("method", "GET"),)): 7,
+        ("app_requests_total", (("method", 'we"ird\\'),)): 2,
         ("jobs_total", ()): 31,
         ("in_flight", ()): 3,
         ("peak", (("pool", "db"),)): 6,

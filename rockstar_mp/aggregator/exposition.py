@@ -3,6 +3,9 @@
 JSON keys are the declared names (``http.requests``); a labelled series is ``name{a="x",b="y"}``, and a
 labelled counter also has its plain name holding the sum over its label sets, so the spec's
 ``counters["http.requests"]`` is always the total.
+
+A series whose family lost its Prometheus name to another declaration (``merge.FamilyNames``) is left out
+of every rendering, so each name is exposed once.
 """
 from __future__ import annotations
 
@@ -55,6 +58,8 @@ def merge_gauge(mode: str, readings: list) -> list:
 def _raw_series_values(snap: Snapshot, pid: int | None):
     if pid is None:
         for sid, info in enumerate(snap.series):
+            if not info.exposed:
+                continue
             if info.cell >= 0:
                 yield info, snap.totals[info.cell:info.cell + info.n], None
             elif info.key.kind == GAUGE and sid in snap.gauges:
@@ -65,6 +70,8 @@ def _raw_series_values(snap: Snapshot, pid: int | None):
         return
     for sid, local in worker.cache.series:
         info = snap.series[sid]
+        if not info.exposed:
+            continue
         values = worker.values[local:local + info.n]
         if info.cell >= 0:
             yield info, values, None

@@ -11,6 +11,20 @@ Dead workers: a retired slab's counters and histograms are *folded* into the ret
 in the aggregator's region of the segment as two copies (write the inactive one, then flip), each naming
 the last (slab, generation) it folded. A fold interrupted at any point is neither lost nor done twice.
 Gauges are live-only: a dead worker's gauge is dropped.
+
+Names across workers: workers may run different code, and a name may come declared two ways (``clash.a``
+a counter here, ``clash_a`` a gauge there; one name with two types or two label sets; ``dup`` and
+``dup_total``). ``FamilyNames`` gives each Prometheus name one owner: the first declaration this
+aggregator sees. A later declaration whose names meet it is not exposed (JSON, both text formats, a
+worker's own view alike), counted in ``name_conflicts`` and logged once. A (re)started aggregator meets
+the live workers' declarations first, oldest worker first (gunicorn's age), then the retired totals, and
+new workers oldest first: so the owner survives a restart unless a younger worker declared the name first
+(a lazy declaration) or the owner's workers are all dead. Declarations differing only in
+documentation, buckets or gauge mode (old and new code after a HUP) are one family, not a conflict.
+Names reserved for rockstar-mp (``series.is_reserved``: its ``rockstar_*`` names, the aggregator's own
+families among them, and its http families) are exposed only as rockstar-mp declares them
+(``series.OWN_FAMILIES``): the worker registry refuses them to user code, and a worker of another
+version that did not is counted as a conflict too.
 """
 from __future__ import annotations
 
@@ -24,7 +38,8 @@ from typing import Callable
 from ..segment import LIVE, RETIRED, CatalogueFull, CatalogueWriter, Segment, SlotInfo, process_alive
 from ..segment import catalogue_bytes, published_count, read_entries, reset_body
 from ..segment.layout import Body, Header
-from ..series import COUNTER, GAUGE, HISTOGRAM, SeriesKey
+from ..series import (COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, OWN_FAMILIES, SeriesKey, exposed_names,
+                      is_reserved)
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -42,6 +57,7 @@ class SeriesInfo:
     key: SeriesKey
     cell: int  # -1 for gauges (merged by mode, not summed)
     n: int
+    exposed: bool = True  # False: its family lost its Prometheus name to another declaration
 
 
 @dataclass
@@ -81,9 +97,15 @@ class Snapshot:
     workers_folded: int
     retired_overflow: int
     claim_failures: int
+    name_conflicts: int = 0
 
     def worker(self, pid: int) -> WorkerSeries | None:
         return next((w for w in self.workers if w.slot.pid == pid), None)
+
+
+def _oldest_first(slot: SlotInfo) -> tuple:
+    """New series are met in this order, so the oldest worker's declaration of a name owns it."""
+    return slot.age, slot.slab
 
 
 def _gatherer(summed: list) -> Callable | None:
@@ -97,6 +119,46 @@ def _gatherer(summed: list) -> Callable | None:
         return None
     getter = itemgetter(*(local_of.get(cell, -1) for cell in range(top)))
     return getter if top > 1 else lambda values: (getter(values),)
+
+
+class FamilyNames:
+    """Which declaration owns each Prometheus name: the first seen. A family is ``(kind, declared name,
+    label names)``; its names are ``series.exposed_names`` (prometheus_client's suffix rules)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, tuple] = {}  # Prometheus name -> the family owning it
+        self._verdicts: dict[tuple, bool] = {}  # family -> exposed?
+        self.conflicts = 0
+
+    def admit(self, key: SeriesKey) -> bool:
+        """Is this series exposed? Decided once per family, when its first series is seen."""
+        family = (key.kind, key.name, key.labelnames)
+        verdict = self._verdicts.get(family)
+        if verdict is None:
+            verdict = self._verdicts[family] = self._decide(family)
+        return verdict
+
+    def _decide(self, family: tuple) -> bool:
+        kind, name, _ = family
+        if name.startswith(HIDDEN_PREFIX):
+            return True  # never rendered as a family
+        names = exposed_names(kind, name)
+        if (name, kind) not in OWN_FAMILIES and any(is_reserved(n) for n in names):
+            self.conflicts += 1
+            log.warning("rockstar-mp aggregator: metric %r (%s) of a worker is not exposed: its Prometheus "
+                        "names are reserved for rockstar-mp's own metrics (a worker running another "
+                        "version of rockstar-mp?): rename it", name, kind)
+            return False
+        owner = next((self._owners[n] for n in sorted(names) if n in self._owners), None)
+        if owner is None:
+            self._owners.update(dict.fromkeys(names, family))
+            return True
+        self.conflicts += 1
+        log.warning("rockstar-mp aggregator: metric %r (%s, labels %s) of a worker is not exposed: its "
+                    "Prometheus names meet those of %r (%s, labels %s), seen first. Workers run code "
+                    "declaring the name two ways: rename one of them", name, kind, list(family[2]),
+                    owner[1], owner[0], list(owner[2]))
+        return False
 
 
 class _ParseMemo:
@@ -136,9 +198,11 @@ class Merger:
         self._retired_ids: list[int] = []  # series present in the retired totals, in order
         self._slabs: dict[int, SlabCache] = {}
         self._memo = _ParseMemo()  # catalogue bytes -> a parse of them
+        self.names = FamilyNames()
         self.workers_folded = 0
         self.retired_overflow = 0
         self._folded_marker = (0, 0)
+        self._admit_live_names()
         self._load_retired()
 
     # -- series ---------------------------------------------------------------------------------
@@ -147,13 +211,14 @@ class Merger:
         if sid is None:
             key = SeriesKey.decode(raw)
             n = key.n_values
+            exposed = self.names.admit(key)
             cell = -1
             if key.kind in (COUNTER, HISTOGRAM):
                 cell = self._n_cells
                 self._n_cells += n
                 self.retired.extend([0.0] * n)
             sid = len(self.series)
-            self.series.append(SeriesInfo(raw, key, cell, n))
+            self.series.append(SeriesInfo(raw, key, cell, n, exposed))
             self._ids[raw] = sid
         return sid
 
@@ -268,6 +333,17 @@ class Merger:
         Body.workers_folded.set(buf, self.workers_folded, base)
         Header.retired_active.set(buf, inactive)  # the flip: one aligned store
 
+    def _admit_live_names(self) -> None:
+        """At start, give Prometheus names to the live workers' declarations (oldest first) before the
+        retired totals': a dead worker's conflicting declaration does not take a name from a live one."""
+        buf, layout = self.segment.buf, self.geometry.slab
+        for slot in sorted((s for s in self.segment.slots() if s.state == LIVE and s.pid), key=_oldest_first):
+            for raw, _, _ in read_entries(buf, layout, self.geometry.slab_offset(slot.slab)):
+                try:
+                    self.names.admit(SeriesKey.decode(raw))
+                except Exception:  # undecodable: skipped here as in the merge
+                    continue
+
     def _load_retired(self) -> None:
         """Start from the active retired copy (an aggregator restart loses nothing)."""
         buf = self.segment.buf
@@ -305,7 +381,8 @@ class Merger:
         buf = self.segment.buf
         slots = [s for s in self.segment.slots() if s.state == LIVE or
                  s.state == RETIRED and (s.slab, s.generation) != self._folded_marker]
-        caches = [(slot, self._sync(slot)) for slot in slots]
+        parsed = {slot.slab: self._sync(slot) for slot in sorted(slots, key=_oldest_first)}
+        caches = [(slot, parsed[slot.slab]) for slot in slots]
         totals = self.retired.copy()
         columns = []
         gauges: dict[int, list] = {}
@@ -330,4 +407,4 @@ class Merger:
             sums = list(map(sum, zip_longest(*columns, fillvalue=0.0)))
             totals[:len(sums)] = map(add, totals[:len(sums)], sums)
         return Snapshot(time.time(), self.series, totals, gauges, workers, self.workers_folded,
-                        self.retired_overflow, Header.claim_failures.get(buf))
+                        self.retired_overflow, Header.claim_failures.get(buf), self.names.conflicts)

@@ -190,6 +190,7 @@ class AggregatorState:
             "hook_failures": Header.hook_failures.get(self.segment.buf),
             "segment_unlinked": Header.segment_unlinked.get(self.segment.buf),
             "retired_overflow": snap.retired_overflow,
+            "name_conflicts": snap.name_conflicts,
             "records_dropped": self.rings.records_dropped,
             "logs_dropped": self.rings.logs_dropped,
             **(self.history.stats() if self.history is not None else {"history_errors": 0}),

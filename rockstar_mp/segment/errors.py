@@ -17,6 +17,16 @@ class CatalogueFull(RockstarError):
     """
 
 
+class MetricNameConflict(RockstarError, ValueError):
+    """A metric whose Prometheus names are already taken in this process, or reserved for rockstar-mp.
+
+    Prometheus names fold ``.`` into ``_``; a counter also takes ``<name>_total`` and ``<name>_created``
+    (and ``dup`` and ``dup_total`` are one counter), a histogram ``<name>_bucket``, ``_sum``, ``_count``
+    and ``_created``. Names starting ``rockstar_`` and rockstar-mp's own ``http.requests`` and
+    ``http.request.duration.seconds`` are reserved. The message names the metric to rename.
+    """
+
+
 class NoFreeSlab(RockstarError):
     """Every slab is in use: more live workers than ``MonitoringConfig.max_workers``."""
 
