@@ -9,7 +9,8 @@ from .config import MonitoringConfig
 from .control import OptimizationStats
 from .master.manager import MonitoringManager
 from .metrics import Counter, Gauge, Histogram, Registry
-from .segment import CatalogueFull, LayoutMismatch, NoFreeSlab, NoSpace, RockstarError, UntrustedFile
+from .segment import (CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError,
+                      UntrustedFile)
 from .worker.attach import attach_worker
 
 __version__ = "0.1.0"
@@ -17,5 +18,5 @@ __version__ = "0.1.0"
 __all__ = ["Counter", "Gauge", "Histogram", "Registry", "MonitoringConfig", "MonitoringManager",
            "OptimizationStats",
            "attach_worker", "CatalogueFull", "LayoutMismatch", "NoFreeSlab", "NoSpace", "RockstarError",
-           "UntrustedFile",
+           "MetricNameConflict", "UntrustedFile",
            "__version__"]
