@@ -159,6 +159,7 @@ def test_metrics_url_is_announced_once_bound(server_on_port, taken_port):
     announced = f"rockstar-mp: metrics on {server.url}"
     poll(lambda: announced in server.log_text(), timeout=5, message="the URL announced")
     assert server.log_text().count(announced) == 1
+    assert "[ERROR]" not in server.log_text()  # the retry bound it: no restart was needed
     assert server.log_text().count("segment " + str(server.segment_dir)) == 1
 
 
