@@ -9,12 +9,13 @@ from .config import MonitoringConfig
 from .control import OptimizationStats
 from .master.manager import MonitoringManager
 from .metrics import Counter, Gauge, Histogram, Registry
-from .segment import CatalogueFull, LayoutMismatch, NoFreeSlab, RockstarError
+from .segment import CatalogueFull, LayoutMismatch, NoFreeSlab, NoSpace, RockstarError, UntrustedFile
 from .worker.attach import attach_worker
 
 __version__ = "0.1.0"
 
 __all__ = ["Counter", "Gauge", "Histogram", "Registry", "MonitoringConfig", "MonitoringManager",
            "OptimizationStats",
-           "attach_worker", "CatalogueFull", "LayoutMismatch", "NoFreeSlab", "RockstarError",
+           "attach_worker", "CatalogueFull", "LayoutMismatch", "NoFreeSlab", "NoSpace", "RockstarError",
+           "UntrustedFile",
            "__version__"]

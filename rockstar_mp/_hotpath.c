@@ -28,6 +28,7 @@ static double min_seconds = 1e-6;   /* sketch.MIN_SECONDS */
 #define RECORD_FIELDS 9             /* start, duration, bytes, pid, status, method, route, request id, tenant */
 static Py_ssize_t rec_off[RECORD_FIELDS];
 static Py_ssize_t rec_size[RECORD_FIELDS];
+static Py_ssize_t record_end = 0;   /* the bytes of a record: the largest offset + size */
 static int configured = 0;
 
 static PyObject *str_route_key, *str_tenant_key, *str_request_id_key, *str_default_request_id_key;
@@ -53,6 +54,26 @@ static double wall_now(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* 1 when a memoryview still reaches its memory, as C-contiguous items: neither it nor its exporter's
+ * buffer was released (a released view keeps its old pointer). Read from the view's own flags, as
+ * memoryview does: the public way, taking a Py_buffer of the view for every cell, costs more than the
+ * rest of a cell's update; it is the fallback where those flags are not declared. */
+static int view_usable(PyObject *view) {
+#if defined(_Py_MEMORYVIEW_RELEASED) && defined(_Py_MEMORYVIEW_C) && defined(_Py_MANAGED_BUFFER_RELEASED)
+    PyMemoryViewObject *mv = (PyMemoryViewObject *)view;
+    return (mv->flags & (_Py_MEMORYVIEW_RELEASED | _Py_MEMORYVIEW_C)) == _Py_MEMORYVIEW_C
+           && !(mv->mbuf->flags & _Py_MANAGED_BUFFER_RELEASED);
+#else
+    Py_buffer probe;  /* refused for a released view, and for a view that is not C-contiguous */
+    if (PyObject_GetBuffer(view, &probe, PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyBuffer_Release(&probe);
+    return 1;
+#endif
+}
+
 /* A float64 cell: element i of a memoryview of "d"; its address, or NULL with an exception. */
 static double *cell_at(PyObject *view, Py_ssize_t i) {
     if (!PyMemoryView_Check(view)) {
@@ -60,11 +81,12 @@ static double *cell_at(PyObject *view, Py_ssize_t i) {
         return NULL;
     }
     Py_buffer *b = PyMemoryView_GET_BUFFER(view);
-    if (b->buf == NULL || b->readonly || b->itemsize != 8 || i < 0 || i >= b->len / 8) {
-        PyErr_SetString(PyExc_ValueError, "cell outside its view (or the view was released)");
-        return NULL;
-    }
-    return (double *)b->buf + i;
+    if (view_usable(view) && !b->readonly && b->itemsize == 8 && i >= 0 && i < b->len / 8)
+        return (double *)b->buf + i;
+    PyErr_SetString(PyExc_ValueError, view_usable(view)
+                    ? "cell outside its view (or a read-only view, or not of float64 items)"
+                    : "a cell's view was released (or is not contiguous)");
+    return NULL;
 }
 
 static double *cell(PyObject *view, PyObject *index) {
@@ -111,12 +133,16 @@ static const char *text_of(PyObject *o, Py_ssize_t *len) {
 
 /* ---------------------------------------------------------------- Slab */
 typedef struct {
+    Py_ssize_t first, slots, slot_size, head_at;                      /* the record ring */
+    Py_ssize_t started_at, count_at, text_at, method_size, path_size;  /* the in-flight fields */
+} SlabGeometry;
+
+typedef struct {
     PyObject_HEAD
     Py_buffer buf;
-    int has_buf;
-    Py_ssize_t first, slots, slot_size, head_at;
+    int has_buf;     /* 0 until __init__ succeeded; from then on buf and g are checked and consistent */
+    SlabGeometry g;  /* byte offsets in buf */
     uint64_t index;
-    Py_ssize_t started_at, count_at, text_at, method_size, path_size;
     uint32_t pid;
 } Slab;
 
@@ -126,48 +152,75 @@ static void slab_dealloc(Slab *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int check_range(Slab *self, Py_ssize_t at, Py_ssize_t size) {
-    if (at < 0 || size < 0 || at + size > self->buf.len) {
-        PyErr_SetString(PyExc_ValueError, "offset outside the segment");
-        return -1;
-    }
-    return 0;
+/* [at, at + size) lies within len bytes (computed without overflow). */
+static int within(Py_ssize_t at, Py_ssize_t size, Py_ssize_t len) {
+    return at >= 0 && size >= 0 && at <= len && size <= len - at;
+}
+
+/* Why a slab of this geometry cannot be written in len bytes at an 8-byte aligned address; NULL if it can. */
+static const char *geometry_fault(const SlabGeometry *g, Py_ssize_t len) {
+    if (g->slots < 0 || g->method_size < 0 || g->path_size < 0)
+        return "slots, method_size and path_size must be >= 0";
+    if (g->slot_size < record_end + 8 || g->slot_size % 8)
+        return "slot_size must be a multiple of 8 that holds the sequence word and a record";
+    if (g->first % 8 || g->head_at % 8 || g->started_at % 8 || g->count_at % 8)
+        return "first_slot, head_at, started_at and count_at must be multiples of 8";
+    if (g->slots > PY_SSIZE_T_MAX / g->slot_size || !within(g->first, g->slots * g->slot_size, len))
+        return "the record ring does not fit in the buffer";
+    if (!within(g->head_at, 8, len) || !within(g->started_at, 8, len) || !within(g->count_at, 8, len))
+        return "head_at, started_at or count_at is outside the buffer";
+    if (g->method_size > PY_SSIZE_T_MAX - g->path_size || !within(g->text_at, g->method_size + g->path_size, len))
+        return "the in-flight method and path do not fit in the buffer";
+    return NULL;
 }
 
 /* Slab(buf, first_slot, slots, slot_size, head_at, index, started_at, count_at, text_at, method_size,
- *      path_size, pid): all byte offsets in buf. */
+ *      path_size, pid): all byte offsets in buf. Everything is checked before anything is stored, so a
+ * refused __init__ leaves the slab as it was (a bound slab keeps writing where it wrote). */
 static int slab_init(Slab *self, PyObject *args, PyObject *kw) {
     PyObject *obj;
+    SlabGeometry g;
     unsigned long long index;
     unsigned int pid;
+    Py_buffer buf;
     if (!configured) {
         PyErr_SetString(PyExc_RuntimeError, "call configure() first (rockstar_mp.worker.accelerator does)");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "OnnnnKnnnnnI", &obj, &self->first, &self->slots, &self->slot_size,
-                          &self->head_at, &index, &self->started_at, &self->count_at, &self->text_at,
-                          &self->method_size, &self->path_size, &pid))
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Slab() takes positional arguments only");
         return -1;
-    if (self->has_buf) {
-        PyBuffer_Release(&self->buf);
-        self->has_buf = 0;
     }
-    if (PyObject_GetBuffer(obj, &self->buf, PyBUF_WRITABLE) < 0)
+    if (!PyArg_ParseTuple(args, "OnnnnKnnnnnI:Slab", &obj, &g.first, &g.slots, &g.slot_size, &g.head_at, &index,
+                          &g.started_at, &g.count_at, &g.text_at, &g.method_size, &g.path_size, &pid))
         return -1;
+    if (PyObject_GetBuffer(obj, &buf, PyBUF_WRITABLE) < 0)
+        return -1;
+    const char *fault = (uintptr_t)buf.buf % 8 ? "the buffer must start on an 8-byte boundary"
+                                               : geometry_fault(&g, buf.len);
+    if (fault != NULL) {
+        PyBuffer_Release(&buf);
+        PyErr_Format(PyExc_ValueError, "Slab(): %s", fault);
+        return -1;
+    }
+    Py_buffer old = self->buf;
+    int had_buf = self->has_buf;
+    self->buf = buf;
     self->has_buf = 1;
+    self->g = g;
     self->index = index;
     self->pid = pid;
-    if (self->slots < 0 || self->slot_size < rec_off[RECORD_FIELDS - 1] + rec_size[RECORD_FIELDS - 1] + 8
-        || (self->first % 8) || (self->slot_size % 8) || (self->head_at % 8) || (self->started_at % 8)
-        || (self->count_at % 8)
-        || check_range(self, self->first, self->slots * self->slot_size) < 0
-        || check_range(self, self->head_at, 8) < 0 || check_range(self, self->started_at, 8) < 0
-        || check_range(self, self->count_at, 8) < 0
-        || check_range(self, self->text_at, self->method_size + self->path_size) < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "bad ring or in-flight geometry");
-        return -1;
-    }
+    if (had_buf)  /* last: releasing may run code that uses this slab */
+        PyBuffer_Release(&old);
+    return 0;
+}
+
+/* 1, or 0 with TypeError for a Slab whose __init__ never succeeded (Slab.__new__(Slab)). */
+static int slab_ready(PyObject *slab) {
+    if (((Slab *)slab)->has_buf)
+        return 1;
+    PyErr_SetString(PyExc_TypeError,
+                    "this Slab was never initialised: create it as Slab(buf, first_slot, slots, ...)");
     return 0;
 }
 
@@ -182,23 +235,23 @@ static void slab_begin(Slab *self, PyObject *method, PyObject *path) {
         m = p = "";
         mlen = plen = 0;
     }
-    put_text(slab_at(self, self->text_at), self->method_size, m, mlen);
-    put_text(slab_at(self, self->text_at + self->method_size), self->path_size, p, plen);
+    put_text(slab_at(self, self->g.text_at), self->g.method_size, m, mlen);
+    put_text(slab_at(self, self->g.text_at + self->g.method_size), self->g.path_size, p, plen);
     double now = wall_now();
-    memcpy(slab_at(self, self->started_at), &now, 8);
-    uint64_t *count = (uint64_t *)slab_at(self, self->count_at);
+    memcpy(slab_at(self, self->g.started_at), &now, 8);
+    uint64_t *count = (uint64_t *)slab_at(self, self->g.count_at);
     __atomic_store_n(count, *count + 1, __ATOMIC_RELEASE);
 }
 
 /* Returns 1 when no request is in flight any more. */
 static int slab_end(Slab *self) {
-    uint64_t *count = (uint64_t *)slab_at(self, self->count_at);
+    uint64_t *count = (uint64_t *)slab_at(self, self->g.count_at);
     uint64_t n = *count;
     n = n ? n - 1 : 0;
     __atomic_store_n(count, n, __ATOMIC_RELEASE);
     if (n == 0) {
         double zero = 0.0;
-        memcpy(slab_at(self, self->started_at), &zero, 8);
+        memcpy(slab_at(self, self->g.started_at), &zero, 8);
         return 1;
     }
     return 0;
@@ -207,7 +260,7 @@ static int slab_end(Slab *self) {
 /* One record: (start, duration, bytes, pid, status, method, route, request id, tenant). */
 static int slab_append(Slab *self, double start, double seconds, uint64_t nbytes, uint32_t status,
                        PyObject *method, PyObject *route, PyObject *request_id, PyObject *tenant) {
-    if (self->slots <= 0)
+    if (self->g.slots <= 0)
         return 0;
     PyObject *texts[4] = {method, route, request_id, tenant};
     const char *raw[4];
@@ -218,7 +271,8 @@ static int slab_append(Slab *self, double start, double seconds, uint64_t nbytes
             return -1;
     }
     uint64_t index = self->index;
-    char *slot = slab_at(self, self->first + (Py_ssize_t)(index % (uint64_t)self->slots) * self->slot_size);
+    Py_ssize_t slot_at = self->g.first + (Py_ssize_t)(index % (uint64_t)self->g.slots) * self->g.slot_size;
+    char *slot = slab_at(self, slot_at);
     uint64_t *seq = (uint64_t *)slot;
     __atomic_store_n(seq, 0, __ATOMIC_RELEASE);  /* a reader that sees 0 skips the slot */
     __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -233,11 +287,13 @@ static int slab_append(Slab *self, double start, double seconds, uint64_t nbytes
         put_text(payload + rec_off[5 + k], rec_size[5 + k], raw[k], len[k]);
     __atomic_store_n(seq, index + 1, __ATOMIC_RELEASE);
     self->index = index + 1;
-    __atomic_store_n((uint64_t *)slab_at(self, self->head_at), index + 1, __ATOMIC_RELEASE);
+    __atomic_store_n((uint64_t *)slab_at(self, self->g.head_at), index + 1, __ATOMIC_RELEASE);
     return 0;
 }
 
 static PyObject *slab_py_begin(Slab *self, PyObject *const *args, Py_ssize_t n) {
+    if (!slab_ready((PyObject *)self))
+        return NULL;
     if (n != 2) {
         PyErr_SetString(PyExc_TypeError, "begin(method, path)");
         return NULL;
@@ -247,6 +303,8 @@ static PyObject *slab_py_begin(Slab *self, PyObject *const *args, Py_ssize_t n) 
 }
 
 static PyObject *slab_py_end(Slab *self, PyObject *unused) {
+    if (!slab_ready((PyObject *)self))
+        return NULL;
     return PyBool_FromLong(slab_end(self));
 }
 
@@ -295,8 +353,13 @@ static int record(PyObject *method, PyObject *route, long status, double seconds
     if (PyTuple_Check(combination) && PyTuple_GET_SIZE(combination) >= 4) {
         PyObject *buckets = PyTuple_GET_ITEM(combination, 0);
         double s = seconds > min_seconds ? seconds : min_seconds;
-        long index = (long)ceil(log(s) * bucket_scale - 1e-9);
-        PyObject *pyindex = PyLong_FromLong(index);
+        double bucket = ceil(log(s) * bucket_scale - 1e-9);
+        if (!(bucket > (double)LONG_MIN && bucket < (double)LONG_MAX)) {  /* seconds = inf: math.ceil raises */
+            Py_DECREF(combination);
+            PyErr_SetString(PyExc_OverflowError, "no sketch bucket for this duration (seconds = inf?)");
+            return -1;
+        }
+        PyObject *pyindex = PyLong_FromLong((long)bucket);
         if (pyindex == NULL) {
             Py_DECREF(combination);
             return -1;
@@ -426,7 +489,14 @@ static int start_iteration(Request *self) {
         PyErr_SetString(PyExc_RuntimeError, "the response body is gone");
         return -1;
     }
+    if (self->body == (PyObject *)self) {  /* iter() of itself would recurse until the C stack ends */
+        PyErr_SetString(PyExc_TypeError, "the app returned its start_response as the response body");
+        return -1;
+    }
+    if (Py_EnterRecursiveCall(" while starting a response body"))  /* a longer loop of requests' bodies */
+        return -1;
     self->iterator = PyObject_GetIter(self->body);
+    Py_LeaveRecursiveCall();
     return self->iterator ? 0 : -1;
 }
 
@@ -556,7 +626,10 @@ static int count_and_observe(PyObject *entry, double seconds) {
     Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(bounds);
     while (lo < hi) {  /* bisect_left: the first bound >= seconds */
         Py_ssize_t mid = (lo + hi) / 2;
-        if (PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, mid)) < seconds)
+        double bound = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, mid));
+        if (bound == -1.0 && PyErr_Occurred())
+            return -1;  /* before the bucket and the sum, as bisect_left raises in the Python path */
+        if (bound < seconds)
             lo = mid + 1;
         else
             hi = mid;
@@ -625,10 +698,12 @@ static int finish(Request *req) {
     PyObject *entry = status_entry(mw, req->method, status);
     int rc = entry ? count_and_observe(entry, seconds) : -1;
     long code = 0;
-    if (entry != NULL) {
+    if (rc == 0) {  /* not after an error: the conversion may run Python code (__index__) */
         code = PyLong_AsLong(PyTuple_GET_ITEM(entry, 6));
-        Py_DECREF(entry);
+        if (code == -1 && PyErr_Occurred())
+            rc = -1;  /* no workload record; the response still goes and the request still ends */
     }
+    Py_XDECREF(entry);
     PyObject *type = NULL, *value = NULL, *tb = NULL;
     PyErr_Fetch(&type, &value, &tb);  /* whatever failed above, the response must still go */
     if (req->sock != NULL) {  /* right after the count: a kill in between is the one window left */
@@ -639,7 +714,10 @@ static int finish(Request *req) {
     if (rc == 0 && type == NULL && mw->workload && finish_workload(req, seconds, code) < 0)
         PyErr_Fetch(&type, &value, &tb);
     if (mw->workload && bound_slab != NULL && slab_end((Slab *)bound_slab) && on_idle != NULL) {
-        PyObject *r = PyObject_CallNoArgs(on_idle);
+        PyObject *idle = on_idle;  /* held for the call: it may bind() another callback */
+        Py_INCREF(idle);
+        PyObject *r = PyObject_CallNoArgs(idle);
+        Py_DECREF(idle);
         if (r == NULL && type == NULL)
             PyErr_Fetch(&type, &value, &tb);
         Py_XDECREF(r);
@@ -653,6 +731,11 @@ static int finish(Request *req) {
 
 static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw) {
     PyObject *environ, *start_response;
+    if (self->app == NULL) {  /* made by __new__ without __init__: every field is NULL */
+        PyErr_Format(PyExc_TypeError, "this %.100s was never initialised: create it by calling the class",
+                     Py_TYPE(self)->tp_name);
+        return NULL;
+    }
     if (kw != NULL && PyDict_GET_SIZE(kw)) {
         PyErr_SetString(PyExc_TypeError, "a WSGI app takes (environ, start_response)");
         return NULL;
@@ -720,7 +803,11 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
 static int middleware_init(Middleware *self, PyObject *args, PyObject *kw) {
     PyObject *app, *statuses, *routes, *methods, *tenant_key;
     int workload, hold;
-    if (!PyArg_ParseTuple(args, "OO!O!O!Upp", &app, &PyDict_Type, &statuses, &PyDict_Type, &routes,
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Middleware.__init__ takes positional arguments only");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "OO!O!O!Upp:Middleware", &app, &PyDict_Type, &statuses, &PyDict_Type, &routes,
                           &PyFrozenSet_Type, &methods, &tenant_key, &workload, &hold))
         return -1;
     Py_INCREF(app);
@@ -776,39 +863,77 @@ static PyTypeObject MiddlewareType = {
 };
 
 /* ---------------------------------------------------------------- module functions */
-/* configure(scale, min_seconds, record_offsets, record_sizes, keys): constants from Python. */
-static PyObject *py_configure(PyObject *module, PyObject *args) {
-    PyObject *offsets, *sizes, *keys;
-    if (!PyArg_ParseTuple(args, "ddO!O!O!", &bucket_scale, &min_seconds, &PyTuple_Type, &offsets, &PyTuple_Type,
-                          &sizes, &PyDict_Type, &keys))
-        return NULL;
+/* The record layout from configure(): offsets and sizes checked, into off/size; its end in *end.
+ * 0, or -1 with an exception. */
+static int read_layout(PyObject *offsets, PyObject *sizes, Py_ssize_t *off, Py_ssize_t *size, Py_ssize_t *end) {
     if (PyTuple_GET_SIZE(offsets) != RECORD_FIELDS || PyTuple_GET_SIZE(sizes) != RECORD_FIELDS) {
         PyErr_SetString(PyExc_ValueError, "the record layout changed: update _hotpath.c's record()");
-        return NULL;
+        return -1;
     }
     static const Py_ssize_t expected[5] = {8, 8, 8, 4, 2};  /* d d Q I H */
+    *end = 0;
     for (int k = 0; k < RECORD_FIELDS; k++) {
-        rec_off[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, k));
-        rec_size[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(sizes, k));
+        off[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, k));
+        size[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(sizes, k));
         if (PyErr_Occurred())
-            return NULL;
-        if (k < 5 && rec_size[k] != expected[k]) {
-            PyErr_SetString(PyExc_ValueError, "the record's numeric fields changed: update _hotpath.c");
-            return NULL;
+            return -1;
+        if (off[k] < 0 || size[k] < 0 || off[k] > PY_SSIZE_T_MAX - size[k]) {
+            PyErr_SetString(PyExc_ValueError, "configure(): record offsets and sizes must be >= 0");
+            return -1;
         }
+        if (k < 5 && size[k] != expected[k]) {
+            PyErr_SetString(PyExc_ValueError, "the record's numeric fields changed: update _hotpath.c");
+            return -1;
+        }
+        if (off[k] + size[k] > *end)
+            *end = off[k] + size[k];
+    }
+    return 0;
+}
+
+/* configure(scale, min_seconds, record_offsets, record_sizes, keys): constants from Python. All are
+ * checked before any is stored; the record layout cannot change once set, as every Slab was checked
+ * against it. */
+static PyObject *py_configure(PyObject *module, PyObject *args) {
+    double scale, least;
+    PyObject *offsets, *sizes, *keys;
+    if (!PyArg_ParseTuple(args, "ddO!O!O!:configure", &scale, &least, &PyTuple_Type, &offsets, &PyTuple_Type,
+                          &sizes, &PyDict_Type, &keys))
+        return NULL;
+    if (!(isfinite(scale) && scale > 0 && isfinite(least) && least > 0)) {
+        PyErr_SetString(PyExc_ValueError, "configure(): scale and min_seconds must be finite and > 0");
+        return NULL;
+    }
+    Py_ssize_t off[RECORD_FIELDS], size[RECORD_FIELDS], end;
+    if (read_layout(offsets, sizes, off, size, &end) < 0)
+        return NULL;
+    if (configured && (memcmp(off, rec_off, sizeof off) || memcmp(size, rec_size, sizeof size))) {
+        PyErr_SetString(PyExc_ValueError, "configure(): the record layout cannot change once set");
+        return NULL;
     }
     struct { const char *name; PyObject **dst; } names[] = {
         {"route", &str_route_key}, {"tenant", &str_tenant_key}, {"request_id", &str_request_id_key},
-        {"default_request_id", &str_default_request_id_key}, {"wsgi", &str_wsgi_key}, {NULL, NULL}};
-    for (int k = 0; names[k].name; k++) {
+        {"default_request_id", &str_default_request_id_key}, {"wsgi", &str_wsgi_key}};
+    enum { KEYS = sizeof names / sizeof names[0] };
+    PyObject *found[KEYS] = {NULL};
+    for (int k = 0; k < KEYS; k++) {
         PyObject *v = PyDict_GetItemString(keys, names[k].name);
         if (v == NULL || !PyUnicode_Check(v)) {
+            for (int j = 0; j < k; j++)
+                Py_DECREF(found[j]);
             PyErr_Format(PyExc_KeyError, "configure(): keys[%s] missing", names[k].name);
             return NULL;
         }
-        Py_INCREF(v);
-        Py_XSETREF(*names[k].dst, v);
+        Py_INCREF(v);  /* held: the next lookups may run code that changes the dict */
+        found[k] = v;
     }
+    bucket_scale = scale;
+    min_seconds = least;
+    memcpy(rec_off, off, sizeof off);
+    memcpy(rec_size, size, sizeof size);
+    record_end = end;
+    for (int k = 0; k < KEYS; k++)
+        Py_XSETREF(*names[k].dst, found[k]);
     configured = 1;
     Py_RETURN_NONE;
 }
@@ -822,6 +947,8 @@ static PyObject *py_bind(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "bind() takes a Slab or None");
         return NULL;
     }
+    if (slab != Py_None && !slab_ready(slab))
+        return NULL;
     if (combos != Py_None && !PyDict_Check(combos)) {
         PyErr_SetString(PyExc_TypeError, "combinations must be a dict");
         return NULL;

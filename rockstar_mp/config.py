@@ -72,6 +72,10 @@ class MonitoringConfig:
     host: str = "127.0.0.1"
     segment_dir: str = "/dev/shm"
     run_dir: Optional[str] = None  # control sockets, pid and history files; private per master if None
+    # Started as root, the aggregator binds its ports, then runs as this user and group (names or ids;
+    # default: gunicorn's --user/--group when the master runs as root). See rockstar_mp/privileges.py.
+    aggregator_user: Optional[str] = None
+    aggregator_group: Optional[str] = None
     # Sizes of the segment (fixed when the master creates it).
     max_workers: int = 64
     slab_max_series: int = 8192  # the workload sketches take ~50 series per route, status class, tenant

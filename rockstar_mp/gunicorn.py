@@ -12,14 +12,17 @@ the config file); a USR2 master re-attaches the segment its parent exported.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 import logging
 import os
 
 from .config import MonitoringConfig
 from .master.manager import MonitoringManager
-from .master.manager import RUN_DIR_ENV
+from .master.manager import RUN_DIR_ENV, SEGMENT_FD_ENV
 from .segment import NoFreeSlab
+from .segment.layout import Header
 from .worker.attach import SEGMENT_ENV, attach_worker, current
 from .worker.optimize import install_usr1
 
@@ -28,6 +31,40 @@ __all__ = ["configure", "on_starting", "on_reload", "pre_fork", "post_fork", "po
 
 _config: MonitoringConfig | None = None
 _manager: MonitoringManager | None = None
+_logged_failures: set[tuple[str, str]] = set()
+log = logging.getLogger("rockstar_mp.gunicorn")
+
+
+def _guarded(hook):
+    """Monitoring never takes the server down: a hook of ours that raises is logged once (per hook
+    and kind of error, per process), counted in the segment's ``hook_failures``, and returns."""
+    @functools.wraps(hook)
+    def run(*args):
+        try:
+            return hook(*args)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, gunicorn must go on
+            _hook_failed(hook.__name__, exc, args)
+            return None
+    return run
+
+
+def _hook_failed(name: str, exc: Exception, args: tuple) -> None:
+    segment = _manager.segment if _manager is not None else None
+    if segment is not None:
+        try:
+            with segment.locked():
+                Header.hook_failures.set(segment.buf, Header.hook_failures.get(segment.buf) + 1)
+        except Exception:  # noqa: BLE001 - counting is best effort, the log line below is not
+            pass
+    kind = (name, type(exc).__name__)
+    if kind in _logged_failures:
+        return
+    _logged_failures.add(kind)
+    logger = next((a.log for a in args if hasattr(a, "log")), log)
+    logger.error("rockstar-mp: the %s hook failed and was skipped (%s: %s); the server goes on%s "
+                 "(logged once)", name, type(exc).__name__, exc,
+                 ", unmonitored" if name == "on_starting" else "")
+    log.debug("rockstar-mp: %s hook failure", name, exc_info=exc)
 
 
 def configure(config: MonitoringConfig) -> None:
@@ -63,21 +100,39 @@ def _log_master_to_gunicorn(server) -> None:
         master_log.propagate = False
 
 
+@_guarded
 def on_starting(server) -> None:
     global _manager
     _log_master_to_gunicorn(server)
-    _manager = MonitoringManager(_config).start()
+    _manager = MonitoringManager(_with_server_user(_config or MonitoringConfig(), server)).start()
     if _manager.config.gc_freeze_before_fork:
         gc.disable()  # Python's advice: no collections in the parent (holes), freeze before fork
+    room = _manager.segment.room_for_slabs()
+    if room < server.cfg.workers:
+        server.log.warning("rockstar-mp: %s has room for %d more slabs and %d workers will start: the "
+                           "others run unmonitored; point segment_dir at a larger tmpfs, or lower "
+                           "slab_max_series or max_workers", _manager.config.segment_dir, room,
+                           server.cfg.workers)
     # The metrics URL is logged once the aggregator says it serves it (master/supervisor.py).
     server.log.info("rockstar-mp: segment %s", _manager.segment.path)
 
 
+def _with_server_user(config: MonitoringConfig, server) -> MonitoringConfig:
+    """A root master running its workers as gunicorn's ``user``/``group`` runs the aggregator as them too."""
+    if config.aggregator_user or os.geteuid() != 0 or server.cfg.uid == os.geteuid():
+        return config
+    return dataclasses.replace(config, aggregator_user=str(server.cfg.uid), aggregator_group=str(server.cfg.gid))
+
+
+@_guarded
 def on_reload(server) -> None:
-    if _manager is not None and _config is not None and _config.with_env() != _manager.config:
-        _manager.reload(_config)
+    if _manager is not None and _config is not None:
+        config = _with_server_user(_config, server)
+        if config.with_env() != _manager.config:
+            _manager.reload(config)
 
 
+@_guarded
 def pre_fork(server, worker) -> None:
     if _manager is None:
         return
@@ -90,6 +145,7 @@ def pre_fork(server, worker) -> None:
                          "workers live at once: set max_workers >= 2 x workers)", worker.age, exc)
 
 
+@_guarded
 def post_fork(server, worker) -> None:
     slab = getattr(worker, "rockstar_slab", None)
     if _manager is not None and _manager.config.gc_freeze_before_fork:
@@ -100,6 +156,7 @@ def post_fork(server, worker) -> None:
                       capture_logs=config.log_level if config.capture_logs else None)
 
 
+@_guarded
 def post_worker_init(worker) -> None:
     """After gunicorn installed the worker's signal handlers: SIGUSR1 also optimizes (chained)."""
     state = current()
@@ -107,20 +164,28 @@ def post_worker_init(worker) -> None:
         install_usr1(state.optimizer)
 
 
+@_guarded
 def pre_exec(server) -> None:
     """USR2: gunicorn re-executes the master with the environment it started with; add the segment,
     so the new master carries the totals on (its aggregator waits until the old one is gone)."""
     for name in (SEGMENT_ENV, RUN_DIR_ENV):
         if name in os.environ:
             server.cfg.env_orig[name] = os.environ[name]
+    if _manager is not None and _manager.segment is not None:  # carried even if the path was deleted
+        fd = _manager.segment.fileno()
+        st = os.fstat(fd)
+        os.set_inheritable(fd, True)  # this is the child about to exec the new master
+        server.cfg.env_orig[SEGMENT_FD_ENV] = f"{fd}:{st.st_dev}:{st.st_ino}"
 
 
+@_guarded
 def child_exit(server, worker) -> None:
     slab = getattr(worker, "rockstar_slab", None)
     if _manager is not None and slab is not None:
         _manager.retire_slab(*slab)
 
 
+@_guarded
 def on_exit(server) -> None:
     if _manager is not None:
         _manager.stop()

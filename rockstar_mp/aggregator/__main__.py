@@ -3,12 +3,14 @@
 
 One asyncio loop runs uvicorn serving the Falcon app and the tick (fold dead workers, heartbeat,
 process figures). It dies with its master (``PR_SET_PDEATHSIG`` plus a parent-pid check on every tick)
-and holds an exclusive lock beside the segment, so a second aggregator for the same segment (gunicorn's
-USR2 starts a second master) waits in standby until the first is gone.
+and holds an exclusive lock on the segment itself, so a second aggregator for the same segment (gunicorn's
+USR2 starts a second master) waits in standby until the first is gone. It maps the segment through the
+descriptor the master passes (``--segment-fd``), so a deleted segment path does not stop it.
 
 With ``--status-fd`` it tells its master, in one line on that fd, ``serving <url>`` once the metrics
 socket is bound and served, or ``fatal: <cause>`` when it cannot start (a segment it cannot read, a port
-still taken after the bind retry, a config it cannot read); it then exits with status 1, no traceback.
+still taken after the bind retry, a config it cannot read, privileges it cannot drop); it then exits with
+status 1, no traceback.
 """
 from __future__ import annotations
 
@@ -26,12 +28,15 @@ import uvicorn
 
 from .._linux import set_parent_death_signal
 from ..config import MonitoringConfig
-from ..segment import LayoutMismatch, Segment
-from ..segment.segment import AGGREGATOR_LOCK_SUFFIX
+from ..segment import RockstarError, Segment
 from ..segment.layout import Header
 from .history import HistoryWriter
 from .http import create_app
+from . import net
 from .net import listen_tcp
+from .snmp.agent import RCVBUF as SNMP_RCVBUF
+from .snmp.agent import preload as preload_snmp
+from ..privileges import drop_to
 from .pprof import run_pprof_server
 from .optimize import run_schedule
 from .snmp.runtime import run_snmp
@@ -51,17 +56,12 @@ def die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
-def wait_for_lock(path: str, parent: int) -> int:
-    """Take the one-aggregator-per-segment lock, waiting in standby while another holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if os.getppid() != parent:
-                sys.exit(0)
-            time.sleep(0.1)
+def wait_for_lock(segment: Segment, parent: int) -> None:
+    """Take the one-aggregator-per-segment lock, waiting in standby while another aggregator holds it."""
+    while not segment.try_aggregator_lock():
+        if os.getppid() != parent:
+            sys.exit(0)
+        time.sleep(0.1)
 
 
 class StartupError(Exception):
@@ -100,10 +100,10 @@ def read_config(path: str) -> MonitoringConfig:
         raise StartupError(f"cannot read the config {path}: {exc}") from None
 
 
-def attach_segment(path: str) -> Segment:
+def attach_segment(path: str, fd: int | None = None) -> Segment:
     try:
-        return Segment.attach(path)
-    except (OSError, ValueError, LayoutMismatch) as exc:
+        return Segment.attach(path, fd=fd)
+    except (OSError, ValueError, RockstarError) as exc:
         raise StartupError(f"cannot attach the segment {path}: {exc}") from None
 
 
@@ -123,6 +123,25 @@ def bind(host: str, port: int, retry: float = BIND_RETRY_SECONDS) -> socket.sock
 def url_of(sock: socket.socket, path: str) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
+def bind_then_drop(config: MonitoringConfig, uid: int, gid: int,
+                   bind_retry: float = BIND_RETRY_SECONDS) -> None:
+    """Bind every port the config serves now (privileged ports need root), then run as ``uid``/``gid``.
+    A port enabled only later, at runtime, is bound then, as that user."""
+    net.hold("tcp", config.host, config.metrics_port, bind(config.host, config.metrics_port, bind_retry))
+    wanted = [("tcp", config.pprof_port, config.enable_pprof), ("udp", config.snmp_port, config.enable_snmp)]
+    for kind, port, enabled in wanted:
+        if enabled:
+            try:
+                net.prebind(kind, config.host, port, SNMP_RCVBUF if kind == "udp" else 0)
+            except OSError as exc:  # the server of that port retries, and reports, as usual
+                log.error("rockstar-mp aggregator: cannot bind %s %s:%d before dropping privileges: %s",
+                          kind, config.host, port, exc)
+    if config.enable_snmp:
+        preload_snmp()
+    drop_to(uid, gid)
+    log.info("rockstar-mp aggregator: running as uid %d gid %d", uid, gid)
 
 
 class HttpServer:
@@ -201,8 +220,11 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rockstar_mp.aggregator")
     parser.add_argument("--segment", required=True)
+    parser.add_argument("--segment-fd", type=int, default=None, help="the master's open segment (inherited)")
     parser.add_argument("--config", required=True)
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--user", type=int, default=None, help="uid to run as once the ports are bound")
+    parser.add_argument("--group", type=int, default=None, help="gid to run as once the ports are bound")
     parser.add_argument("--status-fd", type=int, help="write 'serving <url>' or 'fatal: <cause>' there")
     parser.add_argument("--bind-retry", type=float, default=BIND_RETRY_SECONDS,
                         help="seconds to retry a taken metrics port (0: one attempt)")
@@ -212,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent)
     try:
         config = read_config(args.config)
-        wait_for_lock(args.segment + AGGREGATOR_LOCK_SUFFIX, args.parent)
-        segment = attach_segment(args.segment)
-        sock = bind(config.host, config.metrics_port, args.bind_retry)
+        segment = attach_segment(args.segment, args.segment_fd)
+        wait_for_lock(segment, args.parent)
+        if args.user is not None and os.geteuid() == 0 and args.user != 0:
+            group = args.group if args.group is not None else args.user
+            bind_then_drop(config, args.user, group, args.bind_retry)
+            die_with_parent(args.parent)  # a change of credentials clears the parent-death signal
+        sock = bind(config.host, config.metrics_port, args.bind_retry)  # after a drop: the held socket
     except (StartupError, OSError) as exc:
         return status.fatal(str(exc))
     Header.aggregator_pid.set(segment.buf, os.getpid())

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import sqlite3
-import stat
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +35,7 @@ from typing import Mapping, Optional
 import falcon
 import falcon.asgi
 
+from .. import safefs
 from ..config import MonitoringConfig
 from .exposition import _number, render_json
 from .views import _bad
@@ -49,6 +49,7 @@ SWEEP_INTERVAL = 600.0  # at most this often, series left without points are for
 DEFAULT_WINDOW = 3600.0  # the endpoint's default since = until - this
 JOURNAL_SIZE_LIMIT = 4 << 20  # the WAL file is truncated back to this after a checkpoint
 MAX_LOGGED = 64  # distinct error messages remembered (each is logged once)
+SIDE_FILES = ("-wal", "-shm")  # SQLite's in WAL mode, beside the database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -95,14 +96,22 @@ def flatten(body: Mapping) -> Rows:
     return MappingProxyType(rows)
 
 
-def _private_file(path: str) -> None:
-    """Create ``path`` if missing, mode 0600 (SQLite gives its -wal and -shm files the same mode)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _claim_files(path: str) -> tuple[int, int]:
+    """Make the database file and its -wal and -shm ours before SQLite opens them; their identity
+    ``(st_dev, st_ino)``. Raises ``safefs.UnsafePath`` if any name is taken by a symlink or a file that
+    is not ours, before anything is created (SQLite itself would follow the link or use the file)."""
+    for suffix in SIDE_FILES + ("-journal",):
+        safefs.check_own_file(path + suffix)
+    fd, created = safefs.claim_file(path)
     try:
-        if stat.S_IMODE(os.fstat(fd).st_mode) != 0o600:
-            os.fchmod(fd, 0o600)
+        info = os.fstat(fd)
     finally:
         os.close(fd)
+    for suffix in SIDE_FILES:
+        if created:  # a WAL left by a deleted database would be replayed into the new one
+            safefs.remove_own_file(path + suffix)
+        os.close(safefs.claim_file(path + suffix)[0])  # SQLite opens them without O_EXCL: be there first
+    return info.st_dev, info.st_ino
 
 
 class HistoryStore:
@@ -115,15 +124,18 @@ class HistoryStore:
         self.busy_timeout = busy_timeout
         self.sweep_interval = sweep_interval
         self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file _conn has open
         self._ids: dict[str, int] = {}  # name -> series id, only ids of committed rows
         self._last_sweep = time.monotonic()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None:
             return self._conn
-        _private_file(self.path)
+        identity = _claim_files(self.path)
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
+            if self._identity_of_path() != identity:
+                raise safefs.UnsafePath(f"{self.path} was replaced while being opened")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
@@ -138,11 +150,30 @@ class HistoryStore:
             conn.close()
             raise
         self._conn = conn
+        self._identity = identity
         self._ids.clear()
         return conn
 
+    def _identity_of_path(self) -> tuple[int, int] | None:
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def lost_file(self) -> str | None:
+        """``"deleted"`` or ``"replaced"`` if the open database is no longer the file at ``path`` (its
+        writes would go nowhere anyone reads); None if it is, or none is open."""
+        if self._conn is None:
+            return None
+        found = self._identity_of_path()
+        if found == self._identity:
+            return None
+        return "deleted" if found is None else "replaced"
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
+        self._identity = None
         self._ids.clear()
         if conn is not None:
             try:
@@ -289,21 +320,20 @@ class HistoryWriter:
 
     # -- in the thread -------------------------------------------------------------------------
     def _write(self, ts: float, rows: Rows) -> bool:
+        lost = self.store.lost_file()
+        if lost:  # what was written since it was opened went with it: start a new file at the path
+            self._count()
+            log.warning("rockstar-mp aggregator: the history file %s was %s while open; writing to a new "
+                        "file at that path from now on (counted in history_errors)", self.path, lost)
+            self.store.close()
         try:
             self.store.write(ts, rows)
         except Exception as exc:  # sqlite3.Error, OSError; anything else is counted too
-            with self._lock:
-                self.errors += 1
             if not isinstance(exc, sqlite3.OperationalError):
                 self.store.close()  # e.g. a corrupt or replaced file: open it afresh next time
             self._failing = True
-            message = f"{type(exc).__name__}: {exc}"
-            if message not in self._logged:
-                if len(self._logged) < MAX_LOGGED:
-                    self._logged.add(message)
-                log.warning("rockstar-mp aggregator: history write to %s failed (%s); metrics are still "
-                            "served; each distinct error is logged once, all are counted in "
-                            "history_errors", self.path, message)
+            self._count()
+            self._log_once(f"{type(exc).__name__}: {exc}")
             return False
         with self._lock:
             self.writes += 1
@@ -311,6 +341,18 @@ class HistoryWriter:
             self._failing = False
             log.info("rockstar-mp aggregator: history writes to %s work again", self.path)
         return True
+
+    def _count(self) -> None:
+        with self._lock:
+            self.errors += 1
+
+    def _log_once(self, message: str) -> None:
+        if message not in self._logged:
+            if len(self._logged) < MAX_LOGGED:
+                self._logged.add(message)
+            log.warning("rockstar-mp aggregator: history write to %s failed (%s); metrics are still "
+                        "served; each distinct error is logged once, all are counted in history_errors",
+                        self.path, message)
 
 
 # -- the endpoint ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from .optimize import OptimizationSchedule
 from .workload import RingDrain, Window, sketch_totals
 
 GC_SERIES = "rockstar.gc.collections"
+PATH_CHECK_SECONDS = 1.0
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -89,6 +90,8 @@ class AggregatorState:
         self.history = None  # a HistoryWriter when history is on (set by the aggregator's serve())
         self.snmp = None  # the SnmpAgent while SNMP is on (set by the aggregator's serve())
         self._snapshot: Snapshot | None = None
+        self._path_intact = not Header.segment_unlinked.get(segment.buf)  # a restart does not tell again
+        self._path_check_at = 0.0
 
     def apply_control(self) -> None:
         """Apply the runtime overrides kept in the segment (``rockstar_mp.control``), if they changed."""
@@ -112,6 +115,28 @@ class AggregatorState:
         if self.window.due():  # a merge only when the window takes a sample (once a second)
             self.window.add(sketch_totals(self.snapshot()))
         self.optimization.observe()
+        self.watch_path()
+
+    def watch_path(self) -> None:
+        """Tell the operator, once, when the segment's path is deleted or replaced (systemd's
+        ``RemoveIPC=yes`` at logout, a tmp cleaner): every process keeps the open file, so counting
+        goes on; counted in ``segment_unlinked``."""
+        now = time.monotonic()
+        if now < self._path_check_at:
+            return
+        self._path_check_at = now + PATH_CHECK_SECONDS
+        intact = self.segment.path_intact()
+        if intact == self._path_intact:
+            return
+        self._path_intact = intact
+        if intact:
+            return
+        buf = self.segment.buf
+        Header.segment_unlinked.set(buf, Header.segment_unlinked.get(buf) + 1)
+        log.warning("rockstar-mp aggregator: the segment file %s was deleted or replaced (systemd's "
+                    "RemoveIPC=yes, or a tmp cleaner?). Monitoring goes on: every process keeps the open "
+                    "file, and restarts get it passed. Set RemoveIPC=no in logind.conf, or point "
+                    "segment_dir at a directory no cleaner touches", self.segment.path)
 
     def refresh_processes(self, full: bool = False) -> None:
         snap = self._snapshot or self.snapshot()
@@ -161,6 +186,9 @@ class AggregatorState:
             "aggregator_starts": Header.aggregator_starts.get(self.segment.buf),
             "catalogue_full": sum(w.catalogue_full for w in snap.workers),
             "claim_failures": snap.claim_failures,
+            "space_failures": Header.space_failures.get(self.segment.buf),
+            "hook_failures": Header.hook_failures.get(self.segment.buf),
+            "segment_unlinked": Header.segment_unlinked.get(self.segment.buf),
             "retired_overflow": snap.retired_overflow,
             "records_dropped": self.rings.records_dropped,
             "logs_dropped": self.rings.logs_dropped,

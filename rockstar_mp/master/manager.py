@@ -25,15 +25,17 @@ import os
 import shutil
 import tempfile
 
+from .. import safefs
 from ..config import MonitoringConfig
 from ..control import (OptimizationStats, apply_overrides, read_overrides, read_worker, request_optimization,
                        totals, write_overrides)
-from ..segment import LIVE, Geometry, LayoutMismatch, Segment, stale_segments
-from ..segment.segment import AGGREGATOR_LOCK_SUFFIX
+from ..segment import LIVE, Geometry, RockstarError, Segment, stale_segments
 from ..worker.attach import SEGMENT_ENV
+from ..privileges import resolve
 from .supervisor import AggregatorSupervisor
 
 RUN_DIR_ENV = "ROCKSTAR_PRIVATE_RUN_DIR"  # the private run directory, inherited by a re-executed master
+SEGMENT_FD_ENV = "ROCKSTAR_SEGMENT_FD"  # "fd:dev:inode" of the open segment, across a USR2 re-exec
 
 log = logging.getLogger("rockstar_mp.master")
 
@@ -47,6 +49,16 @@ def geometry_for(config: MonitoringConfig) -> Geometry:
                     log_slots=config.log_slots)
 
 
+def _inheritable(inherited: str, configured: str | None) -> bool:
+    """May a re-executed master (USR2) keep its parent's run dir? If it is private, and still where the
+    configured ``run_dir`` says (the directory itself or one made inside it)."""
+    if not safefs.is_private_dir(inherited):
+        return False
+    if configured is None:
+        return safefs.is_temp_run_dir(inherited)
+    return inherited == configured or os.path.dirname(inherited) == configured
+
+
 class MonitoringManager:
     """Owns the segment and the aggregator for one pre-fork master."""
 
@@ -57,6 +69,7 @@ class MonitoringManager:
         self._own_run_dir = False
         self._supervisor: AggregatorSupervisor | None = None
         self._pid = 0
+        self.run_as = _aggregator_identity(self.config)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "MonitoringManager":
@@ -69,20 +82,23 @@ class MonitoringManager:
         self.segment.register_master(self._pid)
         os.environ[SEGMENT_ENV] = self.segment.path
         self._open_run_dir(inherit=reattached)
+        self._grant_run_dir()
         self._write_aggregator_config()
-        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path())
+        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path(), self.segment.fileno(),
+                                                self.run_as)
         self._supervisor.start()
         return self
 
     def _open_segment(self) -> Segment:
         inherited = os.environ.get(SEGMENT_ENV)
-        if inherited and os.path.exists(inherited):
+        fd = _inherited_fd(os.environ.pop(SEGMENT_FD_ENV, ""))
+        if inherited and (fd is not None or os.path.exists(inherited)):
             try:
-                segment = Segment.attach(inherited)  # a re-executed master (USR2) carries the totals on
+                segment = Segment.attach(inherited, fd=fd)  # a re-executed master (USR2) carries the totals on
                 if os.getpid() not in segment.masters():
                     return segment
                 segment.close()  # another manager of this very process owns it: make our own
-            except (OSError, LayoutMismatch) as exc:
+            except (OSError, RockstarError) as exc:
                 log.warning("rockstar-mp: not re-attaching %s (%s); creating a new segment", inherited, exc)
         for path in stale_segments(self.config.segment_dir):
             log.info("rockstar-mp: removing %s, left by a master that died", path)
@@ -90,18 +106,26 @@ class MonitoringManager:
         return Segment.create(self.config.segment_dir, geometry_for(self.config))
 
     def _open_run_dir(self, inherit: bool) -> None:
-        if self.config.run_dir:
-            self.run_dir = self.config.run_dir
-            os.makedirs(self.run_dir, mode=0o700, exist_ok=True)
-            os.environ[RUN_DIR_ENV] = self.run_dir  # workers find their control socket directory here
-            return
-        inherited = os.environ.get(RUN_DIR_ENV)
-        if inherit and inherited and os.path.isdir(inherited):
-            self.run_dir = inherited
+        """Pick the run dir (private: see ``safefs.effective_run_dir``), export it for the workers and a
+        re-executed master, and remove what dead masters left in it (their configs hold the tokens)."""
+        configured = os.path.abspath(self.config.run_dir) if self.config.run_dir else None
+        inherited = os.environ.get(RUN_DIR_ENV) if inherit else None
+        if inherited and _inheritable(inherited, configured):
+            self.run_dir, self._own_run_dir = inherited, safefs.is_temp_run_dir(inherited)
+        elif configured:
+            self.run_dir, self._own_run_dir = safefs.effective_run_dir(configured)
         else:
-            self.run_dir = tempfile.mkdtemp(prefix="rockstar-mp-")
-            os.environ[RUN_DIR_ENV] = self.run_dir
-        self._own_run_dir = True
+            self.run_dir, self._own_run_dir = safefs.new_temp_run_dir(tempfile.gettempdir()), True
+        os.environ[RUN_DIR_ENV] = self.run_dir  # workers find their control socket directory here
+        parents = [tempfile.gettempdir()] + ([configured] if configured else [])
+        safefs.remove_dead_masters_leftovers(self.run_dir, parents)
+
+    def _grant_run_dir(self) -> None:
+        """The aggregator (and gunicorn's workers) run as ``run_as``: they keep history and control
+        sockets in the run dir, so it is theirs (root, the master, can use it anyway)."""
+        if self.run_as is None or self.run_dir is None or not self._own_run_dir:
+            return
+        os.chown(self.run_dir, *self.run_as)
 
     def _config_path(self) -> str:
         assert self.run_dir is not None
@@ -110,20 +134,18 @@ class MonitoringManager:
 
     def _write_aggregator_config(self) -> None:
         """The config goes to the aggregator in a 0600 file, never on its command line (ps shows argv)."""
-        path = self._config_path()
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.config.to_json())
-        os.replace(path + ".tmp", path)
+        safefs.write_atomic(self._config_path(), self.config.to_json().encode())
 
     def reload(self, config: MonitoringConfig) -> None:
         """Apply a new config (gunicorn HUP): the aggregator restarts with it; the segment stays."""
         self.config = config.with_env()
+        self.run_as = _aggregator_identity(self.config)
         if self._supervisor is None:
             return
         self._write_aggregator_config()
         self._supervisor.stop()
-        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path())  # type: ignore
+        self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path(), self.segment.fileno(),
+                                                self.run_as)  # type: ignore
         self._supervisor.start()
 
     def stop(self) -> None:
@@ -214,7 +236,27 @@ class MonitoringManager:
                                  total["memory_before"], total["memory_after"], total["memory_freed"])
 
 
+def _aggregator_identity(config: MonitoringConfig) -> tuple[int, int] | None:
+    """Whom a root master's aggregator runs as (None: as the master)."""
+    if os.geteuid() != 0:
+        return None
+    return resolve(config.aggregator_user, config.aggregator_group)
+
+
+def _inherited_fd(spec: str) -> int | None:
+    """The segment descriptor a re-executing master left open for us ("fd:dev:inode"), if it is
+    still that file (so a segment whose path was deleted is carried on too)."""
+    try:
+        fd, dev, ino = (int(part) for part in spec.split(":"))
+        st = os.fstat(fd)
+    except (ValueError, OSError):
+        return None
+    if (st.st_dev, st.st_ino) != (dev, ino):
+        return None
+    os.set_inheritable(fd, False)
+    return fd
+
+
 def _remove_segment_files(path: str) -> None:
-    for name in (path, path + AGGREGATOR_LOCK_SUFFIX):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -97,8 +97,11 @@ def exit_description(returncode: int | None) -> str:
 class AggregatorSupervisor:
     """Spawns the aggregator for ``segment_path`` and respawns it, with backoff, when it dies."""
 
-    def __init__(self, segment_path: str, config_path: str) -> None:
+    def __init__(self, segment_path: str, config_path: str, segment_fd: int | None = None,
+                 run_as: tuple[int, int] | None = None) -> None:
         self.segment_path = segment_path
+        self.segment_fd = segment_fd
+        self.run_as = run_as  # (uid, gid) the aggregator drops to once its ports are bound
         self.config_path = config_path
         self.owner = os.getpid()
         self.pid = 0
@@ -125,9 +128,14 @@ class AggregatorSupervisor:
         self.pid = 0
         self._spawned_at = time.monotonic()
         status_read, status_write = os.pipe()
-        pass_fds = (status_write,)
+        pass_fds: tuple[int, ...] = (status_write,)
         cmd = [sys.executable, "-m", "rockstar_mp.aggregator", "--segment", self.segment_path,
                "--config", self.config_path, "--parent", str(os.getpid()), "--status-fd", str(status_write)]
+        if self.segment_fd is not None:  # the aggregator maps the open file: a deleted path is no matter
+            cmd += ["--segment-fd", str(self.segment_fd)]
+            pass_fds += (self.segment_fd,)
+        if self.run_as is not None:
+            cmd += ["--user", str(self.run_as[0]), "--group", str(self.run_as[1])]
         if self.starts:
             # The bind retry waits for a predecessor to let the port go. A restart follows our own
             # aggregator's death, whose sockets are closed: a taken port waits out the backoff instead.

@@ -78,6 +78,9 @@ class Header:
     retired_max_values = Field(48, "I")
     record_slots = Field(52, "I")
     log_slots = Field(128, "I")
+    hook_failures = Field(136, "Q")  # our server hooks that raised (caught, logged once, counted)
+    space_failures = Field(144, "Q")  # slabs refused because segment_dir had no room to reserve them
+    segment_unlinked = Field(152, "Q")  # times the segment's path was found deleted or replaced
     created = Field(56, "d")
     next_age = Field(64, "Q")  # ages for workers that no pre-fork server numbered
     aggregator_pid = Field(72, "Q")

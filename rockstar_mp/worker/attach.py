@@ -99,8 +99,8 @@ class WorkerState:
         if os.getpid() == self.pid:
             try:
                 self.segment.retire_slab(self.slab, self.generation)
-            except OSError:
-                pass  # e.g. privileges dropped (gunicorn's user=): the aggregator retires it anyway
+            except Exception:  # noqa: BLE001 - never a traceback at exit: the aggregator retires it anyway
+                log.debug("rockstar-mp: slab %d not retired at exit", self.slab, exc_info=True)
 
 
 def _forget_slab_in_child() -> None:
@@ -160,7 +160,12 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
         if not path:
             raise RuntimeError("no segment to attach to: call MonitoringManager(...).start() in the "
                                f"parent before forking, or set ${SEGMENT_ENV}")
-        segment = Segment.attach(path)
+        segment = Segment.inherited(path) or Segment.attach(path)
+    try:
+        segment.open_lock()  # now, while privileged: gunicorn's user= switch comes after post_fork
+    except OSError as exc:
+        log.warning("rockstar-mp: no lock on the segment in this worker (%s); the aggregator will retire "
+                    "its slab", exc)
     if slab is None or generation is None:
         slab, generation = segment.claim_slab(age=age, master_pid=os.getppid())
     segment.bind_slab(slab, os.getpid(), process_start(os.getpid()))

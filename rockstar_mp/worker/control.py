@@ -7,9 +7,9 @@ what it serves; the socket only answers this user), it:
 * installs the SIGPROF handler (main thread only; it does nothing until a CPU profile arms the timer),
 * records where threads are started (``threadcreate``), and starts tracemalloc if
   ``heap_tracemalloc_at_boot``,
-* listens on ``<run_dir>/control/<pid>.sock`` (directory 0700, socket 0600) and answers each
-  connection from a same-user peer (SO_PEERCRED) in a short-lived daemon thread: profiles run there,
-  never on a request thread.
+* listens on ``<run_dir>/control/<pid>.sock`` (the master's private run dir, see ``safefs``; directory
+  0700, socket 0600) and answers each connection from a same-user peer (SO_PEERCRED) in a short-lived
+  daemon thread: profiles run there, never on a request thread.
 
 None of it touches the request path: with no profile running the cost is one thread asleep in
 ``accept`` and an idle signal handler.
@@ -23,11 +23,11 @@ import json
 import logging
 import os
 import socket
-import stat
 import struct
 import threading
 import tracemalloc
 
+from .. import safefs
 from ..config import MonitoringConfig
 from ..profiling import KINDS, Busy, collect, install_signal_handler, install_threadcreate_hook
 from ..profiling.channel import MAX_REQUEST, control_dir, socket_path
@@ -42,7 +42,14 @@ _SERVER: "ControlServer | None" = None
 
 
 def _run_dir(segment_path: str | None) -> str | None:
-    return MonitoringConfig().with_env().run_dir or os.environ.get(RUN_DIR_ENV) or None
+    """The master's private run dir: what it exported, else the one its configured ``run_dir`` leads to
+    (never the configured directory itself when others may write there)."""
+    exported = os.environ.get(RUN_DIR_ENV)
+    if exported:
+        return exported
+    configured = MonitoringConfig().with_env().run_dir
+    found = safefs.effective_run_dir(configured, create=False) if configured else None
+    return found.path if found else None
 
 
 def load_config(run_dir: str | None, segment_path: str | None) -> MonitoringConfig:
@@ -75,13 +82,7 @@ class ControlServer:
         self._sock: socket.socket | None = None
 
     def start(self) -> None:
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        info = os.lstat(directory)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-            raise PermissionError(f"{directory} is not a directory of ours")
-        if stat.S_IMODE(info.st_mode) != 0o700:
-            os.chmod(directory, 0o700)
+        safefs.private_dir(os.path.dirname(self.path))  # in the private run dir: only ours can be there
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a previous worker with our pid
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

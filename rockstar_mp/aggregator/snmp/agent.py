@@ -26,6 +26,7 @@ import socket
 import time
 
 from ...config import parse_base_oid, parse_trap_targets, parse_users
+from .. import net
 from ..state import AggregatorState
 from . import ber, respond
 from .fast import FastPath
@@ -50,16 +51,27 @@ def engine_id(port: int) -> bytes:
 
 
 def bind_udp(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        sock.bind((host, port))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return net.bind_udp(host, port, RCVBUF)
+
+
+def preload() -> None:
+    """Import now what the agent imports when it starts (pysnmp is only loaded when SNMP is on): the
+    aggregator calls it before dropping root, after which the interpreter's files may be unreadable."""
+    import pyasn1.type.univ  # noqa: F401
+    import pysnmp.carrier.asyncio.dgram.udp  # noqa: F401
+    import pysnmp.entity.config  # noqa: F401
+    import pysnmp.entity.engine  # noqa: F401
+    import pysnmp.entity.rfc3413.cmdrsp  # noqa: F401
+    import pysnmp.entity.rfc3413.context  # noqa: F401
+    import pysnmp.entity.rfc3413.ntforg  # noqa: F401
+    import pysnmp.proto.api.v2c  # noqa: F401
+    import pysnmp.proto.rfc1902  # noqa: F401
+    import pysnmp.proto.rfc1905  # noqa: F401
+    import pysnmp.smi.builder  # noqa: F401
+    import pysnmp.smi.instrum  # noqa: F401
+
+    from . import notify  # noqa: F401
+    pysnmp.entity.engine.SnmpEngine()  # loads its MIB modules, and the standard modules they import
 
 
 class SnmpAgent:
