@@ -111,12 +111,17 @@ def bind(host: str, port: int, retry: float = BIND_RETRY_SECONDS) -> socket.sock
     """The metrics port's socket, retried for ``retry`` seconds (the aggregator before us may still
     hold it during a handover)."""
     deadline = time.monotonic() + retry
+    waiting = False
     while True:
         try:
             return listen_tcp(host, port)
         except OSError as exc:
             if time.monotonic() + 0.2 > deadline:
                 raise StartupError(f"cannot listen on {host}:{port}: {exc}") from None
+            if not waiting:
+                log.info("rockstar-mp aggregator: %s:%d is not free yet; retrying for up to %.0f s",
+                         host, port, retry)
+                waiting = True
             time.sleep(0.2)
 
 
