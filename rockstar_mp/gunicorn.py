@@ -78,9 +78,32 @@ def manager() -> MonitoringManager | None:
     return _manager
 
 
+class _ToGunicornLog(logging.Handler):
+    """Hands the master's rockstar-mp records (the aggregator's causes, the metrics URL once it is
+    served) to gunicorn's error log: its format, its file, its level, which a HUP may change."""
+
+    def __init__(self, server) -> None:
+        super().__init__()
+        self.server = server
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error_log = self.server.log.error_log
+        if error_log.isEnabledFor(record.levelno):
+            error_log.handle(record)
+
+
+def _log_master_to_gunicorn(server) -> None:
+    master_log = logging.getLogger("rockstar_mp.master")
+    if not any(isinstance(h, _ToGunicornLog) for h in master_log.handlers):
+        master_log.addHandler(_ToGunicornLog(server))
+        master_log.setLevel(logging.DEBUG)  # the handler filters by gunicorn's level
+        master_log.propagate = False
+
+
 @_guarded
 def on_starting(server) -> None:
     global _manager
+    _log_master_to_gunicorn(server)
     _manager = MonitoringManager(_with_server_user(_config or MonitoringConfig(), server)).start()
     if _manager.config.gc_freeze_before_fork:
         gc.disable()  # Python's advice: no collections in the parent (holes), freeze before fork
@@ -90,8 +113,8 @@ def on_starting(server) -> None:
                            "others run unmonitored; point segment_dir at a larger tmpfs, or lower "
                            "slab_max_series or max_workers", _manager.config.segment_dir, room,
                            server.cfg.workers)
-    server.log.info("rockstar-mp: segment %s, metrics on http://%s:%d%s", _manager.segment.path,
-                    _manager.config.host, _manager.config.metrics_port, _manager.config.metrics_path)
+    # The metrics URL is logged once the aggregator says it serves it (master/supervisor.py).
+    server.log.info("rockstar-mp: segment %s", _manager.segment.path)
 
 
 def _with_server_user(config: MonitoringConfig, server) -> MonitoringConfig:

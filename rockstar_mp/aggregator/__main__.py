@@ -1,10 +1,16 @@
-"""The aggregator process: ``python -m rockstar_mp.aggregator --segment PATH --config FILE --parent PID``.
+"""The aggregator process: ``python -m rockstar_mp.aggregator --segment PATH --config FILE --parent PID``
+(optionally ``--status-fd N --bind-retry SECONDS``).
 
 One asyncio loop runs uvicorn serving the Falcon app and the tick (fold dead workers, heartbeat,
 process figures). It dies with its master (``PR_SET_PDEATHSIG`` plus a parent-pid check on every tick)
 and holds an exclusive lock on the segment itself, so a second aggregator for the same segment (gunicorn's
 USR2 starts a second master) waits in standby until the first is gone. It maps the segment through the
 descriptor the master passes (``--segment-fd``), so a deleted segment path does not stop it.
+
+With ``--status-fd`` it tells its master, in one line on that fd, ``serving <url>`` once the metrics
+socket is bound and served, or ``fatal: <cause>`` when it cannot start (a segment it cannot read, a port
+still taken after the bind retry, a config it cannot read, privileges it cannot drop); it then exits with
+status 1, no traceback.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import uvicorn
 
 from .._linux import set_parent_death_signal
 from ..config import MonitoringConfig
-from ..segment import Segment
+from ..segment import RockstarError, Segment
 from ..segment.layout import Header
 from .history import HistoryWriter
 from .http import create_app
@@ -58,22 +64,77 @@ def wait_for_lock(segment: Segment, parent: int) -> None:
         time.sleep(0.1)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The metrics port's socket, retried for a while (the aggregator before us may still hold it)."""
-    deadline = time.monotonic() + BIND_RETRY_SECONDS
+class StartupError(Exception):
+    """A reason the aggregator cannot start: reported in one line, without a traceback."""
+
+
+class StatusLine:
+    """The one-line reports to the master on ``--status-fd`` (to the log when there is no such fd)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def report(self, line: str) -> None:
+        if self.fd is not None:
+            try:
+                os.write(self.fd, (" ".join(line.split()) + "\n").encode())
+                return
+            except OSError:
+                self.fd = None  # the master is gone: we are about to follow it
+        log.info("rockstar-mp aggregator: %s", line)
+
+    def fatal(self, cause: str) -> int:
+        """Report a start-up failure; the exit status to return."""
+        if self.fd is None:
+            log.error("rockstar-mp aggregator: %s", cause)
+        else:
+            self.report(f"fatal: {cause}")
+        return 1
+
+
+def read_config(path: str) -> MonitoringConfig:
+    try:
+        with open(path) as f:
+            return MonitoringConfig.from_json(f.read())
+    except (OSError, ValueError, TypeError) as exc:
+        raise StartupError(f"cannot read the config {path}: {exc}") from None
+
+
+def attach_segment(path: str, fd: int | None = None) -> Segment:
+    try:
+        return Segment.attach(path, fd=fd)
+    except (OSError, ValueError, RockstarError) as exc:
+        raise StartupError(f"cannot attach the segment {path}: {exc}") from None
+
+
+def bind(host: str, port: int, retry: float = BIND_RETRY_SECONDS) -> socket.socket:
+    """The metrics port's socket, retried for ``retry`` seconds (the aggregator before us may still
+    hold it during a handover)."""
+    deadline = time.monotonic() + retry
+    waiting = False
     while True:
         try:
             return listen_tcp(host, port)
         except OSError as exc:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"rockstar-mp aggregator: cannot listen on {host}:{port}: {exc}")
+            if time.monotonic() + 0.2 > deadline:
+                raise StartupError(f"cannot listen on {host}:{port}: {exc}") from None
+            if not waiting:
+                log.info("rockstar-mp aggregator: %s:%d is not free yet; retrying for up to %.0f s",
+                         host, port, retry)
+                waiting = True
             time.sleep(0.2)
 
 
-def bind_then_drop(config: MonitoringConfig, uid: int, gid: int) -> None:
+def url_of(sock: socket.socket, path: str) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
+def bind_then_drop(config: MonitoringConfig, uid: int, gid: int,
+                   bind_retry: float = BIND_RETRY_SECONDS) -> None:
     """Bind every port the config serves now (privileged ports need root), then run as ``uid``/``gid``.
     A port enabled only later, at runtime, is bound then, as that user."""
-    net.hold("tcp", config.host, config.metrics_port, bind(config.host, config.metrics_port))
+    net.hold("tcp", config.host, config.metrics_port, bind(config.host, config.metrics_port, bind_retry))
     wanted = [("tcp", config.pprof_port, config.enable_pprof), ("udp", config.snmp_port, config.enable_snmp)]
     for kind, port, enabled in wanted:
         if enabled:
@@ -91,8 +152,9 @@ def bind_then_drop(config: MonitoringConfig, uid: int, gid: int) -> None:
 class HttpServer:
     """One uvicorn server on a socket we bound, driven from our loop."""
 
-    def __init__(self, app, sock: socket.socket) -> None:
+    def __init__(self, app, sock: socket.socket, on_started=None) -> None:
         self.sock = sock
+        self.on_started = on_started  # called once uvicorn serves the socket
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=2)
         config.load()
@@ -101,6 +163,8 @@ class HttpServer:
 
     async def run(self) -> None:
         await self.server.startup(sockets=[self.sock])
+        if self.on_started is not None and self.server.started:
+            self.on_started()
         await self.server.main_loop()
         await self.server.shutdown(sockets=[self.sock])
 
@@ -108,12 +172,19 @@ class HttpServer:
         self.server.should_exit = True
 
 
-async def serve(state: AggregatorState, parent: int, run_dir: str | None = None) -> None:
+async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_dir: str | None = None,
+                status: StatusLine | None = None) -> None:
+    """Serve the metrics on ``sock`` (bound by the caller) and tick until SIGTERM or the parent's death."""
     config = state.config
     loop = asyncio.get_running_loop()
     history = HistoryWriter.from_config(config, run_dir)  # None when history_interval=0
     state.history = history  # read by the history endpoint (and system_json's history_errors)
-    servers = [HttpServer(create_app(state), bind(config.host, config.metrics_port))]
+
+    def announce() -> None:
+        if status is not None:
+            status.report(f"serving {url_of(sock, config.metrics_path)}")
+
+    servers = [HttpServer(create_app(state), sock, on_started=announce)]
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
@@ -159,20 +230,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--user", type=int, default=None, help="uid to run as once the ports are bound")
     parser.add_argument("--group", type=int, default=None, help="gid to run as once the ports are bound")
+    parser.add_argument("--status-fd", type=int, help="write 'serving <url>' or 'fatal: <cause>' there")
+    parser.add_argument("--bind-retry", type=float, default=BIND_RETRY_SECONDS,
+                        help="seconds to retry a taken metrics port (0: one attempt)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    status = StatusLine(args.status_fd)
     die_with_parent(args.parent)
-    with open(args.config) as f:
-        config = MonitoringConfig.from_json(f.read())
-    segment = Segment.attach(args.segment, fd=args.segment_fd)
-    wait_for_lock(segment, args.parent)
-    if args.user is not None and os.geteuid() == 0 and args.user != 0:
-        bind_then_drop(config, args.user, args.group if args.group is not None else args.user)
-        die_with_parent(args.parent)  # a change of credentials clears the parent-death signal
+    try:
+        config = read_config(args.config)
+        segment = attach_segment(args.segment, args.segment_fd)
+        wait_for_lock(segment, args.parent)
+        if args.user is not None and os.geteuid() == 0 and args.user != 0:
+            group = args.group if args.group is not None else args.user
+            bind_then_drop(config, args.user, group, args.bind_retry)
+            die_with_parent(args.parent)  # a change of credentials clears the parent-death signal
+        sock = bind(config.host, config.metrics_port, args.bind_retry)  # after a drop: the held socket
+    except (StartupError, OSError) as exc:
+        return status.fatal(str(exc))
     Header.aggregator_pid.set(segment.buf, os.getpid())
     Header.aggregator_starts.set(segment.buf, Header.aggregator_starts.get(segment.buf) + 1)
     state = AggregatorState(segment, config)
-    asyncio.run(serve(state, args.parent, os.path.dirname(os.path.abspath(args.config))))  # the run dir
+    run_dir = os.path.dirname(os.path.abspath(args.config))
+    try:
+        asyncio.run(serve(state, args.parent, sock, run_dir, status))
+    except Exception as exc:  # a bug: the master learns the cause, the log keeps the traceback
+        status.report(f"fatal: {type(exc).__name__}: {exc}")
+        raise
     return 0
 
 
