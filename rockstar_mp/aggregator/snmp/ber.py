@@ -76,3 +76,77 @@ def varbind(name: tuple, encoded_value: bytes) -> bytes:
 
 def varbind_list(encoded: list) -> bytes:
     return tlv(0x30, b"".join(encoded))
+
+
+# -- decoding (requests) ---------------------------------------------------------------------------
+MAX_OID_ARCS = 128
+MAX_ARC = 2 ** 32 - 1  # SNMP sub-identifiers are 32-bit
+
+
+class Malformed(Exception):
+    """The bytes are not the BER this agent accepts (counted as a parse error, never logged)."""
+
+
+def read(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """``(tag, start, stop)`` of the TLV at ``pos``, which must end by ``end`` (definite lengths only)."""
+    if pos + 2 > end:
+        raise Malformed
+    tag, first = data[pos], data[pos + 1]
+    if tag & 0x1F == 0x1F:
+        raise Malformed  # multi-octet tags: none in SNMP
+    pos += 2
+    if first & 0x80:
+        n = first & 0x7F
+        if not 1 <= n <= 3 or pos + n > end:
+            raise Malformed  # indefinite or absurd lengths
+        size = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+    else:
+        size = first
+    if pos + size > end:
+        raise Malformed
+    return tag, pos, pos + size
+
+
+def expect(data: bytes, tag: int, pos: int, end: int) -> tuple[int, int]:
+    """``(start, stop)`` of the TLV at ``pos``, which must have ``tag``."""
+    found, start, stop = read(data, pos, end)
+    if found != tag:
+        raise Malformed
+    return start, stop
+
+
+def to_int(data: bytes, start: int, stop: int) -> int:
+    """A 32-bit INTEGER's value (every integer of a request header or PDU fits)."""
+    if not 1 <= stop - start <= 4:
+        raise Malformed
+    return int.from_bytes(data[start:stop], "big", signed=True)
+
+
+def to_oid(data: bytes, start: int, stop: int) -> tuple:
+    if start >= stop:
+        raise Malformed
+    arcs, n, fresh = [], 0, True
+    for byte in data[start:stop]:
+        if fresh and byte == 0x80:
+            raise Malformed  # a non-minimal arc
+        n = (n << 7) | (byte & 0x7F)
+        fresh = not byte & 0x80
+        if fresh:
+            arcs.append(n)
+            n = 0
+        elif n > MAX_ARC:
+            raise Malformed
+    if not fresh or len(arcs) > MAX_OID_ARCS or arcs[-1] > MAX_ARC:
+        raise Malformed
+    first = arcs[0]
+    head = (first // 40, first % 40) if first < 80 else (2, first - 80)
+    return head + tuple(arcs[1:])
+
+
+def octets(value: bytes) -> bytes:
+    return tlv(0x04, value)
+
+
+def int32(n: int) -> bytes:
+    return integer(0x02, n, True)

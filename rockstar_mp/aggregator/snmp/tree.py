@@ -311,9 +311,9 @@ class ViewBuilder:
                              "pre-fork Python server")),
             2: (OID, self.base),
             3: (TICKS, self.uptime_ticks()),
-            4: (STRING, b""),
+            4: (STRING, text(state.config.snmp_contact)),
             5: (STRING, text(self.hostname)),
-            6: (STRING, b""),
+            6: (STRING, text(state.config.snmp_location)),
             7: (INT, 72),
         })]
         errors = workload["by_status"].get("5xx", {}).get("requests", 0)
