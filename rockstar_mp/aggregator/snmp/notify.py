@@ -84,9 +84,8 @@ class Notifier:
                 if (address[0], address[1]) in senders:
                     super().datagram_received(datagram, address)
 
-        family = socket.AF_INET6 if ":" in agent.config.host else socket.AF_INET
-        transport = Transport(loop=asyncio.get_running_loop()).open_client_mode(
-            ("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        # from the agent's own address, as snmpd's clientaddr: a receiver sees which agent sent it
+        transport = Transport(loop=asyncio.get_running_loop()).open_client_mode((agent.config.host, 0))
         await transport._lport
         config.add_transport(snmp_engine, udp.DOMAIN_NAME, transport)
         levels = {u.name: u.level for u in agent.users}
@@ -94,7 +93,9 @@ class Notifier:
         for i, target in enumerate(agent.targets):
             if target.version == "v2c":
                 name, level, model = f"rockstar-notify-{i}", "noAuthNoPriv", 1
-                config.add_v1_system(snmp_engine, name, target.secret)
+                # tied to the target's tag: pysnmp takes the acknowledgement of an inform only from a
+                # community row whose tag the target's address carries
+                config.add_v1_system(snmp_engine, name, target.secret, transportTag=f"rockstar-t{i}")
                 config.add_vacm_user(snmp_engine, 2, name, level, notifySubTree=(1, 3, 6))
             else:
                 user = users[target.secret]
