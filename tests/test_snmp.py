@@ -45,7 +45,7 @@ IETF_DIRS = ("/usr/share/snmp/mibs/ietf", "/usr/share/snmp/mibs", "/usr/share/mi
 def tool(name: str) -> str:
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
     if path is None:
-        message = f"{name} is not installed (Debian: snmp, snmptrapd, smitools)"
+        message = f"{name} is not installed (Debian: snmp, snmptrapd, snmpd, smitools)"
         if CI:
             pytest.fail(message)
         pytest.skip(message)

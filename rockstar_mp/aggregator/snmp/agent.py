@@ -22,6 +22,7 @@ import concurrent.futures
 import hashlib
 import logging
 import socket
+import sys
 import threading
 import time
 
@@ -38,7 +39,9 @@ log = logging.getLogger("rockstar_mp.aggregator")
 BIND_RETRY_SECONDS = 10.0
 RCVBUF = 1 << 20
 POLL = 0.25  # how often the thread looks whether it should stop
+SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits for it
 VIEW_WAIT = 2.0  # seconds the thread waits for the loop to build a view (then serves the last one)
+VIEW_MAX_AGE = 1.0  # seconds a view is served while nothing merged since (snapshot_max_age if larger)
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 ENGINE_ID_PREFIX = bytes.fromhex("80001f8805")  # enterprise 8072 (net-snmp), format 5: octets
 
@@ -158,6 +161,11 @@ class SnmpAgent:
             sock.close()
             raise
         self.error = None
+        # A datagram that arrives while the loop holds the GIL waits for the loop to give it up: every
+        # 5 ms by default, which would be the time of most answers; the loop, likewise, gets it back
+        # from a busy agent thread sooner.
+        if sys.getswitchinterval() > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="rockstar-snmp", daemon=True)
         self._thread.start()
@@ -244,14 +252,15 @@ class SnmpAgent:
 
     # -- the view ---------------------------------------------------------------------------------
     def view(self) -> View:
-        """The view of the current merge (the snapshot the HTTP endpoints serve now), so an answer is never
-        older than the JSON served at that moment. Called in the agent's thread: a new view is built on the
-        loop, which owns the state."""
+        """The view to answer from: called in the agent's thread, it has the loop (which owns the state)
+        build a new one when the HTTP side has merged since the last (an answer is never older than what
+        the HTTP endpoints served last), or when the merge is older than ``VIEW_MAX_AGE`` (as snmpd caches
+        its tables: a walk does not wait for a merge every ``snapshot_max_age``)."""
         view = self._view
-        # read without the loop: an attribute read is atomic, and the snapshot is never changed in place
+        # read without the loop: an attribute read is atomic, and a snapshot is never changed in place
         snap = getattr(self.state, "_snapshot", None)
         if view is not None and view.snapshot is snap and snap is not None \
-                and time.time() - snap.taken <= self.config.snapshot_max_age:
+                and time.time() - snap.taken <= max(self.config.snapshot_max_age, VIEW_MAX_AGE):
             return view
         done: concurrent.futures.Future = concurrent.futures.Future()
         self._loop.call_soon_threadsafe(self._build_view, done)

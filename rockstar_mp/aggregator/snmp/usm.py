@@ -56,13 +56,12 @@ class Auth:
     """HMAC-<hash> truncated to the protocol's MAC length, with the user's localized key."""
 
     def __init__(self, hash_name: str, key: bytes, size: int) -> None:
-        self._mac = hmac.new(key, digestmod=hash_name)
+        self._hash = hash_name
+        self._key = key
         self.size = size
 
     def sign(self, message: bytes) -> bytes:
-        mac = self._mac.copy()
-        mac.update(message)
-        return mac.digest()[:self.size]
+        return hmac.digest(self._key, message, self._hash)[:self.size]  # OpenSSL's one-shot HMAC
 
 
 class AesPriv:
