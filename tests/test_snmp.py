@@ -201,11 +201,20 @@ def test_snmp_settings_parse_and_validate():
         {"ROCKSTAR_SNMP_TRAP_TARGETS": "v3:a@127.0.0.1:99", "ROCKSTAR_SNMP_P95_THRESHOLD_MS": "250"})
     assert config.snmp_p95_threshold_ms == 250.0 and "abcdefgh" not in repr(config)
     assert MonitoringConfig.from_json(config.to_json()) == config
+    config = MonitoringConfig().with_env({"ROCKSTAR_SNMP_ENGINE_ID": "0x80001F8805C0FFEE", "ROCKSTAR_SNMP_CONTACT": "ops",
+                                          "ROCKSTAR_SNMP_LOCATION": "rack 7"})
+    assert (config.snmp_engine_id, config.snmp_contact, config.snmp_location) == ("0x80001F8805C0FFEE", "ops", "rack 7")
+    assert engine_id("127.0.0.1", 1161, config.snmp_engine_id) == bytes.fromhex("80001f8805c0ffee")
+    derived = {engine_id(host, port) for host in ("127.0.0.1", "127.0.0.2") for port in (161, 1161)}
+    assert len(derived) == 4 and all(5 <= len(i) <= 32 and i[:5] == bytes.fromhex("80001f8805") for i in derived)
+    assert engine_id("127.0.0.1", 1161) == engine_id("127.0.0.1", 1161)  # stable across starts
     for bad in ({"snmp_users": "a:SHA:short"}, {"snmp_users": "a:XXX:12345678"},
                 {"snmp_users": "a:SHA:12345678,a:SHA:12345678"}, {"snmp_trap_targets": "v3:nobody@h:1"},
                 {"snmp_trap_targets": "v1:public@h:1"}, {"snmp_trap_targets": "v2c:public@h"},
                 {"snmp_base_oid": "1.3.x"}, {"snmp_error_rate_threshold": 2.0},
-                {"snmp_threshold_window": 0.0}, {"snmp_community": ""}):
+                {"snmp_threshold_window": 0.0}, {"snmp_community": ""}, {"snmp_engine_id": "80001f88"},
+                {"snmp_engine_id": "0xnothex"}, {"snmp_engine_id": "00" * 8}, {"snmp_engine_id": "ab" * 33},
+                {"snmp_contact": "x" * 256}, {"snmp_location": "é" * 128}):
         with pytest.raises(ValueError):
             MonitoringConfig(**bad)
 

@@ -169,8 +169,8 @@ class SnmpAgent:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="rockstar-snmp", daemon=True)
         self._thread.start()
-        log.info("rockstar-mp: SNMP agent on udp://%s:%d (base %s)", self.config.host, self.port,
-                 ".".join(map(str, self.base)))
+        log.info("rockstar-mp: SNMP agent on udp://%s:%d (base %s, engine ID %s)", self.config.host, self.port,
+                 ".".join(map(str, self.base)), self.engine_id.hex())
         from .notify import Notifier
         self.notifier = Notifier(self)
         try:

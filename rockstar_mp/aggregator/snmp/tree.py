@@ -24,7 +24,7 @@ from ..state import AggregatorState
 from ..views import workers_json, workload_json
 from . import mibdef
 
-# Type codes of the values (turned into pyasn1 objects by the agent).
+# Type codes of the values (encoded by ber.py).
 INT, UINT, GAUGE32, COUNTER32, COUNTER64, TICKS, STRING, OID = range(8)
 _KIND = {"Integer32": INT, "INTEGER": INT, "Unsigned32": UINT, "Gauge32": GAUGE32, "Counter32": COUNTER32,
          "Counter64": COUNTER64, "TimeTicks": TICKS, "DisplayString": STRING, "DateAndTime": STRING}
