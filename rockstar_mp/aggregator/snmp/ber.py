@@ -1,7 +1,8 @@
-"""A small BER encoder for response var-binds (X.690 definite lengths; the SNMP application types).
+"""A small BER encoder and decoder for SNMP messages (X.690 definite lengths; the SNMP application types).
 
-Building a response through pyasn1 objects costs ~100 us per var-bind (making the objects, then
-encoding them); encoding the var-bind list here and handing pyasn1 the finished bytes costs a few us.
+pyasn1 costs ~100 us per var-bind (making the objects, then encoding them) and ~0.5 ms to decode a
+message; these functions cost a few us. Encoding is on every answer's path: short lengths and small
+integers take the shortest way.
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ def length(n: int) -> bytes:
 
 
 def tlv(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + length(len(payload)) + payload
+    n = len(payload)
+    if n < 0x80:
+        return bytes((tag, n)) + payload
+    return bytes((tag,)) + length(n) + payload
 
 
 def _sub(n: int) -> bytes:
@@ -50,15 +54,18 @@ def oid(value: tuple) -> bytes:
     """An OBJECT IDENTIFIER; the encoding of all but the last arc is cached (column prefixes)."""
     if len(value) <= 2:
         return tlv(0x06, _payload(tuple(value)))
-    return tlv(0x06, _payload(tuple(value[:-1])) + _sub(value[-1]))
+    last = value[-1]
+    return tlv(0x06, _payload(value[:-1]) + (bytes((last,)) if last < 0x80 else _sub(last)))
 
 
 def integer(tag: int, n: int, signed: bool) -> bytes:
+    if 0 <= n < 0x80:
+        return bytes((tag, 1, n))
     if signed:
         size = max(1, (n + (n < 0)).bit_length() // 8 + 1)
-        return tlv(tag, n.to_bytes(size, "big", signed=True))
+        return bytes((tag, size)) + n.to_bytes(size, "big", signed=True)
     size = n.bit_length() // 8 + 1  # a leading zero octet when the top bit is set
-    return tlv(tag, n.to_bytes(size, "big"))
+    return bytes((tag, size)) + n.to_bytes(size, "big")
 
 
 def value(kind_value) -> bytes:
