@@ -22,7 +22,6 @@ import concurrent.futures
 import hashlib
 import logging
 import socket
-import sys
 import threading
 import time
 
@@ -39,7 +38,6 @@ log = logging.getLogger("rockstar_mp.aggregator")
 BIND_RETRY_SECONDS = 10.0
 RCVBUF = 1 << 20
 POLL = 0.25  # how often the thread looks whether it should stop
-SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL while another waits for it
 VIEW_WAIT = 2.0  # seconds the thread waits for the loop to build a view (then serves the last one)
 VIEW_MAX_AGE = 1.0  # seconds a view is served while nothing merged since (snapshot_max_age if larger)
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -161,11 +159,6 @@ class SnmpAgent:
             sock.close()
             raise
         self.error = None
-        # A datagram that arrives while the loop holds the GIL waits for the loop to give it up: every
-        # 5 ms by default, which would be the time of most answers; the loop, likewise, gets it back
-        # from a busy agent thread sooner.
-        if sys.getswitchinterval() > SWITCH_INTERVAL:
-            sys.setswitchinterval(SWITCH_INTERVAL)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="rockstar-snmp", daemon=True)
         self._thread.start()
