@@ -404,6 +404,10 @@ def test_a_configured_engine_id_is_used(gunicorn_factory):
     server = start_agent(gunicorn_factory, ROCKSTAR_SNMP_ENGINE_ID="0x80001f8805c0ffee0042")
     assert discovered_engine_id("127.0.0.1", server.snmp_port) == bytes.fromhex("80001f8805c0ffee0042")
     assert run("snmpget", v3(), server.snmp_port, "1.3.6.1.2.1.1.5.0").returncode == 0
+    # a manager with wrong boots and time: the agent's authenticated notInTimeWindow report resynchronises it
+    late = run("snmpget", v3() + ["-e", "0x80001f8805c0ffee0042", "-Z", "5,100"], server.snmp_port,
+               "1.3.6.1.2.1.1.5.0", retries="0", wait="2")
+    assert late.returncode == 0 and values(late.stdout), late
 
 
 def stays(check, seconds: float, interval: float = 0.1) -> None:
