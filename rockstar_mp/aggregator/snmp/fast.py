@@ -10,7 +10,6 @@ import hmac
 
 from . import ber, respond
 
-COMMUNITY_OVERHEAD = 16  # message and PDU headers beside the community and the var-binds
 
 
 class V2c:

@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import time
