@@ -63,6 +63,11 @@ class MonitoringConfig:
     snmp_error_rate_threshold: float = 0.0  # 5xx share of requests over snmp_threshold_window; 0 = off
     snmp_p95_threshold_ms: float = 0.0  # p95 latency over snmp_threshold_window; 0 = off
     snmp_threshold_window: float = 30.0  # seconds (at most window_seconds)
+    # The SNMPv3 engine ID, in hex (5..32 octets, "0x" allowed); empty: derived from /etc/machine-id,
+    # host and snmp_port, so that no two agents share one.
+    snmp_engine_id: str = ""
+    snmp_contact: str = ""  # sysContact.0
+    snmp_location: str = ""  # sysLocation.0
     # Scheduled garbage collection in the workers.
     enable_optimization: bool = False
     optimization_interval: float = 300.0
@@ -139,6 +144,11 @@ class MonitoringConfig:
         if not self.snmp_community:
             raise ValueError("snmp_community must not be empty")
         parse_base_oid(self.snmp_base_oid)
+        if self.snmp_engine_id:
+            parse_engine_id(self.snmp_engine_id)
+        for name in ("snmp_contact", "snmp_location"):
+            if len(getattr(self, name).encode("utf-8", "replace")) > 255:
+                raise ValueError(f"{name} has at most 255 octets (a DisplayString)")
         users = parse_users(self.snmp_users)
         parse_trap_targets(self.snmp_trap_targets, {u.name for u in users})
         for name in ("snmp_error_rate_threshold", "snmp_p95_threshold_ms"):
@@ -317,3 +327,17 @@ def parse_base_oid(value: str) -> tuple:
     if len(oid) < 2 or oid[0] > 2 or any(p < 0 or p >= 2 ** 32 for p in oid) or len(oid) > 100:
         raise ValueError(f"snmp_base_oid is not a valid OID: {value!r}")
     return oid
+
+
+def parse_engine_id(value: str) -> bytes:
+    """``snmp_engine_id``: hex (an optional "0x"), 5..32 octets, not all zeros nor all 0xff (RFC 3411)."""
+    text = value.strip()
+    if text[:2].lower() == "0x":
+        text = text[2:]
+    try:
+        raw = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        raise ValueError(f"snmp_engine_id must be hexadecimal, like 80001f8805c0ffee01, got {value!r}") from None
+    if not 5 <= len(raw) <= 32 or raw in (bytes(len(raw)), b"\xff" * len(raw)):
+        raise ValueError(f"snmp_engine_id must have 5..32 octets, not all 0x00 nor all 0xff, got {value!r}")
+    return raw
