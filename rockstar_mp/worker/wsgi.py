@@ -60,14 +60,19 @@ def status_label(status_line) -> tuple[str, int]:
     return OTHER, 0
 
 
-def _text(environ: dict, key: str):
-    """An environ value that is a str (the C path reads only those); None for anything else."""
+def _text(environ: dict, key: str, fallback_key: str = "") -> str:
+    """The environ's value at ``key``, else at ``fallback_key``, if it is a non-empty str (the C path
+    reads only those); "" if neither is."""
     value = environ.get(key)
-    return value if isinstance(value, str) else None
+    if value and isinstance(value, str):
+        return value
+    value = environ.get(fallback_key) if fallback_key else None
+    return value if value and isinstance(value, str) else ""
 
 
 def _path(environ: dict) -> str:
-    return _text(environ, "PATH_INFO") or "/"
+    path = environ.get("PATH_INFO")
+    return path if path and isinstance(path, str) else "/"
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -145,8 +150,11 @@ class _ListBody(list):
     def _count(self) -> None:
         request, self._request = self._request, None
         if request is not None:
-            request.middleware._finish(request, sum(len(chunk) for chunk in list.__iter__(self)
-                                                    if isinstance(chunk, bytes)))
+            sent = 0
+            for chunk in list.__iter__(self):
+                if isinstance(chunk, bytes):  # what a server can send (and what the C path counts)
+                    sent += len(chunk)
+            request.middleware._finish(request, sent)
 
 
 class _StreamingBody:
@@ -246,10 +254,12 @@ class _PythonPath(_Shared):
         hvals[hidx + sum_at] += seconds
         if self.workload:
             environ = request.environ
-            route = _text(environ, ROUTE_KEY) or (UNMATCHED if status == 404 else self._route(environ))
+            route = environ.get(ROUTE_KEY)
+            if not (route and isinstance(route, str)):
+                route = UNMATCHED if status == 404 else self._route(environ)
             RECORDER.record(method, route, status, seconds, time.time() - seconds, response_bytes,
-                            _text(environ, REQUEST_ID_KEY) or _text(environ, DEFAULT_REQUEST_ID_KEY) or "",
-                            _text(environ, TENANT_KEY) or _text(environ, self.tenant_key) or "")
+                            _text(environ, REQUEST_ID_KEY, DEFAULT_REQUEST_ID_KEY),
+                            _text(environ, TENANT_KEY, self.tenant_key))
             RECORDER.end()  # may run a pending optimization: after the response went
 
     def __call__(self, environ, start_response):
