@@ -13,7 +13,6 @@ import ast
 import gc
 import io
 import json
-import re
 import sys
 from wsgiref.util import FileWrapper
 
@@ -182,9 +181,9 @@ def slab_summary(segment: Segment, slab: int, pid: int, filled: bool) -> dict:
     series = {k: v for k, v in sorted(series.items()) if v}
     drain = RingDrain(segment, 10_000, 10)
     drain.drain()
-    records = [[r.method, r.route, r.status, r.response_bytes,
-                re.sub(r"^[0-9a-f]+-(?=[0-9a-f]+$)", "<pid>-", r.request_id), r.tenant, r.pid == pid]
-               for r in drain.records]
+    # the record's text fields as stored (a reader drops a character cut in two: compare the bytes)
+    records = [[repr(r[6].rstrip(b"\0")), repr(r[7].rstrip(b"\0")), r.status, r.response_bytes,
+                repr(r[8].rstrip(b"\0")), repr(r[9].rstrip(b"\0")), r.pid == pid] for r in drain.records]
     base = segment.geometry.slab_offset(slab)
     shown = bytes(segment.buf[base + Body.inflight_method.offset:base + Body.inflight_path.offset
                               + Body.inflight_path.struct.size])
