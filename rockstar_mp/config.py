@@ -89,6 +89,11 @@ class MonitoringConfig:
     retired_max_values: int = 65536
     record_slots: int = 1024  # workload records a worker's ring holds until the aggregator drains it
     log_slots: int = 256  # log records likewise
+    # The workload sketches' dimensions in a worker (rockstar_mp/worker/workload.py): values beyond
+    # these go under "other", counted in system.dimension_overflow.
+    max_routes: int = 200  # distinct routes a worker keeps
+    max_tenants: int = 200  # distinct tenants a worker keeps
+    workload_max_series: int = 4096  # slab series the sketches may take (at most half of slab_max_series)
     # What workers record.
     capture_logs: bool = True  # a SlabLogHandler on the root logger and gunicorn's error logger
     log_level: str = "INFO"  # the lowest level the handler keeps

@@ -158,7 +158,7 @@ def post_fork(server, worker) -> None:
     if _manager is not None and slab is not None:
         config = _manager.config
         attach_worker(_manager.segment, *slab, die_with_parent=True,
-                      capture_logs=config.log_level if config.capture_logs else None)
+                      capture_logs=config.log_level if config.capture_logs else None, config=config)
 
 
 @_guarded
