@@ -20,6 +20,7 @@ import falcon.asgi
 
 from ..profiling import DEFAULT_SECONDS, KINDS, TIMED, render
 from ..profiling.channel import WorkerUnavailable, ask, socket_path
+from . import params
 from .http import BearerAuth
 from .net import listen_tcp
 from .state import AggregatorState
@@ -82,17 +83,12 @@ class Pprof:
     def _seconds(self, req, kind: str) -> float | None:
         if kind not in TIMED:
             return None
-        raw = req.get_param("seconds")
-        if raw is None:
-            if kind == "heap":
+        # heap: seconds=0 asks for a snapshot; every other kind needs a window
+        seconds = params.number(req, "seconds", minimum=0.0, above=None if kind == "heap" else 0.0)
+        if seconds is None:
+            if kind == "heap" and DEFAULT_SECONDS[kind] <= self.config.pprof_max_seconds:
                 return None  # the worker chooses: a window, or a snapshot if tracemalloc runs since boot
             return min(DEFAULT_SECONDS[kind], self.config.pprof_max_seconds)
-        try:
-            seconds = float(raw)
-        except ValueError:
-            raise _error(falcon.HTTP_400, f"invalid value for seconds: {raw!r}") from None
-        if not (seconds > 0 or (kind == "heap" and seconds == 0)) or seconds != seconds:
-            raise _error(falcon.HTTP_400, f"seconds must be a positive number, got {raw!r}")
         if seconds > self.config.pprof_max_seconds:
             raise _error(falcon.HTTP_400, f"profile duration {seconds:g}s exceeds the server's maximum "
                                           f"(pprof_max_seconds={self.config.pprof_max_seconds:g})")
@@ -100,12 +96,7 @@ class Pprof:
 
     @staticmethod
     def _debug(req, kind: str) -> int:
-        raw = req.get_param("debug")
-        if raw is None:
-            return 0
-        if not raw.isdigit():
-            raise _error(falcon.HTTP_400, f"invalid value for debug: {raw!r}")
-        debug = int(raw)
+        debug = params.integer(req, "debug", 0)
         if debug and kind not in ("goroutine", "threadcreate"):
             raise _error(falcon.HTTP_400, f"debug={debug} is not supported for {kind}; "
                                           "read the profile with go tool pprof")
@@ -113,22 +104,20 @@ class Pprof:
 
     def _pids(self, req) -> tuple[list[int], bool]:
         live = [w.slot.pid for w in self.state.snapshot().workers]
-        raw = req.get_param("pid")
-        if raw is None:
+        pid = params.integer(req, "pid", minimum=1)
+        if pid is None:
             if not live:
                 raise _error(falcon.HTTP_503, "no live workers to profile")
             return live, False
-        if not raw.isdigit() or int(raw) <= 0:
-            raise _error(falcon.HTTP_400, f"pid must be a positive integer, got {raw!r}")
-        if int(raw) not in live:
-            raise _error(falcon.HTTP_404, f"no live worker with pid {raw}")
-        return [int(raw)], True
+        if pid not in live:
+            raise _error(falcon.HTTP_404, f"no live worker with pid {pid}")
+        return [pid], True
 
     # -- one profile ---------------------------------------------------------------------------------
     async def serve(self, kind: str, req, resp) -> None:
         seconds = self._seconds(req, kind)
         debug = self._debug(req, kind)
-        gc = req.get_param("gc") not in (None, "", "0", "false")
+        gc = params.text(req, "gc") not in (None, "", "0", "false")
         pids, single = self._pids(req)
         if kind == "profile":
             busy = self._cpu_running.intersection(pids)
