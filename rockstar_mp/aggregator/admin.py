@@ -7,7 +7,8 @@ end up in logs).
 
 Every endpoint is rate limited per client address (a token bucket: ``rate_limit`` requests a second,
 bursts of ``rate_limit_burst``; 429 with ``Retry-After``), request bodies are capped at
-``max_request_bytes`` and must arrive within ``request_timeout`` seconds.
+``max_request_bytes`` and must arrive within ``request_timeout`` seconds (``BodyDeadline``: a body
+announced and never begun, on any endpoint; ``read_json_body``: one begun and left unfinished).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import json
 import math
 import time
 from collections import OrderedDict
+from typing import Awaitable, Callable
 
 import falcon
 import falcon.asgi
@@ -95,6 +97,58 @@ class RateLimit:
                                              description=f"more than {config.rate_limit:g} requests a "
                                                          f"second from {client}; retry in {retry} s")
         bucket[0] = tokens - 1
+
+
+ErrorBody = Callable[[str, str], tuple]  # (title, description) -> (content type, body bytes, extra headers)
+
+
+def json_error_body(title: str, description: str) -> tuple:
+    return falcon.MEDIA_JSON, json.dumps({"title": title, "description": description}).encode(), []
+
+
+class BodyDeadline:
+    """ASGI wrapper of an app: a request's body must begin within ``request_timeout`` seconds, or the
+    client gets 408 and the connection is closed.
+
+    Falcon waits for the first chunk of the body before it even routes a request, so without this a
+    client announcing a body (``Content-Length: 10``) and never sending it would hold its request, and
+    its connection, for ever, on every endpoint.
+    """
+
+    def __init__(self, app, state: AggregatorState, error_body: ErrorBody = json_error_body) -> None:
+        self.app = app
+        self._state = state
+        self._error_body = error_body
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        timeout = self._state.config.request_timeout
+        try:
+            first = await asyncio.wait_for(receive(), timeout)
+        except asyncio.TimeoutError:
+            await self._timed_out(send, timeout)
+            return
+        replayed = False
+
+        async def receive_again() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()
+
+        await self.app(scope, receive_again, send)
+
+    async def _timed_out(self, send, timeout: float) -> None:
+        content_type, body, headers = self._error_body(
+            "408 Request Timeout", f"the body must arrive within {timeout:g} s")
+        await send({"type": "http.response.start", "status": 408,
+                    "headers": [(b"content-type", content_type.encode()), (b"connection", b"close"),
+                                (b"content-length", str(len(body)).encode()),
+                                *((k.encode(), v.encode()) for k, v in headers)]})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def read_json_body(req, config: MonitoringConfig) -> dict:

@@ -13,7 +13,7 @@ from ..config import MonitoringConfig
 from ..control import totals
 from .exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, render_json, render_openmetrics,
                          render_prometheus)
-from .admin import RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
+from .admin import BodyDeadline, RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
 from . import params
 from .history import HistoryResource, history_route
 from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
@@ -112,7 +112,7 @@ class MetricsSink:
         await self._resource.on_get(req, resp)
 
 
-def create_app(state: AggregatorState) -> falcon.asgi.App:
+def create_app(state: AggregatorState) -> BodyDeadline:
     """The app served on ``metrics_port``: metrics, views, history and the admin endpoints."""
     app = falcon.asgi.App(middleware=[RateLimit(state), BearerAuth(state.config)])
     app.set_error_serializer(_json_errors)
@@ -120,4 +120,4 @@ def create_app(state: AggregatorState) -> falcon.asgi.App:
     add_views(app, state)
     add_admin(app, state)
     app.add_sink(MetricsSink(state), prefix="/")
-    return app
+    return BodyDeadline(app, state)

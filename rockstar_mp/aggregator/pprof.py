@@ -21,6 +21,7 @@ import falcon.asgi
 from ..profiling import DEFAULT_SECONDS, KINDS, TIMED, render
 from ..profiling.channel import WorkerUnavailable, ask, socket_path
 from . import params
+from .admin import BodyDeadline
 from .http import BearerAuth
 from .net import listen_tcp
 from .state import AggregatorState
@@ -59,6 +60,11 @@ def _pprof_error(req, resp, exc: falcon.HTTPError) -> None:
     resp.set_header("X-Go-Pprof", "1")
     resp.set_header("X-Content-Type-Options", "nosniff")
     resp.text = (exc.description or exc.title or str(exc.status)) + "\n"
+
+
+def _go_error_body(title: str, description: str) -> tuple:
+    return ("text/plain; charset=utf-8", (description + "\n").encode(),
+            [("x-go-pprof", "1"), ("x-content-type-options", "nosniff")])
 
 
 def _error(status, message: str) -> falcon.HTTPError:
@@ -225,12 +231,12 @@ class _Tree:
             await pprof.serve(kind, req, resp)
 
 
-def create_pprof_app(state: AggregatorState, run_dir: str) -> falcon.asgi.App:
+def create_pprof_app(state: AggregatorState, run_dir: str) -> BodyDeadline:
     """The pprof app served on ``pprof_port`` (behind the bearer token when ``require_auth``)."""
     app = falcon.asgi.App(middleware=[BearerAuth(state.config)])
     app.set_error_serializer(_pprof_error)
     app.add_sink(_Tree(Pprof(state, run_dir)).handle, prefix="/")
-    return app
+    return BodyDeadline(app, state, _go_error_body)
 
 
 async def run_pprof_server(state: AggregatorState, run_dir: str, make_server, stopping: asyncio.Event,
