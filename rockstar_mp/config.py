@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Mapping, NamedTuple, Optional
 
 ENV_PREFIX = "ROCKSTAR_"
+MIN_SECONDS = 0.001  # the shortest interval or timeout accepted (5e-324 s overflowed the schedule)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -125,8 +126,8 @@ class MonitoringConfig:
             raise ValueError("rate_limit must be >= 0, rate_limit_burst and max_request_bytes >= 1")
         for name in ("optimization_interval", "snapshot_max_age", "tick_interval", "request_timeout"):
             value = getattr(self, name)
-            if not 0 < value < float("inf"):  # also refuses NaN
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            if not MIN_SECONDS <= value < float("inf"):  # also refuses NaN and denormal intervals
+                raise ValueError(f"{name} must be a number of seconds >= {MIN_SECONDS}, got {value!r}")
         if not 0 <= self.history_interval < float("inf"):  # 0 means no history; also refuses NaN
             raise ValueError("history_interval must be a number of seconds >= 0 (0: history off), "
                              f"got {self.history_interval!r}")
