@@ -190,21 +190,23 @@ def test_configure_validates_before_it_stores():
 SLOT = "SLOT_SEQ.offset, SLOT_PAYLOAD"  # configure()'s ring slot layout, as rockstar_mp.worker.accelerator passes it
 
 
-@pytest.mark.parametrize("args, exception", [
-    ("RECORD_SPANS", "TypeError"),  # the old form: no ring slot layout
-    (f"{SLOT}, dict(zip(RECORD_SPANS, range(9)))", "TypeError"),  # offsets without sizes
-    ("SLOT_SEQ.offset + 4, SLOT_PAYLOAD + 4, RECORD_SPANS", "ValueError"),  # a sequence word not aligned
-    ("SLOT_SEQ.offset, SLOT_PAYLOAD - 4, RECORD_SPANS", "ValueError"),  # the record over the sequence word
-    ("SLOT_SEQ.offset, -SLOT_PAYLOAD, RECORD_SPANS", "ValueError"),
-    (f"{SLOT}, {{k: v for k, v in RECORD_SPANS.items() if k != 'route'}}", "ValueError"),
-    (f"{SLOT}, {{**RECORD_SPANS, 'region': (0, 4)}}", "ValueError"),
-    (f"{SLOT}, {{**{{k: v for k, v in RECORD_SPANS.items() if k != 'route'}}, 'path': (0, 4)}}", "KeyError"),
-    (f"{SLOT}, {{**RECORD_SPANS, 'pid': (RECORD_SPANS['pid'][0], 8)}}", "ValueError"),
+@pytest.mark.parametrize("args, exception, why", [
+    ("RECORD_SPANS", "TypeError", "exactly 6 arguments"),  # the old form: no ring slot layout
+    (f"{SLOT}, dict(zip(RECORD_SPANS, range(9)))", "TypeError", "(offset, size)"),  # offsets without sizes
+    ("SLOT_SEQ.offset + 4, SLOT_PAYLOAD + 4, RECORD_SPANS", "ValueError", "sequence_at must be a multiple of 8"),
+    ("SLOT_SEQ.offset, SLOT_PAYLOAD - 4, RECORD_SPANS", "ValueError", "the sequence word and the record overlap"),
+    ("SLOT_SEQ.offset, -SLOT_PAYLOAD, RECORD_SPANS", "ValueError", "payload_at >= 0"),
+    (f"{SLOT}, {{k: v for k, v in RECORD_SPANS.items() if k != 'route'}}", "ValueError", "fields changed"),
+    (f"{SLOT}, {{**RECORD_SPANS, 'region': (0, 4)}}", "ValueError", "fields changed"),
+    (f"{SLOT}, {{**{{k: v for k, v in RECORD_SPANS.items() if k != 'route'}}, 'path': (0, 4)}}", "KeyError",
+     "no field route"),
+    (f"{SLOT}, {{**RECORD_SPANS, 'pid': (RECORD_SPANS['pid'][0], 8)}}", "ValueError", "field pid changed size"),
 ], ids=["without-the-slot", "offsets-without-sizes", "unaligned-sequence", "overlapping", "negative-payload",
         "a-field-missing", "a-field-more", "a-field-renamed", "a-numeric-field-resized"])
-def test_configure_refuses_a_slot_or_record_layout_it_cannot_write(args, exception):
+def test_configure_refuses_a_slot_or_record_layout_it_cannot_write(args, exception, why):
     """The C path has no layout of its own: without the ring slot's and the record's layout from Python, or
-    with one it cannot write, configure() refuses, and stores nothing (the first configure() stays)."""
+    with one it cannot write, configure() refuses (for that reason, not only because the layout differs
+    from the accelerator's), and stores nothing (the first configure() stays)."""
     assert_refused(f"""
         KEYS = {{"route": "r", "tenant": "t", "request_id": "i", "default_request_id": "d", "wsgi": "w",
                 "unmatched": "u"}}
@@ -214,6 +216,7 @@ def test_configure_refuses_a_slot_or_record_layout_it_cannot_write(args, excepti
             refused = e
         else:
             raise AssertionError("configure() took it")
+        assert {why!r} in str(refused), refused
         slab = Slab(*slab_args())
         hotpath.bind(slab, {{}}, Recorder(), None)
         hotpath.record("GET", "/r", 200, 0.001, 0.0, 2, "", "t")
