@@ -130,8 +130,7 @@ class Slot:
 
     state = Field(0, "Q", ", ".join(f"`{name}` {value}" for name, value in
                                     (("FREE", FREE), ("LIVE", LIVE), ("RETIRED", RETIRED))))
-    generation = Field(8, "Q", "incremented at every claim; (slab, generation) names exactly one tenancy "
-                       "(a fold names one)")
+    generation = Field(8, "Q", "incremented at every claim; (slab, generation) names exactly one tenancy")
     pid = Field(16, "Q", "0 from the claim until the worker binds")
     age = Field(24, "Q", "gunicorn's `worker.age`, or `next_age`")
     assigned_at = Field(32, "d", "claim time; a slab still unbound 60 s after it is reclaimed (section 4)")
@@ -229,7 +228,7 @@ def slot_struct(payload: struct.Struct, slot_size: int) -> struct.Struct:
     return struct.Struct(SLOT_SEQ.struct.format + payload.format.lstrip("<") + (f"{pad}x" if pad else ""))
 
 
-def _round_up(n: int, to: int) -> int:
+def round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
@@ -253,7 +252,7 @@ class BodyLayout:
 
     @property
     def values_offset(self) -> int:
-        return _round_up(self.heap_offset + self.heap_bytes, CELL_BYTES)
+        return round_up(self.heap_offset + self.heap_bytes, CELL_BYTES)
 
     @property
     def records_offset(self) -> int:
@@ -265,7 +264,7 @@ class BodyLayout:
 
     @property
     def size(self) -> int:
-        return _round_up(self.logs_offset + self.log_slots * LOG_SLOT, PAGE)
+        return round_up(self.logs_offset + self.log_slots * LOG_SLOT, PAGE)
 
     def entry_offset(self, i: int) -> int:
         return self.index_offset + i * INDEX_ENTRY.size
@@ -319,7 +318,7 @@ class Geometry:
 
     @property
     def retired_offset(self) -> int:
-        return _round_up(self.table_offset + self.n_slabs * TABLE_ENTRY_SIZE, PAGE)
+        return round_up(self.table_offset + self.n_slabs * TABLE_ENTRY_SIZE, PAGE)
 
     def retired_copy(self, which: int) -> int:
         return self.retired_offset + which * self.retired.size
