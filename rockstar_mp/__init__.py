@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 # The public names, and the module each one lives in.
 _EXPORTS = {
     "Counter": "metrics", "Gauge": "metrics", "Histogram": "metrics", "Registry": "metrics",
+    "CounterSeries": "metrics", "GaugeSeries": "metrics", "HistogramSeries": "metrics",
     "MonitoringConfig": "config",
     "MonitoringManager": "master.manager",
     "OptimizationStats": "control",
@@ -27,7 +28,8 @@ _EXPORTS = {
     "NoFreeSlab": "segment", "NoSpace": "segment", "RockstarError": "segment", "UntrustedFile": "segment",
 }
 
-__all__ = ["Counter", "Gauge", "Histogram", "Registry", "MonitoringConfig", "MonitoringManager",
+__all__ = ["Counter", "Gauge", "Histogram", "Registry", "CounterSeries", "GaugeSeries", "HistogramSeries",
+           "MonitoringConfig", "MonitoringManager",
            "OptimizationStats",
            "attach_worker", "CatalogueFull", "LayoutMismatch", "NoFreeSlab", "NoSpace", "RockstarError",
            "MetricNameConflict", "UntrustedFile",
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from .config import MonitoringConfig
     from .control import OptimizationStats
     from .master.manager import MonitoringManager
-    from .metrics import Counter, Gauge, Histogram, Registry
+    from .metrics import Counter, CounterSeries, Gauge, GaugeSeries, Histogram, HistogramSeries, Registry
     from .segment import (CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError,
                           UntrustedFile)
     from .worker.attach import attach_worker
