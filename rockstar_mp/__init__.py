@@ -5,6 +5,8 @@ retired, and serves them. The public API::
 
     from rockstar_mp import Counter, Gauge, Histogram, MonitoringConfig, MonitoringManager, attach_worker
 
+and the errors, every one a ``RockstarError`` (``rockstar_mp.errors``).
+
 The names load on first use (PEP 562): each process imports only its own role's modules, so the
 aggregator never loads the worker's request path nor declares the worker's metric families.
 """
@@ -24,15 +26,17 @@ _EXPORTS = {
     "MonitoringManager": "master.manager",
     "OptimizationStats": "control",
     "attach_worker": "worker.attach",
-    "CatalogueFull": "segment", "LayoutMismatch": "segment", "MetricNameConflict": "segment",
-    "NoFreeSlab": "segment", "NoSpace": "segment", "RockstarError": "segment", "UntrustedFile": "segment",
+    **{name: "errors" for name in ("RockstarError", "CatalogueFull", "LayoutMismatch", "MetricNameConflict",
+                                   "NoFreeSlab", "NoSpace", "UntrustedFile", "UnsafePath", "NoSegment",
+                                   "FetchError", "ProfileFetchError", "WorkerUnavailable", "ProfilerBusy")},
 }
 
 __all__ = ["Counter", "Gauge", "Histogram", "Registry", "CounterSeries", "GaugeSeries", "HistogramSeries",
            "MonitoringConfig", "MonitoringManager",
            "OptimizationStats",
            "attach_worker", "CatalogueFull", "LayoutMismatch", "NoFreeSlab", "NoSpace", "RockstarError",
-           "MetricNameConflict", "UntrustedFile",
+           "MetricNameConflict", "UntrustedFile", "UnsafePath", "NoSegment", "FetchError", "ProfileFetchError",
+           "WorkerUnavailable", "ProfilerBusy",
            "__version__"]
 
 if TYPE_CHECKING:
@@ -40,8 +44,9 @@ if TYPE_CHECKING:
     from .control import OptimizationStats
     from .master.manager import MonitoringManager
     from .metrics import Counter, CounterSeries, Gauge, GaugeSeries, Histogram, HistogramSeries, Registry
-    from .segment import (CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError,
-                          UntrustedFile)
+    from .errors import (CatalogueFull, FetchError, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSegment,
+                         NoSpace, ProfileFetchError, ProfilerBusy, RockstarError, UnsafePath, UntrustedFile,
+                         WorkerUnavailable)
     from .worker.attach import attach_worker
 
 

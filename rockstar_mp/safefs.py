@@ -29,6 +29,8 @@ import stat
 import tempfile
 from typing import NamedTuple
 
+from .errors import UnsafePath
+
 log = logging.getLogger("rockstar_mp.safefs")
 
 FILE_MODE = 0o600
@@ -39,10 +41,6 @@ TEMP_RUN_DIR = re.compile(r"rockstar-mp-(\d+)-[^/]+")
 # files write_atomic makes for it.
 AGGREGATOR_CONFIG = re.compile(r"aggregator-(\d+)-.+\.json(\.[0-9a-f]+\.tmp)?")
 _ADVICE = "remove it, or point run_dir (history_path) at a directory that only this user can write"
-
-
-class UnsafePath(PermissionError):
-    """A name we were about to use is taken by something we must not trust."""
 
 
 def _refusal(path: str, why: str) -> UnsafePath:

@@ -64,7 +64,7 @@ def wait_for_lock(segment: Segment, parent: int) -> None:
         time.sleep(0.1)
 
 
-class StartupError(Exception):
+class StartupError(RockstarError):
     """A reason the aggregator cannot start: reported in one line, without a traceback."""
 
 

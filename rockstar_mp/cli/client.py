@@ -12,17 +12,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import FetchError
+
 DEFAULT_URL = "http://127.0.0.1:9090"
 DEFAULT_METRICS_PATH = "/metrics"
-
-
-class FetchError(Exception):
-    """A request to the aggregator failed; ``str()`` is the one-line message shown to the user and
-    ``status`` the HTTP status, if an answer came."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def request_json(url: str, token: str | None, timeout: float = 10.0, body: dict | None = None) -> object:

@@ -12,13 +12,11 @@ import json
 import os
 import socket
 
+from ..errors import WorkerUnavailable
+
 CONTROL_DIR = "control"
 MAX_REQUEST = 64 * 1024
 MAX_ANSWER = 512 * 1024 * 1024
-
-
-class WorkerUnavailable(Exception):
-    """The worker did not answer (gone, not listening, or too slow)."""
 
 
 def control_dir(run_dir: str) -> str:

@@ -9,12 +9,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from ..errors import ProfileFetchError
+
 DEFAULT_PPROF_URL = "http://127.0.0.1:6060/debug/pprof"
 TIMED = ("profile", "wall", "heap", "block", "mutex", "trace")
-
-
-class ProfileFetchError(Exception):
-    pass
 
 
 def profile_url(base: str, kind: str = "profile", seconds: float | None = None, pid: int | None = None,

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 
+from ..errors import ProfilerBusy
 from . import frames as _frames
 from .proto import new_raw
 
@@ -36,8 +37,7 @@ MAX_HZ = 1000
 CPU_LOCK = threading.Lock()
 
 
-class Busy(Exception):
-    """A profile of this kind is already running in this process."""
+Busy = ProfilerBusy  # the name the profiling modules raise and catch
 
 
 # -- SIGPROF ------------------------------------------------------------------------------------------

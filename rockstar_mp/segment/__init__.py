@@ -1,6 +1,6 @@
 """The shared segment: its byte layout (``layout``), the per-body catalogue, and the file itself.
 
-This package imports nothing else of rockstar-mp: workers, masters and the aggregator all build on it.
+This package imports nothing else of rockstar-mp but ``rockstar_mp.errors``: workers, masters and the aggregator all build on it.
 """
 from .catalogue import CatalogueWriter, catalogue_bytes, published_count, read_entries, reset_body
 from .errors import (CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError,

@@ -1,44 +1,6 @@
-"""Errors raised by the segment; re-exported from ``rockstar_mp``."""
+"""The errors the segment raises: defined in ``rockstar_mp.errors`` (which imports nothing), kept here
+under their old import path."""
+from ..errors import CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError, UntrustedFile
 
-
-class RockstarError(Exception):
-    """Base class of every rockstar-mp error."""
-
-
-class LayoutMismatch(RockstarError):
-    """The file is not a segment this version of rockstar-mp can read."""
-
-
-class CatalogueFull(RockstarError):
-    """A new series did not fit in the worker's slab (series, key bytes or values).
-
-    The refusal is counted (``catalogue_full`` in the worker's slab, shown in ``/metrics``). Raise the
-    limits with ``MonitoringConfig(slab_max_series=..., slab_max_values=...)`` or use fewer label values.
-    """
-
-
-class MetricNameConflict(RockstarError, ValueError):
-    """A metric whose Prometheus names are already taken in this process, or reserved for rockstar-mp.
-
-    Prometheus names fold ``.`` into ``_``; a counter also takes ``<name>_total`` and ``<name>_created``
-    (and ``dup`` and ``dup_total`` are one counter), a histogram ``<name>_bucket``, ``_sum``, ``_count``
-    and ``_created``. Names starting ``rockstar_`` and rockstar-mp's own ``http.requests`` and
-    ``http.request.duration.seconds`` are reserved. The message names the metric to rename.
-    """
-
-
-class NoFreeSlab(RockstarError):
-    """Every slab is in use: more live workers than ``MonitoringConfig.max_workers``."""
-
-
-class NoSpace(NoFreeSlab):
-    """``segment_dir`` (a tmpfs, usually ``/dev/shm``) has no room to reserve the segment or a slab.
-
-    Pages are reserved (``posix_fallocate``) before anything touches them, so a full tmpfs refuses a
-    slab (its worker runs unmonitored, counted in ``space_failures``) instead of killing a process with
-    SIGBUS. Point ``segment_dir`` at a larger tmpfs, or lower ``max_workers`` or ``slab_max_series``.
-    """
-
-
-class UntrustedFile(RockstarError):
-    """A file we were asked to open is a symlink, not a regular file, or owned by another user."""
+__all__ = ["RockstarError", "LayoutMismatch", "CatalogueFull", "MetricNameConflict", "NoFreeSlab", "NoSpace",
+           "UntrustedFile"]

@@ -29,6 +29,7 @@ from .workload import RECORDER, WorkloadLimits
 from .control import start_control
 from ..segment.layout import Body
 from ..environment import SEGMENT_ENV
+from ..errors import NoSegment
 
 HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.1  # how soon a requested optimization is noticed
@@ -162,7 +163,7 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     if not isinstance(segment, Segment):
         path = segment or os.environ.get(SEGMENT_ENV)
         if not path:
-            raise RuntimeError("no segment to attach to: call MonitoringManager(...).start() in the "
+            raise NoSegment("no segment to attach to: call MonitoringManager(...).start() in the "
                                f"parent before forking, or set ${SEGMENT_ENV}")
         segment = Segment.inherited(path) or Segment.attach(path)
     try:

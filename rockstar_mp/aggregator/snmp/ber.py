@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ...errors import RockstarError
 from .tree import COUNTER32, COUNTER64, GAUGE32, INT, OID, STRING, TICKS, UINT
 
 TAG = {INT: 0x02, STRING: 0x04, OID: 0x06, COUNTER32: 0x41, GAUGE32: 0x42, UINT: 0x42, TICKS: 0x43,
@@ -90,7 +91,7 @@ MAX_OID_ARCS = 128
 MAX_ARC = 2 ** 32 - 1  # SNMP sub-identifiers are 32-bit
 
 
-class Malformed(Exception):
+class Malformed(RockstarError):
     """The bytes are not the BER this agent accepts (counted as a parse error, never logged)."""
 
 

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from ...config import SnmpUser
+from ...errors import RockstarError
 from . import ber, respond
 
 AUTH_FLAG, PRIV_FLAG, REPORTABLE_FLAG = 0x01, 0x02, 0x04
@@ -138,7 +139,7 @@ class LocalUser:
         self.level = AUTH_FLAG | PRIV_FLAG
 
 
-class Refused(Exception):
+class Refused(RockstarError):
     """A message failing a USM check: ``stat`` says which, ``flags`` at what level to report it."""
 
     def __init__(self, stat: int, flags: int = 0) -> None:
