@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Mapping, NamedTuple, Optional
 
 ENV_PREFIX = "ROCKSTAR_"
+HEARTBEAT_SECONDS = 1.0  # how often a worker beats (rockstar_mp/worker/attach.py)
 MIN_SECONDS = 0.001  # the shortest interval or timeout accepted (5e-324 s overflowed the schedule)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -105,6 +106,9 @@ class MonitoringConfig:
     # The aggregator.
     snapshot_max_age: float = 0.1  # a scrape re-merges when the last merge is older than this (s)
     tick_interval: float = 0.25  # folding of dead workers, heartbeat, liveness (s)
+    # A live worker whose heartbeat (every second, from its monitor thread) is older than this is stuck:
+    # stopped (SIGSTOP, a debugger) or holding the GIL; a long request alone does not stop the beat (s).
+    stuck_after: float = 10.0
     # The metrics history (SQLite, in the aggregator; served at {metrics_path}/history).
     history_interval: float = 10.0  # seconds between snapshots into the history; 0 turns history off
     history_retention: float = 86400.0  # points older than this many seconds are deleted
@@ -128,6 +132,9 @@ class MonitoringConfig:
             value = getattr(self, name)
             if not MIN_SECONDS <= value < float("inf"):  # also refuses NaN and denormal intervals
                 raise ValueError(f"{name} must be a number of seconds >= {MIN_SECONDS}, got {value!r}")
+        if not HEARTBEAT_SECONDS < self.stuck_after < float("inf"):
+            raise ValueError(f"stuck_after must be a number of seconds > {HEARTBEAT_SECONDS:g} (a worker beats "
+                             f"once a second), got {self.stuck_after!r}")
         if not 0 <= self.history_interval < float("inf"):  # 0 means no history; also refuses NaN
             raise ValueError("history_interval must be a number of seconds >= 0 (0: history off), "
                              f"got {self.history_interval!r}")

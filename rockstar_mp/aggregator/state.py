@@ -1,4 +1,5 @@
-"""What the aggregator knows at any moment: the latest merge and the workers' process figures.
+"""What the aggregator knows at any moment: the latest merge, the workers' process figures and which
+workers are stuck.
 
 Everything the HTTP (and later SNMP) surfaces serve comes from here, already computed; a scrape only
 re-merges when the last merge is older than ``snapshot_max_age`` (a merge takes milliseconds).
@@ -13,8 +14,8 @@ import psutil
 
 from ..config import MonitoringConfig
 from ..control import apply_overrides, read_overrides
-from ..segment import STATE_NAMES, Segment
-from ..segment.layout import Header
+from ..segment import STATE_NAMES, Segment, process_alive
+from ..segment.layout import Body, Header
 from .merge import Merger, Snapshot
 from .optimize import OptimizationSchedule
 from .workload import RingDrain, Window, sketch_totals
@@ -76,6 +77,33 @@ class ProcessStats:
         return detail
 
 
+class Liveness:
+    """Which live workers are stuck: their pid runs but their heartbeat is older than ``stuck_after``.
+
+    A worker's monitor thread beats every second, also while the main thread serves a long request (the
+    thread releases the GIL between beats), so a slow request is not stuck. A stopped process (SIGSTOP,
+    a debugger, a frozen cgroup) or one whose thread holds the GIL (a C extension looping without
+    releasing it) does not beat, and is. The count of episodes (a worker becoming stuck) lives in the
+    aggregator's memory: it starts again at 0 when the aggregator restarts.
+    """
+
+    def __init__(self) -> None:
+        self.stuck: set[int] = set()  # pids
+        self.episodes = 0
+
+    def observe(self, segment: Segment, snap: Snapshot, stuck_after: float, now: float) -> None:
+        """Re-read every live worker's heartbeat (fresher than the snapshot's) and update ``stuck``."""
+        stuck = set()
+        for worker in snap.workers:
+            slot = worker.slot
+            beat = Body.heartbeat.get(segment.buf, segment.geometry.slab_offset(slot.slab))
+            since = max(beat, slot.assigned_at)  # a worker claiming its slab has not beaten yet
+            if now - since > stuck_after and process_alive(slot.pid):
+                stuck.add(slot.pid)
+        self.episodes += len(stuck - self.stuck)
+        self.stuck = stuck
+
+
 class AggregatorState:
     def __init__(self, segment: Segment, config: MonitoringConfig) -> None:
         self.segment = segment
@@ -84,6 +112,7 @@ class AggregatorState:
         self._overrides: dict = {}
         self.merger = Merger(segment)
         self.procs = ProcessStats()
+        self.liveness = Liveness()
         self.rings = RingDrain(segment, config.recent_records, config.recent_logs)
         self.window = Window(config.window_seconds)
         self.optimization = OptimizationSchedule(segment)
@@ -116,6 +145,7 @@ class AggregatorState:
             self.window.add(sketch_totals(self.snapshot()))
         self.optimization.observe()
         self.watch_path()
+        self.liveness.observe(self.segment, self._snapshot or self.snapshot(), self.config.stuck_after, time.time())
 
     def watch_path(self) -> None:
         """Tell the operator, once, when the segment's path is deleted or replaced (systemd's
@@ -158,7 +188,8 @@ class AggregatorState:
             proc = self.procs.stats.get(slot.pid, {})
             out.append({"pid": slot.pid, "age": slot.age, "slab": slot.slab,
                         "state": STATE_NAMES[slot.state], "started": slot.proc_start,
-                        "heartbeat": w.heartbeat, "rss": proc.get("rss"),
+                        "heartbeat": w.heartbeat, "stuck": slot.pid in self.liveness.stuck,
+                        "rss": proc.get("rss"),
                         "cpu_percent": proc.get("cpu_percent"), "cpu_seconds": proc.get("cpu_seconds"),
                         "threads": proc.get("threads"), "series": w.cache.parsed,
                         "catalogue_full": w.catalogue_full})
@@ -184,6 +215,8 @@ class AggregatorState:
             "num_gc": int(num_gc),
             "workers_live": len(snap.workers),
             "workers_folded": snap.workers_folded,
+            "workers_stuck": len(self.liveness.stuck),
+            "workers_stuck_episodes": self.liveness.episodes,
             "cpu_percent": round(sum(p.get("cpu_percent", 0.0) for p in procs), 1),
             "machine_memory_total": machine.total,
             "machine_memory_available": machine.available,

@@ -126,6 +126,7 @@ def workers_json(state: AggregatorState) -> list[dict]:
             "cpu_percent": proc.get("cpu_percent"), "cpu_seconds": proc.get("cpu_seconds"),
             "threads": proc.get("threads"), "open_fds": proc.get("open_fds"),
             "heartbeat": worker.heartbeat, "heartbeat_age": round(now - worker.heartbeat, 3),
+            "stuck": slot.pid in state.liveness.stuck,
             "series": worker.cache.parsed, "catalogue_full": worker.catalogue_full})
     return out
 
@@ -242,6 +243,11 @@ def exported_families(state: AggregatorState) -> tuple:
         ExtraFamily("rockstar_workers_live", "gauge", "Live workers", [("", (), (), len(pids))]),
         ExtraFamily("rockstar_workers_folded", "counter", "Workers that exited and were folded in",
                     [("", (), (), snap.workers_folded)]),
+        ExtraFamily("rockstar_workers_stuck", "gauge", "Live workers whose heartbeat is older than stuck_after",
+                    [("", (), (), system["workers_stuck"])]),
+        ExtraFamily("rockstar_workers_stuck_episodes", "counter",
+                    "Times a worker became stuck (since the aggregator started)",
+                    [("", (), (), system["workers_stuck_episodes"])]),
         ExtraFamily("rockstar_workload_records_dropped", "counter",
                     "Workload records lost to ring overflow", [("", (), (), system["records_dropped"])]),
     ]

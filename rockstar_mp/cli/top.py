@@ -67,6 +67,13 @@ class Column:
     value: Callable[[dict], str]
 
 
+def _heartbeat(worker: dict) -> str:
+    """The heartbeat's age, with ``STUCK`` when the aggregator finds the worker stuck (its pid runs but
+    its heartbeat is older than ``stuck_after``: stopped, or holding the GIL)."""
+    age = _num(worker.get("heartbeat_age"), "{:.1f}s")
+    return f"STUCK {age}" if worker.get("stuck") else age
+
+
 def _columns(rates: dict | None) -> list[Column]:
     cols = [Column("PID", 7, lambda w: str(w.get("pid", "?"))),
             Column("AGE", 4, lambda w: str(w.get("age", "-")))]
@@ -81,7 +88,7 @@ def _columns(rates: dict | None) -> list[Column]:
              Column("CPU%", 6, lambda w: _num(w.get("cpu_percent"))),
              Column("THREADS", 7, lambda w: _num(w.get("threads"), "{:.0f}")),
              Column("FDS", 5, lambda w: _num(w.get("open_fds"), "{:.0f}")),
-             Column("HB", 6, lambda w: _num(w.get("heartbeat_age"), "{:.1f}s")),
+             Column("HB", 12, _heartbeat),
              Column("IN-FLIGHT", 0, _in_flight)]
     return cols
 
@@ -166,8 +173,9 @@ def render_top(sample: Sample, previous: Sample | None, base: str = "", interval
     rps = _rate(total, previous.workload.get("total_requests") if previous else None,
                 sample.workload_time - previous.workload_time if previous else 0.0)
     live = system.get("workers_live", len(sample.workers))
+    stuck = system.get("workers_stuck", sum(1 for w in sample.workers if w.get("stuck")))
     head = [_title(base, interval, sample.wall),
-            f"workers {live} live   requests {_num(total, '{:.0f}')} ({_num(rps)}/s)   "
+            f"workers {live} live{f' ({stuck} STUCK)' if stuck else ''}   requests {_num(total, '{:.0f}')} ({_num(rps)}/s)   "
             f"p50 {_ms(wl.get('p50_ms'))}  p95 {_ms(wl.get('p95_ms'))}  p99 {_ms(wl.get('p99_ms'))}   "
             f"dropped {_num(wl.get('records_dropped', system.get('records_dropped')), '{:.0f}')}   "
             f"uptime {_duration(system.get('uptime_seconds'))}",

@@ -19,7 +19,7 @@ import threading
 import time
 
 from .._linux import set_parent_death_signal
-from ..config import MonitoringConfig
+from ..config import HEARTBEAT_SECONDS, MonitoringConfig
 from ..metrics import REGISTRY, Counter, Gauge, LocalStore
 from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
 from .logs import SlabLogHandler
@@ -31,7 +31,6 @@ from ..segment.layout import Body
 from ..environment import SEGMENT_ENV
 from ..errors import NoSegment
 
-HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.1  # how soon a requested optimization is noticed
 
 log = logging.getLogger("rockstar_mp.worker")
