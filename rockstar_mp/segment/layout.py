@@ -153,8 +153,8 @@ class Body:
     heap_used = Field(8, "Q", "key bytes used")
     values_used = Field(16, "Q", "float64 cells used")
     catalogue_full = Field(24, "Q", "declarations refused because the body was full")
-    heartbeat = Field(32, "d", "slabs: the worker's last beat, `time.time()` (shown in `workers`, not used "
-                      "for liveness)")
+    heartbeat = Field(32, "d", "slabs: the worker's last beat, `time.time()` (a live worker beating no "
+                      "more is stuck)")
     folded_slab = Field(40, "Q", "retired copies: the last slab folded in")
     folded_generation = Field(48, "Q", "retired copies: that slab's generation")
     workers_folded = Field(56, "Q", "retired copies: the total number of tenancies folded")
