@@ -17,7 +17,7 @@ from rockstar_mp.segment import Geometry, RingWriter, Segment, log_ring, record_
 from rockstar_mp.segment.layout import LOG_MESSAGE_BYTES, SLOT_SEQ
 from rockstar_mp.sketch import RELATIVE_ERROR, bucket_index, quantile
 from rockstar_mp.worker.logs import SlabLogHandler
-from tests.helpers import http_get, poll
+from tests.helpers import http_get, limit, poll
 
 SMALL = Geometry(n_slabs=2, slab_max_series=64, slab_heap_bytes=8192, slab_max_values=1024,
                  retired_max_series=64, retired_heap_bytes=8192, retired_max_values=1024,
@@ -149,7 +149,8 @@ def test_workload_counts_and_latency_match_what_clients_saw(gunicorn_factory):
     # And against the clients' own clock: the server's time is inside the client's, which adds its
     # connection and HTTP overhead (documented as at most 5 ms on loopback).
     client_p95 = _exact_quantile(client, 0.95)
-    assert client_p95 * (1 - RELATIVE_ERROR) - 5 <= server_p95 <= client_p95 * (1 + RELATIVE_ERROR)
+    transport_ms = limit(0.005) * 1000  # loopback transport and scheduling; $ROCKSTAR_TEST_SLACK on slow machines
+    assert client_p95 * (1 - RELATIVE_ERROR) - transport_ms <= server_p95 <= client_p95 * (1 + RELATIVE_ERROR)
 
     window = json.loads(http_get(f"http://127.0.0.1:{server.metrics_port}/workload?window=60")[2])
     assert window["total_requests"] <= len(plan) and window["window_seconds"] == 60
