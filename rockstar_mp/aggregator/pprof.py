@@ -23,6 +23,7 @@ from ..profiling.channel import WorkerUnavailable, ask, socket_path
 from .http import BearerAuth
 from .net import listen_tcp
 from .state import AggregatorState
+from .admin import RateLimit  # the metrics port's: per token, else per address
 
 log = logging.getLogger("rockstar_mp.aggregator.pprof")
 
@@ -238,7 +239,7 @@ class _Tree:
 
 def create_pprof_app(state: AggregatorState, run_dir: str) -> falcon.asgi.App:
     """The pprof app served on ``pprof_port`` (behind the bearer token when ``require_auth``)."""
-    app = falcon.asgi.App(middleware=[BearerAuth(state.config)])
+    app = falcon.asgi.App(middleware=[RateLimit(state), BearerAuth(state.config)])
     app.set_error_serializer(_pprof_error)
     app.add_sink(_Tree(Pprof(state, run_dir)).handle, prefix="/")
     return app
