@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian tools the tests drive, when they are missing and we are root.
-# snmp (snmpget/snmpwalk), snmptrapd, smitools (smilint), golang-go (go tool pprof),
+# snmp (snmpget/snmpwalk), snmptrapd, snmpd (the yardstick of the SNMP tests), smitools (smilint),
+# golang-go (go tool pprof),
 # prometheus (promtool), wrk. Services these packages ship are not started (policy-rc.d).
 set -euo pipefail
-declare -A need=([snmpget]=snmp [snmptrapd]=snmptrapd [smilint]=smitools [go]=golang-go
+declare -A need=([snmpget]=snmp [snmptrapd]=snmptrapd [snmpd]=snmpd [smilint]=smitools [go]=golang-go
                  [promtool]=prometheus [wrk]=wrk)
 missing=()
 for cmd in "${!need[@]}"; do

@@ -34,7 +34,7 @@ static int configured = 0;
 static PyObject *str_route_key, *str_tenant_key, *str_request_id_key, *str_default_request_id_key;
 static PyObject *str_wsgi_key, *str_method_key, *str_path_key, *str_socket_key, *str_other, *str_500;
 static PyObject *str_status, *str_route, *str_combination, *str_bucket;
-static PyObject *empty_str;
+static PyObject *empty_str, *str_slash, *str_unmatched;
 
 /* The recorder's state the C path uses: set by WorkloadRecorder.bind() through bind(). */
 static PyObject *bound_slab = NULL;      /* a Slab, or NULL */
@@ -112,23 +112,40 @@ static int add_cells(PyObject *cells, double amount) {
     return 0;
 }
 
+/* src (UTF-8) into a field of size bytes, zero-padded; a longer text is cut on a character boundary, as
+ * segment.ring.fit() cuts it. */
 static void put_text(char *dst, Py_ssize_t size, const char *src, Py_ssize_t len) {
-    if (len > size)
+    if (len > size) {
         len = size;
+        while (len > 0 && ((unsigned char)src[len] & 0xC0) == 0x80)  /* src[len]: inside a character */
+            len--;
+    }
     memcpy(dst, src, len);
     memset(dst + len, 0, size - len);
 }
 
-/* UTF-8 of a str or the bytes of a bytes object. */
-static const char *text_of(PyObject *o, Py_ssize_t *len) {
+/* UTF-8 of a str or the bytes of a bytes object. A str UTF-8 cannot carry (lone surrogates) is encoded
+ * with '?' for them, as str.encode("utf-8", "replace") does: then *owner holds the encoded bytes, to be
+ * released after use (NULL otherwise). */
+static const char *text_of(PyObject *o, Py_ssize_t *len, PyObject **owner) {
+    *owner = NULL;
     if (PyBytes_Check(o)) {
         *len = PyBytes_GET_SIZE(o);
         return PyBytes_AS_STRING(o);
     }
-    if (PyUnicode_Check(o))
-        return PyUnicode_AsUTF8AndSize(o, len);
-    PyErr_SetString(PyExc_TypeError, "expected str or bytes");
-    return NULL;
+    if (!PyUnicode_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "expected str or bytes");
+        return NULL;
+    }
+    const char *utf8 = PyUnicode_AsUTF8AndSize(o, len);
+    if (utf8 != NULL || !PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+        return utf8;
+    PyErr_Clear();
+    *owner = PyUnicode_AsEncodedString(o, "utf-8", "replace");
+    if (*owner == NULL)
+        return NULL;
+    *len = PyBytes_GET_SIZE(*owner);
+    return PyBytes_AS_STRING(*owner);
 }
 
 /* ---------------------------------------------------------------- Slab */
@@ -228,8 +245,9 @@ static char *slab_at(Slab *self, Py_ssize_t at) { return (char *)self->buf.buf +
 
 static void slab_begin(Slab *self, PyObject *method, PyObject *path) {
     Py_ssize_t mlen = 0, plen = 0;
-    const char *m = text_of(method, &mlen);
-    const char *p = m ? text_of(path, &plen) : NULL;
+    PyObject *mowner = NULL, *powner = NULL;
+    const char *m = text_of(method, &mlen, &mowner);
+    const char *p = m ? text_of(path, &plen, &powner) : NULL;
     if (m == NULL || p == NULL) {
         PyErr_Clear();  /* display fields only */
         m = p = "";
@@ -237,6 +255,8 @@ static void slab_begin(Slab *self, PyObject *method, PyObject *path) {
     }
     put_text(slab_at(self, self->g.text_at), self->g.method_size, m, mlen);
     put_text(slab_at(self, self->g.text_at + self->g.method_size), self->g.path_size, p, plen);
+    Py_XDECREF(mowner);
+    Py_XDECREF(powner);
     double now = wall_now();
     memcpy(slab_at(self, self->g.started_at), &now, 8);
     uint64_t *count = (uint64_t *)slab_at(self, self->g.count_at);
@@ -263,12 +283,16 @@ static int slab_append(Slab *self, double start, double seconds, uint64_t nbytes
     if (self->g.slots <= 0)
         return 0;
     PyObject *texts[4] = {method, route, request_id, tenant};
+    PyObject *owners[4] = {NULL, NULL, NULL, NULL};
     const char *raw[4];
     Py_ssize_t len[4];
     for (int k = 0; k < 4; k++) {
-        raw[k] = text_of(texts[k], &len[k]);
-        if (raw[k] == NULL)
+        raw[k] = text_of(texts[k], &len[k], &owners[k]);
+        if (raw[k] == NULL) {
+            for (int j = 0; j < k; j++)
+                Py_XDECREF(owners[j]);
             return -1;
+        }
     }
     uint64_t index = self->index;
     Py_ssize_t slot_at = self->g.first + (Py_ssize_t)(index % (uint64_t)self->g.slots) * self->g.slot_size;
@@ -283,8 +307,10 @@ static int slab_append(Slab *self, double start, double seconds, uint64_t nbytes
     memcpy(payload + rec_off[2], &nbytes, 8);
     memcpy(payload + rec_off[3], &self->pid, 4);
     memcpy(payload + rec_off[4], &status16, 2);
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < 4; k++) {
         put_text(payload + rec_off[5 + k], rec_size[5 + k], raw[k], len[k]);
+        Py_XDECREF(owners[k]);
+    }
     __atomic_store_n(seq, index + 1, __ATOMIC_RELEASE);
     self->index = index + 1;
     __atomic_store_n((uint64_t *)slab_at(self, self->g.head_at), index + 1, __ATOMIC_RELEASE);
@@ -590,7 +616,8 @@ static int set_cork(PyObject *sock, int on) {
 #endif
 }
 
-/* (vals, i, hist vals, hist i, bounds, sum_at, code) for the request's method and status line */
+/* (vals, i, hist vals, hist i, bounds, sum_at, code[, overflow cells or None]) for the request's method
+ * and status line */
 static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status) {
     PyObject *key = PyTuple_Pack(2, method, status);
     if (key == NULL)
@@ -598,11 +625,13 @@ static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status
     PyObject *entry = PyDict_GetItemWithError(mw->statuses, key);
     Py_XINCREF(entry);
     Py_DECREF(key);
+    if (entry == NULL && PyErr_ExceptionMatches(PyExc_TypeError))
+        PyErr_Clear();  /* a status "line" that cannot be a key: asked every time, as in the Python path */
     if (entry == NULL && !PyErr_Occurred())
         entry = PyObject_CallMethodObjArgs((PyObject *)mw, str_status, method, status, NULL);
-    if (entry != NULL && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 7)) {
+    if (entry != NULL && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 7 || PyTuple_GET_SIZE(entry) > 8)) {
         Py_DECREF(entry);
-        PyErr_SetString(PyExc_TypeError, "_status() must return a 7-tuple");
+        PyErr_SetString(PyExc_TypeError, "_status() must return a 7- or 8-tuple");
         return NULL;
     }
     return entry;
@@ -614,6 +643,9 @@ static int count_and_observe(PyObject *entry, double seconds) {
     if (count == NULL)
         return -1;
     *count += 1.0;
+    PyObject *overflow = PyTuple_GET_SIZE(entry) > 7 ? PyTuple_GET_ITEM(entry, 7) : Py_None;
+    if (overflow != Py_None && add_cells(overflow, 1.0) < 0)  /* counted under the fallback series */
+        return -1;
     PyObject *vals = PyTuple_GET_ITEM(entry, 2), *bounds = PyTuple_GET_ITEM(entry, 4);
     Py_ssize_t base = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 3));
     Py_ssize_t sum_at = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 5));
@@ -652,6 +684,8 @@ static int finish_workload(Request *req, double seconds, long code) {
     Middleware *mw = req->owner;
     PyObject *environ = req->environ;
     PyObject *route = environ_text(environ, str_route_key);
+    if (route == NULL && !PyErr_Occurred() && code == 404 && str_unmatched != NULL)
+        route = str_unmatched;  /* no route named it: one value however many paths clients try */
     if (route != NULL)
         Py_INCREF(route);
     else if (!PyErr_Occurred()) {
@@ -782,7 +816,7 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
         if (bound_slab != NULL) {
             PyObject *path = environ_text(environ, str_path_key);
             PyErr_Clear();
-            slab_begin((Slab *)bound_slab, method, path ? path : empty_str);
+            slab_begin((Slab *)bound_slab, method, path ? path : str_slash);
         }
     }
     PyObject *body = PyObject_CallFunctionObjArgs(self->app, environ, (PyObject *)req, NULL);
@@ -891,7 +925,8 @@ static int read_layout(PyObject *offsets, PyObject *sizes, Py_ssize_t *off, Py_s
     return 0;
 }
 
-/* configure(scale, min_seconds, record_offsets, record_sizes, keys): constants from Python. All are
+/* configure(scale, min_seconds, record_offsets, record_sizes, keys): constants from Python (keys: the
+ * environ keys of rockstar_mp.worker.keys, and "unmatched", the route of a 404 no route named). All are
  * checked before any is stored; the record layout cannot change once set, as every Slab was checked
  * against it. */
 static PyObject *py_configure(PyObject *module, PyObject *args) {
@@ -913,7 +948,8 @@ static PyObject *py_configure(PyObject *module, PyObject *args) {
     }
     struct { const char *name; PyObject **dst; } names[] = {
         {"route", &str_route_key}, {"tenant", &str_tenant_key}, {"request_id", &str_request_id_key},
-        {"default_request_id", &str_default_request_id_key}, {"wsgi", &str_wsgi_key}};
+        {"default_request_id", &str_default_request_id_key}, {"wsgi", &str_wsgi_key},
+        {"unmatched", &str_unmatched}};
     enum { KEYS = sizeof names / sizeof names[0] };
     PyObject *found[KEYS] = {NULL};
     for (int k = 0; k < KEYS; k++) {
@@ -989,6 +1025,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     INTERN(str_combination, "_combination_tuple");
     INTERN(str_bucket, "_bucket_cells");
     INTERN(empty_str, "");
+    INTERN(str_slash, "/");
 #undef INTERN
     Py_INCREF(&SlabType);
     Py_INCREF(&MiddlewareType);

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Mapping, NamedTuple, Optional
 
 ENV_PREFIX = "ROCKSTAR_"
+MIN_SECONDS = 0.001  # the shortest interval or timeout accepted (5e-324 s overflowed the schedule)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -69,6 +70,11 @@ class MonitoringConfig:
     snmp_error_rate_threshold: float = 0.0  # 5xx share of requests over snmp_threshold_window; 0 = off
     snmp_p95_threshold_ms: float = 0.0  # p95 latency over snmp_threshold_window; 0 = off
     snmp_threshold_window: float = 30.0  # seconds (at most window_seconds)
+    # The SNMPv3 engine ID, in hex (5..32 octets, "0x" allowed); empty: derived from /etc/machine-id,
+    # host and snmp_port, so that no two agents share one.
+    snmp_engine_id: str = ""
+    snmp_contact: str = ""  # sysContact.0
+    snmp_location: str = ""  # sysLocation.0
     # Scheduled garbage collection in the workers.
     enable_optimization: bool = False
     optimization_interval: float = 300.0
@@ -90,6 +96,11 @@ class MonitoringConfig:
     retired_max_values: int = 65536
     record_slots: int = 1024  # workload records a worker's ring holds until the aggregator drains it
     log_slots: int = 256  # log records likewise
+    # The workload sketches' dimensions in a worker (rockstar_mp/worker/workload.py): values beyond
+    # these go under "other", counted in system.dimension_overflow.
+    max_routes: int = 200  # distinct routes a worker keeps
+    max_tenants: int = 200  # distinct tenants a worker keeps
+    workload_max_series: int = 4096  # slab series the sketches may take (at most half of slab_max_series)
     # What workers record.
     capture_logs: bool = True  # a SlabLogHandler on the root logger and gunicorn's error logger
     log_level: str = "INFO"  # the lowest level the handler keeps
@@ -125,8 +136,8 @@ class MonitoringConfig:
         for name in ("optimization_interval", "snapshot_max_age", "tick_interval", "request_timeout",
                      "header_timeout", "keepalive_timeout"):
             value = getattr(self, name)
-            if not 0 < value < float("inf"):  # also refuses NaN
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            if not MIN_SECONDS <= value < float("inf"):  # also refuses NaN and denormal intervals
+                raise ValueError(f"{name} must be a number of seconds >= {MIN_SECONDS}, got {value!r}")
         if not 0 <= self.history_interval < float("inf"):  # 0 means no history; also refuses NaN
             raise ValueError("history_interval must be a number of seconds >= 0 (0: history off), "
                              f"got {self.history_interval!r}")
@@ -149,6 +160,11 @@ class MonitoringConfig:
         if not self.snmp_community:
             raise ValueError("snmp_community must not be empty")
         parse_base_oid(self.snmp_base_oid)
+        if self.snmp_engine_id:
+            parse_engine_id(self.snmp_engine_id)
+        for name in ("snmp_contact", "snmp_location"):
+            if len(getattr(self, name).encode("utf-8", "replace")) > 255:
+                raise ValueError(f"{name} has at most 255 octets (a DisplayString)")
         users = parse_users(self.snmp_users)
         parse_trap_targets(self.snmp_trap_targets, {u.name for u in users})
         for name in ("snmp_error_rate_threshold", "snmp_p95_threshold_ms"):
@@ -327,3 +343,17 @@ def parse_base_oid(value: str) -> tuple:
     if len(oid) < 2 or oid[0] > 2 or any(p < 0 or p >= 2 ** 32 for p in oid) or len(oid) > 100:
         raise ValueError(f"snmp_base_oid is not a valid OID: {value!r}")
     return oid
+
+
+def parse_engine_id(value: str) -> bytes:
+    """``snmp_engine_id``: hex (an optional "0x"), 5..32 octets, not all zeros nor all 0xff (RFC 3411)."""
+    text = value.strip()
+    if text[:2].lower() == "0x":
+        text = text[2:]
+    try:
+        raw = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        raise ValueError(f"snmp_engine_id must be hexadecimal, like 80001f8805c0ffee01, got {value!r}") from None
+    if not 5 <= len(raw) <= 32 or raw in (bytes(len(raw)), b"\xff" * len(raw)):
+        raise ValueError(f"snmp_engine_id must have 5..32 octets, not all 0x00 nor all 0xff, got {value!r}")
+    return raw

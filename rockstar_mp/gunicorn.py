@@ -21,7 +21,7 @@ import os
 from .config import MonitoringConfig
 from .master.manager import MonitoringManager
 from .master.manager import RUN_DIR_ENV, SEGMENT_FD_ENV
-from .segment import NoFreeSlab
+from .segment import NoFreeSlab, NoSpace
 from .segment.layout import Header
 from .worker.attach import SEGMENT_ENV, attach_worker, current
 from .worker.optimize import install_usr1
@@ -140,9 +140,14 @@ def pre_fork(server, worker) -> None:
         gc.freeze()  # what the app preloaded moves to the permanent generation: the child's GC skips it
     try:
         worker.rockstar_slab = _manager.assign_slab(age=worker.age)
-    except NoFreeSlab as exc:  # never stop the arbiter: this worker just goes unmonitored
-        server.log.error("rockstar-mp: worker age %s is not monitored: %s (during a HUP old and new "
-                         "workers live at once: set max_workers >= 2 x workers)", worker.age, exc)
+    except NoFreeSlab as exc:  # never stop the arbiter: this worker just goes unmonitored (counted)
+        kind = ("pre_fork", type(exc).__name__)
+        report = server.log.debug if kind in _logged_failures else server.log.error
+        _logged_failures.add(kind)
+        hint = "" if isinstance(exc, NoSpace) else (" (during a HUP old and new workers live at once: set "
+                                                    "max_workers >= 2 x workers)")
+        report("rockstar-mp: worker age %s is not monitored: %s%s; counted in claim_failures/space_failures, "
+               "logged once", worker.age, exc, hint)
 
 
 @_guarded
@@ -153,7 +158,7 @@ def post_fork(server, worker) -> None:
     if _manager is not None and slab is not None:
         config = _manager.config
         attach_worker(_manager.segment, *slab, die_with_parent=True,
-                      capture_logs=config.log_level if config.capture_logs else None)
+                      capture_logs=config.log_level if config.capture_logs else None, config=config)
 
 
 @_guarded

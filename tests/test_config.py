@@ -167,3 +167,11 @@ def test_json_round_trip_keeps_every_field():
     config = MonitoringConfig(metrics_port=9191, require_auth=True, auth_token="t", run_dir="/r",
                               optimization_interval=1.5)
     assert MonitoringConfig.from_json(config.to_json()) == config
+
+
+def test_intervals_below_a_millisecond_are_refused():
+    """5e-324 s was accepted and overflowed the optimization schedule (a traceback every tick)."""
+    for value in (5e-324, 0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="optimization_interval"):
+            MonitoringConfig(optimization_interval=value)
+    assert MonitoringConfig(optimization_interval=0.001).optimization_interval == 0.001

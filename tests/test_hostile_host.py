@@ -127,6 +127,7 @@ def test_small_tmpfs_refuses_slabs_instead_of_sigbus(gunicorn_factory, tmpfs):
     log = server.log_text()
     assert "SIGBUS" not in log and "was sent" not in log, log
     assert "has room for" in log  # told at start, with what to change
+    assert log.count("is not monitored") == 1  # each refused slab counted, the reason logged once
     assert system["aggregator_starts"] == 1
 
 

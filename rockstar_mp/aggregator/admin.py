@@ -7,7 +7,8 @@ end up in logs).
 
 Every endpoint is rate limited per token, else per address (a token bucket: ``rate_limit`` requests a second,
 bursts of ``rate_limit_burst``; 429 with ``Retry-After``), request bodies are capped at
-``max_request_bytes`` and must arrive within ``request_timeout`` seconds.
+``max_request_bytes`` and must arrive within ``request_timeout`` seconds (``BodyDeadline``: a body
+announced and never begun, on any endpoint; ``read_json_body``: one begun and left unfinished).
 """
 from __future__ import annotations
 
@@ -18,16 +19,20 @@ import json
 import math
 import time
 from collections import OrderedDict
+from typing import Awaitable, Callable
 
 import falcon
 import falcon.asgi
 
 from ..config import MonitoringConfig
 from ..control import CONTROLLABLE, request_optimization, totals, write_overrides
+from . import params
 from .state import AggregatorState
 
 TOKEN_PARAMS = ("token", "access_token", "auth_token", "bearer")
 MAX_CLIENTS = 10_000
+INTERVALS = ("optimization_interval",)  # the controllable settings in seconds
+MIN_INTERVAL = 0.001  # seconds
 
 
 def _digest(token: str) -> bytes:
@@ -124,25 +129,118 @@ def _take(bucket: list, config: MonitoringConfig, client: str) -> None:
     bucket[0] = tokens - 1
 
 
+ErrorBody = Callable[[str, str], tuple]  # (title, description) -> (content type, body bytes, extra headers)
+
+
+def json_error_body(title: str, description: str) -> tuple:
+    return falcon.MEDIA_JSON, json.dumps({"title": title, "description": description}).encode(), []
+
+
+class BodyDeadline:
+    """ASGI wrapper of an app: a request's body must begin within ``request_timeout`` seconds, or the
+    client gets 408 and the connection is closed.
+
+    Falcon waits for the first chunk of the body before it even routes a request, so without this a
+    client announcing a body (``Content-Length: 10``) and never sending it would hold its request, and
+    its connection, for ever, on every endpoint.
+    """
+
+    def __init__(self, app, state: AggregatorState, error_body: ErrorBody = json_error_body) -> None:
+        self.app = app
+        self._state = state
+        self._error_body = error_body
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        timeout = self._state.config.request_timeout
+        try:
+            first = await asyncio.wait_for(receive(), timeout)
+        except asyncio.TimeoutError:
+            await self._timed_out(send, timeout)
+            return
+        replayed = False
+
+        async def receive_again() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()
+
+        await self.app(scope, receive_again, send)
+
+    async def _timed_out(self, send, timeout: float) -> None:
+        content_type, body, headers = self._error_body(
+            "408 Request Timeout", f"the body must arrive within {timeout:g} s")
+        await send({"type": "http.response.start", "status": 408,
+                    "headers": [(b"content-type", content_type.encode()), (b"connection", b"close"),
+                                (b"content-length", str(len(body)).encode()),
+                                *((k.encode(), v.encode()) for k, v in headers)]})
+        await send({"type": "http.response.body", "body": body})
+
+
 async def read_json_body(req, config: MonitoringConfig) -> dict:
+    """The request's body as a JSON object: 413 past ``max_request_bytes``, 408 when it has not
+    arrived within ``request_timeout``, 400 for anything but a UTF-8 JSON object (``NaN``,
+    ``Infinity``, lone surrogates and nesting too deep to parse included)."""
     if req.content_length and req.content_length > config.max_request_bytes:
         raise falcon.HTTPPayloadTooLarge(title="413 Payload Too Large",
                                          description=f"at most {config.max_request_bytes} bytes")
     try:
         raw = await asyncio.wait_for(req.stream.read(config.max_request_bytes + 1), config.request_timeout)
     except asyncio.TimeoutError:
-        raise falcon.HTTPRequestTimeout(title="408 Request Timeout",
-                                        description=f"the body must arrive within {config.request_timeout} s")
+        # Falcon 4 has no class for 408; the connection is closed, as the rest of the body may yet come
+        raise falcon.HTTPError(falcon.HTTP_408, title="408 Request Timeout", headers={"Connection": "close"},
+                               description=f"the body must arrive within {config.request_timeout:g} s"
+                               ) from None
     if len(raw) > config.max_request_bytes:
         raise falcon.HTTPPayloadTooLarge(title="413 Payload Too Large",
                                          description=f"at most {config.max_request_bytes} bytes")
+    return _json_object(raw or b"{}")
+
+
+def _json_object(raw: bytes) -> dict:
+    """``raw`` parsed: a JSON object whose every string is valid UTF-8, else 400 saying why."""
     try:
-        data = json.loads(raw or b"{}")
-    except ValueError:
-        raise falcon.HTTPBadRequest(title="400 Bad Request", description="the body must be a JSON object")
+        data = json.loads(raw, parse_constant=_refuse_constant)
+        json.dumps(data, ensure_ascii=False).encode()  # a lone surrogate ("\ud800") cannot be encoded
+    except RecursionError:
+        raise _bad_body("nested too deeply") from None
+    except ValueError as exc:  # UnicodeError included
+        raise _bad_body(str(exc)) from None
     if not isinstance(data, dict):
-        raise falcon.HTTPBadRequest(title="400 Bad Request", description="the body must be a JSON object")
+        raise _bad_body(f"got {type(data).__name__}")
     return data
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bad_body(why: str) -> falcon.HTTPBadRequest:
+    return falcon.HTTPBadRequest(title="400 Bad Request",
+                                 description=f"the body must be a JSON object: {why}")
+
+
+def _check_control_values(changes: dict) -> None:
+    """Numbers must be finite floats (``10**400`` and ``1e999`` are not), and an interval at least
+    ``MIN_INTERVAL``, before the config sees them (it takes any positive interval, and the
+    optimization schedule overflows on a denormal one)."""
+    for name, value in changes.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue  # the config refuses a wrong type
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise falcon.HTTPBadRequest(title="400 Bad Request",
+                                        description=f"{params.shown(str(name))} must be a finite number")
+        if name in INTERVALS and number < MIN_INTERVAL:
+            raise falcon.HTTPBadRequest(title="400 Bad Request",
+                                        description=f"{name} must be at least {MIN_INTERVAL:g} s, got {value!r}")
 
 
 def _send(resp, body: dict, status=falcon.HTTP_200) -> None:
@@ -160,15 +258,11 @@ class OptimizeResource:
 
     async def on_post(self, req, resp) -> None:
         require_admin(req, self._state.config)
-        raw = req.get_param("pid")
-        pids = None
-        if raw is not None:
-            if not raw.isdigit():
-                raise falcon.HTTPBadRequest(title="400 Bad Request", description=f"pid must be a number: {raw!r}")
-            pids = {int(raw)}
-        asked = request_optimization(self._state.segment, pids)
-        if pids and not asked:
-            raise falcon.HTTPNotFound(title="404 Not Found", description=f"no live worker with pid {raw}")
+        params.only(req, ("pid",))
+        pid = params.integer(req, "pid", minimum=1)
+        asked = request_optimization(self._state.segment, None if pid is None else {pid})
+        if pid is not None and not asked:
+            raise falcon.HTTPNotFound(title="404 Not Found", description=f"no live worker with pid {pid}")
         _send(resp, {"requested": asked}, falcon.HTTP_202)
 
 
@@ -180,9 +274,12 @@ class OptimizeStatsResource:
 
     async def on_get(self, req, resp) -> None:
         refuse_token_in_query(req)
+        params.only(req, ())
         workers = self._state.optimization.workers()
         _send(resp, {"workers": [w.to_json() for w in workers], "total": totals(workers),
                      "recent": list(self._state.optimization.events)})
+
+    on_head = on_get
 
 
 class ControlResource:
@@ -194,12 +291,17 @@ class ControlResource:
 
     async def on_get(self, req, resp) -> None:
         require_admin(req, self._state.config)
+        params.only(req, ())
         _send(resp, {name: getattr(self._state.config, name) for name in CONTROLLABLE})
+
+    on_head = on_get
 
     async def on_post(self, req, resp) -> None:
         state = self._state
         require_admin(req, state.config)
+        params.only(req, ())
         changes = await read_json_body(req, state.config)
+        _check_control_values(changes)
         try:
             config = write_overrides(state.segment, state.base_config, changes)
         except (ValueError, TypeError) as exc:

@@ -38,7 +38,7 @@ import falcon.asgi
 from .. import safefs
 from ..config import MonitoringConfig
 from .exposition import _number, render_json
-from .views import _bad
+from . import params
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -364,19 +364,6 @@ def history_route(config: MonitoringConfig) -> str:
     return config.metrics_path.rstrip("/") + "/history"
 
 
-def _seconds(req: falcon.asgi.Request, name: str) -> Optional[float]:
-    raw = req.get_param(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise _bad(f"{name} must be a finite number of seconds, got {raw!r}")
-    return value
-
-
 class HistoryResource:
     """``GET {metrics_path}/history?name=N[&since=T][&until=T][&step=S]``: one series' recorded points.
 
@@ -396,25 +383,19 @@ class HistoryResource:
         if writer is None:
             raise falcon.HTTPNotFound(title="404 Not Found",
                                       description="the history is off (history_interval=0)")
-        unknown = sorted(set(req.params) - set(PARAMS))
-        if unknown:
-            raise _bad(f"unknown query parameter(s) {unknown}; this path takes {list(PARAMS)}")
-        repeated = sorted(k for k, v in req.params.items() if isinstance(v, list))
-        if repeated:
-            raise _bad(f"query parameter(s) {repeated} given more than once")
-        name = req.get_param("name")
+        params.only(req, PARAMS)
+        name = params.text(req, "name")
         if not name:
-            raise _bad("name is required: a key of the JSON metrics, e.g. 'http.requests' or "
-                       "'http.requests{method=\"GET\",status=\"200\"}'")
-        since, until, step = (_seconds(req, p) for p in ("since", "until", "step"))
+            raise params.bad_request("name is required: a key of the JSON metrics, e.g. 'http.requests' "
+                                     "or 'http.requests{method=\"GET\",status=\"200\"}'")
+        since, until = params.number(req, "since"), params.number(req, "until")
+        step = params.number(req, "step", above=0.0)
         if until is None:
             until = time.time()
         if since is None:
             since = until - DEFAULT_WINDOW
         if since > until:
-            raise _bad(f"since ({since}) is after until ({until})")
-        if step is not None and step <= 0:
-            raise _bad(f"step must be a positive number of seconds, got {step}")
+            raise params.bad_request(f"since ({since}) is after until ({until})")
         try:
             points = await writer.query(name, since, until, step)
         except (sqlite3.Error, OSError, RuntimeError) as exc:
@@ -428,3 +409,5 @@ class HistoryResource:
                                                   f"<name>.sum)")
         resp.content_type = falcon.MEDIA_JSON
         resp.text = json.dumps({"name": name, "points": points})
+
+    on_head = on_get

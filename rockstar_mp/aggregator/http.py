@@ -13,7 +13,8 @@ from ..config import MonitoringConfig
 from ..control import totals
 from .exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, render_json, render_openmetrics,
                          render_prometheus)
-from .admin import RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
+from .admin import BodyDeadline, RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
+from . import params
 from .history import HistoryResource, history_route
 from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
 from .state import AggregatorState
@@ -43,22 +44,16 @@ class BearerAuth:
                 challenges=['Bearer realm="rockstar-mp"'])
 
 
-def _pid_param(req: falcon.asgi.Request, state: AggregatorState):
-    raw = req.get_param("pid")
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise falcon.HTTPBadRequest(title="400 Bad Request",
-                                    description=f"pid must be a positive integer, got {raw!r}")
-    pid = int(raw)
-    if state.snapshot().worker(pid) is None:
+def _pid_param(req: falcon.asgi.Request, state: AggregatorState) -> int | None:
+    pid = params.integer(req, "pid", minimum=1)
+    if pid is not None and state.snapshot().worker(pid) is None:
         raise falcon.HTTPNotFound(title="404 Not Found",
                                   description=f"no live worker with pid {pid}; see 'workers'")
     return pid
 
 
 class MetricsResource:
-    """``GET {metrics_path}[?format=json|prometheus|openmetrics][&pid=N]``: the merged metrics.
+    """``GET|HEAD {metrics_path}[?format=json|prometheus|openmetrics][&pid=N]``: the merged metrics.
 
     Without ``format`` the ``Accept`` header chooses (``negotiation.choose_format``): Prometheus's
     scraper gets OpenMetrics, ``text/plain`` the Prometheus text format, anything else (curl's ``*/*``)
@@ -79,7 +74,7 @@ class MetricsResource:
             raise falcon.HTTPNotFound(title="404 Not Found", description="the metrics endpoint is off")
         _only(req, ("format", "pid"))
         try:
-            fmt = choose_format(req.get_header("Accept"), req.get_param("format"))
+            fmt = choose_format(req.get_header("Accept"), params.text(req, "format"))
         except ValueError as exc:
             raise falcon.HTTPBadRequest(title="400 Bad Request", description=str(exc)) from None
         pid = _pid_param(req, self._state)
@@ -112,12 +107,12 @@ class MetricsSink:
     async def __call__(self, req, resp, **_) -> None:
         if req.path != self._state.config.metrics_path:
             raise falcon.HTTPNotFound(title="404 Not Found", description=f"no such path {req.path!r}")
-        if req.method != "GET":
-            raise falcon.HTTPMethodNotAllowed(["GET"], title="405 Method Not Allowed")
+        if req.method not in ("GET", "HEAD"):
+            raise falcon.HTTPMethodNotAllowed(["GET", "HEAD"], title="405 Method Not Allowed")
         await self._resource.on_get(req, resp)
 
 
-def create_app(state: AggregatorState) -> falcon.asgi.App:
+def create_app(state: AggregatorState) -> BodyDeadline:
     """The app served on ``metrics_port``: metrics, views, history and the admin endpoints."""
     app = falcon.asgi.App(middleware=[RateLimit(state), BearerAuth(state.config)])
     app.set_error_serializer(_json_errors)
@@ -125,4 +120,4 @@ def create_app(state: AggregatorState) -> falcon.asgi.App:
     add_views(app, state)
     add_admin(app, state)
     app.add_sink(MetricsSink(state), prefix="/")
-    return app
+    return BodyDeadline(app, state)

@@ -20,6 +20,8 @@ import falcon.asgi
 
 from ..profiling import DEFAULT_SECONDS, KINDS, TIMED, render
 from ..profiling.channel import WorkerUnavailable, ask, socket_path
+from . import params
+from .admin import BodyDeadline
 from .http import BearerAuth
 from .net import listen_tcp
 from .state import AggregatorState
@@ -61,6 +63,11 @@ def _pprof_error(req, resp, exc: falcon.HTTPError) -> None:
     resp.text = (exc.description or exc.title or str(exc.status)) + "\n"
 
 
+def _go_error_body(title: str, description: str) -> tuple:
+    return ("text/plain; charset=utf-8", (description + "\n").encode(),
+            [("x-go-pprof", "1"), ("x-content-type-options", "nosniff")])
+
+
 def _error(status, message: str) -> falcon.HTTPError:
     return falcon.HTTPError(status, title=str(status), description=message)
 
@@ -83,17 +90,12 @@ class Pprof:
     def _seconds(self, req, kind: str) -> float | None:
         if kind not in TIMED:
             return None
-        raw = req.get_param("seconds")
-        if raw is None:
-            if kind == "heap":
+        # heap: seconds=0 asks for a snapshot; every other kind needs a window
+        seconds = params.number(req, "seconds", minimum=0.0, above=None if kind == "heap" else 0.0)
+        if seconds is None:
+            if kind == "heap" and DEFAULT_SECONDS[kind] <= self.config.pprof_max_seconds:
                 return None  # the worker chooses: a window, or a snapshot if tracemalloc runs since boot
             return min(DEFAULT_SECONDS[kind], self.config.pprof_max_seconds)
-        try:
-            seconds = float(raw)
-        except ValueError:
-            raise _error(falcon.HTTP_400, f"invalid value for seconds: {raw!r}") from None
-        if not (seconds > 0 or (kind == "heap" and seconds == 0)) or seconds != seconds:
-            raise _error(falcon.HTTP_400, f"seconds must be a positive number, got {raw!r}")
         if seconds > self.config.pprof_max_seconds:
             raise _error(falcon.HTTP_400, f"profile duration {seconds:g}s exceeds the server's maximum "
                                           f"(pprof_max_seconds={self.config.pprof_max_seconds:g})")
@@ -101,12 +103,7 @@ class Pprof:
 
     @staticmethod
     def _debug(req, kind: str) -> int:
-        raw = req.get_param("debug")
-        if raw is None:
-            return 0
-        if not raw.isdigit():
-            raise _error(falcon.HTTP_400, f"invalid value for debug: {raw!r}")
-        debug = int(raw)
+        debug = params.integer(req, "debug", 0)
         if debug and kind not in ("goroutine", "threadcreate"):
             raise _error(falcon.HTTP_400, f"debug={debug} is not supported for {kind}; "
                                           "read the profile with go tool pprof")
@@ -114,22 +111,20 @@ class Pprof:
 
     def _pids(self, req) -> tuple[list[int], bool]:
         live = [w.slot.pid for w in self.state.snapshot().workers]
-        raw = req.get_param("pid")
-        if raw is None:
+        pid = params.integer(req, "pid", minimum=1)
+        if pid is None:
             if not live:
                 raise _error(falcon.HTTP_503, "no live workers to profile")
             return live, False
-        if not raw.isdigit() or int(raw) <= 0:
-            raise _error(falcon.HTTP_400, f"pid must be a positive integer, got {raw!r}")
-        if int(raw) not in live:
-            raise _error(falcon.HTTP_404, f"no live worker with pid {raw}")
-        return [int(raw)], True
+        if pid not in live:
+            raise _error(falcon.HTTP_404, f"no live worker with pid {pid}")
+        return [pid], True
 
     # -- one profile ---------------------------------------------------------------------------------
     async def serve(self, kind: str, req, resp) -> None:
         seconds = self._seconds(req, kind)
         debug = self._debug(req, kind)
-        gc = req.get_param("gc") not in (None, "", "0", "false")
+        gc = params.text(req, "gc") not in (None, "", "0", "false")
         pids, single = self._pids(req)
         if kind == "profile":
             busy = self._cpu_running.intersection(pids)
@@ -237,12 +232,12 @@ class _Tree:
             await pprof.serve(kind, req, resp)
 
 
-def create_pprof_app(state: AggregatorState, run_dir: str) -> falcon.asgi.App:
+def create_pprof_app(state: AggregatorState, run_dir: str) -> BodyDeadline:
     """The pprof app served on ``pprof_port`` (behind the bearer token when ``require_auth``)."""
     app = falcon.asgi.App(middleware=[RateLimit(state), BearerAuth(state.config)])
     app.set_error_serializer(_pprof_error)
     app.add_sink(_Tree(Pprof(state, run_dir)).handle, prefix="/")
-    return app
+    return BodyDeadline(app, state, _go_error_body)
 
 
 async def run_pprof_server(state: AggregatorState, run_dir: str, make_server, stopping: asyncio.Event,

@@ -170,6 +170,13 @@ class AggregatorState:
         rss = sum(p.get("rss", 0) for p in procs)
         machine = psutil.virtual_memory()
         num_gc = sum(snap.totals[info.cell] for info in snap.series if info.key.name == GC_SERIES)
+        # requests recorded under "other" (or a neighbouring latency bucket) for want of room, by
+        # dimension: rockstar_mp.worker.workload.OVERFLOW, which every worker declares at import
+        overflow = dict.fromkeys(("route", "tenant", "status", "bucket"), 0)
+        for info in snap.series:
+            if info.key.name == "rockstar.workload.overflow" and info.cell >= 0 and info.key.labelvalues:
+                dimension = info.key.labelvalues[0]
+                overflow[dimension] = overflow.get(dimension, 0) + int(snap.totals[info.cell])
         return {
             "num_cpu": os.cpu_count(),
             "num_goroutine": sum(p.get("threads", 0) for p in procs),
@@ -186,6 +193,7 @@ class AggregatorState:
             "aggregator_pid": os.getpid(),
             "aggregator_starts": Header.aggregator_starts.get(self.segment.buf),
             "catalogue_full": sum(w.catalogue_full for w in snap.workers),
+            "dimension_overflow": overflow,
             "claim_failures": snap.claim_failures,
             "space_failures": Header.space_failures.get(self.segment.buf),
             "hook_failures": Header.hook_failures.get(self.segment.buf),

@@ -17,6 +17,7 @@ import falcon.asgi
 from ..segment import STATE_NAMES, text
 from ..segment.layout import Body
 from ..sketch import RELATIVE_ERROR
+from . import params
 from .state import AggregatorState
 from ..sketch import quantile
 from .exposition import ExtraFamily
@@ -25,31 +26,12 @@ from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, sketch_tota
 MAX_LIMIT = 10_000
 
 
-def _bad(description: str) -> falcon.HTTPBadRequest:
-    return falcon.HTTPBadRequest(title="400 Bad Request", description=description)
-
-
 def _only(req, allowed: tuple, state: AggregatorState | None = None) -> None:
-    """Refuse unknown parameters; with ``state``, 404 while the metrics endpoint (and with it every
-    view on its port) is switched off."""
+    """Refuse unknown or repeated parameters; with ``state``, 404 while the metrics endpoint (and with
+    it every view on its port) is switched off."""
     if state is not None and not state.config.enable_metrics:
         raise falcon.HTTPNotFound(title="404 Not Found", description="the metrics endpoint is off")
-    unknown = sorted(set(req.params) - set(allowed))
-    if unknown:
-        raise _bad(f"unknown query parameter(s) {unknown}; this path takes {list(allowed)}")
-
-
-def _number(req, name: str, default=None, minimum: float = 0.0, maximum: float | None = None):
-    raw = req.get_param(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _bad(f"{name} must be a number, got {raw!r}") from None
-    if value != value or value < minimum or (maximum is not None and value > maximum):
-        raise _bad(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
-    return value
+    params.only(req, allowed)
 
 
 def _send(resp, body: dict) -> None:
@@ -67,9 +49,11 @@ class WorkloadResource:
     async def on_get(self, req, resp) -> None:
         _only(req, ("window", "route", "tenant", "status"), self._state)
         state = self._state
-        window = _number(req, "window", None, 1.0, state.config.window_seconds)
-        filters = {dim: req.get_param(dim) for dim in DIMENSIONS if req.get_param(dim) is not None}
+        window = params.number(req, "window", minimum=1.0, maximum=state.config.window_seconds)
+        filters = {dim: value for dim in DIMENSIONS if (value := params.text(req, dim)) is not None}
         _send(resp, workload_json(state, window, filters))
+
+    on_head = on_get
 
 
 def workload_json(state: AggregatorState, window: float | None = None, filters: dict | None = None) -> dict:
@@ -116,6 +100,8 @@ class WorkersResource:
     async def on_get(self, req, resp) -> None:
         _only(req, (), self._state)
         _send(resp, {"workers": workers_json(self._state)})
+
+    on_head = on_get
 
 
 def workers_json(state: AggregatorState) -> list[dict]:
@@ -165,17 +151,24 @@ class LogsResource:
 
     async def on_get(self, req, resp) -> None:
         _only(req, ("level", "since", "limit"), self._state)
-        level_raw = (req.get_param("level") or "debug").lower()
-        level = LEVELS.get(level_raw)
-        if level is None:
-            if not level_raw.isdigit():
-                raise _bad(f"level must be one of {list(LEVELS)} or a number, got {level_raw!r}")
-            level = int(level_raw)
-        since = _number(req, "since", 0.0)
-        limit = int(_number(req, "limit", 100, 1, MAX_LIMIT))
+        level = _level(req)
+        since = params.number(req, "since", 0.0, minimum=0.0)
+        limit = params.integer(req, "limit", 100, minimum=1, maximum=MAX_LIMIT)
         rings = self._state.rings
         matching = [r for r in rings.logs if r.level >= level and r.time >= since]
         _send(resp, {"logs": [r.to_json() for r in matching[-limit:]], "dropped": rings.logs_dropped})
+
+    on_head = on_get
+
+
+def _level(req) -> int:
+    """``?level=``: a level name (``warning``) or number (``30``); debug when absent."""
+    raw = params.text(req, "level") or "debug"
+    level = LEVELS.get(raw.lower(), params.parse_integer(raw))
+    if level is None:
+        raise params.bad_request(f"level must be one of {list(LEVELS)} or an integer "
+                                 f"0..{params.INT32_MAX}, got {params.shown(raw)}")
+    return level
 
 
 class SnmpViewResource:
@@ -195,7 +188,7 @@ class SnmpViewResource:
         if not hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(expected).digest()):
             raise falcon.HTTPForbidden(title="403 Forbidden",
                                        description="send the community as 'X-SNMP-Community: <community>'")
-        limit = int(_number(req, "limit", 100, 1, MAX_LIMIT))
+        limit = params.integer(req, "limit", 100, minimum=1, maximum=MAX_LIMIT)
         state = self._state
         snap = state.snapshot()
         system = state.system_json(snap)
@@ -212,6 +205,8 @@ class SnmpViewResource:
                 "p99_duration_ms": workload["p99_ms"],
                 "error_requests": workload["by_status"].get("5xx", {}).get("requests", 0),
                 "records_dropped": workload["records_dropped"]}})
+
+    on_head = on_get
 
 
 def add_views(app: falcon.asgi.App, state: AggregatorState) -> None:

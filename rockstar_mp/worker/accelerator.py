@@ -16,7 +16,7 @@ import os
 
 from ..segment.layout import RECORD, field_offsets
 from ..sketch import BUCKET_SCALE, MIN_SECONDS
-from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, WSGI_KEY
+from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
 
 PURE_PYTHON_ENV = "ROCKSTAR_PURE_PYTHON"
 
@@ -30,4 +30,5 @@ if os.environ.get(PURE_PYTHON_ENV, "").lower() not in ("1", "true", "yes"):
 if hotpath is not None:
     hotpath.configure(BUCKET_SCALE, MIN_SECONDS, *field_offsets(RECORD),
                       {"route": ROUTE_KEY, "tenant": TENANT_KEY, "request_id": REQUEST_ID_KEY,
-                       "default_request_id": DEFAULT_REQUEST_ID_KEY, "wsgi": WSGI_KEY})
+                       "default_request_id": DEFAULT_REQUEST_ID_KEY, "wsgi": WSGI_KEY,
+                       "unmatched": UNMATCHED})

@@ -19,12 +19,13 @@ import threading
 import time
 
 from .._linux import set_parent_death_signal
+from ..config import MonitoringConfig
 from ..metrics import REGISTRY, Counter, Gauge, LocalStore
 from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
 from .logs import SlabLogHandler
 from .logs import install as install_log_handler
 from .optimize import Optimizer, install_usr1
-from .workload import RECORDER
+from .workload import RECORDER, WorkloadLimits
 from .control import start_control
 from ..segment.layout import Body
 
@@ -127,9 +128,10 @@ def current() -> WorkerState | None:
     return _STATE if _STATE is not None and _STATE.pid == os.getpid() else None
 
 
-def _bind_rings(segment: Segment, slab: int, capture_logs: int | str | None) -> None:
+def _bind_rings(segment: Segment, slab: int, capture_logs: int | str | None, config: MonitoringConfig) -> None:
     """Point the workload recorder and the log handlers at this slab's rings."""
     layout, base = segment.geometry.slab, segment.geometry.slab_offset(slab)
+    RECORDER.configure(WorkloadLimits.for_slab(config, layout.max_series))
     RECORDER.bind(RingWriter(segment.buf, base, record_ring(layout)), segment.buf, base)
     SlabLogHandler.ring = RingWriter(segment.buf, base, log_ring(layout))
     if capture_logs is not None:
@@ -139,7 +141,7 @@ def _bind_rings(segment: Segment, slab: int, capture_logs: int | str | None) -> 
 def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
                   generation: int | None = None, age: int | None = None,
                   die_with_parent: bool = False, capture_logs: int | str | None = None,
-                  optimize_on_usr1: bool = False) -> WorkerState:
+                  optimize_on_usr1: bool = False, config: MonitoringConfig | None = None) -> WorkerState:
     """Attach this (just forked) process to a slab of the segment; call it first thing in the child.
 
     ``segment`` is the master's ``Segment`` (inherited across fork) or its path; by default the path
@@ -150,7 +152,9 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     by SIGKILL, instead of serving on as an orphan. ``capture_logs`` (a level) installs a
     ``SlabLogHandler`` on the root logger and gunicorn's error logger. ``optimize_on_usr1``: SIGUSR1
     runs a garbage collection, chained to the handler installed before (gunicorn's hooks install it
-    later, in ``post_worker_init``, after gunicorn's own handlers).
+    later, in ``post_worker_init``, after gunicorn's own handlers). ``config``: the master's (for the
+    workload limits ``max_routes``, ``max_tenants``, ``workload_max_series``); by default
+    ``MonitoringConfig()`` with the ``ROCKSTAR_*`` environment.
     """
     global _STATE
     if current() is not None:
@@ -175,7 +179,7 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     if die_with_parent:
         _terminate_with_parent(segment.slot(slab).master_pid or os.getppid())
     _STATE = WorkerState(segment, slab, generation)
-    _bind_rings(segment, slab, capture_logs)
+    _bind_rings(segment, slab, capture_logs, config or MonitoringConfig().with_env())
     start_control(segment.path)  # profiling's control socket, when pprof is on (worker/control.py)
     _STATE.start_heartbeat()
     if optimize_on_usr1:

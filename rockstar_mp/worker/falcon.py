@@ -23,10 +23,11 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .keys import DEFAULT_REQUEST_ID_KEY, DEFAULT_TENANT_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, WSGI_KEY
+from .keys import (DEFAULT_REQUEST_ID_KEY, DEFAULT_TENANT_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED,
+                   WSGI_KEY)
 from .workload import RECORDER, template_path
 
-UNROUTED = "(unrouted)"
+UNROUTED = UNMATCHED  # the route of a request Falcon routed nowhere (a 404): one value however many paths
 
 
 class WorkloadMiddleware:
@@ -65,8 +66,9 @@ class WorkloadMiddleware:
         start, t0 = started
         seconds = time.perf_counter() - t0
         tenant = self._tenant(req) if self._tenant else env.get(self._tenant_key, "")
+        request_id = env.get(self._request_id_key, "")
         RECORDER.record(req.method, route, _status(resp.status), seconds, start, _length(resp),
-                        env.get(self._request_id_key, ""), tenant)
+                        request_id if isinstance(request_id, str) else "", tenant if isinstance(tenant, str) else "")
         RECORDER.end()
 
 

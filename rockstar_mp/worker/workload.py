@@ -6,6 +6,17 @@ The sketches are counters in the slab (``rockstar.workload.bucket{dim,value,buck
 death like any counter. The records go to the slab's ring (the aggregator keeps the most recent ones);
 a ring that overflows before the aggregator drains it loses its oldest records, counted as dropped.
 
+Bounded dimensions: every value takes a series per latency bucket it touches, so a worker keeps at most
+``max_routes`` routes and ``max_tenants`` tenants, and the sketches at most ``max_series`` series
+(``WorkloadLimits``, from ``MonitoringConfig``): a third for each dimension, so that a flood of tenants
+never crowds out the routes (``_DimensionBudget``). A value beyond them is recorded under ``other``; a
+value whose next bucket finds no series left has that request counted in its nearest bucket instead.
+Either way the request is counted, once per dimension, and the overflow in
+``rockstar.workload.overflow{dimension}`` (the aggregator's ``system.dimension_overflow``). What these
+fall back on (``other`` of each dimension and each status class, with one bucket each, and the overflow
+counters) is declared when this module is imported, so it is in the slab from the attach on. Label values
+are cut to ``LABEL_BYTES`` of UTF-8; request ids never become series (they are in the records only).
+
 Front ends: ``rockstar_mp.worker.falcon.WorkloadMiddleware`` (Falcon, with route templates) and
 ``rockstar_mp.worker.wsgi.MetricsMiddleware(app, workload=True)`` (any WSGI app).
 """
@@ -15,23 +26,36 @@ import math
 import os
 import re
 import time
+from bisect import bisect_left, insort
 from operator import itemgetter
+from typing import NamedTuple
 
 from ..metrics import Counter
 from ..segment import CatalogueFull, RingWriter, fit
 from ..segment.layout import Body
-from ..sketch import BUCKET_SCALE, MIN_SECONDS
+from ..sketch import BUCKET_SCALE, MIN_SECONDS, bucket_index
 from .accelerator import hotpath
 
-MAX_VALUES_PER_DIMENSION = 200  # distinct routes (or tenants) per worker; more become "other"
+MAX_VALUES_PER_DIMENSION = 200  # the default of max_routes and max_tenants; also bounds the small caches
+DEFAULT_MAX_SERIES = 4096  # the default of workload_max_series
 OTHER = "other"
 STATUS_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
+LABEL_BYTES = 64  # route and tenant label values are cut to this (UTF-8, on a character boundary)
+DIMENSIONS = ("route", "status", "tenant")  # each has a third of the series budget
+NAMED_SHARE = 0.75  # of a dimension's series, what its named values may take (the rest: its fallbacks')
+MIN_FAIR_BUCKETS = 8  # a value's fair share of buckets is never smaller
+OVERFLOW_DIMENSIONS = ("route", "tenant", "status", "bucket")
+ANCHOR_BUCKET = bucket_index(0.01)  # the bucket each fallback value is declared with
+MAX_COMBINATIONS = MAX_VALUES_PER_DIMENSION ** 2  # cached (route, status class, tenant) as requests give them
+CACHED_KEY_CHARS = 256  # longer route + tenant strings are not cached (the cache would keep them alive)
 INFLIGHT_METHOD_BYTES = Body.inflight_method.struct.size
 INFLIGHT_TEXT_BYTES = INFLIGHT_METHOD_BYTES + Body.inflight_path.struct.size
 
 BUCKETS = Counter("rockstar.workload.bucket", "Requests by latency sketch bucket",
                   ["dim", "value", "bucket"])
 SECONDS = Counter("rockstar.workload.seconds", "Seconds spent serving requests", ["dim", "value"])
+OVERFLOW = Counter("rockstar.workload.overflow", "Requests recorded under 'other' (route, tenant, status) "
+                   "or in a neighbouring latency bucket (bucket) for want of room", ["dimension"])
 
 _ID_SEGMENT = re.compile(r"/(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}|[0-9a-fA-F]{16,})(?=/|$)")
 
@@ -41,48 +65,177 @@ def template_path(path: str) -> str:
     return _ID_SEGMENT.sub("/{id}", path) or "/"
 
 
+class WorkloadLimits(NamedTuple):
+    """How much of a worker's slab the workload dimensions may take."""
+
+    max_routes: int = MAX_VALUES_PER_DIMENSION
+    max_tenants: int = MAX_VALUES_PER_DIMENSION
+    max_series: int = DEFAULT_MAX_SERIES
+
+    @classmethod
+    def for_slab(cls, config, slab_max_series: int) -> "WorkloadLimits":
+        """From a ``MonitoringConfig``: the sketches take at most half of the slab's series, so the
+        app's own metrics always keep the other half."""
+        return cls(max(0, config.max_routes), max(0, config.max_tenants),
+                   max(0, min(config.workload_max_series, slab_max_series // 2)))
+
+
+class PrivateSeries:
+    """Stands in for a series of ours the catalogue refused: its cells live in private memory (never
+    reported), so the code that writes them never has to ask."""
+
+    __slots__ = ("_vals", "_idx", "_bounds", "_sum_at")
+
+    def __init__(self, bounds: tuple = ()) -> None:
+        self._vals = memoryview(bytearray(8 * (len(bounds) + 2 if bounds else 1))).cast("d")
+        self._idx = 0
+        self._bounds = bounds
+        self._sum_at = len(bounds) + 1
+
+
+def declared(family, *values):
+    """``family.labels(*values)``, or ``None`` when the catalogue refused it (counted in the slab's
+    ``catalogue_full``)."""
+    try:
+        return family.labels(*values)
+    except CatalogueFull:
+        return None
+
+
+def reserved(family, *values, bounds: tuple = ()):
+    """``family.labels(*values)``, or private cells when the catalogue refused it: for the series our
+    request path falls back on, declared before any request."""
+    series = declared(family, *values)
+    return series if series is not None else PrivateSeries(bounds)
+
+
+def label(value: str) -> str:
+    """A route or tenant as a label value: cut to ``LABEL_BYTES`` of UTF-8 (lone surrogates, which
+    UTF-8 cannot carry, become ``?``, as in the records)."""
+    if value.isascii() and len(value) <= LABEL_BYTES:
+        return value
+    return fit(value, LABEL_BYTES).decode("utf-8")
+
+
+class _DimensionBudget:
+    """The series one dimension's sketches may take, ``max_series``, in two pools: ``NAMED_SHARE`` of
+    them for its named values (routes, tenants), the rest for its fallbacks (``other``; the status
+    classes, which have the whole budget, as status has no named values), so that ``other`` always
+    has room for buckets of its own.
+
+    A named value is admitted while fewer than ``max_values`` are and its pool has two series left:
+    its seconds, and one held for its first bucket. A bucket is declared while its pool has room
+    (the named pool keeping two series for each value still to come, up to a quarter of it); once half
+    a pool is taken, only for a value with fewer buckets than its fair share of the pool, so that a
+    value touching many buckets early does not leave the others a single one."""
+
+    __slots__ = ("max_series", "max_values", "series", "named", "values", "fallbacks")
+
+    def __init__(self) -> None:
+        self.max_series = self.max_values = 0
+        self.series = 0  # declared or held, fallbacks included
+        self.named = 0  # of which for named values
+        self.values = 0  # named values admitted
+        self.fallbacks = 0  # fallback values
+
+    @property
+    def named_pool(self) -> int:
+        return int(self.max_series * NAMED_SHARE) if self.max_values else 0
+
+    def can_admit(self) -> bool:
+        return (self.values < self.max_values and self.named + 2 <= self.named_pool
+                and self.series + 2 <= self.max_series)
+
+    def can_grow(self, sketch: "_Sketch") -> bool:
+        """Room for one more bucket of ``sketch``, a value of this dimension."""
+        if self.series + 1 > self.max_series:
+            return False
+        if sketch.named:
+            pool, used, sharing = self.named_pool, self.named, self.values
+            kept = min(pool // 4, 2 * max(0, self.max_values - self.values))
+        else:
+            pool, used, sharing, kept = self.max_series - self.named_pool, self.series - self.named, self.fallbacks, 0
+        if used + 1 > pool - kept:
+            return False
+        return used < pool // 2 or len(sketch.indices) < max(MIN_FAIR_BUCKETS, pool // max(1, sharing))
+
+    def take(self, series: int, named: bool) -> None:
+        self.series += series
+        if named:
+            self.named += series
+
+
+class _Sketch:
+    """One dimension value's series: its seconds, and its buckets by index (sorted in ``indices``)."""
+
+    __slots__ = ("seconds", "buckets", "indices", "holds_first", "named")
+
+    def __init__(self, seconds, named: bool) -> None:
+        self.seconds = seconds
+        self.buckets: dict[int, object] = {}
+        self.indices: list[int] = []
+        self.holds_first = False  # a series of the budget is held for its first bucket
+        self.named = named  # an admitted route or tenant (not a fallback)
+
+    def add(self, index: int, series) -> None:
+        self.buckets[index] = series
+        insort(self.indices, index)
+
+    def nearest(self, index: int):
+        """The bucket series closest to ``index`` (the lower one on a tie)."""
+        at = bisect_left(self.indices, index)
+        near = min(self.indices[max(0, at - 1):at + 1], key=lambda k: abs(k - index))
+        return self.buckets[near]
+
+
+class _Shared:
+    """What requests of one (route, status class, tenant) as recorded share, whatever their raw route
+    and tenant: the bucket cells by index, the seconds cells, and the overflow cells they add."""
+
+    __slots__ = ("values", "buckets", "sums", "extra")
+
+    def __init__(self, values: tuple, sums: tuple, extra: tuple) -> None:
+        self.values = values  # ((dim, value), ...) for route, status and tenant
+        self.buckets: dict[int, tuple] = {}
+        self.sums = sums
+        self.extra = extra  # overflow cells counted with every bucket (a route or tenant under "other")
+
+
 class _Combination(tuple):
-    """What one (route, status class, tenant) writes, as a tuple (the C path reads it by position):
-    the bucket cells by latency bucket (cached, so a request finds its cells without a lookup by
-    label), the three sum cells, and the route and tenant as the ring stores them. Cells are
-    ``(view, index, view, index, view, index)``: one per dimension."""
+    """What one (route, status class, tenant), as the request gave them, writes, as a tuple (the C path
+    reads it by position): the bucket cells by latency bucket (cached, so a request finds its cells
+    without a lookup by label), the three sum cells, and the route and tenant as the ring stores them.
+    Cells are ``(view, index, view, index, ...)``: one per dimension, then any overflow counters."""
 
     __slots__ = ()
     buckets = property(itemgetter(0))  # {bucket index: cells}
     sums = property(itemgetter(1))
     route = property(itemgetter(2))
     tenant = property(itemgetter(3))
-    values = property(itemgetter(4))  # ((dim, value), ...) for route, status and tenant
-
-    @classmethod
-    def make(cls, values: tuple, route: bytes, tenant: bytes) -> "_Combination":
-        sums = _cells([SECONDS.labels(dim, value) for dim, value in values])
-        return cls(({}, sums, route, tenant, values))
-
-    def bucket(self, index: int) -> tuple:
-        cells = self.buckets.get(index)
-        if cells is None:
-            cells = self.buckets[index] = _cells([BUCKETS.labels(dim, value, index) for dim, value in self.values])
-        return cells
+    shared = property(itemgetter(4))
 
 
 def _cells(series: list) -> tuple:
-    """``(view, i, view, i, ...)`` of series with one cell each (in the slab, or private memory if the
-    catalogue refused them)."""
+    """``(view, i, view, i, ...)`` of series with one cell each."""
     return tuple(x for one in series for x in (one._vals, one._idx))
 
 
-def _add(cells: tuple, amount: float) -> None:
-    v1, i1, v2, i2, v3, i3 = cells
-    v1[i1] += amount
-    v2[i2] += amount
-    v3[i3] += amount
+def add_cells(cells: tuple, amount: float) -> None:
+    """Add ``amount`` to every cell of ``(view, i, view, i, ...)`` (the C path's ``add_cells``)."""
+    if len(cells) == 6:
+        v1, i1, v2, i2, v3, i3 = cells
+        v1[i1] += amount
+        v2[i2] += amount
+        v3[i3] += amount
+        return
+    for k in range(0, len(cells) - 1, 2):
+        cells[k][cells[k + 1]] += amount
 
 
 class WorkloadRecorder:
     """Records requests of this process (``RECORDER`` below is the one every middleware uses).
 
-    On the request path: everything that can be is cached (the six cells of a route/status/tenant
+    On the request path: everything that can be is cached (the cells of a route/status/tenant
     combination, the encoded strings, the pid), so a record is six stores and one ring append. With
     the C accelerator (``rockstar_mp.worker.accelerator``) the ring and the in-flight fields are
     written by its ``Slab``, and ``record`` runs in C; these methods are its slow paths and fallback.
@@ -90,8 +243,38 @@ class WorkloadRecorder:
 
     def __init__(self) -> None:
         self._on_idle = None
-        self._seen: dict[str, set] = {"route": set(), "status": set(), "tenant": set()}
+        self._limits = WorkloadLimits()
+        self._sketches: dict[tuple[str, str], _Sketch] = {}
+        self._budgets = {dim: _DimensionBudget() for dim in DIMENSIONS}
+        self.configure(self._limits)
+        self._reserve()
         self.bind(None)
+
+    def _reserve(self) -> None:
+        """What the sketches fall back on: ``other`` in every dimension and each status class, with
+        its seconds and one bucket; and the overflow counters."""
+        fallbacks = [("route", OTHER), ("tenant", OTHER)] + [("status", v) for v in (*STATUS_CLASSES.values(), OTHER)]
+        for dim, value in fallbacks:
+            sketch = self._sketches[(dim, value)] = _Sketch(reserved(SECONDS, dim, value), named=False)
+            sketch.add(ANCHOR_BUCKET, reserved(BUCKETS, dim, value, ANCHOR_BUCKET))
+            self._budgets[dim].take(2, named=False)
+            self._budgets[dim].fallbacks += 1
+        self._overflow = {dim: reserved(OVERFLOW, dim) for dim in OVERFLOW_DIMENSIONS}
+
+    def configure(self, limits: WorkloadLimits) -> None:
+        """Called by ``attach_worker`` with the config's limits (values already admitted stay)."""
+        self._limits = limits
+        values = {"route": limits.max_routes, "status": 0, "tenant": limits.max_tenants}
+        for dim, budget in self._budgets.items():
+            budget.max_series, budget.max_values = limits.max_series // len(DIMENSIONS), values[dim]
+
+    @property
+    def limits(self) -> WorkloadLimits:
+        return self._limits
+
+    def overflow_cells(self, dimension: str) -> tuple:
+        """The cells of ``rockstar.workload.overflow{dimension}`` (the request counter's fallback counts there)."""
+        return _cells([self._overflow[dimension]])
 
     @property
     def on_idle(self):
@@ -109,6 +292,7 @@ class WorkloadRecorder:
         self._append = ring.append if ring is not None else None
         self._pid = os.getpid()
         self._combinations: dict[tuple, _Combination] = {}
+        self._shared: dict[tuple, _Shared] = {}  # cells cached from the series: rebuilt when they move
         self._methods: dict[str, bytes] = {}
         self._inflight_texts: dict[tuple, bytes] = {}  # (method, path) -> the 72 display bytes
         self._inflight = None
@@ -129,38 +313,81 @@ class WorkloadRecorder:
         if hotpath is not None:
             hotpath.bind(self._slab, self._combinations, self, self._on_idle)
 
-    def _bounded(self, dim: str, value: str) -> str:
-        seen = self._seen[dim]
-        if value in seen:
-            return value
-        if len(seen) >= MAX_VALUES_PER_DIMENSION:
-            return OTHER
-        seen.add(value)
-        return value
+    # -- the slow paths: a combination or a bucket seen for the first time -----------------------
+    def _admit(self, dim: str, raw: str) -> tuple[str, bool]:
+        """The value ``raw`` is recorded under in ``dim`` (route or tenant), and whether that is
+        ``other`` for want of room (``_DimensionBudget``)."""
+        value = label(raw)
+        if (dim, value) in self._sketches:
+            return value, False
+        budget = self._budgets[dim]
+        if budget.can_admit():
+            seconds = declared(SECONDS, dim, value)
+            if seconds is not None:
+                sketch = self._sketches[(dim, value)] = _Sketch(seconds, named=True)
+                sketch.holds_first = True
+                budget.take(2, named=True)
+                budget.values += 1
+                return value, False
+        return OTHER, True
 
-    def _combination_tuple(self, route: str, status_class: int, tenant: str) -> _Combination | None:
-        """The combination's cells, declared on first use (``None`` if the catalogue is full)."""
+    def _shared_for(self, route: tuple, status: str, tenant: tuple) -> _Shared:
+        """``route``/``tenant``: (value, overflowed)."""
+        key = (route, status, tenant)
+        shared = self._shared.get(key)
+        if shared is None:
+            values = (("route", route[0]), ("status", status), ("tenant", tenant[0]))
+            extra = (self.overflow_cells("route") if route[1] else ()) + (
+                self.overflow_cells("tenant") if tenant[1] else ())
+            shared = _Shared(values, _cells([self._sketches[v].seconds for v in values]), extra)
+            if len(self._shared) < MAX_COMBINATIONS:
+                self._shared[key] = shared
+        return shared
+
+    def _combination_tuple(self, route: str, status_class: int, tenant: str) -> _Combination:
+        """The combination's cells, declared on first use (a value without room is recorded as ``other``)."""
         key = (route, status_class, tenant)
         combination = self._combinations.get(key)
         if combination is not None:
             return combination
-        values = (("route", self._bounded("route", route)),
-                  ("status", STATUS_CLASSES.get(status_class, OTHER)),
-                  ("tenant", self._bounded("tenant", tenant or "-")))
-        try:
-            combination = _Combination.make(values, fit(route, 64), fit(tenant, 32))
-        except CatalogueFull:
-            return None  # counted in the slab (system.catalogue_full); a request never fails for it
-        if len(self._combinations) < MAX_VALUES_PER_DIMENSION ** 2:
+        shared = self._shared_for(self._admit("route", route), STATUS_CLASSES.get(status_class, OTHER),
+                                  self._admit("tenant", tenant or "-"))
+        combination = _Combination((shared.buckets, shared.sums, fit(route, 64), fit(tenant, 32), shared))
+        if len(self._combinations) < MAX_COMBINATIONS and len(route) + len(tenant) <= CACHED_KEY_CHARS:
             self._combinations[key] = combination
         return combination
 
-    @staticmethod
-    def _bucket_cells(combination: _Combination, index: int) -> tuple | None:
-        try:
-            return combination.bucket(index)
-        except CatalogueFull:
-            return None
+    def _bucket_series(self, dim: str, value: str, index: int) -> tuple[object, bool]:
+        """The series counting ``index`` for a value, and whether it is a neighbouring bucket (the
+        series budget or the catalogue had no room for this one)."""
+        sketch = self._sketches[(dim, value)]
+        series = sketch.buckets.get(index)
+        if series is not None:
+            return series, False
+        budget = self._budgets[dim]
+        held, sketch.holds_first = sketch.holds_first, False
+        if held or budget.can_grow(sketch):
+            series = declared(BUCKETS, dim, value, index)
+            if series is not None:
+                budget.take(0 if held else 1, sketch.named)
+                sketch.add(index, series)
+                return series, False
+            budget.take(-held, sketch.named)  # the catalogue refused it: a held series goes back
+        if not sketch.indices:  # its first bucket was refused by the catalogue
+            sketch = self._sketches[(dim, OTHER)]
+        return sketch.nearest(index), True
+
+    def _bucket_cells(self, combination: _Combination, index: int) -> tuple:
+        """The cells a request of this combination in latency bucket ``index`` adds 1 to."""
+        shared = combination.shared
+        cells = shared.buckets.get(index)
+        if cells is None:
+            found = [self._bucket_series(dim, value, index) for dim, value in shared.values]
+            cells = _cells([series for series, _ in found]) + shared.extra
+            if any(moved for _, moved in found):
+                cells += self.overflow_cells("bucket")
+            shared.buckets[index] = cells
+        return cells
 
     def record(self, method: str, route: str, status: int, seconds: float, start: float,
                response_bytes: int, request_id: str, tenant: str,
@@ -172,20 +399,14 @@ class WorkloadRecorder:
         status_class = status // 100
         combination = (self._combinations.get((route, status_class, tenant))
                        or self._combination_tuple(route, status_class, tenant))
-        if combination is not None:
-            index = _ceil(_log(seconds if seconds > MIN_SECONDS else MIN_SECONDS) * BUCKET_SCALE - 1e-9)
-            cells = combination.buckets.get(index) or self._bucket_cells(combination, index)
-            if cells is not None:
-                _add(cells, 1.0)
-            _add(combination.sums, seconds)
-            route_raw, tenant_raw = combination.route, combination.tenant
-        else:
-            route_raw, tenant_raw = fit(route, 64), fit(tenant, 32)
+        index = _ceil(_log(seconds if seconds > MIN_SECONDS else MIN_SECONDS) * BUCKET_SCALE - 1e-9)
+        add_cells(combination.buckets.get(index) or self._bucket_cells(combination, index), 1.0)
+        add_cells(combination.sums, seconds)
         append = self._append
         if append is not None:
             raw_method = self._methods.get(method) or self._method(method)
-            append(start, seconds, response_bytes, self._pid, status, raw_method, route_raw,
-                   fit(request_id, 40) if request_id else b"", tenant_raw)
+            append(start, seconds, response_bytes, self._pid, status, raw_method, combination.route,
+                   fit(request_id, 40) if request_id else b"", combination.tenant)
 
     def _method(self, method: str) -> bytes:
         raw = fit(method, INFLIGHT_METHOD_BYTES)
@@ -214,7 +435,8 @@ class WorkloadRecorder:
             self._inflight_texts[(method, path)] = shown
         return shown
 
-    def end(self) -> None:
+    def end(self, notify: bool = True) -> None:
+        """A request ended; when none is in flight any more, ``on_idle`` runs (unless ``notify`` is false)."""
         if self._slab is not None:
             idle = self._slab.end()
         elif self._inflight is not None:
@@ -228,7 +450,7 @@ class WorkloadRecorder:
                 doubles[started_at] = 0.0
         else:
             return
-        if idle and self._on_idle is not None:
+        if idle and notify and self._on_idle is not None:
             self._on_idle()
 
 

@@ -13,7 +13,16 @@ Example::
 It records ``http.requests`` (counter, labels ``method`` and ``status``) and
 ``http.request.duration.seconds`` (histogram, label ``method``). With ``workload=True`` it also records one
 workload record per response (see ``rockstar_mp.worker.workload``), taking the route from
-``environ["rockstar.route"]`` when a framework set it, else a template of the path (ids become ``{id}``).
+``environ["rockstar.route"]`` when a framework set it, else a template of the path (ids become ``{id}``),
+or ``<unmatched>`` for a 404.
+
+Bounded labels, so that no client can make a request go uncounted: ``method`` is one of
+``KNOWN_METHODS`` or ``other`` (an unknown, missing or non-str ``REQUEST_METHOD``); ``status`` is the
+status line's code when it is one of 100-599, else ``other``. Whatever the catalogue holds, a request is
+counted: ``http.requests{method="other",status="other"}`` and ``http.request.duration.seconds{method="other"}``
+are declared when this module is imported (so they are in the slab from the attach on, before the app's
+own series fill it), and a (method, status) the catalogue cannot take is counted there instead, and in
+``rockstar.workload.overflow{dimension="status"}`` (``system.dimension_overflow``).
 """
 from __future__ import annotations
 
@@ -25,8 +34,8 @@ from time import perf_counter
 
 from ..metrics import REGISTRY, Counter, Histogram
 from .accelerator import hotpath
-from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, WSGI_KEY
-from .workload import RECORDER, template_path
+from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
+from .workload import OTHER, RECORDER, add_cells, declared, reserved, template_path
 
 MAX_STATUS_LINES = 1000  # cached (method, status line) pairs
 MAX_PATHS = 1000  # cached raw path -> route template (apps that name no route)
@@ -35,6 +44,35 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 REQUESTS = Counter("http.requests", "HTTP responses served", ["method", "status"])
 DURATION = Histogram("http.request.duration.seconds", "Seconds from request to last body chunk",
                      ["method"])
+# What a (method, status) the catalogue refuses is counted under (see the module's docstring).
+FALLBACK_COUNTER = reserved(REQUESTS, OTHER, OTHER)
+FALLBACK_DURATION = reserved(DURATION, OTHER, bounds=DURATION._bounds)
+
+
+def status_label(status_line) -> tuple[str, int]:
+    """The ``status`` label of a status line and the code a record stores: ``("404", 404)``; a code
+    outside 100-599 is ``"other"`` (with its number if it has three digits), anything else
+    ``("other", 0)``."""
+    code = status_line[:3] if isinstance(status_line, str) else ""
+    if len(code) == 3 and code.isascii() and code.isdigit():
+        number = int(code)
+        return (code if 100 <= number <= 599 else OTHER), number
+    return OTHER, 0
+
+
+def _text(environ: dict, key: str, fallback_key: str = "") -> str:
+    """The environ's value at ``key``, else at ``fallback_key``, if it is a non-empty str (the C path
+    reads only those); "" if neither is."""
+    value = environ.get(key)
+    if value and isinstance(value, str):
+        return value
+    value = environ.get(fallback_key) if fallback_key else None
+    return value if value and isinstance(value, str) else ""
+
+
+def _path(environ: dict) -> str:
+    path = environ.get("PATH_INFO")
+    return path if path and isinstance(path, str) else "/"
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -85,6 +123,13 @@ class _Request:
         return self.server_start_response(status_line, headers, exc_info)
 
 
+def _abandoned(request: "_Request | None") -> None:
+    """A body dropped by a server that neither exhausted nor closed it: never counted, but no longer
+    in flight either (as the C path does on deallocation)."""
+    if request is not None and request.middleware.workload:
+        RECORDER.end(notify=False)
+
+
 class _ListBody(list):
     """A response body the app gave as a list (Falcon's, most frameworks'): iterated through a generator
     that counts once the last chunk was taken (the server wrote it); ``close()`` counts a response the
@@ -99,10 +144,17 @@ class _ListBody(list):
     def close(self) -> None:
         self._count()
 
+    def __del__(self) -> None:
+        _abandoned(getattr(self, "_request", None))
+
     def _count(self) -> None:
         request, self._request = self._request, None
         if request is not None:
-            request.middleware._finish(request, sum(map(len, list.__iter__(self))))
+            sent = 0
+            for chunk in list.__iter__(self):
+                if isinstance(chunk, bytes):  # what a server can send (and what the C path counts)
+                    sent += len(chunk)
+            request.middleware._finish(request, sent)
 
 
 class _StreamingBody:
@@ -117,7 +169,8 @@ class _StreamingBody:
 
     def __iter__(self):
         for chunk in self._body:
-            self._bytes += len(chunk)
+            if isinstance(chunk, bytes):  # what a server can send (and what the C path counts)
+                self._bytes += len(chunk)
             yield chunk
         self._count()
 
@@ -128,6 +181,9 @@ class _StreamingBody:
                 close()
         finally:
             self._count()
+
+    def __del__(self) -> None:
+        _abandoned(self._request)
 
     def _count(self) -> None:
         request, self._request = self._request, None
@@ -151,24 +207,23 @@ class _Shared:
             hotpath.Middleware.__init__(self, app, self._statuses, self._routes, KNOWN_METHODS, self.tenant_key,
                                         workload, self.hold)
 
-    def _status(self, method: str, status_line: str) -> tuple:
-        """``(http.requests view, index, duration view, index, bounds, sum offset, status code)`` for a
-        method and status line."""
-        code = status_line[:3]
-        try:
-            number = int(code)
-        except ValueError:
-            number = 0
-        counter, duration = REQUESTS.labels(method, code), DURATION.labels(method)
+    def _status(self, method: str, status_line) -> tuple:
+        """``(http.requests view, index, duration view, index, bounds, sum offset, status code,
+        overflow cells or None)`` for a method and status line. Never raises for want of room: a
+        series the catalogue refuses is counted under the fallback, and in the overflow counter."""
+        code, number = status_label(status_line)
+        counter, duration = declared(REQUESTS, method, code), declared(DURATION, method)
+        overflow = None if counter is not None and duration is not None else RECORDER.overflow_cells("status")
+        counter, duration = counter or FALLBACK_COUNTER, duration or FALLBACK_DURATION
         known = (counter._vals, counter._idx, duration._vals, duration._idx,
-                 tuple(float(b) for b in duration._bounds), duration._sum_at, number)
-        if len(self._statuses) < MAX_STATUS_LINES:
+                 tuple(float(b) for b in duration._bounds), duration._sum_at, number, overflow)
+        if isinstance(status_line, str) and len(self._statuses) < MAX_STATUS_LINES:
             self._statuses[(method, status_line)] = known
         return known
 
     def _route(self, environ: dict) -> str:
         """The route of a request no framework named: a template of its path, cached."""
-        path = environ.get("PATH_INFO") or "/"
+        path = _path(environ)
         route = self._routes.get(path)
         if route is None:
             route = template_path(path)
@@ -185,33 +240,44 @@ class _PythonPath(_Shared):
         """The server took the last byte: count, record, then let the response go (``_release``)."""
         seconds = perf_counter() - request.started
         method, status_line = request.method, request.status
-        vals, idx, hvals, hidx, bounds, sum_at, status = (self._statuses.get((method, status_line))
-                                                          or self._status(method, status_line))
+        try:
+            entry = self._statuses.get((method, status_line)) or self._status(method, status_line)
+        except TypeError:  # a status "line" that cannot be a key: no cache
+            entry = self._status(method, status_line)
+        vals, idx, hvals, hidx, bounds, sum_at, status, overflow = entry
         vals[idx] += 1.0
+        if overflow is not None:
+            add_cells(overflow, 1.0)
         if request.sock is not None:
             _release(request.sock)  # right after the count: a kill in between is the one window left
         hvals[hidx + bisect_left(bounds, seconds)] += 1.0
         hvals[hidx + sum_at] += seconds
         if self.workload:
             environ = request.environ
-            RECORDER.record(method, environ.get(ROUTE_KEY) or self._route(environ), status, seconds,
-                            time.time() - seconds, response_bytes,
-                            environ.get(REQUEST_ID_KEY) or environ.get(DEFAULT_REQUEST_ID_KEY, ""),
-                            environ.get(TENANT_KEY) or environ.get(self.tenant_key, ""))
+            route = environ.get(ROUTE_KEY)
+            if not (route and isinstance(route, str)):
+                route = UNMATCHED if status == 404 else self._route(environ)
+            RECORDER.record(method, route, status, seconds, time.time() - seconds, response_bytes,
+                            _text(environ, REQUEST_ID_KEY, DEFAULT_REQUEST_ID_KEY),
+                            _text(environ, TENANT_KEY, self.tenant_key))
             RECORDER.end()  # may run a pending optimization: after the response went
 
     def __call__(self, environ, start_response):
         started = perf_counter()
-        method = environ.get("REQUEST_METHOD", "GET")
-        if method not in KNOWN_METHODS:
-            method = "other"
+        method = environ.get("REQUEST_METHOD")
+        try:
+            known = method in KNOWN_METHODS
+        except TypeError:  # unhashable
+            known = False
+        if not known:
+            method = OTHER  # also a missing one: WSGI requires it, so it is not taken for a GET
         sock = environ.get("gunicorn.socket") if self.hold else None
         if sock is not None and not _hold(sock):
             sock = None
         request = _Request(self, environ, start_response, method, started, sock)
         if self.workload:
             environ[WSGI_KEY] = True
-            RECORDER.begin(method, environ.get("PATH_INFO") or "/")
+            RECORDER.begin(method, _path(environ))
         try:
             body = self.app(environ, request.start_response)
         except BaseException:

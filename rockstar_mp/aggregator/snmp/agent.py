@@ -1,53 +1,69 @@
-"""The SNMP agent: pysnmp's engine (transport, SNMPv2c communities, SNMPv3 USM) on the aggregator's loop,
-with our own read-only command responder over a ``View`` (``tree.py``).
+"""The SNMP agent: a thread of its own reading the UDP socket, answering from a ``View`` (``tree.py``).
 
-* Requests go through pysnmp's message processing and security (community check, USM authentication
-  and decryption); our responder then answers GET, GETNEXT and GETBULK from the view alone. The engine's
-  own MIB tree (which holds community strings and USM keys) is never consulted: the default SNMP
-  context is replaced by an empty one and nothing else reads it.
-* Only the read community (v2c) and the configured USM users (v3) are answered. Any other principal
-  (SNMPv1, a notification-only community) is dropped and counted, like pysnmp's own bad-community and
-  USM counters, which the view serves as ``rsmpSnmpBad*``.
-* GETBULK stops at the first repetition that is all endOfMibView and at the response size the manager
-  allows (pysnmp's stock responder repeats endOfMibView max-repetitions times and rescans the tree).
-* Any exception while answering becomes a genErr response (pysnmp would drop the request).
-* SNMPv2c fast path (``fast.py``): well-formed v2c requests with the read community are decoded and
-  answered without pysnmp (its pyasn1 decoder caps it near 900 GETs/s); everything else goes to pysnmp.
-  Both paths answer from ``respond.answer`` and encode var-binds with ``ber.py``.
+* Off the event loop: decoding, authentication and answers run in the agent's thread, so the HTTP server
+  never waits for a datagram. The thread only reads immutable ``View``s; a view is built on the loop
+  (which owns the aggregator's state) when the thread asks for a newer one (``view()``).
+* Principal first: a v2c message's community (``fast.py``) or a v3 message's user and digest
+  (``usm.py``) is checked before its var-binds are decoded, and a request holds at most
+  ``respond.MAX_REQUEST_VARBINDS``; so a hostile datagram costs microseconds.
+* Only the read community (v2c) and the configured USM users (v3) are answered. SNMPv1 and other
+  versions are counted in snmpInBadVersions, other communities in snmpInBadCommunityNames, undecodable
+  messages in snmpInASNParseErrs, the USM failures in their usmStats counters; nothing is logged for them.
+* SET is answered noAccess; a response that would not fit in a datagram, tooBig.
+* Notifications (``notify.py``) still use pysnmp, on a socket of their own, on the loop.
 
-``start()`` binds the UDP socket itself (a busy port is an error here, not silence) and creates the
-engine inside the running loop; ``stop()`` closes everything. Both can be called again at runtime.
+``start()`` binds the UDP socket itself (a busy port is an error here, not silence); ``stop()`` closes
+everything. Both can be called again at runtime.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import hashlib
 import logging
 import socket
+import threading
 import time
 
-from ...config import parse_base_oid, parse_trap_targets, parse_users
+from ...config import parse_base_oid, parse_engine_id, parse_trap_targets, parse_users
 from .. import net
 from ..state import AggregatorState
-from . import ber, respond
-from .fast import FastPath
+from . import ber
+from .fast import V2c
 from .tree import COUNTER32, View, ViewBuilder
+from .usm import V3
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
 BIND_RETRY_SECONDS = 10.0
 RCVBUF = 1 << 20
-
-AUTH = {"NONE": "USM_AUTH_NONE", "MD5": "USM_AUTH_HMAC96_MD5", "SHA": "USM_AUTH_HMAC96_SHA",
-        "SHA224": "USM_AUTH_HMAC128_SHA224", "SHA256": "USM_AUTH_HMAC192_SHA256",
-        "SHA384": "USM_AUTH_HMAC256_SHA384", "SHA512": "USM_AUTH_HMAC384_SHA512"}
-PRIV = {"NONE": "USM_PRIV_NONE", "DES": "USM_PRIV_CBC56_DES", "3DES": "USM_PRIV_CBC168_3DES",
-        "AES": "USM_PRIV_CFB128_AES", "AES192": "USM_PRIV_CFB192_AES", "AES256": "USM_PRIV_CFB256_AES"}
-READ_SECURITY_NAME = "rockstar-ro"
+POLL = 0.25  # how often the thread looks whether it should stop
+VIEW_WAIT = 2.0  # seconds the thread waits for the loop to build a view (then serves the last one)
+VIEW_MAX_AGE = 1.0  # seconds a view is served while nothing merged since (snapshot_max_age if larger)
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+ENGINE_ID_PREFIX = bytes.fromhex("80001f8805")  # enterprise 8072 (net-snmp), format 5: octets
 
 
-def engine_id(port: int) -> bytes:
-    """Fixed per port: enterprise 8072 (net-snmp), format 4 (text), "rockstar-mp:<port>"."""
-    return bytes.fromhex("80001f8804") + f"rockstar-mp:{port}".encode()
+def machine_id() -> bytes:
+    """The machine's identity: systemd's machine-id, else the host name."""
+    for path in MACHINE_ID_FILES:
+        try:
+            with open(path, "rb") as f:
+                value = f.read().strip()
+            if value:
+                return value
+        except OSError:
+            continue
+    return socket.gethostname().encode()
+
+
+def engine_id(host: str, port: int, configured: str = "") -> bytes:
+    """The SNMPv3 engine ID: ``snmp_engine_id`` if set, else derived from this machine, the address and
+    the port (hashed: the machine-id is not to be shown), so no two agents share one."""
+    if configured:
+        return parse_engine_id(configured)
+    digest = hashlib.sha256(b"rockstar-mp snmp engine\0" + machine_id() + f"\0{host}\0{port}".encode())
+    return ENGINE_ID_PREFIX + digest.digest()[:12]
 
 
 def bind_udp(host: str, port: int) -> socket.socket:
@@ -57,21 +73,38 @@ def bind_udp(host: str, port: int) -> socket.socket:
 def preload() -> None:
     """Import now what the agent imports when it starts (pysnmp is only loaded when SNMP is on): the
     aggregator calls it before dropping root, after which the interpreter's files may be unreadable."""
+    import cryptography.hazmat.primitives.ciphers  # noqa: F401
     import pyasn1.type.univ  # noqa: F401
     import pysnmp.carrier.asyncio.dgram.udp  # noqa: F401
     import pysnmp.entity.config  # noqa: F401
     import pysnmp.entity.engine  # noqa: F401
-    import pysnmp.entity.rfc3413.cmdrsp  # noqa: F401
-    import pysnmp.entity.rfc3413.context  # noqa: F401
     import pysnmp.entity.rfc3413.ntforg  # noqa: F401
-    import pysnmp.proto.api.v2c  # noqa: F401
     import pysnmp.proto.rfc1902  # noqa: F401
-    import pysnmp.proto.rfc1905  # noqa: F401
-    import pysnmp.smi.builder  # noqa: F401
-    import pysnmp.smi.instrum  # noqa: F401
 
     from . import notify  # noqa: F401
     pysnmp.entity.engine.SnmpEngine()  # loads its MIB modules, and the standard modules they import
+    machine_id()
+
+
+class Counters:
+    """What the agent counted: requests answered, and messages refused by reason (as net-snmp's MIBs)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.gen_errors = 0
+        self.bad_communities = 0  # snmpInBadCommunityNames
+        self.bad_versions = 0  # snmpInBadVersions
+        self.parse_errors = 0  # snmpInASNParseErrs
+        self.unknown_security_models = 0
+        self.invalid_msgs = 0
+        self.refused_v3 = 0  # authenticated, but another context or below the user's level
+        self.unsupported_sec_levels = 0  # the usmStats counters
+        self.not_in_time_windows = 0
+        self.unknown_user_names = 0
+        self.unknown_engine_ids = 0
+        self.wrong_digests = 0
+        self.decryption_errors = 0
+        self.unexpected = 0  # exceptions of our own while reading a datagram (logged once)
 
 
 class SnmpAgent:
@@ -84,27 +117,30 @@ class SnmpAgent:
         self.users = parse_users(self.config.snmp_users)
         self.targets = parse_trap_targets(self.config.snmp_trap_targets, {u.name for u in self.users})
         self.builder = ViewBuilder(state, self.base, self._counter_values)
-        self.engine = None
+        self.counts = Counters()
         self.sock: socket.socket | None = None
         self.port: int | None = None
+        self.engine_id: bytes | None = None
+        self.v3: V3 | None = None
         self.error: str | None = None
         self.notifier = None
         self._view: View | None = None
-        self._transport = None
-        self._responder = None
-        # our own counts, beside pysnmp's
-        self.refused = 0  # authenticated, but not a reader (v1, a notification community)
-        self.requests = 0
-        self.gen_errors = 0
-        self.fast_path = True  # SNMPv2c requests decoded by us (fast.py); False: everything via pysnmp
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._v2c: V2c | None = None
 
     @property
     def running(self) -> bool:
-        return self.engine is not None
+        return self._thread is not None
+
+    @property
+    def requests(self) -> int:
+        return self.counts.requests
 
     # -- life cycle -------------------------------------------------------------------------------
     async def start(self, retry_seconds: float = BIND_RETRY_SECONDS) -> None:
-        if self.engine is not None:
+        if self._thread is not None:
             return
         deadline = time.monotonic() + retry_seconds
         while True:
@@ -118,178 +154,137 @@ class SnmpAgent:
                     raise
                 await asyncio.sleep(0.2)
         try:
-            await self._start_engine(sock)
+            self._prepare(sock)
         except BaseException:
             sock.close()
-            self.engine = None
             raise
         self.error = None
-        log.info("rockstar-mp: SNMP agent on udp://%s:%d (base %s)", self.config.host, self.port,
-                 ".".join(map(str, self.base)))
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._serve, name="rockstar-snmp", daemon=True)
+        self._thread.start()
+        log.info("rockstar-mp: SNMP agent on udp://%s:%d (base %s, engine ID %s)", self.config.host, self.port,
+                 ".".join(map(str, self.base)), self.engine_id.hex())
         from .notify import Notifier
         self.notifier = Notifier(self)
-        self.notifier.start()
+        try:
+            await self.notifier.start()
+        except Exception:
+            log.exception("rockstar-mp: SNMP notifications not started")
 
-    async def _start_engine(self, sock: socket.socket) -> None:
-        from pysnmp.carrier.asyncio.dgram import udp
-        from pysnmp.entity import config, engine
-        from pysnmp.entity.rfc3413 import context
-        from pysnmp.proto.api import v2c
-        from pysnmp.smi.builder import MibBuilder
-        from pysnmp.smi.instrum import MibInstrumController
-
-        loop = asyncio.get_running_loop()
+    def _prepare(self, sock: socket.socket) -> None:
+        self._loop = asyncio.get_running_loop()
         self.port = sock.getsockname()[1]
-        snmp_engine = engine.SnmpEngine(snmpEngineID=v2c.OctetString(engine_id(self.port)))
-        fast, agent = FastPath(self, self.config.snmp_community), self
-
-        class Transport(udp.UdpTransport):
-            def datagram_received(self, datagram, address):
-                reply = fast.handle(datagram) if agent.fast_path else None
-                if reply is None:
-                    super().datagram_received(datagram, address)
-                else:
-                    self.transport.sendto(reply, address)
-
-        transport = Transport(loop=loop).open_server_mode(sock=sock)
-        await transport._lport  # the endpoint exists once this is done
-        config.add_transport(snmp_engine, udp.DOMAIN_NAME, transport)
-        config.add_v1_system(snmp_engine, READ_SECURITY_NAME, self.config.snmp_community)
-        for user in self.users:
-            config.add_v3_user(snmp_engine, user.name, getattr(config, AUTH[user.auth_protocol]),
-                               user.auth_key or None, getattr(config, PRIV[user.priv_protocol]),
-                               user.priv_key or None)
-        config.add_context(snmp_engine, "")
-        snmp_context = context.SnmpContext(snmp_engine)
-        # A private, empty tree for the default context: the engine's own (with the community and USM
-        # tables) is never reachable through a context, whatever the responders do.
-        snmp_context.unregister_context_name(b"")
-        snmp_context.register_context_name(b"", MibInstrumController(MibBuilder()))
-        self.engine, self._transport, self.sock = snmp_engine, transport, sock
-        self._responder = Responder(self, snmp_engine, snmp_context)
-        self._context = snmp_context
+        self.engine_id = engine_id(self.config.host, self.port, self.config.snmp_engine_id)
+        self._v2c = V2c(self.config.snmp_community, self.counts, self.view)
+        self.v3 = V3(self.engine_id, self.users, self.counts, self.view)
+        sock.settimeout(POLL)
+        self.sock = sock
 
     async def stop(self) -> None:
-        if self.engine is None:
+        if self._thread is None:
             return
         if self.notifier is not None:
             await self.notifier.stop()
             self.notifier = None
-        try:
-            self._responder.close(self.engine)
-        except Exception:
-            pass
-        try:
-            self.engine.close_dispatcher()
-        except Exception:
-            log.exception("rockstar-mp: closing the SNMP engine")
+        self._stopping.set()
+        while self._thread.is_alive():  # the loop keeps running: a view the thread waits for gets built
+            await asyncio.sleep(0.02)
+        self._thread = None
         try:
             self.sock.close()
         except OSError:
             pass
-        self.engine = self._transport = self._responder = self.sock = None
+        self.sock = None
         self._view = None
         log.info("rockstar-mp: SNMP agent stopped")
 
+    # -- the thread -------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        sock, buffer = self.sock, bytearray(65536)
+        while not self._stopping.is_set():
+            try:
+                size, address = sock.recvfrom_into(buffer)
+            except (socket.timeout, BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue  # e.g. an ICMP error reported on the socket
+            reply = self.handle(bytes(buffer[:size]))
+            if reply is not None:
+                try:
+                    sock.sendto(reply, address)
+                except OSError:
+                    pass  # a full buffer or an unreachable manager: as any lost datagram
+
+    def handle(self, data: bytes) -> bytes | None:
+        """The answer to one datagram, or None (dropped, and counted)."""
+        counts = self.counts
+        try:
+            end = len(data)
+            start, stop = ber.expect(data, 0x30, 0, end)
+            if stop != end:
+                raise ber.Malformed
+            s, e = ber.expect(data, 0x02, start, end)
+            version = ber.to_int(data, s, e)
+            if version == 1:
+                return self._v2c.handle(data, e, end)
+            if version == 3:
+                return self.v3.handle(data, e, end)
+            counts.bad_versions += 1  # SNMPv1 (0) included: not served
+            return None
+        except (ber.Malformed, IndexError, ValueError, OverflowError):
+            counts.parse_errors += 1
+            return None
+        except Exception:
+            counts.parse_errors += 1
+            counts.unexpected += 1
+            if counts.unexpected == 1:  # a bug of ours: show it once, never flood the log
+                log.exception("rockstar-mp: SNMP datagram not handled")
+            return None
+
     # -- the view ---------------------------------------------------------------------------------
     def view(self) -> View:
-        """The view of the current merge (``state.snapshot()``, as the HTTP endpoints use): rebuilt only
-        when the merge was redone, so an answer is never older than the JSON served at that moment."""
+        """The view to answer from: called in the agent's thread, it has the loop (which owns the state)
+        build a new one when the HTTP side has merged since the last (an answer is never older than what
+        the HTTP endpoints served last), or when the merge is older than ``VIEW_MAX_AGE`` (as snmpd caches
+        its tables: a walk does not wait for a merge every ``snapshot_max_age``)."""
         view = self._view
-        if view is None or view.snapshot is not self.state.snapshot():
-            view = self._view = self.builder.build()
-        return view
-
-    @staticmethod
-    def log_failure() -> None:
-        log.exception("rockstar-mp: SNMP request failed")
-
-    def _mib_value(self, module: str, name: str) -> int:
+        # read without the loop: an attribute read is atomic, and a snapshot is never changed in place
+        snap = getattr(self.state, "_snapshot", None)
+        if view is not None and view.snapshot is snap and snap is not None \
+                and time.time() - snap.taken <= max(self.config.snapshot_max_age, VIEW_MAX_AGE):
+            return view
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(self._build_view, done)
         try:
-            (symbol,) = self.engine.get_mib_builder().import_symbols(module, name)
-            return int(symbol.syntax)
-        except Exception:
-            return 0
+            return done.result(VIEW_WAIT)
+        except concurrent.futures.TimeoutError:
+            if view is None:
+                raise
+            return view  # the loop is busy: the last view rather than no answer
+
+    def _build_view(self, done: concurrent.futures.Future) -> None:
+        try:
+            snap = self.state.snapshot()
+            view = self._view
+            if view is None or view.snapshot is not snap:
+                view = self._view = self.builder.build()
+            done.set_result(view)
+        except BaseException as exc:  # raised in the thread, which answers genErr and logs it
+            done.set_exception(exc)
 
     def bad_counts(self) -> dict:
-        if self.engine is None:
-            return {"communities": 0, "usm": 0, "versions": 0, "parse": 0}
-        usm = sum(self._mib_value("__SNMP-USER-BASED-SM-MIB", n) for n in (
-            "usmStatsUnknownUserNames", "usmStatsWrongDigests", "usmStatsDecryptionErrors",
-            "usmStatsUnsupportedSecLevels"))
-        return {"communities": self._mib_value("__SNMPv2-MIB", "snmpInBadCommunityNames") + self.refused,
-                "usm": usm,
-                "versions": self._mib_value("__SNMPv2-MIB", "snmpInBadVersions"),
-                "parse": self._mib_value("__SNMPv2-MIB", "snmpInASNParseErrs")}
+        c = self.counts
+        return {"communities": c.bad_communities,
+                "usm": (c.unknown_user_names + c.wrong_digests + c.decryption_errors + c.unsupported_sec_levels
+                        + c.refused_v3),
+                "versions": c.bad_versions,
+                "parse": c.parse_errors + c.invalid_msgs + c.unknown_security_models}
 
     def _counter_values(self) -> dict:
         bad = self.bad_counts()
         c32 = 2 ** 32
         return {18: (COUNTER32, bad["communities"] % c32), 19: (COUNTER32, bad["usm"] % c32),
                 20: (COUNTER32, bad["versions"] % c32), 21: (COUNTER32, bad["parse"] % c32),
-                22: (COUNTER32, self.requests % c32)}
-
-
-class Responder:
-    """GET / GETNEXT / GETBULK over the agent's view (a pysnmp ``CommandResponderBase``)."""
-
-    def __new__(cls, agent: SnmpAgent, snmp_engine, snmp_context):
-        from pysnmp.entity.rfc3413 import cmdrsp
-        from pysnmp.proto import rfc1905
-        from pysnmp.proto.api import v2c
-        from pyasn1.type import univ
-
-        kinds = {rfc1905.GetRequestPDU.tagSet: respond.GET, rfc1905.GetNextRequestPDU.tagSet: respond.GETNEXT,
-                 rfc1905.GetBulkRequestPDU.tagSet: respond.GETBULK}
-
-        class _Responder(cmdrsp.CommandResponderBase):
-            SUPPORTED_PDU_TYPES = (rfc1905.GetRequestPDU.tagSet, rfc1905.GetNextRequestPDU.tagSet,
-                                   rfc1905.GetBulkRequestPDU.tagSet)
-
-            def __init__(self) -> None:
-                super().__init__(snmp_engine, snmp_context)
-                self._max_size = 1472
-                self._readers = {(2, READ_SECURITY_NAME)} | {(3, u.name) for u in agent.users}
-
-            def process_pdu(self, snmpEngine, messageProcessingModel, securityModel, securityName,
-                            securityLevel, contextEngineId, contextName, pduVersion, PDU,
-                            maxSizeResponseScopedPDU, stateReference):
-                name = bytes(securityName).decode("utf-8", "replace") if securityName is not None else ""
-                if messageProcessingModel == 0 or (securityModel, name) not in self._readers \
-                        or bytes(contextName):
-                    agent.refused += 1  # dropped without an answer
-                    return
-                self._max_size = int(maxSizeResponseScopedPDU)
-                super().process_pdu(snmpEngine, messageProcessingModel, securityModel, securityName,
-                                    securityLevel, contextEngineId, contextName, pduVersion, PDU,
-                                    maxSizeResponseScopedPDU, stateReference)
-
-            def handle_management_operation(self, snmpEngine, stateReference, contextName, PDU):
-                agent.requests += 1
-                try:
-                    encoded = self._answer(PDU)
-                    status = 0
-                except Exception:
-                    agent.gen_errors += 1
-                    log.exception("rockstar-mp: SNMP request failed")
-                    encoded = [ber.varbind(tuple(oid), ber.NULL) for oid, _ in v2c.apiPDU.get_varbinds(PDU)]
-                    status = "genErr"
-                response = self._CommandResponderBase__pendingReqs[stateReference][7]
-                v2c.apiPDU.set_error_status(response, status)
-                v2c.apiPDU.set_error_index(response, 1 if status else 0)
-                # the var-bind list, encoded by us: pyasn1 copies the bytes through
-                response.setComponentByPosition(3, univ.Any(ber.varbind_list(encoded)), verifyConstraints=False,
-                                                matchTags=False, matchConstraints=False)
-                self.send_pdu(snmpEngine, stateReference, response)
-                self.release_state_information(stateReference)
-
-            def _answer(self, PDU) -> list:
-                requested = [tuple(oid) for oid, _ in v2c.apiPDU.get_varbinds(PDU)]
-                kind = kinds[PDU.tagSet]
-                if kind != respond.GETBULK:
-                    return respond.answer(agent.view(), kind, requested)
-                return respond.answer(agent.view(), kind, requested,
-                                      int(v2c.apiBulkPDU.get_non_repeaters(PDU)),
-                                      int(v2c.apiBulkPDU.get_max_repetitions(PDU)), self._max_size - 64)
-
-        return _Responder()
+                22: (COUNTER32, self.counts.requests % c32)}

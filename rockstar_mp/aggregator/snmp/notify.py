@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 from ..views import workload_json
@@ -38,12 +39,14 @@ class Notifier:
         self._task: asyncio.Task | None = None
         self._names: list[str] = []
         self._originator = None
+        self.engine = None  # pysnmp's engine, for notifications only
+        self._v3_users: set[str] = set()
         self._high = {"rsmpErrorRateHigh": False, "rsmpLatencyHigh": False}
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if not self.agent.targets:
             return
-        self._configure()
+        await self._configure()
         starts = self.agent.state.system_json(self.agent.state.snapshot())["aggregator_starts"]
         self.send("rsmpAggregatorStarted", rsmpNotifyStarts=("u", starts))
         self._task = asyncio.get_running_loop().create_task(self._watch())
@@ -53,38 +56,69 @@ class Notifier:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self.engine is not None:
+            try:
+                self.engine.close_dispatcher()
+            except Exception:
+                log.exception("rockstar-mp: closing the SNMP notification engine")
+            self.engine = None
 
-    def _configure(self) -> None:
+    async def _configure(self) -> None:
+        """pysnmp's engine, with the agent's engine ID and boots, on a UDP socket of its own that takes
+        datagrams (inform acknowledgements, discovery reports) from the targets only."""
         from pysnmp.carrier.asyncio.dgram import udp
-        from pysnmp.entity import config
+        from pysnmp.entity import config, engine
         from pysnmp.entity.rfc3413 import ntforg
+        from pysnmp.proto.api import v2c
 
-        from .agent import READ_SECURITY_NAME
+        from .usm import AUTH_SERVICE, PRIV_SERVICE
 
-        agent, engine = self.agent, self.agent.engine
+        agent = self.agent
+        self.engine = snmp_engine = engine.SnmpEngine(snmpEngineID=v2c.OctetString(agent.engine_id))
+        (boots,) = snmp_engine.get_mib_builder().import_symbols("__SNMP-FRAMEWORK-MIB", "snmpEngineBoots")
+        boots.syntax = boots.syntax.clone(agent.v3.boots)
+        senders = {address for t in agent.targets for address in _addresses(t.host, t.port)}
+
+        class Transport(udp.UdpTransport):
+            def datagram_received(self, datagram, address):
+                if (address[0], address[1]) in senders:
+                    super().datagram_received(datagram, address)
+
+        # from the agent's own address, as snmpd's clientaddr: a receiver sees which agent sent it
+        transport = Transport(loop=asyncio.get_running_loop()).open_client_mode((agent.config.host, 0))
+        await transport._lport
+        config.add_transport(snmp_engine, udp.DOMAIN_NAME, transport)
         levels = {u.name: u.level for u in agent.users}
+        users = {u.name: u for u in agent.users}
         for i, target in enumerate(agent.targets):
             if target.version == "v2c":
-                name, level, model = READ_SECURITY_NAME, "noAuthNoPriv", 1
-                if target.secret != agent.config.snmp_community:
-                    # a notification-only community: the responder refuses requests that use it
-                    name = f"rockstar-notify-{i}"
-                    config.add_v1_system(engine, name, target.secret)
-                config.add_vacm_user(engine, 2, name, level, notifySubTree=(1, 3, 6))
+                name, level, model = f"rockstar-notify-{i}", "noAuthNoPriv", 1
+                # tied to the target's tag: pysnmp takes the acknowledgement of an inform only from a
+                # community row whose tag the target's address carries
+                config.add_v1_system(snmp_engine, name, target.secret, transportTag=f"rockstar-t{i}")
+                config.add_vacm_user(snmp_engine, 2, name, level, notifySubTree=(1, 3, 6))
             else:
-                name, level, model = target.secret, levels[target.secret], 3
-                config.add_vacm_user(engine, 3, name, level, notifySubTree=(1, 3, 6))
-            config.add_target_parameters(engine, f"rockstar-p{i}", name, level, model)
-            config.add_target_address(engine, f"rockstar-a{i}", udp.DOMAIN_NAME, (target.host, target.port),
+                user = users[target.secret]
+                name, level, model = user.name, levels[user.name], 3
+                if name not in self._v3_users:
+                    self._v3_users.add(name)
+                    config.add_v3_user(snmp_engine, name, getattr(config, AUTH_SERVICE.get(user.auth_protocol,
+                                                                                         "USM_AUTH_NONE")),
+                                       user.auth_key or None,
+                                       getattr(config, PRIV_SERVICE.get(user.priv_protocol, "USM_PRIV_NONE")),
+                                       user.priv_key or None)
+                    config.add_vacm_user(snmp_engine, 3, name, level, notifySubTree=(1, 3, 6))
+            config.add_target_parameters(snmp_engine, f"rockstar-p{i}", name, level, model)
+            config.add_target_address(snmp_engine, f"rockstar-a{i}", udp.DOMAIN_NAME, (target.host, target.port),
                                       f"rockstar-p{i}", tagList=f"rockstar-t{i}", timeout=100, retryCount=2)
-            config.add_notification_target(engine, f"rockstar-n{i}", f"rockstar-p{i}", f"rockstar-t{i}",
+            config.add_notification_target(snmp_engine, f"rockstar-n{i}", f"rockstar-p{i}", f"rockstar-t{i}",
                                            "inform" if target.inform else "trap")
             self._names.append(f"rockstar-n{i}")
         self._originator = ntforg.NotificationOriginator()
 
     def send(self, notification: str, **objects) -> None:
         """Send ``notification`` with ``objects`` ({name: (kind "i"|"u", value)}) to every target."""
-        if self._originator is None or self.agent.engine is None:
+        if self._originator is None or self.engine is None:
             return
         from pysnmp.proto import rfc1902
 
@@ -96,7 +130,7 @@ class Notifier:
                               rfc1902.Unsigned32(value) if kind == "u" else rfc1902.Integer32(value)))
         for target in self._names:
             try:
-                self._originator.send_varbinds(self.agent.engine, target, None, b"", var_binds, self._done)
+                self._originator.send_varbinds(self.engine, target, None, b"", var_binds, self._done)
                 self.sent[notification] = self.sent.get(notification, 0) + 1
             except Exception:
                 self.errors += 1
@@ -146,3 +180,11 @@ class Notifier:
                           rsmpNotifyThreshold=("u", round(threshold * scale)))
             elif value <= threshold:
                 self._high[name] = False
+
+
+def _addresses(host: str, port: int) -> set:
+    """``(address, port)`` pairs ``host`` resolves to (the source of its acknowledgements)."""
+    try:
+        return {(info[4][0], port) for info in socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)}
+    except OSError:
+        return {(host, port)}

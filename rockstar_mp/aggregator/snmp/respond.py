@@ -1,13 +1,103 @@
-"""Answering GET, GETNEXT and GETBULK from a ``View``: encoded var-binds, ready for a response PDU.
-
-Shared by the pysnmp responder (SNMPv3, and whatever the fast path passes on) and the SNMPv2c fast path.
+"""Request PDUs in, response PDUs out: GET, GETNEXT and GETBULK answered from a ``View``; SET refused
+with noAccess (no principal may write, as snmpd answers a read-only community or user); a response that
+would not fit answered with tooBig. Shared by the SNMPv2c (``fast.py``) and SNMPv3 (``usm.py``) paths,
+which authenticate the message before anything here decodes its var-binds.
 """
 from __future__ import annotations
 
+import logging
+from typing import Callable, NamedTuple
+
 from . import ber
 
-GET, GETNEXT, GETBULK = 0xA0, 0xA1, 0xA5
+log = logging.getLogger("rockstar_mp.aggregator")
+
+GET, GETNEXT, RESPONSE, SET, GETBULK, INFORM, TRAP, REPORT = 0xA0, 0xA1, 0xA2, 0xA3, 0xA5, 0xA6, 0xA7, 0xA8
+V1_TRAP = 0xA4
+REQUESTS = (GET, GETNEXT, SET, GETBULK)
+NOT_REQUESTS = (RESPONSE, V1_TRAP, INFORM, TRAP, REPORT)  # well-formed, but nothing for a responder
+NO_ERROR, TOO_BIG, GEN_ERR, NO_ACCESS = 0, 1, 5, 6
 MAX_VARBINDS = 512  # per GETBULK response (the response size usually caps it first)
+MAX_REQUEST_VARBINDS = 1024  # more in one request: tooBig, before any look-up (bounds a packet's work)
+MAX_MESSAGE = 65507  # the largest UDP payload over IPv4: no response may be larger
+BULK_BUDGET = 16384  # bytes of var-binds in one GETBULK response
+
+
+class Request(NamedTuple):
+    """A decoded request PDU. ``oids`` is None when it has more than ``MAX_REQUEST_VARBINDS``."""
+    kind: int
+    request_id: bytes  # the request-id TLV, copied into the response as it came
+    a: int  # non-repeaters (GETBULK), else error-status
+    b: int  # max-repetitions (GETBULK), else error-index
+    oids: list | None
+    varbinds: bytes  # the var-bind list TLV as it came (echoed by error responses)
+
+
+def parse_pdu(data: bytes, pos: int, end: int) -> Request | None:
+    """The request PDU filling ``data[pos:end]``; None for a well-formed PDU that is not a request
+    (a response, a trap, a report); ``ber.Malformed`` for anything else."""
+    kind, ps, pe = ber.read(data, pos, end)
+    if pe != end:
+        raise ber.Malformed
+    if kind in NOT_REQUESTS:
+        return None
+    if kind not in REQUESTS:
+        raise ber.Malformed
+    s, e = ber.expect(data, 0x02, ps, pe)
+    ber.to_int(data, s, e)
+    request_id = data[ps:e]
+    s, e = ber.expect(data, 0x02, e, pe)
+    a = ber.to_int(data, s, e)
+    s, e = ber.expect(data, 0x02, e, pe)
+    b = ber.to_int(data, s, e)
+    list_start = e
+    pos, list_end = ber.expect(data, 0x30, e, pe)
+    if list_end != pe:
+        raise ber.Malformed
+    oids = []
+    while pos < list_end:
+        if len(oids) == MAX_REQUEST_VARBINDS:
+            return Request(kind, request_id, a, b, None, b"\x30\x00")
+        s, vb_end = ber.expect(data, 0x30, pos, list_end)
+        os_, oe = ber.expect(data, 0x06, s, vb_end)
+        oids.append(ber.to_oid(data, os_, oe))
+        if ber.read(data, oe, vb_end)[2] != vb_end:
+            raise ber.Malformed
+        pos = vb_end
+    return Request(kind, request_id, a, b, oids, data[list_start:list_end])
+
+
+def response_pdu(request_id: bytes, status: int, index: int, varbinds: bytes) -> bytes:
+    """A Response-PDU; ``varbinds`` is the encoded var-bind list TLV."""
+    return ber.tlv(RESPONSE, request_id + ber.int32(status) + ber.int32(index) + varbinds)
+
+
+def respond(request: Request, view: Callable, room: int, counts) -> bytes:
+    """The Response-PDU to ``request``, at most ``room`` bytes (tooBig when the answer would not fit).
+    ``view()`` gives the ``View`` to answer from; ``counts`` has ``requests`` and ``gen_errors``."""
+    counts.requests += 1
+    pdu = _response(request, view, room, counts)
+    if len(pdu) > room:
+        return response_pdu(request.request_id, TOO_BIG, 0, b"\x30\x00")
+    return pdu
+
+
+def _response(request: Request, view: Callable, room: int, counts) -> bytes:
+    if request.oids is None:
+        return response_pdu(request.request_id, TOO_BIG, 0, b"\x30\x00")
+    if request.kind == SET:
+        return response_pdu(request.request_id, NO_ACCESS, 1, request.varbinds)
+    try:
+        if request.kind == GETBULK:
+            budget = min(BULK_BUDGET, room - len(request.request_id) - 24)
+            encoded = answer(view(), GETBULK, request.oids, request.a, request.b, budget)
+        else:
+            encoded = answer(view(), request.kind, request.oids)
+    except Exception:  # a bug of ours, not the request's: say so, answer genErr
+        counts.gen_errors += 1
+        log.exception("rockstar-mp: SNMP request failed")
+        return response_pdu(request.request_id, GEN_ERR, 1, request.varbinds)
+    return response_pdu(request.request_id, NO_ERROR, 0, ber.varbind_list(encoded))
 
 
 def _next(view, oid: tuple):

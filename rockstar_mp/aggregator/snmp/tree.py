@@ -24,7 +24,7 @@ from ..state import AggregatorState
 from ..views import workers_json, workload_json
 from . import mibdef
 
-# Type codes of the values (turned into pyasn1 objects by the agent).
+# Type codes of the values (encoded by ber.py).
 INT, UINT, GAUGE32, COUNTER32, COUNTER64, TICKS, STRING, OID = range(8)
 _KIND = {"Integer32": INT, "INTEGER": INT, "Unsigned32": UINT, "Gauge32": GAUGE32, "Counter32": COUNTER32,
          "Counter64": COUNTER64, "TimeTicks": TICKS, "DisplayString": STRING, "DateAndTime": STRING}
@@ -311,9 +311,9 @@ class ViewBuilder:
                              "pre-fork Python server")),
             2: (OID, self.base),
             3: (TICKS, self.uptime_ticks()),
-            4: (STRING, b""),
+            4: (STRING, text(state.config.snmp_contact)),
             5: (STRING, text(self.hostname)),
-            6: (STRING, b""),
+            6: (STRING, text(state.config.snmp_location)),
             7: (INT, 72),
         })]
         errors = workload["by_status"].get("5xx", {}).get("requests", 0)
