@@ -21,11 +21,10 @@ import falcon.asgi
 from ..profiling import DEFAULT_SECONDS, KINDS, TIMED, render
 from ..profiling.channel import WorkerUnavailable, ask, socket_path
 from . import params
-from .admin import BodyDeadline
+from .admin import BodyDeadline, RateLimit
 from .http import BearerAuth
 from .net import listen_tcp
 from .state import AggregatorState
-from .admin import RateLimit  # the metrics port's: per token, else per address
 
 log = logging.getLogger("rockstar_mp.aggregator.pprof")
 
