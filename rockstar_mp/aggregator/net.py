@@ -308,22 +308,30 @@ class ConnectionGuard:
     def data_received(self, data: bytes) -> None:
         if self._phase == CLOSING:
             return
-        if self._phase == IDLE:  # the first byte of the next request
+        if self._phase == IDLE:  # the first bytes of the next request
             self._phase = HEAD
             self._scanner.reset()
-            self.accepted_by.waiting(self)
-            self._start_timer(self.accepted_by.limits.header_timeout, self._head_timed_out)
-        if self._phase == HEAD:
-            try:
-                end = self._scanner.feed(data)
-            except HeadTooLarge as exc:
-                self._refuse(431, "Request Header Fields Too Large", str(exc))
+            if not self._head_received(data):
                 return
-            if end >= 0:
-                self._stop_timer()
-                self._phase = BUSY
-                self.accepted_by.busy(self)
+            if self._phase == HEAD:  # the timer only for a head that does not come whole
+                self.accepted_by.waiting(self)
+                self._start_timer(self.accepted_by.limits.header_timeout, self._head_timed_out)
+        elif self._phase == HEAD and not self._head_received(data):
+            return
         super().data_received(data)
+
+    def _head_received(self, data: bytes) -> bool:
+        """Follow the head in ``data``: BUSY once it ended; False when it was refused (431)."""
+        try:
+            end = self._scanner.feed(data)
+        except HeadTooLarge as exc:
+            self._refuse(431, "Request Header Fields Too Large", str(exc))
+            return False
+        if end >= 0:
+            self._stop_timer()
+            self._phase = BUSY
+            self.accepted_by.busy(self)
+        return True
 
     def eof_received(self):
         if self._phase == CLOSING:
