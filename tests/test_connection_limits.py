@@ -376,3 +376,9 @@ def test_repeat_filter_writes_a_repeated_message_once_with_its_count():
     assert records == ["accept failed: 0", "another message"]
     poll(lambda: (repeats.flush(), len(records) == 3)[1], message="the count of the repeats")
     assert records[2] == "accept failed: 999 (999 more like this in the last 0.2 s)"
+    logger.warning("accept failed: %d", 1000)  # a new window
+    logger.warning("accept failed: %d", 1001)
+    assert records[3] == "accept failed: 1000"
+    poll(lambda: (logger.warning("accept failed: %d", 1002), len(records) == 5)[1],
+         message="the first line after the window, carrying its count")
+    assert records[4].startswith("accept failed: 1002 (") and records[4].endswith(" more like this in the last 0.2 s)")

@@ -174,7 +174,9 @@ class RepeatFilter(logging.Filter):
         now = time.monotonic()
         window = self._windows.get(key)
         if window is not None and now >= window[0]:
-            self._report(key, window)
+            del self._windows[key]
+            if window[1]:  # this line carries the count of the window that ended
+                record.msg, record.args = self._counted(record.getMessage(), window[1]), None
             window = None
         if window is None:
             self._windows[key] = [now + self.interval, 0, None]
@@ -184,19 +186,17 @@ class RepeatFilter(logging.Filter):
         return False
 
     def flush(self) -> None:
-        """Report the repeats of every window that ended."""
+        """Report the repeats of every window that ended without a new line to carry them."""
         now = time.monotonic()
-        for key, window in list(self._windows.items()):
-            if now >= window[0]:
-                self._report(key, window)
+        for key, (end, repeats, last) in list(self._windows.items()):
+            if now >= end:
+                del self._windows[key]
+                if repeats:
+                    logging.getLogger(key[0]).log(key[1], "%s", self._counted(last.getMessage(), repeats),
+                                                  extra={"repeat_summary": True})
 
-    def _report(self, key: tuple, window: list) -> None:
-        del self._windows[key]
-        end, repeats, last = window
-        if repeats:
-            logging.getLogger(key[0]).log(
-                key[1], "%s (%d more like this in the last %g s)", last.getMessage(), repeats,
-                self.interval, extra={"repeat_summary": True})
+    def _counted(self, message: str, repeats: int) -> str:
+        return f"{message} ({repeats} more like this in the last {self.interval:g} s)"
 
 
 def error_response(status: int, reason: str, description: str, plain: bool = False,
