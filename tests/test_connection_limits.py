@@ -368,7 +368,7 @@ def test_repeat_filter_writes_a_repeated_message_once_with_its_count():
 
     logger.addHandler(Keep())
     logger.propagate = False
-    repeats = RepeatFilter(interval=0.2)
+    repeats = RepeatFilter(interval=0.2, loggers=("tests.repeats",))
     logger.addFilter(repeats)
     for i in range(1000):
         logger.warning("accept failed: %d", i)
@@ -382,3 +382,12 @@ def test_repeat_filter_writes_a_repeated_message_once_with_its_count():
     poll(lambda: (logger.warning("accept failed: %d", 1002), len(records) == 5)[1],
          message="the first line after the window, carrying its count")
     assert records[4].startswith("accept failed: 1002 (") and records[4].endswith(" more like this in the last 0.2 s)")
+
+    other = logging.getLogger("tests.repeats.other")  # not one of its loggers: only what says "repeated"
+    other.addHandler(Keep())
+    other.propagate = False
+    other.addFilter(repeats)
+    for name in ("a", "b", "a"):
+        other.warning("conflict on %s", name)
+        other.warning("out of descriptors", extra={"repeated": True})
+    assert records[5:] == ["conflict on a", "out of descriptors", "conflict on b", "conflict on a"]

@@ -185,10 +185,11 @@ class HttpServer:
 
 
 def _log_failure(what: str, exc: Exception) -> None:
-    if isinstance(exc, OSError):  # the environment (out of descriptors): no traceback; repeats are counted
-        log.error("rockstar-mp aggregator: %s: %s", what, exc)
+    """Once per interval, with a count; OSError (out of descriptors: the environment) without a traceback."""
+    if isinstance(exc, OSError):
+        log.error("rockstar-mp aggregator: %s: %s", what, exc, extra=net.REPEATED)
     else:
-        log.exception("rockstar-mp aggregator: %s", what)
+        log.exception("rockstar-mp aggregator: %s", what, extra=net.REPEATED)
 
 
 async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_dir: str | None = None,

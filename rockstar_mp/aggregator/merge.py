@@ -294,7 +294,8 @@ class Merger:
                 folded += 1
         if liveness_unknown() > unknown:
             log.warning("rockstar-mp aggregator: could not tell whether %d worker(s) are alive (out of file "
-                        "descriptors?): their slabs are kept", liveness_unknown() - unknown)
+                        "descriptors?): their slabs are kept", liveness_unknown() - unknown,
+                        extra={"repeated": True})  # once per interval with a count (net.RepeatFilter)
         return folded
 
     def _fold(self, slot: SlotInfo) -> None:

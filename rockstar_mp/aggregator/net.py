@@ -149,26 +149,38 @@ def check_fd_limit(max_connections: int, ports: int) -> int:
     return limit
 
 
+FLOOD_PRONE_LOGGERS = (log.name, "uvicorn.error", "asyncio")  # every message of theirs may repeat per request
+
+
 def quiet_repeats(interval: float = REPEAT_INTERVAL) -> "RepeatFilter":
-    """A ``RepeatFilter`` on the aggregator's loggers, uvicorn's and asyncio's: one line per interval,
-    with a count, for a message that repeats (a flood of bad requests, a descriptor shortage)."""
-    repeats = RepeatFilter(interval)
-    for name in ("rockstar_mp.aggregator", log.name, "uvicorn.error", "asyncio"):
+    """A ``RepeatFilter`` for one line per interval, with a count, of a message that repeats (a flood of
+    bad requests, a descriptor shortage): every message of ``FLOOD_PRONE_LOGGERS``, and those of the
+    aggregator's logger logged with ``extra=REPEATED``."""
+    repeats = RepeatFilter(interval, FLOOD_PRONE_LOGGERS)
+    for name in ("rockstar_mp.aggregator", *FLOOD_PRONE_LOGGERS):
         logging.getLogger(name).addFilter(repeats)
     return repeats
 
 
+REPEATED = {"repeated": True}  # ``extra`` of a log call whose message may repeat on every tick
+
+
 class RepeatFilter(logging.Filter):
     """Lets a message (a logger, a level and a format string) through once per ``interval``; its repeats
-    are counted and ``flush`` (called on the aggregator's tick) logs how many there were."""
+    are counted, and reported by the first line after the interval or by ``flush`` (called on the
+    aggregator's tick). It acts on every message of the ``loggers`` named, and on the others' messages
+    logged with ``extra=REPEATED`` (a message naming a different thing each time is left alone)."""
 
-    def __init__(self, interval: float = REPEAT_INTERVAL) -> None:
+    def __init__(self, interval: float = REPEAT_INTERVAL, loggers: tuple = ()) -> None:
         super().__init__()
         self.interval = interval
+        self._every = frozenset(loggers)
         self._windows: dict[tuple, list] = {}  # key -> [end of the window, repeats, last repeat]
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "repeat_summary", False):
+            return True
+        if record.name not in self._every and not getattr(record, "repeated", False):
             return True
         key = (record.name, record.levelno, str(record.msg))
         now = time.monotonic()
