@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench clean
+.PHONY: install system-deps run test bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install system-deps
 
 bench: install
 	$(BIN)/python -m benchmarks.run
+
+# docs/architecture.md section 2 (the segment's byte layout) is generated from rockstar_mp/segment/layout.py
+docs: install
+	$(BIN)/python -m rockstar_mp.segment.layout_doc --write docs/architecture.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .cache *.egg-info

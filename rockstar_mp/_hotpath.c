@@ -25,11 +25,22 @@
 /* ---------------------------------------------------------------- configuration (from Python) */
 static double bucket_scale = 0.0;   /* sketch.BUCKET_SCALE */
 static double min_seconds = 1e-6;   /* sketch.MIN_SECONDS */
-#define RECORD_FIELDS 9             /* start, duration, bytes, pid, status, method, route, request id, tenant */
-static Py_ssize_t rec_off[RECORD_FIELDS];
+/* The fields of a workload record (layout.RECORD_FIELDS), as record() writes them. */
+enum { F_START, F_DURATION, F_BYTES, F_PID, F_STATUS, F_METHOD, F_ROUTE, F_REQUEST_ID, F_TENANT, RECORD_FIELDS };
+static const struct { const char *name; Py_ssize_t size; } record_fields[RECORD_FIELDS] = {
+    {"start", sizeof(double)}, {"duration", sizeof(double)}, {"bytes", sizeof(uint64_t)},
+    {"pid", sizeof(uint32_t)}, {"status", sizeof(uint16_t)},
+    {"method", 0}, {"route", 0}, {"request_id", 0}, {"tenant", 0}};  /* 0: a text, of any width */
+#define TEXT_FIELDS (RECORD_FIELDS - F_METHOD)  /* method, route, request id, tenant: the last ones */
+static Py_ssize_t rec_off[RECORD_FIELDS];   /* layout.RECORD_SPANS, relative to the record's start */
 static Py_ssize_t rec_size[RECORD_FIELDS];
-static Py_ssize_t record_end = 0;   /* the bytes of a record: the largest offset + size */
+static Py_ssize_t seq_at = 0;       /* layout.SLOT_SEQ.offset: the sequence word in a ring slot */
+static Py_ssize_t payload_at = 0;   /* layout.SLOT_PAYLOAD: where the record starts in a slot */
+static Py_ssize_t slot_end = 0;     /* the bytes of a slot in use: past the sequence word and the record */
 static int configured = 0;
+#define WORD ((Py_ssize_t)sizeof(uint64_t))  /* sequences, heads and counts: stored whole, so aligned */
+/* A status entry: (vals, i, hist vals, hist i, bounds, sum_at, code), then optionally the overflow cells. */
+#define STATUS_ENTRY_FIELDS 7
 
 static PyObject *str_route_key, *str_tenant_key, *str_request_id_key, *str_default_request_id_key;
 static PyObject *str_wsgi_key, *str_method_key, *str_path_key, *str_socket_key, *str_other, *str_500;
@@ -81,7 +92,8 @@ static double *cell_at(PyObject *view, Py_ssize_t i) {
         return NULL;
     }
     Py_buffer *b = PyMemoryView_GET_BUFFER(view);
-    if (view_usable(view) && !b->readonly && b->itemsize == 8 && i >= 0 && i < b->len / 8)
+    if (view_usable(view) && !b->readonly && b->itemsize == sizeof(double) && i >= 0
+        && i < b->len / (Py_ssize_t)sizeof(double))
         return (double *)b->buf + i;
     PyErr_SetString(PyExc_ValueError, view_usable(view)
                     ? "cell outside its view (or a read-only view, or not of float64 items)"
@@ -178,13 +190,14 @@ static int within(Py_ssize_t at, Py_ssize_t size, Py_ssize_t len) {
 static const char *geometry_fault(const SlabGeometry *g, Py_ssize_t len) {
     if (g->slots < 0 || g->method_size < 0 || g->path_size < 0)
         return "slots, method_size and path_size must be >= 0";
-    if (g->slot_size < record_end + 8 || g->slot_size % 8)
+    if (g->slot_size < slot_end || g->slot_size % WORD)
         return "slot_size must be a multiple of 8 that holds the sequence word and a record";
-    if (g->first % 8 || g->head_at % 8 || g->started_at % 8 || g->count_at % 8)
+    if (g->first % WORD || g->head_at % WORD || g->started_at % WORD || g->count_at % WORD)
         return "first_slot, head_at, started_at and count_at must be multiples of 8";
     if (g->slots > PY_SSIZE_T_MAX / g->slot_size || !within(g->first, g->slots * g->slot_size, len))
         return "the record ring does not fit in the buffer";
-    if (!within(g->head_at, 8, len) || !within(g->started_at, 8, len) || !within(g->count_at, 8, len))
+    if (!within(g->head_at, WORD, len) || !within(g->started_at, sizeof(double), len)
+        || !within(g->count_at, WORD, len))
         return "head_at, started_at or count_at is outside the buffer";
     if (g->method_size > PY_SSIZE_T_MAX - g->path_size || !within(g->text_at, g->method_size + g->path_size, len))
         return "the in-flight method and path do not fit in the buffer";
@@ -213,7 +226,7 @@ static int slab_init(Slab *self, PyObject *args, PyObject *kw) {
         return -1;
     if (PyObject_GetBuffer(obj, &buf, PyBUF_WRITABLE) < 0)
         return -1;
-    const char *fault = (uintptr_t)buf.buf % 8 ? "the buffer must start on an 8-byte boundary"
+    const char *fault = (uintptr_t)buf.buf % WORD ? "the buffer must start on an 8-byte boundary"
                                                : geometry_fault(&g, buf.len);
     if (fault != NULL) {
         PyBuffer_Release(&buf);
@@ -258,7 +271,7 @@ static void slab_begin(Slab *self, PyObject *method, PyObject *path) {
     Py_XDECREF(mowner);
     Py_XDECREF(powner);
     double now = wall_now();
-    memcpy(slab_at(self, self->g.started_at), &now, 8);
+    memcpy(slab_at(self, self->g.started_at), &now, sizeof now);
     uint64_t *count = (uint64_t *)slab_at(self, self->g.count_at);
     __atomic_store_n(count, *count + 1, __ATOMIC_RELEASE);
 }
@@ -271,7 +284,7 @@ static int slab_end(Slab *self) {
     __atomic_store_n(count, n, __ATOMIC_RELEASE);
     if (n == 0) {
         double zero = 0.0;
-        memcpy(slab_at(self, self->g.started_at), &zero, 8);
+        memcpy(slab_at(self, self->g.started_at), &zero, sizeof zero);
         return 1;
     }
     return 0;
@@ -282,11 +295,11 @@ static int slab_append(Slab *self, double start, double seconds, uint64_t nbytes
                        PyObject *method, PyObject *route, PyObject *request_id, PyObject *tenant) {
     if (self->g.slots <= 0)
         return 0;
-    PyObject *texts[4] = {method, route, request_id, tenant};
-    PyObject *owners[4] = {NULL, NULL, NULL, NULL};
-    const char *raw[4];
-    Py_ssize_t len[4];
-    for (int k = 0; k < 4; k++) {
+    PyObject *texts[TEXT_FIELDS] = {method, route, request_id, tenant};
+    PyObject *owners[TEXT_FIELDS] = {NULL};
+    const char *raw[TEXT_FIELDS];
+    Py_ssize_t len[TEXT_FIELDS];
+    for (int k = 0; k < TEXT_FIELDS; k++) {
         raw[k] = text_of(texts[k], &len[k], &owners[k]);
         if (raw[k] == NULL) {
             for (int j = 0; j < k; j++)
@@ -297,18 +310,18 @@ static int slab_append(Slab *self, double start, double seconds, uint64_t nbytes
     uint64_t index = self->index;
     Py_ssize_t slot_at = self->g.first + (Py_ssize_t)(index % (uint64_t)self->g.slots) * self->g.slot_size;
     char *slot = slab_at(self, slot_at);
-    uint64_t *seq = (uint64_t *)slot;
+    uint64_t *seq = (uint64_t *)(slot + seq_at);
     __atomic_store_n(seq, 0, __ATOMIC_RELEASE);  /* a reader that sees 0 skips the slot */
     __atomic_thread_fence(__ATOMIC_RELEASE);
-    char *payload = slot + 8;
+    char *payload = slot + payload_at;
     uint16_t status16 = (uint16_t)status;
-    memcpy(payload + rec_off[0], &start, 8);
-    memcpy(payload + rec_off[1], &seconds, 8);
-    memcpy(payload + rec_off[2], &nbytes, 8);
-    memcpy(payload + rec_off[3], &self->pid, 4);
-    memcpy(payload + rec_off[4], &status16, 2);
-    for (int k = 0; k < 4; k++) {
-        put_text(payload + rec_off[5 + k], rec_size[5 + k], raw[k], len[k]);
+    memcpy(payload + rec_off[F_START], &start, sizeof start);
+    memcpy(payload + rec_off[F_DURATION], &seconds, sizeof seconds);
+    memcpy(payload + rec_off[F_BYTES], &nbytes, sizeof nbytes);
+    memcpy(payload + rec_off[F_PID], &self->pid, sizeof self->pid);
+    memcpy(payload + rec_off[F_STATUS], &status16, sizeof status16);
+    for (int k = 0; k < TEXT_FIELDS; k++) {
+        put_text(payload + rec_off[F_METHOD + k], rec_size[F_METHOD + k], raw[k], len[k]);
         Py_XDECREF(owners[k]);
     }
     __atomic_store_n(seq, index + 1, __ATOMIC_RELEASE);
@@ -629,7 +642,8 @@ static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status
         PyErr_Clear();  /* a status "line" that cannot be a key: asked every time, as in the Python path */
     if (entry == NULL && !PyErr_Occurred())
         entry = PyObject_CallMethodObjArgs((PyObject *)mw, str_status, method, status, NULL);
-    if (entry != NULL && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 7 || PyTuple_GET_SIZE(entry) > 8)) {
+    if (entry != NULL && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < STATUS_ENTRY_FIELDS
+                          || PyTuple_GET_SIZE(entry) > STATUS_ENTRY_FIELDS + 1)) {
         Py_DECREF(entry);
         PyErr_SetString(PyExc_TypeError, "_status() must return a 7- or 8-tuple");
         return NULL;
@@ -643,7 +657,8 @@ static int count_and_observe(PyObject *entry, double seconds) {
     if (count == NULL)
         return -1;
     *count += 1.0;
-    PyObject *overflow = PyTuple_GET_SIZE(entry) > 7 ? PyTuple_GET_ITEM(entry, 7) : Py_None;
+    PyObject *overflow = PyTuple_GET_SIZE(entry) > STATUS_ENTRY_FIELDS
+                         ? PyTuple_GET_ITEM(entry, STATUS_ENTRY_FIELDS) : Py_None;
     if (overflow != Py_None && add_cells(overflow, 1.0) < 0)  /* counted under the fallback series */
         return -1;
     PyObject *vals = PyTuple_GET_ITEM(entry, 2), *bounds = PyTuple_GET_ITEM(entry, 4);
@@ -897,26 +912,44 @@ static PyTypeObject MiddlewareType = {
 };
 
 /* ---------------------------------------------------------------- module functions */
-/* The record layout from configure(): offsets and sizes checked, into off/size; its end in *end.
- * 0, or -1 with an exception. */
-static int read_layout(PyObject *offsets, PyObject *sizes, Py_ssize_t *off, Py_ssize_t *size, Py_ssize_t *end) {
-    if (PyTuple_GET_SIZE(offsets) != RECORD_FIELDS || PyTuple_GET_SIZE(sizes) != RECORD_FIELDS) {
-        PyErr_SetString(PyExc_ValueError, "the record layout changed: update _hotpath.c's record()");
+/* A byte span from configure(): an offset and a size, both >= 0, whose end does not overflow. 0, or -1
+ * with an exception. */
+static int read_span(PyObject *span, const char *what, Py_ssize_t *at, Py_ssize_t *size) {
+    if (!PyTuple_Check(span) || PyTuple_GET_SIZE(span) != 2) {
+        PyErr_Format(PyExc_TypeError, "configure(): %s must be a tuple (offset, size)", what);
         return -1;
     }
-    static const Py_ssize_t expected[5] = {8, 8, 8, 4, 2};  /* d d Q I H */
+    *at = PyLong_AsSsize_t(PyTuple_GET_ITEM(span, 0));
+    *size = PyLong_AsSsize_t(PyTuple_GET_ITEM(span, 1));
+    if (PyErr_Occurred())
+        return -1;
+    if (*at < 0 || *size < 0 || *at > PY_SSIZE_T_MAX - *size) {
+        PyErr_Format(PyExc_ValueError, "configure(): %s: offset and size must be >= 0", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* The record's fields from configure()'s dict {name: (offset, size)} into off/size (the numeric ones of
+ * the size record() stores); the record's end in *end. 0, or -1 with an exception. */
+static int read_record(PyObject *record, Py_ssize_t *off, Py_ssize_t *size, Py_ssize_t *end) {
+    if (PyDict_GET_SIZE(record) != RECORD_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "configure(): the record's fields changed: update _hotpath.c's record()");
+        return -1;
+    }
     *end = 0;
     for (int k = 0; k < RECORD_FIELDS; k++) {
-        off[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(offsets, k));
-        size[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(sizes, k));
-        if (PyErr_Occurred())
-            return -1;
-        if (off[k] < 0 || size[k] < 0 || off[k] > PY_SSIZE_T_MAX - size[k]) {
-            PyErr_SetString(PyExc_ValueError, "configure(): record offsets and sizes must be >= 0");
+        PyObject *span = PyDict_GetItemString(record, record_fields[k].name);  /* borrowed */
+        if (span == NULL) {
+            PyErr_Format(PyExc_KeyError, "configure(): the record has no field %s: update _hotpath.c",
+                         record_fields[k].name);
             return -1;
         }
-        if (k < 5 && size[k] != expected[k]) {
-            PyErr_SetString(PyExc_ValueError, "the record's numeric fields changed: update _hotpath.c");
+        if (read_span(span, record_fields[k].name, &off[k], &size[k]) < 0)
+            return -1;
+        if (record_fields[k].size && size[k] != record_fields[k].size) {
+            PyErr_Format(PyExc_ValueError, "configure(): the record's field %s changed size: update _hotpath.c",
+                         record_fields[k].name);
             return -1;
         }
         if (off[k] + size[k] > *end)
@@ -925,25 +958,45 @@ static int read_layout(PyObject *offsets, PyObject *sizes, Py_ssize_t *off, Py_s
     return 0;
 }
 
-/* configure(scale, min_seconds, record_offsets, record_sizes, keys): constants from Python (keys: the
- * environ keys of rockstar_mp.worker.keys, and "unmatched", the route of a 404 no route named). All are
- * checked before any is stored; the record layout cannot change once set, as every Slab was checked
- * against it. */
+/* Where the sequence word and the record lie in a ring slot: the word aligned, the two apart. The end of
+ * the slot's used bytes in *end. 0, or -1 with ValueError. */
+static int check_slot(Py_ssize_t seq, Py_ssize_t payload, Py_ssize_t record_end, Py_ssize_t *end) {
+    if (seq < 0 || seq % WORD || seq > PY_SSIZE_T_MAX - WORD
+        || payload < 0 || payload > PY_SSIZE_T_MAX - record_end) {
+        PyErr_SetString(PyExc_ValueError,
+                        "configure(): sequence_at must be a multiple of 8 and payload_at >= 0");
+        return -1;
+    }
+    if (seq < payload + record_end && payload < seq + WORD) {
+        PyErr_SetString(PyExc_ValueError, "configure(): the sequence word and the record overlap");
+        return -1;
+    }
+    *end = seq + WORD > payload + record_end ? seq + WORD : payload + record_end;
+    return 0;
+}
+
+/* configure(scale, min_seconds, sequence_at, payload_at, record, keys): constants from Python. The ring
+ * slot (layout.SLOT_SEQ.offset, layout.SLOT_PAYLOAD), the record's fields (layout.RECORD_SPANS: {name:
+ * (offset, size)}), and keys: the environ keys of rockstar_mp.worker.keys, and "unmatched", the route of a
+ * 404 no route named. All are checked before any is stored; the slot and record layout cannot change once
+ * set, as every Slab was checked against it. */
 static PyObject *py_configure(PyObject *module, PyObject *args) {
     double scale, least;
-    PyObject *offsets, *sizes, *keys;
-    if (!PyArg_ParseTuple(args, "ddO!O!O!:configure", &scale, &least, &PyTuple_Type, &offsets, &PyTuple_Type,
-                          &sizes, &PyDict_Type, &keys))
+    Py_ssize_t seq, payload;
+    PyObject *record, *keys;
+    if (!PyArg_ParseTuple(args, "ddnnO!O!:configure", &scale, &least, &seq, &payload, &PyDict_Type, &record,
+                          &PyDict_Type, &keys))
         return NULL;
     if (!(isfinite(scale) && scale > 0 && isfinite(least) && least > 0)) {
         PyErr_SetString(PyExc_ValueError, "configure(): scale and min_seconds must be finite and > 0");
         return NULL;
     }
-    Py_ssize_t off[RECORD_FIELDS], size[RECORD_FIELDS], end;
-    if (read_layout(offsets, sizes, off, size, &end) < 0)
+    Py_ssize_t off[RECORD_FIELDS], size[RECORD_FIELDS], record_end, end;
+    if (read_record(record, off, size, &record_end) < 0 || check_slot(seq, payload, record_end, &end) < 0)
         return NULL;
-    if (configured && (memcmp(off, rec_off, sizeof off) || memcmp(size, rec_size, sizeof size))) {
-        PyErr_SetString(PyExc_ValueError, "configure(): the record layout cannot change once set");
+    if (configured && (memcmp(off, rec_off, sizeof off) || memcmp(size, rec_size, sizeof size) || seq != seq_at
+                       || payload != payload_at)) {
+        PyErr_SetString(PyExc_ValueError, "configure(): the slot and record layout cannot change once set");
         return NULL;
     }
     struct { const char *name; PyObject **dst; } names[] = {
@@ -967,7 +1020,9 @@ static PyObject *py_configure(PyObject *module, PyObject *args) {
     min_seconds = least;
     memcpy(rec_off, off, sizeof off);
     memcpy(rec_size, size, sizeof size);
-    record_end = end;
+    seq_at = seq;
+    payload_at = payload;
+    slot_end = end;
     for (int k = 0; k < KEYS; k++)
         Py_XSETREF(*names[k].dst, found[k]);
     configured = 1;

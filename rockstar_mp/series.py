@@ -35,6 +35,7 @@ OWN_FAMILIES = frozenset({
     ("rockstar.threads", GAUGE),  # worker/attach.py
     ("rockstar.workload.bucket", COUNTER),  # worker/workload.py
     ("rockstar.workload.seconds", COUNTER),  # worker/workload.py
+    ("rockstar.workload.overflow", COUNTER),  # worker/workload.py: series refused by the budgets
 })
 
 NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:.]*$")

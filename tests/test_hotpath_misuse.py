@@ -24,14 +24,13 @@ PRELUDE = textwrap.dedent("""
     import mmap
     import sys
 
-    from rockstar_mp.segment.layout import RECORD, field_offsets
+    from rockstar_mp.segment.layout import RECORD, RECORD_SPANS, SLOT_PAYLOAD, SLOT_SEQ
     from rockstar_mp.worker.accelerator import hotpath
 
     assert hotpath is not None, "rockstar_mp._hotpath is not built"
     Slab, Middleware = hotpath.Slab, hotpath.Middleware
 
-    OFFSETS, SIZES = field_offsets(RECORD)
-    SLOT = (8 + max(o + s for o, s in zip(OFFSETS, SIZES)) + 7) // 8 * 8  # sequence word + record, whole words
+    SLOT = (SLOT_PAYLOAD + RECORD.size + 7) // 8 * 8  # sequence word + record, whole words
     BUF = mmap.mmap(-1, mmap.PAGESIZE)
     COUNT_AT = 1040
     GEOMETRY = {"first": 0, "slots": 4, "slot_size": SLOT, "head_at": 1024, "index": 0, "started_at": 1032,
@@ -171,12 +170,12 @@ def test_configure_validates_before_it_stores():
     """A refused configure() stores nothing, negative sizes are refused, and the record layout the slabs
     were checked against cannot change under them."""
     assert_refused("""
-        offsets, sizes = field_offsets(RECORD)
         keys = {"route": "r", "tenant": "t", "request_id": "i", "default_request_id": "d", "wsgi": "w"}
-        negative = (*sizes[:-1], -32)
+        at, width = RECORD_SPANS["tenant"]
+        negative = {**RECORD_SPANS, "tenant": (at, -width)}
         for keys_given in ({**keys, "wsgi": None}, keys):
             try:
-                hotpath.configure(1.0, 1e-6, offsets, negative, keys_given)
+                hotpath.configure(1.0, 1e-6, SLOT_SEQ.offset, SLOT_PAYLOAD, negative, keys_given)
             except (KeyError, ValueError):
                 pass
             else:
@@ -184,8 +183,51 @@ def test_configure_validates_before_it_stores():
         slab = Slab(*slab_args())
         hotpath.bind(slab, {}, Recorder(), None)
         hotpath.record("GET", "/", 200, 0.001, 0.0, 2, "", "")  # with the layout of the first configure()
-        hotpath.configure(1.0, 1e-6, (*offsets[:-1], offsets[-1] + 8), sizes, keys)
+        hotpath.configure(1.0, 1e-6, SLOT_SEQ.offset, SLOT_PAYLOAD, {**RECORD_SPANS, "tenant": (at + 8, width)}, keys)
     """, "ValueError")
+
+
+SLOT = "SLOT_SEQ.offset, SLOT_PAYLOAD"  # configure()'s ring slot layout, as rockstar_mp.worker.accelerator passes it
+
+
+@pytest.mark.parametrize("args, exception, why", [
+    ("RECORD_SPANS", "TypeError", "exactly 6 arguments"),  # the old form: no ring slot layout
+    (f"{SLOT}, dict(zip(RECORD_SPANS, range(9)))", "TypeError", "(offset, size)"),  # offsets without sizes
+    ("SLOT_SEQ.offset + 4, SLOT_PAYLOAD + 4, RECORD_SPANS", "ValueError", "sequence_at must be a multiple of 8"),
+    ("SLOT_SEQ.offset, SLOT_PAYLOAD - 4, RECORD_SPANS", "ValueError", "the sequence word and the record overlap"),
+    ("SLOT_SEQ.offset, -SLOT_PAYLOAD, RECORD_SPANS", "ValueError", "payload_at >= 0"),
+    (f"{SLOT}, {{k: v for k, v in RECORD_SPANS.items() if k != 'route'}}", "ValueError", "fields changed"),
+    (f"{SLOT}, {{**RECORD_SPANS, 'region': (0, 4)}}", "ValueError", "fields changed"),
+    (f"{SLOT}, {{**{{k: v for k, v in RECORD_SPANS.items() if k != 'route'}}, 'path': (0, 4)}}", "KeyError",
+     "no field route"),
+    (f"{SLOT}, {{**RECORD_SPANS, 'pid': (RECORD_SPANS['pid'][0], 8)}}", "ValueError", "field pid changed size"),
+], ids=["without-the-slot", "offsets-without-sizes", "unaligned-sequence", "overlapping", "negative-payload",
+        "a-field-missing", "a-field-more", "a-field-renamed", "a-numeric-field-resized"])
+def test_configure_refuses_a_slot_or_record_layout_it_cannot_write(args, exception, why):
+    """The C path has no layout of its own: without the ring slot's and the record's layout from Python, or
+    with one it cannot write, configure() refuses (for that reason, not only because the layout differs
+    from the accelerator's), and stores nothing (the first configure() stays)."""
+    assert_refused(f"""
+        KEYS = {{"route": "r", "tenant": "t", "request_id": "i", "default_request_id": "d", "wsgi": "w",
+                "unmatched": "u"}}
+        try:
+            hotpath.configure(1.0, 1e-6, {args}, KEYS)
+        except {exception} as e:
+            refused = e
+        else:
+            raise AssertionError("configure() took it")
+        assert {why!r} in str(refused), refused
+        slab = Slab(*slab_args())
+        hotpath.bind(slab, {{}}, Recorder(), None)
+        hotpath.record("GET", "/r", 200, 0.001, 0.0, 2, "", "t")
+        from rockstar_mp.segment.layout import Field
+        from rockstar_mp.segment.ring import RingSpec, read_ring, text
+
+        spec = RingSpec(Field(GEOMETRY["head_at"], "Q"), lambda i: (i % 4) * SLOT, 4, RECORD, SLOT)
+        entries, _, _ = read_ring(memoryview(BUF), 0, spec, 0)  # written with the accelerator's configure()
+        assert [(text(e[7]), text(e[9])) for e in entries] == [("/r", "t")], entries
+        raise refused
+    """, exception)
 
 
 @pytest.mark.parametrize("path", ["request-count", "workload-sketch"])

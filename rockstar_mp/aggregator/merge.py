@@ -229,7 +229,7 @@ class Merger:
         body = self.geometry.slab_offset(slot.slab)
         cache = self._slabs.get(slot.slab)
         if cache is None or cache.generation != slot.generation:
-            cache = self._slabs[slot.slab] = SlabCache(slot.generation, (body + layout.values_offset) // 8)
+            cache = self._slabs[slot.slab] = SlabCache(slot.generation, layout.first_cell(body))
         n = published_count(buf, layout, body)
         if n <= cache.parsed:
             return cache

@@ -30,6 +30,7 @@ from ..config import MonitoringConfig
 from ..control import (OptimizationStats, apply_overrides, read_overrides, read_worker, request_optimization,
                        totals, write_overrides)
 from ..segment import LIVE, Geometry, RockstarError, Segment, stale_segments
+from ..segment.layout import heap_bytes_for
 from ..worker.attach import SEGMENT_ENV
 from ..privileges import resolve
 from .supervisor import AggregatorSupervisor
@@ -42,9 +43,9 @@ log = logging.getLogger("rockstar_mp.master")
 
 def geometry_for(config: MonitoringConfig) -> Geometry:
     return Geometry(n_slabs=config.max_workers, slab_max_series=config.slab_max_series,
-                    slab_heap_bytes=config.slab_max_series * 128, slab_max_values=config.slab_max_values,
+                    slab_heap_bytes=heap_bytes_for(config.slab_max_series), slab_max_values=config.slab_max_values,
                     retired_max_series=config.retired_max_series,
-                    retired_heap_bytes=config.retired_max_series * 128,
+                    retired_heap_bytes=heap_bytes_for(config.retired_max_series),
                     retired_max_values=config.retired_max_values, record_slots=config.record_slots,
                     log_slots=config.log_slots)
 

@@ -27,7 +27,7 @@ class CatalogueWriter:
 
     def value_index(self, first_value: int) -> int:
         """The segment-wide float64 index of a body-relative value index."""
-        return (self._base + self._layout.values_offset) // 8 + first_value
+        return self._layout.first_cell(self._base) + first_value
 
     def append(self, key: bytes, n_values: int) -> int:
         """Add a series; returns the segment-wide float64 index of its first value.
@@ -44,8 +44,9 @@ class CatalogueWriter:
                 "raise slab_max_series/slab_max_values or use fewer label values")
         heap_at = base + layout.heap_offset + self._heap_used
         buf[heap_at:heap_at + len(key)] = key
-        values_at = base + layout.values_offset + self._values_used * 8
-        buf[values_at:values_at + n_values * 8] = bytes(n_values * 8)
+        values_at = base + layout.value_offset(self._values_used)
+        values_end = base + layout.value_offset(self._values_used + n_values)
+        buf[values_at:values_end] = bytes(values_end - values_at)
         INDEX_ENTRY.pack_into(buf, base + layout.entry_offset(self._n),
                               self._heap_used, len(key), self._values_used, n_values)
         first = self._values_used
@@ -84,7 +85,7 @@ def read_entries(buf: memoryview, layout: BodyLayout, base: int, start: int = 0,
     if n <= start:
         return []
     heap = base + layout.heap_offset
-    values = (base + layout.values_offset) // 8
+    values = layout.first_cell(base)
     index = base + layout.entry_offset(start)
     out = []
     for key_off, key_len, first, n_values in INDEX_ENTRY.iter_unpack(

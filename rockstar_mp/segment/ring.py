@@ -14,7 +14,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from .layout import LOG, LOG_SLOT, RECORD, RECORD_SLOT, SLOT_SEQ, Body, BodyLayout, Field, slot_struct
+from .layout import (LOG, LOG_SLOT, RECORD, RECORD_SLOT, SLOT_PAYLOAD, SLOT_SEQ, Body, BodyLayout, Field, cell_index,
+                     slot_struct)
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,19 @@ class RingWriter:
         self._slots = spec.slots
         self._first = base + spec.slot_offset(0)
         self._size = spec.slot_size
+        self._first_payload = self._first + SLOT_PAYLOAD
+        self._first_seq = SLOT_SEQ.word(self._first)  # raise if a slot's sequence is not a whole cell
+        self._slot_cells = cell_index(self._size)
         self._pack_payload = spec.payload.pack_into
+        self._head_at = base + spec.head.offset
         self._head = spec.head.word(base)
         self._index = spec.head.get(buf, base)
         self._lock = threading.Lock()
-        if self._first % 8 or self._size % 8:
-            raise ValueError("ring slots must be 8-byte aligned")
 
     def geometry(self) -> tuple[int, int, int, int, int]:
         """``(first slot, slots, slot size, head, next index)``, byte offsets in the buffer: for a
         writer that takes over this ring (the C request path, ``rockstar_mp/_hotpath.c``)."""
-        return self._first, self._slots, self._size, self._head * 8, self._index
+        return self._first, self._slots, self._size, self._head_at, self._index
 
     def append(self, *payload) -> None:
         """Write one record: sequence 0, the payload, sequence index + 1, then the head."""
@@ -59,11 +62,12 @@ class RingWriter:
             return
         with self._lock:
             index = self._index
-            at = self._first + (index % self._slots) * self._size
+            slot = index % self._slots
+            seq = self._first_seq + slot * self._slot_cells
             words = self._words
-            words[at >> 3] = 0  # a reader that sees 0 (or another index) skips the slot
-            self._pack_payload(self._buf, at + 8, *payload)
-            words[at >> 3] = index + 1
+            words[seq] = 0  # a reader that sees 0 (or another index) skips the slot
+            self._pack_payload(self._buf, self._first_payload + slot * self._size, *payload)
+            words[seq] = index + 1
             self._index = index + 1
             words[self._head] = index + 1
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from ..segment.layout import RECORD, field_offsets
+from ..segment.layout import RECORD_SPANS, SLOT_PAYLOAD, SLOT_SEQ
 from ..sketch import BUCKET_SCALE, MIN_SECONDS
 from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
 
@@ -28,7 +28,7 @@ if os.environ.get(PURE_PYTHON_ENV, "").lower() not in ("1", "true", "yes"):
         hotpath = None
 
 if hotpath is not None:
-    hotpath.configure(BUCKET_SCALE, MIN_SECONDS, *field_offsets(RECORD),
+    hotpath.configure(BUCKET_SCALE, MIN_SECONDS, SLOT_SEQ.offset, SLOT_PAYLOAD, RECORD_SPANS,
                       {"route": ROUTE_KEY, "tenant": TENANT_KEY, "request_id": REQUEST_ID_KEY,
                        "default_request_id": DEFAULT_REQUEST_ID_KEY, "wsgi": WSGI_KEY,
                        "unmatched": UNMATCHED})

@@ -1,7 +1,7 @@
 """A ``logging.Handler`` that keeps the worker's recent log records in its slab's ring.
 
-The aggregator merges every worker's records by time (``GET /logs``). Messages longer than
-``LOG_MESSAGE_BYTES`` (442 bytes of UTF-8) are cut on a character boundary; logger names at 48 bytes.
+The aggregator merges every worker's records by time (``GET /logs``). Messages and logger names are
+cut to their fields' widths (``segment.layout.LOG_WIDTH``, bytes of UTF-8) on a character boundary.
 
 Example (gunicorn's hooks install it on the root logger for you)::
 
@@ -13,7 +13,7 @@ import logging
 import os
 
 from ..segment import RingWriter, fit
-from ..segment.layout import LOG_MESSAGE_BYTES
+from ..segment.layout import LOG_WIDTH
 
 
 class SlabLogHandler(logging.Handler):
@@ -29,8 +29,8 @@ class SlabLogHandler(logging.Handler):
             message = record.getMessage()
             if record.exc_info and record.exc_info[0] is not None:
                 message += " | " + record.exc_info[0].__name__ + ": " + str(record.exc_info[1])
-            ring.append(record.created, os.getpid(), record.levelno, fit(record.name, 48),
-                        fit(message, LOG_MESSAGE_BYTES))
+            ring.append(record.created, os.getpid(), record.levelno, fit(record.name, LOG_WIDTH["logger"]),
+                        fit(message, LOG_WIDTH["message"]))
         except Exception:  # a handler must never raise into the application
             self.handleError(record)
 

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from ..metrics import Counter
 from ..segment import CatalogueFull, RingWriter, fit
-from ..segment.layout import Body
+from ..segment.layout import RECORD_WIDTH, Body
 from ..sketch import BUCKET_SCALE, MIN_SECONDS, bucket_index
 from .accelerator import hotpath
 
@@ -294,7 +294,7 @@ class WorkloadRecorder:
         self._combinations: dict[tuple, _Combination] = {}
         self._shared: dict[tuple, _Shared] = {}  # cells cached from the series: rebuilt when they move
         self._methods: dict[str, bytes] = {}
-        self._inflight_texts: dict[tuple, bytes] = {}  # (method, path) -> the 72 display bytes
+        self._inflight_texts: dict[tuple, bytes] = {}  # (method, path) -> the in-flight display bytes
         self._inflight = None
         self._slab = None
         if buf is not None:
@@ -352,7 +352,8 @@ class WorkloadRecorder:
             return combination
         shared = self._shared_for(self._admit("route", route), STATUS_CLASSES.get(status_class, OTHER),
                                   self._admit("tenant", tenant or "-"))
-        combination = _Combination((shared.buckets, shared.sums, fit(route, 64), fit(tenant, 32), shared))
+        combination = _Combination((shared.buckets, shared.sums, fit(route, RECORD_WIDTH["route"]),
+                                    fit(tenant, RECORD_WIDTH["tenant"]), shared))
         if len(self._combinations) < MAX_COMBINATIONS and len(route) + len(tenant) <= CACHED_KEY_CHARS:
             self._combinations[key] = combination
         return combination
@@ -406,10 +407,10 @@ class WorkloadRecorder:
         if append is not None:
             raw_method = self._methods.get(method) or self._method(method)
             append(start, seconds, response_bytes, self._pid, status, raw_method, combination.route,
-                   fit(request_id, 40) if request_id else b"", combination.tenant)
+                   fit(request_id, RECORD_WIDTH["request_id"]) if request_id else b"", combination.tenant)
 
     def _method(self, method: str) -> bytes:
-        raw = fit(method, INFLIGHT_METHOD_BYTES)
+        raw = fit(method, RECORD_WIDTH["method"])
         if len(self._methods) < MAX_VALUES_PER_DIMENSION:
             self._methods[method] = raw
         return raw
