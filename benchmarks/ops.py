@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.run --only 8,9,10      (just these; ``make bench`` runs them last)
 
 Every server is a real gunicorn under ``gunicorn_conf.py`` in its own session, started and stopped by
-``benchmarks.run.Server`` (SIGTERM, wait, check the process group). The machine may be shared, so the
+``benchmarks.servers.Server`` (SIGTERM, wait, check the process group). The machine may be shared, so the
 timings are best-of-N (said per figure). These are reports, not assertions.
 """
 from __future__ import annotations
@@ -17,10 +17,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
-from benchmarks.run import ROOT, Server, _env, free_ports
+from .servers import Server, child_env, free_ports, http_once
+from .settings import ROOT
 
 BASE = "1.3.6.1.4.1.8072.9999.9999"  # mibdef.DEFAULT_BASE
 RECORDS_TABLE = BASE + ".1.5"  # rsmpRecordTable (its entry, rsmpRecordEntry, is .1.5.1)
@@ -74,19 +75,6 @@ def free_udp_port() -> int:
 def pct(values: list[float], p: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, int(len(v) * p))]
-
-
-def http_once(url: str, timeout: float = 5.0) -> tuple[float, int]:
-    """One GET on a new connection: (seconds, status)."""
-    t = time.perf_counter()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            resp.read()
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        exc.read()
-        status = exc.code
-    return time.perf_counter() - t, status
 
 
 # ---------------------------------------------------------------- a minimal SNMPv2c GET (raw BER)
@@ -304,20 +292,27 @@ def _optimize_all(server: OpsServer, pids: list[int], timeout: float = 60.0) -> 
         time.sleep(0.1)
 
 
-def _workers(server: OpsServer, n: int) -> list[int]:
+def _workers(server: OpsServer, n: int, timeout: float = 60.0) -> list[int]:
+    """The pids of ``n`` workers of the master, each of which has served a request.
+
+    A worker is in ``/workers`` from ``post_fork`` on, but it installs its SIGUSR1 handler only in
+    ``post_worker_init``, once it has loaded the app: a USR1 that comes before that (a slow start on a
+    loaded machine) is gunicorn's alone (log files reopened, no collection), and that worker never
+    optimizes. A worker that has served a request is past ``post_worker_init``."""
     import psutil
 
-    deadline = time.monotonic() + 30
-    while True:
-        stats = server.mget("/optimize/stats")["workers"]
-        pids = [w["pid"] for w in stats]
-        master_children = {c.pid for c in psutil.Process(server.proc.pid).children()}
-        pids = [p for p in pids if p in master_children]
-        if len(pids) >= n:
-            return pids
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(pids)} workers in /optimize/stats, expected {n}")
-        time.sleep(0.1)
+    deadline = time.monotonic() + timeout
+    with ThreadPoolExecutor(2 * n) as pool:
+        while True:
+            list(pool.map(lambda _: http_once(server.url), range(2 * n)))  # concurrent: idle workers take them
+            master_children = {c.pid for c in psutil.Process(server.proc.pid).children()}
+            served = [w["pid"] for w in server.mget("/workers")["workers"]
+                      if w["pid"] in master_children and w["requests"] >= 1]
+            if len(served) >= n:
+                return served
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(served)} workers served a request after {timeout:.0f} s, expected {n}")
+            time.sleep(0.1)
 
 
 def fig9(tmp: str, rows: list, notes: list) -> None:
@@ -379,8 +374,8 @@ def fig10(tmp: str, rows: list, notes: list) -> None:
             unloaded.append(statistics.median(lat))
             time.sleep(2.5)  # let the bucket refill (burst 100 at 50/s)
             # the burst runs in its own process, so it does not share this one's GIL with the timing
-            burst = subprocess.Popen([sys.executable, "-m", "benchmarks.ops", "--burst", metrics_url,
-                                      str(RATE_BURST)], cwd=ROOT, env=_env(None),
+            burst = subprocess.Popen([sys.executable, "-m", "benchmarks.children", "burst", "--url", metrics_url,
+                                      "--n", str(RATE_BURST)], cwd=ROOT, env=child_env(None),
                                      stdout=subprocess.PIPE, text=True)
             time.sleep(0.1)
             lat, overlapped = [], 0
@@ -388,7 +383,7 @@ def fig10(tmp: str, rows: list, notes: list) -> None:
                 lat.append(http_once(app_url)[0] * 1000)
                 overlapped += burst.poll() is None
             out, _ = burst.communicate(timeout=120)
-            got = json.loads(out.strip().splitlines()[-1])
+            got = json.loads(out.strip().splitlines()[-1].removeprefix("RESULT "))
             loaded.append(statistics.median(lat))
             counts.append((got, overlapped))
             time.sleep(2.5)
@@ -406,21 +401,6 @@ def fig10(tmp: str, rows: list, notes: list) -> None:
         notes.extend(server.stop())
 
 
-def burst_main(url: str, n: int) -> None:
-    got: dict = {}
-    for _ in range(n):
-        try:
-            status = str(http_once(url)[1])
-        except OSError:
-            status = "error"
-        got[status] = got.get(status, 0) + 1
-    print(json.dumps(got), flush=True)
-
-
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--burst":
-    burst_main(sys.argv[2], int(sys.argv[3]))
-
-
 FIGURES = {"8": fig8, "9": fig9, "10": fig10}
 
 
@@ -433,16 +413,3 @@ def run_figures(tmp: str, figs: list[str], notes: list) -> list:
         except Exception as exc:  # noqa: BLE001  (a report: one figure failing leaves the others)
             notes.append(f"fig {fig} failed: {type(exc).__name__}: {exc}")
     return rows
-
-
-def print_rows(rows: list) -> None:
-    header = ("figure", "value", "target", "result", "detail")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
-    line = "  ".join("-" * w for w in widths) + "  ------"
-    print(line)
-    print("  ".join(h.ljust(w) for h, w in zip(header[:4], widths)) + "  (detail below each row)")
-    print(line)
-    for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths)))
-        print(" " * 5 + r[4])
-    print(line)

@@ -4,19 +4,45 @@ Workers update metrics in a shared memory segment; an aggregator process merges 
 retired, and serves them. The public API::
 
     from rockstar_mp import Counter, Gauge, Histogram, MonitoringConfig, MonitoringManager, attach_worker
+
+The names load on first use (PEP 562): each process imports only its own role's modules, so the
+aggregator never loads the worker's request path nor declares the worker's metric families.
 """
-from .config import MonitoringConfig
-from .control import OptimizationStats
-from .master.manager import MonitoringManager
-from .metrics import Counter, Gauge, Histogram, Registry
-from .segment import (CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError,
-                      UntrustedFile)
-from .worker.attach import attach_worker
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = ["Counter", "Gauge", "Histogram", "Registry", "MonitoringConfig", "MonitoringManager",
+# The public names, and the module each one lives in.
+_EXPORTS = {
+    "Counter": "metrics", "Gauge": "metrics", "Histogram": "metrics", "Registry": "metrics",
+    "CounterSeries": "metrics", "GaugeSeries": "metrics", "HistogramSeries": "metrics",
+    "MonitoringConfig": "config",
+    "MonitoringManager": "master.manager",
+    "OptimizationStats": "control",
+    "attach_worker": "worker.attach",
+    "CatalogueFull": "segment", "LayoutMismatch": "segment", "MetricNameConflict": "segment",
+    "NoFreeSlab": "segment", "NoSpace": "segment", "RockstarError": "segment", "UntrustedFile": "segment",
+}
+
+__all__ = ["Counter", "Gauge", "Histogram", "Registry", "CounterSeries", "GaugeSeries", "HistogramSeries",
+           "MonitoringConfig", "MonitoringManager",
            "OptimizationStats",
            "attach_worker", "CatalogueFull", "LayoutMismatch", "NoFreeSlab", "NoSpace", "RockstarError",
            "MetricNameConflict", "UntrustedFile",
            "__version__"]
+
+if TYPE_CHECKING:
+    from .config import MonitoringConfig
+    from .control import OptimizationStats
+    from .master.manager import MonitoringManager
+    from .metrics import Counter, CounterSeries, Gauge, GaugeSeries, Histogram, HistogramSeries, Registry
+    from .segment import (CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError,
+                          UntrustedFile)
+    from .worker.attach import attach_worker
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,11 +19,11 @@ import logging
 import os
 
 from .config import MonitoringConfig
+from .environment import RUN_DIR_ENV, SEGMENT_ENV, SEGMENT_FD_ENV
 from .master.manager import MonitoringManager
-from .master.manager import RUN_DIR_ENV, SEGMENT_FD_ENV
 from .segment import NoFreeSlab, NoSpace
 from .segment.layout import Header
-from .worker.attach import SEGMENT_ENV, attach_worker, current
+from .worker.attach import attach_worker, current
 from .worker.optimize import install_usr1
 
 __all__ = ["configure", "on_starting", "on_reload", "pre_fork", "post_fork", "post_worker_init",

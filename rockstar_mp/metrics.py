@@ -27,13 +27,16 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
 import os
 import sys
 import threading
 import time as _time
 import weakref
 from bisect import bisect_left
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Generic, Iterable, Sequence, TypeVar
 
 from .segment import CatalogueFull
 from .segment.errors import MetricNameConflict
@@ -205,11 +208,14 @@ class _Series:
         return [self._vals[self._idx + i] for i in range(self._n)]
 
 
-class _Family:
-    """The shared part of a metric: its name, labels and children."""
+S = TypeVar("S", bound=_Series)
+
+
+class _Family(Generic[S]):
+    """The shared part of a metric: its name, labels and children (series of type ``S``)."""
 
     kind = ""
-    _child_class: type = _Series
+    _child_class: type[S]
 
     def __init__(self, name: str, documentation: str = "", labelnames: Iterable[str] = (),
                  extra: tuple = (), registry: Registry | None = None) -> None:
@@ -221,7 +227,7 @@ class _Family:
         self.labelnames = labelnames
         self._extra = extra
         self._registry = registry or REGISTRY
-        self._children: dict[tuple, _Series] = {}
+        self._children: dict[tuple, S] = {}
         self._lock = threading.Lock()
         if labelnames:
             self._vals, self._idx, self._key, self._n = _Unbound(name, labelnames), 0, b"", 0
@@ -236,8 +242,9 @@ class _Family:
         with self._lock:
             return list({id(c): c for c in self._children.values()}.values())
 
-    def labels(self, *values, **kwvalues):
-        """The child series for these label values (positional, or all by name).
+    def labels(self, *values: object, **kwvalues: object) -> S:
+        """The child series for these label values (positional, or all by name): a ``CounterSeries``,
+        ``GaugeSeries`` or ``HistogramSeries``, made on first use and the same object afterwards.
 
         >>> REQUESTS.labels("GET", "200").inc()
         >>> REQUESTS.labels(method="GET", status="200").inc()
@@ -253,7 +260,7 @@ class _Family:
         except TypeError:
             raise ValueError(f"label values of {self.name} must be hashable (strings)") from None
 
-    def _new_child(self, values: tuple):
+    def _new_child(self, values: tuple) -> S:
         if not self.labelnames:
             raise ValueError(f"{self.name} has no labels; update it directly")
         if len(values) != len(self.labelnames):
@@ -283,7 +290,10 @@ class _Family:
                     raise
 
 
-class _CounterSeries(_Series):
+class CounterSeries(_Series):
+    """One series of a ``Counter``: the counter itself when it has no labels, else what ``labels()``
+    returns."""
+
     __slots__ = ("_family",)
 
     def _init_child(self) -> None:
@@ -304,7 +314,9 @@ class _CounterSeries(_Series):
         self._vals[self._idx] = value
 
 
-class _GaugeSeries(_Series):
+class GaugeSeries(_Series):
+    """One series of a ``Gauge``: the gauge itself when it has no labels, else what ``labels()`` returns."""
+
     __slots__ = ("_family",)
 
     def _init_child(self) -> None:
@@ -330,7 +342,7 @@ class _GaugeSeries(_Series):
         return _InProgress(self)
 
 
-class _LastGaugeSeries(_GaugeSeries):
+class _LastGaugeSeries(GaugeSeries):
     """A gauge merged as ``last``: each update also stamps the time, the newest worker wins."""
 
     __slots__ = ()
@@ -347,7 +359,10 @@ class _LastGaugeSeries(_GaugeSeries):
         self._vals[self._idx + 1] = _time.time()
 
 
-class _HistogramSeries(_Series):
+class HistogramSeries(_Series):
+    """One series of a ``Histogram``: the histogram itself when it has no labels, else what ``labels()``
+    returns."""
+
     __slots__ = ("_family", "_bounds", "_sum_at")
 
     def _init_child(self) -> None:
@@ -368,11 +383,15 @@ class _HistogramSeries(_Series):
         return _Timer(self.observe)
 
 
-class _Timer:
-    __slots__ = ("_observe", "_start")
+class _Timer(contextlib.ContextDecorator):
+    """``with histogram.time():`` observes the seconds the block took; as a decorator, each call."""
 
     def __init__(self, observe: Callable[[float], None]) -> None:
         self._observe = observe
+        self._start = 0.0
+
+    def _recreate_cm(self) -> "_Timer":
+        return _Timer(self._observe)  # a decorated function's calls may nest or overlap: one timer each
 
     def __enter__(self) -> "_Timer":
         self._start = _time.perf_counter()
@@ -381,20 +400,11 @@ class _Timer:
     def __exit__(self, *exc) -> None:
         self._observe(_time.perf_counter() - self._start)
 
-    def __call__(self, func):
-        import functools
 
-        @functools.wraps(func)
-        def wrapped(*args, **kwargs):
-            with _Timer(self._observe):
-                return func(*args, **kwargs)
-        return wrapped
+class _InProgress(contextlib.ContextDecorator):
+    """``with gauge.track_inprogress():`` adds 1 while the block runs; as a decorator, during each call."""
 
-
-class _InProgress:
-    __slots__ = ("_gauge",)
-
-    def __init__(self, gauge: _GaugeSeries) -> None:
+    def __init__(self, gauge: GaugeSeries) -> None:
         self._gauge = gauge
 
     def __enter__(self) -> None:
@@ -403,38 +413,34 @@ class _InProgress:
     def __exit__(self, *exc) -> None:
         self._gauge.dec()
 
-    def __call__(self, func):
-        import functools
 
-        @functools.wraps(func)
-        def wrapped(*args, **kwargs):
-            with self:
-                return func(*args, **kwargs)
-        return wrapped
+UPDATE_METHODS = ("inc", "dec", "set", "observe", "_set_total")
+
+
+def _guarded(method: Callable, lock: threading.RLock) -> Callable:
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        with lock:
+            return method(self, *args, **kwargs)
+    return guarded
 
 
 def _locked(cls: type) -> type:
-    """On free-threaded builds, wrap every update method of ``cls`` in a per-class lock."""
-    if not _LOCKED:
-        return cls
+    """Wrap every update method ``cls`` defines in one lock for the class (free-threaded builds)."""
     lock = threading.RLock()  # _LastGaugeSeries.dec calls inc
-    for name in ("inc", "dec", "set", "observe", "_set_total"):
+    for name in UPDATE_METHODS:
         method = cls.__dict__.get(name)
-        if method is None:
-            continue
-
-        def guarded(self, *args, _method=method):
-            with lock:
-                _method(self, *args)
-        setattr(cls, name, guarded)
+        if method is not None:
+            setattr(cls, name, _guarded(method, lock))
     return cls
 
 
-for _cls in (_CounterSeries, _GaugeSeries, _LastGaugeSeries, _HistogramSeries):
-    _locked(_cls)
+if _LOCKED:
+    for _cls in (CounterSeries, GaugeSeries, _LastGaugeSeries, HistogramSeries):
+        _locked(_cls)
 
 
-class Counter(_Family, _CounterSeries):
+class Counter(_Family[CounterSeries], CounterSeries):
     """A count that only goes up, summed across workers; a dead worker's count is kept.
 
     >>> REQUESTS = Counter("app.requests", "Requests served", ["method", "status"])
@@ -442,7 +448,7 @@ class Counter(_Family, _CounterSeries):
     """
 
     kind = COUNTER
-    _child_class = _CounterSeries
+    _child_class = CounterSeries
 
     def __init__(self, name: str, documentation: str = "", labelnames: Sequence[str] = (),
                  *, registry: Registry | None = None) -> None:
@@ -450,7 +456,7 @@ class Counter(_Family, _CounterSeries):
         self._declare()
 
 
-class Gauge(_Family, _GaugeSeries):
+class Gauge(_Family[GaugeSeries], GaugeSeries):
     """A value that goes up and down. ``mode`` says how workers merge: ``sum`` (default), ``max``,
     ``min``, ``last`` (the most recently set) or ``all`` (one series per worker, with a ``pid`` label).
     Only live workers count: a dead worker's gauge is dropped.
@@ -461,7 +467,7 @@ class Gauge(_Family, _GaugeSeries):
     """
 
     kind = GAUGE
-    _child_class = _GaugeSeries
+    _child_class = GaugeSeries
 
     def __new__(cls, *args, mode: str = "sum", **kwargs):
         return object.__new__(_LastGauge if mode == "last" else cls)
@@ -482,7 +488,7 @@ class _LastGauge(Gauge, _LastGaugeSeries):
     _child_class = _LastGaugeSeries
 
 
-class Histogram(_Family, _HistogramSeries):
+class Histogram(_Family[HistogramSeries], HistogramSeries):
     """Observations counted in buckets (``le`` upper bounds; +Inf is added), summed across workers.
 
     >>> LATENCY = Histogram("http.latency", "Seconds per request", buckets=(0.01, 0.1, 1))
@@ -492,13 +498,22 @@ class Histogram(_Family, _HistogramSeries):
     """
 
     kind = HISTOGRAM
-    _child_class = _HistogramSeries
+    _child_class = HistogramSeries
 
     def __init__(self, name: str, documentation: str = "", labelnames: Sequence[str] = (),
                  *, buckets: Sequence[float] = DEFAULT_BUCKETS, registry: Registry | None = None) -> None:
-        bounds = tuple(sorted(float(b) for b in buckets if b != float("inf")))
-        if not bounds or len(set(bounds)) != len(bounds):
-            raise ValueError("histogram buckets must be distinct finite numbers (+Inf is implied)")
+        bounds = _bucket_bounds(buckets)
         _Family.__init__(self, name, documentation, labelnames, bounds, registry)
         self._init_child()
         self._declare()
+
+
+def _bucket_bounds(buckets: Sequence[float | str]) -> tuple[float, ...]:
+    """The finite upper bounds of ``buckets``, sorted; +Inf (a number or a string such as ``"+Inf"``) is
+    dropped, as every histogram has it."""
+    values = [float(b) for b in buckets]
+    bounds = tuple(sorted(v for v in values if v != math.inf))
+    if not bounds or len(set(bounds)) != len(bounds) or not all(math.isfinite(v) for v in bounds):
+        raise ValueError("histogram buckets must be distinct finite numbers (+Inf is implied), "
+                         f"got {tuple(buckets)!r}")
+    return bounds

@@ -19,6 +19,28 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 
 
+def _slack() -> float:
+    raw = os.environ.get("ROCKSTAR_TEST_SLACK", "1")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"ROCKSTAR_TEST_SLACK must be a number > 0, got {raw!r}")
+    return value
+
+
+SLACK = _slack()
+"""How much slower than a developer's machine this one may be: every timing limit a test asserts (and the
+polls that precede it) is multiplied by ``$ROCKSTAR_TEST_SLACK`` (default 1). Raise it on a slow or
+shared CI machine rather than widening one test's limit."""
+
+
+def limit(seconds: float) -> float:
+    """A timing limit, in seconds, for this machine (``seconds`` times ``SLACK``)."""
+    return seconds * SLACK
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,6 +166,23 @@ class Gunicorn:
         if status != 200:
             raise ValueError(f"metrics: HTTP {status}: {body!r}")
         return json.loads(body)
+
+    def serve_on_every_worker(self, timeout: float = 20.0) -> int:
+        """Send ``GET /`` until every worker has served one; returns how many were sent. A worker shows
+        in the aggregator from ``post_fork`` on, but is past ``post_worker_init`` (where the hooks install
+        its SIGUSR1 handler, after the app is loaded) only once it serves."""
+        sent = 0
+
+        def every_worker_served() -> bool:
+            nonlocal sent
+            load(self.port, 2 * self.workers, concurrency=2 * self.workers)  # idle workers take them
+            sent += 2 * self.workers
+            status, _, body = http_get(f"http://127.0.0.1:{self.metrics_port}/workers")
+            served = {w["pid"] for w in json.loads(body)["workers"] if w["requests"] >= 1}
+            return status == 200 and set(self.worker_pids()) <= served
+
+        poll(every_worker_served, timeout=timeout, interval=0.1, message="every worker serving")
+        return sent
 
     def total(self, name: str = "http.requests") -> int:
         return self.metrics()["counters"].get(name, 0)

@@ -1,19 +1,30 @@
-"""Property test of the merge: random operations across simulated workers, against a plain-Python model.
+"""Property test of the merge: random operations across real workers, against a plain-Python model.
 
-A simulated worker is what ``attach_worker`` does, minus the fork: ``seg.claim_slab()``, its own
-``Registry`` bound to a ``SlabStore`` on that slab, and metrics declared in that registry. The state
-machine starts and kills workers, declares and updates metrics, folds dead workers (or leaves them
-retired but unfolded), reuses freed slabs and restarts the aggregator (a new ``Merger`` on the same
-segment). After every step ``render_json(merger.merge())`` must equal what the model computes, exactly:
-amounts are integers or dyadic fractions, so every sum is exact in float64.
+A worker is a real process (``tests/apps/merge_worker.py``, started from a forkserver): the test claims
+a slab for it, as gunicorn's master does, and it attaches with ``attach_worker``; then it declares and
+updates metrics, records requests with the workload recorder (ring and latency sketches) and fills its
+catalogue when told. The state machine starts workers, stops them cleanly (their slab retired) or kills
+them with SIGKILL (the aggregator must find the dead pid), folds dead workers (or leaves them retired but
+unfolded), reuses freed slabs, drains the record rings and restarts the aggregator (a new ``Merger`` and
+``RingDrain`` on the same segment). After every step the merge must equal what the model computes:
+
+- ``render_json(merger.merge())``, exactly: amounts are integers or dyadic fractions, so every sum is exact;
+- each live worker's pid and refused declarations (``catalogue_full``): once a worker's catalogue is full,
+  every new series is refused and counted, and its existing series keep counting;
+- the workload aggregates read from the merged latency sketches: requests and seconds exact, every quantile
+  within ``RELATIVE_ERROR`` of the exact one (nearest rank);
+- the drained records (the aggregator's most recent ones, by start time) and the records dropped when a
+  ring wrapped before a drain.
 """
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
-import time
+from collections import deque
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -21,14 +32,24 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from rockstar_mp.aggregator.exposition import render_json
 from rockstar_mp.aggregator.merge import Merger
-from rockstar_mp.metrics import Counter, Gauge, Histogram, Registry
-from rockstar_mp.segment import FREE, LIVE, RETIRED, Geometry, NoFreeSlab, Segment, process_start
+from rockstar_mp.aggregator.workload import RingDrain, aggregates, sketch_totals
+from rockstar_mp.segment import FREE, LIVE, RETIRED, Geometry, NoFreeSlab, Segment
 from rockstar_mp.segment.layout import Header, Slot
-from rockstar_mp.worker.attach import SlabStore
+from rockstar_mp.sketch import RELATIVE_ERROR
+from tests.apps import merge_worker
 
-# Four slabs, so workers often run out of them (NoFreeSlab) and freed slabs get reused.
-GEOMETRY = Geometry(n_slabs=4, slab_max_series=64, slab_heap_bytes=8192, slab_max_values=1024,
-                    retired_max_series=256, retired_heap_bytes=32768, retired_max_values=4096)
+# Four slabs, so workers often run out of them (NoFreeSlab) and freed slabs get reused. A slab holds
+# every series a worker makes here (its metrics, its sketches, the runtime's own) until ``flood`` fills
+# it; the retired region holds every series ever folded. Eight record slots: rings wrap between drains.
+GEOMETRY = Geometry(n_slabs=4, slab_max_series=256, slab_heap_bytes=32768, slab_max_values=2048,
+                    retired_max_series=1024, retired_heap_bytes=65536, retired_max_values=4096,
+                    record_slots=8, log_slots=4)
+RECENT_RECORDS = 40  # the aggregator keeps this many records
+
+# Workers start from a clean, single-threaded server process, not from the test process.
+WORKERS = multiprocessing.get_context("forkserver")
+WORKERS.set_forkserver_preload(["tests.apps.merge_worker"])
+ANSWER_SECONDS = 30.0
 
 # A fixed pool of metric definitions: every worker runs the same code, so a name always means the same
 # kind, labels, mode and buckets (and so the same series keys in every slab).
@@ -44,6 +65,7 @@ POOL = {
     "g.last_lab": ("gauge", ("k",), "last"),
     "h.plain": ("histogram", (), (0.5, 1.0, 4.0)),
     "h.lab": ("histogram", ("route",), (1.0, 2.0)),
+    merge_worker.FLOOD: ("counter", ("i",), None),
 }
 NAMES = sorted(POOL)
 GAUGES = [n for n in NAMES if POOL[n][0] == "gauge"]
@@ -54,15 +76,11 @@ AMOUNTS = st.one_of(st.integers(0, 1000), st.sampled_from([0.5, 0.25, 0.125, 2.7
 GAUGE_VALUES = st.one_of(st.integers(-100, 100), st.sampled_from([-0.5, 0.25, 1.5, 1e6]))
 OBSERVATIONS = st.sampled_from([-1.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0, 100.0])
 
-
-def declare_metric(name: str, registry: Registry):
-    kind, labelnames, extra = POOL[name]
-    doc = f"doc of {name}"
-    if kind == "counter":
-        return Counter(name, doc, labelnames, registry=registry)
-    if kind == "gauge":
-        return Gauge(name, doc, labelnames, mode=extra, registry=registry)
-    return Histogram(name, doc, labelnames, buckets=extra, registry=registry)
+# Requests: durations of at least the sketch's 1 us floor, dyadic so that their sums are exact.
+REQUESTS = st.lists(st.tuples(st.sampled_from(["/", "/items/{id}", "/slow"]), st.sampled_from([200, 404, 503]),
+                              st.sampled_from([2.0 ** -19, 2.0 ** -16, 2.0 ** -12, 2.0 ** -10, 2.0 ** -8,
+                                               0.03125, 0.125, 0.25, 0.5, 0.75, 1.5, 3.0]),
+                              st.sampled_from(["", "acme"])), min_size=1, max_size=12)
 
 
 def json_key(name: str, labelvalues: tuple) -> str:
@@ -73,34 +91,65 @@ def json_key(name: str, labelvalues: tuple) -> str:
 
 
 class SimWorker:
-    """One simulated worker: its slab tenancy, registry and families, and the model of its values."""
+    """One worker process, the slab tenancy it holds, and the model of what it wrote there."""
 
-    def __init__(self, seg: Segment, slab: int, generation: int) -> None:
+    def __init__(self, seg: Segment, slab: int, generation: int, run_dir: str) -> None:
         self.slab = slab
         self.generation = generation
-        self.registry = Registry()
-        seg.bind_slab(slab, os.getpid(), process_start(os.getpid()))  # as attach_worker names itself
-        assert self.registry.bind(SlabStore(seg, slab)) == []
-        self.families: dict = {}  # name -> family object
-        self.alive = True
+        self.conn, their_end = WORKERS.Pipe()
+        self.process = WORKERS.Process(target=merge_worker.serve, daemon=True,
+                                       args=(their_end, seg.path, slab, generation, run_dir))
+        self.process.start()
+        their_end.close()
+        self.own_families = self.call("hello")  # what the runtime declared at attach (not the model's)
+        self.pid = self.process.pid
+        self.running = True
+        self.full = False  # its catalogue refused a series: every new one is refused from then on
+        self.refused = 0  # series its catalogue refused (the slab's catalogue_full)
+        self.families: set = set()
         # Model: (name, labelvalues) -> values. Counter: [v]; gauge: [v, seq of the last set or None];
         # histogram: [per-bucket counts (not cumulative) ..., +Inf count, sum].
         self.values: dict = {}
+        self.written = 0  # records written to its ring in this tenancy
+        self.drained: int | None = None  # the aggregator's position in its ring; None: not seen yet
+        self.records: list = []  # every record written, as the aggregator returns it
 
-    def series(self, name: str, labelvalue: str):
-        """The series object (child for labelled families) and its model values, created if new."""
-        family = self.families[name]
-        kind, labelnames, extra = POOL[name]
-        lv = (labelvalue,) if labelnames else ()
-        obj = family.labels(*lv) if labelnames else family
-        if (name, lv) not in self.values:
-            if kind == "histogram":
-                self.values[(name, lv)] = [0.0] * (len(extra) + 2)
-            elif kind == "gauge":
-                self.values[(name, lv)] = [0.0, None]
-            else:
-                self.values[(name, lv)] = [0.0]
-        return obj, self.values[(name, lv)]
+    def call(self, command: str, *args):
+        """Send a command; its result, or the string "full" when the catalogue refused a new series."""
+        if command != "hello":
+            self.conn.send((command, args))
+        if not self.conn.poll(ANSWER_SECONDS):
+            raise AssertionError(f"worker {self.process.pid} did not answer {command!r}")
+        status, result = self.conn.recv()
+        assert status != "error", result
+        return "full" if status == "full" else result
+
+    def create(self, key: tuple, command: str, *args) -> tuple[list | None, object]:
+        """Run ``command``, which makes the series ``key`` (name, label values) if it is new:
+        ``(the model's values, or None if the catalogue refused the series; the command's result)``."""
+        new = key not in self.values
+        answer = self.call(command, *args)
+        if answer == "full":
+            assert new and self.full, f"{key} refused with room in the catalogue"
+            self.refused += 1
+            return None, None
+        assert not (new and self.full), f"{key} made in a full catalogue"
+        if new:
+            kind, _, extra = POOL[key[0]]
+            self.values[key] = ([0.0] * (len(extra) + 2) if kind == "histogram"
+                                else [0.0, None] if kind == "gauge" else [0.0])
+        return self.values[key], answer
+
+    def stop(self, how: str) -> None:
+        """``exit`` (its own choice) or ``kill`` (SIGKILL); either way the process is reaped."""
+        if how == "exit":
+            self.call("exit")
+        else:
+            os.kill(self.pid, signal.SIGKILL)
+        self.process.join(ANSWER_SECONDS)
+        assert self.process.exitcode is not None, f"worker {self.pid} did not end"
+        self.conn.close()
+        self.running = False
 
 
 class MergeMachine(RuleBasedStateMachine):
@@ -109,6 +158,7 @@ class MergeMachine(RuleBasedStateMachine):
         self.tmp = tempfile.mkdtemp(prefix="rockstar-prop-")
         self.seg = Segment.create(self.tmp, GEOMETRY)
         self.merger = Merger(self.seg)
+        self.rings = RingDrain(self.seg, RECENT_RECORDS, 0)
         self.workers: list[SimWorker] = []  # every worker ever started (dead ones keep their model)
         # Model of the slab table: state and generation per slab.
         self.slab_state = [FREE] * GEOMETRY.n_slabs
@@ -116,11 +166,18 @@ class MergeMachine(RuleBasedStateMachine):
         self.claim_failures = 0
         self.set_seq = 0  # order of gauge updates, for mode "last"
         self.last_stamp = 0.0
+        self.clock = 1.7e9  # the start time of the next request (increasing: the drain sorts by it)
+        self.recent: deque = deque(maxlen=RECENT_RECORDS)  # what the aggregator's drain should hold
+        self.records_dropped = 0
 
     def teardown(self) -> None:
+        for worker in self.workers:
+            if worker.running:
+                worker.stop("kill")
         path = self.seg.path
         self.workers.clear()
         self.merger = None
+        self.rings = None
         self.seg.close()
         if os.path.exists(path):
             os.unlink(path)
@@ -128,10 +185,20 @@ class MergeMachine(RuleBasedStateMachine):
 
     # -- helpers ----------------------------------------------------------------------------------
     def live(self) -> list[SimWorker]:
-        return [w for w in self.workers if w.alive]
+        """Workers still running (the ones that can be told to do something)."""
+        return [w for w in self.workers if w.running]
+
+    def holding(self) -> list[SimWorker]:
+        """Workers whose slab is still live: running, or killed and not yet found dead."""
+        return [w for w in self.workers if self.slab_state[w.slab] == LIVE and self.slab_gen[w.slab] == w.generation]
+
+    def in_rings(self) -> list[SimWorker]:
+        """Workers whose slab the aggregator still drains: live, or retired and not yet folded."""
+        return [w for w in self.workers
+                if self.slab_state[w.slab] in (LIVE, RETIRED) and self.slab_gen[w.slab] == w.generation]
 
     def has_live(self) -> bool:
-        return any(w.alive for w in self.workers)
+        return any(w.running for w in self.workers)
 
     def has_live_with(self, kinds) -> bool:
         return any(POOL[n][0] in kinds for w in self.live() for n in w.families)
@@ -168,7 +235,7 @@ class MergeMachine(RuleBasedStateMachine):
             event("slab reused")
         self.slab_state[slab] = LIVE
         self.slab_gen[slab] = generation
-        worker = SimWorker(self.seg, slab, generation)
+        worker = SimWorker(self.seg, slab, generation, self.tmp)
         self.workers.append(worker)
         if declare_all:
             for name in NAMES:
@@ -182,9 +249,15 @@ class MergeMachine(RuleBasedStateMachine):
     def _declare(self, worker: SimWorker, name: str) -> None:
         if name in worker.families:
             return  # declared once per process (a second declaration raises; see test_segment)
-        worker.families[name] = declare_metric(name, worker.registry)
-        if not POOL[name][1]:
-            worker.series(name, "")  # an unlabelled family is its own series: it exists at zero now
+        kind, labelnames, extra = POOL[name]
+        if labelnames:  # no series yet: nothing to refuse
+            assert worker.call("declare", name, kind, labelnames, extra) is None
+            worker.families.add(name)
+            return
+        # an unlabelled family is its own series: it exists at zero now (unless the catalogue refuses it)
+        model, _ = worker.create((name, ()), "declare", name, kind, labelnames, extra)
+        if model is not None:
+            worker.families.add(name)
 
     @precondition(lambda self: self.has_live())
     @rule(data=st.data(), name=st.sampled_from(NAMES))
@@ -198,7 +271,12 @@ class MergeMachine(RuleBasedStateMachine):
         worker = self.pick_worker(data)
         labelled = sorted(n for n in worker.families if POOL[n][1])
         if labelled:
-            worker.series(data.draw(st.sampled_from(labelled), label="name"), labelvalue)
+            key = (data.draw(st.sampled_from(labelled), label="name"), (labelvalue,))
+            worker.create(key, "touch", *key)
+
+    @staticmethod
+    def _labels(name: str, labelvalue: str) -> tuple:
+        return (labelvalue,) if POOL[name][1] else ()
 
     @precondition(lambda self: self.has_live_with({"counter"}))
     @rule(data=st.data(), amount=AMOUNTS, labelvalue=st.sampled_from(LABEL_VALUES))
@@ -207,9 +285,10 @@ class MergeMachine(RuleBasedStateMachine):
         name = self.pick_family(data, worker, "counter")
         if name is None:
             return
-        obj, model = worker.series(name, labelvalue)
-        obj.inc(amount)
-        model[0] += amount
+        key = (name, self._labels(name, labelvalue))
+        model, _ = worker.create(key, "inc", *key, amount)
+        if model is not None:
+            model[0] += amount
 
     @precondition(lambda self: self.has_live_with({"gauge"}))
     @rule(data=st.data(), value=GAUGE_VALUES, labelvalue=st.sampled_from(LABEL_VALUES),
@@ -232,28 +311,16 @@ class MergeMachine(RuleBasedStateMachine):
             self._update_gauge(worker, name, labelvalue, how, value)
 
     def _update_gauge(self, worker: SimWorker, name: str, labelvalue: str, how: str, value) -> None:
-        obj, model = worker.series(name, labelvalue)
+        # Mode "last" keeps the reading with the newest time.time() stamp: the worker waits until the
+        # clock has passed the last stamp, so "newest stamp" and "most recent update" (the model's
+        # set_seq) are the same.
         last = POOL[name][2] == "last"
+        key = (name, self._labels(name, labelvalue))
+        model, stamp = worker.create(key, "gauge", *key, how, value, self.last_stamp if last else None)
+        if model is None:
+            return
+        model[0] = float(value) if how == "set" else model[0] + value if how == "inc" else model[0] - value
         if last:
-            # Mode "last" keeps the reading with the newest time.time() stamp; two updates within one
-            # clock tick would tie and the merge could pick either. Instead of loosening the model we
-            # make the clock strictly increasing between updates: wait until time.time() has moved
-            # past the last stamp, then check the stamp the update wrote is newer than every earlier
-            # one. Then "newest stamp" and "most recent update" (the model's set_seq) are the same.
-            deadline = time.monotonic() + 1.0
-            while time.time() <= self.last_stamp and time.monotonic() < deadline:
-                pass
-        if how == "set":
-            obj.set(value)
-            model[0] = float(value)
-        elif how == "inc":
-            obj.inc(value)
-            model[0] += value
-        else:
-            obj.dec(value)
-            model[0] -= value
-        if last:
-            stamp = obj._vals[obj._idx + 1]
             assert stamp > self.last_stamp, "the clock did not advance between two 'last' updates"
             self.last_stamp = stamp
         self.set_seq += 1
@@ -266,43 +333,102 @@ class MergeMachine(RuleBasedStateMachine):
         name = self.pick_family(data, worker, "histogram")
         if name is None:
             return
-        obj, model = worker.series(name, labelvalue)
-        obj.observe(amount)
+        key = (name, self._labels(name, labelvalue))
+        model, _ = worker.create(key, "observe", *key, amount)
+        if model is None:
+            return
         bounds = POOL[name][2]
         bucket = next((i for i, b in enumerate(bounds) if amount <= b), len(bounds))
         model[bucket] += 1
         model[-1] += amount
 
+    @precondition(lambda self: any(not w.full for w in self.live()))
+    @rule(data=st.data(), requests=REQUESTS)
+    def record(self, data, requests) -> None:
+        """A worker serves requests: one record each in its ring, and its latency sketches."""
+        worker = data.draw(st.sampled_from([w for w in self.live() if not w.full]), label="worker")
+        batch = []
+        for route, status, seconds, tenant in requests:
+            self.clock += 0.001
+            batch.append((route, status, seconds, self.clock, tenant))
+        assert worker.call("record", batch) is None
+        for route, status, seconds, start, tenant in batch:
+            worker.records.append((worker.pid, route, status, tenant, seconds, start))
+        worker.written += len(batch)
+
+    @precondition(lambda self: any(not w.full for w in self.live()))
+    @rule(data=st.data())
+    def flood(self, data) -> None:
+        """A worker declares series until its catalogue is full: the last one is refused and counted."""
+        worker = data.draw(st.sampled_from([w for w in self.live() if not w.full]), label="worker")
+        added = worker.call("flood")  # children "0", "1", ... each counted once (a worker floods once)
+        assert added > 0
+        worker.families.add(merge_worker.FLOOD)
+        for i in range(added):
+            worker.values[(merge_worker.FLOOD, (str(i),))] = [1.0]
+        worker.full = True
+        worker.refused += 1
+        event("a catalogue filled")
+
     @precondition(lambda self: self.has_live())
-    @rule(data=st.data(), collect=st.booleans())
-    def kill_worker(self, data, collect) -> None:
-        """A worker exits: its slab is retired; sometimes the aggregator folds it right away."""
+    @rule(data=st.data(), collect=st.booleans(), how=st.sampled_from(["exit", "kill"]))
+    def stop_worker(self, data, collect, how) -> None:
+        """A worker exits and its slab is retired by the master; or it is killed (SIGKILL) and nobody
+        retires it: the aggregator must find its pid dead. Sometimes the aggregator then ticks."""
         worker = self.pick_worker(data)
-        assert self.seg.retire_slab(worker.slab, worker.generation)
-        assert not self.seg.retire_slab(worker.slab, worker.generation)  # a tenancy ends once
-        worker.alive = False
-        self.slab_state[worker.slab] = RETIRED
+        worker.stop(how)
+        if how == "exit":
+            assert self.seg.retire_slab(worker.slab, worker.generation)
+            assert not self.seg.retire_slab(worker.slab, worker.generation)  # a tenancy ends once
+            self.slab_state[worker.slab] = RETIRED
         if collect:
-            self.collect_dead()
+            self.tick()
 
     @precondition(lambda self: self.has_live())
     @rule(data=st.data(), n=st.integers(2, 4), collect=st.booleans())
-    def kill_workers(self, data, n, collect) -> None:
-        """Several workers exit (a reload), folded or not."""
+    def stop_workers(self, data, n, collect) -> None:
+        """Several workers exit (a reload), ticked over or not."""
         for _ in range(n):
             if self.has_live():
-                self.kill_worker(data, False)
+                self.stop_worker(data, False, "exit")
         if collect:
-            self.collect_dead()
+            self.tick()
+
+    def _drain(self) -> None:
+        """The aggregator reads every ring it can still see; the model says what it should get."""
+        self.rings.drain()
+        batch = []
+        for worker in self.in_rings():
+            since = worker.drained
+            if since is None:  # first sight: what the ring still holds, nothing counted as dropped
+                since = max(0, worker.written - GEOMETRY.record_slots)
+            start = max(since, worker.written - GEOMETRY.record_slots)
+            self.records_dropped += start - since
+            batch.extend(worker.records[start:worker.written])
+            worker.drained = worker.written
+        self.recent.extend(sorted(batch, key=lambda r: r[5]))
+        if self.records_dropped:
+            event("records dropped: a ring wrapped before a drain")
 
     @rule()
-    def collect_dead(self) -> None:
+    def drain(self) -> None:
+        self._drain()
+
+    @rule()
+    def tick(self) -> None:
+        """The aggregator's tick: drain the rings, then retire the slabs of dead pids and fold every
+        retired slab."""
+        self._drain()
+        found_dead = [w for w in self.holding() if not w.running]
         retired = [i for i, s in enumerate(self.slab_state) if s == RETIRED]
-        assert self.merger.collect_dead() == len(retired)
-        for i in retired:
+        assert self.merger.collect_dead() == len(retired) + len(found_dead)
+        if found_dead:
+            event("a killed worker found dead")
+        for i in retired + [w.slab for w in found_dead]:
             self.slab_state[i] = FREE
 
-    @precondition(lambda self: self.slab_state.count(RETIRED) == 1)
+    @precondition(lambda self: self.slab_state.count(RETIRED) == 1 and not
+                  any(not w.running for w in self.holding()))
     @rule(after_flip=st.booleans(), merge_first=st.booleans())
     def crash_during_fold(self, after_flip, merge_first) -> None:
         """The aggregator dies in the middle of folding the one retired slab, and a new one starts.
@@ -317,6 +443,7 @@ class MergeMachine(RuleBasedStateMachine):
         """
         slab = self.slab_state.index(RETIRED)
         body = GEOMETRY.slab_offset(slab)
+        self._drain()  # the tick drains before it folds
         saved = bytes(self.seg.buf[body:body + GEOMETRY.slab.size])
         active = Header.retired_active.get(self.seg.buf)
         assert self.merger.collect_dead() == 1
@@ -327,21 +454,29 @@ class MergeMachine(RuleBasedStateMachine):
             if not after_flip:
                 Header.retired_active.set(self.seg.buf, active)
         event(f"crash during a fold, after the flip: {after_flip}")
-        self.merger = Merger(self.seg)
+        self._new_aggregator()
         if after_flip:
             if merge_first:
-                assert render_json(self.merger.merge()) == self.expected()
+                assert self.observed(self.merger.merge()) == self.expected()
             assert self.merger.collect_dead() in (0, 1)  # 0 if the new Merger finished the fold
             self.slab_state[slab] = FREE
 
+    def _new_aggregator(self) -> None:
+        """A new aggregator process: its retired totals come from the segment, nothing in memory; its
+        drain starts with what the rings still hold."""
+        self.merger = Merger(self.seg)
+        self.rings = RingDrain(self.seg, RECENT_RECORDS, 0)
+        self.recent.clear()
+        for worker in self.workers:
+            worker.drained = None
+
     @rule()
     def restart_aggregator(self) -> None:
-        """A new aggregator: its retired totals come from the segment, nothing in memory."""
         if RETIRED in self.slab_state:
             event("aggregator restart with an unfolded retired slab")
-        if any(not w.alive for w in self.workers):
+        if any(not w.running for w in self.workers):
             event("aggregator restart after a worker died")
-        self.merger = Merger(self.seg)
+        self._new_aggregator()
 
     @rule()
     def merge_twice(self) -> None:
@@ -355,6 +490,7 @@ class MergeMachine(RuleBasedStateMachine):
         histograms: dict = {}
         gauges: dict = {}
         gauge_readings: dict = {}
+        holding = {id(w) for w in self.holding()}
         for worker in self.workers:
             for (name, lv), values in worker.values.items():
                 kind, labelnames, extra = POOL[name]
@@ -368,7 +504,7 @@ class MergeMachine(RuleBasedStateMachine):
                     acc = histograms.setdefault(key, [0.0] * len(values))
                     for i, v in enumerate(values):
                         acc[i] += v
-                elif worker.alive:  # gauges: live workers only
+                elif id(worker) in holding:  # gauges: workers whose slab is live only
                     gauge_readings.setdefault((name, key), []).append(values)
         out_h = {}
         for key, acc in histograms.items():
@@ -395,14 +531,48 @@ class MergeMachine(RuleBasedStateMachine):
                 gauges[key] = max(updated, key=lambda r: r[1])[0] if updated else 0.0
         return {"counters": counters, "gauges": gauges, "histograms": out_h}
 
+    def observed(self, snap) -> dict:
+        """``render_json(snap)`` without the families the runtime declares in every worker (the garbage
+        collections, the thread count: the model leaves them out)."""
+        theirs = {name for w in self.workers for name in w.own_families}
+        return {section: {k: v for k, v in values.items() if k.split("{")[0] not in theirs}
+                for section, values in render_json(snap).items()}
+
     @invariant()
     def merge_matches_model(self) -> None:
         snap = self.merger.merge()
-        got = render_json(snap)
-        want = self.expected()
-        assert got == want
+        assert self.observed(snap) == self.expected()
         assert snap.claim_failures == self.claim_failures == Header.claim_failures.get(self.seg.buf)
-        assert sorted(w.slot.slab for w in snap.workers) == sorted(w.slab for w in self.live())
+        holding = self.holding()
+        assert sorted((w.slot.slab, w.slot.pid) for w in snap.workers) == sorted((w.slab, w.pid) for w in holding)
+        assert {w.slot.pid: w.catalogue_full for w in snap.workers} == {w.pid: w.refused for w in holding}
+        self.check_sketches(snap)
+
+    def check_sketches(self, snap) -> None:
+        """Requests and seconds by route, status class and tenant exact; quantiles within the sketch's
+        relative error of the exact ones (nearest rank)."""
+        totals = sketch_totals(snap)
+        sketches, summaries = aggregates(snap, totals, raw=True), aggregates(snap, totals)
+        durations: dict = {}
+        for worker in self.workers:
+            for _pid, route, status, tenant, seconds, _start in worker.records:
+                for dim, value in (("route", route), ("status", f"{status // 100}xx"), ("tenant", tenant or "-")):
+                    durations.setdefault((dim, value), []).append(seconds)
+        assert {(dim, value) for dim in sketches for value in sketches[dim]} == set(durations)
+        for (dim, value), exact in durations.items():
+            sketch, spent = sketches[dim][value]
+            assert (sum(sketch.values()), spent) == (len(exact), sum(exact))
+            ordered = sorted(exact)
+            for name, q in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+                want = ordered[max(1, math.ceil(q * len(ordered) - 1e-9)) - 1] * 1000
+                got = summaries[dim][value][name]
+                assert abs(got - want) <= RELATIVE_ERROR * want + 0.0005, (dim, value, name, got, ordered)
+
+    @invariant()
+    def records_match_model(self) -> None:
+        got = [(r.pid, r.route, r.status, r.tenant, r.duration, r.start) for r in self.rings.records]
+        assert got == list(self.recent)
+        assert self.rings.records_dropped == self.records_dropped
 
     @invariant()
     def slab_table_matches_model(self) -> None:

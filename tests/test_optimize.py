@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from tests.helpers import ROOT, free_port, http_get, load, poll, raw_get
+from tests.helpers import ROOT, SLACK, free_port, http_get, limit, load, poll, raw_get
 from tests.test_http import PreforkServer, prefork  # noqa: F401  (the fixture)
 
 ADMIN = "admin-token"
@@ -54,23 +54,24 @@ def test_usr1_to_the_master_optimizes_every_worker_and_still_reopens_logs(gunico
     server = gunicorn_factory(workers=4, args=("--access-logfile", str(access_log)))
     before = counts(server)
     assert set(before) == set(server.worker_pids()) and set(before.values()) == {0}
+    served = server.serve_on_every_worker() + 20  # a worker still loading the app would miss the USR1
     load(server.port, 20)
-    poll(lambda: access_log.exists() and access_log.read_text().count("GET /") >= 20, message="access log")
+    poll(lambda: access_log.exists() and access_log.read_text().count("GET /") >= served, message="access log")
     rotated = tmp_path / "access.log.1"
     access_log.rename(rotated)  # logrotate's move; gunicorn keeps writing the old file until USR1
 
     server.signal(signal.SIGUSR1)
     sent = time.monotonic()
     after = poll(lambda: (c := counts(server)) and all(c.get(pid) == 1 for pid in before) and c,
-                 timeout=5, interval=0.02, message="every worker optimized once")
-    assert time.monotonic() - sent < 2.0
+                 timeout=limit(5), interval=0.02, message="every worker optimized once")
+    assert time.monotonic() - sent < limit(2.0)
     assert after == {pid: 1 for pid in before}
 
     # gunicorn's own USR1 work happened too: master and workers reopened their log files.
     poll(lambda: access_log.exists(), message="the log file reopened")
     load(server.port, 12)
     poll(lambda: access_log.read_text().count("GET /") == 12, message="new lines in the new file")
-    assert rotated.read_text().count("GET /") == 20
+    assert rotated.read_text().count("GET /") == served
     for worker in stats(server)["workers"]:
         assert worker["last_optimization"] and worker["memory_before"] > 0 and worker["last_pause_ms"] >= 0
         assert len(worker["collected"]) == 3
@@ -79,7 +80,7 @@ def test_usr1_to_the_master_optimizes_every_worker_and_still_reopens_logs(gunico
 def test_schedule_spreads_workers_and_keeps_serving(gunicorn_factory):
     server = gunicorn_factory(workers=4, env={"ROCKSTAR_ENABLE_OPTIMIZATION": "1",
                                               "ROCKSTAR_OPTIMIZATION_INTERVAL": "1"})
-    poll(lambda: all(c >= 1 for c in counts(server).values()), timeout=10, message="a first round")
+    poll(lambda: all(c >= 1 for c in counts(server).values()), timeout=limit(10), message="a first round")
     start_counts, started = counts(server), time.time()
     results: list[int] = []
     stop = threading.Event()
@@ -96,7 +97,7 @@ def test_schedule_spreads_workers_and_keeps_serving(gunicorn_factory):
     end_counts = counts(server)
 
     done = {pid: end_counts[pid] - start_counts[pid] for pid in start_counts}
-    assert all(4 <= n <= 6 for n in done.values()), done
+    assert all(4 // SLACK <= n <= 6 for n in done.values()), done  # every 1 s for 5 s; fewer on a slow machine
     assert results and set(results) == {200}
     events = sorted(e["time"] for e in stats(server)["recent"] if e["time"] >= started)
     gaps = [b - a for a, b in zip(events, events[1:])]

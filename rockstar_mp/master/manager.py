@@ -31,12 +31,9 @@ from ..control import (OptimizationStats, apply_overrides, read_overrides, read_
                        totals, write_overrides)
 from ..segment import LIVE, Geometry, RockstarError, Segment, stale_segments
 from ..segment.layout import heap_bytes_for
-from ..worker.attach import SEGMENT_ENV
+from ..environment import RUN_DIR_ENV, SEGMENT_ENV, SEGMENT_FD_ENV
 from ..privileges import resolve
 from .supervisor import AggregatorSupervisor
-
-RUN_DIR_ENV = "ROCKSTAR_PRIVATE_RUN_DIR"  # the private run directory, inherited by a re-executed master
-SEGMENT_FD_ENV = "ROCKSTAR_SEGMENT_FD"  # "fd:dev:inode" of the open segment, across a USR2 re-exec
 
 log = logging.getLogger("rockstar_mp.master")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dis
 import os
 import sys
-import threading
 import types
 
 MAX_DEPTH = 64
@@ -176,8 +175,3 @@ def wait_kind(frame: types.FrameType | None) -> str | None:
     if name in IO_CALLS:
         return "io"
     return None
-
-
-def thread_names() -> dict[int, threading.Thread]:
-    """``{ident: Thread}`` for the threads the threading module knows."""
-    return {t.ident: t for t in threading.enumerate() if t.ident is not None}

@@ -58,7 +58,3 @@ def events_from_samples(samples: list, names: dict, interval_us: int) -> list[di
         for name in reversed(current):
             events.append({"ph": "E", "name": name, "pid": pid, "tid": tid_of(ident), "ts": end})
     return events
-
-
-def trace_document(events: list[dict]) -> dict:
-    return {"traceEvents": events, "displayTimeUnit": "ms"}

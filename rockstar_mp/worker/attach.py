@@ -28,8 +28,8 @@ from .optimize import Optimizer, install_usr1
 from .workload import RECORDER, WorkloadLimits
 from .control import start_control
 from ..segment.layout import Body
+from ..environment import SEGMENT_ENV
 
-SEGMENT_ENV = "ROCKSTAR_SEGMENT"
 HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.1  # how soon a requested optimization is noticed
 

@@ -31,8 +31,8 @@ from .. import safefs
 from ..config import MonitoringConfig
 from ..profiling import KINDS, Busy, collect, install_signal_handler, install_threadcreate_hook
 from ..profiling.channel import MAX_REQUEST, control_dir, socket_path
+from ..environment import RUN_DIR_ENV
 
-RUN_DIR_ENV = "ROCKSTAR_PRIVATE_RUN_DIR"  # set by the master (master.manager.RUN_DIR_ENV)
 MAX_CONCURRENT = 8
 REQUEST_TIMEOUT = 5.0
 

@@ -1,0 +1,55 @@
+"""What figures 1-7 measure and their targets: one place, read by the children that measure and by the
+parent that reports. Standard library only, so importing it loads nothing of either side."""
+from __future__ import annotations
+
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Micro benchmarks: min over REPEATS runs of NUMBER calls (nothing subtracted: loop overhead included).
+REPEATS = 5
+NUMBER = 200_000
+
+# Figure 4: merge + render of WORKERS x SERIES counters.
+WORKERS = 64
+SERIES = 1_000
+# Scrape figures are the min over runs, like the micro benchmarks (the machine may be shared), over
+# SCRAPE_ROUNDS rounds of (theirs, ours) children.
+SCRAPE_ROUNDS = 2
+COLD_RUNS = 5  # fresh Merger each time (after the first, reported separately)
+STEADY_RUNS = 20  # one Merger reused, as the aggregator does
+PROM_SCRAPES = 5  # prometheus_client: every scrape reads every file, there is no warm state
+
+# Figure 5: churn.
+CHURN_LIVE = 8  # workers alive throughout
+CHURN_SERIES = 100
+OUR_RESTARTS = 1_000
+PROM_RESTARTS = 200
+CHURN_STEADY_RUNS = 50  # our scrapes here take well under a millisecond: min of many
+CHURN_COLD_RUNS = 10
+CHURN_NOISE = 1.3  # "unchanged": after/before scrape time (min of runs) at most this
+
+PARALLEL = 8  # prometheus_client writer subprocesses run at once
+
+# Figure 6: one request through a minimal Falcon app, direct WSGI calls; min over interleaved repeats,
+# in a process pinned to one CPU (a process moved between CPUs mid-run measures the move).
+REQUEST_WARMUP = 2_000
+REQUEST_REPEATS = 40
+REQUEST_NUMBER = 2_000
+REQUEST_TARGET = 3e-6  # (b) - (a), seconds per request
+
+# Figure 7: wrk against real gunicorn (sync workers), rockstar-mp on vs off: both servers up at once,
+# short wrk runs alternating off/on, medians compared (a slow spell of the machine hits both sides).
+SERVER_WORKERS = 2
+WRK_THREADS = 2
+WRK_CONNECTIONS = 16
+WRK_SECONDS = 2
+WRK_WARMUP_SECONDS = 1
+WRK_ROUNDS = 20  # of each: off, on, off, on, ...
+THROUGHPUT_TARGET = 3.0  # loss in %: the median over the rounds of 1 - on/off (each pair 2 s apart)
+SERVER_START_TIMEOUT = 30.0
+SERVER_STOP_TIMEOUT = 35.0  # gunicorn's graceful_timeout is 30 s; idle sync workers stop at once
+
+TARGETS = {"counter": 1 / 4, "labels": 1 / 3, "histogram": 1 / 3, "scrape": 1 / 10}
+
+PROM_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")

@@ -1,0 +1,94 @@
+"""Profiling this process: ``collect`` one profile (what a worker runs when the aggregator asks), write
+one to a file, or sample the main thread around a block (``cpu_profile``)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import tracemalloc
+
+from . import frames, samplers
+from .heap import heap_profile
+from .proto import encode, new_raw
+from .rendering import DEFAULT_SECONDS, KINDS, render
+from .samplers import Busy, block_profile, install_signal_handler, wall_profile
+from .threads import thread_dump, threadcreate_dump
+from .trace import trace_events
+
+
+def collect(kind: str, seconds: float | None = None, hz: int = 100, gc: bool = False,
+            mode: str = "auto", stop: threading.Event | None = None) -> dict:
+    """Run one profile in this process (blocking for ``seconds`` where it takes a window).
+
+    Returns a JSON-able result that ``render`` turns into bytes, alone or merged with other
+    processes' results. Raises ``Busy`` if a CPU (or heap) profile is already running here.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown profile {kind!r}; one of {', '.join(KINDS)}")
+    if seconds is None:
+        # heap: with tracemalloc on since boot, no window means a plain snapshot
+        seconds = 0.0 if kind == "heap" and tracemalloc.is_tracing() else DEFAULT_SECONDS.get(kind, 0.0)
+    if kind == "profile":
+        return {"kind": kind, "raw": samplers.cpu_profile(seconds, hz, mode, stop)}
+    if kind == "wall":
+        return {"kind": kind, "raw": wall_profile(seconds, hz, stop)}
+    if kind == "heap":
+        return {"kind": kind, "raw": heap_profile(seconds, gc, stop=stop)}
+    if kind in ("block", "mutex"):
+        return {"kind": kind, "raw": block_profile(seconds, hz, kind == "mutex", stop)}
+    if kind == "goroutine":
+        return {"kind": kind, "threads": thread_dump()}
+    if kind == "threadcreate":
+        return {"kind": kind, "threads": threadcreate_dump()}
+    return {"kind": kind, "events": trace_events(seconds, hz, stop)}
+
+
+def write_profile(path: str, kind: str = "profile", seconds: float | None = None, debug: int = 0,
+                  **options) -> str:
+    """Collect ``kind`` in this process and write it to ``path`` (profile.proto.gz, text or JSON).
+
+    From the main thread a CPU profile samples the *other* threads (the main thread is the one
+    waiting here); to profile the main thread's own work, use ``cpu_profile`` around it.
+    """
+    if kind == "profile" and threading.current_thread() is threading.main_thread():
+        options.setdefault("mode", "thread")
+    _, body = render(kind, [collect(kind, seconds, **options)], debug)
+    with open(path, "wb") as f:
+        f.write(body)
+    return path
+
+
+class cpu_profile:
+    """``with cpu_profile("cpu.pb.gz"): work()``: SIGPROF sampling of the main thread around a block
+    (main thread only; elsewhere the other threads are sampled by a thread sampler instead)."""
+
+    def __init__(self, path: str | None = None, hz: int = 100) -> None:
+        self.path, self.hz = path, max(1, min(int(hz), 1000))
+        self.raw: dict | None = None
+
+    def __enter__(self) -> "cpu_profile":
+        if not install_signal_handler():
+            raise RuntimeError("cpu_profile needs the main thread (and SIGPROF free)")
+        if not samplers.CPU_LOCK.acquire(blocking=False):
+            raise Busy("a CPU profile is already running in this process")
+        self._counts: dict = {}
+        self._started = time.monotonic_ns()
+        samplers._SIG_COUNTS = self._counts
+        self._timer = samplers._Timer(self.hz)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.disarm()
+        samplers._SIG_COUNTS = None
+        samplers.CPU_LOCK.release()
+        period = 1_000_000_000 // self.hz
+        raw = new_raw([("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), period,
+                      time.monotonic_ns() - self._started, [f"clock: {self._timer.clock}, SIGPROF at {self.hz} Hz"])
+        table = frames.FrameTable(raw["frames"])
+        labels = {"pid": str(os.getpid()), "thread": threading.main_thread().name}
+        for stack, n in self._counts.items():
+            raw["samples"].append([table.stack(stack), [n, n * period], labels])
+        self.raw = raw
+        if self.path:
+            with open(self.path, "wb") as f:
+                f.write(encode(raw))
