@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from rockstar_mp.aggregator.net import HeadScanner, HeadTooLarge, RepeatFilter
 from rockstar_mp.segment import Segment
 from rockstar_mp.segment.layout import Header
-from tests.helpers import free_port, http_get, poll
+from tests.helpers import free_port, http_get, limit, poll
 
 TOKEN = "flood-test-token"
 HEAD = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -101,7 +101,7 @@ def many_headers(n: int, path: str = "/metrics") -> bytes:
 # -- idle connections, slowloris, keep-alive -------------------------------------------------------------
 HEADER_TIMEOUT = 8.0
 KEEPALIVE_TIMEOUT = 1.0
-MARGIN = 4.0  # beyond a timeout, for the close to reach us on a loaded machine
+MARGIN = limit(4.0)  # beyond a timeout, for the close to reach us on a loaded machine
 
 
 def test_idle_and_slowloris_connections_are_closed_while_metrics_stay_fast(gunicorn_factory):
@@ -131,7 +131,7 @@ def test_idle_and_slowloris_connections_are_closed_while_metrics_stay_fast(gunic
     answered = time.monotonic()
 
     p99 = sorted(latencies)[int(len(latencies) * 0.99) - 1]
-    assert p99 < 0.1, f"/metrics p99 {p99 * 1000:.0f} ms with 2,100 connections waiting"
+    assert p99 < limit(0.1), f"/metrics p99 {p99 * 1000:.0f} ms with 2,100 connections waiting"
     keepalive_peer = Peer(keepalive.sock)
     keepalive.sock.setblocking(False)
     poll(keepalive_peer.read, timeout=answered + KEEPALIVE_TIMEOUT + MARGIN - time.monotonic(),
