@@ -41,6 +41,12 @@ class MonitoringConfig:
     rate_limit_burst: int = 200
     max_request_bytes: int = 65536
     request_timeout: float = 5.0  # seconds for a request body to arrive
+    # Connections to every HTTP port (metrics, pprof); see rockstar_mp/aggregator/net.py.
+    max_connections: int = 1024  # open at once per port; beyond: the longest idle one closes, or 503
+    header_timeout: float = 10.0  # seconds for a request's line and headers to arrive (from connect)
+    keepalive_timeout: float = 5.0  # seconds an idle keep-alive connection is kept
+    max_header_count: int = 100  # request headers; more: 431
+    max_header_bytes: int = 16384  # the request line and headers together; more: 431
     # Go-style profiling (off unless enabled).
     enable_pprof: bool = False
     pprof_path: str = "/debug/pprof"
@@ -128,7 +134,11 @@ class MonitoringConfig:
             raise ValueError(f"optimization_spread must be 0..1, got {self.optimization_spread!r}")
         if self.rate_limit < 0 or self.rate_limit_burst < 1 or self.max_request_bytes < 1:
             raise ValueError("rate_limit must be >= 0, rate_limit_burst and max_request_bytes >= 1")
-        for name in ("optimization_interval", "snapshot_max_age", "tick_interval", "request_timeout"):
+        for name in ("max_connections", "max_header_count", "max_header_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("optimization_interval", "snapshot_max_age", "tick_interval", "request_timeout",
+                     "header_timeout", "keepalive_timeout"):
             value = getattr(self, name)
             if not MIN_SECONDS <= value < float("inf"):  # also refuses NaN and denormal intervals
                 raise ValueError(f"{name} must be a number of seconds >= {MIN_SECONDS}, got {value!r}")

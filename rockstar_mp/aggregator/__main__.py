@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -150,26 +151,45 @@ def bind_then_drop(config: MonitoringConfig, uid: int, gid: int,
 
 
 class HttpServer:
-    """One uvicorn server on a socket we bound, driven from our loop."""
+    """One uvicorn server on a socket we bound, driven from our loop. Its connections are accepted and
+    limited by ``net.Connections`` (``limits``); ``plain_errors`` for the pprof port's text errors."""
 
-    def __init__(self, app, sock: socket.socket, on_started=None) -> None:
+    def __init__(self, app, sock: socket.socket, on_started=None, limits: net.ConnectionLimits | None = None,
+                 plain_errors: bool = False) -> None:
         self.sock = sock
         self.on_started = on_started  # called once uvicorn serves the socket
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=2)
+        limits = limits or net.ConnectionLimits()
+        config = uvicorn.Config(net.HeaderLimit(app, limits, plain_errors), lifespan="off", log_level="warning",
+                                access_log=False, timeout_graceful_shutdown=2, ws="none",
+                                timeout_keep_alive=limits.keepalive_timeout,
+                                h11_max_incomplete_event_size=limits.max_header_bytes)
         config.load()
         self.server = uvicorn.Server(config)
         self.server.lifespan = config.lifespan_class(config)
+        self.connections = net.Connections(sock, limits, plain_errors)
+        protocol_class = net.guarded(config.http_protocol_class, self.connections)
+        self.connections.make_protocol = lambda: protocol_class(
+            config=config, server_state=self.server.server_state, app_state=self.server.lifespan.state)
 
     async def run(self) -> None:
-        await self.server.startup(sockets=[self.sock])
+        await self.server.startup(sockets=[])  # we accept (self.connections), not asyncio's server
+        self.connections.start()
         if self.on_started is not None and self.server.started:
             self.on_started()
         await self.server.main_loop()
-        await self.server.shutdown(sockets=[self.sock])
+        self.connections.stop()
+        await self.server.shutdown(sockets=[])
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    """Once per interval, with a count; OSError (out of descriptors: the environment) without a traceback."""
+    if isinstance(exc, OSError):
+        log.error("rockstar-mp aggregator: %s: %s", what, exc, extra=net.REPEATED)
+    else:
+        log.exception("rockstar-mp aggregator: %s", what, extra=net.REPEATED)
 
 
 async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_dir: str | None = None,
@@ -179,18 +199,22 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
     loop = asyncio.get_running_loop()
     history = HistoryWriter.from_config(config, run_dir)  # None when history_interval=0
     state.history = history  # read by the history endpoint (and system_json's history_errors)
+    net.check_fd_limit(config.max_connections, 2 if config.enable_pprof else 1)
+    limits = net.ConnectionLimits.from_config(config)
 
     def announce() -> None:
         if status is not None:
             status.report(f"serving {url_of(sock, config.metrics_path)}")
 
-    servers = [HttpServer(create_app(state), sock, on_started=announce)]
+    servers = [HttpServer(create_app(state), sock, on_started=announce, limits=limits)]
+    repeats = net.quiet_repeats()  # after uvicorn's logging config
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     tasks = [asyncio.create_task(s.run()) for s in servers]
     if run_dir:  # the /debug/pprof tree, served once enable_pprof is on (aggregator/pprof.py)
-        tasks.append(asyncio.create_task(run_pprof_server(state, run_dir, HttpServer, stopping)))
+        make_pprof_server = functools.partial(HttpServer, limits=limits, plain_errors=True)
+        tasks.append(asyncio.create_task(run_pprof_server(state, run_dir, make_pprof_server, stopping)))
     tasks.append(asyncio.create_task(run_schedule(state, stopping)))
     tasks.append(asyncio.create_task(run_snmp(state, stopping)))  # follows runtime control
     next_refresh = 0.0
@@ -204,13 +228,14 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
                 state.refresh_processes(full=refreshes % PROCESS_DETAIL_EVERY == 0)
                 refreshes += 1
                 next_refresh = time.monotonic() + PROCESS_REFRESH
-        except Exception:  # never let one bad tick stop serving
-            log.exception("rockstar-mp aggregator: tick failed")
+        except Exception as exc:  # never let one bad tick stop serving
+            _log_failure("tick failed", exc)
         if history is not None:
             try:
                 history.maybe_write(state)  # renders on the loop, writes in the history thread
-            except Exception:
-                log.exception("rockstar-mp aggregator: history snapshot failed")
+            except Exception as exc:
+                _log_failure("history snapshot failed", exc)
+        repeats.flush()
         try:
             await asyncio.wait_for(stopping.wait(), timeout=config.tick_interval)
         except asyncio.TimeoutError:

@@ -5,7 +5,7 @@ Admin endpoints always need a token, even when reading is open (``require_auth=F
 without one. A token is only ever read from the ``Authorization`` header, never the query string (URLs
 end up in logs).
 
-Every endpoint is rate limited per client address (a token bucket: ``rate_limit`` requests a second,
+Every endpoint is rate limited per token, else per address (a token bucket: ``rate_limit`` requests a second,
 bursts of ``rate_limit_burst``; 429 with ``Retry-After``), request bodies are capped at
 ``max_request_bytes`` and must arrive within ``request_timeout`` seconds (``BodyDeadline``: a body
 announced and never begun, on any endpoint; ``read_json_body``: one begun and left unfinished).
@@ -72,31 +72,61 @@ def refuse_token_in_query(req) -> None:
 
 
 class RateLimit:
-    """Falcon middleware: a token bucket per client address."""
+    """Falcon middleware: a token bucket per client, before the token check and any rendering.
+
+    A request carrying a valid token (``auth_token`` or ``admin_token``) draws on that token's own
+    bucket; any other (no token, a wrong one) on its address's. So an authenticated scraper keeps its
+    budget whatever floods its address (127.0.0.1 shared with everything local), while token guesses
+    are limited per address."""
 
     def __init__(self, state: AggregatorState) -> None:
         self._state = state
-        self._buckets: OrderedDict[str, list] = OrderedDict()  # client -> [tokens, last time]
+        self._buckets: OrderedDict[str, list] = OrderedDict()  # address -> [tokens, last time]
+        self._token_buckets: dict[bytes, list] = {}  # digest of a valid token -> [tokens, last time]
 
     async def process_request(self, req, resp) -> None:
         config = self._state.config
         if config.rate_limit <= 0:
             return
-        now = time.monotonic()
-        client = req.remote_addr or "?"
-        bucket = self._buckets.pop(client, None) or [float(config.rate_limit_burst), now]
+        token = _valid_token(req, config)
+        if token is not None:
+            bucket = self._token_buckets.setdefault(token, [float(config.rate_limit_burst), time.monotonic()])
+            client = "this token"
+        else:
+            client = req.remote_addr or "?"
+            bucket = self._address_bucket(client, config)
+        _take(bucket, config, client)
+
+    def _address_bucket(self, client: str, config: MonitoringConfig) -> list:
+        bucket = self._buckets.pop(client, None) or [float(config.rate_limit_burst), time.monotonic()]
         self._buckets[client] = bucket  # most recently seen last
         if len(self._buckets) > MAX_CLIENTS:
             self._buckets.popitem(last=False)
-        tokens = min(config.rate_limit_burst, bucket[0] + (now - bucket[1]) * config.rate_limit)
-        bucket[1] = now
-        if tokens < 1:
-            bucket[0] = tokens
-            retry = max(1, math.ceil((1 - tokens) / config.rate_limit))
-            raise falcon.HTTPTooManyRequests(title="429 Too Many Requests", retry_after=retry,
-                                             description=f"more than {config.rate_limit:g} requests a "
-                                                         f"second from {client}; retry in {retry} s")
-        bucket[0] = tokens - 1
+        return bucket
+
+
+def _valid_token(req, config: MonitoringConfig) -> bytes | None:
+    """The digest of the request's bearer token if it is one of ours, else None."""
+    given = bearer_token(req)
+    if given is None:
+        return None
+    tokens = [t for t in (config.auth_token, config.admin_token) if t]
+    matches = [t for t in tokens if token_matches(given, t)]  # every one compared: no short cut
+    return _digest(matches[0]) if matches else None
+
+
+def _take(bucket: list, config: MonitoringConfig, client: str) -> None:
+    """Take one token from ``bucket`` (refilled at ``rate_limit`` a second), or raise 429."""
+    now = time.monotonic()
+    tokens = min(config.rate_limit_burst, bucket[0] + (now - bucket[1]) * config.rate_limit)
+    bucket[1] = now
+    if tokens < 1:
+        bucket[0] = tokens
+        retry = max(1, math.ceil((1 - tokens) / config.rate_limit))
+        raise falcon.HTTPTooManyRequests(title="429 Too Many Requests", retry_after=retry,
+                                         description=f"more than {config.rate_limit:g} requests a "
+                                                     f"second from {client}; retry in {retry} s")
+    bucket[0] = tokens - 1
 
 
 ErrorBody = Callable[[str, str], tuple]  # (title, description) -> (content type, body bytes, extra headers)

@@ -38,6 +38,7 @@ from typing import Callable
 from ..segment import LIVE, RETIRED, CatalogueFull, CatalogueWriter, Segment, SlotInfo, process_alive
 from ..segment import catalogue_bytes, published_count, read_entries, reset_body
 from ..segment.layout import Body, Header
+from ..segment.segment import liveness_unknown
 from ..series import (COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, OWN_FAMILIES, SeriesKey, exposed_names,
                       is_reserved)
 
@@ -275,9 +276,13 @@ class Merger:
 
     # -- dead workers ---------------------------------------------------------------------------
     def collect_dead(self) -> int:
-        """Retire live slabs whose worker died unseen, and fold every retired slab. Returns folds."""
+        """Retire live slabs whose worker died unseen, and fold every retired slab. Returns folds.
+
+        Only "no such process" retires a slab: a worker whose liveness cannot be read (the aggregator
+        out of descriptors, ``/proc`` unreadable) keeps it, and is counted (``liveness_unknown``)."""
         folded = 0
         now = time.time()
+        unknown = liveness_unknown()
         for slot in self.segment.slots():
             if slot.state == LIVE and (
                     slot.pid and not process_alive(slot.pid, slot.proc_start)
@@ -287,6 +292,10 @@ class Merger:
             if slot.state == RETIRED:
                 self._fold(slot)
                 folded += 1
+        if liveness_unknown() > unknown:
+            log.warning("rockstar-mp aggregator: could not tell whether %d worker(s) are alive (out of file "
+                        "descriptors?): their slabs are kept", liveness_unknown() - unknown,
+                        extra={"repeated": True})  # once per interval with a count (net.RepeatFilter)
         return folded
 
     def _fold(self, slot: SlotInfo) -> None:

@@ -21,7 +21,7 @@ import falcon.asgi
 from ..profiling import DEFAULT_SECONDS, KINDS, TIMED, render
 from ..profiling.channel import WorkerUnavailable, ask, socket_path
 from . import params
-from .admin import BodyDeadline
+from .admin import BodyDeadline, RateLimit
 from .http import BearerAuth
 from .net import listen_tcp
 from .state import AggregatorState
@@ -233,7 +233,7 @@ class _Tree:
 
 def create_pprof_app(state: AggregatorState, run_dir: str) -> BodyDeadline:
     """The pprof app served on ``pprof_port`` (behind the bearer token when ``require_auth``)."""
-    app = falcon.asgi.App(middleware=[BearerAuth(state.config)])
+    app = falcon.asgi.App(middleware=[RateLimit(state), BearerAuth(state.config)])
     app.set_error_serializer(_pprof_error)
     app.add_sink(_Tree(Pprof(state, run_dir)).handle, prefix="/")
     return BodyDeadline(app, state, _go_error_body)

@@ -16,6 +16,7 @@ from ..config import MonitoringConfig
 from ..control import apply_overrides, read_overrides
 from ..segment import STATE_NAMES, Segment, process_alive
 from ..segment.layout import Body, Header
+from ..segment.segment import liveness_unknown
 from .merge import Merger, Snapshot
 from .optimize import OptimizationSchedule
 from .workload import RingDrain, Window, sketch_totals
@@ -229,6 +230,7 @@ class AggregatorState:
             "claim_failures": snap.claim_failures,
             "space_failures": Header.space_failures.get(self.segment.buf),
             "hook_failures": Header.hook_failures.get(self.segment.buf),
+            "liveness_unknown": liveness_unknown(),  # workers kept when /proc could not tell (EMFILE)
             "segment_unlinked": Header.segment_unlinked.get(self.segment.buf),
             "retired_overflow": snap.retired_overflow,
             "name_conflicts": snap.name_conflicts,

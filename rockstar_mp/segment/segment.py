@@ -54,15 +54,28 @@ def process_start(pid: int) -> float:
         return 0.0
 
 
+NO_SUCH_PROCESS = (errno.ENOENT, errno.ESRCH)
+_liveness_unknown = 0  # answers process_alive could not know (see liveness_unknown)
+
+
+def liveness_unknown() -> int:
+    """How many times ``process_alive`` could not tell (out of descriptors, ``/proc`` unreadable) and
+    answered "alive" in this process."""
+    return _liveness_unknown
+
+
 def _proc_stat(pid: int) -> tuple[bytes, float] | None:
     """``(state letter, create time)`` from ``/proc/<pid>/stat``, computed as psutil computes its
     ``create_time`` (start ticks / CLK_TCK + boot time); None if there is no such process. About 4x
-    cheaper than a ``psutil.Process``: the aggregator asks for every live worker on every tick."""
+    cheaper than a ``psutil.Process``: the aggregator asks for every live worker on every tick.
+    Raises OSError when ``/proc`` cannot tell (EMFILE, EACCES, ...)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno in NO_SUCH_PROCESS:
+            return None
+        raise
     fields = data[data.rfind(b")") + 2:].split()
     global _BOOT_TIME
     if _BOOT_TIME is None:
@@ -71,7 +84,12 @@ def _proc_stat(pid: int) -> tuple[bytes, float] | None:
 
 
 def process_alive(pid: int, start: float = 0.0) -> bool:
-    """Is ``pid`` running (not a zombie) and, when ``start`` is given, the same process as then?"""
+    """Is ``pid`` running (not a zombie) and, when ``start`` is given, the same process as then?
+
+    Only "no such process" (ENOENT, ESRCH) is an answer of death: when ``/proc`` cannot be read (the
+    process is out of descriptors, EACCES, ...) the answer is True, counted (``liveness_unknown``),
+    unless ``kill(pid, 0)``, which needs no descriptor, says there is no such process. A caller
+    retiring a live worker's slab on a guess would lose its counts."""
     if pid <= 0:
         return False
     if _CLOCK_TICKS:
@@ -79,6 +97,8 @@ def process_alive(pid: int, start: float = 0.0) -> bool:
             seen = _proc_stat(pid)
         except (ValueError, IndexError):
             seen = (b"?", 0.0)  # an unexpected format: psutil decides below
+        except OSError:
+            return _exists_or_unknown(pid)
         if seen is None or seen[0] == b"Z":
             return False
         if not start or abs(seen[1] - start) < 0.01:
@@ -89,8 +109,23 @@ def process_alive(pid: int, start: float = 0.0) -> bool:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         return not start or abs(proc.create_time() - start) < 0.01
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except psutil.NoSuchProcess:
         return False
+    except (psutil.Error, OSError):
+        return _exists_or_unknown(pid)
+
+
+def _exists_or_unknown(pid: int) -> bool:
+    """False if ``pid`` certainly does not exist; otherwise True, counted as an unknown answer."""
+    global _liveness_unknown
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # EPERM: it exists, under another user
+    _liveness_unknown += 1
+    return True
 
 
 class Segment:
