@@ -16,10 +16,23 @@ import sys
 import time
 import timeit
 
-from .settings import (CHURN_COLD_RUNS, CHURN_LIVE, CHURN_SERIES, CHURN_STEADY_RUNS, COLD_RUNS, NUMBER,
-                       OUR_RESTARTS, PROM_SCRAPES, REPEATS, REQUEST_NUMBER, REQUEST_REPEATS, REQUEST_WARMUP,
-                       SERIES, STEADY_RUNS, WORKERS)
-
+from .settings import (
+    CHURN_COLD_RUNS,
+    CHURN_LIVE,
+    CHURN_SERIES,
+    CHURN_STEADY_RUNS,
+    COLD_RUNS,
+    NUMBER,
+    OUR_RESTARTS,
+    PROM_SCRAPES,
+    REPEATS,
+    REQUEST_NUMBER,
+    REQUEST_REPEATS,
+    REQUEST_WARMUP,
+    SERIES,
+    STEADY_RUNS,
+    WORKERS,
+)
 
 # -- ours ------------------------------------------------------------------------------------------
 _START: float | None = None  # this process's create time, as a worker records it

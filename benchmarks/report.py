@@ -5,10 +5,30 @@ from __future__ import annotations
 import os
 import sys
 
-from .settings import (CHURN_COLD_RUNS, CHURN_LIVE, CHURN_SERIES, CHURN_STEADY_RUNS, COLD_RUNS, NUMBER,
-                       OUR_RESTARTS, PROM_RESTARTS, PROM_SCRAPES, REPEATS, REQUEST_NUMBER, REQUEST_REPEATS,
-                       SCRAPE_ROUNDS, SERIES, SERVER_WORKERS, STEADY_RUNS, WORKERS, WRK_CONNECTIONS, WRK_ROUNDS,
-                       WRK_SECONDS, WRK_THREADS, WRK_WARMUP_SECONDS)
+from .settings import (
+    CHURN_COLD_RUNS,
+    CHURN_LIVE,
+    CHURN_SERIES,
+    CHURN_STEADY_RUNS,
+    COLD_RUNS,
+    NUMBER,
+    OUR_RESTARTS,
+    PROM_RESTARTS,
+    PROM_SCRAPES,
+    REPEATS,
+    REQUEST_NUMBER,
+    REQUEST_REPEATS,
+    SCRAPE_ROUNDS,
+    SERIES,
+    SERVER_WORKERS,
+    STEADY_RUNS,
+    WORKERS,
+    WRK_CONNECTIONS,
+    WRK_ROUNDS,
+    WRK_SECONDS,
+    WRK_THREADS,
+    WRK_WARMUP_SECONDS,
+)
 
 COMPARISON_HEADER = ("figure", "rockstar-mp", "prometheus_client", "ours/theirs", "target", "result")
 COST_HEADER = ("figure", "rockstar-mp on", "off", "cost", "target", "result")

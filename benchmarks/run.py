@@ -25,13 +25,44 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import ops
-from .report import (fmt_delta, fmt_time, print_churn_footnotes, print_micro_footnotes, print_ops_table,
-                     print_request_footnotes, print_scrape_footnotes, print_tables, verdict)
+from .report import (
+    fmt_delta,
+    fmt_time,
+    print_churn_footnotes,
+    print_micro_footnotes,
+    print_ops_table,
+    print_request_footnotes,
+    print_scrape_footnotes,
+    print_tables,
+    verdict,
+)
 from .servers import Server, child_env, run_wrk
-from .settings import (CHURN_LIVE, CHURN_NOISE, CHURN_SERIES, NUMBER, OUR_RESTARTS, PARALLEL, PROM_RESTARTS,
-                       PROM_SCRAPES, REPEATS, REQUEST_NUMBER, REQUEST_REPEATS, REQUEST_TARGET, ROOT, SCRAPE_ROUNDS,
-                       SERIES, SERVER_WORKERS, TARGETS, THROUGHPUT_TARGET, WORKERS, WRK_CONNECTIONS, WRK_ROUNDS,
-                       WRK_SECONDS, WRK_THREADS, WRK_WARMUP_SECONDS)
+from .settings import (
+    CHURN_LIVE,
+    CHURN_NOISE,
+    CHURN_SERIES,
+    NUMBER,
+    OUR_RESTARTS,
+    PARALLEL,
+    PROM_RESTARTS,
+    PROM_SCRAPES,
+    REPEATS,
+    REQUEST_NUMBER,
+    REQUEST_REPEATS,
+    REQUEST_TARGET,
+    ROOT,
+    SCRAPE_ROUNDS,
+    SERIES,
+    SERVER_WORKERS,
+    TARGETS,
+    THROUGHPUT_TARGET,
+    WORKERS,
+    WRK_CONNECTIONS,
+    WRK_ROUNDS,
+    WRK_SECONDS,
+    WRK_THREADS,
+    WRK_WARMUP_SECONDS,
+)
 
 MICRO = ("1", "2", "3")  # one child measures the three
 REQUEST = ("6", "7")

@@ -40,8 +40,15 @@ if TYPE_CHECKING:
     from .control import OptimizationStats
     from .master.manager import MonitoringManager
     from .metrics import Counter, CounterSeries, Gauge, GaugeSeries, Histogram, HistogramSeries, Registry
-    from .segment import (CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError,
-                          UntrustedFile)
+    from .segment import (
+        CatalogueFull,
+        LayoutMismatch,
+        MetricNameConflict,
+        NoFreeSlab,
+        NoSpace,
+        RockstarError,
+        UntrustedFile,
+    )
     from .worker.attach import attach_worker
 
 

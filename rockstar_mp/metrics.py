@@ -40,8 +40,20 @@ from typing import Callable, Generic, Iterable, Sequence, TypeVar
 
 from .segment import CatalogueFull
 from .segment.errors import MetricNameConflict
-from .series import (COUNTER, GAUGE, GAUGE_MODES, HISTOGRAM, OWN_FAMILIES, RESERVED_PREFIX, SeriesKey,
-                     check_labelnames, check_name, exposed_names, is_reserved, main_name)
+from .series import (
+    COUNTER,
+    GAUGE,
+    GAUGE_MODES,
+    HISTOGRAM,
+    OWN_FAMILIES,
+    RESERVED_PREFIX,
+    SeriesKey,
+    check_labelnames,
+    check_name,
+    exposed_names,
+    is_reserved,
+    main_name,
+)
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 

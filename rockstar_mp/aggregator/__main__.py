@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import logging
 import os
 import signal
@@ -28,17 +27,17 @@ import uvicorn
 
 from .._linux import set_parent_death_signal
 from ..config import MonitoringConfig
+from ..privileges import drop_to
 from ..segment import RockstarError, Segment
 from ..segment.layout import Header
+from . import net
 from .history import HistoryWriter
 from .http import create_app
-from . import net
 from .net import listen_tcp
+from .optimize import run_schedule
+from .pprof import run_pprof_server
 from .snmp.agent import RCVBUF as SNMP_RCVBUF
 from .snmp.agent import preload as preload_snmp
-from ..privileges import drop_to
-from .pprof import run_pprof_server
-from .optimize import run_schedule
 from .snmp.runtime import run_snmp
 from .state import AggregatorState
 

@@ -37,8 +37,8 @@ import falcon.asgi
 
 from .. import safefs
 from ..config import MonitoringConfig
-from .exposition import _number, render_json
 from . import params
+from .exposition import _number, render_json
 
 log = logging.getLogger("rockstar_mp.aggregator")
 

@@ -11,10 +11,15 @@ import falcon.asgi
 
 from ..config import MonitoringConfig
 from ..control import totals
-from .exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, render_json, render_openmetrics,
-                         render_prometheus)
-from .admin import BodyDeadline, RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
 from . import params
+from .admin import BodyDeadline, RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
+from .exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    PROMETHEUS_CONTENT_TYPE,
+    render_json,
+    render_openmetrics,
+    render_prometheus,
+)
 from .history import HistoryResource, history_route
 from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
 from .state import AggregatorState

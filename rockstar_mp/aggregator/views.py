@@ -16,11 +16,10 @@ import falcon.asgi
 
 from ..segment import STATE_NAMES, text
 from ..segment.layout import Body
-from ..sketch import RELATIVE_ERROR
+from ..sketch import RELATIVE_ERROR, quantile
 from . import params
-from .state import AggregatorState
-from ..sketch import quantile
 from .exposition import ExtraFamily
+from .state import AggregatorState
 from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, sketch_totals, summarize
 
 MAX_LIMIT = 10_000

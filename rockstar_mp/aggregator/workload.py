@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 
 from ..segment import LIVE, RETIRED, Segment, log_ring, read_ring, record_ring, text
 from ..segment.layout import Header

@@ -27,12 +27,19 @@ import tempfile
 
 from .. import safefs
 from ..config import MonitoringConfig
-from ..control import (OptimizationStats, apply_overrides, read_overrides, read_worker, request_optimization,
-                       totals, write_overrides)
-from ..segment import LIVE, Geometry, RockstarError, Segment, stale_segments
-from ..segment.layout import heap_bytes_for
+from ..control import (
+    OptimizationStats,
+    apply_overrides,
+    read_overrides,
+    read_worker,
+    request_optimization,
+    totals,
+    write_overrides,
+)
 from ..environment import RUN_DIR_ENV, SEGMENT_ENV, SEGMENT_FD_ENV
 from ..privileges import resolve
+from ..segment import LIVE, Geometry, RockstarError, Segment, stale_segments
+from ..segment.layout import heap_bytes_for
 from .supervisor import AggregatorSupervisor
 
 log = logging.getLogger("rockstar_mp.master")

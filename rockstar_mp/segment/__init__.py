@@ -3,8 +3,7 @@
 This package imports nothing else of rockstar-mp: workers, masters and the aggregator all build on it.
 """
 from .catalogue import CatalogueWriter, catalogue_bytes, published_count, read_entries, reset_body
-from .errors import (CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError,
-                     UntrustedFile)
+from .errors import CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError, UntrustedFile
 from .layout import FREE, LIVE, RETIRED, STATE_NAMES, Geometry
 from .ring import RingWriter, fit, log_ring, read_ring, record_ring, text
 from .segment import Segment, SlotInfo, process_alive, process_start, stale_segments

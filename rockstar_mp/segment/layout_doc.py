@@ -16,9 +16,28 @@ import argparse
 import sys
 
 from . import layout
-from .layout import (BODY_HEADER_SIZE, HEADER_SIZE, LOG, LOG_FIELDS, LOG_SLOT, PAGE, RECORD, RECORD_FIELDS,
-                     RECORD_SLOT, SLOT_PAYLOAD, SLOT_SEQ, TABLE_ENTRY_SIZE, Body, BodyLayout, Field, Geometry, Header,
-                     Slot, round_up, spans)
+from .layout import (
+    BODY_HEADER_SIZE,
+    HEADER_SIZE,
+    LOG,
+    LOG_FIELDS,
+    LOG_SLOT,
+    PAGE,
+    RECORD,
+    RECORD_FIELDS,
+    RECORD_SLOT,
+    SLOT_PAYLOAD,
+    SLOT_SEQ,
+    TABLE_ENTRY_SIZE,
+    Body,
+    BodyLayout,
+    Field,
+    Geometry,
+    Header,
+    Slot,
+    round_up,
+    spans,
+)
 
 BEGIN = "<!-- BEGIN generated from rockstar_mp/segment/layout.py by `make docs`: edit layout.py, not this -->"
 END = "<!-- END generated -->"

@@ -23,8 +23,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .keys import (DEFAULT_REQUEST_ID_KEY, DEFAULT_TENANT_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED,
-                   WSGI_KEY)
+from .keys import DEFAULT_REQUEST_ID_KEY, DEFAULT_TENANT_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
 from .workload import RECORDER, template_path
 
 UNROUTED = UNMATCHED  # the route of a request Falcon routed nowhere (a 404): one value however many paths
