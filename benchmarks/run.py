@@ -283,7 +283,8 @@ def request_figures(session: Session, figs: tuple = REQUEST):
     if runs7 is not None:
         median_off = statistics.median(r["rps"] for r in runs7["off"])
         median_on = statistics.median(r["rps"] for r in runs7["on"])
-        loss7 = (1 - statistics.median(on["rps"] / off["rps"] for on, off in zip(runs7["on"], runs7["off"]))) * 100
+        rounds = zip(runs7["on"], runs7["off"], strict=True)
+        loss7 = (1 - statistics.median(on["rps"] / off["rps"] for on, off in rounds)) * 100
         rows2.append((f"7. req/s, wrk, {SERVER_WORKERS} workers: on vs off", f"{median_on:,.0f}",
                       f"{median_off:,.0f}", f"{-loss7:+.1f}%", f"loss <= {THROUGHPUT_TARGET:g}%",
                       verdict(loss7 <= THROUGHPUT_TARGET)))
