@@ -273,7 +273,7 @@ def parse_users(value) -> list[SnmpUser]:
             if len(parts) != 5:
                 raise ValueError("snmp_users entries are 'name:AUTH:authkey:PRIV:privkey' "
                                  f"(or 'name:AUTH:authkey'), got {len(parts)} fields")
-            entry = dict(zip(("user", "auth_protocol", "auth_key", "priv_protocol", "priv_key"), parts))
+            entry = dict(zip(("user", "auth_protocol", "auth_key", "priv_protocol", "priv_key"), parts, strict=True))
         if not isinstance(entry, dict):
             raise ValueError(f"snmp_users entries must be strings or dicts, got {type(entry).__name__}")
         unknown = set(entry) - {"user", "name", "auth_protocol", "auth_key", "priv_protocol", "priv_key"}

@@ -32,8 +32,9 @@ ANSWER_GRACE = 15.0  # seconds a worker gets beyond the profile's window to answ
 
 DESCRIPTIONS = {
     "profile": "CPU profile (cpu/nanoseconds, samples/count). Sync workers: SIGPROF every 10 ms of "
-               "the main thread's CPU time (a POSIX CPU-clock timer), sampling the main thread; threaded workers (gthread): a thread sampler reading "
-               "each thread's CPU time, biased toward GIL release points. ?seconds=N (default 30).",
+               "the main thread's CPU time (a POSIX CPU-clock timer), sampling the main thread; threaded workers "
+               "(gthread): a thread sampler reading each thread's CPU time, biased toward GIL release points. "
+               "?seconds=N (default 30).",
     "wall": "Wall-clock samples of every thread (wall/nanoseconds): where time goes, running or "
             "waiting. ?seconds=N (default 30).",
     "heap": "In-use memory by allocation site (inuse_space, inuse_objects) from tracemalloc, started "
@@ -139,7 +140,7 @@ class Pprof:
             if kind == "profile":
                 self._cpu_running.difference_update(pids)
         results, missing, statuses = [], [], []
-        for pid, answer in zip(pids, answers):
+        for pid, answer in zip(pids, answers, strict=True):
             if answer is None:
                 missing.append(pid)
             elif answer.get("ok"):

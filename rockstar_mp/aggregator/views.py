@@ -224,7 +224,7 @@ def exported_families(state: AggregatorState) -> tuple:
     procs = [state.procs.stats.get(pid, {}) for pid in pids]
 
     def per_worker(field: str) -> list:
-        return [("", ("pid",), (str(pid),), p[field]) for pid, p in zip(pids, procs)
+        return [("", ("pid",), (str(pid),), p[field]) for pid, p in zip(pids, procs, strict=True)
                 if p.get(field) is not None]
 
     system = state.system_json(snap)

@@ -87,7 +87,7 @@ def _columns(rates: dict | None) -> list[Column]:
 
 
 def _row(cells: list[str], cols: list[Column]) -> str:
-    return " ".join(c.rjust(col.width) if col.width else c for c, col in zip(cells, cols)).rstrip()
+    return " ".join(c.rjust(col.width) if col.width else c for c, col in zip(cells, cols, strict=True)).rstrip()
 
 
 def worker_table(workers: list[dict], rates: dict | None = None) -> list[str]:

@@ -8,6 +8,8 @@ from .layout import FREE, LIVE, RETIRED, STATE_NAMES, Geometry
 from .ring import RingWriter, fit, log_ring, read_ring, record_ring, text
 from .segment import Segment, SlotInfo, process_alive, process_start, stale_segments
 
-__all__ = ["CatalogueWriter", "catalogue_bytes", "published_count", "read_entries", "reset_body", "CatalogueFull", "LayoutMismatch",
-           "MetricNameConflict", "NoFreeSlab", "NoSpace", "RockstarError", "UntrustedFile", "FREE", "LIVE", "RETIRED", "STATE_NAMES", "Geometry",
-           "Segment", "SlotInfo", "RingWriter", "fit", "log_ring", "read_ring", "record_ring", "text", "process_alive", "process_start", "stale_segments"]
+__all__ = ["CatalogueWriter", "catalogue_bytes", "published_count", "read_entries", "reset_body",
+           "CatalogueFull", "LayoutMismatch", "MetricNameConflict", "NoFreeSlab", "NoSpace", "RockstarError",
+           "UntrustedFile", "FREE", "LIVE", "RETIRED", "STATE_NAMES", "Geometry", "Segment", "SlotInfo",
+           "RingWriter", "fit", "log_ring", "read_ring", "record_ring", "text", "process_alive", "process_start",
+           "stale_segments"]

@@ -274,7 +274,8 @@ def with_generated(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rockstar_mp.segment.layout_doc", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rockstar_mp.segment.layout_doc",
+                                     description=__doc__.split("\n")[0])
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", metavar="DOC", help="rewrite the generated part of DOC in place")
     action.add_argument("--check", metavar="DOC", help="exit 1 if the generated part of DOC is not current")

@@ -240,7 +240,8 @@ class Sequencer:
 
 
 def _labels(key) -> str:
-    return ",".join(f'{n}="{v}"' for n, v in zip(key.labelnames, key.labelvalues))
+    # not strict: keys are decoded from what workers wrote, unchecked; a malformed one loses labels, not the walk
+    return ",".join(f'{n}="{v}"' for n, v in zip(key.labelnames, key.labelvalues, strict=False))
 
 
 def _number_text(value: float) -> str:
