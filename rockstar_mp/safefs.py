@@ -263,7 +263,7 @@ def _live_config_in(directory: str) -> bool:
 
 def remove_dead_masters_configs(directory: str) -> list[str]:
     """Unlink the aggregator configs (tokens inside) of dead masters in ``directory``: files of ours only."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:
@@ -279,7 +279,7 @@ def remove_dead_masters_configs(directory: str) -> list[str]:
 def remove_dead_masters_temp_dirs(parent: str, keep: str | None = None) -> list[str]:
     """Remove the temporary run dirs in ``parent`` of ours whose master (named in the directory) and
     every master with a config inside (one re-executed by USR2 inherits the directory) are dead."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(parent)
     except OSError:
