@@ -27,7 +27,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 log = logging.getLogger("rockstar_mp.safefs")
 
@@ -204,6 +204,10 @@ class RunDir(NamedTuple):
     temporary: bool  # a mkdtemp: removed by the last master at a clean exit
 
 
+@overload
+def effective_run_dir(configured: str, create: Literal[True] = True) -> RunDir: ...
+@overload
+def effective_run_dir(configured: str, create: bool) -> RunDir | None: ...
 def effective_run_dir(configured: str, create: bool = True) -> RunDir | None:
     """Where our files go for the configured ``run_dir`` (see the module doc). With ``create=False``
     nothing is created: the directory a master would have made, or None."""

@@ -199,7 +199,7 @@ class Screen:
     def __init__(self, out, keys_from=None) -> None:
         self.out = out
         self.tty = out.isatty()
-        self._keys = None
+        self._keys: int | None = None
         self._saved = None
         if self.tty and keys_from is not None and _foreground_tty(keys_from):
             import termios
@@ -241,7 +241,7 @@ class Screen:
         return False
 
     def close(self) -> None:
-        if self._saved is not None:
+        if self._saved is not None and self._keys is not None:
             import termios
             termios.tcsetattr(self._keys, termios.TCSADRAIN, self._saved)
             self._saved = None

@@ -145,12 +145,12 @@ class MonitoringManager:
         """Apply a new config (gunicorn HUP): the aggregator restarts with it; the segment stays."""
         self.config = config.with_env()
         self.run_as = _aggregator_identity(self.config)
-        if self._supervisor is None:
-            return
+        if self._supervisor is None or self.segment is None:
+            return  # not started (the two are set together)
         self._write_aggregator_config()
         self._supervisor.stop()
         self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path(), self.segment.fileno(),
-                                                self.run_as)  # type: ignore
+                                                self.run_as)
         self._supervisor.start()
 
     def stop(self) -> None:
