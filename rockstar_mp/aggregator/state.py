@@ -39,7 +39,7 @@ class ProcessStats:
     def refresh(self, pids: list[int], full: bool = False) -> None:
         """``full`` also reads USS/PSS (smaps, a few ms a worker) and open fds; otherwise those are
         kept from the last full refresh."""
-        stats = {}
+        stats: dict[int, dict] = {}
         for pid in pids:
             proc = self._procs.get(pid)
             try:

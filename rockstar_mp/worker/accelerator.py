@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import os
+import types
 
 from ..segment.layout import RECORD_SPANS, SLOT_PAYLOAD, SLOT_SEQ
 from ..sketch import BUCKET_SCALE, MIN_SECONDS
@@ -20,7 +21,7 @@ from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY,
 
 PURE_PYTHON_ENV = "ROCKSTAR_PURE_PYTHON"
 
-hotpath = None
+hotpath: types.ModuleType | None = None
 if os.environ.get(PURE_PYTHON_ENV, "").lower() not in ("1", "true", "yes"):
     try:
         from .. import _hotpath as hotpath  # type: ignore[no-redef]

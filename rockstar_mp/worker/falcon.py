@@ -39,7 +39,8 @@ class WorkloadMiddleware:
         self._tenant = tenant
         self._request_id_key = _environ_key(request_id_header)
         if wsgi_layer:
-            self.process_request = None  # Falcon skips a hook that is None; the WSGI layer times the request
+            # the type of a method cannot say "absent on this instance"
+            self.process_request = None  # type: ignore[method-assign,assignment]  # Falcon skips a hook that is None; the WSGI layer times the request
 
     def process_request(self, req, resp) -> None:
         env = req.env
