@@ -119,7 +119,7 @@ class MetricsSink:
 
 def create_app(state: AggregatorState) -> BodyDeadline:
     """The app served on ``metrics_port``: metrics, views, history and the admin endpoints."""
-    app = falcon.asgi.App(middleware=[RateLimit(state), BearerAuth(state.config)])
+    app = falcon.asgi.App(middleware=(RateLimit(state), BearerAuth(state.config)))
     app.set_error_serializer(_json_errors)
     app.add_route(history_route(state.config), HistoryResource(state))
     add_views(app, state)

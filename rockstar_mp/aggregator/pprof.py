@@ -246,7 +246,8 @@ async def run_pprof_server(state: AggregatorState, run_dir: str, make_server, st
     ``enable_pprof`` is on (at start, or later at runtime); the port stays bound once opened (the
     app answers 404 while pprof is off). ``make_server(app, sock)`` is the aggregator's HttpServer.
     Binding never blocks the loop: a busy port is retried on the next poll (and logged once)."""
-    server = task = None
+    server = None
+    task: asyncio.Task | None = None
     logged = False
     try:
         while not stopping.is_set():
@@ -268,4 +269,5 @@ async def run_pprof_server(state: AggregatorState, run_dir: str, make_server, st
     finally:
         if server is not None:
             server.stop()
-            await asyncio.gather(task, return_exceptions=True)
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -18,6 +19,9 @@ from ..segment.layout import Header
 from .merge import Merger, Snapshot
 from .optimize import OptimizationSchedule
 from .workload import RingDrain, Window, sketch_totals
+
+if TYPE_CHECKING:
+    from .history import HistoryWriter
 
 GC_SERIES = "rockstar.gc.collections"
 PATH_CHECK_SECONDS = 1.0
@@ -87,7 +91,7 @@ class AggregatorState:
         self.rings = RingDrain(segment, config.recent_records, config.recent_logs)
         self.window = Window(config.window_seconds)
         self.optimization = OptimizationSchedule(segment)
-        self.history = None  # a HistoryWriter when history is on (set by the aggregator's serve())
+        self.history: HistoryWriter | None = None  # when history is on (set by the aggregator's serve())
         self.snmp = None  # the SnmpAgent while SNMP is on (set by the aggregator's serve())
         self._snapshot: Snapshot | None = None
         self._path_intact = not Header.segment_unlinked.get(segment.buf)  # a restart does not tell again

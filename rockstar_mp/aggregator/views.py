@@ -255,7 +255,7 @@ def exported_families(state: AggregatorState) -> tuple:
     ]
     by = aggregates(snap, sketch_totals(snap), raw=True)
     for dim in DIMENSIONS:
-        samples = []
+        samples: list[tuple[str, tuple[str, ...], tuple[str, ...], float | None]] = []
         for value, (sketch, seconds) in by[dim].items():
             for name, q in (("0.5", 0.5), ("0.95", 0.95), ("0.99", 0.99)):
                 samples.append(("", (dim, "quantile"), (value, name), quantile(sketch, q)))
