@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps run test bench docs clean
+.PHONY: install system-deps run lint test bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ system-deps:
 run: install
 	$(BIN)/gunicorn -c gunicorn_conf.py examples.app:app
 
-test: install system-deps
+# ruff (pyflakes, pycodestyle, import order, bugbear) and mypy (strict on the public API); config in pyproject.toml
+lint: install
+	$(BIN)/ruff check rockstar_mp tests benchmarks examples gunicorn_conf.py
+	$(BIN)/mypy rockstar_mp
+
+test: install system-deps lint
 	ROCKSTAR_TEST_MIBDIRS="$$(bash .ci/ietf-mibs.sh)" $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: install
@@ -34,4 +39,4 @@ docs: install
 	$(BIN)/python -m rockstar_mp.segment.layout_doc --write docs/architecture.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .cache .mypy_cache .ruff_cache *.egg-info

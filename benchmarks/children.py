@@ -16,10 +16,23 @@ import sys
 import time
 import timeit
 
-from .settings import (CHURN_COLD_RUNS, CHURN_LIVE, CHURN_SERIES, CHURN_STEADY_RUNS, COLD_RUNS, NUMBER,
-                       OUR_RESTARTS, PROM_SCRAPES, REPEATS, REQUEST_NUMBER, REQUEST_REPEATS, REQUEST_WARMUP,
-                       SERIES, STEADY_RUNS, WORKERS)
-
+from .settings import (
+    CHURN_COLD_RUNS,
+    CHURN_LIVE,
+    CHURN_SERIES,
+    CHURN_STEADY_RUNS,
+    COLD_RUNS,
+    NUMBER,
+    OUR_RESTARTS,
+    PROM_SCRAPES,
+    REPEATS,
+    REQUEST_NUMBER,
+    REQUEST_REPEATS,
+    REQUEST_WARMUP,
+    SERIES,
+    STEADY_RUNS,
+    WORKERS,
+)
 
 # -- ours ------------------------------------------------------------------------------------------
 _START: float | None = None  # this process's create time, as a worker records it
@@ -247,7 +260,8 @@ def child_ours_request(args) -> dict:
             return app
 
         apps = {"bare": one_route(),  # (a)
-                "full": MetricsMiddleware(one_route([WorkloadMiddleware(wsgi_layer=True)]), workload=True),  # (b): examples/app.py
+                # (b): examples/app.py
+                "full": MetricsMiddleware(one_route([WorkloadMiddleware(wsgi_layer=True)]), workload=True),
                 "falcon_mw": one_route([WorkloadMiddleware()]),  # WorkloadMiddleware only
                 "wsgi_mw": MetricsMiddleware(one_route())}  # MetricsMiddleware only
         times: dict[str, list[float]] = {name: [] for name in apps}

@@ -104,7 +104,7 @@ def main() -> None:
             for route in ("/",):
                 without = [throughput(g.port, route, s) for _ in range(rounds)]
                 with_ = [while_fetching(f"{base}/profile?seconds={s + 0.6:g}",
-                                        lambda: throughput(g.port, route, s))[0] for _ in range(rounds)]
+                                        lambda route=route: throughput(g.port, route, s))[0] for _ in range(rounds)]
                 a, b = statistics.median(without), statistics.median(with_)
                 print(f"   {route:14s} without {a:8.1f}  with {b:8.1f}  ({(b / a - 1) * 100:+.1f}%)")
 

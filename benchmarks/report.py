@@ -5,10 +5,30 @@ from __future__ import annotations
 import os
 import sys
 
-from .settings import (CHURN_COLD_RUNS, CHURN_LIVE, CHURN_SERIES, CHURN_STEADY_RUNS, COLD_RUNS, NUMBER,
-                       OUR_RESTARTS, PROM_RESTARTS, PROM_SCRAPES, REPEATS, REQUEST_NUMBER, REQUEST_REPEATS,
-                       SCRAPE_ROUNDS, SERIES, SERVER_WORKERS, STEADY_RUNS, WORKERS, WRK_CONNECTIONS, WRK_ROUNDS,
-                       WRK_SECONDS, WRK_THREADS, WRK_WARMUP_SECONDS)
+from .settings import (
+    CHURN_COLD_RUNS,
+    CHURN_LIVE,
+    CHURN_SERIES,
+    CHURN_STEADY_RUNS,
+    COLD_RUNS,
+    NUMBER,
+    OUR_RESTARTS,
+    PROM_RESTARTS,
+    PROM_SCRAPES,
+    REPEATS,
+    REQUEST_NUMBER,
+    REQUEST_REPEATS,
+    SCRAPE_ROUNDS,
+    SERIES,
+    SERVER_WORKERS,
+    STEADY_RUNS,
+    WORKERS,
+    WRK_CONNECTIONS,
+    WRK_ROUNDS,
+    WRK_SECONDS,
+    WRK_THREADS,
+    WRK_WARMUP_SECONDS,
+)
 
 COMPARISON_HEADER = ("figure", "rockstar-mp", "prometheus_client", "ours/theirs", "target", "result")
 COST_HEADER = ("figure", "rockstar-mp on", "off", "cost", "target", "result")
@@ -49,10 +69,10 @@ def print_tables(rows: list[tuple], rows2: list[tuple], prom_version: str) -> No
     print(line)
     for header, table in ((COMPARISON_HEADER, rows), (COST_HEADER, rows2)):
         if table:
-            print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+            print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
             print(line)
             for r in table:
-                print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+                print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
             print(line)
 
 
@@ -84,7 +104,8 @@ def print_churn_footnotes(ours5: dict, theirs5: tuple[dict, dict], files: tuple[
           f"collect_dead) in {ours5['churn_seconds']:.1f} s;")
     print(f"       segment file {ours5['size_before']:,} -> {ours5['size_after']:,} bytes; "
           f"scrape steady {fmt_time(ours5['steady_before'])} -> {fmt_time(ours5['steady_after'])} "
-          f"(x{our_growth:.2f}; min of {CHURN_STEADY_RUNS}), cold {fmt_time(ours5['cold_before'])} -> {fmt_time(ours5['cold_after'])} "
+          f"(x{our_growth:.2f}; min of {CHURN_STEADY_RUNS}), "
+          f"cold {fmt_time(ours5['cold_before'])} -> {fmt_time(ours5['cold_after'])} "
           f"(x{ours5['cold_after'] / ours5['cold_before']:.2f}; min of {CHURN_COLD_RUNS}).")
     print(f"     prometheus_client: {PROM_RESTARTS} restarts = {PROM_RESTARTS} new writer processes, "
           f"each leaving its own counter_<pid>.db (counter files of dead pids must be kept), in "
@@ -109,8 +130,8 @@ def print_request_footnotes(ours6: dict | None, runs7: dict | None) -> None:
         rec = runs7["recorded"][0]
         print(f"7:   real gunicorn on loopback, {SERVER_WORKERS} sync workers; an off and an on server up at "
               f"once, each warmed by wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{WRK_WARMUP_SECONDS}s, then "
-              f"{WRK_ROUNDS} rounds of -d{WRK_SECONDS}s runs, off then on, then on then off, ...; req/s: the median of each "
-              f"side; cost: the median of the {WRK_ROUNDS} rounds' on/off ratios.")
+              f"{WRK_ROUNDS} rounds of -d{WRK_SECONDS}s runs, off then on, then on then off, ...; "
+              f"req/s: the median of each side; cost: the median of the {WRK_ROUNDS} rounds' on/off ratios.")
         print(f"     the on server counted {rec['requests']:,.0f} http.requests and {rec['records']:,.0f} workload "
               f"records for the {rec['sent']:,} responses wrk got from it.")
         print("     on: gunicorn -c gunicorn_conf.py examples.app:app (hooks, aggregator, both "
@@ -127,9 +148,9 @@ def print_ops_table(rows: list) -> None:
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
     line = "  ".join("-" * w for w in widths) + "  ------"
     print(line)
-    print("  ".join(h.ljust(w) for h, w in zip(header[:4], widths)) + "  (detail below each row)")
+    print("  ".join(h.ljust(w) for h, w in zip(header[:4], widths, strict=True)) + "  (detail below each row)")
     print(line)
     for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths)))
+        print("  ".join(str(c).ljust(w) for c, w in zip(r[:4], widths, strict=True)))
         print(" " * 5 + r[4])
     print(line)

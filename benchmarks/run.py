@@ -25,13 +25,44 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import ops
-from .report import (fmt_delta, fmt_time, print_churn_footnotes, print_micro_footnotes, print_ops_table,
-                     print_request_footnotes, print_scrape_footnotes, print_tables, verdict)
+from .report import (
+    fmt_delta,
+    fmt_time,
+    print_churn_footnotes,
+    print_micro_footnotes,
+    print_ops_table,
+    print_request_footnotes,
+    print_scrape_footnotes,
+    print_tables,
+    verdict,
+)
 from .servers import Server, child_env, run_wrk
-from .settings import (CHURN_LIVE, CHURN_NOISE, CHURN_SERIES, NUMBER, OUR_RESTARTS, PARALLEL, PROM_RESTARTS,
-                       PROM_SCRAPES, REPEATS, REQUEST_NUMBER, REQUEST_REPEATS, REQUEST_TARGET, ROOT, SCRAPE_ROUNDS,
-                       SERIES, SERVER_WORKERS, TARGETS, THROUGHPUT_TARGET, WORKERS, WRK_CONNECTIONS, WRK_ROUNDS,
-                       WRK_SECONDS, WRK_THREADS, WRK_WARMUP_SECONDS)
+from .settings import (
+    CHURN_LIVE,
+    CHURN_NOISE,
+    CHURN_SERIES,
+    NUMBER,
+    OUR_RESTARTS,
+    PARALLEL,
+    PROM_RESTARTS,
+    PROM_SCRAPES,
+    REPEATS,
+    REQUEST_NUMBER,
+    REQUEST_REPEATS,
+    REQUEST_TARGET,
+    ROOT,
+    SCRAPE_ROUNDS,
+    SERIES,
+    SERVER_WORKERS,
+    TARGETS,
+    THROUGHPUT_TARGET,
+    WORKERS,
+    WRK_CONNECTIONS,
+    WRK_ROUNDS,
+    WRK_SECONDS,
+    WRK_THREADS,
+    WRK_WARMUP_SECONDS,
+)
 
 MICRO = ("1", "2", "3")  # one child measures the three
 REQUEST = ("6", "7")
@@ -252,7 +283,8 @@ def request_figures(session: Session, figs: tuple = REQUEST):
     if runs7 is not None:
         median_off = statistics.median(r["rps"] for r in runs7["off"])
         median_on = statistics.median(r["rps"] for r in runs7["on"])
-        loss7 = (1 - statistics.median(on["rps"] / off["rps"] for on, off in zip(runs7["on"], runs7["off"]))) * 100
+        rounds = zip(runs7["on"], runs7["off"], strict=True)
+        loss7 = (1 - statistics.median(on["rps"] / off["rps"] for on, off in rounds)) * 100
         rows2.append((f"7. req/s, wrk, {SERVER_WORKERS} workers: on vs off", f"{median_on:,.0f}",
                       f"{median_off:,.0f}", f"{-loss7:+.1f}%", f"loss <= {THROUGHPUT_TARGET:g}%",
                       verdict(loss7 <= THROUGHPUT_TARGET)))

@@ -16,8 +16,15 @@ import time
 import urllib.error
 import urllib.request
 
-from .settings import (PROM_ENV, ROOT, SERVER_START_TIMEOUT, SERVER_STOP_TIMEOUT, SERVER_WORKERS, WRK_CONNECTIONS,
-                       WRK_THREADS)
+from .settings import (
+    PROM_ENV,
+    ROOT,
+    SERVER_START_TIMEOUT,
+    SERVER_STOP_TIMEOUT,
+    SERVER_WORKERS,
+    WRK_CONNECTIONS,
+    WRK_THREADS,
+)
 
 
 def child_env(prom_dir: str | None) -> dict:

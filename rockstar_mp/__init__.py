@@ -42,11 +42,23 @@ __all__ = ["Counter", "Gauge", "Histogram", "Registry", "CounterSeries", "GaugeS
 if TYPE_CHECKING:
     from .config import MonitoringConfig
     from .control import OptimizationStats
+    from .errors import (
+        CatalogueFull,
+        FetchError,
+        LayoutMismatch,
+        MetricNameConflict,
+        NoFreeSlab,
+        NoSegment,
+        NoSpace,
+        ProfileFetchError,
+        ProfilerBusy,
+        RockstarError,
+        UnsafePath,
+        UntrustedFile,
+        WorkerUnavailable,
+    )
     from .master.manager import MonitoringManager
     from .metrics import Counter, CounterSeries, Gauge, GaugeSeries, Histogram, HistogramSeries, Registry
-    from .errors import (CatalogueFull, FetchError, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSegment,
-                         NoSpace, ProfileFetchError, ProfilerBusy, RockstarError, UnsafePath, UntrustedFile,
-                         WorkerUnavailable)
     from .worker.attach import attach_worker
 
 

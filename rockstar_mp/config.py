@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, fields
-from typing import Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 ENV_PREFIX = "ROCKSTAR_"
 HEARTBEAT_SECONDS = 1.0  # how often a worker beats (rockstar_mp/worker/attach.py)
@@ -63,11 +63,11 @@ class MonitoringConfig:
     # SNMPv3 USM users (see rockstar_mp.aggregator.snmp.settings): a list of dicts
     # {"user", "auth_protocol", "auth_key", "priv_protocol", "priv_key"}, or the compact string
     # "user:SHA:authpass:AES:privpass,user2:..." ($ROCKSTAR_SNMP_USERS; a value starting with "[" is JSON).
-    snmp_users: "str | list" = ""
+    snmp_users: "str | list[str | dict[str, Any]]" = ""
     snmp_base_oid: str = "1.3.6.1.4.1.8072.9999.9999"  # the root of ROCKSTAR-MP-MIB (net-snmp's playpen)
     # Notification targets: "v2c:community@host:port" or "v3:user@host:port" (a user of snmp_users),
     # a "/inform" suffix for informs; comma-separated, or a list of such strings.
-    snmp_trap_targets: "str | list" = ""
+    snmp_trap_targets: "str | list[str]" = ""
     snmp_error_rate_threshold: float = 0.0  # 5xx share of requests over snmp_threshold_window; 0 = off
     snmp_p95_threshold_ms: float = 0.0  # p95 latency over snmp_threshold_window; 0 = off
     snmp_threshold_window: float = 30.0  # seconds (at most window_seconds)
@@ -188,7 +188,7 @@ class MonitoringConfig:
     def with_env(self, environ: Mapping[str, str] | None = None) -> "MonitoringConfig":
         """A copy with every ``ROCKSTAR_<FIELD>`` present in ``environ`` (default ``os.environ``) applied."""
         environ = os.environ if environ is None else environ
-        changes = {}
+        changes: dict[str, Any] = {}  # by field name, each parsed to its field's annotation (not expressible)
         for field in fields(self):
             raw = environ.get(ENV_PREFIX + field.name.upper())
             if raw is not None:
@@ -212,7 +212,7 @@ class MonitoringConfig:
         return "MonitoringConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
-def _parse(name: str, kind, raw: str):
+def _parse(name: str, kind: object, raw: str) -> bool | int | float | str | None:
     kind = str(kind)
     try:
         if kind == "bool":
@@ -263,7 +263,7 @@ AUTH_PROTOCOLS = ("NONE", "MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512")
 PRIV_PROTOCOLS = ("NONE", "DES", "3DES", "AES", "AES128", "AES192", "AES256")
 
 
-def _entries(value, what: str) -> list:
+def _entries(value: object, what: str) -> list[Any]:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
@@ -278,10 +278,10 @@ def _entries(value, what: str) -> list:
     return list(value)
 
 
-def parse_users(value) -> list[SnmpUser]:
+def parse_users(value: object) -> list[SnmpUser]:
     """``snmp_users`` as ``SnmpUser``s: "name:AUTH:authkey:PRIV:privkey" strings (comma-separated in one
     string; keys cannot contain ':' or ',' there: use the JSON/list form) or dicts with those fields."""
-    users = []
+    users: list[SnmpUser] = []
     for entry in _entries(value, "snmp_users"):
         if isinstance(entry, str):
             parts = entry.split(":")
@@ -290,7 +290,7 @@ def parse_users(value) -> list[SnmpUser]:
             if len(parts) != 5:
                 raise ValueError("snmp_users entries are 'name:AUTH:authkey:PRIV:privkey' "
                                  f"(or 'name:AUTH:authkey'), got {len(parts)} fields")
-            entry = dict(zip(("user", "auth_protocol", "auth_key", "priv_protocol", "priv_key"), parts))
+            entry = dict(zip(("user", "auth_protocol", "auth_key", "priv_protocol", "priv_key"), parts, strict=True))
         if not isinstance(entry, dict):
             raise ValueError(f"snmp_users entries must be strings or dicts, got {type(entry).__name__}")
         unknown = set(entry) - {"user", "name", "auth_protocol", "auth_key", "priv_protocol", "priv_key"}
@@ -317,7 +317,7 @@ def parse_users(value) -> list[SnmpUser]:
     return users
 
 
-def parse_trap_targets(value, users: set | None = None) -> list[TrapTarget]:
+def parse_trap_targets(value: object, users: set[str] | None = None) -> list[TrapTarget]:
     """``snmp_trap_targets``: "v2c:community@host:port" or "v3:user@host:port", "/inform" appended for
     informs (default traps); comma-separated in one string, or a list of such strings."""
     targets = []
@@ -341,7 +341,7 @@ def parse_trap_targets(value, users: set | None = None) -> list[TrapTarget]:
     return targets
 
 
-def parse_base_oid(value: str) -> tuple:
+def parse_base_oid(value: str) -> tuple[int, ...]:
     try:
         oid = tuple(int(part) for part in value.strip(".").split("."))
     except ValueError:

@@ -34,15 +34,18 @@ def read_overrides(segment: Segment) -> dict:
     return {k: v for k, v in data.items() if k in CONTROLLABLE} if isinstance(data, dict) else {}
 
 
+# what a JSON value of each controllable setting's annotation may be
+_ACCEPTED: dict[str, type | tuple[type, ...]] = {"bool": bool, "int": int, "float": (int, float), "str": str}
+
+
 def apply_overrides(config: MonitoringConfig, overrides: dict) -> MonitoringConfig:
     """``config`` with ``overrides``; raises ValueError (saying which) for unknown or invalid values."""
     unknown = sorted(set(overrides) - set(CONTROLLABLE))
     if unknown:
         raise ValueError(f"cannot change {unknown} at runtime; the controllable settings are {list(CONTROLLABLE)}")
-    types = {f.name: f.type for f in dataclasses.fields(MonitoringConfig)}
+    types = {f.name: str(f.type) for f in dataclasses.fields(MonitoringConfig)}  # annotations are strings here
     for name, value in overrides.items():
-        expected = {"bool": bool, "int": int, "float": (int, float), "str": str}[types[name]]
-        if not isinstance(value, expected) or (types[name] != "bool" and isinstance(value, bool)):
+        if not isinstance(value, _ACCEPTED[types[name]]) or (types[name] != "bool" and isinstance(value, bool)):
             raise ValueError(f"{name} must be {types[name]}, got {value!r}")
     return dataclasses.replace(config, **overrides)  # __post_init__ validates the result
 

@@ -17,6 +17,8 @@ import functools
 import gc
 import logging
 import os
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from .config import MonitoringConfig
 from .environment import RUN_DIR_ENV, SEGMENT_ENV, SEGMENT_FD_ENV
@@ -34,21 +36,27 @@ _manager: MonitoringManager | None = None
 _logged_failures: set[tuple[str, str]] = set()
 log = logging.getLogger("rockstar_mp.gunicorn")
 
+# gunicorn ships no types: its arbiter (``server``) and workers are whatever it passes
+Arbiter = Any
+Worker = Any
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-def _guarded(hook):
+
+def _guarded(hook: Callable[_P, _R]) -> Callable[_P, _R | None]:
     """Monitoring never takes the server down: a hook of ours that raises is logged once (per hook
     and kind of error, per process), counted in the segment's ``hook_failures``, and returns."""
     @functools.wraps(hook)
-    def run(*args):
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R | None:
         try:
-            return hook(*args)
+            return hook(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - whatever it is, gunicorn must go on
             _hook_failed(hook.__name__, exc, args)
             return None
     return run
 
 
-def _hook_failed(name: str, exc: Exception, args: tuple) -> None:
+def _hook_failed(name: str, exc: Exception, args: tuple[Any, ...]) -> None:
     segment = _manager.segment if _manager is not None else None
     if segment is not None:
         try:
@@ -82,7 +90,7 @@ class _ToGunicornLog(logging.Handler):
     """Hands the master's rockstar-mp records (the aggregator's causes, the metrics URL once it is
     served) to gunicorn's error log: its format, its file, its level, which a HUP may change."""
 
-    def __init__(self, server) -> None:
+    def __init__(self, server: Arbiter) -> None:
         super().__init__()
         self.server = server
 
@@ -92,7 +100,7 @@ class _ToGunicornLog(logging.Handler):
             error_log.handle(record)
 
 
-def _log_master_to_gunicorn(server) -> None:
+def _log_master_to_gunicorn(server: Arbiter) -> None:
     master_log = logging.getLogger("rockstar_mp.master")
     if not any(isinstance(h, _ToGunicornLog) for h in master_log.handlers):
         master_log.addHandler(_ToGunicornLog(server))
@@ -101,23 +109,25 @@ def _log_master_to_gunicorn(server) -> None:
 
 
 @_guarded
-def on_starting(server) -> None:
+def on_starting(server: Arbiter) -> None:
     global _manager
     _log_master_to_gunicorn(server)
     _manager = MonitoringManager(_with_server_user(_config or MonitoringConfig(), server)).start()
     if _manager.config.gc_freeze_before_fork:
         gc.disable()  # Python's advice: no collections in the parent (holes), freeze before fork
-    room = _manager.segment.room_for_slabs()
+    segment = _manager.segment
+    assert segment is not None  # start() opened it
+    room = segment.room_for_slabs()
     if room < server.cfg.workers:
         server.log.warning("rockstar-mp: %s has room for %d more slabs and %d workers will start: the "
                            "others run unmonitored; point segment_dir at a larger tmpfs, or lower "
                            "slab_max_series or max_workers", _manager.config.segment_dir, room,
                            server.cfg.workers)
     # The metrics URL is logged once the aggregator says it serves it (master/supervisor.py).
-    server.log.info("rockstar-mp: segment %s", _manager.segment.path)
+    server.log.info("rockstar-mp: segment %s", segment.path)
 
 
-def _with_server_user(config: MonitoringConfig, server) -> MonitoringConfig:
+def _with_server_user(config: MonitoringConfig, server: Arbiter) -> MonitoringConfig:
     """A root master running its workers as gunicorn's ``user``/``group`` runs the aggregator as them too."""
     if config.aggregator_user or os.geteuid() != 0 or server.cfg.uid == os.geteuid():
         return config
@@ -125,7 +135,7 @@ def _with_server_user(config: MonitoringConfig, server) -> MonitoringConfig:
 
 
 @_guarded
-def on_reload(server) -> None:
+def on_reload(server: Arbiter) -> None:
     if _manager is not None and _config is not None:
         config = _with_server_user(_config, server)
         if config.with_env() != _manager.config:
@@ -133,7 +143,7 @@ def on_reload(server) -> None:
 
 
 @_guarded
-def pre_fork(server, worker) -> None:
+def pre_fork(server: Arbiter, worker: Worker) -> None:
     if _manager is None:
         return
     if _manager.config.gc_freeze_before_fork:
@@ -151,8 +161,8 @@ def pre_fork(server, worker) -> None:
 
 
 @_guarded
-def post_fork(server, worker) -> None:
-    slab = getattr(worker, "rockstar_slab", None)
+def post_fork(server: Arbiter, worker: Worker) -> None:
+    slab: tuple[int, int] | None = getattr(worker, "rockstar_slab", None)  # pre_fork's assign_slab
     if _manager is not None and _manager.config.gc_freeze_before_fork:
         gc.enable()
     if _manager is not None and slab is not None:
@@ -162,7 +172,7 @@ def post_fork(server, worker) -> None:
 
 
 @_guarded
-def post_worker_init(worker) -> None:
+def post_worker_init(worker: Worker) -> None:
     """After gunicorn installed the worker's signal handlers: SIGUSR1 also optimizes (chained)."""
     state = current()
     if state is not None:
@@ -170,7 +180,7 @@ def post_worker_init(worker) -> None:
 
 
 @_guarded
-def pre_exec(server) -> None:
+def pre_exec(server: Arbiter) -> None:
     """USR2: gunicorn re-executes the master with the environment it started with; add the segment,
     so the new master carries the totals on (its aggregator waits until the old one is gone)."""
     for name in (SEGMENT_ENV, RUN_DIR_ENV):
@@ -184,13 +194,13 @@ def pre_exec(server) -> None:
 
 
 @_guarded
-def child_exit(server, worker) -> None:
-    slab = getattr(worker, "rockstar_slab", None)
+def child_exit(server: Arbiter, worker: Worker) -> None:
+    slab: tuple[int, int] | None = getattr(worker, "rockstar_slab", None)
     if _manager is not None and slab is not None:
         _manager.retire_slab(*slab)
 
 
 @_guarded
-def on_exit(server) -> None:
+def on_exit(server: Arbiter) -> None:
     if _manager is not None:
         _manager.stop()

@@ -36,12 +36,25 @@ import threading
 import time as _time
 import weakref
 from bisect import bisect_left
-from typing import Callable, Generic, Iterable, Sequence, TypeVar
+from types import FrameType
+from typing import Any, Callable, Generic, Iterable, NoReturn, Protocol, Sequence, TypeVar
 
 from .segment import CatalogueFull
 from .segment.errors import MetricNameConflict
-from .series import (COUNTER, GAUGE, GAUGE_MODES, HISTOGRAM, OWN_FAMILIES, RESERVED_PREFIX, SeriesKey,
-                     check_labelnames, check_name, exposed_names, is_reserved, main_name)
+from .series import (
+    COUNTER,
+    GAUGE,
+    GAUGE_MODES,
+    HISTOGRAM,
+    OWN_FAMILIES,
+    RESERVED_PREFIX,
+    SeriesKey,
+    check_labelnames,
+    check_name,
+    exposed_names,
+    is_reserved,
+    main_name,
+)
 
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
@@ -51,24 +64,31 @@ _LOCKED = hasattr(sys, "_is_gil_enabled") and not sys._is_gil_enabled()
 class _Unbound:
     """Stands in for the cells of a labelled parent, so ``parent.inc()`` says what to do."""
 
-    def __init__(self, name: str, labelnames: tuple) -> None:
+    def __init__(self, name: str, labelnames: tuple[str, ...]) -> None:
         self._message = f"{name} has labels {labelnames}: call .labels(...) and update the result"
 
-    def __getitem__(self, _key):
+    def __getitem__(self, _key: int) -> NoReturn:
         raise TypeError(self._message)
 
-    def __setitem__(self, _key, _value):
+    def __setitem__(self, _key: int, _value: float) -> NoReturn:
         raise TypeError(self._message)
+
+
+class Store(Protocol):
+    """Where series' cells live: ``register`` gives a key's ``n_values`` float64 cells (a ``"d"`` view
+    and the index of the first)."""
+
+    def register(self, key: bytes, n_values: int) -> tuple[memoryview[float], int]: ...
 
 
 class LocalStore:
     """Cells in private memory: used before a process attaches to a slab (and in the master)."""
 
-    def register(self, key: bytes, n_values: int):
+    def register(self, key: bytes, n_values: int) -> tuple[memoryview[float], int]:
         return memoryview(bytearray(8 * n_values)).cast("d"), 0
 
 
-class CellCache(dict):
+class CellCache(dict[Any, Any]):
     """A cache holding cells (``(view, index)``) of series: emptied whenever the series move (attach,
     fork), so nobody writes through a stale view. Get one from ``REGISTRY.cell_cache()``."""
 
@@ -77,11 +97,11 @@ class Registry:
     """All families declared in this process, and the store their cells live in."""
 
     def __init__(self) -> None:
-        self._families: dict[str, "_Family"] = {}
-        self._claims: dict[str, "_Family"] = {}  # every Prometheus name taken -> the family taking it
+        self._families: dict[str, _Family[Any]] = {}
+        self._claims: dict[str, _Family[Any]] = {}  # every Prometheus name taken -> the family taking it
         self._lock = threading.RLock()
-        self.store = LocalStore()
-        self._caches: list[weakref.ref] = []
+        self.store: Store = LocalStore()
+        self._caches: list[weakref.ref[CellCache]] = []
 
     def cell_cache(self) -> CellCache:
         cache = CellCache()
@@ -89,7 +109,7 @@ class Registry:
             self._caches = [ref for ref in self._caches if ref() is not None] + [weakref.ref(cache)]
         return cache
 
-    def register(self, family: "_Family") -> None:
+    def register(self, family: _Family[Any]) -> None:
         """Add ``family``, unless one of its Prometheus names is taken (``MetricNameConflict``)."""
         names = exposed_names(family.kind, family.name)
         ours = _declared_by_rockstar_mp()
@@ -98,7 +118,7 @@ class Registry:
             self._families[family.name] = family
             self._claims.update(dict.fromkeys(names, family))
 
-    def _refuse_conflict(self, family: "_Family", names: frozenset, ours: bool) -> None:
+    def _refuse_conflict(self, family: _Family[Any], names: frozenset[str], ours: bool) -> None:
         if family.name in self._families:
             raise MetricNameConflict(f"metric {family.name!r} is already declared in this process: "
                                      "declare each metric once, at module level, and import it")
@@ -109,7 +129,7 @@ class Registry:
         if holder is not None:
             raise MetricNameConflict(_conflict_message(family, holder, names))
 
-    def unregister(self, family: "_Family") -> None:
+    def unregister(self, family: _Family[Any]) -> None:
         """Forget a family (its series keep their last values in the slab)."""
         with self._lock:
             if self._families.get(family.name) is family:
@@ -118,11 +138,11 @@ class Registry:
                     if self._claims.get(name) is family:
                         del self._claims[name]
 
-    def families(self) -> list["_Family"]:
+    def families(self) -> list[_Family[Any]]:
         with self._lock:
             return list(self._families.values())
 
-    def bind(self, store) -> list[str]:
+    def bind(self, store: Store) -> list[str]:
         """Move every series to ``store`` (attach); returns the keys that did not fit."""
         with self._lock:
             self.store = store
@@ -130,7 +150,7 @@ class Registry:
                 cache = ref()
                 if cache is not None:
                     cache.clear()
-            refused = []
+            refused: list[str] = []
             for family in self._families.values():
                 for series in family._all_series():
                     try:
@@ -150,7 +170,7 @@ def _declared_by_rockstar_mp() -> bool:
     """Is the code declaring the metric (the first caller outside this module) rockstar-mp's own?
     The reserved names are granted by where the declaration comes from, so that no argument a user
     could pass opens them."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") == __name__:
         frame = frame.f_back
     return frame is not None and str(frame.f_globals.get("__name__", "")).startswith("rockstar_mp.")
@@ -160,7 +180,7 @@ _NAME_RULES = ("Prometheus turns '.' into '_', and gives a counter <name>_total 
                "a histogram <name>_bucket, _sum, _count and _created")
 
 
-def _conflict_message(family: "_Family", holder: "_Family", names: frozenset) -> str:
+def _conflict_message(family: _Family[Any], holder: _Family[Any], names: frozenset[str]) -> str:
     shared = names & exposed_names(holder.kind, holder.name)
     mains = {main_name(family.kind, family.name), main_name(holder.kind, holder.name)} & shared
     shown = min(mains or shared)
@@ -169,7 +189,7 @@ def _conflict_message(family: "_Family", holder: "_Family", names: frozenset) ->
             f"Rename {family.name!r}")
 
 
-def _reserved_message(family: "_Family", reserved: list) -> str:
+def _reserved_message(family: _Family[Any], reserved: list[str]) -> str:
     main = main_name(family.kind, family.name)
     shown = main if main in reserved else reserved[0]
     stem = family.name
@@ -194,13 +214,21 @@ class _Series:
     """One series: a key and its cells. Subclasses add the update methods."""
 
     __slots__ = ("_vals", "_idx", "_key", "_n")
+    _vals: memoryview[float] | _Unbound  # a labelled parent's cells refuse updates
+    _idx: int
+    _key: bytes
+    _n: int
+    _family: _Family[Any]  # a slot of each subclass: the family a child belongs to
+
+    def _init_child(self) -> None:
+        """Set up a child series made by ``labels()``."""
 
     def _init_series(self, key: SeriesKey, registry: Registry) -> None:
         self._key = key.encode()
         self._n = key.n_values
         self._bind(registry.store)
 
-    def _bind(self, store) -> None:
+    def _bind(self, store: Store) -> None:
         vals, idx = store.register(self._key, self._n)
         self._vals, self._idx = vals, idx
 
@@ -216,9 +244,10 @@ class _Family(Generic[S]):
 
     kind = ""
     _child_class: type[S]
+    _vals: memoryview[float] | _Unbound  # a labelled family is no series: its cells refuse updates
 
     def __init__(self, name: str, documentation: str = "", labelnames: Iterable[str] = (),
-                 extra: tuple = (), registry: Registry | None = None) -> None:
+                 extra: tuple[Any, ...] = (), registry: Registry | None = None) -> None:
         check_name(name)
         labelnames = tuple(labelnames)
         check_labelnames(labelnames, self.kind)
@@ -227,13 +256,13 @@ class _Family(Generic[S]):
         self.labelnames = labelnames
         self._extra = extra
         self._registry = registry or REGISTRY
-        self._children: dict[tuple, S] = {}
+        self._children: dict[tuple[object, ...], S] = {}
         self._lock = threading.Lock()
         if labelnames:
             self._vals, self._idx, self._key, self._n = _Unbound(name, labelnames), 0, b"", 0
         self._family = self
 
-    def _series_key(self, values: tuple) -> SeriesKey:
+    def _series_key(self, values: tuple[str, ...]) -> SeriesKey:
         return SeriesKey(self.kind, self.name, self.documentation, self.labelnames, values, self._extra)
 
     def _all_series(self) -> list[_Series]:
@@ -260,7 +289,7 @@ class _Family(Generic[S]):
         except TypeError:
             raise ValueError(f"label values of {self.name} must be hashable (strings)") from None
 
-    def _new_child(self, values: tuple) -> S:
+    def _new_child(self, values: tuple[object, ...]) -> S:
         if not self.labelnames:
             raise ValueError(f"{self.name} has no labels; update it directly")
         if len(values) != len(self.labelnames):
@@ -280,6 +309,7 @@ class _Family(Generic[S]):
 
     def _declare(self) -> None:
         """Register in the registry; an unlabelled family is its own series."""
+        assert isinstance(self, _Series)  # every family class is also its own series class
         with self._registry._lock:
             self._registry.register(self)
             if not self.labelnames:
@@ -397,7 +427,7 @@ class _Timer(contextlib.ContextDecorator):
         self._start = _time.perf_counter()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._observe(_time.perf_counter() - self._start)
 
 
@@ -410,16 +440,16 @@ class _InProgress(contextlib.ContextDecorator):
     def __enter__(self) -> None:
         self._gauge.inc()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._gauge.dec()
 
 
 UPDATE_METHODS = ("inc", "dec", "set", "observe", "_set_total")
 
 
-def _guarded(method: Callable, lock: threading.RLock) -> Callable:
+def _guarded(method: Callable[..., Any], lock: threading.RLock) -> Callable[..., Any]:
     @functools.wraps(method)
-    def guarded(self, *args, **kwargs):
+    def guarded(self: _Series, *args: Any, **kwargs: Any) -> Any:
         with lock:
             return method(self, *args, **kwargs)
     return guarded
@@ -469,7 +499,7 @@ class Gauge(_Family[GaugeSeries], GaugeSeries):
     kind = GAUGE
     _child_class = GaugeSeries
 
-    def __new__(cls, *args, mode: str = "sum", **kwargs):
+    def __new__(cls, *args: Any, mode: str = "sum", **kwargs: Any) -> Gauge:
         return object.__new__(_LastGauge if mode == "last" else cls)
 
     def __init__(self, name: str, documentation: str = "", labelnames: Sequence[str] = (),
@@ -481,7 +511,7 @@ class Gauge(_Family[GaugeSeries], GaugeSeries):
 
     @property
     def mode(self) -> str:
-        return self._extra[0]
+        return str(self._extra[0])
 
 
 class _LastGauge(Gauge, _LastGaugeSeries):

@@ -27,7 +27,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 from .errors import UnsafePath
 
@@ -202,6 +202,10 @@ class RunDir(NamedTuple):
     temporary: bool  # a mkdtemp: removed by the last master at a clean exit
 
 
+@overload
+def effective_run_dir(configured: str, create: Literal[True] = True) -> RunDir: ...
+@overload
+def effective_run_dir(configured: str, create: bool) -> RunDir | None: ...
 def effective_run_dir(configured: str, create: bool = True) -> RunDir | None:
     """Where our files go for the configured ``run_dir`` (see the module doc). With ``create=False``
     nothing is created: the directory a master would have made, or None."""
@@ -261,7 +265,7 @@ def _live_config_in(directory: str) -> bool:
 
 def remove_dead_masters_configs(directory: str) -> list[str]:
     """Unlink the aggregator configs (tokens inside) of dead masters in ``directory``: files of ours only."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:
@@ -277,7 +281,7 @@ def remove_dead_masters_configs(directory: str) -> list[str]:
 def remove_dead_masters_temp_dirs(parent: str, keep: str | None = None) -> list[str]:
     """Remove the temporary run dirs in ``parent`` of ours whose master (named in the directory) and
     every master with a config inside (one re-executed by USR2 inherits the directory) are dead."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(parent)
     except OSError:

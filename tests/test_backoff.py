@@ -126,8 +126,9 @@ def test_failing_aggregators_back_off_and_log_their_cause_once(gunicorn_factory,
 
     in_last = {name: [t for t in starts[name] if t >= WINDOW - LAST] for name in servers}
     for name in servers:
-        print(f"\n{name}: {len(starts[name])} starts in {WINDOW:.0f} s (at {', '.join(f'{t:.1f}' for t in starts[name])}"
-              f"), {len(in_last[name])} in the last {LAST:.0f} s; aggregator CPU {cpu[name]:.2f} s")
+        at = ", ".join(f"{t:.1f}" for t in starts[name])
+        print(f"\n{name}: {len(starts[name])} starts in {WINDOW:.0f} s (at {at}), "
+              f"{len(in_last[name])} in the last {LAST:.0f} s; aggregator CPU {cpu[name]:.2f} s")
     for name, server in servers.items():
         assert raw_get(server.port, "/") == 200, name
     for name, cause in (("corrupted segment", "not a rockstar-mp segment"), ("port taken", "Address already in use")):

@@ -16,7 +16,7 @@ import pytest
 
 from rockstar_mp.worker.accelerator import PURE_PYTHON_ENV
 from rockstar_mp.worker.wsgi import status_label
-from tests.helpers import http_get, poll
+from tests.helpers import http_get
 
 SMALL_SLABS = {"ROCKSTAR_SLAB_MAX_SERIES": "512", "ROCKSTAR_SLAB_MAX_VALUES": "4096",
                "ROCKSTAR_MAX_WORKERS": "8", "ROCKSTAR_RECORD_SLOTS": "64"}

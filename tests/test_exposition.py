@@ -14,8 +14,12 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from rockstar_mp import Counter, Gauge, Histogram
-from rockstar_mp.aggregator.exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE,
-                                               render_openmetrics, render_prometheus)
+from rockstar_mp.aggregator.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    PROMETHEUS_CONTENT_TYPE,
+    render_openmetrics,
+    render_prometheus,
+)
 from rockstar_mp.aggregator.merge import SeriesInfo, Snapshot
 from rockstar_mp.aggregator.negotiation import FORMATS, choose_format
 from rockstar_mp.series import COUNTER, GAUGE, HISTOGRAM, SeriesKey

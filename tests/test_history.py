@@ -264,7 +264,7 @@ def history_of(server: PreforkServer, name: str, extra: str = ""):
     return status, json.loads(body)
 
 
-def test_history_records_every_interval_end_to_end(prefork):
+def test_history_records_every_interval_end_to_end(prefork):  # noqa: F811 (the imported fixture)
     server = prefork(history_interval=0.5)
     hit, ack_r = fork_stepping_worker(server)
     try:
@@ -272,7 +272,7 @@ def test_history_records_every_interval_end_to_end(prefork):
         for n in (2, 3, 4):  # each total must show up in a snapshot of its own
             hit(n)
             total += n
-            poll(lambda: (r := history_of(server, "t.hits"))[0] == 200 and r[1]["points"]
+            poll(lambda total=total: (r := history_of(server, "t.hits"))[0] == 200 and r[1]["points"]
                  and r[1]["points"][-1][1] == total, timeout=10, message=f"t.hits == {total} in the history")
     finally:
         os.close(ack_r)
@@ -303,7 +303,7 @@ BAD_QUERIES = ["", "?name=", "?since=1", "?name=t.hits&since=abc", "?name=t.hits
                "?name=t.hits&verbose=1", "?name=t.hits&name=t.hits"]
 
 
-def test_bad_history_parameters_get_400_json(prefork):
+def test_bad_history_parameters_get_400_json(prefork):  # noqa: F811 (the imported fixture)
     server = prefork(history_interval=0.5)
     for query in BAD_QUERIES:
         status, headers, body = server.get("/history" + query)
@@ -313,7 +313,7 @@ def test_bad_history_parameters_get_400_json(prefork):
         assert body["title"] == "400 Bad Request" and body["description"], query
 
 
-def test_unknown_names_are_404_and_auth_applies(prefork):
+def test_unknown_names_are_404_and_auth_applies(prefork):  # noqa: F811 (the imported fixture)
     server = prefork(history_interval=0.5, require_auth=True, auth_token=TOKEN)
     status, headers, body = http_get(server.url + "/history?name=t.hits")
     assert status == 401 and json.loads(body)["title"] == "401 Unauthorized"
@@ -321,7 +321,7 @@ def test_unknown_names_are_404_and_auth_applies(prefork):
     assert status == 404 and body["title"] == "404 Not Found" and "no.such.metric" in body["description"]
 
 
-def test_history_off_is_404_and_writes_nothing(prefork):
+def test_history_off_is_404_and_writes_nothing(prefork):  # noqa: F811 (the imported fixture)
     off = prefork(history_interval=0)
     status, body = history_of(off, "t.hits")
     assert status == 404 and "history" in body["description"]

@@ -375,9 +375,9 @@ def fuzz(server: Server, batch: list[Request], pool: ThreadPoolExecutor) -> None
     answers = list(pool.map(server.send, batch))
     for a in answers:
         server.statuses[a.status] = server.statuses.get(a.status, 0) + 1
-    if any(r.method == "POST" and not r.pprof and a.status == 200 for r, a in zip(batch, answers)):
+    if any(r.method == "POST" and not r.pprof and a.status == 200 for r, a in zip(batch, answers, strict=True)):
         server.restore_control()
-    failures = [f"{r} -> {a.status}: {p}" for r, a in zip(batch, answers) for p in problems(r, a)]
+    failures = [f"{r} -> {a.status}: {p}" for r, a in zip(batch, answers, strict=True) for p in problems(r, a)]
     log = server.new_log()
     for sign in LOG_SIGNS:
         if sign in log:

@@ -87,7 +87,7 @@ def json_key(name: str, labelvalues: tuple) -> str:
     labelnames = POOL[name][1]
     if not labelnames:
         return name
-    return name + "{" + ",".join(f'{n}="{v}"' for n, v in zip(labelnames, labelvalues)) + "}"
+    return name + "{" + ",".join(f'{n}="{v}"' for n, v in zip(labelnames, labelvalues, strict=True)) + "}"
 
 
 class SimWorker:
@@ -511,7 +511,7 @@ class MergeMachine(RuleBasedStateMachine):
             name = key.split("{")[0]
             bounds = POOL[name][2]
             cumulative, buckets = 0.0, {}
-            for bound, count in zip(list(bounds) + [math.inf], acc[:-1]):
+            for bound, count in zip(list(bounds) + [math.inf], acc[:-1], strict=True):
                 cumulative += count
                 buckets["+Inf" if bound == math.inf else repr(float(bound))] = cumulative
             out_h[key] = {"count": cumulative, "sum": acc[-1], "buckets": buckets}

@@ -19,8 +19,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from rockstar_mp import RockstarError
-from rockstar_mp.aggregator.exposition import (ExtraFamily, render_json, render_openmetrics,
-                                               render_prometheus)
+from rockstar_mp.aggregator.exposition import ExtraFamily, render_json, render_openmetrics, render_prometheus
 from rockstar_mp.aggregator.merge import Merger, Snapshot
 from rockstar_mp.metrics import Counter, Gauge, Histogram, Registry
 from rockstar_mp.segment import Geometry, Segment, process_start

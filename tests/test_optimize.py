@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -100,7 +101,7 @@ def test_schedule_spreads_workers_and_keeps_serving(gunicorn_factory):
     assert all(4 // SLACK <= n <= 6 for n in done.values()), done  # every 1 s for 5 s; fewer on a slow machine
     assert results and set(results) == {200}
     events = sorted(e["time"] for e in stats(server)["recent"] if e["time"] >= started)
-    gaps = [b - a for a, b in zip(events, events[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(events)]
     assert min(gaps) >= 0.1, f"two workers optimized {min(gaps) * 1000:.0f} ms apart"
 
 

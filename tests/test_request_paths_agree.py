@@ -118,7 +118,7 @@ def test_both_request_paths_write_the_same_for_any_requests(batch, fill):
 
     for outcome in c["outcomes"]:  # only the app's own exceptions reach the server
         assert all(re.match(r"(status|got) ", line) or line.endswith(": AppError") for line in outcome), outcome
-    counted = sum(_counted(case, outcome) for case, outcome in zip(batch, c["outcomes"]))
+    counted = sum(_counted(case, outcome) for case, outcome in zip(batch, c["outcomes"], strict=True))
     series = c["series"]
     requests = sum(v for k, v in series.items() if k.startswith("http.requests["))
     durations = sum(v for k, v in series.items() if k.startswith("http.request.duration.seconds["))

@@ -10,8 +10,18 @@ import pytest
 from rockstar_mp.aggregator.exposition import render_json, render_prometheus
 from rockstar_mp.aggregator.merge import Merger
 from rockstar_mp.metrics import Counter, Gauge, Histogram, Registry
-from rockstar_mp.segment import (FREE, LIVE, RETIRED, CatalogueFull, CatalogueWriter, Geometry,
-                                 LayoutMismatch, NoFreeSlab, Segment, process_start)
+from rockstar_mp.segment import (
+    FREE,
+    LIVE,
+    RETIRED,
+    CatalogueFull,
+    CatalogueWriter,
+    Geometry,
+    LayoutMismatch,
+    NoFreeSlab,
+    Segment,
+    process_start,
+)
 from rockstar_mp.segment.layout import LAYOUT_VERSION, Body, Header, Slot
 from rockstar_mp.worker.attach import SlabStore
 

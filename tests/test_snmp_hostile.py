@@ -25,8 +25,20 @@ from pysnmp.proto.secmod.rfc3414.service import UsmSecurityParameters
 
 from rockstar_mp.aggregator.snmp.agent import engine_id
 from tests.helpers import Gunicorn, http_get, load, poll
-from tests.test_snmp import (AUTH_KEY, COMMUNITY, OIDS, PRIV_KEY, TRAP_COMMUNITY, USER, free_udp_port, run, tool,
-                             v2c, v3, values)
+from tests.test_snmp import (
+    AUTH_KEY,
+    COMMUNITY,
+    OIDS,
+    PRIV_KEY,
+    TRAP_COMMUNITY,
+    USER,
+    free_udp_port,
+    run,
+    tool,
+    v2c,
+    v3,
+    values,
+)
 
 SYS_DESCR = (1, 3, 6, 1, 2, 1, 1, 1, 0)
 CONTACT, LOCATION = "ops@example.org (pager 7)", "rack 12, room B"

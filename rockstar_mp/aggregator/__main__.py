@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import functools
 import logging
 import os
@@ -29,17 +28,17 @@ import uvicorn
 
 from .._linux import set_parent_death_signal
 from ..config import MonitoringConfig
+from ..privileges import drop_to
 from ..segment import RockstarError, Segment
 from ..segment.layout import Header
+from . import net
 from .history import HistoryWriter
 from .http import create_app
-from . import net
 from .net import listen_tcp
+from .optimize import run_schedule
+from .pprof import run_pprof_server
 from .snmp.agent import RCVBUF as SNMP_RCVBUF
 from .snmp.agent import preload as preload_snmp
-from ..privileges import drop_to
-from .pprof import run_pprof_server
-from .optimize import run_schedule
 from .snmp.runtime import run_snmp
 from .state import AggregatorState
 
@@ -161,7 +160,8 @@ class HttpServer:
         limits = limits or net.ConnectionLimits()
         config = uvicorn.Config(net.HeaderLimit(app, limits, plain_errors), lifespan="off", log_level="warning",
                                 access_log=False, timeout_graceful_shutdown=2, ws="none",
-                                timeout_keep_alive=limits.keepalive_timeout,
+                                # uvicorn annotates int but uses it as seconds for call_later: a float works
+                                timeout_keep_alive=limits.keepalive_timeout,  # type: ignore[arg-type]
                                 h11_max_incomplete_event_size=limits.max_header_bytes)
         config.load()
         self.server = uvicorn.Server(config)

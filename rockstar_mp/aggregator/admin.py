@@ -305,7 +305,7 @@ class ControlResource:
         try:
             config = write_overrides(state.segment, state.base_config, changes)
         except (ValueError, TypeError) as exc:
-            raise falcon.HTTPBadRequest(title="400 Bad Request", description=str(exc))
+            raise falcon.HTTPBadRequest(title="400 Bad Request", description=str(exc)) from exc
         state.apply_control()  # at once, not on the next tick
         _send(resp, {name: getattr(config, name) for name in CONTROLLABLE})
 

@@ -24,7 +24,8 @@ def _escape_label(value: str) -> str:
 
 
 def _label_text(names, values) -> str:
-    return ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(names, values))
+    # not strict: keys are decoded from what workers wrote, unchecked; a malformed one loses labels, not the page
+    return ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=False))
 
 
 def _json_key(key, extra_names=(), extra_values=()) -> str:
@@ -97,7 +98,7 @@ def _series_values(snap: Snapshot, pid: int | None):
         elif seen[0].key.kind != key.kind or seen[0].key.extra != key.extra and key.kind == HISTOGRAM:
             continue  # a conflicting declaration: the first one seen is served
         elif values is not None:
-            seen[1] = [a + b for a, b in zip(seen[1], values)]
+            seen[1] = [a + b for a, b in zip(seen[1], values, strict=True)]
         else:
             seen[2].extend(readings)
     for info, values, readings in merged.values():
@@ -107,7 +108,7 @@ def _series_values(snap: Snapshot, pid: int | None):
 def _histogram_json(key, values) -> dict:
     bounds = key.extra
     cumulative, buckets = 0.0, {}
-    for bound, count in zip(list(bounds) + [math.inf], values[:-1]):
+    for bound, count in zip(list(bounds) + [math.inf], values[:-1], strict=True):
         cumulative += count
         buckets["+Inf" if bound == math.inf else repr(float(bound))] = _number(cumulative)
     return {"count": _number(cumulative), "sum": _number(values[-1]), "buckets": buckets}
@@ -247,7 +248,7 @@ def _braces(names, values) -> str:
 
 def _histogram_lines(base: str, key, values, with_sum: bool = True) -> str:
     lines, cumulative = [], 0.0
-    for bound, count in zip(list(key.extra) + [math.inf], values[:-1]):
+    for bound, count in zip(list(key.extra) + [math.inf], values[:-1], strict=True):
         cumulative += count
         labels = _braces(key.labelnames + ("le",), key.labelvalues + (_go_float(bound),))
         lines.append(f"{base}_bucket{labels} {_go_float(cumulative)}\n")

@@ -37,8 +37,8 @@ import falcon.asgi
 
 from .. import safefs
 from ..config import MonitoringConfig
-from .exposition import _number, render_json
 from . import params
+from .exposition import _number, render_json
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -401,7 +401,7 @@ class HistoryResource:
         except (sqlite3.Error, OSError, RuntimeError) as exc:
             raise falcon.HTTPServiceUnavailable(
                 title="503 Service Unavailable",
-                description=f"the history cannot be read: {type(exc).__name__}: {exc}")
+                description=f"the history cannot be read: {type(exc).__name__}: {exc}") from exc
         if points is None:
             raise falcon.HTTPNotFound(title="404 Not Found",
                                       description=f"no history for {name!r}; names are the keys of the "

@@ -11,10 +11,15 @@ import falcon.asgi
 
 from ..config import MonitoringConfig
 from ..control import totals
-from .exposition import (OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, render_json, render_openmetrics,
-                         render_prometheus)
-from .admin import BodyDeadline, RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
 from . import params
+from .admin import BodyDeadline, RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
+from .exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    PROMETHEUS_CONTENT_TYPE,
+    render_json,
+    render_openmetrics,
+    render_prometheus,
+)
 from .history import HistoryResource, history_route
 from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
 from .state import AggregatorState
@@ -114,7 +119,7 @@ class MetricsSink:
 
 def create_app(state: AggregatorState) -> BodyDeadline:
     """The app served on ``metrics_port``: metrics, views, history and the admin endpoints."""
-    app = falcon.asgi.App(middleware=[RateLimit(state), BearerAuth(state.config)])
+    app = falcon.asgi.App(middleware=(RateLimit(state), BearerAuth(state.config)))
     app.set_error_serializer(_json_errors)
     app.add_route(history_route(state.config), HistoryResource(state))
     add_views(app, state)

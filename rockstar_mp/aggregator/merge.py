@@ -35,12 +35,22 @@ from itertools import zip_longest
 from operator import add, itemgetter
 from typing import Callable
 
-from ..segment import LIVE, RETIRED, CatalogueFull, CatalogueWriter, Segment, SlotInfo, process_alive
-from ..segment import catalogue_bytes, published_count, read_entries, reset_body
+from ..segment import (
+    LIVE,
+    RETIRED,
+    CatalogueFull,
+    CatalogueWriter,
+    Segment,
+    SlotInfo,
+    catalogue_bytes,
+    process_alive,
+    published_count,
+    read_entries,
+    reset_body,
+)
 from ..segment.layout import Body, Header
 from ..segment.segment import liveness_unknown
-from ..series import (COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, OWN_FAMILIES, SeriesKey, exposed_names,
-                      is_reserved)
+from ..series import COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, OWN_FAMILIES, SeriesKey, exposed_names, is_reserved
 
 log = logging.getLogger("rockstar_mp.aggregator")
 

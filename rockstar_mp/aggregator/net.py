@@ -31,7 +31,7 @@ import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 log = logging.getLogger("rockstar_mp.aggregator.net")
 
@@ -287,7 +287,13 @@ IDLE = "idle"  # between requests (uvicorn's keep-alive timer runs)
 CLOSING = "closing"  # refused: reading and dropping what still comes, until the client closes
 
 
-class ConnectionGuard:
+if TYPE_CHECKING:
+    _ProtocolBase = Any  # at run time ``guarded`` mixes this into uvicorn's h11 or httptools protocol
+else:
+    _ProtocolBase = object
+
+
+class ConnectionGuard(_ProtocolBase):
     """Mixed into uvicorn's HTTP protocol class (``guarded``): the per-connection limits.
 
     It sees the bytes before uvicorn does, while a request's head arrives: a head past the limits is
@@ -462,11 +468,13 @@ class Connections:
         if self.open >= self.limits.max_connections and not self._evict(1):
             self._refuse_busy(conn)
             return
+        assert self.make_protocol is not None, "the server sets make_protocol before accepting starts"
         protocol = self.make_protocol()
         protocol._admitted = True
         self.open += 1
         self.waiting(protocol)  # evictable at once: in a burst, the oldest may not be made yet
-        task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: protocol, conn))
+        loop = self._running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: protocol, conn))
         task.add_done_callback(functools.partial(self._connected, protocol, conn))
 
     def _connected(self, protocol: ConnectionGuard, conn: socket.socket, task: asyncio.Task) -> None:
@@ -506,14 +514,19 @@ class Connections:
                     resource.getrlimit(resource.RLIMIT_NOFILE)[0], closed, ACCEPT_PAUSE)
         self._pause()
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "accepting starts in start(), on the running loop"
+        return self._loop
+
     def _pause(self) -> None:
-        self._loop.remove_reader(self.sock.fileno())
-        self._resume = self._loop.call_later(ACCEPT_PAUSE, self._unpause)
+        loop = self._running_loop()
+        loop.remove_reader(self.sock.fileno())
+        self._resume = loop.call_later(ACCEPT_PAUSE, self._unpause)
 
     def _unpause(self) -> None:
         self._resume = None
         if self.sock.fileno() >= 0:
-            self._loop.add_reader(self.sock.fileno(), self._accept)
+            self._running_loop().add_reader(self.sock.fileno(), self._accept)
 
     def _evict(self, count: int, min_age: float = 0.0) -> int:
         """Close up to ``count`` connections that have waited longest, at least ``min_age`` seconds,

@@ -95,7 +95,7 @@ class OptimizationSchedule:
         if not self._next_due or span <= 0:
             return now + interval
         phases = sorted((at - now) % span for at in self._next_due.values())
-        gaps = [(b - a, a) for a, b in zip(phases, phases[1:] + [phases[0] + span])]
+        gaps = [(b - a, a) for a, b in zip(phases, phases[1:] + [phases[0] + span], strict=True)]
         width, start = max(gaps)
         return now + (start + width / 2) % span + (interval - span)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional, overload
 
 import falcon
 
@@ -51,6 +51,11 @@ def text(req, name: str) -> Optional[str]:
     return value
 
 
+@overload
+def integer(req: Any, name: str, default: int, *, minimum: int = 0, maximum: int = INT32_MAX) -> int: ...
+@overload
+def integer(req: Any, name: str, default: None = None, *, minimum: int = 0,
+            maximum: int = INT32_MAX) -> Optional[int]: ...
 def integer(req, name: str, default: Optional[int] = None, *, minimum: int = 0,
             maximum: int = INT32_MAX) -> Optional[int]:
     """``name`` as an int in ``minimum..maximum`` (ASCII digits only), or ``default`` when absent."""
@@ -70,6 +75,12 @@ def parse_integer(raw: str, minimum: int = 0, maximum: int = INT32_MAX) -> Optio
     return int(raw)
 
 
+@overload
+def number(req: Any, name: str, default: float, *, minimum: float = -math.inf, maximum: float = math.inf,
+           above: Optional[float] = None) -> float: ...
+@overload
+def number(req: Any, name: str, default: None = None, *, minimum: float = -math.inf, maximum: float = math.inf,
+           above: Optional[float] = None) -> Optional[float]: ...
 def number(req, name: str, default: Optional[float] = None, *, minimum: float = -math.inf,
            maximum: float = math.inf, above: Optional[float] = None) -> Optional[float]:
     """``name`` as a finite float with ``minimum <= value <= maximum`` (and ``value > above`` when

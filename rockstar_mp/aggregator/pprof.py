@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+from typing import Any
 from urllib.parse import urlencode
 
 import falcon
@@ -32,8 +33,9 @@ ANSWER_GRACE = 15.0  # seconds a worker gets beyond the profile's window to answ
 
 DESCRIPTIONS = {
     "profile": "CPU profile (cpu/nanoseconds, samples/count). Sync workers: SIGPROF every 10 ms of "
-               "the main thread's CPU time (a POSIX CPU-clock timer), sampling the main thread; threaded workers (gthread): a thread sampler reading "
-               "each thread's CPU time, biased toward GIL release points. ?seconds=N (default 30).",
+               "the main thread's CPU time (a POSIX CPU-clock timer), sampling the main thread; threaded workers "
+               "(gthread): a thread sampler reading each thread's CPU time, biased toward GIL release points. "
+               "?seconds=N (default 30).",
     "wall": "Wall-clock samples of every thread (wall/nanoseconds): where time goes, running or "
             "waiting. ?seconds=N (default 30).",
     "heap": "In-use memory by allocation site (inuse_space, inuse_objects) from tracemalloc, started "
@@ -139,7 +141,7 @@ class Pprof:
             if kind == "profile":
                 self._cpu_running.difference_update(pids)
         results, missing, statuses = [], [], []
-        for pid, answer in zip(pids, answers):
+        for pid, answer in zip(pids, answers, strict=True):
             if answer is None:
                 missing.append(pid)
             elif answer.get("ok"):
@@ -233,7 +235,8 @@ class _Tree:
 
 def create_pprof_app(state: AggregatorState, run_dir: str) -> BodyDeadline:
     """The pprof app served on ``pprof_port`` (behind the bearer token when ``require_auth``)."""
-    app = falcon.asgi.App(middleware=[RateLimit(state), BearerAuth(state.config)])
+    middleware: list[Any] = [RateLimit(state), BearerAuth(state.config)]
+    app = falcon.asgi.App(middleware=middleware)
     app.set_error_serializer(_pprof_error)
     app.add_sink(_Tree(Pprof(state, run_dir)).handle, prefix="/")
     return BodyDeadline(app, state, _go_error_body)
@@ -245,7 +248,8 @@ async def run_pprof_server(state: AggregatorState, run_dir: str, make_server, st
     ``enable_pprof`` is on (at start, or later at runtime); the port stays bound once opened (the
     app answers 404 while pprof is off). ``make_server(app, sock)`` is the aggregator's HttpServer.
     Binding never blocks the loop: a busy port is retried on the next poll (and logged once)."""
-    server = task = None
+    server = None
+    task: asyncio.Task | None = None
     logged = False
     try:
         while not stopping.is_set():
@@ -267,4 +271,5 @@ async def run_pprof_server(state: AggregatorState, run_dir: str, make_server, st
     finally:
         if server is not None:
             server.stop()
-            await asyncio.gather(task, return_exceptions=True)
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -20,6 +21,9 @@ from ..segment.segment import liveness_unknown
 from .merge import Merger, Snapshot
 from .optimize import OptimizationSchedule
 from .workload import RingDrain, Window, sketch_totals
+
+if TYPE_CHECKING:
+    from .history import HistoryWriter
 
 GC_SERIES = "rockstar.gc.collections"
 PATH_CHECK_SECONDS = 1.0
@@ -41,7 +45,7 @@ class ProcessStats:
     def refresh(self, pids: list[int], full: bool = False) -> None:
         """``full`` also reads USS/PSS (smaps, a few ms a worker) and open fds; otherwise those are
         kept from the last full refresh."""
-        stats = {}
+        stats: dict[int, dict] = {}
         for pid in pids:
             proc = self._procs.get(pid)
             try:
@@ -117,7 +121,7 @@ class AggregatorState:
         self.rings = RingDrain(segment, config.recent_records, config.recent_logs)
         self.window = Window(config.window_seconds)
         self.optimization = OptimizationSchedule(segment)
-        self.history = None  # a HistoryWriter when history is on (set by the aggregator's serve())
+        self.history: HistoryWriter | None = None  # when history is on (set by the aggregator's serve())
         self.snmp = None  # the SnmpAgent while SNMP is on (set by the aggregator's serve())
         self._snapshot: Snapshot | None = None
         self._path_intact = not Header.segment_unlinked.get(segment.buf)  # a restart does not tell again

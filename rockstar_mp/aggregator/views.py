@@ -16,11 +16,10 @@ import falcon.asgi
 
 from ..segment import STATE_NAMES, text
 from ..segment.layout import Body
-from ..sketch import RELATIVE_ERROR
+from ..sketch import RELATIVE_ERROR, quantile
 from . import params
-from .state import AggregatorState
-from ..sketch import quantile
 from .exposition import ExtraFamily
+from .state import AggregatorState
 from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, sketch_totals, summarize
 
 MAX_LIMIT = 10_000
@@ -226,7 +225,7 @@ def exported_families(state: AggregatorState) -> tuple:
     procs = [state.procs.stats.get(pid, {}) for pid in pids]
 
     def per_worker(field: str) -> list:
-        return [("", ("pid",), (str(pid),), p[field]) for pid, p in zip(pids, procs)
+        return [("", ("pid",), (str(pid),), p[field]) for pid, p in zip(pids, procs, strict=True)
                 if p.get(field) is not None]
 
     system = state.system_json(snap)
@@ -262,7 +261,7 @@ def exported_families(state: AggregatorState) -> tuple:
     ]
     by = aggregates(snap, sketch_totals(snap), raw=True)
     for dim in DIMENSIONS:
-        samples = []
+        samples: list[tuple[str, tuple[str, ...], tuple[str, ...], float | None]] = []
         for value, (sketch, seconds) in by[dim].items():
             for name, q in (("0.5", 0.5), ("0.95", 0.95), ("0.99", 0.99)):
                 samples.append(("", (dim, "quantile"), (value, name), quantile(sketch, q)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 
 from ..segment import LIVE, RETIRED, Segment, log_ring, read_ring, record_ring, text
 from ..segment.layout import Header
@@ -83,13 +83,20 @@ class RingDrain:
         live = set()
         new_records: list[WorkloadRecord] = []
         new_logs: list[LogRecord] = []
+
+        def add_records(payloads: list[tuple]) -> None:
+            new_records.extend(map(WorkloadRecord, payloads))
+
+        def add_logs(payloads: list[tuple]) -> None:
+            new_logs.extend(map(_log, payloads))
+
         for slot in self.segment.slots():
             if slot.state not in (LIVE, RETIRED):
                 continue
             base = geometry.slab_offset(slot.slab)
-            for name, spec, out, convert, dropped_field in (
-                    ("records", record_ring(layout), new_records, WorkloadRecord, Header.records_dropped),
-                    ("logs", log_ring(layout), new_logs, _log, Header.logs_dropped)):
+            for name, spec, add, dropped_field in (
+                    ("records", record_ring(layout), add_records, Header.records_dropped),
+                    ("logs", log_ring(layout), add_logs, Header.logs_dropped)):
                 key = (slot.slab, slot.generation, name)
                 live.add(key)
                 since = self._positions.get(key)
@@ -97,7 +104,7 @@ class RingDrain:
                     since = max(0, spec.head.get(buf, base) - spec.slots)
                 payloads, position, dropped = read_ring(buf, base, spec, since)
                 self._positions[key] = position
-                out.extend(map(convert, payloads))
+                add(payloads)
                 if dropped:
                     dropped_field.set(buf, dropped_field.get(buf) + dropped)
         for key in set(self._positions) - live:

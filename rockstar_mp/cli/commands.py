@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_top(agg, args.interval, args.iterations, keys_from=sys.stdin)
         try:
             if args.command == "metrics":
-                data = agg.get(agg.metrics_path)
+                data: dict | list[dict] = agg.get(agg.metrics_path)
             else:
                 data = agg.get("/workers").get("workers", [])
         except FetchError as exc:
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             json.dump(data, sys.stdout, indent=2)
             print()
-        elif args.command == "metrics":
+        elif isinstance(data, dict):  # metrics
             _print_metrics(data)
         else:
             _print_workers(data)

@@ -94,7 +94,7 @@ def _columns(rates: dict | None) -> list[Column]:
 
 
 def _row(cells: list[str], cols: list[Column]) -> str:
-    return " ".join(c.rjust(col.width) if col.width else c for c, col in zip(cells, cols)).rstrip()
+    return " ".join(c.rjust(col.width) if col.width else c for c, col in zip(cells, cols, strict=True)).rstrip()
 
 
 def worker_table(workers: list[dict], rates: dict | None = None) -> list[str]:
@@ -175,7 +175,8 @@ def render_top(sample: Sample, previous: Sample | None, base: str = "", interval
     live = system.get("workers_live", len(sample.workers))
     stuck = system.get("workers_stuck", sum(1 for w in sample.workers if w.get("stuck")))
     head = [_title(base, interval, sample.wall),
-            f"workers {live} live{f' ({stuck} STUCK)' if stuck else ''}   requests {_num(total, '{:.0f}')} ({_num(rps)}/s)   "
+            f"workers {live} live{f' ({stuck} STUCK)' if stuck else ''}   "
+            f"requests {_num(total, '{:.0f}')} ({_num(rps)}/s)   "
             f"p50 {_ms(wl.get('p50_ms'))}  p95 {_ms(wl.get('p95_ms'))}  p99 {_ms(wl.get('p99_ms'))}   "
             f"dropped {_num(wl.get('records_dropped', system.get('records_dropped')), '{:.0f}')}   "
             f"uptime {_duration(system.get('uptime_seconds'))}",
@@ -207,7 +208,7 @@ class Screen:
     def __init__(self, out, keys_from=None) -> None:
         self.out = out
         self.tty = out.isatty()
-        self._keys = None
+        self._keys: int | None = None
         self._saved = None
         if self.tty and keys_from is not None and _foreground_tty(keys_from):
             import termios
@@ -249,7 +250,7 @@ class Screen:
         return False
 
     def close(self) -> None:
-        if self._saved is not None:
+        if self._saved is not None and self._keys is not None:
             import termios
             termios.tcsetattr(self._keys, termios.TCSADRAIN, self._saved)
             self._saved = None

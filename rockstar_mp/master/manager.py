@@ -27,12 +27,19 @@ import tempfile
 
 from .. import safefs
 from ..config import MonitoringConfig
-from ..control import (OptimizationStats, apply_overrides, read_overrides, read_worker, request_optimization,
-                       totals, write_overrides)
-from ..segment import LIVE, Geometry, RockstarError, Segment, stale_segments
-from ..segment.layout import heap_bytes_for
+from ..control import (
+    OptimizationStats,
+    apply_overrides,
+    read_overrides,
+    read_worker,
+    request_optimization,
+    totals,
+    write_overrides,
+)
 from ..environment import RUN_DIR_ENV, SEGMENT_ENV, SEGMENT_FD_ENV
 from ..privileges import resolve
+from ..segment import LIVE, Geometry, RockstarError, Segment, stale_segments
+from ..segment.layout import heap_bytes_for
 from .supervisor import AggregatorSupervisor
 
 log = logging.getLogger("rockstar_mp.master")
@@ -138,12 +145,12 @@ class MonitoringManager:
         """Apply a new config (gunicorn HUP): the aggregator restarts with it; the segment stays."""
         self.config = config.with_env()
         self.run_as = _aggregator_identity(self.config)
-        if self._supervisor is None:
-            return
+        if self._supervisor is None or self.segment is None:
+            return  # not started (the two are set together)
         self._write_aggregator_config()
         self._supervisor.stop()
         self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path(), self.segment.fileno(),
-                                                self.run_as)  # type: ignore
+                                                self.run_as)
         self._supervisor.start()
 
     def stop(self) -> None:

@@ -170,7 +170,7 @@ class AggregatorSupervisor:
             if self._respawn_at is None:
                 if not self.alive():
                     self._read_status()  # what it wrote before exiting
-                    self._failed(self._fatal or exit_description(self._proc and self._proc.returncode))
+                    self._failed(self._fatal or exit_description(self._proc.returncode if self._proc else None))
             elif time.monotonic() >= self._respawn_at:
                 self._respawn_at = None
                 try:

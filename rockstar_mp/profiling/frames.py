@@ -131,7 +131,7 @@ def _call_sites(code: types.CodeType) -> dict:
     """``{offset: called name}`` for every call in ``code``."""
     sites = _CALLS.get(code)
     if sites is None:
-        found = {}
+        found: dict[int, str | None] = {}
         try:
             instructions = list(dis.get_instructions(code))
             for i, ins in enumerate(instructions):

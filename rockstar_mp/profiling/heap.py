@@ -63,7 +63,7 @@ class _Functions:
                 m = _DEF.match(text)
                 if m is not None:
                     names = []
-                    for i, (_, kind, name, _) in enumerate(stack):
+                    for _, kind, name, _ in stack:
                         names.append(name)
                         if kind == "def":
                             names.append("<locals>")

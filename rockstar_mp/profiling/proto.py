@@ -174,8 +174,8 @@ def encode(raw: dict, compress: bool = True) -> bytes:
         _int(pt, 2, strings(period_type[1]))
     default = raw.get("default_sample_type")
     default_id = strings(default) if default else 0
-    for s in strings.table:
-        _bytes(out, 6, s.encode("utf-8", "replace"))
+    for text in strings.table:
+        _bytes(out, 6, text.encode("utf-8", "replace"))
     _int(out, 9, int(raw.get("time_nanos", 0)))
     _int(out, 10, int(raw.get("duration_nanos", 0)))
     if period_type:

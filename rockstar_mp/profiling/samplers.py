@@ -26,10 +26,15 @@ import signal
 import sys
 import threading
 import time
+import types
+from typing import TYPE_CHECKING
 
 from ..errors import ProfilerBusy
 from . import frames as _frames
 from .proto import new_raw
+
+if TYPE_CHECKING:
+    import ctypes
 
 MAX_HZ = 1000
 
@@ -127,7 +132,7 @@ class _Timer:
     def __init__(self, hz: int) -> None:
         self.hz = hz
         self.clock = "process CPU time (setitimer ITIMER_PROF)"
-        self._timer = None
+        self._timer: ctypes.c_void_p | None = None
         try:
             self._arm_posix()
             self.clock = "main-thread CPU time (timer_create)"
@@ -149,7 +154,9 @@ class _Timer:
             _fields_ = [("sigev_value", ctypes.c_void_p), ("sigev_signo", ctypes.c_int),
                         ("sigev_notify", ctypes.c_int), ("_pad", ctypes.c_int * 12)]
 
-        clock = time.pthread_getcpuclockid(threading.main_thread().ident)
+        main = threading.main_thread().ident
+        assert main is not None  # the main thread is running: it has an ident
+        clock = time.pthread_getcpuclockid(main)
         event = Sigevent(sigev_signo=int(signal.SIGPROF), sigev_notify=0)  # SIGEV_SIGNAL
         timer = ctypes.c_void_p()
         if libc.timer_create(ctypes.c_int(clock), ctypes.byref(event), ctypes.byref(timer)) != 0:
@@ -269,6 +276,8 @@ class ThreadSampler:
             if value is not None:
                 last_cpu[ident] = value
         ticks = 0
+        current: dict[int, types.FrameType] | None
+        frame: types.FrameType | None
         try:
             while True:
                 now = time.monotonic()

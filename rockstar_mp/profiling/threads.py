@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import types
 import weakref
 
 from . import frames as _frames
@@ -47,6 +48,7 @@ def thread_dump() -> list[dict]:
     threads = {t.ident: t for t in threading.enumerate()}
     me = threading.get_ident()
     out = []
+    frame: types.FrameType | None
     for ident, frame in sys._current_frames().items():
         tid, name = ids.get(ident, (None, f"thread-{ident}"))
         thread = threads.get(ident)
@@ -71,6 +73,6 @@ def threadcreate_dump() -> list[dict]:
             captured = _CREATED.get(thread)
             stack = (_frames.text_frames(captured) if captured
                      else [["python.<started before profiling was set up>", "", 0]])
-        tid, name = ids.get(thread.ident, (None, thread.name))
+        tid, name = ids.get(thread.ident, (None, thread.name)) if thread.ident is not None else (None, thread.name)
         out.append({"pid": pid, "tid": tid or 0, "name": name, "stack": stack})
     return out

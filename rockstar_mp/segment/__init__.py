@@ -1,14 +1,16 @@
 """The shared segment: its byte layout (``layout``), the per-body catalogue, and the file itself.
 
-This package imports nothing else of rockstar-mp but ``rockstar_mp.errors``: workers, masters and the aggregator all build on it.
+This package imports nothing else of rockstar-mp but ``rockstar_mp.errors``: workers, masters and the
+aggregator all build on it.
 """
 from .catalogue import CatalogueWriter, catalogue_bytes, published_count, read_entries, reset_body
-from .errors import (CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError,
-                     UntrustedFile)
+from .errors import CatalogueFull, LayoutMismatch, MetricNameConflict, NoFreeSlab, NoSpace, RockstarError, UntrustedFile
 from .layout import FREE, LIVE, RETIRED, STATE_NAMES, Geometry
 from .ring import RingWriter, fit, log_ring, read_ring, record_ring, text
 from .segment import Segment, SlotInfo, process_alive, process_start, stale_segments
 
-__all__ = ["CatalogueWriter", "catalogue_bytes", "published_count", "read_entries", "reset_body", "CatalogueFull", "LayoutMismatch",
-           "MetricNameConflict", "NoFreeSlab", "NoSpace", "RockstarError", "UntrustedFile", "FREE", "LIVE", "RETIRED", "STATE_NAMES", "Geometry",
-           "Segment", "SlotInfo", "RingWriter", "fit", "log_ring", "read_ring", "record_ring", "text", "process_alive", "process_start", "stale_segments"]
+__all__ = ["CatalogueWriter", "catalogue_bytes", "published_count", "read_entries", "reset_body",
+           "CatalogueFull", "LayoutMismatch", "MetricNameConflict", "NoFreeSlab", "NoSpace", "RockstarError",
+           "UntrustedFile", "FREE", "LIVE", "RETIRED", "STATE_NAMES", "Geometry", "Segment", "SlotInfo",
+           "RingWriter", "fit", "log_ring", "read_ring", "record_ring", "text", "process_alive", "process_start",
+           "stale_segments"]

@@ -14,11 +14,31 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from . import layout
-from .layout import (BODY_HEADER_SIZE, HEADER_SIZE, LOG, LOG_FIELDS, LOG_SLOT, PAGE, RECORD, RECORD_FIELDS,
-                     RECORD_SLOT, SLOT_PAYLOAD, SLOT_SEQ, TABLE_ENTRY_SIZE, Body, BodyLayout, Field, Geometry, Header,
-                     Slot, round_up, spans)
+from .layout import (
+    BODY_HEADER_SIZE,
+    HEADER_SIZE,
+    LOG,
+    LOG_FIELDS,
+    LOG_SLOT,
+    PAGE,
+    RECORD,
+    RECORD_FIELDS,
+    RECORD_SLOT,
+    SLOT_PAYLOAD,
+    SLOT_SEQ,
+    TABLE_ENTRY_SIZE,
+    Body,
+    BodyLayout,
+    Field,
+    Geometry,
+    Header,
+    Slot,
+    round_up,
+    spans,
+)
 
 BEGIN = "<!-- BEGIN generated from rockstar_mp/segment/layout.py by `make docs`: edit layout.py, not this -->"
 END = "<!-- END generated -->"
@@ -72,7 +92,7 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -255,7 +275,8 @@ def with_generated(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rockstar_mp.segment.layout_doc", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rockstar_mp.segment.layout_doc",
+                                     description=__doc__.split("\n")[0])
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", metavar="DOC", help="rewrite the generated part of DOC in place")
     action.add_argument("--check", metavar="DOC", help="exit 1 if the generated part of DOC is not current")

@@ -14,8 +14,19 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from .layout import (LOG, LOG_SLOT, RECORD, RECORD_SLOT, SLOT_PAYLOAD, SLOT_SEQ, Body, BodyLayout, Field, cell_index,
-                     slot_struct)
+from .layout import (
+    LOG,
+    LOG_SLOT,
+    RECORD,
+    RECORD_SLOT,
+    SLOT_PAYLOAD,
+    SLOT_SEQ,
+    Body,
+    BodyLayout,
+    Field,
+    cell_index,
+    slot_struct,
+)
 
 
 @dataclass(frozen=True)

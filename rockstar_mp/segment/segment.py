@@ -369,7 +369,7 @@ class Segment:
 
 def stale_segments(directory: str, min_age: float = 60.0) -> list[str]:
     """Segment files in ``directory`` older than ``min_age`` s whose masters are all dead (a SIGKILLed master's)."""
-    stale = []
+    stale: list[str] = []
     try:
         names = [n for n in os.listdir(directory) if n.startswith(SEGMENT_PREFIX) and n.endswith(".seg")]
     except OSError:

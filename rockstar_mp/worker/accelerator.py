@@ -3,8 +3,8 @@
 Built with the package when a C compiler is at hand (``pip install`` compiles it; a failed build
 leaves it out). ``hotpath`` is the module, or ``None``: then the pure-Python path runs, with the same
 behaviour and about 15 us more per request: some 17 us over a bare Falcon app against 2 us in C
-(``make bench``, figure 6, with and without ``ROCKSTAR_PURE_PYTHON=1``). ``ROCKSTAR_PURE_PYTHON=1`` forces the Python path (the
-tests run both).
+(``make bench``, figure 6, with and without ``ROCKSTAR_PURE_PYTHON=1``). ``ROCKSTAR_PURE_PYTHON=1`` forces
+the Python path (the tests run both).
 
 Example::
 
@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import os
+import types
 
 from ..segment.layout import RECORD_SPANS, SLOT_PAYLOAD, SLOT_SEQ
 from ..sketch import BUCKET_SCALE, MIN_SECONDS
@@ -21,7 +22,7 @@ from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY,
 
 PURE_PYTHON_ENV = "ROCKSTAR_PURE_PYTHON"
 
-hotpath = None
+hotpath: types.ModuleType | None = None
 if os.environ.get(PURE_PYTHON_ENV, "").lower() not in ("1", "true", "yes"):
     try:
         from .. import _hotpath as hotpath  # type: ignore[no-redef]

@@ -20,16 +20,16 @@ import time
 
 from .._linux import set_parent_death_signal
 from ..config import HEARTBEAT_SECONDS, MonitoringConfig
+from ..environment import SEGMENT_ENV
+from ..errors import NoSegment
 from ..metrics import REGISTRY, Counter, Gauge, LocalStore
 from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
+from ..segment.layout import Body
+from .control import start_control
 from .logs import SlabLogHandler
 from .logs import install as install_log_handler
 from .optimize import Optimizer, install_usr1
 from .workload import RECORDER, WorkloadLimits
-from .control import start_control
-from ..segment.layout import Body
-from ..environment import SEGMENT_ENV
-from ..errors import NoSegment
 
 POLL_SECONDS = 0.1  # how soon a requested optimization is noticed
 

@@ -29,9 +29,9 @@ import tracemalloc
 
 from .. import safefs
 from ..config import MonitoringConfig
+from ..environment import RUN_DIR_ENV
 from ..profiling import KINDS, Busy, collect, install_signal_handler, install_threadcreate_hook
 from ..profiling.channel import MAX_REQUEST, control_dir, socket_path
-from ..environment import RUN_DIR_ENV
 
 MAX_CONCURRENT = 8
 REQUEST_TIMEOUT = 5.0

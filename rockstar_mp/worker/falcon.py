@@ -23,8 +23,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .keys import (DEFAULT_REQUEST_ID_KEY, DEFAULT_TENANT_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED,
-                   WSGI_KEY)
+from .keys import DEFAULT_REQUEST_ID_KEY, DEFAULT_TENANT_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
 from .workload import RECORDER, template_path
 
 UNROUTED = UNMATCHED  # the route of a request Falcon routed nowhere (a 404): one value however many paths
@@ -40,7 +39,8 @@ class WorkloadMiddleware:
         self._tenant = tenant
         self._request_id_key = _environ_key(request_id_header)
         if wsgi_layer:
-            self.process_request = None  # Falcon skips a hook that is None; the WSGI layer times the request
+            # the type of a method cannot say "absent on this instance"
+            self.process_request = None  # type: ignore[method-assign,assignment]  # Falcon skips a hook that is None; the WSGI layer times the request
 
     def process_request(self, req, resp) -> None:
         env = req.env

@@ -77,7 +77,7 @@ class Optimizer:
             Body.optimize_rss_after.set(buf, rss_after, base)
             Body.optimize_uss_before.set(buf, uss_before, base)
             Body.optimize_uss_after.set(buf, uss_after, base)
-            for field, count in zip(Body.optimize_collected, collected):
+            for field, count in zip(Body.optimize_collected, collected, strict=True):
                 field.set(buf, count, base)
             Body.optimize_last.set(buf, time.time(), base)
             Body.optimize_count.set(buf, Body.optimize_count.get(buf, base) + 1, base)  # last

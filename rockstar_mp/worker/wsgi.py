@@ -31,6 +31,7 @@ import struct
 import time
 from bisect import bisect_left
 from time import perf_counter
+from typing import Any
 
 from ..metrics import REGISTRY, Counter, Histogram
 from .accelerator import hotpath
@@ -136,6 +137,7 @@ class _ListBody(list):
     server did not iterate to its end (HEAD, a client gone)."""
 
     __slots__ = ("_request",)
+    _request: _Request | None
 
     def __iter__(self):
         yield from list.__iter__(self)
@@ -164,7 +166,7 @@ class _StreamingBody:
 
     def __init__(self, body, request: _Request) -> None:
         self._body = body
-        self._request = request
+        self._request: _Request | None = request
         self._bytes = 0
 
     def __iter__(self):
@@ -292,7 +294,9 @@ class _PythonPath(_Shared):
 
 
 if hotpath is not None:
-    class MetricsMiddleware(_Shared, hotpath.Middleware):
+    _CMiddleware: Any = hotpath.Middleware  # a C type, which no stub describes
+
+    class MetricsMiddleware(_Shared, _CMiddleware):
         """Counts requests and their durations for any WSGI ``app`` (and records workload if asked).
         This build runs the request path in C (``rockstar_mp/_hotpath.c``)."""
 else:

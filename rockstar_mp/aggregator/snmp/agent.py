@@ -24,6 +24,7 @@ import logging
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from ...config import parse_base_oid, parse_engine_id, parse_trap_targets, parse_users
 from .. import net
@@ -32,6 +33,9 @@ from . import ber
 from .fast import V2c
 from .tree import COUNTER32, View, ViewBuilder
 from .usm import V3
+
+if TYPE_CHECKING:
+    from .notify import Notifier
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -123,7 +127,7 @@ class SnmpAgent:
         self.engine_id: bytes | None = None
         self.v3: V3 | None = None
         self.error: str | None = None
-        self.notifier = None
+        self.notifier: Notifier | None = None
         self._view: View | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -163,7 +167,7 @@ class SnmpAgent:
         self._thread = threading.Thread(target=self._serve, name="rockstar-snmp", daemon=True)
         self._thread.start()
         log.info("rockstar-mp: SNMP agent on udp://%s:%d (base %s, engine ID %s)", self.config.host, self.port,
-                 ".".join(map(str, self.base)), self.engine_id.hex())
+                 ".".join(map(str, self.base)), (self.engine_id or b"").hex())
         from .notify import Notifier
         self.notifier = Notifier(self)
         try:
@@ -191,7 +195,8 @@ class SnmpAgent:
             await asyncio.sleep(0.02)
         self._thread = None
         try:
-            self.sock.close()
+            if self.sock is not None:
+                self.sock.close()
         except OSError:
             pass
         self.sock = None
@@ -201,6 +206,7 @@ class SnmpAgent:
     # -- the thread -------------------------------------------------------------------------------
     def _serve(self) -> None:
         sock, buffer = self.sock, bytearray(65536)
+        assert sock is not None  # the thread starts after _prepare
         while not self._stopping.is_set():
             try:
                 size, address = sock.recvfrom_into(buffer)
@@ -227,9 +233,12 @@ class SnmpAgent:
                 raise ber.Malformed
             s, e = ber.expect(data, 0x02, start, end)
             version = ber.to_int(data, s, e)
+            # _v2c and v3 are set by _prepare: a datagram before it is a bug, counted as unexpected
             if version == 1:
+                assert self._v2c is not None
                 return self._v2c.handle(data, e, end)
             if version == 3:
+                assert self.v3 is not None
                 return self.v3.handle(data, e, end)
             counts.bad_versions += 1  # SNMPv1 (0) included: not served
             return None
@@ -256,6 +265,7 @@ class SnmpAgent:
                 and time.time() - snap.taken <= max(self.config.snapshot_max_age, VIEW_MAX_AGE):
             return view
         done: concurrent.futures.Future = concurrent.futures.Future()
+        assert self._loop is not None  # set by _prepare, before the thread asking starts
         self._loop.call_soon_threadsafe(self._build_view, done)
         try:
             return done.result(VIEW_WAIT)

@@ -11,7 +11,6 @@ import hmac
 from . import ber, respond
 
 
-
 class V2c:
     """The SNMPv2c path of an agent: ``counts`` is the agent's ``Counters``; ``view()`` its view."""
 

@@ -258,7 +258,8 @@ def _table(table: Table) -> str:
            f"    STATUS      current\n    DESCRIPTION\n{_quote(table.description)}\n"
            f"    ::= {{ rsmpObjects {table.sub} }}\n",
            f"{entry} OBJECT-TYPE\n    SYNTAX      {row}\n    MAX-ACCESS  not-accessible\n"
-           f"    STATUS      current\n    DESCRIPTION\n{_quote(table.entry_description or 'A row of ' + table.name + '.')}\n"
+           f"    STATUS      current\n    DESCRIPTION\n"
+           f"{_quote(table.entry_description or 'A row of ' + table.name + '.')}\n"
            f"    INDEX       {{ {', '.join(table.index)} }}\n    ::= {{ {table.name} 1 }}\n",
            f"{row} ::= SEQUENCE {{\n{seq}\n}}\n"]
     out += [_object(c, entry) for c in table.columns]

@@ -54,7 +54,7 @@ def parse_pdu(data: bytes, pos: int, end: int) -> Request | None:
     pos, list_end = ber.expect(data, 0x30, e, pe)
     if list_end != pe:
         raise ber.Malformed
-    oids = []
+    oids: list[tuple] = []
     while pos < list_end:
         if len(oids) == MAX_REQUEST_VARBINDS:
             return Request(kind, request_id, a, b, None, b"\x30\x00")

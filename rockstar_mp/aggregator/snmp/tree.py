@@ -15,6 +15,7 @@ import socket
 import struct
 import time
 from bisect import bisect_right
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from ... import __version__
@@ -122,7 +123,7 @@ class Table:
         rows.sort(key=lambda r: r[0])
         self.keys = [r[0] for r in rows]
         self.rows = [r[1] for r in rows]  # values by column position
-        self._pos = None
+        self._pos: dict[tuple, int] | None = None  # row position by index, built on first use
 
     def get(self, rel: tuple):
         if len(rel) < 2:
@@ -240,7 +241,8 @@ class Sequencer:
 
 
 def _labels(key) -> str:
-    return ",".join(f'{n}="{v}"' for n, v in zip(key.labelnames, key.labelvalues))
+    # not strict: keys are decoded from what workers wrote, unchecked; a malformed one loses labels, not the walk
+    return ",".join(f'{n}="{v}"' for n, v in zip(key.labelnames, key.labelvalues, strict=False))
 
 
 def _number_text(value: float) -> str:
@@ -263,7 +265,7 @@ def _log_row(r) -> tuple:
 class ViewBuilder:
     """Builds ``View``s from the aggregator's state; remembers the stable numbers it handed out."""
 
-    def __init__(self, state: AggregatorState, base: tuple, counters: callable) -> None:
+    def __init__(self, state: AggregatorState, base: tuple, counters: Callable[[], dict]) -> None:
         self.state = state
         self.base = base
         self.counters = counters  # () -> {server scalar sub: (kind, value)} from the agent (bad requests...)
@@ -306,7 +308,7 @@ class ViewBuilder:
         workload = workload_json(state)
         workers = workers_json(state)
         objects = self.base + (mibdef.OBJECTS,)
-        nodes = [Scalars(SYSTEM, {
+        nodes: list[Scalars | Table] = [Scalars(SYSTEM, {
             1: (STRING, text(f"rockstar-mp {__version__} aggregator (pid {os.getpid()}): monitoring of a "
                              "pre-fork Python server")),
             2: (OID, self.base),
@@ -339,7 +341,7 @@ class ViewBuilder:
         server.update(self.counters())
         nodes.append(Scalars(objects + (mibdef.SERVER_SUB,), server))
 
-        rows = []
+        rows: list[tuple[tuple, tuple]] = []  # (index, values by column)
         for w in workers:
             if not 0 < w["pid"] <= I32:
                 continue

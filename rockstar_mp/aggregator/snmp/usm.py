@@ -115,7 +115,7 @@ class LocalUser:
 
         self.name = user.name.encode()
         self.auth: Auth | None = None
-        self.priv = None
+        self.priv: AesPriv | PysnmpPriv | None = None
         self.level = 0
         if user.auth_protocol == "NONE":
             return
@@ -216,8 +216,8 @@ class V3:
             if not flags & REPORTABLE_FLAG:
                 return None
             request_id = self._request_id(data, ue, end) if not flags & PRIV_FLAG else b"\x02\x01\x00"
-            user = self.users.get(name) if refused.flags else None
-            return self._report(msg_id, refused, name, user, request_id)
+            known = self.users.get(name) if refused.flags else None
+            return self._report(msg_id, refused, name, known, request_id)
         return self._answer(msg_id, flags, max_size, user, scoped)
 
     # -- the checks --------------------------------------------------------------------------------
@@ -232,6 +232,7 @@ class V3:
             raise Refused(UNSUPPORTED_SEC_LEVELS)
         if flags & AUTH_FLAG:
             auth = user.auth
+            assert auth is not None  # refused above otherwise
             if auth_end - auth_start != auth.size:
                 raise Refused(WRONG_DIGESTS)
             blanked = data[:auth_start] + bytes(auth.size) + data[auth_end:]
@@ -244,6 +245,7 @@ class V3:
     @staticmethod
     def _decrypt(user: LocalUser, boots: int, engine_time: int, salt: bytes, ciphertext: bytes) -> bytes:
         try:
+            assert user.priv is not None  # _check refused a privacy request of a user without it
             scoped = user.priv.decrypt(boots, engine_time, salt, ciphertext)
             tag, s, e = ber.read(scoped, 0, len(scoped))  # DES leaves padding after the scoped PDU
             if tag != 0x30:
@@ -304,12 +306,16 @@ class V3:
         """A whole SNMPv3 message, encrypted and authenticated as ``flags`` say."""
         boots, engine_time = self.boots, self.engine_time()
         salt = b""
+        # a secured message has a user, whose keys for these flags _check found
+        auth = user.auth if user is not None and flags & AUTH_FLAG else None
+        priv = user.priv if user is not None and flags & PRIV_FLAG else None
         if flags & PRIV_FLAG:
-            salt, ciphertext = user.priv.encrypt(boots, engine_time, scoped)
+            assert priv is not None
+            salt, ciphertext = priv.encrypt(boots, engine_time, scoped)
             msg_data = ber.octets(ciphertext)
         else:
             msg_data = scoped
-        size = user.auth.size if flags & AUTH_FLAG else 0
+        size = auth.size if auth is not None else 0
         head = ber.octets(self.engine_id) + ber.int32(boots) + ber.int32(engine_time) + ber.octets(name)
         inner = head + ber.octets(bytes(size)) + ber.octets(salt)
         params = ber.octets(ber.tlv(0x30, inner))
@@ -317,9 +323,9 @@ class V3:
                                           + ber.octets(bytes((flags,))) + b"\x02\x01\x03"))
         body = header + params + msg_data
         message = ber.tlv(0x30, body)
-        if not size:
+        if auth is None or not size:
             return message
         # where the MAC goes: after the headers of the message, of the parameters' OCTET STRING and
         # SEQUENCE, the fields before it, and its own OCTET STRING header (2 octets: a MAC is < 128)
         at = (len(message) - len(body)) + len(header) + (len(params) - len(inner)) + len(head) + 2
-        return message[:at] + user.auth.sign(message) + message[at + size:]
+        return message[:at] + auth.sign(message) + message[at + size:]
