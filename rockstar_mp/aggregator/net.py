@@ -33,6 +33,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..errors import RockstarError
+
 log = logging.getLogger("rockstar_mp.aggregator.net")
 
 _PREBOUND: dict[tuple[str, str, int], socket.socket] = {}
@@ -225,7 +227,7 @@ def error_response(status: int, reason: str, description: str, plain: bool = Fal
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-class HeadTooLarge(Exception):
+class HeadTooLarge(RockstarError):
     """A request's head went past ``max_header_bytes`` or ``max_header_count``."""
 
 
