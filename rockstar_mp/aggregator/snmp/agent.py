@@ -30,8 +30,9 @@ from ...config import parse_base_oid, parse_engine_id, parse_trap_targets, parse
 from .. import net
 from ..state import AggregatorState
 from . import ber
+from .build import ViewBuilder
 from .fast import V2c
-from .tree import COUNTER32, View, ViewBuilder
+from .tree import COUNTER32, View
 from .usm import V3
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """ROCKSTAR-MP-MIB as data: every object's name, sub-identifier, syntax and description.
 
-The agent serves exactly these objects (``tree.py``) and ``render_mib`` writes the SMIv2 module from
+The agent serves exactly these objects (``build.py``) and ``render_mib`` writes the SMIv2 module from
 them, so the served tree and the shipped MIB cannot drift apart (a test compares the shipped file with
 ``render_mib()``). OIDs below are relative to the base (``snmp_base_oid``, default net-snmp's playpen
 ``1.3.6.1.4.1.8072.9999.9999``)::
