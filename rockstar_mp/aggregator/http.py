@@ -20,7 +20,7 @@ from .exposition import (
     render_openmetrics,
     render_prometheus,
 )
-from .history import HistoryResource, history_route
+from .history_view import HistoryResource, history_route
 from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
 from .state import AggregatorState
 from .views import add_views, exported_families
