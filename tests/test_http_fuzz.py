@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from rockstar_mp.aggregator.admin import TOKEN_PARAMS, add_admin
-from rockstar_mp.aggregator.history import PARAMS as HISTORY_PARAMS
-from rockstar_mp.aggregator.history import HistoryResource, history_route
+from rockstar_mp.aggregator.history_view import PARAMS as HISTORY_PARAMS
+from rockstar_mp.aggregator.history_view import HistoryResource, history_route
 from rockstar_mp.aggregator.views import add_views
 from rockstar_mp.config import MonitoringConfig
 from rockstar_mp.control import CONTROLLABLE

@@ -33,7 +33,7 @@ def _json_key(key, extra_names=(), extra_values=()) -> str:
     return f"{key.name}{{{_label_text(names, values)}}}" if names else key.name
 
 
-def _number(value: float):
+def json_number(value: float):
     """JSON has no NaN/Inf: they become strings; whole numbers become ints."""
     if math.isnan(value) or math.isinf(value):
         return str(value)
@@ -110,8 +110,8 @@ def _histogram_json(key, values) -> dict:
     cumulative, buckets = 0.0, {}
     for bound, count in zip(list(bounds) + [math.inf], values[:-1], strict=True):
         cumulative += count
-        buckets["+Inf" if bound == math.inf else repr(float(bound))] = _number(cumulative)
-    return {"count": _number(cumulative), "sum": _number(values[-1]), "buckets": buckets}
+        buckets["+Inf" if bound == math.inf else repr(float(bound))] = json_number(cumulative)
+    return {"count": json_number(cumulative), "sum": json_number(values[-1]), "buckets": buckets}
 
 
 def render_json(snap: Snapshot, pid: int | None = None) -> dict:
@@ -123,15 +123,15 @@ def render_json(snap: Snapshot, pid: int | None = None) -> dict:
     for info, values, readings in _series_values(snap, pid):
         key = info.key
         if key.kind == COUNTER:
-            counters[_json_key(key)] = _number(values[0])
+            counters[_json_key(key)] = json_number(values[0])
             if key.labelnames:  # the plain name holds the sum over label sets
-                counters[key.name] = _number(counters.get(key.name, 0) + values[0])
+                counters[key.name] = json_number(counters.get(key.name, 0) + values[0])
         elif key.kind == HISTOGRAM:
             histograms[_json_key(key)] = _histogram_json(key, values)
         elif key.kind == GAUGE:
             for extra_values, value in merge_gauge(key.extra[0], readings):
                 names = ("pid",) if extra_values else ()
-                gauges[_json_key(key, names, extra_values)] = _number(value)
+                gauges[_json_key(key, names, extra_values)] = json_number(value)
     return {"counters": counters, "gauges": gauges, "histograms": histograms}
 
 

@@ -1,12 +1,13 @@
-"""Metrics history: the aggregator's periodic snapshots in SQLite, and ``GET {metrics_path}/history``.
+"""Metrics history: the aggregator's periodic snapshots in SQLite (``history_view`` serves them over HTTP).
 
 Every ``history_interval`` seconds (the first at once) the tick loop renders the merged counters, gauges
 and histogram count/sum into an immutable ``{name: (kind, value)}`` mapping and hands it to one
 background thread, which writes it to SQLite (WAL, ``synchronous=NORMAL``, file mode 0600) and deletes
-points older than ``history_retention``. Neither the writes nor the reads of the history endpoint run on
-the event loop. A failing database (full disk, read-only, locked, corrupt) is logged once per distinct
-error and counted (``HistoryWriter.errors``, ``history_errors`` in the JSON ``system`` section); the
-metrics are served whatever happens to it.
+points older than ``history_retention``. Neither the writes nor the reads of the history endpoint
+(``history_view.HistoryResource``, through ``HistoryWriter.query``) run on the event loop. A failing
+database (full disk, read-only, locked, corrupt) is logged once per distinct error and counted
+(``HistoryWriter.errors``, ``history_errors`` in the JSON ``system`` section); the metrics are served
+whatever happens to it.
 
 Names are the keys of the JSON ``/metrics`` (``http.requests``, ``http.requests{method="GET"}``); a
 histogram contributes ``<name>.count`` and ``<name>.sum`` (labels kept: ``t.sizes.count{route="/"}``).
@@ -21,7 +22,6 @@ Schema (``PRAGMA user_version = 1``)::
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -32,13 +32,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import MappingProxyType
 from typing import Mapping, Optional
 
-import falcon
-import falcon.asgi
-
 from .. import safefs
 from ..config import MonitoringConfig
-from . import params
-from .exposition import _number, render_json
+from .exposition import json_number, render_json
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -46,7 +42,6 @@ HISTORY_FILE = "history.sqlite3"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 1.0  # seconds a write waits for a lock held by someone else before it counts as failed
 SWEEP_INTERVAL = 600.0  # at most this often, series left without points are forgotten
-DEFAULT_WINDOW = 3600.0  # the endpoint's default since = until - this
 JOURNAL_SIZE_LIMIT = 4 << 20  # the WAL file is truncated back to this after a checkpoint
 MAX_LOGGED = 64  # distinct error messages remembered (each is logged once)
 SIDE_FILES = ("-wal", "-shm")  # SQLite's in WAL mode, beside the database
@@ -233,7 +228,7 @@ class HistoryStore:
         cursor = conn.execute("SELECT ts, value FROM points WHERE series_id = ? AND ts BETWEEN ? AND ? "
                               "ORDER BY ts", (row[0], since, until))
         if step is None:
-            return [[ts, _number(value)] for ts, value in cursor]
+            return [[ts, json_number(value)] for ts, value in cursor]
         points: list = []
         last_bucket = None
         for ts, value in cursor:  # in Python: SQLite's CAST to INTEGER saturates for a tiny step
@@ -241,9 +236,9 @@ class HistoryStore:
             if math.isinf(bucket):  # a step so small that every point is a bucket of its own
                 bucket = ts
             if bucket == last_bucket:
-                points[-1] = [ts, _number(value)]
+                points[-1] = [ts, json_number(value)]
             else:
-                points.append([ts, _number(value)])
+                points.append([ts, json_number(value)])
                 last_bucket = bucket
         return points
 
@@ -354,60 +349,3 @@ class HistoryWriter:
                         "served; each distinct error is logged once, all are counted in history_errors",
                         self.path, message)
 
-
-# -- the endpoint ---------------------------------------------------------------------------------
-PARAMS = ("name", "since", "until", "step")
-
-
-def history_route(config: MonitoringConfig) -> str:
-    """``/metrics/history`` for the default ``metrics_path``."""
-    return config.metrics_path.rstrip("/") + "/history"
-
-
-class HistoryResource:
-    """``GET {metrics_path}/history?name=N[&since=T][&until=T][&step=S]``: one series' recorded points.
-
-    ``since``/``until`` are unix seconds (default: the hour before ``until``, and now); ``step`` (s)
-    downsamples to the last point of every ``step``-second bucket. Answers
-    ``{"name": N, "points": [[ts, value], ...]}`` in time order; 404 for a name never recorded.
-    """
-
-    def __init__(self, state) -> None:
-        self._state = state
-
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        config = self._state.config
-        writer: Optional[HistoryWriter] = getattr(self._state, "history", None)
-        if not config.enable_metrics:
-            raise falcon.HTTPNotFound(title="404 Not Found", description="the metrics endpoint is off")
-        if writer is None:
-            raise falcon.HTTPNotFound(title="404 Not Found",
-                                      description="the history is off (history_interval=0)")
-        params.only(req, PARAMS)
-        name = params.text(req, "name")
-        if not name:
-            raise params.bad_request("name is required: a key of the JSON metrics, e.g. 'http.requests' "
-                                     "or 'http.requests{method=\"GET\",status=\"200\"}'")
-        since, until = params.number(req, "since"), params.number(req, "until")
-        step = params.number(req, "step", above=0.0)
-        if until is None:
-            until = time.time()
-        if since is None:
-            since = until - DEFAULT_WINDOW
-        if since > until:
-            raise params.bad_request(f"since ({since}) is after until ({until})")
-        try:
-            points = await writer.query(name, since, until, step)
-        except (sqlite3.Error, OSError, RuntimeError) as exc:
-            raise falcon.HTTPServiceUnavailable(
-                title="503 Service Unavailable",
-                description=f"the history cannot be read: {type(exc).__name__}: {exc}") from exc
-        if points is None:
-            raise falcon.HTTPNotFound(title="404 Not Found",
-                                      description=f"no history for {name!r}; names are the keys of the "
-                                                  f"JSON metrics (a histogram has <name>.count and "
-                                                  f"<name>.sum)")
-        resp.content_type = falcon.MEDIA_JSON
-        resp.text = json.dumps({"name": name, "points": points})
-
-    on_head = on_get

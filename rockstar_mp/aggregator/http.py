@@ -20,10 +20,10 @@ from .exposition import (
     render_openmetrics,
     render_prometheus,
 )
-from .history import HistoryResource, history_route
+from .history_view import HistoryResource, history_route
 from .negotiation import FORMATS, choose_format  # noqa: F401 (FORMATS: the valid ?format= values)
 from .state import AggregatorState
-from .views import _only, add_views, exported_families
+from .views import add_views, exported_families
 
 
 class BearerAuth:
@@ -77,7 +77,7 @@ class MetricsResource:
         resp.vary = ("Accept",)
         if not self._state.config.enable_metrics:
             raise falcon.HTTPNotFound(title="404 Not Found", description="the metrics endpoint is off")
-        _only(req, ("format", "pid"))
+        params.only(req, ("format", "pid"))
         try:
             fmt = choose_format(req.get_header("Accept"), params.text(req, "format"))
         except ValueError as exc:
