@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, get_args, get_origin, get_type_hints
 
 # Re-exported: these were defined here, and ``from rockstar_mp.config import parse_users`` keeps working.
 from .snmp_settings import AUTH_PROTOCOLS as AUTH_PROTOCOLS
@@ -202,7 +202,7 @@ class MonitoringConfig:
         for field in fields(self):
             raw = environ.get(ENV_PREFIX + field.name.upper())
             if raw is not None:
-                changes[field.name] = _parse(field.name, field.type, raw)
+                changes[field.name] = _parse(type(self), field.name, raw)
         return dataclasses.replace(self, **changes) if changes else self
 
     def to_json(self) -> str:
@@ -222,22 +222,67 @@ class MonitoringConfig:
         return "MonitoringConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
-def _parse(name: str, kind: object, raw: str) -> bool | int | float | str | None:
-    kind = str(kind)
+EnvValue = bool | int | float | str | None  # what a ROCKSTAR_<FIELD> string parses to
+
+
+def _parse_bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected 1/0/true/false/yes/no/on/off")
+
+
+def _parse_optional_str(raw: str) -> str | None:
+    return raw or None  # an empty variable unsets the field
+
+
+def _parse_str(raw: str) -> str:
+    return raw
+
+
+def _is_str_or_list_union(kind: object) -> bool:
+    """``str | list[...]``: settings whose string form validation parses (``snmp_users``, trap targets)."""
+    args = get_args(kind)
+    return str in args and all(arg is str or get_origin(arg) is list for arg in args)
+
+
+def _env_parser(name: str, kind: object) -> Callable[[str], EnvValue]:
+    """How a ``ROCKSTAR_<FIELD>`` string becomes a value of the field's type ``kind``."""
+    if kind is bool:
+        return _parse_bool
+    if kind is int:
+        return int
+    if kind is float:
+        return float
+    if kind is str or _is_str_or_list_union(kind):
+        return _parse_str
+    if kind == Optional[str]:
+        return _parse_optional_str
+    raise TypeError(f"the setting {name} has the type {kind!r}, which ${ENV_PREFIX}{name.upper()} cannot be parsed to")
+
+
+_ENV_PARSERS: dict[type[MonitoringConfig], dict[str, Callable[[str], EnvValue]]] = {}
+
+
+def _env_parsers(cls: type[MonitoringConfig]) -> dict[str, Callable[[str], EnvValue]]:
+    """``{field name: its parser}``, from the fields' real types, resolved once per class (a subclass may
+    add fields)."""
+    parsers = _ENV_PARSERS.get(cls)
+    if parsers is None:  # two threads racing here compute the same table
+        hints = get_type_hints(cls)
+        parsers = _ENV_PARSERS[cls] = {field.name: _env_parser(field.name, hints[field.name])
+                                       for field in fields(cls)}
+    return parsers
+
+
+_env_parsers(MonitoringConfig)  # at import: a field of a type without a parser fails here, not on an override
+
+
+def _parse(cls: type[MonitoringConfig], name: str, raw: str) -> EnvValue:
+    """``raw``, the value of ``$ROCKSTAR_<NAME>``, parsed to the type of the field ``name`` of ``cls``."""
     try:
-        if kind == "bool":
-            low = raw.strip().lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError("expected 1/0/true/false/yes/no/on/off")
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "Optional[str]":
-            return raw or None
-        return raw
+        return _env_parsers(cls)[name](raw)
     except ValueError as exc:
         raise ValueError(f"${ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
