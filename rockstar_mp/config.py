@@ -12,7 +12,17 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, Optional, get_args, get_origin, get_type_hints
+
+# Re-exported: these were defined here, and ``from rockstar_mp.config import parse_users`` keeps working.
+from .snmp_settings import AUTH_PROTOCOLS as AUTH_PROTOCOLS
+from .snmp_settings import PRIV_PROTOCOLS as PRIV_PROTOCOLS
+from .snmp_settings import SnmpUser as SnmpUser
+from .snmp_settings import TrapTarget as TrapTarget
+from .snmp_settings import parse_base_oid as parse_base_oid
+from .snmp_settings import parse_engine_id as parse_engine_id
+from .snmp_settings import parse_trap_targets as parse_trap_targets
+from .snmp_settings import parse_users as parse_users
 
 ENV_PREFIX = "ROCKSTAR_"
 HEARTBEAT_SECONDS = 1.0  # how often a worker beats (rockstar_mp/worker/attach.py)
@@ -60,7 +70,7 @@ class MonitoringConfig:
     enable_snmp: bool = False
     snmp_port: int = 1161
     snmp_community: str = "public"
-    # SNMPv3 USM users (see rockstar_mp.aggregator.snmp.settings): a list of dicts
+    # SNMPv3 USM users (see rockstar_mp.snmp_settings): a list of dicts
     # {"user", "auth_protocol", "auth_key", "priv_protocol", "priv_key"}, or the compact string
     # "user:SHA:authpass:AES:privpass,user2:..." ($ROCKSTAR_SNMP_USERS; a value starting with "[" is JSON).
     snmp_users: "str | list[str | dict[str, Any]]" = ""
@@ -192,7 +202,7 @@ class MonitoringConfig:
         for field in fields(self):
             raw = environ.get(ENV_PREFIX + field.name.upper())
             if raw is not None:
-                changes[field.name] = _parse(field.name, field.type, raw)
+                changes[field.name] = _parse(type(self), field.name, raw)
         return dataclasses.replace(self, **changes) if changes else self
 
     def to_json(self) -> str:
@@ -212,155 +222,67 @@ class MonitoringConfig:
         return "MonitoringConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
-def _parse(name: str, kind: object, raw: str) -> bool | int | float | str | None:
-    kind = str(kind)
+EnvValue = bool | int | float | str | None  # what a ROCKSTAR_<FIELD> string parses to
+
+
+def _parse_bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected 1/0/true/false/yes/no/on/off")
+
+
+def _parse_optional_str(raw: str) -> str | None:
+    return raw or None  # an empty variable unsets the field
+
+
+def _parse_str(raw: str) -> str:
+    return raw
+
+
+def _is_str_or_list_union(kind: object) -> bool:
+    """``str | list[...]``: settings whose string form validation parses (``snmp_users``, trap targets)."""
+    args = get_args(kind)
+    return str in args and all(arg is str or get_origin(arg) is list for arg in args)
+
+
+def _env_parser(name: str, kind: object) -> Callable[[str], EnvValue]:
+    """How a ``ROCKSTAR_<FIELD>`` string becomes a value of the field's type ``kind``."""
+    if kind is bool:
+        return _parse_bool
+    if kind is int:
+        return int
+    if kind is float:
+        return float
+    if kind is str or _is_str_or_list_union(kind):
+        return _parse_str
+    if kind == Optional[str]:
+        return _parse_optional_str
+    raise TypeError(f"the setting {name} has the type {kind!r}, which ${ENV_PREFIX}{name.upper()} cannot be parsed to")
+
+
+_ENV_PARSERS: dict[type[MonitoringConfig], dict[str, Callable[[str], EnvValue]]] = {}
+
+
+def _env_parsers(cls: type[MonitoringConfig]) -> dict[str, Callable[[str], EnvValue]]:
+    """``{field name: its parser}``, from the fields' real types, resolved once per class (a subclass may
+    add fields)."""
+    parsers = _ENV_PARSERS.get(cls)
+    if parsers is None:  # two threads racing here compute the same table
+        hints = get_type_hints(cls)
+        parsers = _ENV_PARSERS[cls] = {field.name: _env_parser(field.name, hints[field.name])
+                                       for field in fields(cls)}
+    return parsers
+
+
+_env_parsers(MonitoringConfig)  # at import: a field of a type without a parser fails here, not on an override
+
+
+def _parse(cls: type[MonitoringConfig], name: str, raw: str) -> EnvValue:
+    """``raw``, the value of ``$ROCKSTAR_<NAME>``, parsed to the type of the field ``name`` of ``cls``."""
     try:
-        if kind == "bool":
-            low = raw.strip().lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError("expected 1/0/true/false/yes/no/on/off")
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "Optional[str]":
-            return raw or None
-        return raw
+        return _env_parsers(cls)[name](raw)
     except ValueError as exc:
         raise ValueError(f"${ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
-
-
-# -- SNMP settings (parsed here so that workers and the aggregator validate them alike) -------------
-class SnmpUser(NamedTuple):
-    """One SNMPv3 USM user. Protocols: auth SHA (= SHA1), SHA224, SHA256, SHA384, SHA512, MD5 or NONE;
-    priv AES (= AES128), AES192, AES256, DES, 3DES or NONE. Keys are passphrases of 8+ characters."""
-
-    name: str
-    auth_protocol: str
-    auth_key: str
-    priv_protocol: str
-    priv_key: str
-
-    @property
-    def level(self) -> str:
-        if self.auth_protocol == "NONE":
-            return "noAuthNoPriv"
-        return "authNoPriv" if self.priv_protocol == "NONE" else "authPriv"
-
-
-class TrapTarget(NamedTuple):
-    version: str  # "v2c" or "v3"
-    secret: str  # the community (v2c) or the USM user name (v3)
-    host: str
-    port: int
-    inform: bool
-
-
-AUTH_PROTOCOLS = ("NONE", "MD5", "SHA", "SHA224", "SHA256", "SHA384", "SHA512")
-PRIV_PROTOCOLS = ("NONE", "DES", "3DES", "AES", "AES128", "AES192", "AES256")
-
-
-def _entries(value: object, what: str) -> list[Any]:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except ValueError as exc:
-                raise ValueError(f"{what}: bad JSON: {exc}") from None
-        else:
-            return [part.strip() for part in text.split(",") if part.strip()]
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{what} must be a string or a list, got {type(value).__name__}")
-    return list(value)
-
-
-def parse_users(value: object) -> list[SnmpUser]:
-    """``snmp_users`` as ``SnmpUser``s: "name:AUTH:authkey:PRIV:privkey" strings (comma-separated in one
-    string; keys cannot contain ':' or ',' there: use the JSON/list form) or dicts with those fields."""
-    users: list[SnmpUser] = []
-    for entry in _entries(value, "snmp_users"):
-        if isinstance(entry, str):
-            parts = entry.split(":")
-            if len(parts) == 3:
-                parts += ["NONE", ""]
-            if len(parts) != 5:
-                raise ValueError("snmp_users entries are 'name:AUTH:authkey:PRIV:privkey' "
-                                 f"(or 'name:AUTH:authkey'), got {len(parts)} fields")
-            entry = dict(zip(("user", "auth_protocol", "auth_key", "priv_protocol", "priv_key"), parts, strict=True))
-        if not isinstance(entry, dict):
-            raise ValueError(f"snmp_users entries must be strings or dicts, got {type(entry).__name__}")
-        unknown = set(entry) - {"user", "name", "auth_protocol", "auth_key", "priv_protocol", "priv_key"}
-        if unknown:
-            raise ValueError(f"snmp_users: unknown keys {sorted(unknown)}")
-        name = str(entry.get("user") or entry.get("name") or "")
-        auth = str(entry.get("auth_protocol") or "SHA").upper()
-        priv = str(entry.get("priv_protocol") or ("AES" if entry.get("priv_key") else "NONE")).upper()
-        user = SnmpUser(name, auth, str(entry.get("auth_key") or ""), "AES" if priv == "AES128" else priv,
-                        str(entry.get("priv_key") or ""))
-        if not name or len(name) > 32:
-            raise ValueError(f"snmp_users: a user name must have 1..32 characters, got {name!r}")
-        if auth not in AUTH_PROTOCOLS or priv not in PRIV_PROTOCOLS:
-            raise ValueError(f"snmp_users: user {name!r}: auth must be one of {AUTH_PROTOCOLS} and priv "
-                             f"one of {PRIV_PROTOCOLS}, got {auth!r}/{priv!r}")
-        if auth == "NONE" and priv != "NONE":
-            raise ValueError(f"snmp_users: user {name!r}: privacy needs authentication")
-        for proto, key, kind in ((auth, user.auth_key, "auth"), (user.priv_protocol, user.priv_key, "priv")):
-            if proto != "NONE" and len(key) < 8:
-                raise ValueError(f"snmp_users: user {name!r}: the {kind} key needs 8 or more characters")
-        if any(u.name == name for u in users):
-            raise ValueError(f"snmp_users: user {name!r} appears twice")
-        users.append(user)
-    return users
-
-
-def parse_trap_targets(value: object, users: set[str] | None = None) -> list[TrapTarget]:
-    """``snmp_trap_targets``: "v2c:community@host:port" or "v3:user@host:port", "/inform" appended for
-    informs (default traps); comma-separated in one string, or a list of such strings."""
-    targets = []
-    for entry in _entries(value, "snmp_trap_targets"):
-        if not isinstance(entry, str):
-            raise ValueError("snmp_trap_targets entries are strings like 'v2c:public@127.0.0.1:162'")
-        spec, inform = entry, False
-        if spec.endswith("/inform") or spec.endswith("/trap"):
-            spec, _, kind = spec.rpartition("/")
-            inform = kind == "inform"
-        version, _, rest = spec.partition(":")
-        secret, _, address = rest.rpartition("@")
-        host, _, port = address.rpartition(":")
-        if version not in ("v2c", "v3") or not secret or not host or not port.isdigit() \
-                or not 0 < int(port) < 65536:
-            raise ValueError(f"snmp_trap_targets: expected 'v2c:community@host:port' or "
-                             f"'v3:user@host:port' (optionally '/inform'), got {entry!r}")
-        if version == "v3" and users is not None and secret not in users:
-            raise ValueError(f"snmp_trap_targets: {entry!r} names user {secret!r}, not in snmp_users")
-        targets.append(TrapTarget(version, secret, host.strip("[]"), int(port), inform))
-    return targets
-
-
-def parse_base_oid(value: str) -> tuple[int, ...]:
-    try:
-        oid = tuple(int(part) for part in value.strip(".").split("."))
-    except ValueError:
-        raise ValueError(f"snmp_base_oid must be a dotted OID like 1.3.6.1.4.1.8072.9999.9999, "
-                         f"got {value!r}") from None
-    if len(oid) < 2 or oid[0] > 2 or any(p < 0 or p >= 2 ** 32 for p in oid) or len(oid) > 100:
-        raise ValueError(f"snmp_base_oid is not a valid OID: {value!r}")
-    return oid
-
-
-def parse_engine_id(value: str) -> bytes:
-    """``snmp_engine_id``: hex (an optional "0x"), 5..32 octets, not all zeros nor all 0xff (RFC 3411)."""
-    text = value.strip()
-    if text[:2].lower() == "0x":
-        text = text[2:]
-    try:
-        raw = bytes.fromhex(text.replace(":", ""))
-    except ValueError:
-        raise ValueError(f"snmp_engine_id must be hexadecimal, like 80001f8805c0ffee01, got {value!r}") from None
-    if not 5 <= len(raw) <= 32 or raw in (bytes(len(raw)), b"\xff" * len(raw)):
-        raise ValueError(f"snmp_engine_id must have 5..32 octets, not all 0x00 nor all 0xff, got {value!r}")
-    return raw

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ...config import parse_base_oid, parse_engine_id, parse_trap_targets, parse_users
+from ...snmp_settings import parse_base_oid, parse_engine_id, parse_trap_targets, parse_users
 from .. import net
 from ..state import AggregatorState
 from . import ber

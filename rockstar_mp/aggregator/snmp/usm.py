@@ -26,8 +26,8 @@ try:  # CFB moved to the "decrepit" modules in cryptography 47 (it is what RFC 3
 except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
-from ...config import SnmpUser
 from ...errors import RockstarError
+from ...snmp_settings import SnmpUser
 from . import ber, respond
 
 AUTH_FLAG, PRIV_FLAG, REPORTABLE_FLAG = 0x01, 0x02, 0x04
