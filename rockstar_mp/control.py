@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass
 
 from .config import MonitoringConfig
@@ -34,8 +35,9 @@ def read_overrides(segment: Segment) -> dict:
     return {k: v for k, v in data.items() if k in CONTROLLABLE} if isinstance(data, dict) else {}
 
 
-# what a JSON value of each controllable setting's annotation may be
-_ACCEPTED: dict[str, type | tuple[type, ...]] = {"bool": bool, "int": int, "float": (int, float), "str": str}
+# what a JSON value of each controllable setting's type may be
+_ACCEPTED: dict[type, tuple[type, ...]] = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+_TYPES = {name: kind for name, kind in typing.get_type_hints(MonitoringConfig).items() if name in CONTROLLABLE}
 
 
 def apply_overrides(config: MonitoringConfig, overrides: dict) -> MonitoringConfig:
@@ -43,10 +45,10 @@ def apply_overrides(config: MonitoringConfig, overrides: dict) -> MonitoringConf
     unknown = sorted(set(overrides) - set(CONTROLLABLE))
     if unknown:
         raise ValueError(f"cannot change {unknown} at runtime; the controllable settings are {list(CONTROLLABLE)}")
-    types = {f.name: str(f.type) for f in dataclasses.fields(MonitoringConfig)}  # annotations are strings here
     for name, value in overrides.items():
-        if not isinstance(value, _ACCEPTED[types[name]]) or (types[name] != "bool" and isinstance(value, bool)):
-            raise ValueError(f"{name} must be {types[name]}, got {value!r}")
+        kind = _TYPES[name]
+        if not isinstance(value, _ACCEPTED[kind]) or (kind is not bool and isinstance(value, bool)):
+            raise ValueError(f"{name} must be {kind.__name__}, got {value!r}")
     return dataclasses.replace(config, **overrides)  # __post_init__ validates the result
 
 
