@@ -125,11 +125,6 @@ def bind(host: str, port: int, retry: float = BIND_RETRY_SECONDS) -> socket.sock
             time.sleep(0.2)
 
 
-def url_of(sock: socket.socket, path: str) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
-
-
 def bind_then_drop(config: MonitoringConfig, uid: int, gid: int,
                    bind_retry: float = BIND_RETRY_SECONDS) -> None:
     """Bind every port the config serves now (privileged ports need root), then run as ``uid``/``gid``.
@@ -199,12 +194,13 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
     loop = asyncio.get_running_loop()
     history = HistoryWriter.from_config(config, run_dir)  # None when history_interval=0
     state.history = history  # read by the history endpoint (and system_json's history_errors)
+    state.announce = status.report if status is not None else None  # pprof and SNMP say once they serve
     net.check_fd_limit(config.max_connections, 2 if config.enable_pprof else 1)
     limits = net.ConnectionLimits.from_config(config)
 
     def announce() -> None:
         if status is not None:
-            status.report(f"serving {url_of(sock, config.metrics_path)}")
+            status.report(f"serving {net.url_of(sock, config.metrics_path)}")
 
     servers = [HttpServer(create_app(state), sock, on_started=announce, limits=limits)]
     repeats = net.quiet_repeats()  # after uvicorn's logging config

@@ -40,6 +40,12 @@ log = logging.getLogger("rockstar_mp.aggregator.net")
 _PREBOUND: dict[tuple[str, str, int], socket.socket] = {}
 
 
+def url_of(sock: socket.socket, path: str, scheme: str = "http") -> str:
+    """The address a bound socket serves, as a URL (``scheme://host:port/path``)."""
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
 def prebind(kind: str, host: str, port: int, rcvbuf: int = 0) -> None:
     """Bind ``kind`` ("tcp" or "udp") ``host:port`` now, while privileged, for a later ``prebound``."""
     key = (kind, host, port)

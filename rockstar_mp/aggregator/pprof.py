@@ -24,7 +24,7 @@ from ..profiling.channel import WorkerUnavailable, ask, socket_path
 from . import params
 from .admin import BodyDeadline, RateLimit
 from .http import BearerAuth
-from .net import listen_tcp
+from .net import listen_tcp, url_of
 from .state import AggregatorState
 
 log = logging.getLogger("rockstar_mp.aggregator.pprof")
@@ -264,6 +264,8 @@ async def run_pprof_server(state: AggregatorState, run_dir: str, make_server, st
                 else:
                     server = make_server(create_pprof_app(state, run_dir), sock)
                     task = asyncio.create_task(server.run())
+                    if state.announce is not None:
+                        state.announce(f"serving-pprof {url_of(sock, state.config.pprof_path + '/')}")
             try:
                 await asyncio.wait_for(stopping.wait(), timeout=poll)
             except asyncio.TimeoutError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import psutil
 
@@ -123,6 +123,8 @@ class AggregatorState:
         self.optimization = OptimizationSchedule(segment)
         self.history: HistoryWriter | None = None  # when history is on (set by the aggregator's serve())
         self.snmp = None  # the SnmpAgent while SNMP is on (set by the aggregator's serve())
+        # tells the master, in one status line, that pprof or SNMP now serves (set by the aggregator's serve())
+        self.announce: Callable[[str], None] | None = None
         self._snapshot: Snapshot | None = None
         self._path_intact = not Header.segment_unlinked.get(segment.buf)  # a restart does not tell again
         self._path_check_at = 0.0

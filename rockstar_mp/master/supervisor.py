@@ -9,7 +9,8 @@ that doubles with each start that failed in a row (``Backoff``).
 
 Each aggregator gets the write end of a status pipe (``--status-fd``). It writes one line:
 ``serving <url>`` once its metrics socket is bound and served, or ``fatal: <cause>`` before exiting
-when it cannot start. The master logs a cause when it differs from the last one it logged, and the URL
+when it cannot start; later ``serving-pprof <url>`` / ``serving-snmp <url>`` whenever those start serving.
+The master logs a cause when it differs from the last one it logged, and the URL
 when it differs from the last one it announced.
 """
 from __future__ import annotations
@@ -113,6 +114,7 @@ class AggregatorSupervisor:
         self._spawned_at = 0.0
         self._status: StatusChannel | None = None
         self._fatal = ""  # the cause the running aggregator reported, if any
+        self._also: dict[str, str] = {}  # pprof and SNMP addresses announced, by kind
         self._respawn_at: float | None = None  # set while the aggregator is down
         self._logged_cause = ""
         self._logged_at = 0.0
@@ -186,6 +188,9 @@ class AggregatorSupervisor:
                 self._fatal = line[len("fatal: "):]
             elif line.startswith("serving "):
                 self._serving(line[len("serving "):])
+            elif line.startswith(("serving-pprof ", "serving-snmp ")):
+                kind, url = line.split(" ", 1)
+                self._serving_also(kind[len("serving-"):], url)
 
     def _serving(self, url: str) -> None:
         if self._logged_cause:
@@ -194,6 +199,12 @@ class AggregatorSupervisor:
         if url != self.url:
             log.info("rockstar-mp: metrics on %s", url)
             self.url = url
+
+    def _serving_also(self, kind: str, url: str) -> None:
+        """pprof or SNMP now serves (at start, or enabled at runtime): said once per address."""
+        if self._also.get(kind) != url:
+            log.info("rockstar-mp: %s on %s", "pprof" if kind == "pprof" else "SNMP", url)
+            self._also[kind] = url
 
     def _failed(self, cause: str) -> None:
         """The aggregator stopped (or could not be started): schedule the next start and say why."""

@@ -169,6 +169,8 @@ class SnmpAgent:
         self._thread.start()
         log.info("rockstar-mp: SNMP agent on udp://%s:%d (base %s, engine ID %s)", self.config.host, self.port,
                  ".".join(map(str, self.base)), (self.engine_id or b"").hex())
+        if self.state.announce is not None and self.sock is not None:
+            self.state.announce(f"serving-snmp {net.url_of(self.sock, '', 'udp')}")
         from .notify import Notifier
         self.notifier = Notifier(self)
         try:
