@@ -189,24 +189,30 @@ def test_threadcreate_block_and_mutex(server, gotmp):
     assert re.search(r"wait: Total", tags) and "lock" in tags, tags
 
 
-def test_trace_is_trace_event_json_from_every_worker(server):
+def _trace_under_load(server) -> list:
     loader = background_load(server.g.port, "/work?ms=5", 1.5)
     status, headers, body = http_get(server.url("/trace?seconds=1"), timeout=20)
     loader.join()
     assert status == 200 and headers["Content-Type"].startswith("application/json")
-    doc = json.loads(body)
-    events = doc["traceEvents"]
-    assert {e["pid"] for e in events} == set(server.pids())
-    depth: dict = {}
-    for e in events:
-        assert e["ph"] in ("B", "E", "M") and isinstance(e["name"], str)
-        if e["ph"] != "M":
-            assert isinstance(e["ts"], int)
-            key = (e["pid"], e["tid"])
-            depth[key] = depth.get(key, 0) + (1 if e["ph"] == "B" else -1)
-            assert depth[key] >= 0
-    assert depth and all(v == 0 for v in depth.values())
-    assert any(e["ph"] == "B" and e["name"] == BURN for e in events)
+    return json.loads(body)["traceEvents"]
+
+
+def test_trace_is_trace_event_json_from_every_worker(server):
+    for _ in range(3):  # a 1 s trace of a loaded server: the burn is in it, on a busy machine within 3 tries
+        events = _trace_under_load(server)
+        assert {e["pid"] for e in events} == set(server.pids())
+        depth: dict = {}
+        for e in events:
+            assert e["ph"] in ("B", "E", "M") and isinstance(e["name"], str)
+            if e["ph"] != "M":
+                assert isinstance(e["ts"], int)
+                key = (e["pid"], e["tid"])
+                depth[key] = depth.get(key, 0) + (1 if e["ph"] == "B" else -1)
+                assert depth[key] >= 0
+        assert depth and all(v == 0 for v in depth.values())
+        if any(e["ph"] == "B" and e["name"] == BURN for e in events):
+            return
+    raise AssertionError(f"{BURN} in none of 3 traces of a loaded server")
 
 
 def test_wall_profile(server, gotmp):
