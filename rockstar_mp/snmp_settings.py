@@ -100,6 +100,11 @@ def parse_users(value: object) -> list[SnmpUser]:
     return users
 
 
+def _is_port(text: str) -> bool:
+    """A port number 1..65535 in ASCII digits ("²" and 5,000-digit strings are refused, not parsed)."""
+    return 0 < len(text) <= 5 and text.isascii() and text.isdigit() and 0 < int(text) < 65536
+
+
 def parse_trap_targets(value: object, users: set[str] | None = None) -> list[TrapTarget]:
     """``snmp_trap_targets``: "v2c:community@host:port" or "v3:user@host:port", "/inform" appended for
     informs (default traps); comma-separated in one string, or a list of such strings."""
@@ -114,8 +119,7 @@ def parse_trap_targets(value: object, users: set[str] | None = None) -> list[Tra
         version, _, rest = spec.partition(":")
         secret, _, address = rest.rpartition("@")
         host, _, port = address.rpartition(":")
-        if version not in ("v2c", "v3") or not secret or not host or not port.isdigit() \
-                or not 0 < int(port) < 65536:
+        if version not in ("v2c", "v3") or not secret or not host or not _is_port(port):
             raise ValueError(f"snmp_trap_targets: expected 'v2c:community@host:port' or "
                              f"'v3:user@host:port' (optionally '/inform'), got {entry!r}")
         if version == "v3" and users is not None and secret not in users:

@@ -29,7 +29,7 @@ from rockstar_mp.aggregator.snmp.agent import engine_id
 from rockstar_mp.aggregator.snmp.mibdef import DEFAULT_BASE, oid_of
 from rockstar_mp.config import MonitoringConfig, parse_trap_targets, parse_users
 from rockstar_mp.segment import fit
-from tests.helpers import ROOT, Gunicorn, http_get, load, poll
+from tests.helpers import ROOT, Gunicorn, http_get, load, poll, stop_process
 
 CI = os.environ.get("CI") == "true"
 BASE = ".".join(map(str, DEFAULT_BASE))
@@ -137,11 +137,7 @@ class TrapReceiver:
         return [t for t in self.traps() if f"= OID: {oid}\t" in t + "\t" or f"= OID: {oid} " in t]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +213,9 @@ def test_snmp_settings_parse_and_validate():
                 {"snmp_contact": "x" * 256}, {"snmp_location": "é" * 128}):
         with pytest.raises(ValueError):
             MonitoringConfig(**bad)
+    for port in ("\u00b2", "9" * 5000, "0", "65536"):  # refused by the check, with its message, not by int()
+        with pytest.raises(ValueError, match="snmp_trap_targets: expected"):
+            parse_trap_targets(f"v2c:public@h:{port}")
 
 
 # -- the agent against gunicorn ------------------------------------------------------------------
