@@ -36,6 +36,27 @@ polls that precede it) is multiplied by ``$ROCKSTAR_TEST_SLACK`` (default 1). Ra
 shared CI machine rather than widening one test's limit."""
 
 
+def require_hotpath() -> None:
+    """The C request path must be built: skipped without a compiler, a failure under CI=true."""
+    from rockstar_mp.worker.accelerator import hotpath
+
+    if hotpath is None:
+        if os.environ.get("CI", "").lower() != "true":
+            import pytest
+            pytest.skip("rockstar_mp._hotpath is not built (no C compiler?)")
+        raise AssertionError("CI must build rockstar_mp._hotpath (pip install compiles it)")
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def limit(seconds: float) -> float:
     """A timing limit, in seconds, for this machine (``seconds`` times ``SLACK``)."""
     return seconds * SLACK

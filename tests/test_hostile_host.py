@@ -236,7 +236,7 @@ def _squat_lock_names(directory: Path, deadline: float) -> None:
                 except OSError:
                     pass
                 os.close(os.open(directory / f"{name}.agg.squatted", os.O_CREAT | os.O_WRONLY, 0o666))
-        time.sleep(0.02)
+        time.sleep(0.02)  # the attacker's pace, not a synchronisation: the test polls for its work
 
 
 def test_nobody_squatting_the_segment_dir_stops_nothing(gunicorn_factory, shared_shm):

@@ -15,10 +15,7 @@ import textwrap
 
 import pytest
 
-from rockstar_mp.worker.accelerator import hotpath
-from tests.helpers import ROOT
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
+from tests.helpers import ROOT, require_hotpath
 
 PRELUDE = textwrap.dedent("""
     import mmap
@@ -91,10 +88,7 @@ PRELUDE = textwrap.dedent("""
 
 @pytest.fixture(autouse=True)
 def _the_extension():
-    if hotpath is None:
-        if not IN_CI:
-            pytest.skip("rockstar_mp._hotpath is not built (no C compiler?)")
-        pytest.fail("CI must build rockstar_mp._hotpath (pip install compiles it)")
+    require_hotpath()
 
 
 def assert_refused(script: str, exception: str) -> None:

@@ -23,10 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rockstar_mp.worker.accelerator import PURE_PYTHON_ENV, hotpath
-from tests.helpers import ROOT
+from rockstar_mp.worker.accelerator import PURE_PYTHON_ENV
+from tests.helpers import ROOT, require_hotpath
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 MISSING = object()  # the environ has no such key
 
 APPS = ["list", "generator", "closing", "close_fails", "file", "empty", "iter_raises", "lazy",
@@ -103,10 +102,7 @@ def _counted(case: dict, outcome: list) -> bool:
 
 @pytest.fixture(autouse=True)
 def _the_extension():
-    if hotpath is None:
-        if not IN_CI:
-            pytest.skip("rockstar_mp._hotpath is not built (no C compiler?)")
-        pytest.fail("CI must build rockstar_mp._hotpath (pip install compiles it)")
+    require_hotpath()
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

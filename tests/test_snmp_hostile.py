@@ -24,7 +24,7 @@ from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
 from pysnmp.proto.secmod.rfc3414.service import UsmSecurityParameters
 
 from rockstar_mp.aggregator.snmp.agent import engine_id
-from tests.helpers import Gunicorn, http_get, load, poll
+from tests.helpers import Gunicorn, http_get, load, poll, stop_process
 from tests.test_snmp import (
     AUTH_KEY,
     COMMUNITY,
@@ -197,11 +197,7 @@ class Snmpd:
              message="snmpd answering")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")
