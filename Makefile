@@ -29,7 +29,7 @@ lint: install
 	$(BIN)/mypy rockstar_mp
 
 test: install system-deps lint
-	ROCKSTAR_TEST_MIBDIRS="$$(bash .ci/ietf-mibs.sh)" $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	ROCKSTAR_TEST_MIBDIRS="$$(bash .ci/ietf-mibs.sh)" $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -62,10 +62,42 @@ def limit(seconds: float) -> float:
     return seconds * SLACK
 
 
+PORTS_PER_TEST_PROCESS = 4000
+FIRST_PORT = 20000  # below Linux's ephemeral range (32768-60999), which the clients' own sockets draw from
+_next_port = [0]
+
+
+def _port_range() -> range:
+    """The ports this test process hands out: its own block, so that the processes of ``pytest -n``
+    (``PYTEST_XDIST_WORKER`` is ``gw0``, ``gw1``...) never pick the same one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    first = FIRST_PORT + (index % 3) * PORTS_PER_TEST_PROCESS
+    return range(first, first + PORTS_PER_TEST_PROCESS)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 free for both TCP and UDP (for an HTTP or an SNMP server). Ports come from
+    this process's block in turn, so a port a test just released is not handed out again soon, and
+    never one the kernel could meanwhile give a client socket."""
+    ports = _port_range()
+    if not _next_port[0]:
+        _next_port[0] = ports.start + os.getpid() % len(ports)
+    for _ in range(len(ports)):
+        port = _next_port[0]
+        _next_port[0] = port + 1 if port + 1 < ports.stop else ports.start
+        if _bindable(port, socket.SOCK_STREAM) and _bindable(port, socket.SOCK_DGRAM):
+            return port
+    raise RuntimeError(f"no free port in {ports}")
+
+
+def _bindable(port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def poll(check, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):

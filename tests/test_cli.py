@@ -26,8 +26,10 @@ ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def clean_env(**extra) -> dict:
+    """The environment without our settings, nor COLUMNS/LINES (set by pytest-xdist's workers), which
+    would override the size of the terminal a test gives ``top``."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ROCKSTAR_URL", "ROCKSTAR_AUTH_TOKEN", "ROCKSTAR_METRICS_PATH")}
+           if k not in ("ROCKSTAR_URL", "ROCKSTAR_AUTH_TOKEN", "ROCKSTAR_METRICS_PATH", "COLUMNS", "LINES")}
     return {**env, **extra}
 
 

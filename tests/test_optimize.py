@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,11 +21,6 @@ from tests.test_http import PreforkServer, prefork  # noqa: F401  (the fixture)
 ADMIN = "admin-token"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_post(url: str, body: dict | None = None, headers: dict | None = None):
@@ -263,7 +257,7 @@ def _snmp_answers(port: int) -> bool:
 
 
 def test_snmp_and_pprof_switched_at_runtime(gunicorn_factory):
-    snmp_port, pprof_port = free_udp_port(), free_port()
+    snmp_port, pprof_port = free_port(), free_port()
     server = gunicorn_factory(workers=1, env={"ROCKSTAR_ADMIN_TOKEN": ADMIN, "ROCKSTAR_PPROF_PORT": str(pprof_port)})
     base = f"http://127.0.0.1:{server.metrics_port}"
     pprof = f"http://127.0.0.1:{pprof_port}/debug/pprof/"
@@ -283,7 +277,7 @@ def test_snmp_and_pprof_switched_at_runtime(gunicorn_factory):
 
 
 def test_every_feature_switched_from_python(prefork, tmp_path):  # noqa: F811
-    snmp_port, pprof_port = free_udp_port(), free_port()
+    snmp_port, pprof_port = free_port(), free_port()
     server = prefork(pprof_port=pprof_port)
     manager, pprof = server.manager, f"http://127.0.0.1:{pprof_port}/debug/pprof/"
     pid = server.fork_worker(hits=1, load=0, size=1)
@@ -308,7 +302,7 @@ def test_every_feature_switched_from_python(prefork, tmp_path):  # noqa: F811
 
 
 def test_every_feature_switched_from_the_cli(gunicorn_factory):
-    snmp_port, pprof_port = free_udp_port(), free_port()
+    snmp_port, pprof_port = free_port(), free_port()
     server = gunicorn_factory(workers=1, env={"ROCKSTAR_ADMIN_TOKEN": ADMIN, "ROCKSTAR_PPROF_PORT": str(pprof_port)})
     env = dict(os.environ, ROCKSTAR_URL=f"http://127.0.0.1:{server.metrics_port}", ROCKSTAR_ADMIN_TOKEN=ADMIN)
     pprof = f"http://127.0.0.1:{pprof_port}/debug/pprof/"

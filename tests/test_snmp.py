@@ -29,7 +29,7 @@ from rockstar_mp.aggregator.snmp.agent import engine_id
 from rockstar_mp.aggregator.snmp.mibdef import DEFAULT_BASE, oid_of
 from rockstar_mp.config import MonitoringConfig, parse_trap_targets, parse_users
 from rockstar_mp.segment import fit
-from tests.helpers import ROOT, Gunicorn, http_get, load, poll, stop_process
+from tests.helpers import ROOT, Gunicorn, free_port, http_get, load, poll, stop_process
 
 CI = os.environ.get("CI") == "true"
 BASE = ".".join(map(str, DEFAULT_BASE))
@@ -63,11 +63,6 @@ def ietf_dirs() -> list[str]:
         pytest.skip(message)
     return found
 
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def v2c(community: str = COMMUNITY) -> list[str]:
@@ -113,7 +108,7 @@ class TrapReceiver:
     """snmptrapd on 127.0.0.1, accepting our v2c notification community and v3 user."""
 
     def __init__(self, tmp: Path, agent_port: int) -> None:
-        self.port = free_udp_port()
+        self.port = free_port()
         self.log = tmp / "traps.log"
         self.log.touch()
         conf = tmp / "snmptrapd.conf"
@@ -144,7 +139,7 @@ class TrapReceiver:
 def server(tmp_path_factory):
     tool("snmpget")
     tmp = tmp_path_factory.mktemp("snmp")
-    port = free_udp_port()
+    port = free_port()
     traps = TrapReceiver(tmp, port)
     g = Gunicorn(tmp, workers=2, env={
         "ROCKSTAR_ENABLE_SNMP": "1", "ROCKSTAR_SNMP_PORT": str(port), "ROCKSTAR_SNMP_COMMUNITY": COMMUNITY,
@@ -429,7 +424,7 @@ def test_agent_starts_and_stops_at_runtime(tmp_path):
     from rockstar_mp.aggregator.workload import LogRecord, WorkloadRecord
     from rockstar_mp.segment import Segment
 
-    port = free_udp_port()
+    port = free_port()
     config = MonitoringConfig(enable_snmp=True, snmp_port=port, snmp_community=COMMUNITY,
                               snmp_users=f"{USER}:SHA:{AUTH_KEY}:AES:{PRIV_KEY}",
                               segment_dir=str(tmp_path), max_workers=2)

@@ -24,7 +24,7 @@ from pysnmp.proto.mpmod.rfc3412 import SNMPv3Message
 from pysnmp.proto.secmod.rfc3414.service import UsmSecurityParameters
 
 from rockstar_mp.aggregator.snmp.agent import engine_id
-from tests.helpers import Gunicorn, http_get, load, poll, stop_process
+from tests.helpers import Gunicorn, free_port, http_get, load, poll, stop_process
 from tests.test_snmp import (
     AUTH_KEY,
     COMMUNITY,
@@ -32,7 +32,6 @@ from tests.test_snmp import (
     PRIV_KEY,
     TRAP_COMMUNITY,
     USER,
-    free_udp_port,
     run,
     tool,
     v2c,
@@ -161,7 +160,7 @@ def snmp_env(port: int, host: str = "127.0.0.1", **extra) -> dict:
 
 def start_agent(gunicorn_factory, host: str = "127.0.0.1", port: int | None = None, **extra) -> Gunicorn:
     tool("snmpget")
-    port = port or free_udp_port()
+    port = port or free_port()
     server = gunicorn_factory(workers=2, env=snmp_env(port, host, **extra), monitored=host == "127.0.0.1")
     server.snmp_port = port
     server.snmp_host = host
@@ -180,7 +179,7 @@ class Snmpd:
     VIEW = (".1.3.6.1.2.1.1", ".1.3.6.1.2.1.2", ".1.3.6.1.2.1.25", ".1.3.6.1.2.1.31")
 
     def __init__(self, tmp: Path) -> None:
-        self.port = free_udp_port()
+        self.port = free_port()
         conf = tmp / "snmpd.conf"
         views = "".join(f"view mib2 included {oid}\n" for oid in self.VIEW)
         conf.write_text(f"agentaddress udp:127.0.0.1:{self.port}\n{views}"
@@ -369,11 +368,11 @@ def test_v1_is_a_bad_version_and_lower_security_levels_are_refused_as_snmpd_does
 def test_two_agents_have_their_own_engine_ids_and_both_v3_traps_arrive(tmp_path, gunicorn_factory):
     """Two agents on the same port of two addresses (as two hosts would be): distinct engine IDs, and
     snmptrapd, told each one's ID, logs the v3 traps of both."""
-    port = free_udp_port()
+    port = free_port()
     hosts = ("127.0.0.1", "127.0.0.2")
     ids = [engine_id(host, port) for host in hosts]
     assert ids[0] != ids[1]
-    trap_port = free_udp_port()
+    trap_port = free_port()
     log = tmp_path / "traps.log"
     log.touch()
     conf = tmp_path / "snmptrapd.conf"
@@ -427,7 +426,7 @@ def stays(check, seconds: float, interval: float = 0.1) -> None:
 
 
 def test_informs_are_acknowledged_and_arrive_once(tmp_path, gunicorn_factory):
-    trap_port = free_udp_port()
+    trap_port = free_port()
     log = tmp_path / "traps.log"
     log.touch()
     conf = tmp_path / "snmptrapd.conf"

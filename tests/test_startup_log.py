@@ -2,15 +2,8 @@
 from __future__ import annotations
 
 import re
-import socket
 
 from tests.helpers import free_port, poll
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gunicorn_line(text: str) -> str:
@@ -19,7 +12,7 @@ def _gunicorn_line(text: str) -> str:
 
 
 def test_every_endpoint_bound_is_announced_once_in_gunicorns_format(gunicorn_factory):
-    pprof_port, snmp_port = free_port(), _free_udp_port()
+    pprof_port, snmp_port = free_port(), free_port()
     server = gunicorn_factory(workers=2, env={
         "ROCKSTAR_ENABLE_PPROF": "1", "ROCKSTAR_PPROF_PORT": str(pprof_port),
         "ROCKSTAR_ENABLE_SNMP": "1", "ROCKSTAR_SNMP_PORT": str(snmp_port)})

@@ -97,6 +97,7 @@ class Counters:
     def __init__(self) -> None:
         self.requests = 0
         self.gen_errors = 0
+        self.busy_logged = False  # a genErr for want of a view (an overloaded loop) was logged
         self.bad_communities = 0  # snmpInBadCommunityNames
         self.bad_versions = 0  # snmpInBadVersions
         self.parse_errors = 0  # snmpInASNParseErrs

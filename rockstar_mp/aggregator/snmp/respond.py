@@ -93,6 +93,13 @@ def _response(request: Request, view: Callable, room: int, counts) -> bytes:
             encoded = answer(view(), GETBULK, request.oids, request.a, request.b, budget)
         else:
             encoded = answer(view(), request.kind, request.oids)
+    except TimeoutError:  # no view yet, and the loop too busy to build one: overload, not a bug
+        counts.gen_errors += 1
+        if not counts.busy_logged:
+            counts.busy_logged = True
+            log.warning("rockstar-mp: SNMP answered genErr: the aggregator was too busy to build its first "
+                        "view in time (logged once)")
+        return response_pdu(request.request_id, GEN_ERR, 1, request.varbinds)
     except Exception:  # a bug of ours, not the request's: say so, answer genErr
         counts.gen_errors += 1
         log.exception("rockstar-mp: SNMP request failed")
