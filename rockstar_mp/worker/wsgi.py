@@ -26,6 +26,7 @@ own series fill it), and a (method, status) the catalogue cannot take is counted
 """
 from __future__ import annotations
 
+import inspect
 import socket
 import struct
 import time
@@ -193,11 +194,24 @@ class _StreamingBody:
             request.middleware._finish(request, self._bytes)
 
 
+def is_asgi_app(app) -> bool:
+    """Is ``app`` clearly an ASGI app: a coroutine function, or an object whose ``__call__`` is one?"""
+    call = inspect.getattr_static(type(app), "__call__", None)
+    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call)
+
+
+def _refuse_asgi(app) -> None:
+    if is_asgi_app(app):
+        raise TypeError(f"rockstar_mp.worker.wsgi.MetricsMiddleware wraps WSGI apps, and {app!r} is an ASGI app "
+                        "(async def __call__): wrap it in rockstar_mp.worker.asgi.MetricsMiddleware")
+
+
 class _Shared:
     """Configuration and the slow paths, shared by the C request path and the Python one."""
 
     def __init__(self, app, workload: bool = False, tenant_header: str = "X-Tenant-ID",
                  hold: bool = True) -> None:
+        _refuse_asgi(app)
         self.app = app
         self.workload = workload
         self.hold = hold and _CORK is not None  # see _hold(); gunicorn passes its socket in the environ
