@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpRequest, HttpResponseBase
-from django.urls import Resolver404, resolve
+from django.conf import settings  # type: ignore[import-untyped]
+from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+from django.http import HttpRequest, HttpResponseBase  # type: ignore[import-untyped]
+from django.urls import resolve  # type: ignore[import-untyped]
 
 from ..worker.keys import ROUTE_KEY, UNMATCHED
 from ..worker.wsgi import MetricsMiddleware
@@ -73,5 +73,5 @@ def _resolved_route(request: HttpRequest) -> str:
     a redirect replacing a 404)."""
     try:
         return "/" + resolve(request.path_info, getattr(request, "urlconf", None)).route
-    except Resolver404:
+    except Exception:  # noqa: BLE001 - Resolver404, or a URLconf that failed the request: no reason to fail it again
         return UNMATCHED

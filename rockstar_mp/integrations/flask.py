@@ -64,10 +64,11 @@ def _unrouted(app: flask.Flask, request: flask.Request) -> str:
     """The route of a request Flask's router matched to no rule: the rule of its path for a 405 (the
     router only said which methods the path takes), else ``<unmatched>``."""
     refused = request.routing_exception
-    if isinstance(refused, MethodNotAllowed) and refused.valid_methods:
-        adapter = app.create_url_adapter(request)
+    allowed = list(refused.valid_methods or ()) if isinstance(refused, MethodNotAllowed) else []
+    adapter = app.create_url_adapter(request) if allowed else None
+    if adapter is not None:
         try:
-            rule, _ = adapter.match(method=refused.valid_methods[0], return_rule=True)  # type: ignore[union-attr]
+            rule, _ = adapter.match(method=allowed[0], return_rule=True)
             return rule.rule
         except HTTPException:
             pass
