@@ -1,8 +1,10 @@
 """The framework integrations as ``docs/integrations.md`` gives them: every command line of it runs (Falcon,
-Flask and Django under sync, gthread and gevent workers), every line of app code it shows is in the example
+Flask and Django under sync, gthread and gevent workers; FastAPI under gunicorn's asgi and uvicorn's
+workers), every line of app code it shows is in the example
 it names, and a mixed load (path parameters, 404s, 405s, 500s from a raising view, two tenants) is counted
-exactly and recorded under route templates only: 1,000 requests under sync workers, 300 under gthread and
-gevent (the same code path, more workers' start-up in the file's time budget)."""
+exactly and recorded under route templates only: 1,000 requests under sync workers, 300 under the other
+classes (the same code paths, more workers' start-up in the file's time budget; tests/test_asgi.py sends
+1,000 to each ASGI worker class)."""
 from __future__ import annotations
 
 import json
@@ -19,8 +21,12 @@ from rockstar_mp.worker.keys import UNMATCHED
 from tests.helpers import ROOT, Gunicorn, http_get, poll
 
 DOC = ROOT / "docs" / "integrations.md"
-DELIBERATE_FAILURE = "RuntimeError: this view always fails (by design)"
-REQUESTS = {"sync": 1000, "gthread": 300, "gevent": 300}  # per recipe, by worker class (the time budget)
+DELIBERATE_FAILURES = ("RuntimeError: this view always fails (by design)",
+                       "RouteFailed: this route always fails (by design)")  # the views that raise on purpose
+WSGI_CLASSES = ("sync", "gthread", "gevent")
+ASGI_CLASSES = ("asgi", "uvicorn.workers.UvicornWorker")
+REQUESTS = {"sync": 1000, "gthread": 300, "gevent": 300, "asgi": 300,
+            "uvicorn.workers.UvicornWorker": 300}  # per recipe, by worker class (the time budget)
 WORKERS = 2
 STARTING_AT_ONCE = 3  # all 9 at once took over 20 s each on 2 busy cores
 
@@ -53,13 +59,21 @@ def django_cases(i: int) -> list[Case]:
             Case("GET", "/error/", "/error/", 500), Case("POST", f"/users/u{i}/", "/users/<slug:name>/", 405)]
 
 
+def fastapi_cases(i: int) -> list[Case]:
+    return [Case("GET", f"/items/{i}", "/items/{item_id}", 200), Case("GET", f"/items/x{i}", "/items/{item_id}", 422),
+            Case("GET", f"/v1/users/user-{i}", "/v1/users/{name}", 200), Case("GET", "/", "/", 200),
+            Case("GET", f"/orders/fr{i}", UNMATCHED, 404), Case("GET", "/fail", "/fail", 500),
+            Case("POST", f"/items/{i}", "/items/{item_id}", 405)]
+
+
 CASES = {"examples.app:app": falcon_cases, "examples.flask_app:app": flask_cases,
          "examples.django_site.wsgi:application": django_cases}
+ASGI_CASES = {"examples.fastapi_app:app": fastapi_cases}
 
 
 def plan(app: str, n: int) -> list[tuple[Case, str]]:
     """``n`` requests, each with parameter values of its own, and its tenant."""
-    cases = CASES[app]
+    cases = {**CASES, **ASGI_CASES}[app]
     return [(cases(i)[i % len(cases(i))], "globex" if i % 3 == 0 else "acme") for i in range(n)]
 
 
@@ -83,7 +97,7 @@ def recipes() -> list[tuple[str, tuple[str, ...], str]]:
 
 def test_the_recipes_cover_every_worker_class_and_framework():
     assert sorted((w, app) for w, _, app in recipes()) == sorted(
-        (w, app) for w in ("sync", "gthread", "gevent") for app in CASES)
+        [(w, app) for w in WSGI_CLASSES for app in CASES] + [(w, app) for w in ASGI_CLASSES for app in ASGI_CASES])
 
 
 def test_every_line_of_app_code_in_the_recipes_is_in_its_example():
@@ -120,7 +134,7 @@ def counted_by_method_and_status(server: Gunicorn) -> Counter:
 
 
 def recipe_id(worker_class: str, app: str) -> str:
-    return f"{app.split('.')[1].split(':')[0]}-{worker_class}"
+    return f"{app.split('.')[1].split(':')[0]}-{worker_class.split('.')[0]}"
 
 
 # KNOWN BUG (not of the integrations; remove once fixed): a gevent worker's "rockstar-monitor" thread is
@@ -132,13 +146,13 @@ GEVENT_MONITOR_EXIT = re.compile(
 
 
 def traceback_of_ours(server: Gunicorn) -> str:
-    """A traceback in the log but the raising view's (Flask logs it), or ""."""
+    """A traceback in the log but the raising views' (the frameworks log theirs), or ""."""
     log = server.log_text()
     if "gevent" in server.args:
         log = GEVENT_MONITOR_EXIT.sub("", log)
-    if log.count("Traceback") == log.count(DELIBERATE_FAILURE):
-        return ""
-    return log[log.find("Traceback") - 300:][:4000]
+    blocks = log.split("Traceback (most recent call last):")[1:]
+    ours = [block for block in blocks if not any(failure in block for failure in DELIBERATE_FAILURES)]
+    return ours[0][:4000] if ours else ""
 
 
 @pytest.fixture(scope="module")
