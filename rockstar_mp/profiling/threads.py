@@ -74,28 +74,39 @@ def thread_dump() -> list[dict]:
 
 
 def _greenlet_name(g) -> str:
-    name = getattr(g, "name", None)  # gevent's Greenlet-N
-    if not isinstance(name, str):
+    name = getattr(g, "name", None)  # gevent's Greenlet-N ('' for its Hub)
+    if not name or not isinstance(name, str):
         name = type(g).__name__
     return name if g.parent is not None else f"{name} (main)"
 
 
-def _greenlet_thread(g, ids: dict) -> str:
-    """The name of the thread whose gevent hub runs ``g`` ('' if no hub is among its parents)."""
+def _greenlet_thread(g, roots: dict, ids: dict) -> str:
+    """The name of the thread ``g`` belongs to: the thread of the first gevent hub among ``g`` and its
+    parents, or, for a thread's main greenlet (no parent), of the hub whose parent it is (``roots``);
+    '' if no hub says."""
     while g is not None:
         ident = getattr(g, "thread_ident", None)  # gevent's Hub
+        if not isinstance(ident, int) and g.parent is None:
+            ident = roots.get(id(g))
         if isinstance(ident, int):
             return ids.get(ident, (None, f"thread-{ident}"))[1]
         g = g.parent
     return ""
 
 
+_KIND_OF_FUNCTION = {**{name: "sleep" for name in _frames.SLEEP_CALLS},
+                     **{name: "io" for name in _frames.IO_CALLS},
+                     **{name: "lock" for name in _frames.LOCK_CALLS}}
+
+
 def _greenlet_state(frame: types.FrameType | None) -> str:
-    """What a suspended greenlet waits on: the first wait we recognise from its leaf up, else
-    ``waiting`` (it switched away, to its hub, for a reason we cannot name)."""
+    """What a suspended greenlet waits on, from its leaf up: gevent's cooperative versions carry the
+    names of the calls they replace (``gevent.hub.sleep``, ``socket.recv``, ``Event.wait``), so the
+    first frame named like a wait, or calling one, says; else ``waiting`` (switched to its hub for a
+    reason we cannot name)."""
     depth = 0
     while frame is not None and depth < 8:
-        kind = _frames.wait_kind(frame)
+        kind = _KIND_OF_FUNCTION.get(frame.f_code.co_name) or _frames.wait_kind(frame)
         if kind is not None:
             return kind
         frame, depth = frame.f_back, depth + 1
@@ -108,14 +119,19 @@ def greenlet_dump(ids: dict | None = None) -> list[dict]:
     kind = getattr(module, "greenlet", None)
     if not isinstance(kind, type):
         return []
-    found = [o for o in gc.get_objects() if isinstance(o, kind) and o and o.gr_frame is not None]
+    greenlets = [o for o in gc.get_objects() if isinstance(o, kind)]
+    found = [g for g in greenlets if g and g.gr_frame is not None]  # started, not dead, not running
+    roots = {id(g.parent): g.thread_ident for g in greenlets
+             if isinstance(getattr(g, "thread_ident", None), int) and g.parent is not None}
+    greenlets.clear()
     pid = os.getpid()
     ids = ids if ids is not None else native_ids()
     out = []
     for g in found[:MAX_GREENLETS]:
         frame = g.gr_frame
-        out.append({"pid": pid, "tid": 0, "goid": id(g), "name": _greenlet_name(g),
-                    "greenlet": _greenlet_name(g), "thread": _greenlet_thread(g, ids), "daemon": False,
+        name = _greenlet_name(g)
+        out.append({"pid": pid, "tid": 0, "goid": id(g), "name": name, "greenlet": name,
+                    "thread": _greenlet_thread(g, roots, ids), "daemon": False,
                     "state": _greenlet_state(frame), "stack": _frames.text_frames(_frames.capture(frame))})
     frame = None
     if len(found) > MAX_GREENLETS:
