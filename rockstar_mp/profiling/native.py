@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -162,8 +163,8 @@ def start_thread(target: Callable[..., object], name: str, args: tuple = ()) -> 
     if not patched("threading"):
         threading.Thread(target=target, args=args, name=name, daemon=True).start()
         return
-    created = []  # the starting stack (``(code, line)`` leaf first), for threadcreate
-    frame = sys._getframe(1)
+    created: list[tuple[types.CodeType, int | None]] = []  # the starting stack, leaf first (threadcreate)
+    frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and len(created) < 32:
         created.append((frame.f_code, frame.f_lineno))
         frame = frame.f_back
@@ -196,7 +197,7 @@ def thread_ids() -> dict[int, tuple[int | None, str]]:
             out[t.ident] = (getattr(t, "native_id", None), t.name)
     for ident, (tid, name, _) in list(_RAW_THREADS.items()):
         out[ident] = (tid, name)
-    ident = main_ident()
-    if ident is not None:
-        out[ident] = (os.getpid(), main.name)
+    main_id = main_ident()
+    if main_id is not None:
+        out[main_id] = (os.getpid(), main.name)
     return out

@@ -34,8 +34,7 @@ import tracemalloc
 from .. import safefs
 from ..config import MonitoringConfig
 from ..environment import RUN_DIR_ENV
-from ..profiling import KINDS, Busy, collect, install_signal_handler, install_threadcreate_hook
-from ..profiling import native
+from ..profiling import KINDS, Busy, collect, install_signal_handler, install_threadcreate_hook, native
 from ..profiling.channel import MAX_REQUEST, control_dir, socket_path
 
 MAX_CONCURRENT = 8
