@@ -1,12 +1,14 @@
 """The samplers: CPU by SIGPROF in the main thread, and a thread sampler for everything else.
 
-Clocks, said plainly:
+Every sampler runs in a real thread and sleeps with the real ``time.sleep``, also where gevent patched
+them (``native``). Clocks, said plainly:
 
 * **CPU, signal mode** (``cpu_profile(mode="signal")``): a POSIX timer on the main thread's CPU clock
   delivers SIGPROF every 1/hz s of the main thread's CPU time (``setitimer(ITIMER_PROF)``, process CPU
   time, where that is unavailable: see ``_Timer``); Python runs the handler in the main thread, which
-  records the main thread's stack (~2 us a sample). Accurate where the main thread does the work
-  (gunicorn's sync workers). The handler is installed once, in the main thread, when the worker
+  records the main thread's stack (~2 us a sample). Accurate where the main thread does the work:
+  gunicorn's sync workers, and gevent workers, whose greenlets all run in the main thread (the
+  handler sees the frame of whichever greenlet is running; an idle hub burns no CPU, so draws none). The handler is installed once, in the main thread, when the worker
   attaches (a handler never called while no timer is armed costs nothing); the timer is then armed
   from the profiling thread.
 * **CPU, thread mode** (gthread and other threaded workers, or when no handler could be installed):
