@@ -8,9 +8,9 @@ them (``native``). Clocks, said plainly:
   time, where that is unavailable: see ``_Timer``); Python runs the handler in the main thread, which
   records the main thread's stack (~2 us a sample). Accurate where the main thread does the work:
   gunicorn's sync workers, and gevent workers, whose greenlets all run in the main thread (the
-  handler sees the frame of whichever greenlet is running; an idle hub burns no CPU, so draws none). The handler is installed once, in the main thread, when the worker
-  attaches (a handler never called while no timer is armed costs nothing); the timer is then armed
-  from the profiling thread.
+  handler sees the frame of whichever greenlet is running; an idle hub burns no CPU, so draws none).
+  The handler is installed once, in the main thread, when the worker attaches (a handler never
+  called while no timer is armed costs nothing); the timer is then armed from the profiling thread.
 * **CPU, thread mode** (gthread and other threaded workers, or when no handler could be installed):
   a sampler thread reads each thread's on-CPU time (``/proc/self/task/<tid>/schedstat``, ns) every
   1/hz s and charges the increase to the stack the thread is at. Python frames can only be read
