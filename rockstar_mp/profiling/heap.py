@@ -17,9 +17,10 @@ import threading
 import time
 import tracemalloc
 
+from . import native
 from .proto import new_raw
 
-HEAP_LOCK = threading.Lock()
+HEAP_LOCK = native.allocate_lock()
 DEFAULT_FRAMES = 16
 MAX_SITES = 5_000  # allocation sites (distinct tracebacks) kept in one profile
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -142,7 +143,7 @@ def _in_child(compute) -> dict:
     Falls back to computing here if fork fails."""
     try:
         r, w = os.pipe()
-        pid = os.fork()
+        pid = native.original("os", "fork")()  # gevent's would reinitialise its hub in the child
     except OSError:
         return compute()
     if pid == 0:  # the child: no atexit handlers, no cleanup of the parent's state (os._exit)
@@ -159,7 +160,7 @@ def _in_child(compute) -> dict:
     os.close(w)
     with os.fdopen(r, "rb") as f:
         data = f.read()
-    _, status = os.waitpid(pid, 0)
+    _, status = native.original("os", "waitpid")(pid, 0)
     if status != 0 or not data:
         raise RuntimeError(f"the heap snapshot's child process failed (wait status {status})")
     return json.loads(data)
@@ -169,7 +170,7 @@ def _wait(seconds: float, stop: threading.Event | None) -> None:
     if stop is not None:
         stop.wait(seconds)
     else:
-        time.sleep(seconds)
+        native.sleep(seconds)
 
 
 def _raw(stats, duration_ns: int, how: str) -> dict:

@@ -4,7 +4,9 @@ This is the side of profiling the aggregator runs (it merges several workers' re
 sampler. The renderings of thread dumps: ``goroutine_raw`` (proto: goroutine/count per distinct stack,
 thread and pid labels), ``goroutine_text(debug=1)`` (grouped, like Go's debug=1) and
 ``goroutine_text(debug=2)`` (one block per thread, like Go's debug=2); ``threadcreate_raw`` and
-``threadcreate_text`` likewise.
+``threadcreate_text`` likewise. A greenlet (gevent workers) is labelled ``greenlet`` (its name) and
+``thread`` (the thread running its hub) where a thread is labelled ``thread``; its debug=2 block is
+``goroutine <id> [state]: pid=P greenlet="Greenlet-3" thread="MainThread"``.
 """
 from __future__ import annotations
 
@@ -39,16 +41,23 @@ def trace_document(events: list[dict]) -> dict:
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
+def _labels(t: dict) -> tuple:
+    """A dump entry's labels, as sorted pairs: pid and thread, or pid, greenlet and its thread."""
+    if t.get("greenlet") is not None:
+        return (("greenlet", t["greenlet"]), ("pid", str(t["pid"])), ("thread", t.get("thread") or ""))
+    return (("pid", str(t["pid"])), ("thread", t["name"]))
+
+
 def _stack_raw(dump: list[dict], sample_type: tuple, comment: str) -> dict:
     raw = new_raw([sample_type], sample_type, 1, 0, [comment])
     table = FrameTable(raw["frames"])
     groups: dict = {}
     for t in dump:
-        key = (tuple(tuple(f) for f in t["stack"]), t["pid"], t["name"])
+        key = (tuple(tuple(f) for f in t["stack"]), _labels(t))
         groups[key] = groups.get(key, 0) + 1
-    for (stack, pid, name), n in groups.items():
+    for (stack, labels), n in groups.items():
         ids = [table.named(fn, filename, line) for fn, filename, line in stack]
-        raw["samples"].append([ids, [n], {"pid": str(pid), "thread": name}])
+        raw["samples"].append([ids, [n], dict(labels)])
     return raw
 
 
@@ -69,8 +78,12 @@ def goroutine_text(dump: list[dict], debug: int = 1) -> str:
     lines: list[str] = []
     if debug >= 2:
         for t in dump:
-            lines.append(f"goroutine {t['tid']} [{t['state']}]: pid={t['pid']} "
-                         f"thread={json.dumps(t['name'])}{' daemon' if t['daemon'] else ''}")
+            if t.get("greenlet") is not None:
+                lines.append(f"goroutine {t['goid']} [{t['state']}]: pid={t['pid']} "
+                             f"greenlet={json.dumps(t['greenlet'])} thread={json.dumps(t.get('thread') or '')}")
+            else:
+                lines.append(f"goroutine {t['tid']} [{t['state']}]: pid={t['pid']} "
+                             f"thread={json.dumps(t['name'])}{' daemon' if t['daemon'] else ''}")
             for fn, filename, line in t["stack"]:
                 lines.append(f"{fn}(...)")
                 lines.append(f"\t{filename}:{line}")
@@ -83,8 +96,14 @@ def goroutine_text(dump: list[dict], debug: int = 1) -> str:
     lines.append(f"goroutine profile: total {len(dump)}")
     for (pid, stack), members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0][0])):
         lines.append(f"{len(members)} @ " + " ".join(f"{_addr(list(f)):#x}" for f in stack))
-        labels = {"pid": str(pid), "thread": ", ".join(sorted(m["name"] for m in members)),
-                  "state": ", ".join(sorted({m["state"] for m in members}))}
+        threads = sorted(m["name"] for m in members if m.get("greenlet") is None)
+        greenlets = sorted(m["greenlet"] for m in members if m.get("greenlet") is not None)
+        labels = {"pid": str(pid)}
+        if threads:
+            labels["thread"] = ", ".join(threads)
+        if greenlets:
+            labels["greenlet"] = ", ".join(greenlets)
+        labels["state"] = ", ".join(sorted({m["state"] for m in members}))
         lines.append("# labels: " + json.dumps(labels))
         for fn, filename, line in stack:
             lines.append(f"#\t{_addr([fn, filename, line]):#x}\t{fn}+0x0\t{filename}:{line}")

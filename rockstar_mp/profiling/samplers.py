@@ -1,14 +1,16 @@
 """The samplers: CPU by SIGPROF in the main thread, and a thread sampler for everything else.
 
-Clocks, said plainly:
+Every sampler runs in a real thread and sleeps with the real ``time.sleep``, also where gevent patched
+them (``native``). Clocks, said plainly:
 
 * **CPU, signal mode** (``cpu_profile(mode="signal")``): a POSIX timer on the main thread's CPU clock
   delivers SIGPROF every 1/hz s of the main thread's CPU time (``setitimer(ITIMER_PROF)``, process CPU
   time, where that is unavailable: see ``_Timer``); Python runs the handler in the main thread, which
-  records the main thread's stack (~2 us a sample). Accurate where the main thread does the work
-  (gunicorn's sync workers). The handler is installed once, in the main thread, when the worker
-  attaches (a handler never called while no timer is armed costs nothing); the timer is then armed
-  from the profiling thread.
+  records the main thread's stack (~2 us a sample). Accurate where the main thread does the work:
+  gunicorn's sync workers, and gevent workers, whose greenlets all run in the main thread (the
+  handler sees the frame of whichever greenlet is running; an idle hub burns no CPU, so draws none).
+  The handler is installed once, in the main thread, when the worker attaches (a handler never
+  called while no timer is armed costs nothing); the timer is then armed from the profiling thread.
 * **CPU, thread mode** (gthread and other threaded workers, or when no handler could be installed):
   a sampler thread reads each thread's on-CPU time (``/proc/self/task/<tid>/schedstat``, ns) every
   1/hz s and charges the increase to the stack the thread is at. Python frames can only be read
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ProfilerBusy
 from . import frames as _frames
+from . import native
 from .proto import new_raw
 
 if TYPE_CHECKING:
@@ -38,8 +41,9 @@ if TYPE_CHECKING:
 
 MAX_HZ = 1000
 
-# One CPU profile at a time per process (a second one gets "busy": HTTP 409).
-CPU_LOCK = threading.Lock()
+# One CPU profile at a time per process (a second one gets "busy": HTTP 409). A real lock: profiles
+# run in real threads even in gevent workers (``native``).
+CPU_LOCK = native.allocate_lock()
 
 
 Busy = ProfilerBusy  # the name the profiling modules raise and catch
@@ -81,8 +85,10 @@ def signal_handler_installed() -> bool:
 
 
 def threaded_server() -> bool:
-    """Do request threads other than the main one do the work (gunicorn gthread, or similar)?"""
-    return "gunicorn.workers.gthread" in sys.modules or "gevent" in sys.modules
+    """Do request threads other than the main one do the work (gunicorn gthread, or similar)?
+    gevent's greenlets all run in the main thread: SIGPROF on its CPU clock samples whichever
+    greenlet is running, exactly, so a gevent worker is not a threaded server here."""
+    return "gunicorn.workers.gthread" in sys.modules
 
 
 def choose_cpu_mode(mode: str = "auto") -> str:
@@ -104,7 +110,7 @@ def _sleep(seconds: float, stop: threading.Event | None) -> None:
     if stop is not None:
         stop.wait(seconds)
     else:
-        time.sleep(seconds)
+        native.sleep(seconds)
 
 
 def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto",
@@ -154,7 +160,7 @@ class _Timer:
             _fields_ = [("sigev_value", ctypes.c_void_p), ("sigev_signo", ctypes.c_int),
                         ("sigev_notify", ctypes.c_int), ("_pad", ctypes.c_int * 12)]
 
-        main = threading.main_thread().ident
+        main = native.main_ident()  # the real one (gevent renumbers main_thread().ident)
         assert main is not None  # the main thread is running: it has an ident
         clock = time.pthread_getcpuclockid(main)
         event = Sigevent(sigev_signo=int(signal.SIGPROF), sigev_notify=0)  # SIGEV_SIGNAL
@@ -203,7 +209,7 @@ def _settled(counts: dict) -> list:
         try:
             return list(counts.items())
         except RuntimeError:  # changed size during iteration: the last handler is finishing
-            time.sleep(0.001)
+            native.sleep(0.001)
     return list(counts.items())
 
 
@@ -235,16 +241,8 @@ class _ThreadCpu:
 
 
 def native_ids() -> dict[int, tuple[int | None, str]]:
-    """``{ident: (native thread id, name)}``; the main thread's tid is the pid (its ``native_id`` can
-    be stale after fork in 3.11)."""
-    main = threading.main_thread()
-    out = {}
-    for t in threading.enumerate():
-        if t.ident is None:
-            continue
-        tid = os.getpid() if t is main else getattr(t, "native_id", None)
-        out[t.ident] = (tid, t.name)
-    return out
+    """``{real ident: (native thread id, name)}`` of the threads (``native.thread_ids``)."""
+    return native.thread_ids()
 
 
 class ThreadSampler:
@@ -262,7 +260,7 @@ class ThreadSampler:
         self.duration_ns = 0
 
     def run(self, seconds: float, stop: threading.Event | None = None) -> "ThreadSampler":
-        me = threading.get_ident()
+        me = native.get_ident()
         interval = 1.0 / self.hz
         clock = _ThreadCpu()
         started = time.monotonic()
@@ -287,7 +285,7 @@ class ThreadSampler:
                 if stop is not None:
                     stop.wait(wait)
                 else:
-                    time.sleep(wait)
+                    native.sleep(wait)
                 now = time.monotonic()
                 dt_ns = int((now - last_t) * 1e9)
                 last_t = now

@@ -23,6 +23,7 @@ from ..config import HEARTBEAT_SECONDS, MonitoringConfig
 from ..environment import SEGMENT_ENV
 from ..errors import NoSegment
 from ..metrics import REGISTRY, Counter, Gauge, LocalStore
+from ..profiling import native
 from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
 from ..segment.layout import Body
 from .control import start_control
@@ -61,14 +62,14 @@ class WorkerState:
         self.slab = slab
         self.generation = generation
         self.pid = os.getpid()
-        self._stop = threading.Event()
+        self._stop = native.Event()  # native: real even if gevent patched threading
         self.optimizer = Optimizer(segment.buf, segment.geometry.slab_offset(slab))
         self._gc_at_attach = [s["collections"] for s in gc.get_stats()]  # the master's, inherited
 
     def start_heartbeat(self) -> None:
         self.beat()
         RECORDER.on_idle = self.optimizer.on_idle
-        threading.Thread(target=self._monitor_loop, name="rockstar-monitor", daemon=True).start()
+        native.start_thread(self._monitor_loop, "rockstar-monitor")
 
     def beat(self) -> None:
         """Record liveness and the runtime figures the aggregator sums into ``system``."""

@@ -13,6 +13,11 @@ what it serves; the socket only answers this user), it:
 
 None of it touches the request path: with no profile running the cost is one thread asleep in
 ``accept`` and an idle signal handler.
+
+Under gevent (``gunicorn -k gevent`` patches the worker after ``post_fork``, a config file may patch
+the master before) every thread, lock and socket here is a real one (``profiling.native``): a greenlet
+started from the accept thread would never run, and one in the main thread would wait for the request
+greenlets to yield.
 """
 from __future__ import annotations
 
@@ -24,13 +29,12 @@ import logging
 import os
 import socket
 import struct
-import threading
 import tracemalloc
 
 from .. import safefs
 from ..config import MonitoringConfig
 from ..environment import RUN_DIR_ENV
-from ..profiling import KINDS, Busy, collect, install_signal_handler, install_threadcreate_hook
+from ..profiling import KINDS, Busy, collect, install_signal_handler, install_threadcreate_hook, native
 from ..profiling.channel import MAX_REQUEST, control_dir, socket_path
 
 MAX_CONCURRENT = 8
@@ -78,14 +82,14 @@ class ControlServer:
         self.path = path
         self.config = config
         self.pid = os.getpid()
-        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._slots = native.Slots(MAX_CONCURRENT)
         self._sock: socket.socket | None = None
 
     def start(self) -> None:
         safefs.private_dir(os.path.dirname(self.path))  # in the private run dir: only ours can be there
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # a previous worker with our pid
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = native.socket_class()(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
             sock.bind(self.path)
@@ -94,7 +98,7 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         sock.listen(16)
         self._sock = sock
-        threading.Thread(target=self._accept_loop, name="rockstar-control", daemon=True).start()
+        native.start_thread(self._accept_loop, "rockstar-control")
         atexit.register(self.close)
 
     def close(self) -> None:
@@ -109,16 +113,20 @@ class ControlServer:
     def _accept_loop(self) -> None:
         while True:
             try:
-                conn, _ = self._sock.accept()  # type: ignore[union-attr]
+                conn, _ = native.accept(self._sock)  # type: ignore[arg-type]
             except OSError:
                 return  # closed
             if os.getpid() != self.pid:
                 conn.close()
                 return
-            if not self._slots.acquire(blocking=False):
+            if not self._slots.take():
                 self._answer(conn, {"ok": False, "status": 503, "error": "too many profile requests"})
                 continue
-            threading.Thread(target=self._serve, args=(conn,), name="rockstar-profile", daemon=True).start()
+            try:
+                native.start_thread(self._serve, "rockstar-profile", (conn,))
+            except RuntimeError:  # no thread to be had: answer rather than leave the client waiting
+                self._slots.give_back()
+                self._answer(conn, {"ok": False, "status": 503, "error": "cannot start a thread"})
 
     @staticmethod
     def _answer(conn: socket.socket, answer: dict) -> None:
@@ -149,7 +157,7 @@ class ControlServer:
                 return
             self._answer(conn, self.handle(request))
         finally:
-            self._slots.release()
+            self._slots.give_back()
 
     def handle(self, request: dict) -> dict:
         cmd = request.get("cmd")
@@ -187,6 +195,7 @@ def start_control(segment_path: str | None = None) -> ControlServer | None:
     try:
         run_dir = _run_dir(segment_path)
         config = load_config(run_dir, segment_path)
+        native.remember_main_thread()
         install_signal_handler()
         install_threadcreate_hook()
         if config.heap_tracemalloc_at_boot and not tracemalloc.is_tracing():

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import gc
 import signal
-import threading
 import time
 
 import psutil
 
+from ..profiling import native
 from ..segment.layout import Body
 
 MAX_DEFER = 1.0
@@ -33,9 +33,10 @@ class Optimizer:
         self._base = base
         self._handled = Body.optimize_requested.get(buf, base)
         self._pending_since = 0.0
-        self._lock = threading.Lock()
+        # real ones: the monitor is a real thread even in gevent workers (``profiling.native``)
+        self._lock = native.allocate_lock()
         self._process = psutil.Process()
-        self.wake = threading.Event()  # set by the signal handler: the monitor thread looks at once
+        self.wake = native.Event()  # set by the signal handler: the monitor thread looks at once
 
     # -- asking ---------------------------------------------------------------------------------
     def request(self) -> None:
