@@ -180,3 +180,32 @@ def test_native_threads_are_real_when_gevent_patched_first():
     assert result["tid"] and result["tid"] != result["main"], result  # its own OS thread
     assert result["woke"], result
     assert "native-check" in result["names"] and "MainThread" in result["names"], result
+
+
+# -- a thread started before gevent patched, ending after (our monitor thread under gunicorn -k gevent) --
+PATCHED_AFTER_START = r"""
+import sys, time
+from rockstar_mp.profiling import native
+ended, event = [], native.Event()
+def monitor():
+    event.wait(5)
+    ended.append(True)
+native.start_thread(monitor, "rockstar-monitor")  # in post_fork: nothing patched yet
+from gevent import monkey
+monkey.patch_all()  # what gunicorn's gevent worker does next
+event.set()
+deadline = time.monotonic() + 5
+while not ended and time.monotonic() < deadline:
+    pass  # spin: the thread is a real one, it ends without this greenlet yielding
+while len(sys._current_frames()) > 1 and time.monotonic() < deadline:
+    pass  # until the thread is gone: its exit is where the traceback was printed
+print("ended" if ended and len(sys._current_frames()) == 1 else "still running")
+"""
+
+
+def test_a_thread_started_before_the_patch_ends_without_a_traceback():
+    out = subprocess.run([sys.executable, "-c", PATCHED_AFTER_START], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ended"
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr

@@ -137,19 +137,9 @@ def recipe_id(worker_class: str, app: str) -> str:
     return f"{app.split('.')[1].split(':')[0]}-{worker_class.split('.')[0]}"
 
 
-# KNOWN BUG (not of the integrations; remove once fixed): a gevent worker's "rockstar-monitor" thread is
-# started in post_fork, before gunicorn's gevent worker patches threading; when detach() stops it at exit,
-# threading's _delete() looks it up by gevent's get_ident() and Python prints this (about 1 exit in 6).
-GEVENT_MONITOR_EXIT = re.compile(
-    r"Exception ignored in thread started by: <bound method Thread._bootstrap of <Thread\(rockstar-monitor, "
-    r"started daemon \d+\)>>\nTraceback \(most recent call last\):\n(?:  .*\n)+?KeyError: \d+\n")
-
-
 def traceback_of_ours(server: Gunicorn) -> str:
     """A traceback in the log but the raising views' (the frameworks log theirs), or ""."""
     log = server.log_text()
-    if "gevent" in server.args:
-        log = GEVENT_MONITOR_EXIT.sub("", log)
     blocks = log.split("Traceback (most recent call last):")[1:]
     ours = [block for block in blocks if not any(failure in block for failure in DELIBERATE_FAILURES)]
     return ours[0][:4000] if ours else ""

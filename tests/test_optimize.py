@@ -92,7 +92,9 @@ def test_schedule_spreads_workers_and_keeps_serving(gunicorn_factory):
     end_counts = counts(server)
 
     done = {pid: end_counts[pid] - start_counts[pid] for pid in start_counts}
-    assert all(4 // SLACK <= n <= 6 for n in done.values()), done  # every 1 s for 5 s; fewer on a slow machine
+    # every 1 s for 5 s: 4 to 6 rounds each; a loaded machine (2 cores, the suite on both) delays a
+    # round now and then, so 3 are accepted (fewer on a machine declared slow)
+    assert all(3 // SLACK <= n <= 6 for n in done.values()), done
     assert results and set(results) == {200}
     events = sorted(e["time"] for e in stats(server)["recent"] if e["time"] >= started)
     gaps = [b - a for a, b in itertools.pairwise(events)]

@@ -10,9 +10,11 @@ CPU-bound greenlet would starve it anyway. Everything here takes the originals
 (``gevent.monkey.get_original``) when gevent patched them; gevent is imported only when it is already
 loaded, so it is never a dependency.
 
-``start_thread`` starts a real daemon thread: a ``threading.Thread`` when ``threading`` is not patched
-(nothing changes for sync and gthread workers), else a raw ``_thread`` thread registered here under its
-real ident, so ``thread_ids()`` names it beside ``threading.enumerate()``.
+``start_thread`` starts a real daemon thread, always a raw ``_thread`` one registered here under its real
+ident, so ``thread_ids()`` names it beside ``threading.enumerate()``. Not a ``threading.Thread`` even
+before anything is patched: gunicorn's gevent worker patches after ``post_fork`` started our monitor
+thread, and a ``threading.Thread`` that ends after the patch is looked up under gevent's ident by
+``threading._delete``, which printed a ``KeyError`` traceback at about one worker exit in six.
 """
 from __future__ import annotations
 
@@ -159,10 +161,7 @@ os.register_at_fork(after_in_child=_remember_main_thread)  # the forking thread 
 
 
 def start_thread(target: Callable[..., object], name: str, args: tuple = ()) -> None:
-    """Run ``target(*args)`` in a new real daemon thread named ``name``."""
-    if not patched("threading"):
-        threading.Thread(target=target, args=args, name=name, daemon=True).start()
-        return
+    """Run ``target(*args)`` in a new real daemon thread named ``name`` (see the module's docstring)."""
     created: list[tuple[types.CodeType, int | None]] = []  # the starting stack, leaf first (threadcreate)
     frame: types.FrameType | None = sys._getframe(1)
     while frame is not None and len(created) < 32:
