@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import ops
+from . import cost, ops
 from .report import (
     fmt_delta,
     fmt_time,
@@ -66,7 +66,7 @@ from .settings import (
 
 MICRO = ("1", "2", "3")  # one child measures the three
 REQUEST = ("6", "7")
-FIGURES = MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES)
+FIGURES = MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES
 
 
 @dataclass
@@ -307,6 +307,22 @@ def run_ops(notes: list[str], figs: list[str]) -> None:
         print_ops_table(rows)
 
 
+# -- figures 11-12 -----------------------------------------------------------------------------------------
+def run_cost(notes: list[str], figs: list[str]) -> None:
+    """Figures 11-12 (benchmarks/cost.py): CPU time from /proc, their own table and detail lines."""
+    tmp = tempfile.mkdtemp(prefix="rockstar-bench-cost-")
+    try:
+        rows, details = cost.run_figures(tmp, figs, notes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print("CPU cost from /proc (figures 11-12; every run printed, medians compared)")
+    if rows:
+        print_tables([], rows, "")
+    for line in details:
+        print(line)
+
+
 # -- the run ------------------------------------------------------------------------------------------------
 def run(figs: tuple[str, ...]) -> int:
     """Measure ``figs`` (every figure by default) and print the report."""
@@ -343,6 +359,9 @@ def run(figs: tuple[str, ...]) -> int:
     ops_figs = [f for f in ops.FIGURES if f in figs]
     if ops_figs:
         run_ops(session.notes, ops_figs)
+    cost_figs = [f for f in cost.FIGURES if f in figs]
+    if cost_figs:
+        run_cost(session.notes, cost_figs)
     for note in session.notes:
         print(f"NOTE: {note}")
     print(f"total {time.perf_counter() - started:.0f} s")

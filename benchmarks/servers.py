@@ -107,17 +107,22 @@ class Server:
     """One gunicorn master (and its workers, and for "on" its aggregator) in a session of its own, so
     ``stop`` can find every process it started: SIGTERM the master, wait, then check its group."""
 
-    def __init__(self, mode: str, tmp: str, number: int) -> None:
+    def __init__(self, mode: str, tmp: str, number: int, app: str | None = None,
+                 worker_args: tuple[str, ...] = ("-k", "sync"), workers: int = SERVER_WORKERS,
+                 env: dict | None = None) -> None:
+        """``app``: the WSGI/ASGI app to serve (default: ``examples.app:app`` on,
+        ``benchmarks.bare_app:app`` off); ``worker_args``: gunicorn's arguments naming the worker
+        class; ``env``: more ``ROCKSTAR_*`` settings for "on"."""
         self.mode = mode
         self.port, self.metrics_port = free_ports(2)
         if mode == "on":  # the example app under the example config: hooks, aggregator, middlewares
-            self._launch(["-c", "gunicorn_conf.py", "examples.app:app"],
-                         self._monitored_env(tmp, SERVER_WORKERS), tmp, f"{mode}-{number}")
+            self._launch(["-c", "gunicorn_conf.py", *worker_args, app or "examples.app:app"],
+                         dict(self._monitored_env(tmp, workers), **(env or {})), tmp, f"{mode}-{number}")
         else:  # plain gunicorn (an empty config file: not even ./gunicorn.conf.py) on the bare routes
             empty = os.path.join(tmp, "empty_gunicorn_conf.py")
             open(empty, "w").close()
-            self._launch(["-c", empty, "-k", "sync", "-w", str(SERVER_WORKERS), "-b", f"127.0.0.1:{self.port}",
-                          "benchmarks.bare_app:app"], plain_env(), tmp, f"{mode}-{number}")
+            self._launch(["-c", empty, *worker_args, "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
+                          app or "benchmarks.bare_app:app"], plain_env(), tmp, f"{mode}-{number}")
 
     def _monitored_env(self, tmp: str, workers: int) -> dict:
         """What gunicorn_conf.py reads: bind, workers, the metrics port, fresh segment and run dirs."""
@@ -210,8 +215,13 @@ def run_wrk(url: str, seconds: int) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return parse_wrk(proc.stdout)
+
+
+def parse_wrk(stdout: str) -> dict:
+    """wrk's summary: req/s, responses, socket errors and non-2xx responses."""
     out = {"rps": 0.0, "requests": 0, "errors": 0, "non2xx": 0}
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         words = line.split()
         if line.startswith("Requests/sec:"):
             out["rps"] = float(words[1])
@@ -222,5 +232,5 @@ def run_wrk(url: str, seconds: int) -> dict:
         elif line.strip().startswith("Non-2xx or 3xx responses:"):
             out["non2xx"] = int(words[-1])
     if not out["rps"]:
-        raise RuntimeError(f"no Requests/sec in wrk's output:\n{proc.stdout}")
+        raise RuntimeError(f"no Requests/sec in wrk's output:\n{stdout}")
     return out

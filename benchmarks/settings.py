@@ -53,3 +53,20 @@ SERVER_STOP_TIMEOUT = 35.0  # gunicorn's graceful_timeout is 30 s; idle sync wor
 TARGETS = {"counter": 1 / 4, "labels": 1 / 3, "histogram": 1 / 3, "scrape": 1 / 10}
 
 PROM_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+# Figure 11: CPU seconds per request of the whole server (from /proc), on vs off, at one fixed rate
+# (wrk -t1 paced by benchmarks/pace.lua; the client's CPU is not counted); both servers up and driven at
+# the same time, round after round.
+COST_RATE = 1500  # requests per second to each server: well below what 2 workers serve, off or on
+COST_CONNECTIONS = 8
+COST_SECONDS = 3.0
+COST_WARMUP_SECONDS = 1.0
+COST_ROUNDS = 8
+COST_SETTLE_SECONDS = 0.5  # after the last response, before the CPU is read: two aggregator ticks
+COST_TARGET = 3.0  # % more CPU per request on than off (WSGI sync)
+
+# Figure 12: an idle "on" server's aggregator, CPU per second.
+IDLE_WORKERS = (2, 16, 64)
+IDLE_SECONDS = 20.0
+IDLE_SETTLE_SECONDS = 3.0  # after every worker is listed: start-up work done before measuring
+IDLE_TARGET = 10.0  # ms of CPU per second, at 64 workers

@@ -42,8 +42,7 @@ from .snmp.agent import preload as preload_snmp
 from .snmp.runtime import run_snmp
 from .state import AggregatorState
 
-PROCESS_REFRESH = 1.0
-PROCESS_DETAIL_EVERY = 5  # USS/PSS and open fds on every 5th process refresh
+PROCESS_REFRESH = 1.0  # USS/PSS and open fds: a few workers a refresh (state.ProcessStats)
 BIND_RETRY_SECONDS = 10.0
 
 log = logging.getLogger("rockstar_mp.aggregator")
@@ -214,15 +213,13 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
     tasks.append(asyncio.create_task(run_schedule(state, stopping)))
     tasks.append(asyncio.create_task(run_snmp(state, stopping)))  # follows runtime control
     next_refresh = 0.0
-    refreshes = 0
     while not stopping.is_set():
         if os.getppid() != parent:
             break
         try:
             state.tick()
             if time.monotonic() >= next_refresh:
-                state.refresh_processes(full=refreshes % PROCESS_DETAIL_EVERY == 0)
-                refreshes += 1
+                state.refresh_processes()
                 next_refresh = time.monotonic() + PROCESS_REFRESH
         except Exception as exc:  # never let one bad tick stop serving
             _log_failure("tick failed", exc)

@@ -15,10 +15,10 @@ import psutil
 
 from ..config import MonitoringConfig
 from ..control import apply_overrides, read_overrides
-from ..segment import STATE_NAMES, Segment, process_alive
+from ..segment import LIVE, STATE_NAMES, Segment, process_alive
 from ..segment.layout import Body, Header
 from ..segment.segment import liveness_unknown
-from .merge import Merger, Snapshot
+from .merge import Merger, Snapshot, slab_base
 from .optimize import OptimizationSchedule
 from .workload import RingDrain, Window, sketch_totals
 
@@ -27,59 +27,103 @@ if TYPE_CHECKING:
 
 GC_SERIES = "rockstar.gc.collections"
 PATH_CHECK_SECONDS = 1.0
+SECOND_WORK_SECONDS = 1.0
+PROCESS_CHECK_SECONDS = 10.0  # a full /proc check of every live worker (see tick)
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
 
 DETAIL_KEYS = ("uss", "pss", "open_fds")
+DETAIL_MAX_AGE = 5.0  # seconds: a worker's USS/PSS and open fds are re-read when older than this and
+DETAIL_IDLE_MAX_AGE = 120.0  # its RSS moved since, or when older than this whatever the RSS did ...
+DETAIL_PER_REFRESH = 2  # ... for at most this many workers per refresh, the stalest first
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def read_stat(pid: int) -> dict | None:
+    """A worker's basic figures from one read of ``/proc/<pid>/stat`` (the fields psutil's
+    ``memory_info``, ``cpu_times`` and ``num_threads`` read from three files): rss and vms in bytes,
+    CPU seconds, threads. None if the process is gone or cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2:].split()  # from field 3 (state) on
+        return {"rss": int(fields[21]) * _PAGE, "vms": int(fields[20]),
+                "cpu_seconds": (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS,
+                "threads": int(fields[17])}
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class ProcessStats:
-    """psutil figures per worker pid: refreshed on the aggregator's tick, and on a scrape only when a
-    worker came or went since the last refresh (so a new worker never shows without them)."""
+    """Figures per worker pid: refreshed every second by the aggregator's loop, and on a scrape only
+    when a worker came or went since the last refresh (so a new worker never shows without them).
+
+    The basic figures (RSS, VMS, CPU, threads) are one read of ``/proc/<pid>/stat`` per worker. USS/PSS
+    (``smaps_rollup``: the kernel walks the page tables, over a millisecond a worker) and open fds are
+    read for a new worker at once; then again after ``DETAIL_MAX_AGE`` if its RSS moved since (a worker
+    at work), else after ``DETAIL_IDLE_MAX_AGE`` (an idle worker's memory holds still, but a sibling's
+    exit can make shared pages its own), for at most ``DETAIL_PER_REFRESH`` workers a refresh, the
+    stalest first: so their cost no longer grows with the number of workers."""
 
     def __init__(self) -> None:
-        self._procs: dict[int, psutil.Process] = {}
         self.stats: dict[int, dict] = {}
+        self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (CPU seconds, monotonic time) last read
+        self._detail_at: dict[int, tuple[float, int]] = {}  # pid -> (monotonic time, RSS) at its detail read
 
     def refresh(self, pids: list[int], full: bool = False) -> None:
-        """``full`` also reads USS/PSS (smaps, a few ms a worker) and open fds; otherwise those are
-        kept from the last full refresh."""
+        """``full`` re-reads every worker's USS/PSS and open fds; otherwise the stalest few, when due."""
+        now = time.monotonic()
         stats: dict[int, dict] = {}
         for pid in pids:
-            proc = self._procs.get(pid)
-            try:
-                if proc is None:
-                    proc = self._procs[pid] = psutil.Process(pid)
-                    proc.cpu_percent(None)  # the first call only starts the measurement
-                with proc.oneshot():
-                    mem = proc.memory_info()
-                    cpu = proc.cpu_times()
-                    stats[pid] = {"rss": mem.rss, "vms": mem.vms, "cpu_percent": proc.cpu_percent(None),
-                                  "cpu_seconds": round(cpu.user + cpu.system, 3),
-                                  "threads": proc.num_threads()}
-                if full or pid not in self.stats:
-                    stats[pid].update(self._memory_detail(proc))
-                else:
-                    stats[pid].update({k: self.stats[pid].get(k) for k in DETAIL_KEYS})
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                self._procs.pop(pid, None)
-        for gone in set(self._procs) - set(pids):
-            del self._procs[gone]
+            basic = read_stat(pid)
+            if basic is None:
+                continue
+            cpu = basic["cpu_seconds"]
+            last = self._cpu.get(pid)
+            self._cpu[pid] = (cpu, now)
+            # psutil's cpu_percent(None): CPU time over wall time since the last call, 0.0 at the first
+            basic["cpu_percent"] = round((cpu - last[0]) / (now - last[1]) * 100, 1) \
+                if last is not None and now > last[1] else 0.0
+            basic["cpu_seconds"] = round(cpu, 3)
+            old = self.stats.get(pid)
+            basic.update({k: old.get(k) for k in DETAIL_KEYS} if old else _memory_detail(pid))
+            if not old:
+                self._detail_at[pid] = (now, basic["rss"])
+            stats[pid] = basic
         self.stats = stats
+        for gone in set(self._cpu) - set(stats):
+            del self._cpu[gone]
+            self._detail_at.pop(gone, None)
+        self._refresh_detail(now, full)
 
-    @staticmethod
-    def _memory_detail(proc: psutil.Process) -> dict:
-        try:
-            full = proc.memory_full_info()
-            detail = {"uss": full.uss, "pss": getattr(full, "pss", None)}
-        except (psutil.AccessDenied, AttributeError):
-            detail = {"uss": None, "pss": None}
-        try:
-            detail["open_fds"] = proc.num_fds()
-        except (psutil.AccessDenied, AttributeError):
-            detail["open_fds"] = None
+    def _refresh_detail(self, now: float, full: bool) -> None:
+        due = sorted((at, pid) for pid, (at, rss) in self._detail_at.items()
+                     if full or now - at >= DETAIL_IDLE_MAX_AGE
+                     or now - at >= DETAIL_MAX_AGE and self.stats[pid]["rss"] != rss)
+        for _, pid in due if full else due[:DETAIL_PER_REFRESH]:
+            self.stats[pid].update(_memory_detail(pid))
+            self._detail_at[pid] = (now, self.stats[pid]["rss"])
+
+
+def _memory_detail(pid: int) -> dict:
+    """USS, PSS (psutil's ``memory_full_info``: ``smaps_rollup``) and open fds; None where unreadable."""
+    detail: dict = dict.fromkeys(DETAIL_KEYS)
+    try:
+        proc = psutil.Process(pid)
+    except psutil.Error:
         return detail
+    try:
+        full = proc.memory_full_info()
+        detail.update(uss=full.uss, pss=getattr(full, "pss", None))
+    except (psutil.Error, AttributeError):
+        pass
+    try:
+        detail["open_fds"] = proc.num_fds()
+    except (psutil.Error, AttributeError):
+        pass
+    return detail
 
 
 class Liveness:
@@ -101,7 +145,7 @@ class Liveness:
         stuck = set()
         for worker in snap.workers:
             slot = worker.slot
-            beat = Body.heartbeat.get(segment.buf, segment.geometry.slab_offset(slot.slab))
+            beat = Body.heartbeat.get(segment.buf, slab_base(segment.geometry, slot.slab))
             since = max(beat, slot.assigned_at)  # a worker claiming its slab has not beaten yet
             if now - since > stuck_after and process_alive(slot.pid):
                 stuck.add(slot.pid)
@@ -128,6 +172,9 @@ class AggregatorState:
         self._snapshot: Snapshot | None = None
         self._path_intact = not Header.segment_unlinked.get(segment.buf)  # a restart does not tell again
         self._path_check_at = 0.0
+        self._second_at = 0.0  # monotonic time of the tick's next once-a-second work
+        self._thorough_at = 0.0  # monotonic time of the next full process check of the live workers
+        self._optimization_counts: tuple = ()  # (slab, generation, optimize_count) of each live worker
 
     def apply_control(self) -> None:
         """Apply the runtime overrides kept in the segment (``rockstar_mp.control``), if they changed."""
@@ -142,17 +189,44 @@ class AggregatorState:
 
     def tick(self) -> None:
         """Apply runtime control, drain the rings, fold dead workers (after draining them), beat,
-        refresh the merge."""
+        refresh the merge. What is done for every worker but changes on a scale of seconds (checking
+        that live workers' processes still run, their heartbeats) is done on one tick a second, and
+        their optimizations are looked at only when a count moved: at 64 idle workers these were most
+        of the aggregator's CPU."""
         Header.aggregator_heartbeat.set(self.segment.buf, time.time())
         self.apply_control()
-        self.rings.drain()
-        if self.merger.collect_dead():
+        self.rings.drain(self.merger.table.read())
+        now = time.monotonic()
+        each_second = now >= self._second_at
+        if each_second:
+            self._second_at = now + SECOND_WORK_SECONDS
+        thorough = now >= self._thorough_at
+        if thorough:
+            self._thorough_at = now + PROCESS_CHECK_SECONDS
+        # a worker that exits is retired by the master (child_exit) and folded on the next tick; the
+        # process check is for the workers no master retired (a lost hook, a master killed mid-way):
+        # kill(pid, 0) every second, /proc's state and start time (zombies, reused pids) less often
+        if self.merger.collect_dead(check_processes=each_second, probe_only=not thorough):
             self._snapshot = None
         if self.window.due():  # a merge only when the window takes a sample (once a second)
             self.window.add(sketch_totals(self.snapshot()))
-        self.optimization.observe()
         self.watch_path()
-        self.liveness.observe(self.segment, self._snapshot or self.snapshot(), self.config.stuck_after, time.time())
+        if self._optimizations_changed():
+            self.optimization.observe()
+        if each_second:
+            self.liveness.observe(self.segment, self._snapshot or self.snapshot(), self.config.stuck_after,
+                                  time.time())
+
+    def _optimizations_changed(self) -> bool:
+        """Did a live worker's optimization count move (or the live workers change) since the last
+        look? One read a worker, where ``optimization.observe`` reads a dozen fields of each."""
+        buf, geometry = self.segment.buf, self.segment.geometry
+        counts = tuple((slot.slab, slot.generation, Body.optimize_count.get(buf, slab_base(geometry, slot.slab)))
+                       for slot in self.merger.table.read() if slot.state == LIVE and slot.pid)
+        if counts == self._optimization_counts:
+            return False
+        self._optimization_counts = counts
+        return True
 
     def watch_path(self) -> None:
         """Tell the operator, once, when the segment's path is deleted or replaced (systemd's

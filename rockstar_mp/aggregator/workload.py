@@ -11,7 +11,7 @@ from operator import itemgetter
 from ..segment import LIVE, RETIRED, Segment, log_ring, read_ring, record_ring, text
 from ..segment.layout import Header
 from ..sketch import RELATIVE_ERROR, quantile
-from .merge import Snapshot
+from .merge import Snapshot, slab_base
 
 BUCKET_SERIES = "rockstar.workload.bucket"
 SECONDS_SERIES = "rockstar.workload.seconds"
@@ -75,11 +75,13 @@ class RingDrain:
         self.records: deque[WorkloadRecord] = deque(maxlen=recent_records)
         self.logs: deque[LogRecord] = deque(maxlen=recent_logs)
         self._positions: dict[tuple, int] = {}  # (slab, generation, ring) -> next index
+        layout = segment.geometry.slab
+        self._rings = (record_ring(layout), log_ring(layout))  # the same in every slab
 
-    def drain(self) -> None:
-        """Read what every live or retired (not yet folded) slab wrote since the last drain."""
+    def drain(self, slots: list | None = None) -> None:
+        """Read what every live or retired (not yet folded) slab wrote since the last drain (``slots``:
+        the slot table if the caller has just read it)."""
         geometry, buf = self.segment.geometry, self.segment.buf
-        layout = geometry.slab
         live = set()
         new_records: list[WorkloadRecord] = []
         new_logs: list[LogRecord] = []
@@ -90,16 +92,18 @@ class RingDrain:
         def add_logs(payloads: list[tuple]) -> None:
             new_logs.extend(map(_log, payloads))
 
-        for slot in self.segment.slots():
+        rings = (("records", self._rings[0], add_records, Header.records_dropped),
+                 ("logs", self._rings[1], add_logs, Header.logs_dropped))
+        for slot in self.segment.slots() if slots is None else slots:
             if slot.state not in (LIVE, RETIRED):
                 continue
-            base = geometry.slab_offset(slot.slab)
-            for name, spec, add, dropped_field in (
-                    ("records", record_ring(layout), add_records, Header.records_dropped),
-                    ("logs", log_ring(layout), add_logs, Header.logs_dropped)):
+            base = slab_base(geometry, slot.slab)
+            for name, spec, add, dropped_field in rings:
                 key = (slot.slab, slot.generation, name)
                 live.add(key)
                 since = self._positions.get(key)
+                if since is not None and spec.head.get(buf, base) == since:
+                    continue  # nothing new: one read of the head (an idle worker's every tick)
                 if since is None:  # first sight (e.g. after an aggregator restart): what is still there
                     since = max(0, spec.head.get(buf, base) - spec.slots)
                 payloads, position, dropped = read_ring(buf, base, spec, since)

@@ -1,0 +1,235 @@
+"""Figures 11-12: what rockstar-mp costs a server in CPU time, read from /proc (``cpu.py``), not in req/s.
+
+**11.** CPU seconds per request of the whole server (workers + master + aggregator), on against off, at
+the same fixed request rate (``wrk -t1`` paced by ``pace.lua``; the client's CPU is not counted), for
+each worker class of ``FLAVOURS``. Both servers of a class are up and driven at the same time in each
+round, so a busy spell of the shared machine hits both; every round is printed, and the figure is the
+median of the rounds' on/off ratios, with each side's median and the split by role.
+
+**12.** The aggregator's idle cost: its CPU per second over ``IDLE_SECONDS`` with 2, 16 and 64 idle sync
+workers (nothing requested but one ``/workers`` poll at start), and the workers' and master's beside it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+
+from .cpu import ROLES, server_cpu
+from .servers import Server, http_get, parse_wrk
+from .settings import (
+    COST_CONNECTIONS,
+    COST_RATE,
+    COST_ROUNDS,
+    COST_SECONDS,
+    COST_SETTLE_SECONDS,
+    COST_TARGET,
+    COST_WARMUP_SECONDS,
+    IDLE_SECONDS,
+    IDLE_SETTLE_SECONDS,
+    IDLE_TARGET,
+    IDLE_WORKERS,
+    ROOT,
+    SERVER_WORKERS,
+)
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """One worker class measured by figure 11: gunicorn's arguments naming it, and the app each side
+    serves ("on": under ``gunicorn_conf.py``, hooks and aggregator; "off": plain gunicorn)."""
+
+    name: str
+    worker_args: tuple[str, ...]
+    on_app: str = "examples.app:app"  # MetricsMiddleware(workload=True) around the Falcon app
+    off_app: str = "benchmarks.bare_app:app"  # the same routes, no middleware
+    target: float | None = None  # the cost's limit in %, None: information
+
+
+FLAVOURS = (
+    Flavour("sync", ("-k", "sync"), target=COST_TARGET),
+    Flavour("gthread", ("-k", "gthread", "--threads", "4")),
+    # ASGI: once rockstar_mp/worker/asgi.py exists, one more line, e.g.
+    # Flavour("asgi", ("-k", "rockstar_mp.worker.asgi:<WorkerClass>"), "<module>:<on app>", "<module>:<off app>"),
+)
+
+
+# -- the paced client -------------------------------------------------------------------------------
+PACE_SCRIPT = os.path.join(ROOT, "benchmarks", "pace.lua")
+
+
+def start_paced_wrk(url: str, seconds: float) -> subprocess.Popen:
+    """``wrk`` sending ``COST_RATE`` requests per second to ``url`` for ``seconds`` (``pace.lua``)."""
+    cmd = ["wrk", "-t1", f"-c{COST_CONNECTIONS}", f"-d{seconds:g}s", "-s", PACE_SCRIPT, url]
+    return subprocess.Popen(cmd, env=dict(os.environ, PACE_RATE=str(COST_RATE)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def paced_round(servers: dict[str, Server], seconds: float, first: str) -> dict[str, dict]:
+    """Both servers driven at ``COST_RATE`` at the same time (``first``'s wrk started first), so a
+    busy spell of the shared machine hits both. Returns, by mode, wrk's figures plus the server's CPU
+    seconds by role from just before the wrks start to ``COST_SETTLE_SECONDS`` after they end (so the
+    aggregator's drain of the last records is in)."""
+    order = (first, *(mode for mode in servers if mode != first))
+    before = {mode: server_cpu(servers[mode].proc.pid) for mode in order}
+    started = time.monotonic()
+    procs = {mode: start_paced_wrk(servers[mode].url, seconds) for mode in order}
+    outputs = {mode: proc.communicate(timeout=seconds + 60) for mode, proc in procs.items()}
+    time.sleep(COST_SETTLE_SECONDS)  # a measured interval (see above), not a synchronisation
+    results = {}
+    for mode in order:
+        spent = server_cpu(servers[mode].proc.pid).since(before[mode])
+        if procs[mode].returncode != 0:
+            raise RuntimeError(f"wrk failed ({procs[mode].returncode}): {outputs[mode][1]}")
+        results[mode] = dict(parse_wrk(outputs[mode][0]), cpu=spent, window=time.monotonic() - started)
+    return results
+
+
+def per_request(run: dict, role: str | None = None) -> float:
+    """CPU seconds per answered request of a run, of the whole server or of one role."""
+    spent = sum(run["cpu"].values()) if role is None else run["cpu"][role]
+    return spent / max(run["requests"], 1)
+
+
+# -- figure 11 ----------------------------------------------------------------------------------------
+def cpu_per_request(tmp: str, flavour: Flavour, notes: list[str]) -> dict:
+    """Figure 11 for one worker class: every run of each side, in order."""
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    servers: dict[str, Server] = {}
+    try:
+        for number, mode in enumerate(("off", "on")):
+            app = flavour.on_app if mode == "on" else flavour.off_app
+            servers[mode] = Server(mode, tmp, number, app=app, worker_args=flavour.worker_args)
+            servers[mode].wait_ready()
+        paced_round(servers, COST_WARMUP_SECONDS, "off")
+        for number in range(COST_ROUNDS):
+            results = paced_round(servers, COST_SECONDS, ("off", "on")[number % 2])
+            for mode, result in results.items():
+                if result["errors"] or result["non2xx"]:
+                    notes.append(f"fig 11 {flavour.name} {mode} round {number + 1}: wrk saw {result['errors']} "
+                                 f"socket errors, {result['non2xx']} non-2xx responses")
+                runs[mode].append(result)
+    finally:
+        for server in servers.values():
+            notes.extend(server.stop())
+    return runs
+
+
+def summarize(runs: dict) -> dict:
+    """Medians of each side (whole server and by role, per request) and the median of the rounds'
+    on/off ratios."""
+    out: dict = {}
+    for mode in ("off", "on"):
+        out[mode] = statistics.median(per_request(r) for r in runs[mode])
+        out[f"{mode}_roles"] = {role: statistics.median(per_request(r, role) for r in runs[mode])
+                                for role in ROLES}
+    ratios = [per_request(on) / per_request(off) for on, off in zip(runs["on"], runs["off"], strict=True)]
+    out["ratio"] = statistics.median(ratios)
+    return out
+
+
+def request_cost_figure(tmp: str, notes: list[str]) -> tuple[list[tuple], list[str]]:
+    """Figure 11 for every flavour: ``(table rows, detail lines)``."""
+    rows: list[tuple] = []
+    details: list[str] = []
+    for flavour in FLAVOURS:
+        print(f"[11] {flavour.name}: CPU per request at {COST_RATE:,} req/s, {SERVER_WORKERS} workers, "
+              f"{COST_ROUNDS} rounds of {COST_SECONDS:g} s off/on ...", flush=True)
+        try:
+            runs = cpu_per_request(tmp, flavour, notes)
+        except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+            notes.append(f"fig 11 {flavour.name} failed: {exc}")
+            continue
+        s = summarize(runs)
+        cost = (s["ratio"] - 1) * 100
+        target = flavour.target
+        rows.append((f"11. CPU/request, {flavour.name}: on vs off", f"{s['on'] * 1e6:.1f} us",
+                     f"{s['off'] * 1e6:.1f} us", f"{cost:+.1f}%",
+                     f"<= +{target:g}%" if target is not None else "(info)",
+                     ("PASS" if cost <= target else "FAIL") if target is not None else ""))
+        details += cost_details(flavour.name, runs, s)
+    return rows, details
+
+
+def cost_details(name: str, runs: dict, s: dict) -> list[str]:
+    lines = [f"11 {name}: by role, medians per request (on - off):"
+             + ", ".join(f" {role} {s['on_roles'][role] * 1e6:.1f} - {s['off_roles'][role] * 1e6:.1f} = "
+                         f"{(s['on_roles'][role] - s['off_roles'][role]) * 1e6:+.1f} us" for role in ROLES)]
+    for mode in ("off", "on"):
+        lines.append(f"   {mode}, every run in order (us/request; workers/master/aggregator; req/s got): "
+                     + " | ".join(f"{per_request(r) * 1e6:.1f} ("
+                                  + "/".join(f"{per_request(r, role) * 1e6:.1f}" for role in ROLES)
+                                  + f"; {r['rps']:,.0f})" for r in runs[mode]))
+    lines.append("   on/off per round: " + " ".join(f"{per_request(on) / per_request(off):.3f}"
+                                                    for on, off in zip(runs["on"], runs["off"], strict=True)))
+    return lines
+
+
+# -- figure 12 ----------------------------------------------------------------------------------------
+def wait_for_workers(server: Server, count: int, timeout: float = 120.0) -> None:
+    """Until the aggregator lists ``count`` live workers."""
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{server.metrics_port}/workers"
+    while True:
+        try:
+            _, _, body = http_get(url, timeout=10.0)
+            if len(json.loads(body)["workers"]) >= count:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{count} workers not listed after {timeout:.0f} s:\n" + server.log_tail())
+        time.sleep(0.5)
+
+
+def idle_cost(tmp: str, workers: int, notes: list[str]) -> dict[str, float]:
+    """CPU milliseconds per second of each role of an idle "on" server with ``workers`` sync workers."""
+    server = Server("on", tmp, workers, workers=workers, env={"ROCKSTAR_MAX_WORKERS": str(max(64, workers))})
+    try:
+        server.wait_ready()
+        wait_for_workers(server, workers)
+        time.sleep(IDLE_SETTLE_SECONDS)  # a measured interval: start-up work (imports, first parses) done
+        before = server_cpu(server.proc.pid)
+        started = time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        spent = server_cpu(server.proc.pid).since(before)
+        elapsed = time.monotonic() - started
+    finally:
+        notes.extend(server.stop())
+    return {role: spent[role] / elapsed * 1000 for role in ROLES}
+
+
+def idle_figure(tmp: str, notes: list[str]) -> tuple[list[tuple], list[str]]:
+    """Figure 12 at each count of ``IDLE_WORKERS``: ``(table rows, detail lines)``."""
+    rows: list[tuple] = []
+    details: list[str] = []
+    for workers in IDLE_WORKERS:
+        print(f"[12] idle aggregator with {workers} sync workers: CPU over {IDLE_SECONDS:g} s ...", flush=True)
+        try:
+            ms = idle_cost(tmp, workers, notes)
+        except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+            notes.append(f"fig 12 with {workers} workers failed: {exc}")
+            continue
+        rows.append((f"12. idle aggregator, {workers} workers", f"{ms['aggregator']:.1f} ms/s", "", "",
+                     f"<= {IDLE_TARGET:g} ms/s", "PASS" if ms["aggregator"] <= IDLE_TARGET else "FAIL"))
+        details.append(f"12 {workers} workers, CPU ms per second: aggregator {ms['aggregator']:.1f}, master "
+                       f"{ms['master']:.1f}, workers {ms['workers']:.1f} ({ms['workers'] / workers:.2f} each)")
+    return rows, details
+
+
+def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple], list[str]]:
+    """Figures 11 and/or 12 (``figs``), their servers under ``tmp``."""
+    rows: list[tuple] = []
+    details: list[str] = []
+    for fig, measure in (("11", request_cost_figure), ("12", idle_figure)):
+        if fig in figs:
+            more_rows, more_details = measure(tmp, notes)
+            rows += more_rows
+            details += more_details
+    return rows, details
+
+
+FIGURES = ("11", "12")
