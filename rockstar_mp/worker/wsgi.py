@@ -161,11 +161,18 @@ def _declare_cells(method: str, status_line: object, route: str) -> tuple:
     return cells
 
 
-def count_response(method: str, status_line: object, route: str, seconds: float, sock=None) -> int:
+def count_response(method: str, status_line: object, route: str, seconds: float,
+                   sock: socket.socket | None = None, _cells=_CELLS) -> int:
     """Count one response in ``http.requests`` and observe ``seconds`` in
     ``http.request.duration.seconds``; returns the status code a workload record stores (0: none).
-    ``sock``: a socket held by ``_hold``, released right after the count is stored."""
-    vals, idx, hvals, hidx, bounds, sum_at, status, overflow = response_cells(method, status_line, route)
+    ``method``: a ``request_method``; ``status_line``: WSGI's (``"404 Not Found"``; a front end with
+    an int code passes ``str(code)``); ``route``: a ``request_route``. ``sock``: a socket held by
+    ``_hold``, released right after the count is stored (so call this before the response may go)."""
+    try:  # response_cells(), inlined: the request path's one lookup
+        cells = _cells.get((method, status_line, route)) or _declare_cells(method, status_line, route)
+    except TypeError:  # a status "line" that cannot be a key: no cache
+        cells = _declare_cells(method, status_line, route)
+    vals, idx, hvals, hidx, bounds, sum_at, status, overflow = cells
     vals[idx] += 1.0
     if overflow is not None:
         add_cells(overflow, 1.0)
@@ -192,10 +199,14 @@ def _path(environ: dict) -> str:
 
 
 def _route_of(environ: dict, status_line: object) -> str:
-    """``request_route`` of a WSGI request; ``other`` if the environ cannot be read (a key whose
-    comparison raises), so that the response is still counted, as in the C path."""
+    """``request_route`` of a WSGI request (a framework's route read here first: no call); ``other``
+    if the environ cannot be read (a key whose comparison raises), so that the response is still
+    counted, as in the C path."""
     try:
-        return request_route(environ.get(ROUTE_KEY), status_line, environ.get("PATH_INFO"))
+        named = environ.get(ROUTE_KEY)
+        if named and isinstance(named, str):
+            return named
+        return request_route(None, status_line, environ.get("PATH_INFO"))
     except Exception:  # noqa: BLE001 - whatever the app put in the environ, the response is counted
         return OTHER
 
