@@ -704,7 +704,8 @@ static int not_found(PyObject *status) {
 
 /* The response's route, as wsgi.request_route gives it: the template a framework named, else <unmatched>
  * for a 404, else the template of the path (cached in mw->routes; wsgi.path_template on a miss). A new
- * reference, never NULL: "other" if the environ cannot be read, so that the response is still counted. */
+ * reference, never NULL: "other" if the environ cannot be read or wsgi.path_template raised, so that the
+ * response is still counted (as the Python path's _route_of). */
 static PyObject *request_route(Request *req, PyObject *status) {
     Middleware *mw = req->owner;
     PyObject *route = environ_text(req->environ, str_route_key);
@@ -716,8 +717,11 @@ static PyObject *request_route(Request *req, PyObject *status) {
             if (path == NULL && !PyErr_Occurred())
                 path = str_slash;
             route = path ? PyDict_GetItemWithError(mw->routes, path) : NULL;
-            if (route == NULL && !PyErr_Occurred())
-                return PyObject_CallMethodObjArgs((PyObject *)mw, str_route, path, NULL);
+            if (route == NULL && !PyErr_Occurred()) {
+                PyObject *made = PyObject_CallMethodObjArgs((PyObject *)mw, str_route, path, NULL);
+                if (made != NULL)
+                    return made;
+            }
         }
     }
     if (route == NULL) {
@@ -763,11 +767,6 @@ static int finish(Request *req) {
     double seconds = monotonic_now() - req->started;
     PyObject *status = req->status ? req->status : str_500;
     PyObject *route = request_route(req, status);
-    if (route == NULL) {  /* wsgi.path_template raised: counted under "other", as the Python path does */
-        PyErr_Clear();
-        Py_INCREF(str_other);
-        route = str_other;
-    }
     PyObject *entry = status_entry(mw, req->method, status, route);
     int rc = entry ? count_and_observe(entry, seconds) : -1;
     long code = 0;

@@ -333,3 +333,16 @@ def test_an_infinite_duration_raises_overflow_error():
         hotpath.bind(None, {}, SketchRecorder(vals), None)
         hotpath.record("GET", "/", 200, float("inf"), 0.0, 2, "", "")
     """, "OverflowError")
+
+
+def test_a_route_that_cannot_be_computed_is_counted_under_other():
+    """No ``_route`` to call back into (a bare Middleware, an empty route cache): the response is still
+    counted, under the route ``other``, and the error goes no further (the Python path's ``_route_of``)."""
+    assert_refused("""
+        pages, whole, vals = doubles()
+        mw = Middleware(app, {("GET", "200 OK", "other"): (vals, 0, vals, 1, (0.5, 1.0), 3, 200)}, {},
+                        frozenset({"GET"}), "HTTP_X_TENANT_ID", False, False)
+        serve(mw)
+        assert vals[0] == 1.0 and vals[1] == 1.0, list(vals[:5])
+        raise LookupError("counted under other")  # the end this test expects
+    """, "LookupError")
