@@ -8,6 +8,8 @@ times, then exits as ``how`` says:
 - ``mp``: a ``multiprocessing`` process with the fork start method;
 - ``nested``: the helper forks a helper of its own, which counts ``{side="grandchild"}`` N times;
 - ``kill``: the helper counts, tells the worker, and is killed with SIGKILL (its counts must stay);
+- ``locked``: a thread of the worker holds the segment's lock (its flock and thread lock) across the fork,
+  and lets go only after it; the helper's claim must wait for it, not deadlock on the copy it inherited;
 - ``request``: the helper serves N requests through both request paths (``MetricsMiddleware``, in C when
   built, and ``PythonMetricsMiddleware``), answering ``299``, so ``http.requests{status="299"}`` is 2N.
 """
@@ -15,9 +17,11 @@ import atexit
 import multiprocessing
 import os
 import signal
+import threading
 from urllib.parse import parse_qs
 
 from rockstar_mp import Counter
+from rockstar_mp.worker.attach import current
 from rockstar_mp.worker.wsgi import MetricsMiddleware, PythonMetricsMiddleware
 
 FORKED = Counter("test.forked", "Increments by workers and the helpers they fork", ["side"])
@@ -66,6 +70,14 @@ def in_helper(how: str, n: int) -> None:
     os._exit(code)
 
 
+def hold_segment_lock(held: threading.Event, release: threading.Event) -> None:
+    state = current()
+    assert state is not None, "the worker is attached"
+    with state.segment.locked():
+        held.set()
+        release.wait()
+
+
 def fork_helper(how: str, n: int) -> None:
     if how == "mp":
         helper = multiprocessing.get_context("fork").Process(target=count, args=("helper", n))
@@ -74,7 +86,12 @@ def fork_helper(how: str, n: int) -> None:
         helper.join()
         return
     ready_r, ready_w = os.pipe()
+    held, release = threading.Event(), threading.Event()
+    if how == "locked":
+        threading.Thread(target=hold_segment_lock, args=(held, release)).start()
+        held.wait()
     pid = os.fork()
+    release.set()
     if pid == 0:
         os.close(ready_r)
         if how == "kill":
