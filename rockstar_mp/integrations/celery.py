@@ -21,8 +21,9 @@ hooks use; see ``rockstar_mp.gunicorn``):
   config says).
 - ``worker_process_shutdown`` (a pool process leaving): retire its slab now, so the aggregator folds it
   within a tick (a pool process killed outright is folded all the same, once its pid is gone).
-- ``worker_shutdown`` (the main process, after the pool stopped): retire the main process's slab and stop
-  the manager (the aggregator; the segment, unless another master shares it).
+- ``worker_shutdown`` (the main process, after the pool stopped), or its exit after a cold shutdown
+  (which sends none): retire the main process's slab and stop the manager (the aggregator; the segment,
+  unless another master shares it).
 - ``task_prerun``/``task_postrun`` (where a task runs): ``celery.tasks{task,state}``, one count per run, the
   state from Celery's (``succeeded``, ``failed``, ``retried``, ``ignored``, ``rejected``, ``revoked``);
   ``celery.task.duration.seconds{task}``; and a workload record per run with the task's name as the
@@ -34,6 +35,7 @@ Celery is imported only by ``instrument``.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -66,6 +68,7 @@ class CeleryMonitoring:
         self.app = celery_app
         self.config = config or MonitoringConfig()
         self.manager: MonitoringManager | None = None
+        self._manager_pid = 0
         self._started: dict[str, tuple[float, float]] = {}  # task id -> (perf_counter, time.time)
         self._lock = threading.Lock()  # the threads pool runs tasks concurrently
 
@@ -74,16 +77,23 @@ class CeleryMonitoring:
         if getattr(sender, "app", self.app) is not self.app:
             return
         self.manager = MonitoringManager(self.config).start()
+        self._manager_pid = os.getpid()
+        atexit.register(self._stop)  # a cold shutdown (SIGQUIT) sends no worker_shutdown
         self._attach(die_with_parent=False)
 
     def worker_shutdown(self, sender: Any = None, **_: Any) -> None:
-        if self.manager is None or getattr(sender, "app", self.app) is not self.app:
+        if getattr(sender, "app", self.app) is self.app:
+            self._stop()
+
+    def _stop(self) -> None:
+        """Retire the main process's slab and stop the manager (once, in the process that started it)."""
+        if self.manager is None or os.getpid() != self._manager_pid:
             return
         state = current()
         if state is not None:
             state.detach()
-        self.manager.stop()
-        self.manager = None
+        manager, self.manager = self.manager, None
+        manager.stop()
 
     # -- pool processes ------------------------------------------------------------------------------
     def worker_process_init(self, **_: Any) -> None:
@@ -152,7 +162,8 @@ class CeleryMonitoring:
         return task is not None and getattr(task, "app", None) is self.app
 
     def connect(self) -> "CeleryMonitoring":
-        from celery import signals  # Celery is loaded by whoever instruments an app, never by the package
+        # Celery is loaded by whoever instruments an app, never by the package
+        from celery import signals  # type: ignore[import-untyped]
 
         for name in ("worker_init", "worker_shutdown", "worker_process_init", "worker_process_shutdown",
                      "task_prerun", "task_postrun", "task_revoked", "task_rejected", "task_unknown",

@@ -240,6 +240,7 @@ _PENDING = _Pending()
 def _after_fork_in_child() -> None:
     """A process forked from an attached (or pending) one must not write its parent's slab (one writer
     per slab): its metrics go to private memory, and it claims a slab of its own on first use."""
+    config: MonitoringConfig | None
     if _STATE is not None and _STATE.pid != os.getpid():
         segment, config = _STATE.segment, _STATE.config
     elif _PENDING.segment is not None:
