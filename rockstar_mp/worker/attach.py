@@ -35,6 +35,8 @@ their own forks in turn) count too, in a slab of their own, claimed on first use
 - A child is not profiled (it serves no control socket) and never gets ``die_with_parent``; it is listed
   in ``/workers`` like a worker, with its parent as ``master_pid``. Calling ``attach_worker()`` in the child
   attaches it at once instead (with a control socket).
+- Children started by ``spawn`` or ``forkserver`` (and ``exec``) are new interpreters, not forks: they are
+  counted only if they call ``attach_worker()`` themselves (``$ROCKSTAR_SEGMENT`` names the segment).
 """
 from __future__ import annotations
 
