@@ -9,6 +9,7 @@ def make_app(folder: str | None = None) -> Celery:
     folder = folder or os.environ["CELERY_TEST_FOLDER"]
     app = Celery("rockstar_celery_test", broker="filesystem://")
     app.conf.update(broker_transport_options={"data_folder_in": folder, "data_folder_out": folder,
+                                              "control_folder": os.path.join(folder, "control"),
                                               "store_processed": False, "polling_interval": 0.05},
                     task_ignore_result=True, broker_connection_retry_on_startup=True,
                     worker_hijack_root_logger=False)
