@@ -312,6 +312,7 @@ class AggregatorState:
             "hook_failures": Header.hook_failures.get(self.segment.buf),
             "liveness_unknown": liveness_unknown(),  # workers kept when /proc could not tell (EMFILE)
             "segment_unlinked": Header.segment_unlinked.get(self.segment.buf),
+            "unattached_updates": Header.unattached_updates.get(self.segment.buf),  # forks with no slab
             "retired_overflow": snap.retired_overflow,
             "name_conflicts": snap.name_conflicts,
             "records_dropped": self.rings.records_dropped,

@@ -104,6 +104,8 @@ class Header:
                            "(`segment_dir` had no room)")
     segment_unlinked = Field(152, "Q", "times the aggregator found the segment's path deleted or naming "
                              "another file")
+    unattached_updates = Field(160, "Q", "updates made by forks of workers that found no slab to claim "
+                               "(counted under the flock; their values are lost)")
     created = Field(56, "d", "`time.time()` at creation. Used for the stale-segment age and for "
                     "`uptime_seconds`.")
     next_age = Field(64, "Q", "the last age handed out by a claim made without an age (`assign_slab()` or "

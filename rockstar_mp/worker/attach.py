@@ -7,25 +7,57 @@ Example, any pre-fork server (gunicorn's hooks do this for you)::
     if os.fork() == 0:
         rockstar_mp.attach_worker()       # first thing in the child
         serve()
+
+**Processes an attached worker forks** (``os.fork()``, ``multiprocessing`` with the fork start method, and
+their own forks in turn) count too, in a slab of their own, claimed on first use:
+
+- At the fork (``os.register_at_fork``), the child's series leave the parent's slab at once (one writer
+  per slab: two processes adding to one cell would lose counts) for private memory, and the child is
+  *pending*: the slots ``_vals`` and ``_idx`` of every series are read through ``_ClaimOnFirstUse``.
+- The first read of any series' cells in the child (an ``inc()``, ``observe()``, ``set()``, ``get()``, or
+  the request path, C or Python, building its cell caches) claims a free slab under the segment's flock
+  (``claim_slab(master_pid=<the parent>)``, the age taken from ``next_age``), moves every series into it,
+  binds the workload and log rings, and starts the heartbeat; the slots are then restored, so the child
+  updates with plain stores like any worker. A child that never touches a metric claims nothing.
+- The claim cannot deadlock on a lock a thread of the parent held at the fork: the child takes its own
+  description of the segment for the flock, and new thread locks (``Segment.open_lock``, the registry's
+  and ours are made anew after a fork); a flock the parent holds is released by the parent.
+- At exit its slab is retired however it exits: ``atexit`` (a normal exit), else the aggregator, which
+  retires any live slab whose pid is gone, a zombie or another process (``os._exit``, SIGKILL,
+  ``multiprocessing``'s exit), and folds its counts into the retired totals.
+- No slab to be had (the table full, ``segment_dir`` full, the segment's lock not openable): the child's
+  series stay in private memory, the claim is retried at most every ``CLAIM_RETRY_SECONDS``, and every
+  update meanwhile (a read of a series' cells: one per ``inc``/``observe``/``set``, two for a gauge of
+  mode ``last``; the request path, whose cells are cached, once per cached method and status) is
+  counted in the segment header's ``unattached_updates`` (``system.unattached_updates`` in the
+  aggregator's JSON) under the flock, so lost updates show. Each failed claim also counts in
+  ``claim_failures`` (or ``space_failures``).
+- A child is not profiled (it serves no control socket) and never gets ``die_with_parent``; it is listed
+  in ``/workers`` like a worker, with its parent as ``master_pid``. Calling ``attach_worker()`` in the child
+  attaches it at once instead (with a control socket).
+- Children started by ``spawn`` or ``forkserver`` (and ``exec``) are new interpreters, not forks: they are
+  counted only if they call ``attach_worker()`` themselves (``$ROCKSTAR_SEGMENT`` names the segment).
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import logging
 import os
 import signal
 import threading
 import time
+from typing import Iterator
 
 from .._linux import set_parent_death_signal
 from ..config import HEARTBEAT_SECONDS, MonitoringConfig
 from ..environment import SEGMENT_ENV
-from ..errors import NoSegment
-from ..metrics import REGISTRY, Counter, Gauge, LocalStore
+from ..errors import NoFreeSlab, NoSegment
+from ..metrics import REGISTRY, Counter, Gauge, LocalStore, _Series
 from ..profiling import native
 from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
-from ..segment.layout import Body
+from ..segment.layout import Body, Header
 from .control import start_control
 from .logs import SlabLogHandler
 from .logs import install as install_log_handler
@@ -33,6 +65,7 @@ from .optimize import Optimizer, install_usr1
 from .workload import RECORDER, WorkloadLimits
 
 POLL_SECONDS = 0.1  # how soon a requested optimization is noticed
+CLAIM_RETRY_SECONDS = 1.0  # how often a fork that found no slab tries again
 
 log = logging.getLogger("rockstar_mp.worker")
 
@@ -57,10 +90,12 @@ class SlabStore:
 class WorkerState:
     """What this process attached to: the segment, its slab and the generation of its tenancy."""
 
-    def __init__(self, segment: Segment, slab: int, generation: int) -> None:
+    def __init__(self, segment: Segment, slab: int, generation: int,
+                 config: MonitoringConfig | None = None) -> None:
         self.segment = segment
         self.slab = slab
         self.generation = generation
+        self.config = config or MonitoringConfig().with_env()  # its forks' slabs get the same limits
         self.pid = os.getpid()
         self._stop = native.Event()  # native: real even if gevent patched threading
         self.optimizer = Optimizer(segment.buf, segment.geometry.slab_offset(slab))
@@ -105,17 +140,124 @@ class WorkerState:
                 log.debug("rockstar-mp: slab %d not retired at exit", self.slab, exc_info=True)
 
 
-def _forget_slab_in_child() -> None:
-    """A process forked from an attached worker must not write its parent's slab (one writer per
-    slab): its metrics go back to private memory until it attaches a slab of its own."""
+class _ClaimOnFirstUse:
+    """Stands in for a slot of every series (``_vals``, the cells' view, or ``_idx``) in a pending fork:
+    reading it claims the process's slab first (``_Pending.first_use``), then reads the slot. Writing
+    (binding the series somewhere) goes straight to the slot."""
+
+    __slots__ = ("_slot", "_counts")
+
+    def __init__(self, slot, counts: bool) -> None:
+        self._slot = slot  # the member descriptor of _Series.__slots__
+        self._counts = counts  # one of the two slots is read once per update: that one counts
+
+    def __get__(self, series, owner=None):
+        if series is None:
+            return self
+        _PENDING.first_use(self._counts)
+        return self._slot.__get__(series, owner)
+
+    def __set__(self, series, value) -> None:
+        self._slot.__set__(series, value)
+
+
+_CELL_SLOTS = {name: _Series.__dict__[name] for name in ("_vals", "_idx")}
+
+
+class _Pending:
+    """A fork of an attached (or pending) process, not attached yet: it claims a slab of ``segment``
+    on its first use of a metric (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.segment: Segment | None = None
+        self.config: MonitoringConfig | None = None
+        self._lock = threading.RLock()
+        self._busy = False  # attaching: the attach's own reads of cells must not claim again
+        self._unattached = False  # a claim failed: updates are counted in unattached_updates
+        self._retry_at = 0.0
+        self._counting = True
+
+    def arm(self, segment: Segment, config: MonitoringConfig | None) -> None:
+        """In a fresh fork (single-threaded): claim on first use from now on."""
+        self._lock = threading.RLock()  # one a thread of the parent held is not ours
+        self.segment, self.config = segment, config
+        self._busy = self._unattached = False
+        self._retry_at, self._counting = 0.0, True
+        for name, slot in _CELL_SLOTS.items():
+            setattr(_Series, name, _ClaimOnFirstUse(slot, counts=name == "_vals"))
+
+    def disarm(self) -> None:
+        """Attached: series are read with the plain slots again."""
+        for name, slot in _CELL_SLOTS.items():
+            setattr(_Series, name, slot)
+        self.segment = None
+
+    @contextlib.contextmanager
+    def attaching(self) -> Iterator[None]:
+        """Held while this process attaches: other threads wait, this one reads its cells as they are."""
+        with self._lock:
+            busy, self._busy = self._busy, True
+            try:
+                yield
+            finally:
+                self._busy = busy
+
+    def first_use(self, counts: bool) -> None:
+        with self._lock:
+            segment = self.segment
+            if segment is None or self._busy:
+                return  # attached meanwhile, or this is the attach reading its own cells
+            if not self._unattached or time.monotonic() >= self._retry_at:
+                self._claim(segment)
+            if self._unattached and counts:
+                self._count_unattached(segment)
+
+    def _claim(self, segment: Segment) -> None:
+        try:
+            with self.attaching():
+                _attach_fork(segment, self.config)
+        except (NoFreeSlab, OSError) as exc:  # NoSpace is a NoFreeSlab
+            if not self._unattached:
+                log.debug("rockstar-mp: process %d (a fork) got no slab: %s", os.getpid(), exc)
+        except Exception:  # noqa: BLE001 - a metric update must never raise for monitoring's sake
+            log.warning("rockstar-mp: process %d (a fork) could not attach", os.getpid(), exc_info=True)
+        else:
+            return
+        self._unattached = True
+        self._retry_at = time.monotonic() + CLAIM_RETRY_SECONDS
+
+    def _count_unattached(self, segment: Segment) -> None:
+        if not self._counting:
+            return
+        try:
+            with segment.locked():
+                Header.unattached_updates.set(segment.buf, Header.unattached_updates.get(segment.buf) + 1)
+        except OSError:
+            self._counting = False  # no lock to be had in this process: nothing to count with
+
+
+_STATE: WorkerState | None = None
+_PENDING = _Pending()
+
+
+def _after_fork_in_child() -> None:
+    """A process forked from an attached (or pending) one must not write its parent's slab (one writer
+    per slab): its metrics go to private memory, and it claims a slab of its own on first use."""
+    config: MonitoringConfig | None
     if _STATE is not None and _STATE.pid != os.getpid():
+        segment, config = _STATE.segment, _STATE.config
+    elif _PENDING.segment is not None:
+        segment, config = _PENDING.segment, _PENDING.config
+    else:
+        return
+    _PENDING.arm(segment, config)
+    with _PENDING.attaching():
         REGISTRY.bind(LocalStore())
         RECORDER.bind(None)
         SlabLogHandler.ring = None
 
 
-_STATE: WorkerState | None = None
-os.register_at_fork(after_in_child=_forget_slab_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _terminate_with_parent(parent: int) -> None:
@@ -157,9 +299,9 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     workload limits ``max_routes``, ``max_tenants``, ``workload_max_series``); by default
     ``MonitoringConfig()`` with the ``ROCKSTAR_*`` environment.
     """
-    global _STATE
-    if current() is not None:
-        return current()  # type: ignore[return-value]
+    state = current()
+    if state is not None:
+        return state
     if not isinstance(segment, Segment):
         path = segment or os.environ.get(SEGMENT_ENV)
         if not path:
@@ -171,19 +313,37 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     except OSError as exc:
         log.warning("rockstar-mp: no lock on the segment in this worker (%s); the aggregator will retire "
                     "its slab", exc)
-    if slab is None or generation is None:
-        slab, generation = segment.claim_slab(age=age, master_pid=os.getppid())
+    with _PENDING.attaching():
+        if slab is None or generation is None:
+            slab, generation = segment.claim_slab(age=age, master_pid=os.getppid())
+        state = _attach(segment, slab, generation, config or MonitoringConfig().with_env(),
+                        die_with_parent=die_with_parent, capture_logs=capture_logs)
+    start_control(segment.path)  # profiling's control socket, when pprof is on (worker/control.py)
+    if optimize_on_usr1:
+        install_usr1(state.optimizer)
+    return state
+
+
+def _attach_fork(segment: Segment, config: MonitoringConfig | None) -> WorkerState:
+    """A fork of an attached worker claims and binds a slab of its own (on its first use of a metric)."""
+    segment.open_lock()  # its own description of the file: raises OSError when it cannot have one
+    slab, generation = segment.claim_slab(master_pid=os.getppid())
+    return _attach(segment, slab, generation, config or MonitoringConfig().with_env())
+
+
+def _attach(segment: Segment, slab: int, generation: int, config: MonitoringConfig,
+            die_with_parent: bool = False, capture_logs: int | str | None = None) -> WorkerState:
+    """Bind the claimed ``slab``: move every series into it, point the rings at it, start the heartbeat."""
+    global _STATE
     segment.bind_slab(slab, os.getpid(), process_start(os.getpid()))
     refused = REGISTRY.bind(SlabStore(segment, slab))
     if refused:
         log.warning("rockstar-mp: %d series did not fit in the slab and are not reported", len(refused))
     if die_with_parent:
         _terminate_with_parent(segment.slot(slab).master_pid or os.getppid())
-    _STATE = WorkerState(segment, slab, generation)
-    _bind_rings(segment, slab, capture_logs, config or MonitoringConfig().with_env())
-    start_control(segment.path)  # profiling's control socket, when pprof is on (worker/control.py)
-    _STATE.start_heartbeat()
-    if optimize_on_usr1:
-        install_usr1(_STATE.optimizer)
-    atexit.register(_STATE.detach)
-    return _STATE
+    state = _STATE = WorkerState(segment, slab, generation, config)
+    _bind_rings(segment, slab, capture_logs, config)
+    _PENDING.disarm()
+    state.start_heartbeat()
+    atexit.register(state.detach)
+    return state
