@@ -204,9 +204,11 @@ class AggregatorState:
         if thorough:
             self._thorough_at = now + PROCESS_CHECK_SECONDS
         # a worker that exits is retired by the master (child_exit) and folded on the next tick; the
-        # process check is for the workers no master retired (a lost hook, a master killed mid-way):
-        # kill(pid, 0) every second, /proc's state and start time (zombies, reused pids) less often
-        if self.merger.collect_dead(check_processes=each_second, probe_only=not thorough):
+        # process check is for the processes no master retires (a worker's forked helpers, a lost hook,
+        # a master killed mid-way): kill(pid, 0) every tick (a microsecond a worker: a helper forked per
+        # request frees its slab within a tick, or a burst of them fills the table), /proc's state and
+        # start time (zombies, reused pids) less often
+        if self.merger.collect_dead(check_processes=True, probe_only=not thorough):
             self._snapshot = None
         if self.window.due():  # a merge only when the window takes a sample (once a second)
             self.window.add(sketch_totals(self.snapshot()))
