@@ -147,20 +147,24 @@ def drive(tmp: str, notes: list[str]) -> Comparison:
     return comparison
 
 
-def added(runs: dict[str, list[dict]], name: str) -> list[float]:
-    """Per round: ``name``'s CPU seconds per request minus bare's in the same round."""
-    return [per_request(run) - per_request(bare) for run, bare in zip(runs[name], runs["bare"], strict=True)]
+def added(runs: dict[str, list[dict]], name: str, role: str | None = None) -> list[float]:
+    """Per round: ``name``'s CPU seconds per request minus bare's in the same round (of the whole server,
+    or of one role)."""
+    return [per_request(run, role) - per_request(bare, role)
+            for run, bare in zip(runs[name], runs["bare"], strict=True)]
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
     """By contender: the median CPU per request (whole server and by role), and but for bare the median
-    of the rounds' added CPU per request (seconds) and of their ratios to bare (%)."""
+    of the rounds' added CPU per request (seconds; the whole server's and the workers' alone) and of
+    their ratios to bare (%)."""
     out: dict[str, dict] = {}
     for name, rounds in runs.items():
         out[name] = {"cpu": statistics.median(per_request(r) for r in rounds),
                      "roles": {role: statistics.median(per_request(r, role) for r in rounds) for role in ROLES}}
         if name != "bare":
             out[name]["added"] = statistics.median(added(runs, name))
+            out[name]["added_workers"] = statistics.median(added(runs, name, "workers"))
             out[name]["percent"] = statistics.median(
                 (per_request(r) / per_request(b) - 1) * 100 for r, b in zip(rounds, runs["bare"], strict=True))
     return out
@@ -177,6 +181,11 @@ def table_rows(s: dict[str, dict]) -> list[tuple]:
         rows.append((f"13. added CPU/request over bare: ours vs {theirs}", fmt_added(s["ours"]),
                      fmt_added(s[theirs]), f"{ratio:.3f}", f"<= 1/{round(1 / COMPARE_TARGET)}",
                      "PASS" if ratio <= COMPARE_TARGET else "FAIL"))
+    ours_workers = s["ours"]["added_workers"]
+    theirs_workers = [s[theirs]["added_workers"] for theirs in THEIRS]
+    rows.append(("    the workers alone (theirs: instrumentator / exporter)", f"{ours_workers * 1e6:+.1f} us",
+                 " / ".join(f"{t * 1e6:+.1f} us" for t in theirs_workers),
+                 " / ".join(f"{ours_workers / t:.3f}" if t > 0 else "nan" for t in theirs_workers), "(info)", ""))
     rows.append(("    bare CPU/request (the anchor)", f"{s['bare']['cpu'] * 1e6:.1f} us", "", "", "(info)", ""))
     return rows
 

@@ -1,9 +1,11 @@
 """rockstar-mp against prometheus_client's multiprocess mode, measured side by side in one run (figures
 1-5), rockstar-mp's cost per request against the same app without it (figures 6-7), and operations on
-a real gunicorn (figures 8-10, ``ops.py``).
+a real gunicorn (figures 8-10, ``ops.py``), CPU time from /proc (figures 11-12, ``cost.py``) and rockstar-mp's
+ASGI middleware against prometheus-fastapi-instrumentator and starlette-exporter (figure 13, ``compare.py``).
 
     .venv/bin/python -m benchmarks.run                  (what ``make bench`` calls: every figure)
     .venv/bin/python -m benchmarks.run --only 1,2,3     (just these; 1, 2 and 3 are measured together)
+    .venv/bin/python -m benchmarks.run --only 11,13     (the whole-server CPU figures, ASGI included)
 
 Every measurement runs in its own fresh interpreter (``children.py``), ours and theirs alike; this
 process starts them, collects their ``RESULT {json}`` lines and prints the report (``report.py``). The
