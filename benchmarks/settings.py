@@ -76,5 +76,5 @@ IDLE_TARGET = 10.0  # ms of CPU per second, at 64 workers
 # round after round, each at COMPARE_RATE (1,200 req/s in all, well under figure 11's 2 x 1,500, so four servers
 # and four wrks on a shared 2-core machine can still hold the rate).
 COMPARE_RATE = 300
-COMPARE_ROUNDS = 16
+COMPARE_ROUNDS = 24
 COMPARE_TARGET = 1 / 3  # our added CPU per request over bare, against each of theirs
