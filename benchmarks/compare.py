@@ -49,22 +49,23 @@ HEADER = ("figure", "rockstar-mp", "theirs", "ours/theirs", "target", "result")
 class Contender:
     """One server of figure 13: its app factory, whether it runs under rockstar-mp's config ("on") or
     prometheus_client's multiprocess setup, and the counter its ``/metrics`` must show for every
-    response (prometheus_client ones only)."""
+    response to ``GET /`` (prometheus_client ones only: the counter, and its label naming the route)."""
 
     name: str
     app: str
     monitored: bool = False
     prometheus: bool = False
     requests_metric: str = ""
+    route_label: str = ""
 
 
 CONTENDERS = (
     Contender("bare", "benchmarks.asgi_apps:bare()"),
     Contender("ours", "benchmarks.asgi_apps:ours()", monitored=True),
     Contender("instrumentator", "benchmarks.asgi_apps:instrumentator()", prometheus=True,
-              requests_metric="http_requests_total"),
+              requests_metric="http_requests_total", route_label='handler="/"'),
     Contender("exporter", "benchmarks.asgi_apps:exporter()", prometheus=True,
-              requests_metric="starlette_requests_total"),
+              requests_metric="starlette_requests_total", route_label='path="/"'),
 )
 
 
@@ -92,11 +93,12 @@ def start(contender: Contender, tmp: str, number: int, comparison: Comparison) -
     return server
 
 
-def metric_total(text: str, name: str) -> float:
-    """The sum of every sample of counter ``name`` in a Prometheus text exposition."""
+def metric_total(text: str, name: str, label: str) -> float:
+    """The sum of the samples of counter ``name`` carrying ``label`` (``key="value"``) in a Prometheus
+    text exposition (so the ``/metrics`` requests themselves are left out)."""
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+        if line.startswith(name + "{") and label in line[len(name):line.rindex("}")]:
             total += float(line.rsplit(None, 1)[1])
     return total
 
@@ -114,10 +116,10 @@ def check_counted(contender: Contender, server: Server, comparison: Comparison) 
     if not files:
         notes.append(f"fig 13 {contender.name}: no .db file in its PROMETHEUS_MULTIPROC_DIR: not multiprocess")
     _, _, body = http_get(server.url + "metrics", timeout=10.0)
-    counted = metric_total(body.decode(), contender.requests_metric)
+    counted = metric_total(body.decode(), contender.requests_metric, contender.route_label)
     if counted < sent:
-        notes.append(f"fig 13 {contender.name}: /metrics shows {contender.requests_metric} {counted:.0f}, but wrk "
-                     f"got {sent} responses from it")
+        notes.append(f"fig 13 {contender.name}: /metrics shows {contender.requests_metric}{{{contender.route_label}}} "
+                     f"{counted:.0f}, but wrk got {sent} responses from it")
     return notes
 
 
