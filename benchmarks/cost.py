@@ -36,6 +36,9 @@ from .settings import (
     SERVER_WORKERS,
 )
 
+ASGI_ON_APP = "benchmarks.asgi_apps:ours()"
+ASGI_OFF_APP = "benchmarks.asgi_apps:bare()"
+
 
 @dataclass(frozen=True)
 class Flavour:
@@ -52,8 +55,9 @@ class Flavour:
 FLAVOURS = (
     Flavour("sync", ("-k", "sync"), target=COST_TARGET),
     Flavour("gthread", ("-k", "gthread", "--threads", "4")),
-    # ASGI: once rockstar_mp/worker/asgi.py exists, one more line, e.g.
-    # Flavour("asgi", ("-k", "rockstar_mp.worker.asgi:<WorkerClass>"), "<module>:<on app>", "<module>:<off app>"),
+    # ASGI: the FastAPI app of benchmarks/asgi_apps.py, bare against wrapped in our ASGI MetricsMiddleware
+    Flavour("asgi uvicorn", ("-k", "uvicorn.workers.UvicornWorker"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET),
+    Flavour("asgi gunicorn", ("-k", "asgi"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET),
 )
 
 
@@ -61,22 +65,22 @@ FLAVOURS = (
 PACE_SCRIPT = os.path.join(ROOT, "benchmarks", "pace.lua")
 
 
-def start_paced_wrk(url: str, seconds: float) -> subprocess.Popen:
-    """``wrk`` sending ``COST_RATE`` requests per second to ``url`` for ``seconds`` (``pace.lua``)."""
+def start_paced_wrk(url: str, seconds: float, rate: int = COST_RATE) -> subprocess.Popen:
+    """``wrk`` sending ``rate`` requests per second to ``url`` for ``seconds`` (``pace.lua``)."""
     cmd = ["wrk", "-t1", f"-c{COST_CONNECTIONS}", f"-d{seconds:g}s", "-s", PACE_SCRIPT, url]
-    return subprocess.Popen(cmd, env=dict(os.environ, PACE_RATE=str(COST_RATE)), stdout=subprocess.PIPE,
+    return subprocess.Popen(cmd, env=dict(os.environ, PACE_RATE=str(rate)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
-def paced_round(servers: dict[str, Server], seconds: float, first: str) -> dict[str, dict]:
-    """Both servers driven at ``COST_RATE`` at the same time (``first``'s wrk started first), so a
-    busy spell of the shared machine hits both. Returns, by mode, wrk's figures plus the server's CPU
+def paced_round(servers: dict[str, Server], seconds: float, first: str, rate: int = COST_RATE) -> dict[str, dict]:
+    """Every server driven at ``rate`` at the same time (``first``'s wrk started first), so a busy
+    spell of the shared machine hits all. Returns, by server, wrk's figures plus the server's CPU
     seconds by role from just before the wrks start to ``COST_SETTLE_SECONDS`` after they end (so the
     aggregator's drain of the last records is in)."""
     order = (first, *(mode for mode in servers if mode != first))
     before = {mode: server_cpu(servers[mode].proc.pid) for mode in order}
     started = time.monotonic()
-    procs = {mode: start_paced_wrk(servers[mode].url, seconds) for mode in order}
+    procs = {mode: start_paced_wrk(servers[mode].url, seconds, rate) for mode in order}
     outputs = {mode: proc.communicate(timeout=seconds + 60) for mode, proc in procs.items()}
     time.sleep(COST_SETTLE_SECONDS)  # a measured interval (see above), not a synchronisation
     results = {}
@@ -86,6 +90,16 @@ def paced_round(servers: dict[str, Server], seconds: float, first: str) -> dict[
             raise RuntimeError(f"wrk failed ({procs[mode].returncode}): {outputs[mode][1]}")
         results[mode] = dict(parse_wrk(outputs[mode][0]), cpu=spent, window=time.monotonic() - started)
     return results
+
+
+def check_recorded(server: Server, sent: int, who: str) -> list[str]:
+    """A note unless the "on" ``server``'s aggregator merged at least ``sent`` (the responses wrk got)
+    ``http.requests`` and workload records: the middleware really recorded what was measured."""
+    requests, records = server.recorded()
+    if requests >= sent and records >= sent:
+        return []
+    return [f"{who}: merged http.requests {requests:.0f} and workload records {records:.0f}, but wrk got "
+            f"{sent} responses from it"]
 
 
 def per_request(run: dict, role: str | None = None) -> float:
@@ -104,7 +118,7 @@ def cpu_per_request(tmp: str, flavour: Flavour, notes: list[str]) -> dict:
             app = flavour.on_app if mode == "on" else flavour.off_app
             servers[mode] = Server(mode, tmp, number, app=app, worker_args=flavour.worker_args)
             servers[mode].wait_ready()
-        paced_round(servers, COST_WARMUP_SECONDS, "off")
+        sent_on = paced_round(servers, COST_WARMUP_SECONDS, "off")["on"]["requests"]
         for number in range(COST_ROUNDS):
             results = paced_round(servers, COST_SECONDS, ("off", "on")[number % 2])
             for mode, result in results.items():
@@ -112,6 +126,8 @@ def cpu_per_request(tmp: str, flavour: Flavour, notes: list[str]) -> dict:
                     notes.append(f"fig 11 {flavour.name} {mode} round {number + 1}: wrk saw {result['errors']} "
                                  f"socket errors, {result['non2xx']} non-2xx responses")
                 runs[mode].append(result)
+            sent_on += results["on"]["requests"]
+        notes.extend(check_recorded(servers["on"], sent_on, f"fig 11 {flavour.name} on"))
     finally:
         for server in servers.values():
             notes.extend(server.stop())

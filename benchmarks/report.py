@@ -76,6 +76,16 @@ def print_tables(rows: list[tuple], rows2: list[tuple], prom_version: str) -> No
             print(line)
 
 
+def print_table(header: tuple, rows: list[tuple]) -> None:
+    """One table: ``header``, then ``rows``, columns as wide as their widest cell."""
+    widths = [max(len(str(r[i])) for r in [*rows, header]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    for row in (header, None, *rows):
+        print(line if row is None else "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+    print(line)
+
+
 def print_micro_footnotes() -> None:
     print(f"1-3: per call, min of {REPEATS} repeats of {NUMBER:,} calls (loop overhead included, "
           "nothing subtracted); ours bound to a slab of a real segment.")

@@ -1,9 +1,11 @@
 """rockstar-mp against prometheus_client's multiprocess mode, measured side by side in one run (figures
 1-5), rockstar-mp's cost per request against the same app without it (figures 6-7), and operations on
-a real gunicorn (figures 8-10, ``ops.py``).
+a real gunicorn (figures 8-10, ``ops.py``), CPU time from /proc (figures 11-12, ``cost.py``) and rockstar-mp's
+ASGI middleware against prometheus-fastapi-instrumentator and starlette-exporter (figure 13, ``compare.py``).
 
     .venv/bin/python -m benchmarks.run                  (what ``make bench`` calls: every figure)
     .venv/bin/python -m benchmarks.run --only 1,2,3     (just these; 1, 2 and 3 are measured together)
+    .venv/bin/python -m benchmarks.run --only 11,13     (the whole-server CPU figures, ASGI included)
 
 Every measurement runs in its own fresh interpreter (``children.py``), ours and theirs alike; this
 process starts them, collects their ``RESULT {json}`` lines and prints the report (``report.py``). The
@@ -24,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import cost, ops
+from . import compare, cost, ops
 from .report import (
     fmt_delta,
     fmt_time,
@@ -33,6 +35,7 @@ from .report import (
     print_ops_table,
     print_request_footnotes,
     print_scrape_footnotes,
+    print_table,
     print_tables,
     verdict,
 )
@@ -66,7 +69,7 @@ from .settings import (
 
 MICRO = ("1", "2", "3")  # one child measures the three
 REQUEST = ("6", "7")
-FIGURES = MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES
+FIGURES = MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES + compare.FIGURES
 
 
 @dataclass
@@ -311,16 +314,43 @@ def run_ops(notes: list[str], figs: list[str]) -> None:
 def run_cost(notes: list[str], figs: list[str]) -> None:
     """Figures 11-12 (benchmarks/cost.py): CPU time from /proc, their own table and detail lines."""
     tmp = tempfile.mkdtemp(prefix="rockstar-bench-cost-")
+    load_before = load_average()
     try:
         rows, details = cost.run_figures(tmp, figs, notes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("CPU cost from /proc (figures 11-12; every run printed, medians compared)")
+    print("CPU cost from /proc (figures 11-12; every run printed, medians compared); "
+          f"load average {load_before} before, {load_average()} after")
     if rows:
         print_tables([], rows, "")
     for line in details:
         print(line)
+
+
+# -- figure 13 ---------------------------------------------------------------------------------------------
+def run_compare(notes: list[str], figs: list[str]) -> None:
+    """Figure 13 (benchmarks/compare.py): ours against prometheus-fastapi-instrumentator and
+    starlette-exporter, CPU per request from /proc, its own table and detail lines."""
+    tmp = tempfile.mkdtemp(prefix="rockstar-bench-compare-")
+    load_before = load_average()
+    try:
+        rows, details = compare.run_figures(tmp, figs, notes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print("FastAPI: added CPU per request over the bare app, rockstar-mp against prometheus_client-based "
+          f"instrumentation (figure 13; every round printed, medians compared); load average {load_before} "
+          f"before, {load_average()} after")
+    if rows:
+        print_table(compare.HEADER, rows)
+    for line in details:
+        print(line)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: the machine is shared, so the report says how busy it was."""
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 # -- the run ------------------------------------------------------------------------------------------------
@@ -362,6 +392,8 @@ def run(figs: tuple[str, ...]) -> int:
     cost_figs = [f for f in cost.FIGURES if f in figs]
     if cost_figs:
         run_cost(session.notes, cost_figs)
+    if "13" in figs:
+        run_compare(session.notes, ["13"])
     for note in session.notes:
         print(f"NOTE: {note}")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -109,20 +109,23 @@ class Server:
 
     def __init__(self, mode: str, tmp: str, number: int, app: str | None = None,
                  worker_args: tuple[str, ...] = ("-k", "sync"), workers: int = SERVER_WORKERS,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, config: str | None = None) -> None:
         """``app``: the WSGI/ASGI app to serve (default: ``examples.app:app`` on,
         ``benchmarks.bare_app:app`` off); ``worker_args``: gunicorn's arguments naming the worker
-        class; ``env``: more ``ROCKSTAR_*`` settings for "on"."""
+        class; ``env``: more environment (``ROCKSTAR_*`` settings for "on"); ``config``: "off" only, a
+        gunicorn config file instead of an empty one."""
         self.mode = mode
         self.port, self.metrics_port = free_ports(2)
         if mode == "on":  # the example app under the example config: hooks, aggregator, middlewares
             self._launch(["-c", "gunicorn_conf.py", *worker_args, app or "examples.app:app"],
                          dict(self._monitored_env(tmp, workers), **(env or {})), tmp, f"{mode}-{number}")
         else:  # plain gunicorn (an empty config file: not even ./gunicorn.conf.py) on the bare routes
-            empty = os.path.join(tmp, "empty_gunicorn_conf.py")
-            open(empty, "w").close()
-            self._launch(["-c", empty, *worker_args, "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
-                          app or "benchmarks.bare_app:app"], plain_env(), tmp, f"{mode}-{number}")
+            if config is None:
+                config = os.path.join(tmp, "empty_gunicorn_conf.py")
+                open(config, "w").close()
+            self._launch(["-c", config, *worker_args, "-w", str(workers), "-b", f"127.0.0.1:{self.port}",
+                          app or "benchmarks.bare_app:app"], dict(plain_env(), **(env or {})), tmp,
+                         f"{mode}-{number}")
 
     def _monitored_env(self, tmp: str, workers: int) -> dict:
         """What gunicorn_conf.py reads: bind, workers, the metrics port, fresh segment and run dirs."""

@@ -70,3 +70,11 @@ IDLE_WORKERS = (2, 16, 64)
 IDLE_SECONDS = 20.0
 IDLE_SETTLE_SECONDS = 3.0  # after every worker is listed: start-up work done before measuring
 IDLE_TARGET = 10.0  # ms of CPU per second, at 64 workers
+
+# Figure 13: the same FastAPI app bare, with rockstar-mp, with prometheus-fastapi-instrumentator and with
+# starlette-exporter (both in prometheus_client's multiprocess mode), all four up and driven at once,
+# round after round, each at COMPARE_RATE (1,200 req/s in all, well under figure 11's 2 x 1,500, so four servers
+# and four wrks on a shared 2-core machine can still hold the rate).
+COMPARE_RATE = 300
+COMPARE_ROUNDS = 24
+COMPARE_TARGET = 1 / 3  # our added CPU per request over bare, against each of theirs
