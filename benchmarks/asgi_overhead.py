@@ -1,6 +1,6 @@
 """The ASGI MetricsMiddleware's cost per request, in-process: a bare ASGI app against the same app
-wrapped (workload on and off), driven by a loop that awaits each request like a server does, in a
-worker attached to a real slab. ``python -m benchmarks.asgi_overhead [--requests N]``; prints JSON."""
+wrapped (workload on and off; with the C path and with the Python one, ``PythonMetricsMiddleware``),
+driven by a loop that awaits each request like a server does, in a worker attached to a real slab. ``python -m benchmarks.asgi_overhead [--requests N]``; prints JSON."""
 from __future__ import annotations
 
 import argparse
@@ -48,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     from rockstar_mp.segment import Geometry, Segment
     from rockstar_mp.worker.accelerator import hotpath
-    from rockstar_mp.worker.asgi import MetricsMiddleware
+    from rockstar_mp.worker.asgi import MetricsMiddleware, PythonMetricsMiddleware
     from rockstar_mp.worker.attach import attach_worker
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +57,9 @@ def main() -> None:
         state = attach_worker(seg, slab, generation)
         try:
             apps = {"bare": bare_app, "workload": MetricsMiddleware(bare_app),
-                    "counters_only": MetricsMiddleware(bare_app, workload=False)}
+                    "counters_only": MetricsMiddleware(bare_app, workload=False),
+                    "python_workload": PythonMetricsMiddleware(bare_app),
+                    "python_counters_only": PythonMetricsMiddleware(bare_app, workload=False)}
             times: dict[str, list[float]] = {name: [] for name in apps}
             loop = asyncio.new_event_loop()
             for app in apps.values():
@@ -70,6 +72,7 @@ def main() -> None:
             print(json.dumps({"us_per_request_min": best, "us_per_request_median": medians,
                               "overhead_us_min": {n: best[n] - best["bare"] for n in best if n != "bare"},
                               "overhead_us_median": {n: medians[n] - medians["bare"] for n in medians if n != "bare"},
+                              "ratio_median": {n: medians[n] / medians["bare"] for n in medians if n != "bare"},
                               "accelerated": hotpath is not None}, indent=1))
         finally:
             state.detach()
