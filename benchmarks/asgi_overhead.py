@@ -1,6 +1,7 @@
 """The ASGI MetricsMiddleware's cost per request, in-process: a bare ASGI app against the same app
 wrapped (workload on and off; with the C path and with the Python one, ``PythonMetricsMiddleware``),
-driven by a loop that awaits each request like a server does, in a worker attached to a real slab. ``python -m benchmarks.asgi_overhead [--requests N]``; prints JSON."""
+driven by a loop that awaits each request like a server does, in a worker attached to a real slab.
+``python -m benchmarks.asgi_overhead [--requests N]``; prints JSON."""
 from __future__ import annotations
 
 import argparse
