@@ -1156,6 +1156,17 @@ static int asgi_count(AsgiSend *req, PyObject *status) {
     return rc;
 }
 
+/* kind == text: 1, 0, or -1 with an exception. A server's and a framework's message types are literals that
+ * are not interned (they hold dots): compared by their bytes, not through rich comparison. */
+static int same_text(PyObject *kind, PyObject *text) {
+    if (kind == text)
+        return 1;
+    if (PyUnicode_CheckExact(kind))
+        return PyUnicode_GET_LENGTH(kind) == PyUnicode_GET_LENGTH(text) && PyUnicode_KIND(kind) == PyUnicode_KIND(text)
+               && !memcmp(PyUnicode_DATA(kind), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text) * PyUnicode_KIND(text));
+    return PyObject_RichCompareBool(kind, text, Py_EQ);
+}
+
 static PyObject *asgi_send_call(AsgiSend *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
         PyErr_SetString(PyExc_TypeError, "send(message) takes one message");
@@ -1165,8 +1176,8 @@ static PyObject *asgi_send_call(AsgiSend *self, PyObject *const *args, size_t na
     PyObject *kind = message_item(message, str_type);
     if (kind == NULL)
         return NULL;
-    int is_body = PyObject_RichCompareBool(kind, str_body_type, Py_EQ);
-    int is_start = is_body == 0 ? PyObject_RichCompareBool(kind, str_start_type, Py_EQ) : 0;
+    int is_body = same_text(kind, str_body_type);
+    int is_start = is_body == 0 ? same_text(kind, str_start_type) : 0;
     Py_DECREF(kind);
     if (is_body < 0 || is_start < 0)
         return NULL;
