@@ -119,7 +119,7 @@ def _the_extension():
     require_hotpath()
 
 
-@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(st.one_of(http_cases, http_cases, http_cases, websocket_cases), min_size=1, max_size=50),
        st.sampled_from([False, False, False, True]))
 @example(EVERY_KIND, False)
