@@ -12,6 +12,7 @@ exactly the status each request must be counted with.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -139,3 +140,34 @@ def test_both_asgi_paths_write_the_same_and_count_what_they_must(batch, fill):
     assert sum(counted.values()) == len(batch)
     http = sum(case["type"] == "http" for case in batch)
     assert len(c["records"]) == http and c["inflight"] == 0 and c["dropped"] == 0
+
+
+def test_the_c_base_refuses_misuse_as_the_python_path_does():
+    """Made without __init__, given no dict scope, a send called wrongly: exceptions, never a crash; a
+    message without a type raises KeyError in both paths."""
+    from rockstar_mp.worker.accelerator import hotpath
+    from rockstar_mp.worker.asgi import MetricsMiddleware, PythonMetricsMiddleware
+
+    assert hotpath is not None
+    with pytest.raises(TypeError, match="never initialised"):
+        hotpath.AsgiMiddleware.__new__(hotpath.AsgiMiddleware)._begin({}, print)
+
+    async def app(scope, receive, send):
+        await send({"body": b"no type"})
+
+    async def server_send(message):
+        pass
+
+    for middleware in (MetricsMiddleware(app, workload=False), PythonMetricsMiddleware(app, workload=False)):
+        with pytest.raises(KeyError, match="type"):
+            asyncio.run(middleware({"type": "http", "method": "GET", "path": "/"}, None, server_send))
+    c = MetricsMiddleware(app, workload=False)
+    with pytest.raises(TypeError, match="dict"):
+        c._begin([("type", "http")], server_send)
+    send = c._begin({"type": "http"}, server_send)
+    with pytest.raises(TypeError, match="one message"):
+        send()
+    with pytest.raises(TypeError, match="one message"):
+        send({}, {})
+    send.done(500)
+    send.done(500)  # a second done() does nothing
