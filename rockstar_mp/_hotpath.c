@@ -446,8 +446,9 @@ static PyObject *py_record(PyObject *module, PyObject *args) {
 typedef struct {
     PyObject_HEAD
     PyObject *app;
-    PyObject *statuses;      /* dict (method, status line) -> (vals, i, hist vals, hist i, bounds, sum_at, code) */
-    PyObject *routes;        /* dict raw path -> route template */
+    PyObject *statuses;      /* dict (method, status line, route) -> (vals, i, hist vals, hist i, bounds, sum_at,
+                                code[, overflow cells]): wsgi.response_cells' cache */
+    PyObject *routes;        /* dict raw path -> route template: wsgi.path_template's cache */
     PyObject *methods;       /* frozenset of known methods */
     PyObject *tenant_key;    /* environ key of the tenant header */
     int workload, hold;
@@ -630,10 +631,10 @@ static int set_cork(PyObject *sock, int on) {
 #endif
 }
 
-/* (vals, i, hist vals, hist i, bounds, sum_at, code[, overflow cells or None]) for the request's method
- * and status line */
-static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status) {
-    PyObject *key = PyTuple_Pack(2, method, status);
+/* (vals, i, hist vals, hist i, bounds, sum_at, code[, overflow cells or None]) for the request's method,
+ * status line and route (wsgi.response_cells) */
+static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status, PyObject *route) {
+    PyObject *key = PyTuple_Pack(3, method, status, route);
     if (key == NULL)
         return NULL;
     PyObject *entry = PyDict_GetItemWithError(mw->statuses, key);
@@ -642,7 +643,7 @@ static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status
     if (entry == NULL && PyErr_ExceptionMatches(PyExc_TypeError))
         PyErr_Clear();  /* a status "line" that cannot be a key: asked every time, as in the Python path */
     if (entry == NULL && !PyErr_Occurred())
-        entry = PyObject_CallMethodObjArgs((PyObject *)mw, str_status, method, status, NULL);
+        entry = PyObject_CallMethodObjArgs((PyObject *)mw, str_status, method, status, route, NULL);
     if (entry != NULL && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < STATUS_ENTRY_FIELDS
                           || PyTuple_GET_SIZE(entry) > STATUS_ENTRY_FIELDS + 1)) {
         Py_DECREF(entry);
@@ -696,23 +697,45 @@ static PyObject *environ_text(PyObject *environ, PyObject *key) {
     return v != NULL && PyUnicode_Check(v) && PyUnicode_GET_LENGTH(v) ? v : NULL;
 }
 
-static int finish_workload(Request *req, double seconds, long code) {
+/* A status line whose code is 404 (status_label's: its first three characters). */
+static int not_found(PyObject *status) {
+    return PyUnicode_Check(status) && PyUnicode_GET_LENGTH(status) >= 3 && PyUnicode_READ_CHAR(status, 0) == '4'
+           && PyUnicode_READ_CHAR(status, 1) == '0' && PyUnicode_READ_CHAR(status, 2) == '4';
+}
+
+/* The response's route, as wsgi.request_route gives it: the template a framework named, else <unmatched>
+ * for a 404, else the template of the path (cached in mw->routes; wsgi.path_template on a miss). A new
+ * reference, never NULL: "other" if the environ cannot be read or wsgi.path_template raised, so that the
+ * response is still counted (as the Python path's _route_of). */
+static PyObject *request_route(Request *req, PyObject *status) {
+    Middleware *mw = req->owner;
+    PyObject *route = environ_text(req->environ, str_route_key);
+    if (route == NULL && !PyErr_Occurred()) {
+        if (not_found(status) && str_unmatched != NULL)
+            route = str_unmatched;  /* no route named it: one value however many paths clients try */
+        else {
+            PyObject *path = environ_text(req->environ, str_path_key);
+            if (path == NULL && !PyErr_Occurred())
+                path = str_slash;
+            route = path ? PyDict_GetItemWithError(mw->routes, path) : NULL;
+            if (route == NULL && !PyErr_Occurred()) {
+                PyObject *made = PyObject_CallMethodObjArgs((PyObject *)mw, str_route, path, NULL);
+                if (made != NULL)
+                    return made;
+            }
+        }
+    }
+    if (route == NULL) {
+        PyErr_Clear();
+        route = str_other;
+    }
+    Py_INCREF(route);
+    return route;
+}
+
+static int finish_workload(Request *req, double seconds, long code, PyObject *route) {
     Middleware *mw = req->owner;
     PyObject *environ = req->environ;
-    PyObject *route = environ_text(environ, str_route_key);
-    if (route == NULL && !PyErr_Occurred() && code == 404 && str_unmatched != NULL)
-        route = str_unmatched;  /* no route named it: one value however many paths clients try */
-    if (route != NULL)
-        Py_INCREF(route);
-    else if (!PyErr_Occurred()) {
-        PyObject *path = environ_text(environ, str_path_key);
-        route = path ? PyDict_GetItemWithError(mw->routes, path) : NULL;
-        Py_XINCREF(route);
-        if (route == NULL && !PyErr_Occurred())
-            route = PyObject_CallMethodObjArgs((PyObject *)mw, str_route, environ, NULL);
-    }
-    if (route == NULL)
-        return -1;
     PyObject *request_id = environ_text(environ, str_request_id_key);
     if (request_id == NULL && !PyErr_Occurred())
         request_id = environ_text(environ, str_default_request_id_key);
@@ -723,7 +746,6 @@ static int finish_workload(Request *req, double seconds, long code) {
     if (!PyErr_Occurred())
         rc = record(req->method, route, code, seconds, wall_now() - seconds, req->nbytes,
                     request_id ? request_id : empty_str, tenant ? tenant : empty_str);
-    Py_DECREF(route);
     return rc;
 }
 
@@ -745,7 +767,8 @@ static int finish(Request *req) {
     Middleware *mw = req->owner;
     double seconds = monotonic_now() - req->started;
     PyObject *status = req->status ? req->status : str_500;
-    PyObject *entry = status_entry(mw, req->method, status);
+    PyObject *route = request_route(req, status);
+    PyObject *entry = status_entry(mw, req->method, status, route);
     int rc = entry ? count_and_observe(entry, seconds) : -1;
     long code = 0;
     if (rc == 0) {  /* not after an error: the conversion may run Python code (__index__) */
@@ -761,8 +784,9 @@ static int finish(Request *req) {
         PyErr_Clear();
         Py_CLEAR(req->sock);
     }
-    if (rc == 0 && type == NULL && mw->workload && finish_workload(req, seconds, code) < 0)
+    if (rc == 0 && type == NULL && mw->workload && finish_workload(req, seconds, code, route) < 0)
         PyErr_Fetch(&type, &value, &tb);
+    Py_DECREF(route);
     if (mw->workload && bound_slab != NULL && slab_end((Slab *)bound_slab) && on_idle != NULL) {
         PyObject *idle = on_idle;  /* held for the call: it may bind() another callback */
         Py_INCREF(idle);

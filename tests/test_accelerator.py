@@ -53,11 +53,13 @@ def test_c_and_python_paths_write_the_same(tmp_path, app):
     if app == "wsgi":
         assert c["statuses"] == ["201 Created", "201 Created", "404 Not Found", "200 OK", "201 Created", "raised",
                                  "200 OK", "201 Created"]
-        assert c["series"]["http.requests['GET', '500']"] == 1  # the app that raised
-        assert c["series"]["http.requests['other', '201']"] == 1  # BREW
+        assert c["series"]["http.requests['GET', '500', '/raise']"] == 1  # the app that raised
+        assert c["series"]["http.requests['other', '201', '/']"] == 1  # BREW
         routes = [r[1] for r in c["records"]]
         assert routes == ["/users/{id}", "/users/{id}", "<unmatched>", "/stream", "/", "/raise", "/stream",
                           "/orders/{id}"]
+        labelled = {k.split("', '")[-1][:-2] for k, v in c["series"].items() if k.startswith("http.requests[") and v}
+        assert labelled == set(routes)  # the records' routes, and no raw path
         assert [r[3] for r in c["records"]] == [11, 11, 11, 5, 11, 0, 5, 11]  # bytes sent (HEAD: the body's)
         assert c["records"][2][4] == "req-" + "x" * 36  # cut to the record's 40 bytes
         assert c["records"][0][4] == "<pid>-1" and c["records"][1][5] == "acme"
@@ -66,6 +68,9 @@ def test_c_and_python_paths_write_the_same(tmp_path, app):
         assert [r[1] for r in c["records"]] == ["/items/{item_id}", "/items/{item_id}", "/fail", "<unmatched>"]
         assert [r[2] for r in c["records"]] == [200, 200, 500, 404]
         assert c["records"][3][4] == "abc"
+        assert {k: v for k, v in c["series"].items() if k.startswith("http.requests[") and v} == {
+            "http.requests['GET', '200', '/items/{item_id}']": 2, "http.requests['GET', '500', '/fail']": 1,
+            "http.requests['GET', '404', '<unmatched>']": 1}
 
 
 @pytest.mark.parametrize("path", ["c", "python"])
@@ -98,18 +103,18 @@ def test_the_response_stays_corked_until_it_is_counted(path):
             socket.create_connection(server.getsockname()) as client:
         conn, _ = server.accept()
         with conn:
-            before = REQUESTS.labels("PUT", "200").get()
+            before = REQUESTS.labels("PUT", "200", "/").get()
             body = middleware(app)({"REQUEST_METHOD": "PUT", "PATH_INFO": "/", "gunicorn.socket": conn},
                                    lambda status, headers, exc_info=None: None)
             chunks = iter(body)
             conn.sendall(next(chunks))  # the server writes the last chunk: it stays in the kernel
-            assert corked(conn) == 1 and REQUESTS.labels("PUT", "200").get() == before
+            assert corked(conn) == 1 and REQUESTS.labels("PUT", "200", "/").get() == before
             with pytest.raises(BlockingIOError):
                 client.recv(10, socket.MSG_DONTWAIT)  # nothing reached the client yet
             assert next(chunks, None) is None  # the server asks for more: counted, then uncorked
-            assert REQUESTS.labels("PUT", "200").get() == before + 1 and corked(conn) == 0
+            assert REQUESTS.labels("PUT", "200", "/").get() == before + 1 and corked(conn) == 0
             client.settimeout(10)
             assert client.recv(10) == b"ok"
             body.close()
-            assert REQUESTS.labels("PUT", "200").get() == before + 1  # close() does not count twice
+            assert REQUESTS.labels("PUT", "200", "/").get() == before + 1  # close() does not count twice
     assert seen["corked in the app"] == 1

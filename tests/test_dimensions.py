@@ -94,7 +94,7 @@ def test_a_full_catalogue_never_leaves_a_response_uncounted(gunicorn_factory, re
     server.wait_total(len(plan))
     metrics = server.metrics()
     assert metrics["system"]["catalogue_full"] > 0
-    fallback = metrics["counters"].get('http.requests{method="other",status="other"}', 0)
+    fallback = metrics["counters"].get('http.requests{method="other",status="other",route="other"}', 0)
     assert fallback == metrics["system"]["dimension_overflow"]["status"] > 0
     workload = json.loads(http_get(f"http://127.0.0.1:{server.metrics_port}/workload")[2])
     assert workload["total_requests"] == len(plan)  # the sketches fall back on what was reserved too

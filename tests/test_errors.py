@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 
 import rockstar_mp
 from rockstar_mp import errors
+from tests.helpers import ROOT
 
 # A fresh interpreter imports every module of the package (importing them all here would declare every
 # role's metrics in this test process) and lists the exception classes not under RockstarError. A
@@ -40,7 +42,10 @@ print(json.dumps({"seen": seen, "strays": strays}))
 
 
 def test_every_exception_class_of_the_package_is_a_rockstar_error() -> None:
-    done = subprocess.run([sys.executable, "-c", WALK], capture_output=True, text=True, timeout=120)
+    # the Django integration imports Django, which reads its settings when imported: the example's
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "examples.django_site.settings"}
+    done = subprocess.run([sys.executable, "-c", WALK], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.splitlines()[-1])
     assert "rockstar_mp.errors.NoSegment" in found["seen"]  # the walk did reach the modules

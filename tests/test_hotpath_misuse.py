@@ -55,7 +55,8 @@ PRELUDE = textwrap.dedent("""
 
 
     def middleware(statuses, workload=False, cls=Middleware, wrapped=app):
-        return cls(wrapped, statuses, {}, frozenset({"GET"}), "HTTP_X_TENANT_ID", workload, False)
+        # its route cache knows "/", the path serve() asks for: no slow path to call back into
+        return cls(wrapped, statuses, {"/": "/"}, frozenset({"GET"}), "HTTP_X_TENANT_ID", workload, False)
 
 
     def serve(mw):
@@ -227,7 +228,7 @@ def test_configure_refuses_a_slot_or_record_layout_it_cannot_write(args, excepti
 @pytest.mark.parametrize("path", ["request-count", "workload-sketch"])
 def test_a_released_view_is_refused(path):
     count = """
-        mw = middleware({("GET", "200 OK"): (vals, 0, vals, 1, (0.5, 1.0), 3, 200)})
+        mw = middleware({("GET", "200 OK", "/"): (vals, 0, vals, 1, (0.5, 1.0), 3, 200)})
         release()
         serve(mw)
     """
@@ -251,7 +252,7 @@ def test_a_view_with_negative_strides_is_refused():
     assert_refused("""
         pages, whole, vals = doubles()
         backwards = vals[::-1]
-        serve(middleware({("GET", "200 OK"): (backwards, len(backwards) - 1, vals, 1, (0.5, 1.0), 3, 200)}))
+        serve(middleware({("GET", "200 OK", "/"): (backwards, len(backwards) - 1, vals, 1, (0.5, 1.0), 3, 200)}))
     """, "ValueError")
 
 
@@ -269,7 +270,7 @@ def test_bounds_that_are_not_numbers_raise_before_the_histogram_is_touched():
     assert_refused("""
         pages, whole, vals = doubles()
         try:
-            serve(middleware({("GET", "200 OK"): (vals, 0, vals, 1, ("0.5", "1.0"), 3, 200)}))
+            serve(middleware({("GET", "200 OK", "/"): (vals, 0, vals, 1, ("0.5", "1.0"), 3, 200)}))
         except TypeError as e:
             refused = e
         else:
@@ -293,7 +294,7 @@ def test_the_status_code_conversion_propagates_its_error(code):
         slab = Slab(*slab_args())
         hotpath.bind(slab, {{}}, Recorder(), None)
         try:
-            serve(middleware({{("GET", "200 OK"): (vals, 0, vals, 1, {bounds}, 3, {code})}}, workload=True))
+            serve(middleware({{("GET", "200 OK", "/"): (vals, 0, vals, 1, {bounds}, 3, {code})}}, workload=True))
         except TypeError as e:
             refused = e
         else:
@@ -332,3 +333,16 @@ def test_an_infinite_duration_raises_overflow_error():
         hotpath.bind(None, {}, SketchRecorder(vals), None)
         hotpath.record("GET", "/", 200, float("inf"), 0.0, 2, "", "")
     """, "OverflowError")
+
+
+def test_a_route_that_cannot_be_computed_is_counted_under_other():
+    """No ``_route`` to call back into (a bare Middleware, an empty route cache): the response is still
+    counted, under the route ``other``, and the error goes no further (the Python path's ``_route_of``)."""
+    assert_refused("""
+        pages, whole, vals = doubles()
+        mw = Middleware(app, {("GET", "200 OK", "other"): (vals, 0, vals, 1, (0.5, 1.0), 3, 200)}, {},
+                        frozenset({"GET"}), "HTTP_X_TENANT_ID", False, False)
+        serve(mw)
+        assert vals[0] == 1.0 and vals[1] == 1.0, list(vals[:5])
+        raise LookupError("counted under other")  # the end this test expects
+    """, "LookupError")

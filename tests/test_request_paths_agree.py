@@ -12,6 +12,7 @@ finished, and raise nothing of their own.
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -31,6 +32,7 @@ MISSING = object()  # the environ has no such key
 APPS = ["list", "generator", "closing", "close_fails", "file", "empty", "iter_raises", "lazy",
         "no_start_response", "raise_before", "raise_after", "twice"]  # tests/apps/request_cases.py
 SERVERS = ["exhaust", "exhaust_only", "head", "partial", "drop"]
+MAX_ROUTES = 3  # route labels a worker gives (tests/apps/request_cases.py LIMITS)
 
 odd_values = st.one_of(st.none(), st.integers(), st.binary(max_size=6), st.lists(st.integers(), max_size=1))
 texts = st.one_of(
@@ -122,7 +124,16 @@ def test_both_request_paths_write_the_same_for_any_requests(batch, fill):
     for dim in ("route", "status", "tenant"):  # every recorded request is in each dimension's sketch once
         assert sum(v for k, v in series.items() if k.startswith(f"workload['{dim}'")) == counted, dim
     assert c["inflight"] == 0 and c["dropped"] == 0
-    labels = {re.search(r"\['([^']*)'", k)[1] for k in series if k.startswith("http.requests[")}
-    assert labels <= {"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "other"}
-    assert all(re.fullmatch(r"[1-5]\d\d|other", k.split("', '")[1][:-2]) for k in series
-               if k.startswith("http.requests["))
+    counts = [(ast.literal_eval(k[len("http.requests"):]), v) for k, v in series.items()
+              if k.startswith("http.requests[")]
+    assert {method for (method, _, _), _ in counts} <= {"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS",
+                                                        "TRACE", "CONNECT", "other"}
+    assert all(re.fullmatch(r"[1-5]\d\d|other", status) for (_, status, _), _ in counts)
+    routes = {route for (_, _, route), _ in counts} - {"other"}
+    assert len(routes) <= MAX_ROUTES
+    recorded = {record[1] for record in c["records"]}  # repr of the bytes stored
+    assert all(repr(route.encode().rstrip(b"\0")) in recorded for route in routes)  # a label is a record's route
+    if not fill:  # a response whose route found no room is under route="other", and in the overflow
+        named_other = sum(record[1] == repr(b"other") for record in c["records"])  # a route called "other"
+        crowded_out = sum(v for (_, _, route), v in counts if route == "other") - named_other
+        assert series.get("rockstar.workload.overflow['http_route']", 0) == crowded_out

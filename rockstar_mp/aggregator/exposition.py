@@ -6,6 +6,14 @@ labelled counter also has its plain name holding the sum over its label sets, so
 
 A series whose family lost its Prometheus name to another declaration (``merge.FamilyNames``) is left out
 of every rendering, so each name is exposed once.
+
+The request metrics of the WSGI middleware (``worker/wsgi.py``) are the workers' own series:
+``http_requests_total{method,status,route}`` and ``http_request_duration_seconds{method,route}`` (a
+histogram), ``route`` being a template (``/users/{id}``), ``<unmatched>`` or ``other``. The text formats
+then add the aggregator's families (``ExtraFamily``): per-worker process figures, and the workload
+latency summaries ``rockstar_workload_{route,status,tenant}_duration_seconds``, whose quantiles are over
+the lifetime (with ``_sum`` and ``_count``) and, with a ``window="60s"`` label, over the sliding window
+(``aggregator.workload.latency_families``).
 """
 from __future__ import annotations
 

@@ -16,11 +16,11 @@ import falcon.asgi
 
 from ..segment import STATE_NAMES, text
 from ..segment.layout import Body
-from ..sketch import RELATIVE_ERROR, quantile
+from ..sketch import RELATIVE_ERROR
 from . import params
 from .exposition import ExtraFamily
 from .state import AggregatorState
-from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, sketch_totals, summarize
+from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, latency_families, sketch_totals, summarize
 
 MAX_LIMIT = 10_000
 
@@ -219,7 +219,7 @@ def add_views(app: falcon.asgi.App, state: AggregatorState) -> None:
 def exported_families(state: AggregatorState) -> tuple:
     """What the text formats add to the workers' own series: per-worker process figures (``pid``
     label), the server's figures, and the workload aggregates as summaries per route, status class and
-    tenant (quantiles from the merged sketches, within ``RELATIVE_ERROR``)."""
+    tenant, over the lifetime and the sliding window (``workload.latency_families``)."""
     snap = state.snapshot()
     pids = [w.slot.pid for w in snap.workers]
     procs = [state.procs.stats.get(pid, {}) for pid in pids]
@@ -259,15 +259,5 @@ def exported_families(state: AggregatorState) -> tuple:
         ExtraFamily("rockstar_worker_memory_freed_bytes", "gauge", "RSS freed by the last optimization",
                     [("", ("pid",), (str(w.pid),), w.memory_freed) for w in optimized if w.optimization_count]),
     ]
-    by = aggregates(snap, sketch_totals(snap), raw=True)
-    for dim in DIMENSIONS:
-        samples: list[tuple[str, tuple[str, ...], tuple[str, ...], float | None]] = []
-        for value, (sketch, seconds) in by[dim].items():
-            for name, q in (("0.5", 0.5), ("0.95", 0.95), ("0.99", 0.99)):
-                samples.append(("", (dim, "quantile"), (value, name), quantile(sketch, q)))
-            samples.append(("_sum", (dim,), (value,), seconds))
-            samples.append(("_count", (dim,), (value,), sum(sketch.values())))
-        if samples:
-            families.append(ExtraFamily(f"rockstar_workload_{dim}_duration_seconds", "summary",
-                                        f"Request latency by {dim}", samples))
+    families += latency_families(snap, state.window)
     return tuple(families)

@@ -1,5 +1,20 @@
 """Workload and logs in the aggregator: draining the slabs' rings, and the aggregates by route, status
 class and tenant (lifetime and sliding window), read from the merged latency sketches.
+
+In the Prometheus and OpenMetrics texts (``latency_families``), one summary family per dimension,
+``rockstar_workload_route_duration_seconds``, ``rockstar_workload_status_duration_seconds`` and
+``rockstar_workload_tenant_duration_seconds``, labelled by the dimension's value (``route="/users/{id}"``,
+``status="2xx"``, ``tenant="acme"``). For each value:
+
+- over the lifetime: quantiles 0.5, 0.95 and 0.99 (``quantile="0.99"``), ``_sum`` (seconds) and ``_count``
+  (requests), as any summary;
+- over the sliding window (``window_seconds``, one sample a second, as ``/workload?window=S``): the same
+  quantiles with a ``window`` label, ``window="60s"``, and no ``_sum``/``_count`` (a window's count can go
+  down; the lifetime ``_count`` gives the rate). A value without requests in the window has none.
+
+So ``rockstar_workload_route_duration_seconds{route="/users/{id}",quantile="0.99",window="60s"}`` is the
+p99 of the last minute, and the same without ``window`` the p99 since the server started. Quantiles are
+within the sketch's ``RELATIVE_ERROR``.
 """
 from __future__ import annotations
 
@@ -11,12 +26,14 @@ from operator import itemgetter
 from ..segment import LIVE, RETIRED, Segment, log_ring, read_ring, record_ring, text
 from ..segment.layout import Header
 from ..sketch import RELATIVE_ERROR, quantile
+from .exposition import ExtraFamily
 from .merge import Snapshot, slab_base
 
 BUCKET_SERIES = "rockstar.workload.bucket"
 SECONDS_SERIES = "rockstar.workload.seconds"
 DIMENSIONS = ("route", "status", "tenant")
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+QUANTILE_LABELS = tuple((repr(q), q) for _, q in QUANTILES)  # the quantile label values of the text formats
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
@@ -216,3 +233,30 @@ class Window:
             if now - when <= seconds:
                 return when, totals
         return (self._samples[-1] if self._samples else (now, {}))
+
+
+def latency_families(snap: Snapshot, window: Window, now: float | None = None) -> list[ExtraFamily]:
+    """The workload aggregates of the text formats (see the module's docstring): a summary family per
+    dimension, lifetime quantiles, sum and count by value, each value followed by its window quantiles."""
+    totals = sketch_totals(snap)
+    lifetime = aggregates(snap, totals, raw=True)
+    recent = aggregates(snap, totals, window.baseline(now)[1], raw=True)
+    window_label = f"{window.seconds:g}s"
+    families = []
+    for dim in DIMENSIONS:
+        samples: list[tuple[str, tuple[str, ...], tuple[str, ...], float | None]] = []
+        for value, (sketch, seconds) in lifetime[dim].items():
+            samples += _quantile_samples(dim, value, sketch, ())
+            samples.append(("_sum", (dim,), (value,), seconds))
+            samples.append(("_count", (dim,), (value,), sum(sketch.values())))
+            if value in recent[dim]:  # after the lifetime ones: a value's samples stay together
+                samples += _quantile_samples(dim, value, recent[dim][value][0], (("window", window_label),))
+        if samples:
+            families.append(ExtraFamily(f"rockstar_workload_{dim}_duration_seconds", "summary",
+                                        f"Request latency by {dim}", samples))
+    return families
+
+
+def _quantile_samples(dim: str, value: str, sketch: dict[int, float], extra: tuple) -> list:
+    names = (dim, "quantile", *(name for name, _ in extra))
+    return [("", names, (value, label, *(v for _, v in extra)), quantile(sketch, q)) for label, q in QUANTILE_LABELS]

@@ -44,7 +44,8 @@ LABEL_BYTES = 64  # route and tenant label values are cut to this (UTF-8, on a c
 DIMENSIONS = ("route", "status", "tenant")  # each has a third of the series budget
 NAMED_SHARE = 0.75  # of a dimension's series, what its named values may take (the rest: its fallbacks')
 MIN_FAIR_BUCKETS = 8  # a value's fair share of buckets is never smaller
-OVERFLOW_DIMENSIONS = ("route", "tenant", "status", "bucket")
+HTTP_ROUTE = "http_route"  # the overflow of the route label of http.requests (worker/wsgi.py)
+OVERFLOW_DIMENSIONS = ("route", "tenant", "status", "bucket", HTTP_ROUTE)
 ANCHOR_BUCKET = bucket_index(0.01)  # the bucket each fallback value is declared with
 MAX_COMBINATIONS = MAX_VALUES_PER_DIMENSION ** 2  # cached (route, status class, tenant) as requests give them
 CACHED_KEY_CHARS = 256  # longer route + tenant strings are not cached (the cache would keep them alive)
@@ -54,8 +55,9 @@ INFLIGHT_TEXT_BYTES = INFLIGHT_METHOD_BYTES + Body.inflight_path.struct.size
 BUCKETS = Counter("rockstar.workload.bucket", "Requests by latency sketch bucket",
                   ["dim", "value", "bucket"])
 SECONDS = Counter("rockstar.workload.seconds", "Seconds spent serving requests", ["dim", "value"])
-OVERFLOW = Counter("rockstar.workload.overflow", "Requests recorded under 'other' (route, tenant, status) "
-                   "or in a neighbouring latency bucket (bucket) for want of room", ["dimension"])
+OVERFLOW = Counter("rockstar.workload.overflow", "Requests recorded under 'other' (route, tenant, status), "
+                   "in a neighbouring latency bucket (bucket) or counted under route=\"other\" in "
+                   "http.requests (http_route) for want of room", ["dimension"])
 
 _ID_SEGMENT = re.compile(r"/(?:\d+|[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}|[0-9a-fA-F]{16,})(?=/|$)")
 

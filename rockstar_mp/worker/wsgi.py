@@ -10,25 +10,34 @@ Example::
     from rockstar_mp.worker.wsgi import MetricsMiddleware
     app = MetricsMiddleware(falcon_app)      # any WSGI app
 
-It records ``http.requests`` (counter, labels ``method`` and ``status``) and
-``http.request.duration.seconds`` (histogram, label ``method``). With ``workload=True`` it also records one
-workload record per response (see ``rockstar_mp.worker.workload``), taking the route from
-``environ["rockstar.route"]`` when a framework set it, else a template of the path (ids become ``{id}``),
-or ``<unmatched>`` for a 404.
+It records ``http.requests`` (counter, labels ``method``, ``status`` and ``route``) and
+``http.request.duration.seconds`` (histogram, labels ``method`` and ``route``). The route is the one a
+workload record gets (``request_route``): the template a framework named in ``environ["rockstar.route"]``
+(Falcon's ``WorkloadMiddleware`` sets it), else ``<unmatched>`` for a 404, else a template of the path
+(ids become ``{id}``). The label is there with or without ``workload=True``. With ``workload=True`` the
+middleware also records one workload record per response (see ``rockstar_mp.worker.workload``).
 
 Bounded labels, so that no client can make a request go uncounted: ``method`` is one of
 ``KNOWN_METHODS`` or ``other`` (an unknown, missing or non-str ``REQUEST_METHOD``); ``status`` is the
-status line's code when it is one of 100-599, else ``other``. Whatever the catalogue holds, a request is
-counted: ``http.requests{method="other",status="other"}`` and ``http.request.duration.seconds{method="other"}``
-are declared when this module is imported (so they are in the slab from the attach on, before the app's
-own series fill it), and a (method, status) the catalogue cannot take is counted there instead, and in
-``rockstar.workload.overflow{dimension="status"}`` (``system.dimension_overflow``).
+status line's code when it is one of 100-599, else ``other``; ``route`` is cut to 64 bytes of UTF-8, and a
+worker gives at most ``max_routes`` (``MonitoringConfig``, the bound of the workload sketches) distinct
+route labels: any other route is counted under ``route="other"``, and in
+``rockstar.workload.overflow{dimension="http_route"}`` (``system.dimension_overflow.http_route``).
+Whatever the catalogue holds, a request is counted:
+``http.requests{method="other",status="other",route="other"}`` and
+``http.request.duration.seconds{method="other",route="other"}`` are declared when this module is imported
+(so they are in the slab from the attach on, before the app's own series fill it), and a (method, status,
+route) the catalogue cannot take is counted there instead, and in
+``rockstar.workload.overflow{dimension="status"}``.
+
+Other front ends (an ASGI middleware) count the same way with ``request_route`` and ``count_response``.
 """
 from __future__ import annotations
 
 import inspect
 import socket
 import struct
+import threading
 import time
 from bisect import bisect_left
 from time import perf_counter
@@ -37,18 +46,23 @@ from typing import Any
 from ..metrics import REGISTRY, Counter, Histogram
 from .accelerator import hotpath
 from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
-from .workload import OTHER, RECORDER, add_cells, declared, reserved, template_path
+from .workload import HTTP_ROUTE, OTHER, RECORDER, add_cells, declared, label, reserved, template_path
 
-MAX_STATUS_LINES = 1000  # cached (method, status line) pairs
+MAX_RESPONSE_KINDS = 4096  # cached (method, status line, route) -> cells
 MAX_PATHS = 1000  # cached raw path -> route template (apps that name no route)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 
-REQUESTS = Counter("http.requests", "HTTP responses served", ["method", "status"])
+REQUESTS = Counter("http.requests", "HTTP responses served", ["method", "status", "route"])
 DURATION = Histogram("http.request.duration.seconds", "Seconds from request to last body chunk",
-                     ["method"])
-# What a (method, status) the catalogue refuses is counted under (see the module's docstring).
-FALLBACK_COUNTER = reserved(REQUESTS, OTHER, OTHER)
-FALLBACK_DURATION = reserved(DURATION, OTHER, bounds=DURATION._bounds)
+                     ["method", "route"])
+# What a (method, status, route) the catalogue refuses is counted under (see the module's docstring).
+FALLBACK_COUNTER = reserved(REQUESTS, OTHER, OTHER, OTHER)
+FALLBACK_DURATION = reserved(DURATION, OTHER, OTHER, bounds=DURATION._bounds)
+
+# (method, status line, route) -> what a response writes (``response_cells``), shared by every middleware
+# of the process and the C path; emptied when the metrics move (attach, fork)
+_CELLS = REGISTRY.cell_cache()
+_TEMPLATES: dict[str, str] = {}  # raw path -> route template, for apps that name no route
 
 
 def status_label(status_line) -> tuple[str, int]:
@@ -60,6 +74,114 @@ def status_label(status_line) -> tuple[str, int]:
         number = int(code)
         return (code if 100 <= number <= 599 else OTHER), number
     return OTHER, 0
+
+
+def request_method(method: object) -> str:
+    """The ``method`` label of a request method: one of ``KNOWN_METHODS``, else ``other`` (also for a
+    missing or non-str one)."""
+    try:
+        known = method in KNOWN_METHODS
+    except TypeError:  # unhashable
+        known = False
+    return method if known else OTHER  # type: ignore[return-value]  # known: it is one of the strs
+
+
+def path_template(path: object) -> str:
+    """The route of a path no framework named: ids become ``{id}`` (``template_path``), cached; a
+    missing, empty or non-str path is ``/``."""
+    if not (path and isinstance(path, str)):
+        path = "/"
+    route = _TEMPLATES.get(path)
+    if route is None:
+        route = template_path(path)
+        if len(_TEMPLATES) < MAX_PATHS:
+            _TEMPLATES[path] = route
+    return route
+
+
+def request_route(named: object, status_line: object, path: object) -> str:
+    """The route of a response, as its workload record and its ``route`` label get it: ``named`` (the
+    template a framework gave) if it is a non-empty str, else ``<unmatched>`` for a 404 (one value
+    however many paths clients try), else ``path_template(path)``."""
+    if named and isinstance(named, str):
+        return named
+    if isinstance(status_line, str) and status_line[:3] == "404":  # status_label()'s code 404
+        return UNMATCHED
+    return path_template(path)
+
+
+class _RouteLabels:
+    """The route label values of this worker's request metrics: at most ``max_routes``
+    (``RECORDER.limits``, from ``MonitoringConfig``); any other route is labelled ``other``."""
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._lock = threading.Lock()  # gthread workers: the bound holds however requests interleave
+
+    def admit(self, route: str) -> tuple[str, bool]:
+        """The label of ``route`` (cut to 64 bytes), and whether it is ``other`` for want of room."""
+        value = label(route)
+        with self._lock:
+            if value == OTHER or value in self._values:
+                return value, False
+            if len(self._values) < RECORDER.limits.max_routes:
+                self._values.add(value)
+                return value, False
+        return OTHER, True
+
+
+ROUTE_LABELS = _RouteLabels()
+
+
+def response_cells(method: str, status_line: object, route: str) -> tuple:
+    """What one response of ``method`` (a ``request_method``), ``status_line`` and ``route`` (a
+    ``request_route``) writes: ``(http.requests view, index, duration view, index, bounds, sum offset,
+    status code, overflow cells or None)``, cached. Never raises for want of room (``_declare_cells``)."""
+    try:
+        cells = _CELLS.get((method, status_line, route))
+    except TypeError:  # a status "line" that cannot be a key: no cache
+        cells = None
+    return cells or _declare_cells(method, status_line, route)
+
+
+def _declare_cells(method: str, status_line: object, route: str) -> tuple:
+    """``response_cells`` the first time: a route beyond ``max_routes`` is labelled ``other`` (and
+    counted in the ``http_route`` overflow), a series the catalogue refuses is counted under the
+    fallback (and in the ``status`` overflow)."""
+    code, number = status_label(status_line)
+    route_label, crowded_out = ROUTE_LABELS.admit(route)
+    counter, duration = declared(REQUESTS, method, code, route_label), declared(DURATION, method, route_label)
+    overflow = RECORDER.overflow_cells(HTTP_ROUTE) if crowded_out else ()
+    if counter is None or duration is None:
+        overflow += RECORDER.overflow_cells("status")
+    counter, duration = counter or FALLBACK_COUNTER, duration or FALLBACK_DURATION
+    cells = (counter._vals, counter._idx, duration._vals, duration._idx,
+             tuple(float(b) for b in duration._bounds), duration._sum_at, number, overflow or None)
+    if isinstance(status_line, str) and len(_CELLS) < MAX_RESPONSE_KINDS:
+        _CELLS[(method, status_line, route)] = cells
+    return cells
+
+
+def count_response(method: str, status_line: object, route: str, seconds: float,
+                   sock: socket.socket | None = None, _cells=_CELLS) -> int:
+    """Count one response in ``http.requests`` and observe ``seconds`` in
+    ``http.request.duration.seconds``; returns the status code a workload record stores (0: none).
+    ``method``: a ``request_method``; ``status_line``: WSGI's (``"404 Not Found"``; a front end with
+    an int code passes ``str(code)``); ``route``: a ``request_route``. ``sock``: a socket held by
+    ``_hold``, released right after the count is stored (so call this before the response may go)."""
+    try:  # response_cells(), inlined: the request path's one lookup
+        cells = _cells.get((method, status_line, route)) or _declare_cells(method, status_line, route)
+    except TypeError:  # a status "line" that cannot be a key: no cache
+        cells = _declare_cells(method, status_line, route)
+    vals, idx, hvals, hidx, bounds, sum_at, status, overflow = cells
+    vals[idx] += 1.0
+    if overflow is not None:
+        add_cells(overflow, 1.0)
+    if sock is not None:
+        _release(sock)  # right after the count: a kill in between is the one window left
+    hvals[hidx + bisect_left(bounds, seconds)] += 1.0
+    hvals[hidx + sum_at] += seconds
+    return status
 
 
 def _text(environ: dict, key: str, fallback_key: str = "") -> str:
@@ -75,6 +197,19 @@ def _text(environ: dict, key: str, fallback_key: str = "") -> str:
 def _path(environ: dict) -> str:
     path = environ.get("PATH_INFO")
     return path if path and isinstance(path, str) else "/"
+
+
+def _route_of(environ: dict, status_line: object) -> str:
+    """``request_route`` of a WSGI request (a framework's route read here first: no call); ``other``
+    if the environ cannot be read (a key whose comparison raises), so that the response is still
+    counted, as in the C path."""
+    try:
+        named = environ.get(ROUTE_KEY)
+        if named and isinstance(named, str):
+            return named
+        return request_route(None, status_line, environ.get("PATH_INFO"))
+    except Exception:  # noqa: BLE001 - whatever the app put in the environ, the response is counted
+        return OTHER
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -216,37 +351,13 @@ class _Shared:
         self.workload = workload
         self.hold = hold and _CORK is not None  # see _hold(); gunicorn passes its socket in the environ
         self.tenant_key = "HTTP_" + tenant_header.upper().replace("-", "_")
-        # (method, status line) -> what a response writes; emptied when the metrics move (attach, fork)
-        self._statuses = REGISTRY.cell_cache()
-        self._routes: dict[str, str] = {}  # raw path -> template, for apps that name no route
         if hotpath is not None and isinstance(self, hotpath.Middleware):
-            hotpath.Middleware.__init__(self, app, self._statuses, self._routes, KNOWN_METHODS, self.tenant_key,
+            hotpath.Middleware.__init__(self, app, _CELLS, _TEMPLATES, KNOWN_METHODS, self.tenant_key,
                                         workload, self.hold)
 
-    def _status(self, method: str, status_line) -> tuple:
-        """``(http.requests view, index, duration view, index, bounds, sum offset, status code,
-        overflow cells or None)`` for a method and status line. Never raises for want of room: a
-        series the catalogue refuses is counted under the fallback, and in the overflow counter."""
-        code, number = status_label(status_line)
-        counter, duration = declared(REQUESTS, method, code), declared(DURATION, method)
-        overflow = None if counter is not None and duration is not None else RECORDER.overflow_cells("status")
-        counter, duration = counter or FALLBACK_COUNTER, duration or FALLBACK_DURATION
-        known = (counter._vals, counter._idx, duration._vals, duration._idx,
-                 tuple(float(b) for b in duration._bounds), duration._sum_at, number, overflow)
-        if isinstance(status_line, str) and len(self._statuses) < MAX_STATUS_LINES:
-            self._statuses[(method, status_line)] = known
-        return known
-
-    def _route(self, environ: dict) -> str:
-        """The route of a request no framework named: a template of its path, cached."""
-        path = _path(environ)
-        route = self._routes.get(path)
-        if route is None:
-            route = template_path(path)
-            if len(self._routes) < MAX_PATHS:
-                self._routes[path] = route
-        return route
-
+    # the C path's slow paths: a (method, status line, route) or a path seen for the first time
+    _status = staticmethod(_declare_cells)
+    _route = staticmethod(path_template)
 
 
 class _PythonPath(_Shared):
@@ -255,24 +366,10 @@ class _PythonPath(_Shared):
     def _finish(self, request: _Request, response_bytes: int) -> None:
         """The server took the last byte: count, record, then let the response go (``_release``)."""
         seconds = perf_counter() - request.started
-        method, status_line = request.method, request.status
-        try:
-            entry = self._statuses.get((method, status_line)) or self._status(method, status_line)
-        except TypeError:  # a status "line" that cannot be a key: no cache
-            entry = self._status(method, status_line)
-        vals, idx, hvals, hidx, bounds, sum_at, status, overflow = entry
-        vals[idx] += 1.0
-        if overflow is not None:
-            add_cells(overflow, 1.0)
-        if request.sock is not None:
-            _release(request.sock)  # right after the count: a kill in between is the one window left
-        hvals[hidx + bisect_left(bounds, seconds)] += 1.0
-        hvals[hidx + sum_at] += seconds
+        method, environ = request.method, request.environ
+        route = _route_of(environ, request.status)
+        status = count_response(method, request.status, route, seconds, request.sock)
         if self.workload:
-            environ = request.environ
-            route = environ.get(ROUTE_KEY)
-            if not (route and isinstance(route, str)):
-                route = UNMATCHED if status == 404 else self._route(environ)
             RECORDER.record(method, route, status, seconds, time.time() - seconds, response_bytes,
                             _text(environ, REQUEST_ID_KEY, DEFAULT_REQUEST_ID_KEY),
                             _text(environ, TENANT_KEY, self.tenant_key))
@@ -280,13 +377,7 @@ class _PythonPath(_Shared):
 
     def __call__(self, environ, start_response):
         started = perf_counter()
-        method = environ.get("REQUEST_METHOD")
-        try:
-            known = method in KNOWN_METHODS
-        except TypeError:  # unhashable
-            known = False
-        if not known:
-            method = OTHER  # also a missing one: WSGI requires it, so it is not taken for a GET
+        method = request_method(environ.get("REQUEST_METHOD"))  # a missing one is not taken for a GET
         sock = environ.get("gunicorn.socket") if self.hold else None
         if sock is not None and not _hold(sock):
             sock = None
