@@ -944,7 +944,7 @@ static PyTypeObject MiddlewareType = {
  * middleware's slow paths (_cells_of, _route_of, _headers_of), which hold the reference behaviour. */
 typedef struct {
     PyObject_HEAD
-    PyObject *cells;       /* dict (method, status) -> status entry (as status_entry's): asgi._Cells.cache */
+    PyObject *cells;       /* dict (method, status, route) -> status entry (as status_entry's): asgi._Cells.cache */
     PyObject *paths;       /* dict raw path -> route template: asgi._Routes' path cache */
     PyObject *methods;     /* frozenset of known methods */
     PyObject *tenant;      /* the tenant header's name: lowercase bytes */
@@ -969,7 +969,7 @@ typedef struct {
 static PyObject *str_type, *str_status_key, *str_body, *str_more_body, *str_start_type, *str_body_type;
 static PyObject *str_scope_route, *str_router, *str_path, *str_root_path, *str_headers, *str_fastapi;
 static PyObject *str_effective, *str_path_format, *str_routes_attr, *str_path_template, *str_get;
-static PyObject *str_cells_of, *str_route_of, *str_headers_of, *str_method_scope;
+static PyObject *str_cells_of, *str_route_of, *str_headers_of, *str_method_scope, *str_code_of;
 
 /* message[key] (dict or any mapping): a new reference, or NULL with an exception (KeyError if absent). */
 static PyObject *message_item(PyObject *message, PyObject *key) {
@@ -1134,10 +1134,7 @@ static int asgi_headers(AsgiSend *req, PyObject **tenant, PyObject **request_id)
 }
 
 /* The workload record of a counted request. */
-static int asgi_record(AsgiSend *req, long code, double seconds) {
-    PyObject *route = asgi_route(req, code);
-    if (route == NULL)
-        return -1;
+static int asgi_record(AsgiSend *req, PyObject *route, long code, double seconds) {
     PyObject *tenant, *request_id;
     int rc = asgi_headers(req, &tenant, &request_id);
     if (rc == 0) {
@@ -1145,8 +1142,26 @@ static int asgi_record(AsgiSend *req, long code, double seconds) {
         Py_DECREF(tenant);
         Py_DECREF(request_id);
     }
-    Py_DECREF(route);
     return rc;
+}
+
+/* The status code a route is found with (asgi.status_code): an int status itself, else asked of
+ * _code_of. 0, or -1 with an exception. */
+static int asgi_code(AsgiMiddleware *mw, PyObject *status, long *code) {
+    if (PyLong_CheckExact(status)) {
+        *code = PyLong_AsLong(status);
+        if (*code == -1 && PyErr_Occurred()) {
+            PyErr_Clear();  /* beyond a long: no route's 404 (its record fails, as in the Python path) */
+            *code = -1;
+        }
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)mw, str_code_of, status);
+    if (r == NULL)
+        return -1;
+    *code = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return *code == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
 /* Count the request with status (http.requests, the duration histogram) and record it. 0, or -1. */
@@ -1154,29 +1169,35 @@ static int asgi_count(AsgiSend *req, PyObject *status) {
     AsgiMiddleware *mw = req->owner;
     double seconds = monotonic_now() - req->started;
     req->counted = 1;
-    PyObject *key = PyTuple_Pack(2, req->method, status);
-    if (key == NULL)
+    long code;
+    if (asgi_code(mw, status, &code) < 0)
         return -1;
+    PyObject *route = asgi_route(req, code);
+    if (route == NULL)
+        return -1;
+    PyObject *key = PyTuple_Pack(3, req->method, status, route);
+    if (key == NULL) {
+        Py_DECREF(route);
+        return -1;
+    }
     PyObject *entry = PyDict_GetItemWithError(mw->cells, key);
     Py_XINCREF(entry);
     Py_DECREF(key);
     if (entry == NULL && PyErr_ExceptionMatches(PyExc_TypeError))
         PyErr_Clear();  /* an unhashable "status": asked every time, as in the Python path */
     if (entry == NULL && !PyErr_Occurred())
-        entry = PyObject_CallMethodObjArgs((PyObject *)mw, str_cells_of, req->method, status, NULL);
-    if (entry == NULL)
-        return -1;
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != STATUS_ENTRY_FIELDS + 1) {
-        Py_DECREF(entry);
+        entry = PyObject_CallMethodObjArgs((PyObject *)mw, str_cells_of, req->method, status, route, NULL);
+    if (entry != NULL && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != STATUS_ENTRY_FIELDS + 1)) {
+        Py_CLEAR(entry);
         PyErr_SetString(PyExc_TypeError, "_cells_of() must return an 8-tuple");
-        return -1;
     }
-    int rc = count_and_observe(entry, seconds);
+    int rc = entry != NULL ? count_and_observe(entry, seconds) : -1;
     if (rc == 0 && mw->workload) {
-        long code = PyLong_AsLong(PyTuple_GET_ITEM(entry, STATUS_ENTRY_FIELDS - 1));
-        rc = code == -1 && PyErr_Occurred() ? -1 : asgi_record(req, code, seconds);
+        long recorded = PyLong_AsLong(PyTuple_GET_ITEM(entry, STATUS_ENTRY_FIELDS - 1));
+        rc = recorded == -1 && PyErr_Occurred() ? -1 : asgi_record(req, route, recorded, seconds);
     }
-    Py_DECREF(entry);
+    Py_XDECREF(entry);
+    Py_DECREF(route);
     return rc;
 }
 
@@ -1614,6 +1635,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     INTERN(str_route_of, "_route_of");
     INTERN(str_headers_of, "_headers_of");
     INTERN(str_method_scope, "method");
+    INTERN(str_code_of, "_code_of");
 #undef INTERN
     Py_INCREF(&SlabType);
     Py_INCREF(&MiddlewareType);

@@ -55,14 +55,20 @@ def get(port: int, path: str, tenant: str = "", timeout: float = 10.0, tail: byt
     return int(header.split()[1])
 
 
+def requests_by(server: Gunicorn, label: str) -> dict[str, float]:
+    """Merged ``http.requests`` by the value of one label (``status``, ``route``)."""
+    out: dict[str, float] = {}
+    for key, value in server.metrics()["counters"].items():
+        found = re.fullmatch(r'http\.requests\{method="[A-Z]+",status="\d+",route="[^"]*"\}', key)
+        if found:
+            value_of = re.search(f'{label}="([^"]*)"', key).group(1)  # type: ignore[union-attr]
+            out[value_of] = out.get(value_of, 0) + value
+    return out
+
+
 def statuses(server: Gunicorn) -> dict[int, float]:
     """Merged ``http.requests`` by status."""
-    out: dict[int, float] = {}
-    for key, value in server.metrics()["counters"].items():
-        found = re.fullmatch(r'http\.requests\{method="[A-Z]+",status="(\d+)"\}', key)
-        if found:
-            out[int(found.group(1))] = out.get(int(found.group(1)), 0) + value
-    return out
+    return {int(status): value for status, value in requests_by(server, "status").items()}
 
 
 def aggregator_json(server: Gunicorn, path: str) -> dict:
@@ -107,6 +113,8 @@ def test_every_response_is_counted_once_by_status_and_recorded_by_template(serve
     assert workload["by_route"]["/stream"]["requests"] == 1000 // 7 + (1000 % 7 > 5)
     assert {t: workload["by_tenant"][t]["requests"] for t in TENANTS} == {"acme": 500, "globex": 500}
     assert set(workload["by_tenant"]) == set(TENANTS)
+    by_route = requests_by(server, "route")  # the route label: the same templates as the records
+    assert by_route == {route: workload["by_route"][route]["requests"] for route in TEMPLATES}, by_route
 
 
 def test_in_flight_request_is_shown_and_the_optimizer_waits_for_it(server):

@@ -6,8 +6,9 @@ Example::
     app = MetricsMiddleware(fastapi_app)      # any ASGI 3 app: FastAPI, Starlette, Falcon's asgi.App...
 
 It writes what the WSGI ``MetricsMiddleware`` writes (``rockstar_mp.worker.wsgi``; the families are
-declared there, once): ``http.requests{method,status}`` and ``http.request.duration.seconds{method}``,
-and with ``workload=True`` (the default here) one workload record per request (``RECORDER``: route
+declared there, once): ``http.requests{method,status,route}`` and
+``http.request.duration.seconds{method,route}`` (the route below, bounded as for WSGI: beyond
+``max_routes`` a worker, ``route="other"``), and with ``workload=True`` (the default here) one workload record per request (``RECORDER``: route
 template, tenant from ``X-Tenant-ID``, request id from ``X-Request-ID``) and the in-flight fields that
 ``/workers``, ``rockstar-mp top`` and the optimizer read.
 
@@ -34,7 +35,7 @@ Routes: FastAPI's and Starlette's routers put the matched route in ``scope["rout
 whatever its status (a 404, a slash redirect). Other ASGI apps (no router in the scope): a template
 of the path as for WSGI (ids become ``{id}``), ``<unmatched>`` for a 404.
 
-WebSockets are counted as their own kind: ``http.requests{method="WEBSOCKET",status}`` when the
+WebSockets are counted as their own kind: ``http.requests{method="WEBSOCKET",status,route}`` when the
 session ends, status ``101`` once the app accepted it, ``403`` if it closed it before accepting, 500 if
 it raised before; the duration histogram gets the session's length. They are not "in flight" (a
 session lasting hours would keep the optimizer from ever finding the worker idle) and write no
@@ -58,15 +59,12 @@ from typing import Any
 from ..metrics import REGISTRY
 from .accelerator import hotpath
 from .keys import UNMATCHED
-from .workload import OTHER, RECORDER, add_cells, declared, template_path
+from .workload import OTHER, RECORDER, add_cells, template_path
 from .wsgi import (
-    DURATION,
-    FALLBACK_COUNTER,
-    FALLBACK_DURATION,
     KNOWN_METHODS,
     MAX_PATHS,
-    REQUESTS,
     is_asgi_app,
+    response_cells,
     status_label,
 )
 from .wsgi import (
@@ -107,37 +105,38 @@ def _header_name(header: str) -> bytes:
     return header.lower().encode("latin-1")
 
 
+def status_code(status: Any) -> int:
+    """The status code a record stores, and a route is found with, of an ASGI ``status``: itself if it
+    is an int, else ``status_label``'s of its text (0 for none)."""
+    return status if type(status) is int else status_label(str(status))[1]
+
+
 class _Cells:
     """What one (method, status, route) writes: cached cells of the request counter and the duration
-    histogram, the status code a record stores, and the overflow cells when the catalogue had no room."""
+    histogram (``wsgi.response_cells``'s, with the route admitted to the ``route`` label), the status code
+    a record stores, and the overflow cells when the catalogue had no room."""
 
     def __init__(self) -> None:
-        self.cache = REGISTRY.cell_cache()  # (method, status) -> cells; emptied when the metrics move
+        self.cache = REGISTRY.cell_cache()  # (method, status, route) -> cells; emptied when the metrics move
 
     def get(self, method: str, status: Any, route: str) -> tuple:
         """``(counter view, index, histogram view, index, bounds, sum offset, code, overflow or None)``
-        (the C path's status entry). ``route`` is not a label yet (it will be one of ``http.requests``):
-        the cache key then grows."""
-        key = (method, status)
+        (the C path's status entry)."""
+        key = (method, status, route)
         try:
             cells = self.cache.get(key)
         except TypeError:  # an unhashable "status" from an app the server will refuse anyway
-            return self._declare(method, status)
+            return self._declare(method, status, route)
         if cells is None:
-            cells = self._declare(method, status)
+            cells = self._declare(method, status, route)
             if len(self.cache) < MAX_CELLS:
                 self.cache[key] = cells
         return cells
 
     @staticmethod
-    def _declare(method: str, status: Any) -> tuple:
-        label, number = status_label(str(status))
-        counter, duration = declared(REQUESTS, method, label), declared(DURATION, method)
-        overflow = None if counter is not None and duration is not None else RECORDER.overflow_cells("status")
-        counter, duration = counter or FALLBACK_COUNTER, duration or FALLBACK_DURATION
-        code = status if type(status) is int else number
-        return (counter._vals, counter._idx, duration._vals, duration._idx,
-                tuple(float(b) for b in duration._bounds), duration._sum_at, code, overflow)
+    def _declare(method: str, status: Any, route: str) -> tuple:
+        cells = response_cells(method, str(status), route)
+        return cells[:6] + (status_code(status),) + cells[7:]
 
 
 class _Routes:
@@ -221,8 +220,12 @@ class _Shared:
                                             self._tenant, self._request_id, workload)
 
     # -- the slow paths (the C path asks them what its caches do not hold) --------------------------
-    def _cells_of(self, method: str, status: Any) -> tuple:
-        return self._cells.get(method, status, "")
+    def _cells_of(self, method: str, status: Any, route: str) -> tuple:
+        return self._cells.get(method, status, route)
+
+    @staticmethod
+    def _code_of(status: Any) -> int:
+        return status_code(status)
 
     def _route_of(self, scope: Scope, root_path: str, status: int) -> str:
         return self._routes.of(scope, root_path, status)
@@ -238,28 +241,29 @@ class _Shared:
                 request_id = value.decode("latin-1")
         return tenant, request_id
 
-    def _count(self, method: str, status: Any, started: float) -> tuple[float, int]:
-        """Count one response; its seconds and the status code its record stores."""
+    def _count(self, method: str, status: Any, route: str, started: float) -> float:
+        """Count one response; its seconds."""
         seconds = perf_counter() - started
-        vals, idx, hvals, hidx, bounds, sum_at, code, overflow = self._cells.get(method, status, "")
+        vals, idx, hvals, hidx, bounds, sum_at, code, overflow = self._cells.get(method, status, route)
         vals[idx] += 1.0
         if overflow is not None:
             add_cells(overflow, 1.0)
         hvals[hidx + bisect_left(bounds, seconds)] += 1.0
         hvals[hidx + sum_at] += seconds
-        return seconds, code
+        return seconds
 
     def _unfinished(self, scope: Scope, root_path: str, method: str, status: Any, started: float,
                     sent: int) -> None:
         """Count (and record) a request whose response did not reach its last body message."""
-        seconds, code = self._count(method, status, started)
+        code = status_code(status)
+        route = self._routes.of(scope, root_path, code)
+        seconds = self._count(method, status, route, started)
         if self.workload:
-            self._record(scope, root_path, method, code, seconds, sent)
+            self._record(scope, method, route, code, seconds, sent)
 
-    def _record(self, scope: Scope, root_path: str, method: str, code: int, seconds: float, sent: int) -> None:
+    def _record(self, scope: Scope, method: str, route: str, code: int, seconds: float, sent: int) -> None:
         tenant, request_id = self._headers_of(scope)
-        _record(method, self._routes.of(scope, root_path, code), code, seconds, time.time() - seconds, sent,
-                request_id, tenant)
+        _record(method, route, code, seconds, time.time() - seconds, sent, request_id, tenant)
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -269,6 +273,10 @@ class _Shared:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = perf_counter()
         status = 0
+        root_path = scope.get("root_path", "")
+
+        def count(status: int) -> None:
+            self._count(WEBSOCKET, status, self._routes.of(scope, root_path, status), started)
 
         async def watching_send(message: Message) -> None:
             nonlocal status
@@ -283,12 +291,12 @@ class _Shared:
         try:
             await self.app(scope, receive, watching_send)
         except asyncio.CancelledError:
-            self._count(WEBSOCKET, status or CLIENT_CLOSED, started)
+            count(status or CLIENT_CLOSED)
             raise
         except BaseException:
-            self._count(WEBSOCKET, status or 500, started)
+            count(status or 500)
             raise
-        self._count(WEBSOCKET, status or 500, started)
+        count(status or 500)
 
 
 class _PythonPath(_Shared):
@@ -322,10 +330,12 @@ class _PythonPath(_Shared):
                 if not message.get("more_body") and seconds < 0 and status:
                     # counted before the last bytes go (see the module's docstring)
                     seconds = perf_counter() - started
+                    code = status if type(status) is int else status_code(status)
+                    route = self._routes.of(scope, root_path, code)
                     try:
-                        cells = cache.get((method, status)) or self._cells.get(method, status, "")
+                        cells = cache.get((method, status, route)) or self._cells.get(method, status, route)
                     except TypeError:  # an unhashable "status": the server refuses it anyway
-                        cells = self._cells.get(method, status, "")
+                        cells = self._cells.get(method, status, route)
                     vals, idx, hvals, hidx, bounds, sum_at, code, overflow = cells
                     vals[idx] += 1.0
                     hvals[hidx + bisect_left(bounds, seconds)] += 1.0
@@ -333,7 +343,7 @@ class _PythonPath(_Shared):
                     if overflow is not None:
                         add_cells(overflow, 1.0)
                     if workload:
-                        self._record(scope, root_path, method, code, seconds, sent)
+                        self._record(scope, method, route, code, seconds, sent)
             elif kind == "http.response.start":
                 status = message["status"]
             return send(message)
