@@ -8,9 +8,10 @@ Example::
 It writes what the WSGI ``MetricsMiddleware`` writes (``rockstar_mp.worker.wsgi``; the families are
 declared there, once): ``http.requests{method,status,route}`` and
 ``http.request.duration.seconds{method,route}`` (the route below, bounded as for WSGI: beyond
-``max_routes`` a worker, ``route="other"``), and with ``workload=True`` (the default here) one workload record per request (``RECORDER``: route
-template, tenant from ``X-Tenant-ID``, request id from ``X-Request-ID``) and the in-flight fields that
-``/workers``, ``rockstar-mp top`` and the optimizer read.
+``max_routes`` a worker, ``route="other"``), and with ``workload=True`` (the default here) one
+workload record per request (``RECORDER``: route template, tenant from ``X-Tenant-ID``, request id
+from ``X-Request-ID``) and the in-flight fields that ``/workers``, ``rockstar-mp top`` and the
+optimizer read.
 
 When a request is counted, exactly once:
 
