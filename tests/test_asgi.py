@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import falcon
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from rockstar_mp.worker import asgi, wsgi
 from tests.helpers import Gunicorn, free_port, http_get, poll
@@ -115,6 +116,11 @@ def test_every_response_is_counted_once_by_status_and_recorded_by_template(serve
     assert set(workload["by_tenant"]) == set(TENANTS)
     by_route = requests_by(server, "route")  # the route label: the same templates as the records
     assert by_route == {route: workload["by_route"][route]["requests"] for route in TEMPLATES}, by_route
+    status, _, text = http_get(f"{server.url}?format=prometheus")
+    assert status == 200, text
+    samples = [s for family in parse_prometheus(text.decode()) if family.name == "http_requests"
+               for s in family.samples if s.name == "http_requests_total" and s.value]
+    assert {s.labels["route"] for s in samples} == TEMPLATES  # as the WSGI middleware labels them
 
 
 def test_in_flight_request_is_shown_and_the_optimizer_waits_for_it(server):
