@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -935,6 +936,513 @@ static PyTypeObject MiddlewareType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* ---------------------------------------------------------------- the ASGI middleware */
+/* The per-message work of rockstar_mp.worker.asgi.MetricsMiddleware, whose Python __call__ (one coroutine)
+ * makes an AsgiSend per HTTP request with begin(scope, send), hands it to the app as its send, and calls
+ * its done(status) when the app returned or raised. The well-formed cases are done here; anything else
+ * (a header list of odd items, a mounted route, a first-time status or path) is asked of the Python
+ * middleware's slow paths (_cells_of, _route_of, _headers_of), which hold the reference behaviour. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *cells;       /* dict (method, status, route) -> status entry (as status_entry's): asgi._Cells.cache */
+    PyObject *paths;       /* dict raw path -> route template: asgi._Routes' path cache */
+    PyObject *methods;     /* frozenset of known methods */
+    PyObject *tenant;      /* the tenant header's name: lowercase bytes */
+    PyObject *request_id;  /* the request id header's name: lowercase bytes */
+    int workload;
+} AsgiMiddleware;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    AsgiMiddleware *owner;
+    PyObject *scope;
+    PyObject *send;        /* the server's send */
+    PyObject *method;      /* the method label */
+    PyObject *root_path;   /* the scope's as the request came in (before a Mount changed it) */
+    PyObject *status;      /* http.response.start's "status", or NULL */
+    double started;
+    uint64_t nbytes;       /* body bytes sent */
+    int counted, ended;
+} AsgiSend;
+
+static PyObject *str_type, *str_status_key, *str_body, *str_more_body, *str_start_type, *str_body_type;
+static PyObject *str_scope_route, *str_router, *str_path, *str_root_path, *str_headers, *str_fastapi;
+static PyObject *str_effective, *str_path_format, *str_routes_attr, *str_path_template, *str_get;
+static PyObject *str_cells_of, *str_route_of, *str_headers_of, *str_method_scope, *str_code_of;
+
+/* message[key] (dict or any mapping): a new reference, or NULL with an exception (KeyError if absent). */
+static PyObject *message_item(PyObject *message, PyObject *key) {
+    if (!PyDict_Check(message))
+        return PyObject_GetItem(message, key);
+    PyObject *v = PyDict_GetItemWithError(message, key);
+    if (v == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    Py_INCREF(v);
+    return v;
+}
+
+/* message.get(key): a new reference (None when absent), or NULL with an exception. */
+static PyObject *message_get(PyObject *message, PyObject *key) {
+    if (!PyDict_Check(message))
+        return PyObject_CallMethodOneArg(message, str_get, key);
+    PyObject *v = PyDict_GetItemWithError(message, key);
+    if (v == NULL && PyErr_Occurred())
+        return NULL;
+    v = v ? v : Py_None;
+    Py_INCREF(v);
+    return v;
+}
+
+/* A dict's value at key, borrowed; NULL (no exception) when absent or unreadable. */
+static PyObject *scope_get(PyObject *scope, PyObject *key) {
+    PyObject *v = PyDict_GetItemWithError(scope, key);
+    if (v == NULL)
+        PyErr_Clear();
+    return v;
+}
+
+static int nonempty_str(PyObject *o) { return o != NULL && PyUnicode_Check(o) && PyUnicode_GET_LENGTH(o); }
+
+/* The route template of a matched route, as asgi._Routes._template gives it (a new reference; NULL with
+ * no exception: none, <unmatched>; NULL with one: an attribute raised). */
+static PyObject *route_template(PyObject *scope, PyObject *route) {
+    PyObject *attr;
+    if (_PyObject_LookupAttr(route, str_routes_attr, &attr) < 0)
+        return NULL;
+    if (attr != NULL) {  /* a Mount whose app is no router: what it matched is its prefix */
+        Py_DECREF(attr);
+        Py_INCREF(str_path_template);
+        return str_path_template;
+    }
+    PyObject *fastapi = scope_get(scope, str_fastapi);
+    if (fastapi != NULL && PyDict_Check(fastapi)) {  /* FastAPI's effective route: included prefixes */
+        PyObject *context = scope_get(fastapi, str_effective);
+        if (context != NULL && context != Py_None) {
+            if (_PyObject_LookupAttr(context, str_path_format, &attr) < 0)
+                return NULL;
+            if (nonempty_str(attr))
+                return attr;
+            Py_XDECREF(attr);
+        }
+    }
+    if (_PyObject_LookupAttr(route, str_path_format, &attr) < 0)
+        return NULL;
+    int truth = attr != NULL ? PyObject_IsTrue(attr) : 0;
+    if (truth < 0) {
+        Py_DECREF(attr);
+        return NULL;
+    }
+    if (!truth) {
+        Py_XDECREF(attr);
+        if (_PyObject_LookupAttr(route, str_path, &attr) < 0)
+            return NULL;
+    }
+    if (nonempty_str(attr))
+        return attr;
+    Py_XDECREF(attr);
+    return NULL;
+}
+
+/* The request's route (asgi._Routes.of): a new reference, or NULL with an exception. */
+static PyObject *asgi_route(AsgiSend *req, long code) {
+    PyObject *scope = req->scope;
+    PyObject *route = scope_get(scope, str_scope_route);
+    if (route == NULL || route == Py_None) {
+        int routed = PyDict_Contains(scope, str_router);
+        PyErr_Clear();  /* a key whose comparison raised: the Python path below asks again */
+        if (routed == 1 || code == 404)
+            return Py_NewRef(str_unmatched);
+        PyObject *path = scope_get(scope, str_path);
+        PyObject *cached = nonempty_str(path) ? scope_get(req->owner->paths, path) : NULL;
+        if (cached != NULL) {
+            Py_INCREF(cached);
+            return cached;
+        }
+    } else {
+        PyObject *mounted = scope_get(scope, str_root_path);
+        if (mounted == NULL)
+            mounted = Py_None;
+        if (mounted == req->root_path) {  /* no Mount moved it: the route's own template */
+            PyObject *template = route_template(scope, route);
+            if (template != NULL || PyErr_Occurred())
+                return template;
+            Py_INCREF(str_unmatched);
+            return str_unmatched;
+        }
+    }
+    PyObject *status = PyLong_FromLong(code);
+    if (status == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallMethodObjArgs((PyObject *)req->owner, str_route_of, scope, req->root_path, status,
+                                             NULL);
+    Py_DECREF(status);
+    return r;
+}
+
+/* The tenant and request id headers' values (latin-1), "" for none, into *tenant and *request_id (new
+ * references); headers of any other shape than a list of (bytes, bytes) go to _headers_of. 0 or -1. */
+static int asgi_headers(AsgiSend *req, PyObject **tenant, PyObject **request_id) {
+    AsgiMiddleware *mw = req->owner;
+    PyObject *headers = scope_get(req->scope, str_headers);
+    PyObject *found_tenant = NULL, *found_id = NULL;
+    int regular = headers == NULL || headers == Py_None || PyList_CheckExact(headers);
+    Py_ssize_t n = regular && headers != NULL && headers != Py_None ? PyList_GET_SIZE(headers) : 0;
+    for (Py_ssize_t k = 0; k < n && regular; k++) {
+        PyObject *pair = PyList_GET_ITEM(headers, k);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))
+            || !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
+            regular = 0;
+            break;
+        }
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        Py_ssize_t len = PyBytes_GET_SIZE(name);
+        if (len == PyBytes_GET_SIZE(mw->tenant) && !memcmp(PyBytes_AS_STRING(name), PyBytes_AS_STRING(mw->tenant), len))
+            found_tenant = PyTuple_GET_ITEM(pair, 1);  /* the last one stands */
+        else if (len == PyBytes_GET_SIZE(mw->request_id)
+                 && !memcmp(PyBytes_AS_STRING(name), PyBytes_AS_STRING(mw->request_id), len))
+            found_id = PyTuple_GET_ITEM(pair, 1);
+    }
+    if (!regular) {
+        PyObject *both = PyObject_CallMethodOneArg((PyObject *)mw, str_headers_of, req->scope);
+        if (both == NULL)
+            return -1;
+        if (!PyTuple_Check(both) || PyTuple_GET_SIZE(both) != 2) {
+            Py_DECREF(both);
+            PyErr_SetString(PyExc_TypeError, "_headers_of() must return (tenant, request id)");
+            return -1;
+        }
+        *tenant = Py_NewRef(PyTuple_GET_ITEM(both, 0));
+        *request_id = Py_NewRef(PyTuple_GET_ITEM(both, 1));
+        Py_DECREF(both);
+        return 0;
+    }
+    *tenant = found_tenant ? PyUnicode_DecodeLatin1(PyBytes_AS_STRING(found_tenant), PyBytes_GET_SIZE(found_tenant),
+                                                    NULL) : Py_NewRef(empty_str);
+    if (*tenant == NULL)
+        return -1;
+    *request_id = found_id ? PyUnicode_DecodeLatin1(PyBytes_AS_STRING(found_id), PyBytes_GET_SIZE(found_id), NULL)
+                           : Py_NewRef(empty_str);
+    if (*request_id == NULL) {
+        Py_CLEAR(*tenant);
+        return -1;
+    }
+    return 0;
+}
+
+/* The workload record of a counted request. */
+static int asgi_record(AsgiSend *req, PyObject *route, long code, double seconds) {
+    PyObject *tenant, *request_id;
+    int rc = asgi_headers(req, &tenant, &request_id);
+    if (rc == 0) {
+        rc = record(req->method, route, code, seconds, wall_now() - seconds, req->nbytes, request_id, tenant);
+        Py_DECREF(tenant);
+        Py_DECREF(request_id);
+    }
+    return rc;
+}
+
+/* The status code a route is found with (asgi.status_code): an int status itself, else asked of
+ * _code_of. 0, or -1 with an exception. */
+static int asgi_code(AsgiMiddleware *mw, PyObject *status, long *code) {
+    if (PyLong_CheckExact(status)) {
+        *code = PyLong_AsLong(status);
+        if (*code == -1 && PyErr_Occurred()) {
+            PyErr_Clear();  /* beyond a long: no route's 404 (its record fails, as in the Python path) */
+            *code = -1;
+        }
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)mw, str_code_of, status);
+    if (r == NULL)
+        return -1;
+    *code = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return *code == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* Count the request with status (http.requests, the duration histogram) and record it. 0, or -1. */
+static int asgi_count(AsgiSend *req, PyObject *status) {
+    AsgiMiddleware *mw = req->owner;
+    double seconds = monotonic_now() - req->started;
+    req->counted = 1;
+    long code;
+    if (asgi_code(mw, status, &code) < 0)
+        return -1;
+    PyObject *route = asgi_route(req, code);
+    if (route == NULL)
+        return -1;
+    PyObject *key = PyTuple_Pack(3, req->method, status, route);
+    if (key == NULL) {
+        Py_DECREF(route);
+        return -1;
+    }
+    PyObject *entry = PyDict_GetItemWithError(mw->cells, key);
+    Py_XINCREF(entry);
+    Py_DECREF(key);
+    if (entry == NULL && PyErr_ExceptionMatches(PyExc_TypeError))
+        PyErr_Clear();  /* an unhashable "status": asked every time, as in the Python path */
+    if (entry == NULL && !PyErr_Occurred())
+        entry = PyObject_CallMethodObjArgs((PyObject *)mw, str_cells_of, req->method, status, route, NULL);
+    if (entry != NULL && (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != STATUS_ENTRY_FIELDS + 1)) {
+        Py_CLEAR(entry);
+        PyErr_SetString(PyExc_TypeError, "_cells_of() must return an 8-tuple");
+    }
+    int rc = entry != NULL ? count_and_observe(entry, seconds) : -1;
+    if (rc == 0 && mw->workload) {
+        long recorded = PyLong_AsLong(PyTuple_GET_ITEM(entry, STATUS_ENTRY_FIELDS - 1));
+        rc = recorded == -1 && PyErr_Occurred() ? -1 : asgi_record(req, route, recorded, seconds);
+    }
+    Py_XDECREF(entry);
+    Py_DECREF(route);
+    return rc;
+}
+
+/* kind == text: 1, 0, or -1 with an exception. A server's and a framework's message types are literals that
+ * are not interned (they hold dots): compared by their bytes, not through rich comparison. */
+static int same_text(PyObject *kind, PyObject *text) {
+    if (kind == text)
+        return 1;
+    if (PyUnicode_CheckExact(kind))
+        return PyUnicode_GET_LENGTH(kind) == PyUnicode_GET_LENGTH(text) && PyUnicode_KIND(kind) == PyUnicode_KIND(text)
+               && !memcmp(PyUnicode_DATA(kind), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text) * PyUnicode_KIND(text));
+    return PyObject_RichCompareBool(kind, text, Py_EQ);
+}
+
+static PyObject *asgi_send_call(AsgiSend *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "send(message) takes one message");
+        return NULL;
+    }
+    PyObject *message = args[0];
+    PyObject *kind = message_item(message, str_type);
+    if (kind == NULL)
+        return NULL;
+    int is_body = same_text(kind, str_body_type);
+    int is_start = is_body == 0 ? same_text(kind, str_start_type) : 0;
+    Py_DECREF(kind);
+    if (is_body < 0 || is_start < 0)
+        return NULL;
+    if (is_body) {
+        PyObject *body = message_get(message, str_body);
+        if (body == NULL)
+            return NULL;
+        if (PyBytes_CheckExact(body))
+            self->nbytes += (uint64_t)PyBytes_GET_SIZE(body);
+        else {
+            int truth = PyObject_IsTrue(body);
+            Py_ssize_t n = truth > 0 ? PyObject_Size(body) : 0;
+            if (truth < 0 || n < 0) {
+                Py_DECREF(body);
+                return NULL;
+            }
+            self->nbytes += (uint64_t)n;
+        }
+        Py_DECREF(body);
+        PyObject *more = message_get(message, str_more_body);
+        if (more == NULL)
+            return NULL;
+        int more_body = PyObject_IsTrue(more);
+        Py_DECREF(more);
+        if (more_body < 0)
+            return NULL;
+        if (!more_body && !self->counted && self->status != NULL) {
+            int started = PyObject_IsTrue(self->status);
+            if (started < 0 || (started && asgi_count(self, self->status) < 0))
+                return NULL;  /* counted before the last bytes go (see asgi.py's docstring) */
+        }
+    } else if (is_start) {
+        PyObject *status = message_item(message, str_status_key);
+        if (status == NULL)
+            return NULL;
+        Py_XSETREF(self->status, status);
+    }
+    return PyObject_Vectorcall(self->send, args, 1, NULL);
+}
+
+/* done(status): the app returned or raised. Counts (and records) a request whose response did not reach
+ * its last body message, with the status it started, else with status; then the request is no longer in
+ * flight (which may run a pending optimization). */
+static PyObject *asgi_send_done(AsgiSend *self, PyObject *fallback) {
+    if (self->ended)
+        Py_RETURN_NONE;
+    self->ended = 1;
+    int rc = 0;
+    if (!self->counted) {
+        int started = self->status != NULL ? PyObject_IsTrue(self->status) : 0;
+        rc = started < 0 ? -1 : asgi_count(self, started ? self->status : fallback);
+    }
+    PyObject *type = NULL, *value = NULL, *tb = NULL;
+    PyErr_Fetch(&type, &value, &tb);  /* whatever failed, the request ends */
+    if (self->owner->workload && bound_slab != NULL && slab_end((Slab *)bound_slab) && on_idle != NULL) {
+        PyObject *idle = Py_NewRef(on_idle);  /* held for the call: it may bind() another callback */
+        PyObject *r = PyObject_CallNoArgs(idle);
+        Py_DECREF(idle);
+        if (r == NULL && type == NULL)
+            PyErr_Fetch(&type, &value, &tb);
+        Py_XDECREF(r);
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    (void)rc;
+    Py_RETURN_NONE;
+}
+
+static int asgi_send_traverse(AsgiSend *self, visitproc visit, void *arg) {
+    Py_VISIT(self->owner);
+    Py_VISIT(self->scope);
+    Py_VISIT(self->send);
+    Py_VISIT(self->status);
+    return 0;
+}
+
+static int asgi_send_clear(AsgiSend *self) {
+    Py_CLEAR(self->scope);
+    Py_CLEAR(self->send);
+    Py_CLEAR(self->status);
+    return 0;
+}
+
+static void asgi_send_dealloc(AsgiSend *self) {
+    PyObject_GC_UnTrack(self);
+    if (!self->ended && self->owner != NULL && self->owner->workload && bound_slab != NULL)
+        slab_end((Slab *)bound_slab);  /* dropped without done(): no longer in flight */
+    asgi_send_clear(self);
+    Py_XDECREF(self->owner);
+    Py_XDECREF(self->method);
+    Py_XDECREF(self->root_path);
+    PyObject_GC_Del(self);
+}
+
+static PyMethodDef asgi_send_methods[] = {
+    {"done", (PyCFunction)asgi_send_done, METH_O, "The app returned or raised: count if not yet, end the request."},
+    {NULL}};
+
+static PyTypeObject AsgiSendType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rockstar_mp._hotpath.AsgiSend",
+    .tp_basicsize = sizeof(AsgiSend),
+    .tp_dealloc = (destructor)asgi_send_dealloc,
+    .tp_vectorcall_offset = offsetof(AsgiSend, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "The send an ASGI app gets from MetricsMiddleware: counts its response, then sends on.",
+    .tp_traverse = (traverseproc)asgi_send_traverse,
+    .tp_clear = (inquiry)asgi_send_clear,
+    .tp_methods = asgi_send_methods,
+};
+
+/* begin(scope, send): one HTTP request starts; its AsgiSend. */
+static PyObject *asgi_begin(AsgiMiddleware *self, PyObject *const *args, Py_ssize_t n) {
+    if (n != 2) {
+        PyErr_SetString(PyExc_TypeError, "begin(scope, send)");
+        return NULL;
+    }
+    if (self->cells == NULL) {
+        PyErr_Format(PyExc_TypeError, "this %.100s was never initialised: create it by calling the class",
+                     Py_TYPE(self)->tp_name);
+        return NULL;
+    }
+    PyObject *scope = args[0];
+    if (!PyDict_Check(scope)) {
+        PyErr_SetString(PyExc_TypeError, "an ASGI scope must be a dict");
+        return NULL;
+    }
+    double started = monotonic_now();
+    PyObject *method = PyDict_GetItemWithError(scope, str_method_scope);
+    if (method == NULL && PyErr_Occurred())
+        return NULL;
+    int known = method != NULL ? PySet_Contains(self->methods, method) : 0;
+    if (known < 0)
+        return NULL;  /* unhashable: as `method not in KNOWN_METHODS` raises */
+    method = known ? method : str_other;
+    PyObject *root_path = PyDict_GetItemWithError(scope, str_root_path);
+    if (root_path == NULL && PyErr_Occurred())
+        return NULL;
+    AsgiSend *req = PyObject_GC_New(AsgiSend, &AsgiSendType);
+    if (req == NULL)
+        return NULL;
+    req->vectorcall = (vectorcallfunc)asgi_send_call;
+    req->owner = (AsgiMiddleware *)Py_NewRef(self);
+    req->scope = Py_NewRef(scope);
+    req->send = Py_NewRef(args[1]);
+    req->method = Py_NewRef(method);
+    req->root_path = Py_NewRef(root_path ? root_path : empty_str);
+    req->status = NULL;
+    req->started = started;
+    req->nbytes = 0;
+    req->counted = req->ended = 0;
+    PyObject_GC_Track(req);
+    if (self->workload && bound_slab != NULL) {
+        PyObject *path = scope_get(scope, str_path);
+        slab_begin((Slab *)bound_slab, method, nonempty_str(path) ? path : str_slash);
+    }
+    return (PyObject *)req;
+}
+
+static int asgi_init(AsgiMiddleware *self, PyObject *args, PyObject *kw) {
+    PyObject *cells, *paths, *methods, *tenant, *request_id;
+    int workload;
+    if (kw != NULL && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "AsgiMiddleware.__init__ takes positional arguments only");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(args, "O!O!O!SSp:AsgiMiddleware", &PyDict_Type, &cells, &PyDict_Type, &paths,
+                          &PyFrozenSet_Type, &methods, &tenant, &request_id, &workload))
+        return -1;
+    Py_XSETREF(self->cells, Py_NewRef(cells));
+    Py_XSETREF(self->paths, Py_NewRef(paths));
+    Py_XSETREF(self->methods, Py_NewRef(methods));
+    Py_XSETREF(self->tenant, Py_NewRef(tenant));
+    Py_XSETREF(self->request_id, Py_NewRef(request_id));
+    self->workload = workload;
+    return 0;
+}
+
+static int asgi_traverse(AsgiMiddleware *self, visitproc visit, void *arg) {
+    Py_VISIT(self->cells);
+    Py_VISIT(self->paths);
+    return 0;
+}
+
+static int asgi_clear(AsgiMiddleware *self) {
+    Py_CLEAR(self->cells);
+    Py_CLEAR(self->paths);
+    Py_CLEAR(self->methods);
+    Py_CLEAR(self->tenant);
+    Py_CLEAR(self->request_id);
+    return 0;
+}
+
+static void asgi_dealloc(AsgiMiddleware *self) {
+    PyObject_GC_UnTrack(self);
+    asgi_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef asgi_methods[] = {
+    {"_begin", (PyCFunction)(void (*)(void))asgi_begin, METH_FASTCALL, "An HTTP request starts: its send."},
+    {NULL}};
+
+static PyTypeObject AsgiMiddlewareType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rockstar_mp._hotpath.AsgiMiddleware",
+    .tp_basicsize = sizeof(AsgiMiddleware),
+    .tp_dealloc = (destructor)asgi_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The base of asgi.MetricsMiddleware when the accelerator is built: _begin(scope, send).",
+    .tp_traverse = (traverseproc)asgi_traverse,
+    .tp_clear = (inquiry)asgi_clear,
+    .tp_init = (initproc)asgi_init,
+    .tp_new = PyType_GenericNew,
+    .tp_methods = asgi_methods,
+};
+
 /* ---------------------------------------------------------------- module functions */
 /* A byte span from configure(): an offset and a size, both >= 0, whose end does not overflow. 0, or -1
  * with an exception. */
@@ -1088,7 +1596,8 @@ static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_hotpath",
                                         module_methods};
 
 PyMODINIT_FUNC PyInit__hotpath(void) {
-    if (PyType_Ready(&SlabType) < 0 || PyType_Ready(&RequestType) < 0 || PyType_Ready(&MiddlewareType) < 0)
+    if (PyType_Ready(&SlabType) < 0 || PyType_Ready(&RequestType) < 0 || PyType_Ready(&MiddlewareType) < 0
+        || PyType_Ready(&AsgiSendType) < 0 || PyType_Ready(&AsgiMiddlewareType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
@@ -1105,11 +1614,35 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     INTERN(str_bucket, "_bucket_cells");
     INTERN(empty_str, "");
     INTERN(str_slash, "/");
+    INTERN(str_type, "type");
+    INTERN(str_status_key, "status");
+    INTERN(str_body, "body");
+    INTERN(str_more_body, "more_body");
+    INTERN(str_start_type, "http.response.start");
+    INTERN(str_body_type, "http.response.body");
+    INTERN(str_scope_route, "route");
+    INTERN(str_router, "router");
+    INTERN(str_path, "path");
+    INTERN(str_root_path, "root_path");
+    INTERN(str_headers, "headers");
+    INTERN(str_fastapi, "fastapi");
+    INTERN(str_effective, "effective_route_context");
+    INTERN(str_path_format, "path_format");
+    INTERN(str_routes_attr, "routes");
+    INTERN(str_path_template, "/{path}");
+    INTERN(str_get, "get");
+    INTERN(str_cells_of, "_cells_of");
+    INTERN(str_route_of, "_route_of");
+    INTERN(str_headers_of, "_headers_of");
+    INTERN(str_method_scope, "method");
+    INTERN(str_code_of, "_code_of");
 #undef INTERN
     Py_INCREF(&SlabType);
     Py_INCREF(&MiddlewareType);
+    Py_INCREF(&AsgiMiddlewareType);
     if (PyModule_AddObject(m, "Slab", (PyObject *)&SlabType) < 0
-        || PyModule_AddObject(m, "Middleware", (PyObject *)&MiddlewareType) < 0)
+        || PyModule_AddObject(m, "Middleware", (PyObject *)&MiddlewareType) < 0
+        || PyModule_AddObject(m, "AsgiMiddleware", (PyObject *)&AsgiMiddlewareType) < 0)
         return NULL;
     return m;
 }

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import falcon
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from rockstar_mp.worker import asgi, wsgi
 from tests.helpers import Gunicorn, free_port, http_get, poll
@@ -55,14 +56,20 @@ def get(port: int, path: str, tenant: str = "", timeout: float = 10.0, tail: byt
     return int(header.split()[1])
 
 
+def requests_by(server: Gunicorn, label: str) -> dict[str, float]:
+    """Merged ``http.requests`` by the value of one label (``status``, ``route``)."""
+    out: dict[str, float] = {}
+    for key, value in server.metrics()["counters"].items():
+        found = re.fullmatch(r'http\.requests\{method="[A-Z]+",status="\d+",route="[^"]*"\}', key)
+        if found:
+            value_of = re.search(f'{label}="([^"]*)"', key).group(1)  # type: ignore[union-attr]
+            out[value_of] = out.get(value_of, 0) + value
+    return out
+
+
 def statuses(server: Gunicorn) -> dict[int, float]:
     """Merged ``http.requests`` by status."""
-    out: dict[int, float] = {}
-    for key, value in server.metrics()["counters"].items():
-        found = re.fullmatch(r'http\.requests\{method="[A-Z]+",status="(\d+)"\}', key)
-        if found:
-            out[int(found.group(1))] = out.get(int(found.group(1)), 0) + value
-    return out
+    return {int(status): value for status, value in requests_by(server, "status").items()}
 
 
 def aggregator_json(server: Gunicorn, path: str) -> dict:
@@ -107,6 +114,13 @@ def test_every_response_is_counted_once_by_status_and_recorded_by_template(serve
     assert workload["by_route"]["/stream"]["requests"] == 1000 // 7 + (1000 % 7 > 5)
     assert {t: workload["by_tenant"][t]["requests"] for t in TENANTS} == {"acme": 500, "globex": 500}
     assert set(workload["by_tenant"]) == set(TENANTS)
+    by_route = requests_by(server, "route")  # the route label: the same templates as the records
+    assert by_route == {route: workload["by_route"][route]["requests"] for route in TEMPLATES}, by_route
+    status, _, text = http_get(f"{server.url}?format=prometheus")
+    assert status == 200, text
+    samples = [s for family in parse_prometheus(text.decode()) if family.name == "http_requests"
+               for s in family.samples if s.name == "http_requests_total" and s.value]
+    assert {s.labels["route"] for s in samples} == TEMPLATES  # as the WSGI middleware labels them
 
 
 def test_in_flight_request_is_shown_and_the_optimizer_waits_for_it(server):

@@ -3,8 +3,10 @@
 Built with the package when a C compiler is at hand (``pip install`` compiles it; a failed build
 leaves it out). ``hotpath`` is the module, or ``None``: then the pure-Python path runs, with the same
 behaviour and about 15 us more per request: some 17 us over a bare Falcon app against 2 us in C
-(``make bench``, figure 6, with and without ``ROCKSTAR_PURE_PYTHON=1``). ``ROCKSTAR_PURE_PYTHON=1`` forces
-the Python path (the tests run both).
+(``make bench``, figure 6, with and without ``ROCKSTAR_PURE_PYTHON=1``). The ASGI middleware's
+per-message work is there too (``AsgiMiddleware``, the base of ``worker.asgi.MetricsMiddleware``):
+``python -m benchmarks.asgi_overhead`` compares it with its Python path. ``ROCKSTAR_PURE_PYTHON=1`` forces
+the Python paths (the tests run both).
 
 Example::
 

@@ -6,10 +6,12 @@ Example::
     app = MetricsMiddleware(fastapi_app)      # any ASGI 3 app: FastAPI, Starlette, Falcon's asgi.App...
 
 It writes what the WSGI ``MetricsMiddleware`` writes (``rockstar_mp.worker.wsgi``; the families are
-declared there, once): ``http.requests{method,status}`` and ``http.request.duration.seconds{method}``,
-and with ``workload=True`` (the default here) one workload record per request (``RECORDER``: route
-template, tenant from ``X-Tenant-ID``, request id from ``X-Request-ID``) and the in-flight fields that
-``/workers``, ``rockstar-mp top`` and the optimizer read.
+declared there, once): ``http.requests{method,status,route}`` and
+``http.request.duration.seconds{method,route}`` (the route below, bounded as for WSGI: beyond
+``max_routes`` a worker, ``route="other"``), and with ``workload=True`` (the default here) one
+workload record per request (``RECORDER``: route template, tenant from ``X-Tenant-ID``, request id
+from ``X-Request-ID``) and the in-flight fields that ``/workers``, ``rockstar-mp top`` and the
+optimizer read.
 
 When a request is counted, exactly once:
 
@@ -34,11 +36,16 @@ Routes: FastAPI's and Starlette's routers put the matched route in ``scope["rout
 whatever its status (a 404, a slash redirect). Other ASGI apps (no router in the scope): a template
 of the path as for WSGI (ids become ``{id}``), ``<unmatched>`` for a 404.
 
-WebSockets are counted as their own kind: ``http.requests{method="WEBSOCKET",status}`` when the
+WebSockets are counted as their own kind: ``http.requests{method="WEBSOCKET",status,route}`` when the
 session ends, status ``101`` once the app accepted it, ``403`` if it closed it before accepting, 500 if
 it raised before; the duration histogram gets the session's length. They are not "in flight" (a
 session lasting hours would keep the optimizer from ever finding the worker idle) and write no
 workload record. ``lifespan`` (and any other scope type) goes to the app untouched.
+
+Cost: with the C accelerator built, the send the app gets is a C object (``_hotpath.AsgiMiddleware``'s
+``_begin``) doing the per-message work, the counting, the route, the headers and the record; one Python
+coroutine remains (``python -m benchmarks.asgi_overhead``). ``PythonMetricsMiddleware`` is the Python
+path, the reference (tests/test_asgi_paths_agree.py) and what runs without the accelerator.
 """
 from __future__ import annotations
 
@@ -53,17 +60,16 @@ from typing import Any
 from ..metrics import REGISTRY
 from .accelerator import hotpath
 from .keys import UNMATCHED
-from .workload import OTHER, RECORDER, add_cells, declared, template_path
+from .workload import OTHER, RECORDER, add_cells, template_path
 from .wsgi import (
-    DURATION,
-    FALLBACK_COUNTER,
-    FALLBACK_DURATION,
     KNOWN_METHODS,
     MAX_PATHS,
-    REQUESTS,
-    _Shared,
     is_asgi_app,
+    response_cells,
     status_label,
+)
+from .wsgi import (
+    _Shared as _WsgiShared,
 )
 
 Scope = MutableMapping[str, Any]
@@ -82,7 +88,7 @@ _record = hotpath.record if hotpath is not None else RECORDER.record  # what REC
 
 def _is_wsgi_app(app: object) -> bool:
     """Is ``app`` clearly a WSGI app: a plain callable of exactly (environ, start_response)?"""
-    if isinstance(app, _Shared):  # ours, whose C __call__ has no signature to read
+    if isinstance(app, _WsgiShared):  # ours, whose C __call__ has no signature to read
         return True
     if is_asgi_app(app) or not callable(app):
         return False
@@ -100,35 +106,38 @@ def _header_name(header: str) -> bytes:
     return header.lower().encode("latin-1")
 
 
+def status_code(status: Any) -> int:
+    """The status code a record stores, and a route is found with, of an ASGI ``status``: itself if it
+    is an int, else ``status_label``'s of its text (0 for none)."""
+    return status if type(status) is int else status_label(str(status))[1]
+
+
 class _Cells:
     """What one (method, status, route) writes: cached cells of the request counter and the duration
-    histogram, and the overflow cells when the catalogue had no room for them."""
+    histogram (``wsgi.response_cells``'s, with the route admitted to the ``route`` label), the status code
+    a record stores, and the overflow cells when the catalogue had no room."""
 
     def __init__(self) -> None:
-        self.cache = REGISTRY.cell_cache()  # (method, status) -> cells; emptied when the metrics move
+        self.cache = REGISTRY.cell_cache()  # (method, status, route) -> cells; emptied when the metrics move
 
-    def get(self, method: str, status: int, route: str) -> tuple:
-        """``(counter view, index, histogram view, index, bounds, sum offset, overflow or None)``.
-        ``route`` is not a label yet (it will be one of ``http.requests``): the cache key then grows."""
-        key = (method, status)
+    def get(self, method: str, status: Any, route: str) -> tuple:
+        """``(counter view, index, histogram view, index, bounds, sum offset, code, overflow or None)``
+        (the C path's status entry)."""
+        key = (method, status, route)
         try:
             cells = self.cache.get(key)
         except TypeError:  # an unhashable "status" from an app the server will refuse anyway
-            return self._declare(method, status)
+            return self._declare(method, status, route)
         if cells is None:
-            cells = self._declare(method, status)
+            cells = self._declare(method, status, route)
             if len(self.cache) < MAX_CELLS:
                 self.cache[key] = cells
         return cells
 
     @staticmethod
-    def _declare(method: str, status: int) -> tuple:
-        code, _ = status_label(str(status))
-        counter, duration = declared(REQUESTS, method, code), declared(DURATION, method)
-        overflow = None if counter is not None and duration is not None else RECORDER.overflow_cells("status")
-        counter, duration = counter or FALLBACK_COUNTER, duration or FALLBACK_DURATION
-        return (counter._vals, counter._idx, duration._vals, duration._idx,
-                tuple(float(b) for b in duration._bounds), duration._sum_at, overflow)
+    def _declare(method: str, status: Any, route: str) -> tuple:
+        cells = response_cells(method, str(status), route)
+        return cells[:6] + (status_code(status),) + cells[7:]
 
 
 class _Routes:
@@ -136,7 +145,8 @@ class _Routes:
     the path."""
 
     def __init__(self) -> None:
-        self._templates: dict[Any, str] = {}  # (template, raw mount prefix) or raw path -> route
+        self.paths: dict[str, str] = {}  # raw path -> route (read by the C path too)
+        self._templates: dict[Any, str] = {}  # (template, raw mount prefix) -> route
 
     def of(self, scope: Scope, root_path: str, status: int) -> str:
         """The route of a request whose scope the app has run with (``root_path``: the scope's as the
@@ -184,17 +194,16 @@ class _Routes:
 
     def _from_path(self, path: object) -> str:
         path = path if isinstance(path, str) and path else "/"
-        route = self._templates.get(path)
+        route = self.paths.get(path)
         if route is None:
             route = template_path(path)
-            if len(self._templates) < MAX_PATHS:
-                self._templates[path] = route
+            if len(self.paths) < MAX_PATHS:
+                self.paths[path] = route
         return route
 
 
-class MetricsMiddleware:
-    """Counts requests and their durations for any ASGI 3 ``app``, and records workload unless
-    ``workload=False`` (see the module's docstring for what is counted when)."""
+class _Shared:
+    """Configuration, the slow paths and WebSockets, shared by the C request path and the Python one."""
 
     def __init__(self, app: ASGIApp, workload: bool = True, tenant_header: str = "X-Tenant-ID",
                  request_id_header: str = "X-Request-ID") -> None:
@@ -207,12 +216,96 @@ class MetricsMiddleware:
         self._request_id = _header_name(request_id_header)
         self._cells = _Cells()
         self._routes = _Routes()
+        if hotpath is not None and isinstance(self, hotpath.AsgiMiddleware):
+            hotpath.AsgiMiddleware.__init__(self, self._cells.cache, self._routes.paths, KNOWN_METHODS,
+                                            self._tenant, self._request_id, workload)
+
+    # -- the slow paths (the C path asks them what its caches do not hold) --------------------------
+    def _cells_of(self, method: str, status: Any, route: str) -> tuple:
+        return self._cells.get(method, status, route)
+
+    @staticmethod
+    def _code_of(status: Any) -> int:
+        return status_code(status)
+
+    def _route_of(self, scope: Scope, root_path: str, status: int) -> str:
+        return self._routes.of(scope, root_path, status)
+
+    def _headers_of(self, scope: Scope) -> tuple[str, str]:
+        """The tenant and request id headers' values ("" for none; the last one of a name stands)."""
+        tenant = request_id = ""
+        tenant_name, request_id_name = self._tenant, self._request_id
+        for name, value in scope.get("headers") or ():
+            if name == tenant_name:
+                tenant = value.decode("latin-1")
+            elif name == request_id_name:
+                request_id = value.decode("latin-1")
+        return tenant, request_id
+
+    def _count(self, method: str, status: Any, route: str, started: float) -> float:
+        """Count one response; its seconds."""
+        seconds = perf_counter() - started
+        vals, idx, hvals, hidx, bounds, sum_at, code, overflow = self._cells.get(method, status, route)
+        vals[idx] += 1.0
+        if overflow is not None:
+            add_cells(overflow, 1.0)
+        hvals[hidx + bisect_left(bounds, seconds)] += 1.0
+        hvals[hidx + sum_at] += seconds
+        return seconds
+
+    def _unfinished(self, scope: Scope, root_path: str, method: str, status: Any, started: float,
+                    sent: int) -> None:
+        """Count (and record) a request whose response did not reach its last body message."""
+        code = status_code(status)
+        route = self._routes.of(scope, root_path, code)
+        seconds = self._count(method, status, route, started)
+        if self.workload:
+            self._record(scope, method, route, code, seconds, sent)
+
+    def _record(self, scope: Scope, method: str, route: str, code: int, seconds: float, sent: int) -> None:
+        tenant, request_id = self._headers_of(scope)
+        _record(method, route, code, seconds, time.time() - seconds, sent, request_id, tenant)
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            return await self._websocket(scope, receive, send)
+        return await self.app(scope, receive, send)  # lifespan and the rest: untouched
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = perf_counter()
+        status = 0
+        root_path = scope.get("root_path", "")
+
+        def count(status: int) -> None:
+            self._count(WEBSOCKET, status, self._routes.of(scope, root_path, status), started)
+
+        async def watching_send(message: Message) -> None:
+            nonlocal status
+            if not status:
+                kind = message["type"]
+                if kind == "websocket.accept":
+                    status = 101
+                elif kind == "websocket.close" or kind == "websocket.http.response.start":
+                    status = message.get("status", 403) if kind != "websocket.close" else 403
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        except asyncio.CancelledError:
+            count(status or CLIENT_CLOSED)
+            raise
+        except BaseException:
+            count(status or 500)
+            raise
+        count(status or 500)
+
+
+class _PythonPath(_Shared):
+    """The request path in Python: the reference, and what runs without the C accelerator."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                return await self._websocket(scope, receive, send)
-            return await self.app(scope, receive, send)  # lifespan and the rest: untouched
+            return await self._not_http(scope, receive, send)
         started = perf_counter()
         method = scope.get("method")
         if method not in KNOWN_METHODS:
@@ -238,18 +331,20 @@ class MetricsMiddleware:
                 if not message.get("more_body") and seconds < 0 and status:
                     # counted before the last bytes go (see the module's docstring)
                     seconds = perf_counter() - started
+                    code = status if type(status) is int else status_code(status)
+                    route = self._routes.of(scope, root_path, code)
                     try:
-                        cells = cache.get((method, status)) or self._cells.get(method, status, "")
+                        cells = cache.get((method, status, route)) or self._cells.get(method, status, route)
                     except TypeError:  # an unhashable "status": the server refuses it anyway
-                        cells = self._cells.get(method, status, "")
-                    vals, idx, hvals, hidx, bounds, sum_at, overflow = cells
+                        cells = self._cells.get(method, status, route)
+                    vals, idx, hvals, hidx, bounds, sum_at, code, overflow = cells
                     vals[idx] += 1.0
                     hvals[hidx + bisect_left(bounds, seconds)] += 1.0
                     hvals[hidx + sum_at] += seconds
                     if overflow is not None:
                         add_cells(overflow, 1.0)
                     if workload:
-                        self._record(scope, root_path, method, status, seconds, sent)
+                        self._record(scope, method, route, code, seconds, sent)
             elif kind == "http.response.start":
                 status = message["status"]
             return send(message)
@@ -271,57 +366,31 @@ class MetricsMiddleware:
             if workload:
                 RECORDER.end()  # may run a pending optimization: after the response went
 
-    def _count(self, method: str, status: Any, started: float) -> float:
-        """Count one response; its seconds."""
-        seconds = perf_counter() - started
-        vals, idx, hvals, hidx, bounds, sum_at, overflow = self._cells.get(method, status, "")
-        vals[idx] += 1.0
-        if overflow is not None:
-            add_cells(overflow, 1.0)
-        hvals[hidx + bisect_left(bounds, seconds)] += 1.0
-        hvals[hidx + sum_at] += seconds
-        return seconds
 
-    def _unfinished(self, scope: Scope, root_path: str, method: str, status: int, started: float,
-                    sent: int) -> None:
-        """Count (and record) a request whose response did not reach its last body message."""
-        seconds = self._count(method, status, started)
-        if self.workload:
-            self._record(scope, root_path, method, status, seconds, sent)
+if hotpath is not None:
+    _CMiddleware: Any = hotpath.AsgiMiddleware  # a C type, which no stub describes
 
-    def _record(self, scope: Scope, root_path: str, method: str, status: Any, seconds: float,
-                sent: int) -> None:
-        tenant = request_id = ""
-        tenant_name, request_id_name = self._tenant, self._request_id
-        for name, value in scope.get("headers") or ():
-            if name == tenant_name:
-                tenant = value.decode("latin-1")
-            elif name == request_id_name:
-                request_id = value.decode("latin-1")
-        code = status if type(status) is int else status_label(str(status))[1]
-        _record(method, self._routes.of(scope, root_path, code), code, seconds, time.time() - seconds, sent,
-                request_id, tenant)
+    class MetricsMiddleware(_Shared, _CMiddleware):
+        """Counts requests and their durations for any ASGI 3 ``app``, and records workload unless
+        ``workload=False`` (see the module's docstring for what is counted when). This build does the
+        per-message work in C (``rockstar_mp/_hotpath.c``: ``_begin`` makes the send the app gets)."""
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = perf_counter()
-        status = 0
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                return await self._not_http(scope, receive, send)
+            request = self._begin(scope, send)
+            try:
+                await self.app(scope, receive, request)
+            except BaseException as error:
+                request.done(CLIENT_CLOSED if isinstance(error, asyncio.CancelledError) else 500)
+                raise
+            request.done(500)  # a response never completed: what the server answers
+else:
+    class MetricsMiddleware(_PythonPath):  # type: ignore[no-redef]
+        """Counts requests and their durations for any ASGI 3 ``app``, and records workload unless
+        ``workload=False`` (see the module's docstring for what is counted when)."""
 
-        async def watching_send(message: Message) -> None:
-            nonlocal status
-            if not status:
-                kind = message["type"]
-                if kind == "websocket.accept":
-                    status = 101
-                elif kind == "websocket.close" or kind == "websocket.http.response.start":
-                    status = message.get("status", 403) if kind != "websocket.close" else 403
-            await send(message)
 
-        try:
-            await self.app(scope, receive, watching_send)
-        except asyncio.CancelledError:
-            self._count(WEBSOCKET, status or CLIENT_CLOSED, started)
-            raise
-        except BaseException:
-            self._count(WEBSOCKET, status or 500, started)
-            raise
-        self._count(WEBSOCKET, status or 500, started)
+class PythonMetricsMiddleware(_PythonPath):
+    """``MetricsMiddleware`` with the Python request path even when the C one is built (for tests and
+    comparisons)."""
