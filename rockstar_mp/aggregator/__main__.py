@@ -161,6 +161,7 @@ class HttpServer:
         self.server = uvicorn.Server(config)
         self.server.lifespan = config.lifespan_class(config)
         self.connections = net.Connections(sock, limits, plain_errors)
+        self._stopping = asyncio.Event()
         protocol_class = net.guarded(config.http_protocol_class, self.connections)
         self.connections.make_protocol = lambda: protocol_class(
             config=config, server_state=self.server.server_state, app_state=self.server.lifespan.state)
@@ -170,12 +171,23 @@ class HttpServer:
         self.connections.start()
         if self.on_started is not None and self.server.started:
             self.on_started()
-        await self.server.main_loop()
+        await self._main_loop()
         self.connections.stop()
         await self.server.shutdown(sockets=[])
 
+    async def _main_loop(self) -> None:
+        """uvicorn's main loop, woken once a second instead of ten times (each wake-up of an idle
+        aggregator costs about 0.1 ms of CPU): ``on_tick(0)`` refreshes the Date header, which has a
+        resolution of one second, and says whether to exit; ``stop()`` wakes it at once."""
+        while not await self.server.on_tick(0):
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+
     def stop(self) -> None:
         self.server.should_exit = True
+        self._stopping.set()
 
 
 def _log_failure(what: str, exc: Exception) -> None:

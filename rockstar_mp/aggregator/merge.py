@@ -326,19 +326,25 @@ class Merger:
         return self.segment.doubles[cache.base:cache.base + cache.n_local].tolist()
 
     # -- dead workers ---------------------------------------------------------------------------
-    def collect_dead(self, check_processes: bool = True, probe_only: bool = False) -> int:
+    def collect_dead(self, check_processes: bool = True, probe_only: bool = False, forks_only: bool = False) -> int:
         """Retire live slabs whose worker died unseen (when ``check_processes``: a look at each live
         worker's process; with ``probe_only``, ``kill(pid, 0)`` first and /proc only for a pid it
-        says is gone, so a zombie or a reused pid waits for a full check), and fold every retired
-        slab. Returns folds.
+        says is gone, so a zombie or a reused pid waits for a full check; with ``forks_only``, only
+        the processes a worker forked: those whose claiming parent holds a live slab too, which no
+        master retires), and fold every retired slab. Returns folds.
 
         Only "no such process" retires a slab: a worker whose liveness cannot be read (the aggregator
         out of descriptors, ``/proc`` unreadable) keeps it, and is counted (``liveness_unknown``)."""
         folded = 0
         now = time.time()
         unknown = liveness_unknown()
-        for slot in self.table.read():
-            if check_processes and slot.state == LIVE and (
+        slots = self.table.read()
+        forks = None
+        if forks_only:
+            live = {slot.pid for slot in slots if slot.state == LIVE and slot.pid}
+            forks = {slot.slab for slot in slots if slot.state == LIVE and slot.master_pid in live}
+        for slot in slots:
+            if check_processes and slot.state == LIVE and (forks is None or slot.slab in forks) and (
                     slot.pid and (not probe_only or _no_such_process(slot.pid))
                     and not process_alive(slot.pid, slot.proc_start)
                     or not slot.pid and now - slot.assigned_at > UNBOUND_SLAB_SECONDS):

@@ -17,7 +17,8 @@ from ..control import WorkerOptimization, read_worker, request_optimization
 from ..segment import LIVE, Segment
 
 RECENT_EVENTS = 1000
-RECHECK = 0.25  # the schedule looks at least this often for config changes and new workers
+RECHECK = 0.25  # with optimization on, the schedule looks at least this often for new workers
+IDLE_WAIT = 5.0  # with it off, a config change wakes the schedule; this is a safety net
 MIN_GAP = 0.15  # with the spread on: seconds between one worker's optimization ending and the next ask
 WAIT = 0.02  # how soon to look again while another worker is optimizing
 OUTSTANDING_TIMEOUT = 2.0  # a worker that has not answered a request by then is not waited for
@@ -106,14 +107,12 @@ async def run_schedule(state, stopping: asyncio.Event) -> None:
     schedule = state.optimization
     while not stopping.is_set():
         config = state.config
-        delay = RECHECK
+        delay = IDLE_WAIT  # off: only a config change can give work
         if config.enable_optimization:
+            delay = RECHECK
             try:
                 delay = min(RECHECK, schedule.next_delay(config.optimization_interval,
                                                          config.optimization_spread))
             except Exception:  # never let the schedule die
                 log.exception("rockstar-mp aggregator: optimization schedule")
-        try:
-            await asyncio.wait_for(stopping.wait(), timeout=delay)
-        except asyncio.TimeoutError:
-            pass
+        await state.until_config_changes(stopping, delay)

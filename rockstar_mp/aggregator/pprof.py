@@ -29,6 +29,7 @@ from .state import AggregatorState
 
 log = logging.getLogger("rockstar_mp.aggregator.pprof")
 
+IDLE_WAIT = 5.0  # seconds between looks at the config when no change woke the server task (a safety net)
 ANSWER_GRACE = 15.0  # seconds a worker gets beyond the profile's window to answer
 
 DESCRIPTIONS = {
@@ -266,10 +267,9 @@ async def run_pprof_server(state: AggregatorState, run_dir: str, make_server, st
                     task = asyncio.create_task(server.run())
                     if state.announce is not None:
                         state.announce(f"serving-pprof {url_of(sock, state.config.pprof_path + '/')}")
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=poll)
-            except asyncio.TimeoutError:
-                pass
+            # a port that could not be bound is retried every ``poll``; else only a config change matters
+            await state.until_config_changes(stopping, poll if server is None and state.config.enable_pprof
+                                             else IDLE_WAIT)
     finally:
         if server is not None:
             server.stop()

@@ -7,7 +7,7 @@ import logging
 
 from .agent import SnmpAgent
 
-POLL = 0.25
+IDLE_WAIT = 5.0  # seconds between looks at the config when no change woke the task (a safety net)
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -33,10 +33,7 @@ async def run_snmp(state, stopping: asyncio.Event) -> None:
                         await state.snmp.start()
                     except Exception:  # logged by the agent (kept in agent.error); retried on change
                         log.exception("rockstar-mp: the SNMP agent did not start")
-            try:
-                await asyncio.wait_for(stopping.wait(), timeout=POLL)
-            except asyncio.TimeoutError:
-                pass
+            await state.until_config_changes(stopping, IDLE_WAIT)
     finally:
         if state.snmp is not None:
             await state.snmp.stop()
