@@ -28,8 +28,12 @@ lint: install
 	$(BIN)/ruff check rockstar_mp tests benchmarks examples gunicorn_conf.py
 	$(BIN)/mypy rockstar_mp
 
+# Two test processes (pytest-xdist, one file each at a time) share the machine: the suite waits a lot (servers
+# starting, timeouts), so it takes half the time; the timing limits a test asserts after a poll get 1.5x for
+# sharing the cores (tests/helpers.py SLACK; set ROCKSTAR_TEST_SLACK to override).
 test: install system-deps lint
-	ROCKSTAR_TEST_MIBDIRS="$$(bash .ci/ietf-mibs.sh)" $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
+	ROCKSTAR_TEST_MIBDIRS="$$(bash .ci/ietf-mibs.sh)" ROCKSTAR_TEST_SLACK="$${ROCKSTAR_TEST_SLACK:-1.5}" \
+		$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks.run

@@ -8,10 +8,13 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import falcon
 import pytest
@@ -21,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 from rockstar_mp.worker import asgi, wsgi
 from tests.helpers import Gunicorn, free_port, http_get, poll
 
+ROCKSTAR = str(Path(sys.executable).with_name("rockstar-mp"))
 APP = "examples.fastapi_app:app"
 WORKER_CLASSES = ("asgi", "uvicorn.workers.UvicornWorker")
 TEMPLATES = {"/", "/items/{item_id}", "/v1/users/{name}", "/fail", "/stream", "<unmatched>"}
@@ -106,8 +110,9 @@ def test_every_response_is_counted_once_by_status_and_recorded_by_template(serve
     assert set(tally) == {200, 404, 422, 500}, tally  # every request got a complete response
     poll(lambda: statuses(server) == tally, message=f"http.requests by status == {tally}")
 
-    workload = aggregator_json(server, "/workload")
-    assert workload["total_requests"] == 1000
+    # /workload follows the merged view, which may be up to a tick behind the counters just polled
+    workload = poll(lambda: (w := aggregator_json(server, "/workload"))["total_requests"] == 1000 and w,
+                    message="1,000 requests in /workload")
     assert set(workload["by_route"]) == TEMPLATES, workload["by_route"].keys()  # templates, no raw path
     assert workload["by_route"]["<unmatched>"]["requests"] == tally[404]
     assert workload["by_route"]["/fail"]["requests"] == tally[500]
@@ -132,6 +137,12 @@ def test_in_flight_request_is_shown_and_the_optimizer_waits_for_it(server):
                     message="the request in flight")
         assert busy["in_flight_request"]["path"] == "/sleep"
         assert busy["in_flight"] == 1 and busy["in_flight_request"]["seconds"] >= 0
+        # `rockstar-mp top` (piped: one plain frame) shows it on the busy worker's row
+        top = subprocess.run([ROCKSTAR, "top", "--url", f"http://127.0.0.1:{server.metrics_port}", "--iterations", "1"],
+                             capture_output=True, text=True, timeout=30)
+        assert top.returncode == 0, top.stderr
+        row = next((line for line in top.stdout.splitlines() if re.match(rf"\s*{busy['pid']}\s", line)), "")
+        assert "GET /sleep" in row, top.stdout
         before = {w["pid"]: w["optimization_count"] for w in aggregator_json(server, "/optimize/stats")["workers"]}
         post = urllib.request.Request(f"http://127.0.0.1:{server.metrics_port}/optimize", data=b"{}",
                                       headers={"Content-Type": "application/json",
