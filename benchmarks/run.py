@@ -310,42 +310,34 @@ def run_ops(notes: list[str], figs: list[str]) -> None:
         print_ops_table(rows)
 
 
-# -- figures 11-12 -----------------------------------------------------------------------------------------
+# -- figures 11-13: CPU time from /proc ---------------------------------------------------------------------
+def run_cpu_figures(module, figs: list[str], notes: list[str], title: str, print_rows) -> None:
+    """Figures 11-12 (benchmarks/cost.py) or 13 (benchmarks/compare.py): ``module.run_figures`` in a
+    temporary directory, then its table under ``title`` (with the load average before and after) and its
+    detail lines."""
+    tmp = tempfile.mkdtemp(prefix="rockstar-bench-cpu-")
+    load_before = load_average()
+    try:
+        rows, details = module.run_figures(tmp, figs, notes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    print(f"{title}; load average {load_before} before, {load_average()} after")
+    if rows:
+        print_rows(rows)
+    for line in details:
+        print(line)
+
+
 def run_cost(notes: list[str], figs: list[str]) -> None:
-    """Figures 11-12 (benchmarks/cost.py): CPU time from /proc, their own table and detail lines."""
-    tmp = tempfile.mkdtemp(prefix="rockstar-bench-cost-")
-    load_before = load_average()
-    try:
-        rows, details = cost.run_figures(tmp, figs, notes)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print()
-    print("CPU cost from /proc (figures 11-12; every run printed, medians compared); "
-          f"load average {load_before} before, {load_average()} after")
-    if rows:
-        print_tables([], rows, "")
-    for line in details:
-        print(line)
+    run_cpu_figures(cost, figs, notes, "CPU cost from /proc (figures 11-12; every run printed, medians compared)",
+                    lambda rows: print_tables([], rows, ""))
 
 
-# -- figure 13 ---------------------------------------------------------------------------------------------
 def run_compare(notes: list[str], figs: list[str]) -> None:
-    """Figure 13 (benchmarks/compare.py): ours against prometheus-fastapi-instrumentator and
-    starlette-exporter, CPU per request from /proc, its own table and detail lines."""
-    tmp = tempfile.mkdtemp(prefix="rockstar-bench-compare-")
-    load_before = load_average()
-    try:
-        rows, details = compare.run_figures(tmp, figs, notes)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print()
-    print("FastAPI: added CPU per request over the bare app, rockstar-mp against prometheus_client-based "
-          f"instrumentation (figure 13; every round printed, medians compared); load average {load_before} "
-          f"before, {load_average()} after")
-    if rows:
-        print_table(compare.HEADER, rows)
-    for line in details:
-        print(line)
+    run_cpu_figures(compare, figs, notes, "FastAPI: added CPU per request over the bare app, rockstar-mp against "
+                    "prometheus_client-based instrumentation (figure 13; every round printed, medians compared)",
+                    lambda rows: print_table(compare.HEADER, rows))
 
 
 def load_average() -> str:
