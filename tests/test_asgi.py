@@ -110,9 +110,14 @@ def test_every_response_is_counted_once_by_status_and_recorded_by_template(serve
     assert set(tally) == {200, 404, 422, 500}, tally  # every request got a complete response
     poll(lambda: statuses(server) == tally, message=f"http.requests by status == {tally}")
 
-    # /workload follows the merged view, which may be up to a tick behind the counters just polled
-    workload = poll(lambda: (w := aggregator_json(server, "/workload"))["total_requests"] == 1000 and w,
-                    message="1,000 requests in /workload")
+    # /workload follows the merged view, which may be up to a tick behind the counters just polled, and a
+    # merge may read a worker between a record's route and tenant cells: every dimension must reach 1,000
+    def complete():
+        w = aggregator_json(server, "/workload")
+        done = w["total_requests"] == 1000 and all(
+            sum(v["requests"] for v in w[dimension].values()) == 1000 for dimension in ("by_route", "by_tenant"))
+        return done and w
+    workload = poll(complete, message="1,000 requests in every dimension of /workload")
     assert set(workload["by_route"]) == TEMPLATES, workload["by_route"].keys()  # templates, no raw path
     assert workload["by_route"]["<unmatched>"]["requests"] == tally[404]
     assert workload["by_route"]["/fail"]["requests"] == tally[500]

@@ -207,6 +207,7 @@ def snmpd(tmp_path_factory):
 
 
 # -- floods and fuzz -------------------------------------------------------------------------------
+@pytest.mark.alone
 def test_a_flood_of_large_bad_community_gets_leaves_gets_and_metrics_fast(gunicorn_factory):
     server = start_agent(gunicorn_factory)
     port = server.snmp_port
@@ -290,6 +291,7 @@ def fuzz_datagrams(count: int, seed: int = 11):
     return out, undecodable
 
 
+@pytest.mark.alone
 def test_fuzz_is_counted_never_logged_and_the_agent_keeps_answering(gunicorn_factory):
     server = start_agent(gunicorn_factory)
     port = server.snmp_port
@@ -469,6 +471,7 @@ def timed_walk(port: int) -> tuple[float, int]:
     return elapsed, len(values(result.stdout))
 
 
+@pytest.mark.alone
 def test_v3_authpriv_bulkwalk_runs_at_half_of_snmpd_or_better(gunicorn_factory, snmpd):
     server = start_agent(gunicorn_factory, ROCKSTAR_RECENT_RECORDS="1000")
     load(server.port, 800, "/")  # ~800 records: a tree of several thousand values, like snmpd's

@@ -9,6 +9,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,6 +120,7 @@ def _timed_get(port: int, path: str, tenant: str) -> tuple[int, float]:
     return int(data.split()[1]), time.perf_counter() - start
 
 
+@pytest.mark.alone
 def test_workload_counts_and_latency_match_what_clients_saw(gunicorn_factory):
     server = gunicorn_factory(workers=2, env={"ROCKSTAR_RECENT_RECORDS": "5000"})
     mixed = ([("/", "acme")] * 40 + [("/work?ms=2", "acme")] * 20 + [("/sleep?ms=50", "globex")] * 30
