@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +46,30 @@ def require_hotpath() -> None:
             import pytest
             pytest.skip("rockstar_mp._hotpath is not built (no C compiler?)")
         raise AssertionError("CI must build rockstar_mp._hotpath (pip install compiles it)")
+
+
+def run_in_both_request_paths(module: str, batch: dict) -> tuple[dict, dict]:
+    """``python -m <module> <dir> <cases file>`` with the C request path and with the Python one
+    (``ROCKSTAR_PURE_PYTHON=1``), each in a fresh process, both at once: their JSON outputs, C first."""
+    from rockstar_mp.worker.accelerator import PURE_PYTHON_ENV
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cases_file = os.path.join(tmp, "cases.repr")
+        with open(cases_file, "w") as f:
+            f.write(repr(batch))
+        procs = []
+        for pure in (False, True):
+            directory = os.path.join(tmp, "pure" if pure else "c")
+            os.mkdir(directory)
+            env = dict(os.environ, **{PURE_PYTHON_ENV: "1" if pure else ""})
+            procs.append(subprocess.Popen([sys.executable, "-m", module, directory, cases_file], cwd=ROOT, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        results = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            results.append(json.loads(out))
+    return results[0], results[1]
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:

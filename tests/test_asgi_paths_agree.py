@@ -13,21 +13,15 @@ exactly the status each request must be counted with.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
-import tempfile
 from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from rockstar_mp.worker.accelerator import PURE_PYTHON_ENV
 from rockstar_mp.worker.wsgi import KNOWN_METHODS, status_label
 from tests.apps.asgi_cases import ROUTES
-from tests.helpers import ROOT, require_hotpath
+from tests.helpers import require_hotpath, run_in_both_request_paths
 
 HTTP_APPS = ["complete", "complete", "disconnect", "raise_before", "raise_after", "no_response", "twice",
              "cancel_before", "cancel_after"]
@@ -79,27 +73,6 @@ EVERY_KIND = [  # each app, route, odd status and header list at least once, wha
 ]
 
 
-def _run_both(batch: dict) -> tuple[dict, dict]:
-    """The batch through the C path and through the Python one, each in a fresh process (run at once)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cases_file = os.path.join(tmp, "cases.repr")
-        with open(cases_file, "w") as f:
-            f.write(repr(batch))
-        procs = []
-        for pure in (False, True):
-            directory = os.path.join(tmp, "pure" if pure else "c")
-            os.mkdir(directory)
-            env = dict(os.environ, **{PURE_PYTHON_ENV: "1" if pure else ""})
-            procs.append(subprocess.Popen([sys.executable, "-m", "tests.apps.asgi_cases", directory, cases_file],
-                                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        results = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-            results.append(json.loads(out))
-    return results[0], results[1]
-
-
 def must_count(case: dict, outcome: list) -> tuple[str, str]:
     """The (method, status) labels ``http.requests`` must count ``case`` under, from the ASGI rules (the
     module's docstring of rockstar_mp.worker.asgi)."""
@@ -125,7 +98,7 @@ def _the_extension():
        st.sampled_from([False, False, False, True]))
 @example(EVERY_KIND, False)
 def test_both_asgi_paths_write_the_same_and_count_what_they_must(batch, fill):
-    c, pure = _run_both({"fill": fill, "cases": batch})
+    c, pure = run_in_both_request_paths("tests.apps.asgi_cases", {"fill": fill, "cases": batch})
     assert c.pop("c") is True and pure.pop("c") is False
     assert c == pure
 

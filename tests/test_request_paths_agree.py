@@ -13,19 +13,13 @@ finished, and raise nothing of their own.
 from __future__ import annotations
 
 import ast
-import json
-import os
 import re
-import subprocess
-import sys
-import tempfile
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rockstar_mp.worker.accelerator import PURE_PYTHON_ENV
-from tests.helpers import ROOT, require_hotpath
+from tests.helpers import require_hotpath, run_in_both_request_paths
 
 MISSING = object()  # the environ has no such key
 
@@ -70,28 +64,6 @@ cases = st.fixed_dictionaries({"environ": environs(), "app": st.sampled_from(APP
                                "chunks": chunks, "raise_at": st.integers(0, 4), "server": st.sampled_from(SERVERS)})
 
 
-def _run_both(given: dict) -> tuple[dict, dict]:
-    """The batch through the C path and through the Python path, each in a fresh process (run at once)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cases_file = os.path.join(tmp, "cases.repr")
-        with open(cases_file, "w") as f:
-            f.write(repr(given))
-        procs = []
-        for pure in (False, True):
-            directory = os.path.join(tmp, "pure" if pure else "c")
-            os.mkdir(directory)
-            env = dict(os.environ, **{PURE_PYTHON_ENV: "1" if pure else ""})
-            procs.append(subprocess.Popen([sys.executable, "-m", "tests.apps.request_cases", directory, cases_file],
-                                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True))
-        results = []
-        for proc in procs:
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 0, err
-            results.append(json.loads(out))
-    return results[0], results[1]
-
-
 def _counted(case: dict, outcome: list) -> bool:
     """Did the server finish the response (so it must be counted)? The app raised in the call, or the
     server closed the body, or it took the body to its end."""
@@ -110,7 +82,7 @@ def _the_extension():
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(cases, min_size=1, max_size=40), st.sampled_from([False, False, False, True]))
 def test_both_request_paths_write_the_same_for_any_requests(batch, fill):
-    c, pure = _run_both({"fill": fill, "cases": batch})
+    c, pure = run_in_both_request_paths("tests.apps.request_cases", {"fill": fill, "cases": batch})
     assert c.pop("c") is True and pure.pop("c") is False
     assert c == pure
 

@@ -9,16 +9,10 @@ A case is a dict: ``type`` (http or websocket), ``scope`` (method, path, headers
 ``route`` (what a router puts in the scope: ``ROUTES``), ``app`` (``APPS``), ``status``, ``chunks`` and
 ``fail_at`` (the message whose server ``send`` raises, as for a client gone; -1: none).
 """
-import ast
 import asyncio
-import json
-import sys
 
-from rockstar_mp.segment import Geometry, Segment
-from rockstar_mp.worker.accelerator import hotpath
 from rockstar_mp.worker.asgi import MetricsMiddleware
-from rockstar_mp.worker.attach import attach_worker
-from tests.apps.request_cases import LIMITS, _fill_catalogue, slab_summary
+from tests.apps.request_cases import run_cases
 
 
 class AppError(Exception):
@@ -149,19 +143,14 @@ async def serve(app, case: dict) -> list:
     return outcome
 
 
-def main() -> None:
-    with open(sys.argv[2]) as f:
-        given = ast.literal_eval(f.read())
-    segment = Segment.create(sys.argv[1], Geometry(n_slabs=2, record_slots=1024))
-    slab, generation = segment.claim_slab()
-    state = attach_worker(segment, slab, generation, config=LIMITS)
-    if given["fill"]:
-        _fill_catalogue()
-    app = MetricsMiddleware(dispatch, workload=True)
+def serve_all(cases: list) -> list:
+    app = MetricsMiddleware(dispatch, workload=True)  # once the worker is attached, as an app's is
     loop = asyncio.new_event_loop()
-    outcomes = [loop.run_until_complete(serve(app, case)) for case in given["cases"]]
-    print(json.dumps({"c": hotpath is not None, "outcomes": outcomes,
-                      **slab_summary(segment, slab, state.pid, given["fill"])}))
+    return [loop.run_until_complete(serve(app, case)) for case in cases]
+
+
+def main() -> None:
+    run_cases(serve_all)
 
 
 if __name__ == "__main__":

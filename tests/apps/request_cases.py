@@ -191,7 +191,10 @@ def slab_summary(segment: Segment, slab: int, pid: int, filled: bool) -> dict:
             "inflight": Body.inflight_count.get(segment.buf, base), "inflight_shown": shown.hex()}
 
 
-def main() -> None:
+def run_cases(serve_all) -> None:
+    """The runner of a path-agreement test (``python -m tests.apps.<cases> <dir> <cases file>``): a
+    worker attached to a fresh segment in ``<dir>`` (its catalogue filled if the batch says so), the
+    batch's cases through ``serve_all(cases)``, then the outcomes and the slab's summary as JSON."""
     with open(sys.argv[2]) as f:
         given = ast.literal_eval(f.read())
     segment = Segment.create(sys.argv[1], Geometry(n_slabs=2, record_slots=1024))
@@ -199,10 +202,18 @@ def main() -> None:
     state = attach_worker(segment, slab, generation, config=LIMITS)
     if given["fill"]:
         _fill_catalogue()
-    app = MetricsMiddleware(dispatch, workload=True)
-    outcomes = [serve(app, case) for case in given["cases"]]
+    outcomes = serve_all(given["cases"])
     print(json.dumps({"c": hotpath is not None, "outcomes": outcomes,
                       **slab_summary(segment, slab, state.pid, given["fill"])}))
+
+
+def serve_all(cases: list) -> list:
+    app = MetricsMiddleware(dispatch, workload=True)  # once the worker is attached, as an app's is
+    return [serve(app, case) for case in cases]
+
+
+def main() -> None:
+    run_cases(serve_all)
 
 
 if __name__ == "__main__":
