@@ -160,11 +160,15 @@ def accepts(port: int) -> bool:
         return False
 
 
-def raw_get(port: int, path: str = "/", timeout: float = 10.0) -> int:
-    """One HTTP/1.0 request on a fresh connection; the status, or 0 if no complete response came."""
+def raw_get(port: int, path: str = "/", timeout: float = 10.0, headers: dict | None = None,
+            tail: bytes = b"") -> int:
+    """One HTTP/1.0 request on a fresh connection (with ``headers`` after ``Host``); the status, or 0 if
+    no complete response came (one of its Content-Length, ending with ``tail``: for a stream, whose end is
+    the connection's)."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{lines}\r\n".encode())
             data = b""
             while True:
                 chunk = s.recv(65536)
@@ -178,7 +182,7 @@ def raw_get(port: int, path: str = "/", timeout: float = 10.0) -> int:
         return 0
     length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                    if line.lower().startswith(b"content-length:")), None)
-    if length is not None and len(body) != length:
+    if length is not None and len(body) != length or not body.endswith(tail):
         return 0
     return int(head.split()[1])
 

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from rockstar_mp.worker import asgi, wsgi
-from tests.helpers import Gunicorn, free_port, http_get, poll
+from tests.helpers import Gunicorn, free_port, http_get, poll, raw_get
 
 ROCKSTAR = str(Path(sys.executable).with_name("rockstar-mp"))
 APP = "examples.fastapi_app:app"
@@ -40,24 +39,9 @@ def mixed_requests(n: int) -> list[tuple[str, str]]:
 
 
 def get(port: int, path: str, tenant: str = "", timeout: float = 10.0, tail: bytes = b"") -> int:
-    """One HTTP/1.0 request on a fresh connection: the status of a complete response (one that ends
-    with ``tail``, for a stream, whose end is the connection's), else 0."""
-    head = f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nX-Tenant-ID: {tenant}\r\nX-Request-ID: r-{path}\r\n\r\n"
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(head.encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-    except OSError:
-        return 0
-    header, sep, body = data.partition(b"\r\n\r\n")
-    if not sep or not header.startswith(b"HTTP/1."):
-        return 0
-    length = re.search(rb"(?im)^content-length:\s*(\d+)", header)
-    if length is not None and len(body) != int(length.group(1)) or not body.endswith(tail):
-        return 0
-    return int(header.split()[1])
+    """``raw_get`` with a tenant and a request id: the status of a complete response (one that ends with
+    ``tail``, for a stream), else 0."""
+    return raw_get(port, path, timeout, {"X-Tenant-ID": tenant, "X-Request-ID": f"r-{path}"}, tail)
 
 
 def requests_by(server: Gunicorn, label: str) -> dict[str, float]:
