@@ -187,6 +187,12 @@ def raw_get(port: int, path: str = "/", timeout: float = 10.0, headers: dict | N
     return int(head.split()[1])
 
 
+def requests_with(counters: dict, label: str) -> int:
+    """``http.requests`` of the JSON metrics' ``counters``, summed over the series with ``label``
+    (``'status="404"'``), whatever their other labels (method, route)."""
+    return sum(int(value) for key, value in counters.items() if key.startswith("http.requests{") and label in key)
+
+
 def load(port: int, n: int, path: str = "/", concurrency: int = 16) -> dict:
     """Send ``n`` requests from ``concurrency`` threads; count responses by status (0 = none)."""
     counts: dict[int, int] = {}

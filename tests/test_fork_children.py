@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import Gunicorn, load, poll
+from tests.helpers import Gunicorn, load, poll, requests_with
 
 APP = "tests.apps.forking:app"
 N = 1000  # increments per side and request
@@ -40,8 +40,7 @@ STATUS_299 = 'http.requests{status="299"}'  # summed over the other labels (meth
 
 def counters(server) -> dict:
     found = server.metrics()["counters"]
-    found[STATUS_299] = sum(value for key, value in found.items()
-                            if key.startswith("http.requests{") and 'status="299"' in key) or None
+    found[STATUS_299] = requests_with(found, 'status="299"') or None
     return found
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.helpers import ROOT, http_get, load, poll, raw_get
+from tests.helpers import ROOT, http_get, load, poll, raw_get, requests_with
 from tests.test_optimize import http_post
 from tests.test_pprof import Server, go_binary, pprof, top_rows
 
@@ -145,8 +145,7 @@ def test_counts_are_exact(server):
     # 404s, which no other test of this module asks for: the merged total of 200s can still be catching up
     # with an earlier test's last responses when this one starts
     def not_found() -> int:
-        return sum(int(value) for key, value in server.g.metrics()["counters"].items()
-                   if key.startswith("http.requests{") and 'status="404"' in key)
+        return requests_with(server.g.metrics()["counters"], 'status="404"')
 
     before = not_found()
     assert load(server.g.port, 300, "/no-such-page", concurrency=8) == {404: 300}
