@@ -65,9 +65,11 @@ class Codec:
     >>> Codec.load().encode([(( ("__name__", "up"), ), 1.0)], 1_700_000_000_000, [])  # doctest: +SKIP
     """
 
-    def __init__(self, write_request: type, compress: Callable[[bytes], Any]) -> None:
+    def __init__(self, write_request: type, compress: Callable[[bytes], Any],
+                 decompress: Callable[[bytes], Any]) -> None:
         self._write_request = write_request
         self._compress = compress
+        self._decompress = decompress
 
     @classmethod
     def load(cls) -> "Codec":
@@ -82,7 +84,7 @@ class Codec:
         pool = descriptor_pool.DescriptorPool()
         pool.Add(_remote_write_proto(descriptor_pb2))
         write_request = message_factory.GetMessageClass(pool.FindMessageTypeByName("prometheus.WriteRequest"))
-        return cls(write_request, cramjam.snappy.compress_raw)
+        return cls(write_request, cramjam.snappy.compress_raw, cramjam.snappy.decompress_raw)
 
     def encode(self, series: list, timestamp_ms: int, metadata: list) -> bytes:
         """``series``: ``[(sorted ((label, value), ...), value)]``, every sample at ``timestamp_ms``;
@@ -96,6 +98,12 @@ class Codec:
         for family, kind, help_text in metadata:
             request.metadata.add(type=METRIC_TYPES.get(kind, 0), metric_family_name=family, help=help_text)
         return bytes(self._compress(request.SerializeToString()))
+
+    def decode(self, body: bytes) -> Any:
+        """A request body back as a ``WriteRequest`` message (what a receiver reads)."""
+        request = self._write_request()
+        request.ParseFromString(bytes(self._decompress(body)))
+        return request
 
 
 def _remote_write_proto(descriptor_pb2: Any) -> Any:
