@@ -35,13 +35,24 @@ class Prometheus:
         self.port = free_port()
         self.storage = tmp / "prometheus-data"
         self.config = tmp / "prometheus.yml"
-        scrape = [{"job_name": "rockstar-mp", "scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
-                   "static_configs": [{"targets": list(targets)}]}] if targets else []
-        self.config.write_text(json.dumps({"global": {"scrape_interval": scrape_interval},
-                                           "scrape_configs": scrape}))  # YAML is a superset of JSON
+        self.scrape_interval = scrape_interval
+        self._write_config(targets)
         self.receiver = receiver
         self.proc: subprocess.Popen | None = None
         self.log_path = tmp / "prometheus.log"
+
+    def _write_config(self, targets: tuple) -> None:
+        interval = self.scrape_interval
+        scrape = [{"job_name": "rockstar-mp", "scrape_interval": interval, "scrape_timeout": interval,
+                   "static_configs": [{"targets": list(targets)}]}] if targets else []
+        self.config.write_text(json.dumps({"global": {"scrape_interval": interval},
+                                           "scrape_configs": scrape}))  # YAML is a superset of JSON
+
+    def scrape(self, targets: tuple) -> None:
+        """Scrape ``targets`` (``host:port``) from now on, as job ``rockstar-mp`` (a reload, SIGHUP)."""
+        self._write_config(targets)
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     @property
     def url(self) -> str:
