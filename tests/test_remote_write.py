@@ -154,7 +154,7 @@ def serve(statuses: list) -> Receiver:
 EXPOSITION = """# HELP http_requests_total HTTP responses served
 # TYPE http_requests_total counter
 http_requests_total{method="GET",status="200",route="/a \\"b\\""} 3.0
-rockstar_workers_live 2.0
+rockstar_workers_live{tenant=""} 2.0
 """
 
 

@@ -141,7 +141,11 @@ def _unescape(value: str) -> str:
 def parse_exposition(text: str, extra_labels: dict[str, str]) -> tuple[list, list]:
     """Our own 0.0.4 text (``render_prometheus``) as ``(series, metadata)`` for ``Codec.encode``.
     ``extra_labels`` (``job``, ``instance``...) are added to every series that lacks them, as Prometheus
-    adds its ``external_labels``."""
+    adds its ``external_labels``.
+
+    >>> parse_exposition('# TYPE up gauge\\nup{a="x",b=""} 1.0\\n', {"job": "j"})
+    ([((('__name__', 'up'), ('a', 'x'), ('job', 'j')), 1.0)], [('up', 'gauge', '')])
+    """
     series, help_texts, types = [], {}, {}
     for line in text.splitlines():
         if line.startswith("# HELP "):
@@ -158,7 +162,8 @@ def parse_exposition(text: str, extra_labels: dict[str, str]) -> tuple[list, lis
             labels = dict(extra_labels)
             labels.update((k, _unescape(v)) for k, v in _LABEL.findall(labels_text or ""))
             labels["__name__"] = name
-            series.append((tuple(sorted(labels.items())), float(value)))
+            # an empty value is no label at all, as when Prometheus scrapes (receivers may refuse one)
+            series.append((tuple(sorted((k, v) for k, v in labels.items() if v)), float(value)))
     metadata = [(family, kind, help_texts.get(family, "")) for family, kind in types.items()]
     return series, metadata
 
