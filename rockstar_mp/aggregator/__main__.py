@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -37,11 +38,13 @@ from .http import create_app
 from .net import listen_tcp
 from .optimize import run_schedule
 from .pprof import run_pprof_server
-from .remote_write import RemoteWriter, RemoteWriteUnavailable
 from .snmp.agent import RCVBUF as SNMP_RCVBUF
 from .snmp.agent import preload as preload_snmp
 from .snmp.runtime import run_snmp
 from .state import AggregatorState
+
+if TYPE_CHECKING:
+    from .remote_write import RemoteWriter
 
 PROCESS_REFRESH = 1.0  # USS/PSS and open fds: a few workers a refresh (state.ProcessStats)
 BIND_RETRY_SECONDS = 10.0
@@ -200,7 +203,12 @@ def _log_failure(what: str, exc: Exception) -> None:
 
 
 def start_remote_write(config: MonitoringConfig) -> RemoteWriter | None:
-    """The fleet push when ``remote_write_url`` is set; a missing extra is a start-up error naming it."""
+    """The fleet push when ``remote_write_url`` is set (its module is loaded only then); a missing extra is a
+    start-up error naming it."""
+    if not config.remote_write_url:
+        return None
+    from .remote_write import RemoteWriter, RemoteWriteUnavailable
+
     try:
         return RemoteWriter.from_config(config)
     except RemoteWriteUnavailable as exc:
