@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Optional, get_args, get_origin, get_type_hints
 
@@ -27,6 +29,8 @@ from .snmp_settings import parse_users as parse_users
 ENV_PREFIX = "ROCKSTAR_"
 HEARTBEAT_SECONDS = 1.0  # how often a worker beats (rockstar_mp/worker/attach.py)
 MIN_SECONDS = 0.001  # the shortest interval or timeout accepted (5e-324 s overflowed the schedule)
+REMOTE_WRITE_MIN_INTERVAL = 0.1  # seconds: each batch is one rendering of /metrics, and timestamps are in ms
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -129,6 +133,20 @@ class MonitoringConfig:
     history_interval: float = 10.0  # seconds between snapshots into the history; 0 turns history off
     history_retention: float = 86400.0  # points older than this many seconds are deleted
     history_path: Optional[str] = None  # the SQLite file; None: <run_dir>/history.sqlite3
+    # Fleet push (rockstar_mp/aggregator/remote_write.py; needs `pip install 'rockstar-mp[remote-write]'`):
+    # the merged series sent to a Prometheus remote-write endpoint, e.g. http://prom:9090/api/v1/write.
+    remote_write_url: Optional[str] = None  # None: off
+    remote_write_interval: float = 15.0  # seconds between batches (each is one rendering of /metrics)
+    remote_write_timeout: float = 10.0  # seconds a POST may take before it is retried
+    remote_write_bearer_token: Optional[str] = None  # sent as Authorization: Bearer (never logged)
+    remote_write_username: Optional[str] = None  # basic auth, with remote_write_password (never logged)
+    remote_write_password: Optional[str] = None
+    remote_write_queue: int = 120  # batches kept while the receiver is unreachable; beyond: the oldest dropped
+    remote_write_min_backoff: float = 0.5  # seconds before the first retry; doubles on each failure ...
+    remote_write_max_backoff: float = 30.0  # ... up to this
+    # Labels added to every series sent, "name=value,name2=value2"; job="rockstar-mp" and
+    # instance="<hostname>:<metrics_port>" unless given here. A series' own label of the same name wins.
+    remote_write_labels: str = ""
 
     def __post_init__(self) -> None:
         for name in ("metrics_path", "pprof_path"):
@@ -172,6 +190,27 @@ class MonitoringConfig:
             raise ValueError(f"pprof_heap_frames must be 1..256, got {self.pprof_heap_frames}")
         if not 1 <= self.max_workers <= 4096:
             raise ValueError("max_workers must be 1..4096 (it sizes the segment)")
+        self._check_remote_write()
+
+    def _check_remote_write(self) -> None:
+        if self.remote_write_url is not None:
+            check_remote_write_url(self.remote_write_url)
+        if not REMOTE_WRITE_MIN_INTERVAL <= self.remote_write_interval < float("inf"):
+            raise ValueError(f"remote_write_interval must be a number of seconds >= {REMOTE_WRITE_MIN_INTERVAL}, "
+                             f"got {self.remote_write_interval!r}")
+        for name in ("remote_write_timeout", "remote_write_min_backoff", "remote_write_max_backoff"):
+            value = getattr(self, name)
+            if not MIN_SECONDS <= value < float("inf"):
+                raise ValueError(f"{name} must be a number of seconds >= {MIN_SECONDS}, got {value!r}")
+        if self.remote_write_max_backoff < self.remote_write_min_backoff:
+            raise ValueError("remote_write_max_backoff must be >= remote_write_min_backoff")
+        if self.remote_write_queue < 1:
+            raise ValueError(f"remote_write_queue must be >= 1 (batches), got {self.remote_write_queue!r}")
+        if self.remote_write_bearer_token and self.remote_write_username is not None:
+            raise ValueError("set either remote_write_bearer_token or remote_write_username/password, not both")
+        if (self.remote_write_username is None) != (self.remote_write_password is None):
+            raise ValueError("remote_write_username and remote_write_password go together (basic auth)")
+        parse_remote_write_labels(self.remote_write_labels)
 
     def _check_snmp(self) -> None:
         if not self.snmp_community:
@@ -214,12 +253,39 @@ class MonitoringConfig:
 
     def __repr__(self) -> str:  # never print the token
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        for secret in ("auth_token", "admin_token"):
+        for secret in ("auth_token", "admin_token", "remote_write_bearer_token", "remote_write_password"):
             if shown[secret]:
                 shown[secret] = "***"
         if shown["snmp_users"]:
             shown["snmp_users"] = [f"{u.name}:***" for u in parse_users(self.snmp_users)]
         return "MonitoringConfig(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+
+def check_remote_write_url(url: str) -> None:
+    """An http(s) URL with a host, and no credentials in it (they would be logged with it)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"remote_write_url must be an http:// or https:// URL with a host, got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("remote_write_url must not hold credentials: use remote_write_username and "
+                         "remote_write_password (or remote_write_bearer_token)")
+
+
+def parse_remote_write_labels(text: str) -> dict[str, str]:
+    """``"region=eu,team=web"`` -> ``{"region": "eu", "team": "web"}`` (``remote_write_labels``).
+
+    >>> parse_remote_write_labels("job=web,instance=host-1")
+    {'job': 'web', 'instance': 'host-1'}
+    """
+    labels: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise ValueError(f"remote_write_labels: expected name=value pairs separated by commas (names "
+                             f"[A-Za-z_][A-Za-z0-9_]*, not starting with __), got {item!r}")
+        labels[name] = value.strip()
+    return labels
 
 
 EnvValue = bool | int | float | str | None  # what a ROCKSTAR_<FIELD> string parses to

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -41,6 +42,9 @@ from .snmp.agent import RCVBUF as SNMP_RCVBUF
 from .snmp.agent import preload as preload_snmp
 from .snmp.runtime import run_snmp
 from .state import AggregatorState
+
+if TYPE_CHECKING:
+    from .remote_write import RemoteWriter
 
 PROCESS_REFRESH = 1.0  # USS/PSS and open fds: a few workers a refresh (state.ProcessStats)
 BIND_RETRY_SECONDS = 10.0
@@ -198,13 +202,27 @@ def _log_failure(what: str, exc: Exception) -> None:
         log.exception("rockstar-mp aggregator: %s", what, extra=net.REPEATED)
 
 
+def start_remote_write(config: MonitoringConfig) -> RemoteWriter | None:
+    """The fleet push when ``remote_write_url`` is set (its module is loaded only then); a missing extra is a
+    start-up error naming it."""
+    if not config.remote_write_url:
+        return None
+    from .remote_write import RemoteWriter, RemoteWriteUnavailable
+
+    try:
+        return RemoteWriter.from_config(config)
+    except RemoteWriteUnavailable as exc:
+        raise StartupError(str(exc)) from None
+
+
 async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_dir: str | None = None,
-                status: StatusLine | None = None) -> None:
+                status: StatusLine | None = None, remote_write: RemoteWriter | None = None) -> None:
     """Serve the metrics on ``sock`` (bound by the caller) and tick until SIGTERM or the parent's death."""
     config = state.config
     loop = asyncio.get_running_loop()
     history = HistoryWriter.from_config(config, run_dir)  # None when history_interval=0
     state.history = history  # read by the history endpoint (and system_json's history_errors)
+    state.remote_write = remote_write  # its counts are in system_json and /metrics
     state.announce = status.report if status is not None else None  # pprof and SNMP say once they serve
     net.check_fd_limit(config.max_connections, 2 if config.enable_pprof else 1)
     limits = net.ConnectionLimits.from_config(config)
@@ -240,6 +258,11 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
                 history.maybe_write(state)  # renders on the loop, writes in the history thread
             except Exception as exc:
                 _log_failure("history snapshot failed", exc)
+        if remote_write is not None:
+            try:
+                remote_write.maybe_submit(state)  # renders on the loop, encodes and sends in its thread
+            except Exception as exc:
+                _log_failure("remote write batch failed", exc)
         repeats.flush()
         try:
             await asyncio.wait_for(stopping.wait(), timeout=config.tick_interval)
@@ -250,6 +273,8 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
     await asyncio.gather(*tasks, return_exceptions=True)
     if history is not None:
         await history.aclose()
+    if remote_write is not None:
+        await asyncio.to_thread(remote_write.close)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             bind_then_drop(config, args.user, group, args.bind_retry)
             die_with_parent(args.parent)  # a change of credentials clears the parent-death signal
         sock = bind(config.host, config.metrics_port, args.bind_retry)  # after a drop: the held socket
+        remote_write = start_remote_write(config)
     except (StartupError, OSError) as exc:
         return status.fatal(str(exc))
     Header.aggregator_pid.set(segment.buf, os.getpid())
@@ -283,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     state = AggregatorState(segment, config)
     run_dir = os.path.dirname(os.path.abspath(args.config))
     try:
-        asyncio.run(serve(state, args.parent, sock, run_dir, status))
+        asyncio.run(serve(state, args.parent, sock, run_dir, status, remote_write))
     except Exception as exc:  # a bug: the master learns the cause, the log keeps the traceback
         status.report(f"fatal: {type(exc).__name__}: {exc}")
         raise

@@ -25,6 +25,7 @@ from .workload import RingDrain, Window, sketch_totals
 
 if TYPE_CHECKING:
     from .history import HistoryWriter
+    from .remote_write import RemoteWriter
 
 GC_SERIES = "rockstar.gc.collections"
 PATH_CHECK_SECONDS = 1.0
@@ -167,6 +168,7 @@ class AggregatorState:
         self.window = Window(config.window_seconds)
         self.optimization = OptimizationSchedule(segment)
         self.history: HistoryWriter | None = None  # when history is on (set by the aggregator's serve())
+        self.remote_write: RemoteWriter | None = None  # when remote_write_url is set (likewise)
         self.snmp = None  # the SnmpAgent while SNMP is on (set by the aggregator's serve())
         # tells the master, in one status line, that pprof or SNMP now serves (set by the aggregator's serve())
         self.announce: Callable[[str], None] | None = None
@@ -338,4 +340,5 @@ class AggregatorState:
             "records_dropped": self.rings.records_dropped,
             "logs_dropped": self.rings.logs_dropped,
             **(self.history.stats() if self.history is not None else {"history_errors": 0}),
+            "remote_write": self.remote_write.stats() if self.remote_write is not None else None,
         }

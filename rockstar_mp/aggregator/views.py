@@ -260,4 +260,31 @@ def exported_families(state: AggregatorState) -> tuple:
                     [("", ("pid",), (str(w.pid),), w.memory_freed) for w in optimized if w.optimization_count]),
     ]
     families += latency_families(snap, state.window)
+    families += health_families(state, system)
     return tuple(families)
+
+
+def health_families(state: AggregatorState, system: dict) -> list[ExtraFamily]:
+    """What the alert rules and the dashboard watch beside the workers' series: aggregator restarts,
+    requests recorded under ``other`` for want of room, the SNMP agent, and the remote write's counts."""
+    one = ("", (), ())
+    snmp = state.snmp
+    families = [
+        ExtraFamily("rockstar_aggregator_starts", "counter", "Aggregators started for this segment (restarts + 1)",
+                    [(*one, system["aggregator_starts"])]),
+        ExtraFamily("rockstar_dimension_overflow", "counter",
+                    "Requests recorded under other (or a neighbouring latency bucket) for want of room",
+                    [("", ("dimension",), (dim,), n) for dim, n in system["dimension_overflow"].items()]),
+        ExtraFamily("rockstar_snmp_up", "gauge", "1 while the SNMP agent serves",
+                    [(*one, 1 if snmp is not None and snmp.sock is not None else 0)]),
+    ]
+    if snmp is not None:
+        families += [
+            ExtraFamily("rockstar_snmp_requests", "counter", "SNMP requests answered",
+                        [(*one, snmp.counts.requests)]),
+            ExtraFamily("rockstar_snmp_refused", "counter", "SNMP messages refused, by reason",
+                        [("", ("reason",), (reason,), n) for reason, n in snmp.bad_counts().items()]),
+        ]
+    if state.remote_write is not None:
+        families += state.remote_write.families()
+    return families
