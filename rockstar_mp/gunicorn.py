@@ -113,8 +113,6 @@ def on_starting(server: Arbiter) -> None:
     global _manager
     _log_master_to_gunicorn(server)
     _manager = MonitoringManager(_with_server_user(_config or MonitoringConfig(), server)).start()
-    if _manager.config.gc_freeze_before_fork:
-        gc.disable()  # Python's advice: no collections in the parent (holes), freeze before fork
     segment = _manager.segment
     assert segment is not None  # start() opened it
     room = segment.room_for_slabs()
@@ -147,7 +145,14 @@ def pre_fork(server: Arbiter, worker: Worker) -> None:
     if _manager is None:
         return
     if _manager.config.gc_freeze_before_fork:
-        gc.freeze()  # what the app preloaded moves to the permanent generation: the child's GC skips it
+        # every object the master holds (what the app preloaded, gunicorn, us) moves to the permanent
+        # generation: the child's collections skip them, so they never copy the pages they share. The
+        # master keeps collecting what it allocates later (it never disables its GC).
+        gc.freeze()
+        # With every object frozen this collection walks nothing, but a full one empties the
+        # interpreter's free lists: here, before the fork, rather than in each child's first full
+        # collection, which would write (and copy) every shared page holding one of their blocks.
+        gc.collect()
     try:
         worker.rockstar_slab = _manager.assign_slab(age=worker.age)
     except NoFreeSlab as exc:  # never stop the arbiter: this worker just goes unmonitored (counted)
@@ -163,8 +168,6 @@ def pre_fork(server: Arbiter, worker: Worker) -> None:
 @_guarded
 def post_fork(server: Arbiter, worker: Worker) -> None:
     slab: tuple[int, int] | None = getattr(worker, "rockstar_slab", None)  # pre_fork's assign_slab
-    if _manager is not None and _manager.config.gc_freeze_before_fork:
-        gc.enable()
     if _manager is not None and slab is not None:
         config = _manager.config
         attach_worker(_manager.segment, *slab, die_with_parent=True,
