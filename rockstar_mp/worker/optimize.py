@@ -15,7 +15,8 @@ of continuous traffic (gthread workers may never be idle) it runs anyway.
 Why it never makes memory worse: the objects a worker inherited from its master were frozen there
 (``gc.freeze()`` before each fork, ``gc_freeze_before_fork``), so a collection here walks only the
 worker's own objects and writes no shared page. One full collection (``gc.collect(2)`` collects the
-younger generations too) runs only if something was allocated since the last one; then, if glibc's
+younger generations too) runs only if the worker did something since the last optimization (served a
+request, or allocated enough to set off a collection of its own); then, if glibc's
 heap holds at least ``TRIM_MIN_FREE`` free bytes or the collection freed objects, ``malloc_trim(0)``
 returns the free pages to the kernel (``optimization_trim``; skipped on other C libraries).
 """
@@ -29,8 +30,8 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
+from .._linux import Memory, read_memory
 from ..profiling import native
 from ..segment.layout import RECYCLE_SLOTS, Body, Header
 
@@ -40,32 +41,6 @@ TRIM_MIN_FREE = 1 << 20  # free bytes in glibc's heap worth a malloc_trim(0) whe
 MiB = 1 << 20
 
 log = logging.getLogger("rockstar_mp.worker")
-
-
-class Memory(NamedTuple):
-    """A process's memory in bytes: resident, unique (private pages) and proportional (shared pages
-    divided among their sharers); 0 where unreadable."""
-
-    rss: int = 0
-    uss: int = 0
-    pss: int = 0
-
-
-def read_memory(pid: int | str = "self") -> Memory:
-    """RSS, USS and PSS from one read of ``/proc/<pid>/smaps_rollup`` (Linux 4.14+; the kernel sums
-    ``smaps`` itself, so this costs well under a millisecond for a worker). ``Memory()`` elsewhere."""
-    fields: dict[bytes, int] = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
-            for line in f:
-                name, _, rest = line.partition(b":")
-                parts = rest.split()
-                if len(parts) == 2 and parts[1] == b"kB":
-                    fields[name] = int(parts[0]) * 1024
-    except (OSError, ValueError):
-        return Memory()
-    uss = fields.get(b"Private_Clean", 0) + fields.get(b"Private_Dirty", 0)
-    return Memory(fields.get(b"Rss", 0), uss, fields.get(b"Pss", 0))
 
 
 def _on_glibc() -> bool:
@@ -105,12 +80,11 @@ class _Mallinfo2(ctypes.Structure):
 GLIBC = _Glibc()
 
 
-def _allocated_since_full_collection() -> bool:
-    """Could a full collection find anything worth its walk? Not if the young generation was never
-    collected since the last full collection: fewer container objects than gc's first threshold (700)
-    were allocated since, and the little garbage they may hold is not worth a pass over every object."""
-    _, young_collections, middle_collections = gc.get_count()
-    return bool(young_collections or middle_collections)
+def _activity(buf, base: int) -> tuple:
+    """What changes when a worker does anything that can leave garbage: the requests it recorded and the
+    collections its own allocations set off (the young generation's are left out: the monitor thread's
+    few allocations set one off now and then)."""
+    return Body.records_head.get(buf, base), tuple(s["collections"] for s in gc.get_stats()[1:])
 
 
 def terminate_gracefully() -> None:
@@ -152,6 +126,7 @@ class Optimizer:
         self._lock = native.allocate_lock()
         self.wake = native.Event()  # set by the signal handler: the monitor thread looks at once
         self._next_memory_check = 0.0
+        self._activity_after: tuple | None = None  # ``_activity`` when the last optimization ended
         self._was_under_limit = False
         self.recycling = False
 
@@ -195,13 +170,14 @@ class Optimizer:
     def _run(self) -> None:
         before = read_memory()
         start = time.perf_counter()
-        collected, skipped = [0, 0, 0], not _allocated_since_full_collection()
+        collected, skipped = [0, 0, 0], _activity(self._buf, self._base) == self._activity_after
         if not skipped:
             collected[2] = gc.collect(2)  # a full collection collects generations 0 and 1 as well
         seconds = time.perf_counter() - start
         trimmed = self._trim(collected[2]) if not skipped else 0
         after = read_memory()
         buf, base = self._buf, self._base
+        self._activity_after = _activity(buf, base)
         Body.optimize_seconds.set(buf, seconds, base)
         for field, value in ((Body.optimize_rss_before, before.rss), (Body.optimize_rss_after, after.rss),
                              (Body.optimize_uss_before, before.uss), (Body.optimize_uss_after, after.uss),
