@@ -1,0 +1,69 @@
+"""Optimization never raises a worker's memory, and gives fragmented heap back (issue 16), on real gunicorns."""
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from tests.helpers import http_get, load, poll
+from tests.test_optimize import http_post
+
+KiB, MiB = 1024, 1024 * 1024
+USS_MARGIN = 256 * KiB  # the acceptance: USS after <= USS before + 256 KiB, every worker, every round
+
+
+def stats(server) -> dict:
+    return json.loads(http_get(f"http://127.0.0.1:{server.metrics_port}/optimize/stats")[2])
+
+
+def optimize_every_worker(server, how: str) -> list[dict]:
+    """One optimization of every worker (``POST /optimize`` or USR1 to the master); their figures."""
+    before = {w["pid"]: w["optimization_count"] for w in stats(server)["workers"]}
+    if how == "post":
+        assert http_post(f"http://127.0.0.1:{server.metrics_port}/optimize")[0] == 202
+    else:
+        server.signal(signal.SIGUSR1)
+
+    def done():
+        workers = stats(server)["workers"]
+        return all(w["optimization_count"] == before[w["pid"]] + 1 for w in workers) and workers
+    return poll(done, timeout=10, message=f"every worker optimized ({how})")
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_no_round_raises_a_workers_uss(gunicorn_factory, preload):
+    server = gunicorn_factory(workers=4, args=("--preload",) if preload else (),
+                              env={"ROCKSTAR_ADMIN_OPEN": "1"})
+    server.serve_on_every_worker()
+    assert set(load(server.port, 400, concurrency=8)) == {200}
+    for round_, how in enumerate(("post", "usr1", "post"), 1):
+        workers = optimize_every_worker(server, how)
+        grown = {w["pid"]: (w["uss_after"] - w["uss_before"]) // KiB for w in workers}
+        print(f"preload={preload} round {round_} ({how}): USS after - before, KiB: {grown}")
+        for w in workers:
+            assert w["uss_before"] > 0 and w["pss_before"] > 0 and w["rss_before"] > 0, w
+            assert w["uss_after"] <= w["uss_before"] + USS_MARGIN, (round_, w)
+        assert len(workers) == 4
+    total = stats(server)["total"]
+    assert total["pss_before"] > 0 and total["pss_after"] > 0 and total["skipped"] >= 4  # idle: nothing to do
+
+
+def _fragmented_rss(gunicorn_factory, trim: bool) -> dict:
+    server = gunicorn_factory(workers=1, app="tests.apps.memory:app",
+                              env={"ROCKSTAR_ADMIN_OPEN": "1", "ROCKSTAR_OPTIMIZATION_TRIM": "1" if trim else "0"})
+    assert load(server.port, 1, "/fragment?mb=200", concurrency=1) == {200: 1}
+    [worker] = optimize_every_worker(server, "post")
+    server.stop()
+    return worker
+
+
+def test_trim_gives_a_fragmented_heap_back(gunicorn_factory):
+    trimmed = _fragmented_rss(gunicorn_factory, trim=True)
+    untrimmed = _fragmented_rss(gunicorn_factory, trim=False)
+    for name, w in (("with trim", trimmed), ("without trim", untrimmed)):
+        print(f"200 MB fragmented, {name}: RSS {w['rss_before'] / MiB:.1f} -> {w['rss_after'] / MiB:.1f} MiB, "
+              f"trimmed {w['trimmed'] / MiB:.1f} MiB")
+    assert untrimmed["rss_before"] > 150 * MiB and untrimmed["rss_after"] > 150 * MiB  # glibc keeps it alone
+    assert trimmed["rss_after"] <= trimmed["rss_before"] * 0.5
+    assert trimmed["trimmed"] >= 150 * MiB and untrimmed["trimmed"] == 0
