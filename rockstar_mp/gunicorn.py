@@ -176,10 +176,13 @@ def post_fork(server: Arbiter, worker: Worker) -> None:
 
 @_guarded
 def post_worker_init(worker: Worker) -> None:
-    """After gunicorn installed the worker's signal handlers: SIGUSR1 also optimizes (chained)."""
+    """After gunicorn installed the worker's signal handlers: SIGUSR1 also optimizes (chained). A memory
+    recycle (``max_worker_memory``) is told in gunicorn's error log, and done by SIGTERM to the worker
+    itself: gunicorn's graceful stop (the request in progress is answered, then the arbiter replaces it)."""
     state = current()
     if state is not None:
         install_usr1(state.optimizer)
+        state.optimizer.log = worker.log
 
 
 @_guarded

@@ -36,7 +36,11 @@ from ..profiling import native
 from ..segment.layout import RECYCLE_SLOTS, Body, Header
 
 MAX_DEFER = 1.0
-MEMORY_CHECK_SECONDS = 1.0  # how often a worker with max_worker_memory compares its memory with it
+# With max_worker_memory, the monitor thread reads the worker's RSS (/proc/self/statm: microseconds) on
+# every poll; USS and PSS (smaps_rollup: a fraction of a millisecond) only when the RSS is over the limit
+# (USS and PSS never exceed it), at most every MEMORY_CHECK_SECONDS.
+MEMORY_CHECK_SECONDS = 0.5
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 TRIM_MIN_FREE = 1 << 20  # free bytes in glibc's heap worth a malloc_trim(0) when the collection freed nothing
 MiB = 1 << 20
 
@@ -87,6 +91,15 @@ def _activity(buf, base: int) -> tuple:
     return Body.records_head.get(buf, base), tuple(s["collections"] for s in gc.get_stats()[1:])
 
 
+def _resident() -> int:
+    """This process's RSS in bytes (``/proc/self/statm``), 0 if unreadable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def terminate_gracefully() -> None:
     """The default recycle: SIGTERM to this process, the graceful stop of gunicorn's workers (the
     request in progress is finished, then the worker exits and the arbiter starts another)."""
@@ -120,6 +133,7 @@ class Optimizer:
         self.limit = limit or MemoryLimit()
         self.trim = trim
         self.recycle = recycle
+        self.log = log  # gunicorn's hooks put the worker's own logger here (its error log)
         self._handled = Body.optimize_requested.get(buf, base)
         self._pending_since = 0.0
         # real ones: the monitor is a real thread even in gevent workers (``profiling.native``)
@@ -145,9 +159,12 @@ class Optimizer:
             self.request()
         if self._pending_since and (self.idle() or time.monotonic() - self._pending_since > MAX_DEFER):
             self.run()
-        if self.limit.bytes and not self.recycling and time.monotonic() >= self._next_memory_check:
+        if self.limit.bytes and not self.recycling and time.monotonic() >= self._next_memory_check \
+                and _resident() > self.limit.bytes:
             self._next_memory_check = time.monotonic() + MEMORY_CHECK_SECONDS
             self.check_memory()
+        elif self.limit.bytes and not self._was_under_limit:
+            self._was_under_limit = True  # its RSS, so its USS and PSS too, are under the limit
 
     def idle(self) -> bool:
         return Body.inflight_count.get(self._buf, self._base) == 0
@@ -214,7 +231,7 @@ class Optimizer:
             self._was_under_limit = True
             return False
         if not self._was_under_limit:
-            log.warning("rockstar-mp: worker %d starts at %.1f MiB of %s, above max_worker_memory (%.1f MiB): "
+            self.log.warning("rockstar-mp: worker %d starts at %.1f MiB of %s, above max_worker_memory (%.1f MiB): "
                         "it is not recycled, since its replacement would be too; raise max_worker_memory",
                         os.getpid(), memory / MiB, self.limit.kind.upper(), self.limit.bytes / MiB)
             self._was_under_limit = True  # warned once; from now on it recycles like the others
@@ -229,7 +246,7 @@ class Optimizer:
         Body.recycle_memory.set(buf, memory, base)
         if self._segment is not None:
             self._count_recycle(memory)
-        log.info("rockstar-mp: worker %d uses %.1f MiB of %s, over max_worker_memory (%.1f MiB): it stops "
+        self.log.warning("rockstar-mp: worker %d uses %.1f MiB of %s, over max_worker_memory (%.1f MiB): it stops "
                  "after its requests in progress, and the master starts another", os.getpid(), memory / MiB,
                  self.limit.kind.upper(), self.limit.bytes / MiB)
         self.recycle()
