@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -37,7 +38,7 @@ def test_no_round_raises_a_workers_uss(gunicorn_factory, preload):
                               env={"ROCKSTAR_ADMIN_OPEN": "1"})
     server.serve_on_every_worker()
     assert set(load(server.port, 400, concurrency=8)) == {200}
-    for round_, how in enumerate(("post", "usr1", "post"), 1):
+    for round_, how in enumerate(("post", "usr1"), 1):
         workers = optimize_every_worker(server, how)
         grown = {w["pid"]: (w["uss_after"] - w["uss_before"]) // KiB for w in workers}
         print(f"preload={preload} round {round_} ({how}): USS after - before, KiB: {grown}")
@@ -46,21 +47,21 @@ def test_no_round_raises_a_workers_uss(gunicorn_factory, preload):
             assert w["uss_after"] <= w["uss_before"] + USS_MARGIN, (round_, w)
         assert len(workers) == 4
     total = stats(server)["total"]
-    assert total["pss_before"] > 0 and total["pss_after"] > 0 and total["skipped"] >= 4  # idle: nothing to do
+    assert total["pss_before"] > 0 and total["pss_after"] > 0 and total["skipped"] >= 2  # idle since round 1: no walk
 
 
-def _fragmented_rss(gunicorn_factory, trim: bool) -> dict:
-    server = gunicorn_factory(workers=1, app="tests.apps.memory:app",
-                              env={"ROCKSTAR_ADMIN_OPEN": "1", "ROCKSTAR_OPTIMIZATION_TRIM": "1" if trim else "0"})
+def _fragmented_and_optimized(server) -> dict:
     assert load(server.port, 1, "/fragment?mb=200", concurrency=1) == {200: 1}
     [worker] = optimize_every_worker(server, "post")
-    server.stop()
     return worker
 
 
 def test_trim_gives_a_fragmented_heap_back(gunicorn_factory):
-    trimmed = _fragmented_rss(gunicorn_factory, trim=True)
-    untrimmed = _fragmented_rss(gunicorn_factory, trim=False)
+    servers = [gunicorn_factory(workers=1, app="tests.apps.memory:app",
+                                env={"ROCKSTAR_ADMIN_OPEN": "1", "ROCKSTAR_OPTIMIZATION_TRIM": trim})
+               for trim in ("1", "0")]
+    with ThreadPoolExecutor(2) as pool:  # the same app with and without trim, side by side
+        trimmed, untrimmed = pool.map(_fragmented_and_optimized, servers)
     for name, w in (("with trim", trimmed), ("without trim", untrimmed)):
         print(f"200 MB fragmented, {name}: RSS {w['rss_before'] / MiB:.1f} -> {w['rss_after'] / MiB:.1f} MiB, "
               f"trimmed {w['trimmed'] / MiB:.1f} MiB")
