@@ -34,10 +34,15 @@ def optimize_every_worker(server, how: str) -> list[dict]:
 
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
 def test_no_round_raises_a_workers_uss(gunicorn_factory, preload):
-    server = gunicorn_factory(workers=4, args=("--preload",) if preload else (),
-                              env={"ROCKSTAR_ADMIN_OPEN": "1"})
+    server = gunicorn_factory(workers=4, args=("--preload",) if preload else (), env={"ROCKSTAR_ADMIN_OPEN": "1"},
+                              app="examples.app:app" if preload else "tests.apps.slow_boot:app")
+    if not preload:  # the workers are still loading the app (2 s): a USR1 now optimizes them as well
+        assert stats(server)["total"]["optimization_count"] == 0
+        server.signal(signal.SIGUSR1)
+        poll(lambda: [w["optimization_count"] for w in stats(server)["workers"]] == [1] * 4, timeout=10,
+             message="every worker optimized by a USR1 sent while it loaded the app")
     server.serve_on_every_worker()
-    assert set(load(server.port, 400, concurrency=8)) == {200}
+    assert set(load(server.port, 400)) == {200}
     for round_, how in enumerate(("post", "usr1"), 1):
         workers = optimize_every_worker(server, how)
         grown = {w["pid"]: (w["uss_after"] - w["uss_before"]) // KiB for w in workers}

@@ -267,14 +267,23 @@ class Optimizer:
             log.debug("rockstar-mp: memory recycle not counted", exc_info=True)
 
 
-def install_usr1(optimizer: Optimizer) -> None:
-    """SIGUSR1 asks for an optimization, then calls the handler it replaced (gunicorn reopens its log
-    files there). Install it after the server's own handlers (gunicorn: ``post_worker_init``)."""
-    previous = signal.getsignal(signal.SIGUSR1)
-
+def optimizing(optimizer: Optimizer, previous: Callable | None) -> Callable:
+    """A SIGUSR1 handler that asks ``optimizer`` for an optimization, then calls ``previous`` (gunicorn's:
+    reopen the log files)."""
     def on_usr1(signum, frame):
         optimizer.request()
         if callable(previous):
             previous(signum, frame)
 
-    signal.signal(signal.SIGUSR1, on_usr1)
+    on_usr1.rockstar_optimizes = True  # type: ignore[attr-defined]
+    return on_usr1
+
+
+def install_usr1(optimizer: Optimizer) -> None:
+    """SIGUSR1 asks for an optimization, then calls the handler it replaced (gunicorn reopens its log
+    files there). Install it after the server's own handlers (gunicorn: ``post_worker_init``); does
+    nothing if the handler in place already optimizes."""
+    previous = signal.getsignal(signal.SIGUSR1)
+    if getattr(previous, "rockstar_optimizes", False):
+        return
+    signal.signal(signal.SIGUSR1, optimizing(optimizer, previous if callable(previous) else None))
