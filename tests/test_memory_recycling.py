@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import ROOT, Gunicorn, free_port, http_get, load, poll, raw_get
 from tests.test_memory_optimization import stats
 from tests.test_optimize import http_post
-from tests.test_snmp import TRAP_COMMUNITY, TrapReceiver
+from tests.test_snmp import TRAP_COMMUNITY, TrapReceiver, column, v2c, value_of
 
 LIMIT_MIB = 40  # a fresh worker of tests/apps/memory.py has some 14 MiB of USS
 SLOPE_THRESHOLD = 600  # MiB an hour; the slow leak below grows a worker by thousands
@@ -34,11 +34,11 @@ def server(tmp_path_factory):
     g = Gunicorn(tmp, workers=2, app="tests.apps.memory:app", env={
         "ROCKSTAR_ADMIN_OPEN": "1", "ROCKSTAR_MAX_WORKER_MEMORY": str(LIMIT_MIB), "ROCKSTAR_HISTORY_INTERVAL": "0.5",
         "ROCKSTAR_LEAK_SLOPE_THRESHOLD": str(SLOPE_THRESHOLD), "ROCKSTAR_ENABLE_SNMP": "1",
-        "ROCKSTAR_SNMP_PORT": str(snmp_port),
+        "ROCKSTAR_SNMP_PORT": str(snmp_port), "ROCKSTAR_SNMP_COMMUNITY": "public",
         "ROCKSTAR_SNMP_TRAP_TARGETS": f"v2c:{TRAP_COMMUNITY}@127.0.0.1:{traps.port}"})
     try:
         g.start()
-        g.traps = traps
+        g.traps, g.snmp_port = traps, snmp_port
         yield g
     finally:
         g.stop()
@@ -63,6 +63,9 @@ def test_a_leaking_app_is_recycled_by_memory_and_no_request_fails(server):
     slopes = {w["pid"]: w["memory_slope_mib_per_hour"] for w in workers(server)["workers"]}
     assert any(re.search(rf"= INTEGER: {pid}\b", growing[0]) for pid in first), growing
     assert max(s or 0 for s in slopes.values()) > SLOPE_THRESHOLD, slopes
+    pid = max(slopes, key=lambda p: slopes[p] or 0)
+    history = json.loads(http_get(f"{server.url}/history?name=rockstar.worker.memory.uss{{pid=%22{pid}%22}}")[2])
+    assert len(history["points"]) >= 3 and history["points"][-1][1] > history["points"][0][1], history
 
     statuses: dict[int, int] = {}
 
@@ -87,6 +90,7 @@ def test_a_leaking_app_is_recycled_by_memory_and_no_request_fails(server):
     assert any(re.search(rf"= INTEGER: {pid}\b", t) for t in notified for pid in gone), notified
     log = server.log_text()
     assert "over max_worker_memory" in log and "Autorestarting" not in log
+    assert value_of(server.snmp_port, "rsmpMemoryRecycles", v2c("public")) == recycles
 
     env = dict(os.environ, ROCKSTAR_URL=f"http://127.0.0.1:{server.metrics_port}")
     top = subprocess.run([sys.executable, "-m", "rockstar_mp.cli", "top", "--iterations", "1"], cwd=ROOT,
@@ -138,3 +142,7 @@ def test_a_scheduled_run_waits_for_low_traffic(server):
         stop.set()
         thread.join()
     assert failures == []
+    pss = column(server.snmp_port, "rsmpOptPssBefore", v2c("public"))  # KiB, one row per live worker
+    assert set(pss) == set(server.worker_pids()) and all(int(v) > 0 for v in pss.values()), pss
+    poll(lambda: http_get(f"{server.url}/history?name=rockstar.optimization.pss_after")[0] == 200, timeout=5,
+         message="the optimization's PSS in the history")
