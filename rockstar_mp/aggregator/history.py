@@ -11,9 +11,10 @@ whatever happens to it.
 
 Names are the keys of the JSON ``/metrics`` (``http.requests``, ``http.requests{method="GET"}``); a
 histogram contributes ``<name>.count`` and ``<name>.sum`` (labels kept: ``t.sizes.count{route="/"}``).
-Beside them (``memory_rows``): each live worker's memory, ``rockstar.worker.memory.{rss,uss,pss}{pid="N"}``,
-also fed to the leak hints (``AggregatorState.trends``), and the optimization's RSS, USS and PSS before and
-after summed over the live workers, ``rockstar.optimization.{rss,uss,pss}_{before,after}``.
+Beside them (``optimize.memory_rows``, through ``extra_rows``): each live worker's memory,
+``rockstar.worker.memory.{rss,uss,pss}{pid="N"}``, also fed to the leak hints (``AggregatorState.trends``),
+and the optimization's RSS, USS and PSS before and after summed over the live workers,
+``rockstar.optimization.{rss,uss,pss}_{before,after}``.
 
 Schema (``PRAGMA user_version = 1``)::
 
@@ -33,7 +34,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import MappingProxyType
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from .. import safefs
 from ..config import MonitoringConfig
@@ -92,23 +93,6 @@ def flatten(body: Mapping) -> Rows:
             if _finite(hist.get(part)):
                 rows[_suffixed(key, "." + part)] = ("histogram." + part, float(hist[part]))
     return MappingProxyType(rows)
-
-
-def memory_rows(memory: Mapping[int, tuple], optimized: list) -> dict:
-    """Gauges beside the metrics: each live worker's RSS, USS and PSS now
-    (``rockstar.worker.memory.uss{pid="N"}``), and the optimization figures summed over the live workers
-    (``rockstar.optimization.pss_before``...)."""
-    rows: dict = {}
-    for pid, figures in memory.items():
-        for kind in ("rss", "uss", "pss"):
-            if getattr(figures, kind):
-                rows[f'rockstar.worker.memory.{kind}{{pid="{pid}"}}'] = ("gauge", float(getattr(figures, kind)))
-    if optimized:
-        for name in ("memory_before", "memory_after", "uss_before", "uss_after", "pss_before", "pss_after"):
-            label = name.replace("memory_", "rss_")
-            rows[f"rockstar.optimization.{label}"] = ("gauge", float(sum(getattr(w, name) for w in optimized)))
-        rows["rockstar.optimization.count"] = ("counter", float(sum(w.optimization_count for w in optimized)))
-    return rows
 
 
 def _claim_files(path: str) -> tuple[int, int]:
@@ -280,6 +264,8 @@ class HistoryWriter:
         self._logged: set[str] = set()
         self._failing = False
         self._lock = threading.Lock()  # errors/writes are bumped in the thread, read by the loop
+        # rows beside the metrics, from the snapshot (the aggregator's: the workers' memory, ``memory_rows``)
+        self.extra_rows: Callable[[Any], Mapping[str, tuple]] | None = None
 
     @classmethod
     def from_config(cls, config: MonitoringConfig, run_dir: Optional[str]) -> Optional["HistoryWriter"]:
@@ -306,9 +292,10 @@ class HistoryWriter:
         if self._next_due <= now:
             self._next_due = now + self.interval
         snap = state.snapshot()
-        rows = dict(flatten(render_json(snap)))
-        rows.update(memory_rows(state.sample_memory(snap.taken, snap), state.optimization.workers()))
-        return self.submit(snap.taken, MappingProxyType(rows))
+        rows = flatten(render_json(snap))
+        if self.extra_rows is not None:
+            rows = MappingProxyType({**rows, **self.extra_rows(snap)})
+        return self.submit(snap.taken, rows)
 
     def submit(self, ts: float, rows: Rows) -> Future:
         """Write ``rows`` at ``ts`` in the thread; the future's result is True on success."""

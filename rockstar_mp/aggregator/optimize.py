@@ -211,6 +211,23 @@ class MemoryTrends:
         return {pid: slope for pid in self._points if (slope := self.slope(pid)) is not None}
 
 
+def memory_rows(memory: dict, optimized: list) -> dict:
+    """Gauges beside the metrics: each live worker's RSS, USS and PSS now
+    (``rockstar.worker.memory.uss{pid="N"}``), and the optimization figures summed over the live workers
+    (``rockstar.optimization.pss_before``...)."""
+    rows: dict = {}
+    for pid, figures in memory.items():
+        for kind in ("rss", "uss", "pss"):
+            if getattr(figures, kind):
+                rows[f'rockstar.worker.memory.{kind}{{pid="{pid}"}}'] = ("gauge", float(getattr(figures, kind)))
+    if optimized:
+        for name in ("memory_before", "memory_after", "uss_before", "uss_after", "pss_before", "pss_after"):
+            label = name.replace("memory_", "rss_")
+            rows[f"rockstar.optimization.{label}"] = ("gauge", float(sum(getattr(w, name) for w in optimized)))
+        rows["rockstar.optimization.count"] = ("counter", float(sum(w.optimization_count for w in optimized)))
+    return rows
+
+
 def requests_total(snap) -> float:
     """Requests the server answered (``http.requests`` over every label set, dead workers included)."""
     return sum(snap.totals[info.cell] for info in snap.series if info.key.name == "http.requests" and info.cell >= 0)

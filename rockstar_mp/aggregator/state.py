@@ -21,7 +21,7 @@ from ..segment import LIVE, STATE_NAMES, Segment, process_alive
 from ..segment.layout import Body, Header
 from ..segment.segment import liveness_unknown
 from .merge import Merger, Snapshot, slab_base
-from .optimize import MemoryTrends, OptimizationSchedule
+from .optimize import MemoryTrends, OptimizationSchedule, memory_rows
 from .workload import RingDrain, Window, sketch_totals
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class AggregatorState:
         self.window = Window(config.window_seconds)
         self.optimization = OptimizationSchedule(segment)
         self.trends = MemoryTrends()  # each worker's memory at every history snapshot (leak hints)
-        self.history: HistoryWriter | None = None  # when history is on (set by the aggregator's serve())
+        self._history: HistoryWriter | None = None  # when history is on (set by the aggregator's serve())
         self.snmp = None  # the SnmpAgent while SNMP is on (set by the aggregator's serve())
         # tells the master, in one status line, that pprof or SNMP now serves (set by the aggregator's serve())
         self.announce: Callable[[str], None] | None = None
@@ -274,6 +274,23 @@ class AggregatorState:
     def refresh_processes(self, full: bool = False) -> None:
         snap = self._snapshot or self.snapshot()
         self.procs.refresh([w.slot.pid for w in snap.workers], full)
+
+    @property
+    def history(self) -> HistoryWriter | None:
+        return self._history
+
+    @history.setter
+    def history(self, writer: HistoryWriter | None) -> None:
+        """The history writer also stores the workers' memory, sampled for the leak hints at each snapshot."""
+        self._history = writer
+        if writer is not None:
+            writer.extra_rows = self.memory_rows
+
+    def memory_rows(self, snap: Snapshot) -> dict:
+        """Each live worker's memory read now (``smaps_rollup``), added to the trends (the leak hints),
+        and the history's rows of it and of the optimizations (``optimize.memory_rows``)."""
+        memory = self.sample_memory(snap.taken, snap)
+        return memory_rows(memory, self.optimization.workers())
 
     def sample_memory(self, ts: float, snap: Snapshot) -> dict[int, Memory]:
         """Read every live worker's memory now (``smaps_rollup``) into the trends; ``{pid: Memory}``."""
