@@ -23,7 +23,6 @@ returns the free pages to the kernel (``optimization_trim``; skipped on other C 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -62,7 +61,7 @@ class _Glibc:
         self._mallinfo2 = None
         if _on_glibc():
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                libc = ctypes.CDLL(None)  # the process's own symbols, libc's among them (no ldconfig run)
                 libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
                 self.trim = libc.malloc_trim
                 if hasattr(libc, "mallinfo2"):  # glibc 2.33+
@@ -152,19 +151,22 @@ class Optimizer:
 
     def poll(self) -> None:
         """Monitor thread: pick up requests from the slab, run a pending one if the worker is idle, and
-        compare the worker's memory with ``max_worker_memory`` every ``MEMORY_CHECK_SECONDS``."""
+        compare the worker's memory with ``max_worker_memory``."""
         requested = Body.optimize_requested.get(self._buf, self._base)
         if requested != self._handled:
             self._handled = requested
             self.request()
         if self._pending_since and (self.idle() or time.monotonic() - self._pending_since > MAX_DEFER):
             self.run()
-        if self.limit.bytes and not self.recycling and time.monotonic() >= self._next_memory_check \
-                and _resident() > self.limit.bytes:
+        if self.limit.bytes and not self.recycling:
+            self._watch_memory()
+
+    def _watch_memory(self) -> None:
+        if _resident() <= self.limit.bytes:
+            self._was_under_limit = True  # its RSS is, so its USS and PSS are too
+        elif time.monotonic() >= self._next_memory_check:
             self._next_memory_check = time.monotonic() + MEMORY_CHECK_SECONDS
             self.check_memory()
-        elif self.limit.bytes and not self._was_under_limit:
-            self._was_under_limit = True  # its RSS, so its USS and PSS too, are under the limit
 
     def idle(self) -> bool:
         return Body.inflight_count.get(self._buf, self._base) == 0
@@ -232,8 +234,8 @@ class Optimizer:
             return False
         if not self._was_under_limit:
             self.log.warning("rockstar-mp: worker %d starts at %.1f MiB of %s, above max_worker_memory (%.1f MiB): "
-                        "it is not recycled, since its replacement would be too; raise max_worker_memory",
-                        os.getpid(), memory / MiB, self.limit.kind.upper(), self.limit.bytes / MiB)
+                             "it is not recycled, since its replacement would be too; raise max_worker_memory",
+                             os.getpid(), memory / MiB, self.limit.kind.upper(), self.limit.bytes / MiB)
             self._was_under_limit = True  # warned once; from now on it recycles like the others
             return False
         self._recycle(memory)
@@ -247,8 +249,8 @@ class Optimizer:
         if self._segment is not None:
             self._count_recycle(memory)
         self.log.warning("rockstar-mp: worker %d uses %.1f MiB of %s, over max_worker_memory (%.1f MiB): it stops "
-                 "after its requests in progress, and the master starts another", os.getpid(), memory / MiB,
-                 self.limit.kind.upper(), self.limit.bytes / MiB)
+                         "after its requests in progress, and the master starts another", os.getpid(),
+                         memory / MiB, self.limit.kind.upper(), self.limit.bytes / MiB)
         self.recycle()
 
     def _count_recycle(self, memory: int) -> None:
