@@ -40,6 +40,12 @@ V3_WALK_RUNS = 3
 V3_TARGET = 0.5  # our values/s over snmpd's
 SNMPD_VIEW = (".1.3.6.1.2.1.1", ".1.3.6.1.2.1.2", ".1.3.6.1.2.1.25", ".1.3.6.1.2.1.31")
 GC_WORKERS = 4
+USS_RUNS = 10  # figure 9c: fresh servers per mode
+USS_LOAD = 400  # requests before the first optimization
+USS_MARGIN = 256 * 1024  # bytes: a worker's USS after an optimization at most this above before
+USS_ROUNDS = ("post", "usr1", "post")  # POST /optimize, USR1 to the master, POST again
+FRAGMENT_MB = 200
+RESPAWNS = 20  # figure 9e: worker forks under --max-requests 1
 RATE_REQUESTS = 300
 RATE_BURST = 1_000
 RATE_ROUNDS = 3
@@ -357,6 +363,112 @@ def fig9(tmp: str, rows: list, notes: list) -> None:
                      + "; USR1 to the master (one run)"))
     finally:
         notes.extend(server.stop())
+    for part in (fig9c, fig9d, fig9e):
+        part(tmp, rows, notes)
+
+
+def _optimize_round(server: OpsServer, how: str) -> list[dict]:
+    """One optimization of every worker (``POST /optimize`` or USR1 to the master); their figures."""
+    before = {w["pid"]: w["optimization_count"] for w in server.mget("/optimize/stats")["workers"]}
+    if how == "post":
+        req = urllib.request.Request(f"http://127.0.0.1:{server.metrics_port}/optimize", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+    else:
+        os.kill(server.proc.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while True:
+        workers = server.mget("/optimize/stats")["workers"]
+        if all(w["optimization_count"] > before.get(w["pid"], 0) for w in workers):
+            return workers
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not every worker optimized ({how}): {workers}")
+        time.sleep(0.05)
+
+
+def _uss_growth_run(tmp: str, name: str, args: tuple, notes: list) -> list[int]:
+    """A fresh 4-worker example app, USS_LOAD requests, then USS_ROUNDS: the worst USS growth (bytes)
+    over the workers in each round."""
+    server = OpsServer(tmp, name, {"ROCKSTAR_ADMIN_OPEN": "1"}, workers=GC_WORKERS, args=args)
+    try:
+        server.wait_ready()
+        _workers(server, GC_WORKERS)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: http_once(server.url), range(USS_LOAD)))
+        return [max(w["uss_after"] - w["uss_before"] for w in _optimize_round(server, how)) for how in USS_ROUNDS]
+    finally:
+        notes.extend(server.stop())
+
+
+def fig9c(tmp: str, rows: list, notes: list) -> None:
+    for label, args in (("without preload", ()), ("with --preload", ("--preload",))):
+        runs = [_uss_growth_run(tmp, f"uss-{i}-{bool(args)}", args, notes) for i in range(USS_RUNS)]
+        good = sum(all(g <= USS_MARGIN for g in run) for run in runs)
+        worst = max(max(run) for run in runs)
+        rows.append((f"9c. optimization never raises USS, {label}",
+                     f"{good}/{USS_RUNS} runs, worst {worst // 1024:+d} KiB",
+                     f"{USS_RUNS}/{USS_RUNS} runs <= +256 KiB", "PASS" if good == USS_RUNS else "FAIL",
+                     f"{GC_WORKERS} workers of examples.app after {USS_LOAD} requests; per run, the worst worker's "
+                     "USS after - before (KiB) in rounds POST /optimize / USR1 to the master / POST: "
+                     + "; ".join(" / ".join(f"{g // 1024:+d}" for g in run) for run in runs)))
+
+
+def fig9d(tmp: str, rows: list, notes: list) -> None:
+    figures = {}
+    for trim in ("1", "0"):
+        server = OpsServer(tmp, f"fragment-{trim}", {"ROCKSTAR_ADMIN_OPEN": "1", "ROCKSTAR_OPTIMIZATION_TRIM": trim},
+                           app="tests.apps.memory:app", workers=1)
+        try:
+            server.wait_ready()
+            http_once(f"{server.url}fragment?mb={FRAGMENT_MB}", timeout=120)
+            [figures[trim]] = _optimize_round(server, "post")
+        finally:
+            notes.extend(server.stop())
+    on, off = figures["1"], figures["0"]
+    drop = 1 - on["rss_after"] / on["rss_before"]
+    mib = 1024 * 1024
+    rows.append(("9d. fragmented heap given back (malloc_trim)", f"RSS -{drop * 100:.0f}% with trim",
+                 ">= 50% lower", "PASS" if drop >= 0.5 else "FAIL",
+                 f"tests/apps/memory.py /fragment?mb={FRAGMENT_MB}, 1 worker, POST /optimize: with trim "
+                 f"{on['rss_before'] / mib:.1f} -> {on['rss_after'] / mib:.1f} MiB, without "
+                 f"{off['rss_before'] / mib:.1f} -> {off['rss_after'] / mib:.1f} MiB (one run each)"))
+
+
+def _master_figures(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and USS of a process."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    times = proc.cpu_times()
+    return times.user + times.system, proc.memory_full_info().uss
+
+
+def fig9e(tmp: str, rows: list, notes: list) -> None:
+    """What gc.freeze() before each fork costs the master: its CPU and USS over RESPAWNS forks."""
+    figures = {}
+    for freeze in ("0", "1"):
+        server = OpsServer(tmp, f"respawn-{freeze}", {"ROCKSTAR_GC_FREEZE_BEFORE_FORK": freeze},
+                           app="tests.apps.preloaded:app", workers=2, args=("--preload", "--max-requests", "1"))
+        try:
+            server.wait_ready()
+            time.sleep(0.5)
+            cpu0, uss0 = _master_figures(server.proc.pid)
+            for _ in range(RESPAWNS):  # each request ends its worker: the master forks another
+                http_once(server.url, timeout=30)
+            time.sleep(0.5)
+            cpu1, uss1 = _master_figures(server.proc.pid)
+            figures[freeze] = (cpu1 - cpu0, uss0, uss1)
+        finally:
+            notes.extend(server.stop())
+    (cpu_off, *uss_off), (cpu_on, *uss_on) = figures["0"], figures["1"]
+    mib = 1024 * 1024
+    per_fork = (cpu_on - cpu_off) / RESPAWNS * 1000
+    rows.append(("9e. gc.freeze() before each fork: cost to the master", f"{per_fork:+.2f} ms CPU a fork",
+                 "(info)", "",
+                 f"tests/apps/preloaded.py --preload --max-requests 1, {RESPAWNS} forks: master CPU "
+                 f"{cpu_on * 1000:.0f} ms with freeze, {cpu_off * 1000:.0f} ms without (from /proc); master USS "
+                 f"{uss_on[0] / mib:.1f} -> {uss_on[1] / mib:.1f} MiB with, {uss_off[0] / mib:.1f} -> "
+                 f"{uss_off[1] / mib:.1f} MiB without"))
 
 
 # ---------------------------------------------------------------- figure 10: rate limit

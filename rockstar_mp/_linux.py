@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+from typing import NamedTuple
 
 PR_SET_PDEATHSIG = 1
 
@@ -16,3 +17,29 @@ def set_parent_death_signal(signum: int) -> bool:
         return libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+class Memory(NamedTuple):
+    """A process's memory in bytes: resident, unique (private pages) and proportional (shared pages
+    divided among their sharers); 0 where unreadable."""
+
+    rss: int = 0
+    uss: int = 0
+    pss: int = 0
+
+
+def read_memory(pid: int | str = "self") -> Memory:
+    """RSS, USS and PSS from one read of ``/proc/<pid>/smaps_rollup`` (Linux 4.14+; the kernel sums
+    ``smaps`` itself, so this costs well under a millisecond for a worker). ``Memory()`` elsewhere."""
+    fields: dict[bytes, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                name, _, rest = line.partition(b":")
+                parts = rest.split()
+                if len(parts) == 2 and parts[1] == b"kB":
+                    fields[name] = int(parts[0]) * 1024
+    except (OSError, ValueError):
+        return Memory()
+    uss = fields.get(b"Private_Clean", 0) + fields.get(b"Private_Dirty", 0)
+    return Memory(fields.get(b"Rss", 0), uss, fields.get(b"Pss", 0))

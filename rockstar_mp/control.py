@@ -20,7 +20,8 @@ from .segment import LIVE, Segment
 from .segment.layout import CONTROL_BYTES, Body, Header
 
 CONTROLLABLE = ("enable_metrics", "metrics_path", "enable_pprof", "pprof_path", "enable_snmp", "snmp_port",
-                "snmp_community", "enable_optimization", "optimization_interval", "optimization_spread")
+                "snmp_community", "enable_optimization", "optimization_interval", "optimization_spread",
+                "optimization_defer_rate", "optimization_max_deferral")
 
 
 def read_overrides(segment: Segment) -> dict:
@@ -82,7 +83,8 @@ def request_optimization(segment: Segment, pids: set[int] | None = None) -> list
 
 @dataclass(frozen=True)
 class WorkerOptimization:
-    """The spec's OptimizationStats for one worker (memory figures: RSS, in bytes)."""
+    """The spec's OptimizationStats for one worker (memory figures in bytes: ``memory_*`` are RSS, then USS
+    and PSS, the fair share of a forked worker's memory)."""
 
     pid: int
     optimization_count: int
@@ -93,6 +95,10 @@ class WorkerOptimization:
     uss_after: int
     seconds: float
     collected: tuple
+    pss_before: int = 0
+    pss_after: int = 0
+    trimmed: int = 0
+    skipped: int = 0
 
     @property
     def memory_freed(self) -> int:
@@ -102,8 +108,12 @@ class WorkerOptimization:
         return {"pid": self.pid, "optimization_count": self.optimization_count,
                 "last_optimization": self.last_optimization or None, "memory_before": self.memory_before,
                 "memory_after": self.memory_after, "memory_freed": self.memory_freed,
+                "rss_before": self.memory_before, "rss_after": self.memory_after,
                 "uss_before": self.uss_before, "uss_after": self.uss_after,
                 "uss_freed": max(0, self.uss_before - self.uss_after),
+                "pss_before": self.pss_before, "pss_after": self.pss_after,
+                "pss_freed": max(0, self.pss_before - self.pss_after),
+                "trimmed": self.trimmed, "skipped": self.skipped,
                 "last_pause_ms": round(self.seconds * 1000, 3), "collected": list(self.collected)}
 
 
@@ -113,18 +123,28 @@ def read_worker(segment: Segment, slab: int, pid: int) -> WorkerOptimization:
         pid, Body.optimize_count.get(buf, base), Body.optimize_last.get(buf, base),
         Body.optimize_rss_before.get(buf, base), Body.optimize_rss_after.get(buf, base),
         Body.optimize_uss_before.get(buf, base), Body.optimize_uss_after.get(buf, base),
-        Body.optimize_seconds.get(buf, base), tuple(f.get(buf, base) for f in Body.optimize_collected))
+        Body.optimize_seconds.get(buf, base), tuple(f.get(buf, base) for f in Body.optimize_collected),
+        Body.optimize_pss_before.get(buf, base), Body.optimize_pss_after.get(buf, base),
+        Body.optimize_trimmed.get(buf, base), Body.optimize_skipped.get(buf, base))
 
 
 @dataclass(frozen=True)
 class OptimizationStats:
-    """The spec's OptimizationStats (summed over workers; memory in bytes of RSS)."""
+    """The spec's OptimizationStats, summed over workers; bytes. ``memory_*`` are RSS (the spec's figure);
+    USS and PSS before and after beside them (PSS is the fair figure for forked workers).
+
+    >>> manager.get_optimization_stats().pss_before
+    """
 
     last_optimization: float | None
     optimization_count: int
     memory_before: int
     memory_after: int
     memory_freed: int
+    uss_before: int = 0
+    uss_after: int = 0
+    pss_before: int = 0
+    pss_after: int = 0
 
 
 def totals(workers: list[WorkerOptimization]) -> dict:
@@ -132,4 +152,6 @@ def totals(workers: list[WorkerOptimization]) -> dict:
             "last_optimization": max((w.last_optimization for w in workers), default=0.0) or None,
             "memory_before": sum(w.memory_before for w in workers),
             "memory_after": sum(w.memory_after for w in workers),
-            "memory_freed": sum(w.memory_freed for w in workers)}
+            "memory_freed": sum(w.memory_freed for w in workers),
+            **{name: sum(getattr(w, name) for w in workers)
+               for name in ("uss_before", "uss_after", "pss_before", "pss_after", "trimmed", "skipped")}}

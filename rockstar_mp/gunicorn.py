@@ -26,7 +26,7 @@ from .master.manager import MonitoringManager
 from .segment import NoFreeSlab, NoSpace
 from .segment.layout import Header
 from .worker.attach import attach_worker, current
-from .worker.optimize import install_usr1
+from .worker.optimize import install_usr1, optimizing
 
 __all__ = ["configure", "on_starting", "on_reload", "pre_fork", "post_fork", "post_worker_init",
            "child_exit", "pre_exec", "on_exit"]
@@ -113,8 +113,6 @@ def on_starting(server: Arbiter) -> None:
     global _manager
     _log_master_to_gunicorn(server)
     _manager = MonitoringManager(_with_server_user(_config or MonitoringConfig(), server)).start()
-    if _manager.config.gc_freeze_before_fork:
-        gc.disable()  # Python's advice: no collections in the parent (holes), freeze before fork
     segment = _manager.segment
     assert segment is not None  # start() opened it
     room = segment.room_for_slabs()
@@ -147,7 +145,14 @@ def pre_fork(server: Arbiter, worker: Worker) -> None:
     if _manager is None:
         return
     if _manager.config.gc_freeze_before_fork:
-        gc.freeze()  # what the app preloaded moves to the permanent generation: the child's GC skips it
+        # every object the master holds (what the app preloaded, gunicorn, us) moves to the permanent
+        # generation: the child's collections skip them, so they never copy the pages they share. The
+        # master keeps collecting what it allocates later (it never disables its GC).
+        gc.freeze()
+        # With every object frozen this collection walks nothing, but a full one empties the
+        # interpreter's free lists: here, before the fork, rather than in each child's first full
+        # collection, which would write (and copy) every shared page holding one of their blocks.
+        gc.collect()
     try:
         worker.rockstar_slab = _manager.assign_slab(age=worker.age)
     except NoFreeSlab as exc:  # never stop the arbiter: this worker just goes unmonitored (counted)
@@ -163,20 +168,28 @@ def pre_fork(server: Arbiter, worker: Worker) -> None:
 @_guarded
 def post_fork(server: Arbiter, worker: Worker) -> None:
     slab: tuple[int, int] | None = getattr(worker, "rockstar_slab", None)  # pre_fork's assign_slab
-    if _manager is not None and _manager.config.gc_freeze_before_fork:
-        gc.enable()
     if _manager is not None and slab is not None:
         config = _manager.config
-        attach_worker(_manager.segment, *slab, die_with_parent=True,
-                      capture_logs=config.log_level if config.capture_logs else None, config=config)
+        state = attach_worker(_manager.segment, *slab, die_with_parent=True,
+                              capture_logs=config.log_level if config.capture_logs else None, config=config)
+        # gunicorn's init_signals, right after this hook, installs ``worker.handle_usr1``: an instance
+        # attribute wrapping it is what it installs, so a USR1 that comes while the app still loads
+        # (seconds, for some apps) optimizes too, instead of only reopening the logs
+        handler = getattr(worker, "handle_usr1", None)
+        if callable(handler):
+            worker.handle_usr1 = optimizing(state.optimizer, handler)
 
 
 @_guarded
 def post_worker_init(worker: Worker) -> None:
-    """After gunicorn installed the worker's signal handlers: SIGUSR1 also optimizes (chained)."""
+    """After gunicorn installed the worker's signal handlers: SIGUSR1 also optimizes (chained; already so
+    when ``post_fork`` wrapped ``worker.handle_usr1``, installed before the app loads). A memory recycle
+    (``max_worker_memory``) is told in gunicorn's error log, and done by SIGTERM to the worker itself:
+    gunicorn's graceful stop (the request in progress is answered, then the arbiter replaces it)."""
     state = current()
     if state is not None:
         install_usr1(state.optimizer)
+        state.optimizer.log = worker.log
 
 
 @_guarded

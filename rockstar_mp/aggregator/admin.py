@@ -26,6 +26,7 @@ import falcon.asgi
 
 from ..config import MonitoringConfig
 from ..control import CONTROLLABLE, request_optimization, totals, write_overrides
+from ..segment.layout import Header
 from . import params
 from .state import AggregatorState
 
@@ -267,7 +268,8 @@ class OptimizeResource:
 
 
 class OptimizeStatsResource:
-    """``GET /optimize/stats``: the spec's OptimizationStats per worker and summed, and recent events."""
+    """``GET /optimize/stats``: the spec's OptimizationStats per worker and summed (RSS, USS and PSS before
+    and after), the recent events, the low-traffic deferral and the memory recycles."""
 
     def __init__(self, state: AggregatorState) -> None:
         self._state = state
@@ -275,9 +277,11 @@ class OptimizeStatsResource:
     async def on_get(self, req, resp) -> None:
         refuse_token_in_query(req)
         params.only(req, ())
-        workers = self._state.optimization.workers()
+        state = self._state
+        workers = state.optimization.workers()
         _send(resp, {"workers": [w.to_json() for w in workers], "total": totals(workers),
-                     "recent": list(self._state.optimization.events)})
+                     "recent": list(state.optimization.events), "deferral": state.optimization.deferral.to_json(),
+                     "memory_recycles": Header.memory_recycles.get(state.segment.buf)})
 
     on_head = on_get
 

@@ -11,6 +11,10 @@ whatever happens to it.
 
 Names are the keys of the JSON ``/metrics`` (``http.requests``, ``http.requests{method="GET"}``); a
 histogram contributes ``<name>.count`` and ``<name>.sum`` (labels kept: ``t.sizes.count{route="/"}``).
+Beside them (``optimize.memory_rows``, through ``extra_rows``): each live worker's memory,
+``rockstar.worker.memory.{rss,uss,pss}{pid="N"}``, also fed to the leak hints (``AggregatorState.trends``),
+and the optimization's RSS, USS and PSS before and after summed over the live workers,
+``rockstar.optimization.{rss,uss,pss}_{before,after}``.
 
 Schema (``PRAGMA user_version = 1``)::
 
@@ -30,7 +34,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import MappingProxyType
-from typing import Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from .. import safefs
 from ..config import MonitoringConfig
@@ -260,6 +264,8 @@ class HistoryWriter:
         self._logged: set[str] = set()
         self._failing = False
         self._lock = threading.Lock()  # errors/writes are bumped in the thread, read by the loop
+        # rows beside the metrics, from the snapshot (the aggregator's: the workers' memory, ``memory_rows``)
+        self.extra_rows: Callable[[Any], Mapping[str, tuple]] | None = None
 
     @classmethod
     def from_config(cls, config: MonitoringConfig, run_dir: Optional[str]) -> Optional["HistoryWriter"]:
@@ -286,7 +292,10 @@ class HistoryWriter:
         if self._next_due <= now:
             self._next_due = now + self.interval
         snap = state.snapshot()
-        return self.submit(snap.taken, flatten(render_json(snap)))
+        rows = flatten(render_json(snap))
+        if self.extra_rows is not None:
+            rows = MappingProxyType({**rows, **self.extra_rows(snap)})
+        return self.submit(snap.taken, rows)
 
     def submit(self, ts: float, rows: Rows) -> Future:
         """Write ``rows`` at ``ts`` in the thread; the future's result is True on success."""

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Callable
 
 import psutil
 
+from .._linux import Memory, read_memory
 from ..config import MonitoringConfig
 from ..control import apply_overrides, read_overrides
 from ..segment import LIVE, STATE_NAMES, Segment, process_alive
 from ..segment.layout import Body, Header
 from ..segment.segment import liveness_unknown
 from .merge import Merger, Snapshot, slab_base
-from .optimize import OptimizationSchedule
+from .optimize import MemoryTrends, OptimizationSchedule, memory_rows
 from .workload import RingDrain, Window, sketch_totals
 
 if TYPE_CHECKING:
@@ -167,7 +168,8 @@ class AggregatorState:
         self.rings = RingDrain(segment, config.recent_records, config.recent_logs)
         self.window = Window(config.window_seconds)
         self.optimization = OptimizationSchedule(segment)
-        self.history: HistoryWriter | None = None  # when history is on (set by the aggregator's serve())
+        self.trends = MemoryTrends()  # each worker's memory at every history snapshot (leak hints)
+        self._history: HistoryWriter | None = None  # when history is on (set by the aggregator's serve())
         self.remote_write: RemoteWriter | None = None  # when remote_write_url is set (likewise)
         self.snmp = None  # the SnmpAgent while SNMP is on (set by the aggregator's serve())
         # tells the master, in one status line, that pprof or SNMP now serves (set by the aggregator's serve())
@@ -275,6 +277,31 @@ class AggregatorState:
         snap = self._snapshot or self.snapshot()
         self.procs.refresh([w.slot.pid for w in snap.workers], full)
 
+    @property
+    def history(self) -> HistoryWriter | None:
+        return self._history
+
+    @history.setter
+    def history(self, writer: HistoryWriter | None) -> None:
+        """The history writer also stores the workers' memory, sampled for the leak hints at each snapshot."""
+        self._history = writer
+        if writer is not None:
+            writer.extra_rows = self.memory_rows
+
+    def memory_rows(self, snap: Snapshot) -> dict:
+        """Each live worker's memory read now (``smaps_rollup``), added to the trends (the leak hints),
+        and the history's rows of it and of the optimizations (``optimize.memory_rows``)."""
+        memory = self.sample_memory(snap.taken, snap)
+        return memory_rows(memory, self.optimization.workers())
+
+    def sample_memory(self, ts: float, snap: Snapshot) -> dict[int, Memory]:
+        """Read every live worker's memory now (``smaps_rollup``) into the trends; ``{pid: Memory}``."""
+        memory = {w.slot.pid: read_memory(w.slot.pid) for w in snap.workers}
+        kind = self.config.max_worker_memory_kind
+        self.trends.add(ts, {pid: getattr(m, kind) for pid, m in memory.items() if getattr(m, kind)},
+                        self.config.history_retention)
+        return memory
+
     def snapshot(self) -> Snapshot:
         snap = self._snapshot
         if snap is None or time.time() - snap.taken > self.config.snapshot_max_age:
@@ -335,6 +362,7 @@ class AggregatorState:
             "liveness_unknown": liveness_unknown(),  # workers kept when /proc could not tell (EMFILE)
             "segment_unlinked": Header.segment_unlinked.get(self.segment.buf),
             "unattached_updates": Header.unattached_updates.get(self.segment.buf),  # forks with no slab
+            "memory_recycles": Header.memory_recycles.get(self.segment.buf),  # over max_worker_memory
             "retired_overflow": snap.retired_overflow,
             "name_conflicts": snap.name_conflicts,
             "records_dropped": self.rings.records_dropped,

@@ -15,7 +15,7 @@ import falcon
 import falcon.asgi
 
 from ..segment import STATE_NAMES, text
-from ..segment.layout import Body
+from ..segment.layout import Body, Header
 from ..sketch import RELATIVE_ERROR
 from . import params
 from .exposition import ExtraFamily
@@ -98,7 +98,9 @@ class WorkersResource:
 
     async def on_get(self, req, resp) -> None:
         _only(req, (), self._state)
-        _send(resp, {"workers": workers_json(self._state)})
+        state = self._state
+        _send(resp, {"workers": workers_json(state),
+                     "memory_recycles": Header.memory_recycles.get(state.segment.buf)})
 
     on_head = on_get
 
@@ -107,6 +109,7 @@ def workers_json(state: AggregatorState) -> list[dict]:
     snap = state.snapshot()
     buf, geometry = state.segment.buf, state.segment.geometry
     now = time.time()
+    slopes = state.trends.slopes()
     out = []
     for worker in snap.workers:
         slot = worker.slot
@@ -126,8 +129,14 @@ def workers_json(state: AggregatorState) -> list[dict]:
             "threads": proc.get("threads"), "open_fds": proc.get("open_fds"),
             "heartbeat": worker.heartbeat, "heartbeat_age": round(now - worker.heartbeat, 3),
             "stuck": slot.pid in state.liveness.stuck,
+            "recycling": Body.recycle_memory.get(buf, body) or None,  # bytes over max_worker_memory
+            "memory_slope_mib_per_hour": _rounded(slopes.get(slot.pid)),
             "series": worker.cache.parsed, "catalogue_full": worker.catalogue_full})
     return out
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _worker_requests(snap, worker) -> int:

@@ -69,8 +69,11 @@ class Column:
 
 def _heartbeat(worker: dict) -> str:
     """The heartbeat's age, with ``STUCK`` when the aggregator finds the worker stuck (its pid runs but
-    its heartbeat is older than ``stuck_after``: stopped, or holding the GIL)."""
+    its heartbeat is older than ``stuck_after``: stopped, or holding the GIL), or ``RECYCLE`` when it went
+    over ``max_worker_memory``."""
     age = _num(worker.get("heartbeat_age"), "{:.1f}s")
+    if worker.get("recycling"):  # over max_worker_memory: it exits after its requests in progress
+        return f"RECYCLE {age}"
     return f"STUCK {age}" if worker.get("stuck") else age
 
 
@@ -85,6 +88,7 @@ def _columns(rates: dict | None) -> list[Column]:
         cols.append(Column("REQ/S", 7, lambda w: _num(rates.get(w.get("pid")))))
     cols += [Column("RSS MiB", 8, lambda w: _mib(w.get("rss"))),
              Column("USS MiB", 8, lambda w: _mib(w.get("uss"))),
+             Column("MiB/h", 7, lambda w: _num(w.get("memory_slope_mib_per_hour"))),
              Column("CPU%", 6, lambda w: _num(w.get("cpu_percent"))),
              Column("THREADS", 7, lambda w: _num(w.get("threads"), "{:.0f}")),
              Column("FDS", 5, lambda w: _num(w.get("open_fds"), "{:.0f}")),
@@ -179,6 +183,7 @@ def render_top(sample: Sample, previous: Sample | None, base: str = "", interval
             f"requests {_num(total, '{:.0f}')} ({_num(rps)}/s)   "
             f"p50 {_ms(wl.get('p50_ms'))}  p95 {_ms(wl.get('p95_ms'))}  p99 {_ms(wl.get('p99_ms'))}   "
             f"dropped {_num(wl.get('records_dropped', system.get('records_dropped')), '{:.0f}')}   "
+            f"{_recycled(system)}"
             f"uptime {_duration(system.get('uptime_seconds'))}",
             ""]
     workers = worker_table(sample.workers, worker_rates(sample, previous))
@@ -194,6 +199,12 @@ def render_top(sample: Sample, previous: Sample | None, base: str = "", interval
         else:
             routes = routes[:room - len(workers)]
     return head + workers + routes
+
+
+def _recycled(system: dict) -> str:
+    """Workers replaced for going over max_worker_memory, when any were."""
+    count = system.get("memory_recycles")
+    return f"recycled {count} (memory)   " if count else ""
 
 
 def render_error(message: str, base: str, interval: float, attempt: int, last_ok: float | None) -> list[str]:

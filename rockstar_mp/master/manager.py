@@ -238,7 +238,8 @@ class MonitoringManager:
             return workers
         total = totals(workers)
         return OptimizationStats(total["last_optimization"], total["optimization_count"],
-                                 total["memory_before"], total["memory_after"], total["memory_freed"])
+                                 total["memory_before"], total["memory_after"], total["memory_freed"],
+                                 total["uss_before"], total["uss_after"], total["pss_before"], total["pss_after"])
 
 
 def _aggregator_identity(config: MonitoringConfig) -> tuple[int, int] | None:

@@ -8,7 +8,7 @@ The header names the geometry, so a reader computes every offset from the file i
 retired copy share one *body* layout (a catalogue of series and their float64 values; slabs also carry
 two rings, of workload records and of log records; a retired copy has rings of zero slots)::
 
-    [ body header (256 B) | index: max_series x 16 B | key heap | values: max_values x 8 B
+    [ body header (512 B) | index: max_series x 16 B | key heap | values: max_values x 8 B
       | records: record_slots x 192 B | logs: log_slots x 512 B ]
 
 A ring slot starts with its sequence number (the record's index + 1 once complete, 0 while written),
@@ -26,17 +26,20 @@ import sys
 from dataclasses import dataclass
 
 MAGIC = b"RSTARMP\x00"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 PAGE = 4096
 HEADER_SIZE = PAGE
 TABLE_ENTRY_SIZE = 64
-BODY_HEADER_SIZE = 256
+BODY_HEADER_SIZE = 512
 INDEX_ENTRY = struct.Struct("<IIII")  # key offset in heap, key length, first value (float64 index), value count
 VALUE = struct.Struct("<d")  # one value cell
 CELL_BYTES = 8  # values, ring sequences and heads are 8-byte cells, stored through buf.cast("Q") / "d"
 HEAP_BYTES_PER_SERIES = 128  # key-heap bytes given to each series a body may hold (geometry_for)
 MAX_MASTERS = 8
 CONTROL_BYTES = 2048
+RECYCLE_SLOTS = 16  # the last memory recycles the header keeps (for the aggregator's notifications)
+RECYCLE_BASE = 2568  # where they start: right after control_json
+RECYCLE_ENTRY_SIZE = 32
 
 # Slab states, stored in the slab table.
 FREE, LIVE, RETIRED = 0, 1, 2
@@ -106,6 +109,8 @@ class Header:
                              "another file")
     unattached_updates = Field(160, "Q", "updates made by forks of workers that found no slab to claim "
                                "(counted under the flock; their values are lost)")
+    memory_recycles = Field(168, "Q", "workers that went over `max_worker_memory` and stopped to be replaced "
+                            "(counted by the worker under the flock, after its `recycles` entry: stored last)")
     created = Field(56, "d", "`time.time()` at creation. Used for the stale-segment age and for "
                     "`uptime_seconds`.")
     next_age = Field(64, "Q", "the last age handed out by a claim made without an age (`assign_slab()` or "
@@ -125,6 +130,16 @@ class Header:
                            "override)")
     control_json = Field(520, f"{CONTROL_BYTES}s", f"the runtime overrides as JSON (`CONTROL_BYTES` = "
                          f"{CONTROL_BYTES}), section 6")
+    # The last RECYCLE_SLOTS memory recycles, entry ``memory_recycles % RECYCLE_SLOTS`` written before the
+    # count is raised: the aggregator notifies each one, however soon the worker exits.
+    recycle_pid = [Field(RECYCLE_BASE + RECYCLE_ENTRY_SIZE * i, "Q", f"recycles[i], i < {RECYCLE_SLOTS}: the "
+                         "worker's pid") for i in range(RECYCLE_SLOTS)]
+    recycle_memory = [Field(RECYCLE_BASE + RECYCLE_ENTRY_SIZE * i + 8, "Q", "recycles[i]: its memory (bytes of "
+                            "`max_worker_memory_kind`) when it decided") for i in range(RECYCLE_SLOTS)]
+    recycle_limit = [Field(RECYCLE_BASE + RECYCLE_ENTRY_SIZE * i + 16, "Q", "recycles[i]: the limit, in bytes")
+                     for i in range(RECYCLE_SLOTS)]
+    recycle_time = [Field(RECYCLE_BASE + RECYCLE_ENTRY_SIZE * i + 24, "d", "recycles[i]: `time.time()` of the "
+                          "decision") for i in range(RECYCLE_SLOTS)]
 
 
 class Slot:
@@ -178,6 +193,14 @@ class Body:
     optimize_uss_after = Field(224, "Q", "slabs: USS likewise (0 if unreadable)")
     optimize_collected = [Field(232 + 8 * i, "Q", "slabs: objects found by `gc.collect(i)` in the last one")
                           for i in range(3)]
+    optimize_pss_before = Field(256, "Q", "slabs: PSS around the last one (0 if unreadable)")
+    optimize_pss_after = Field(264, "Q", "slabs: PSS around the last one (0 if unreadable)")
+    optimize_trimmed = Field(272, "Q", "slabs: RSS `malloc_trim(0)` gave back in the last one (bytes)")
+    optimize_skipped = Field(280, "Q", "slabs: optimizations that skipped the collection: nothing was "
+                             "allocated since the last one, so it could not pay off")
+    recycle_memory = Field(288, "Q", "slabs: 0, or the worker's memory (bytes) when it went over "
+                           "`max_worker_memory`: it finishes its requests and exits, to be replaced")
+    recycle_at = Field(296, "d", "slabs: `time.time()` of that decision")
 
 
 def packed(fields: dict[str, str]) -> struct.Struct:

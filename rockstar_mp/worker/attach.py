@@ -61,7 +61,7 @@ from ..segment.layout import Body, Header
 from .control import start_control
 from .logs import SlabLogHandler
 from .logs import install as install_log_handler
-from .optimize import Optimizer, install_usr1
+from .optimize import MemoryLimit, Optimizer, install_usr1
 from .workload import RECORDER, WorkloadLimits
 
 POLL_SECONDS = 0.1  # how soon a requested optimization is noticed
@@ -98,7 +98,9 @@ class WorkerState:
         self.config = config or MonitoringConfig().with_env()  # its forks' slabs get the same limits
         self.pid = os.getpid()
         self._stop = native.Event()  # native: real even if gevent patched threading
-        self.optimizer = Optimizer(segment.buf, segment.geometry.slab_offset(slab))
+        self.optimizer = Optimizer(segment.buf, segment.geometry.slab_offset(slab), segment,
+                                   MemoryLimit(self.config.max_worker_memory, self.config.max_worker_memory_kind),
+                                   trim=self.config.optimization_trim)
         self._gc_at_attach = [s["collections"] for s in gc.get_stats()]  # the master's, inherited
 
     def start_heartbeat(self) -> None:

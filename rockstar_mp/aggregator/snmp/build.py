@@ -18,6 +18,7 @@ from ..state import AggregatorState
 from ..views import workers_json, workload_json
 from . import mibdef
 from .tree import (
+    COUNTER32,
     COUNTER64,
     GAUGE32,
     I32,
@@ -98,7 +99,9 @@ class ViewBuilder:
         try:
             workers = schedule.workers() if schedule is not None else []
             return [((w.pid,), (date_and_time(w.last_optimization), w.optimization_count % 2 ** 32,
-                                kib(w.memory_before), kib(w.memory_after), kib(w.memory_freed)))
+                                kib(w.memory_before), kib(w.memory_after), kib(w.memory_freed),
+                                kib(w.uss_before), kib(w.uss_after), kib(w.pss_before), kib(w.pss_after),
+                                kib(w.trimmed)))
                     for w in workers if 0 < w.pid <= I32]
         except Exception:  # a shape we do not know: serve the table empty rather than fail the view
             return []
@@ -142,6 +145,7 @@ class ViewBuilder:
             15: (GAUGE32, us(workload["p50_ms"])),
             16: (GAUGE32, us(workload["p95_ms"])),
             17: (GAUGE32, us(workload["p99_ms"])),
+            23: (COUNTER32, system["memory_recycles"] % (U32 + 1)),
         }
         server.update(self.counters())
         nodes.append(Scalars(objects + (mibdef.SERVER_SUB,), server))
@@ -154,7 +158,8 @@ class ViewBuilder:
                 u32(w["age"]), STATE_CODES.get(w["state"], 2), u64(w["requests"]), kib(w["rss"]),
                 u32(round((w["cpu_percent"] or 0.0) * 100)), u64(round((w["cpu_seconds"] or 0.0) * 100)),
                 u32(round(max(0.0, w["heartbeat_age"] or 0.0) * 1000)), u32(w["threads"]),
-                i32(w["slab"]), u32(w["in_flight"]))))
+                i32(w["slab"]), u32(w["in_flight"]), i32(round((w["memory_slope_mib_per_hour"] or 0.0) * 1024)),
+                kib(w["recycling"] or 0))))
         nodes.append(self._table(mibdef.WORKERS, rows))
 
         counters, gauges = [], []

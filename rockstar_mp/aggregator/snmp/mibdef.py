@@ -6,7 +6,8 @@ them, so the served tree and the shipped MIB cannot drift apart (a test compares
 ``1.3.6.1.4.1.8072.9999.9999``)::
 
     base.0        rsmpNotifications       (.1 rsmpWorkerDied, .2 rsmpAggregatorStarted,
-                                           .3 rsmpErrorRateHigh, .4 rsmpLatencyHigh)
+                                           .3 rsmpErrorRateHigh, .4 rsmpLatencyHigh,
+                                           .5 rsmpWorkerRecycled, .6 rsmpWorkerMemoryGrowing)
     base.1        rsmpObjects
     base.1.1      rsmpServer              scalars
     base.1.2-9    tables: workers, counters, gauges, records, routes, tenants, logs, optimization
@@ -86,6 +87,8 @@ SERVER = (
     Obj("rsmpSnmpBadVersions", 20, "Counter32", "SNMP messages of an unsupported version (SNMPv1 included)."),
     Obj("rsmpSnmpParseErrors", 21, "Counter32", "SNMP messages that could not be decoded."),
     Obj("rsmpSnmpRequests", 22, "Counter32", "SNMP requests answered."),
+    Obj("rsmpMemoryRecycles", 23, "Counter32",
+        "Workers that went over max_worker_memory and were replaced after their requests in progress."),
 )
 
 INDEX_RANGE = "Integer32 (1..2147483647)"
@@ -102,6 +105,12 @@ WORKERS = Table("rsmpWorkerTable", 2, "Live workers, one row each, indexed by pr
     Obj("rsmpWorkerThreads", 9, "Gauge32", "Threads of the worker."),
     Obj("rsmpWorkerSlab", 10, "Integer32", "The worker's slab in the shared segment."),
     Obj("rsmpWorkerInFlight", 11, "Gauge32", "Requests the worker is handling now."),
+    Obj("rsmpWorkerMemorySlope", 12, "Integer32",
+        "How fast the worker's memory (USS, or PSS with max_worker_memory_kind pss) grew over the history "
+        "(least squares); 0 until three snapshots.", "KiB per hour"),
+    Obj("rsmpWorkerRecycling", 13, "Gauge32",
+        "0, or the worker's memory when it went over max_worker_memory: it exits after its requests in "
+        "progress and the master starts another.", "KiB"),
 ))
 COUNTERS = Table("rsmpCounterTable", 3, "Every counter series, merged over all workers, dead ones included.",
                  ("rsmpCounterIndex",), (
@@ -166,13 +175,20 @@ LOGS = Table("rsmpLogTable", 8, "The most recent log records of every worker (re
     Obj("rsmpLogMessage", 6, D, "The message (cut at 255 bytes)."),
 ))
 OPTIMIZATION = Table("rsmpOptTable", 9, "Optimization (garbage collection on schedule or on demand) figures, one "
-                     "row per live worker; memory is the worker's resident set size.", ("rsmpOptPid",), (
+                     "row per live worker; memory is the worker's resident set size unless the column says "
+                     "USS (private pages) or PSS (shared pages divided among their sharers).", ("rsmpOptPid",), (
     Obj("rsmpOptPid", 1, INDEX_RANGE, "The worker's process id.", access="not-accessible"),
     Obj("rsmpOptLast", 2, "DateAndTime", "When the worker last optimized."),
     Obj("rsmpOptCount", 3, "Counter32", "Optimizations run by the worker."),
     Obj("rsmpOptMemoryBefore", 4, "Gauge32", "Memory before the last optimization.", "KiB"),
     Obj("rsmpOptMemoryAfter", 5, "Gauge32", "Memory after the last optimization.", "KiB"),
     Obj("rsmpOptMemoryFreed", 6, "Gauge32", "Memory freed by the last optimization.", "KiB"),
+    Obj("rsmpOptUssBefore", 7, "Gauge32", "USS before the last optimization.", "KiB"),
+    Obj("rsmpOptUssAfter", 8, "Gauge32", "USS after the last optimization.", "KiB"),
+    Obj("rsmpOptPssBefore", 9, "Gauge32", "PSS before the last optimization.", "KiB"),
+    Obj("rsmpOptPssAfter", 10, "Gauge32", "PSS after the last optimization.", "KiB"),
+    Obj("rsmpOptTrimmed", 11, "Gauge32", "Resident memory malloc_trim gave back in the last optimization.",
+        "KiB"),
 ))
 TABLES = (WORKERS, COUNTERS, GAUGES, RECORDS, ROUTES, TENANTS, LOGS, OPTIMIZATION)
 SERVER_SUB, NOTIFY_OBJECTS_SUB = 1, 10
@@ -183,7 +199,8 @@ NOTIFY_OBJECTS = (
     Obj("rsmpNotifyAge", 2, "Unsigned32", "gunicorn's age of the worker concerned.",
         access="accessible-for-notify"),
     Obj("rsmpNotifyValue", 3, "Unsigned32",
-        "The measured value: an error rate in millionths, or a latency in microseconds.",
+        "The measured value: an error rate in millionths, a latency in microseconds, a worker's memory in "
+        "KiB, or its growth in KiB per hour.",
         access="accessible-for-notify"),
     Obj("rsmpNotifyThreshold", 4, "Unsigned32", "The configured threshold, in the unit of rsmpNotifyValue.",
         access="accessible-for-notify"),
@@ -203,6 +220,12 @@ NOTIFY = (
     Notification("rsmpLatencyHigh", 4, ("rsmpNotifyValue", "rsmpNotifyThreshold"),
                  "The 95th percentile of the request duration over the threshold window rose above the "
                  "configured threshold (sent again only after it fell below)."),
+    Notification("rsmpWorkerRecycled", 5, ("rsmpNotifyPid", "rsmpNotifyValue", "rsmpNotifyThreshold"),
+                 "A worker's memory (rsmpNotifyValue, KiB) went over max_worker_memory (rsmpNotifyThreshold, "
+                 "KiB): it finished its requests in progress and exited, and the master started another."),
+    Notification("rsmpWorkerMemoryGrowing", 6, ("rsmpNotifyPid", "rsmpNotifyValue", "rsmpNotifyThreshold"),
+                 "A worker's memory grew faster (rsmpNotifyValue, KiB per hour, over the history) than "
+                 "leak_slope_threshold (rsmpNotifyThreshold): a leak is likely. Sent once per worker."),
 )
 
 
@@ -315,7 +338,7 @@ IMPORTS
         FROM SNMPv2-CONF{imports_extra};
 
 rockstarMpMIB MODULE-IDENTITY
-    LAST-UPDATED "202611270000Z"
+    LAST-UPDATED "202611300000Z"
     ORGANIZATION "rockstar-mp"
     CONTACT-INFO
         "The rockstar-mp maintainers; see the project's README."
@@ -323,6 +346,11 @@ rockstarMpMIB MODULE-IDENTITY
         "Monitoring of a pre-fork Python server: the server's figures, its live workers, merged
          counters and gauges, recent workload and log records, aggregates by route and tenant,
          and notifications for worker deaths, aggregator starts and crossed thresholds."
+    REVISION     "202611300000Z"
+    DESCRIPTION
+        "USS, PSS and trimmed memory of the optimizations; memory recycles (rsmpMemoryRecycles,
+         rsmpWorkerRecycling, rsmpWorkerRecycled); memory growth (rsmpWorkerMemorySlope,
+         rsmpWorkerMemoryGrowing)."
     REVISION     "202611270000Z"
     DESCRIPTION
         "First version."

@@ -9,6 +9,11 @@
 * ``rsmpErrorRateHigh`` / ``rsmpLatencyHigh``: the 5xx share / p95 latency over
   ``snmp_threshold_window`` rose above ``snmp_error_rate_threshold`` / ``snmp_p95_threshold_ms``
   (checked once a second; sent again only after the value fell back below the threshold).
+* ``rsmpWorkerRecycled``: a worker went over ``max_worker_memory``. The worker writes an entry in the
+  segment header's ``recycles`` before it raises ``memory_recycles``, so each one is sent (checked every
+  ``WATCH_INTERVAL``), however soon the worker exits; up to ``RECYCLE_SLOTS`` per check.
+* ``rsmpWorkerMemoryGrowing``: a worker's memory slope over the history rose above
+  ``leak_slope_threshold`` MiB an hour (checked once a second; once per worker).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import logging
 import socket
 import time
 
+from ...segment.layout import RECYCLE_SLOTS, Header
 from ..views import workload_json
 from . import mibdef
 
@@ -42,6 +48,8 @@ class Notifier:
         self.engine = None  # pysnmp's engine, for notifications only
         self._v3_users: set[str] = set()
         self._high = {"rsmpErrorRateHigh": False, "rsmpLatencyHigh": False}
+        self._recycles_seen = 0  # memory_recycles already notified (those before the agent started too)
+        self._growing: set[int] = set()  # pids notified as growing
 
     async def start(self) -> None:
         if not self.agent.targets:
@@ -148,9 +156,11 @@ class Notifier:
         state, config = self.agent.state, self.agent.config
         live: dict[int, int] | None = None
         next_threshold = 0.0
+        self._recycles_seen = Header.memory_recycles.get(state.segment.buf)
         while True:
             try:
                 now = {w.slot.pid: w.slot.age for w in state.snapshot().workers}
+                self._recycles()
                 if live is not None:
                     for pid in sorted(set(live) - set(now)):
                         self.send("rsmpWorkerDied", rsmpNotifyPid=("i", pid), rsmpNotifyAge=("u", live[pid]))
@@ -159,9 +169,33 @@ class Notifier:
                     next_threshold = time.monotonic() + THRESHOLD_INTERVAL
                     if config.snmp_error_rate_threshold or config.snmp_p95_threshold_ms:
                         self._thresholds()
+                    if state.config.leak_slope_threshold:
+                        self._growth(state.trends.slopes(), state.config.leak_slope_threshold, set(now))
             except Exception:
                 log.exception("rockstar-mp: SNMP notification check failed")
             await asyncio.sleep(WATCH_INTERVAL)
+
+    def _recycles(self) -> None:
+        """One rsmpWorkerRecycled per recycle counted since the last look (the header keeps the last
+        ``RECYCLE_SLOTS``)."""
+        buf = self.agent.state.segment.buf
+        count = Header.memory_recycles.get(buf)
+        for index in range(max(self._recycles_seen, count - RECYCLE_SLOTS), count):
+            i = index % RECYCLE_SLOTS
+            self.send("rsmpWorkerRecycled", rsmpNotifyPid=("i", Header.recycle_pid[i].get(buf)),
+                      rsmpNotifyValue=("u", Header.recycle_memory[i].get(buf) // 1024),
+                      rsmpNotifyThreshold=("u", Header.recycle_limit[i].get(buf) // 1024))
+        self._recycles_seen = count
+
+    def _growth(self, slopes: dict[int, float], threshold: float, live: set[int]) -> None:
+        """rsmpWorkerMemoryGrowing, once per worker whose slope (MiB an hour) is above ``threshold``."""
+        self._growing &= live
+        for pid, slope in sorted(slopes.items()):
+            if slope > threshold and pid not in self._growing:
+                self._growing.add(pid)
+                self.send("rsmpWorkerMemoryGrowing", rsmpNotifyPid=("i", pid),
+                          rsmpNotifyValue=("u", round(slope * 1024)),
+                          rsmpNotifyThreshold=("u", round(threshold * 1024)))
 
     def _thresholds(self) -> None:
         config = self.agent.config
