@@ -42,6 +42,8 @@ NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:.]*$")
 LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = frozenset({"pid", "le", "quantile"})
 HIDDEN_PREFIX = "rockstar.workload."  # the workload sketches: served as aggregates, not as series
+# what rockstar_mp.prometheus declares about its families (unit, info type) for the aggregator: not served
+METADATA_SERIES = "rockstar.metadata"
 
 
 class SeriesKey(NamedTuple):
