@@ -30,6 +30,7 @@ them. Exemplars are checked and dropped.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import threading
 import time as _time
@@ -38,7 +39,7 @@ from bisect import bisect_left
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from . import metrics as native
-from .series import COUNTER, GAUGE, HISTOGRAM, METADATA_SERIES, SeriesKey, check_labelnames
+from .series import COUNTER, GAUGE, HISTOGRAM, INFO_LABEL, METADATA_SERIES, SeriesKey, check_labelnames
 
 __all__ = ["Counter", "Gauge", "Histogram", "Summary", "Info", "Enum", "CollectorRegistry", "REGISTRY",
            "MULTIPROCESS_MODES"]
@@ -226,13 +227,13 @@ def _decorate(func: F, context: Callable[[], Any]) -> F:
         call.append(f"{keyword}{prefix}{param.name}")
     text = str(signature.replace(parameters=params, return_annotation=inspect.Signature.empty))
     asynchronous = inspect.iscoroutinefunction(func)
-    source = (f"{'async ' if asynchronous else ''}def {func.__name__}{text}:\n"
+    source = (f"{'async ' if asynchronous else ''}def __rockstar_wrapper{text}:\n"
               f"    with __rockstar_context():\n"
               f"        return {'await ' if asynchronous else ''}__rockstar_func({', '.join(call)})\n")
     exec(compile(source, f"<rockstar_mp.prometheus wrapper of {func.__qualname__}>", "exec"), namespace)
-    wrapper = namespace[func.__name__]
+    wrapper = namespace["__rockstar_wrapper"]
     wrapper.__wrapped__ = func
-    for attribute in ("__doc__", "__module__", "__qualname__", "__dict__"):
+    for attribute in ("__name__", "__doc__", "__module__", "__qualname__", "__dict__"):
         if hasattr(func, attribute):
             value = getattr(func, attribute)
             if attribute == "__dict__":
@@ -357,16 +358,18 @@ class GaugeChild(_Child, native.GaugeSeries):
     """A ``Gauge`` without labels, or what ``Gauge.labels()`` returns."""
 
     _kind_name = "gauge"
-    _stamped = False  # mode ``last``: each update also stores its time
+    _stamped = False  # mode ``last`` (prometheus_client's mostrecent): set() also stores its time
     _function: Callable[[], float] | None = None
 
     def inc(self, amount: float = 1) -> None:
-        self._vals[self._idx] += amount
         if self._stamped:
-            self._vals[self._idx + 1] = _time.time()
+            raise RuntimeError("inc must not be used with the mostrecent mode: use set()")
+        self._vals[self._idx] += amount
 
     def dec(self, amount: float = 1) -> None:
-        self.inc(-amount)
+        if self._stamped:
+            raise RuntimeError("dec must not be used with the mostrecent mode: use set()")
+        self._vals[self._idx] -= amount
 
     def set(self, value: float) -> None:
         self._vals[self._idx] = float(value)
@@ -484,10 +487,9 @@ class _PrometheusFamily:
         self._shared = registry is REGISTRY  # in the segment: merged, and a removed child's cells are kept
         native._Family.__init__(self, self._name, documentation, self._labelnames, extra,  # type: ignore[arg-type]
                                 _native_registry(registry))
+        self._init_child()  # type: ignore[attr-defined]  # (a labelled parent's is never used)
         if self._labelnames:
             self._vals = _MissingLabels(self._type)
-        else:
-            self._init_child()  # type: ignore[attr-defined]
         self._declare()  # type: ignore[attr-defined]
         self._register(registry)
 
@@ -700,8 +702,8 @@ class _StateSeries(native.GaugeSeries):
 
 
 class _StateFamily(native._Family[_StateSeries]):
-    """The native family behind an ``Info`` or ``Enum``: series of any label names (an ``Info``'s keys
-    are known only at ``info()``), all moved at attach."""
+    """The native family behind an ``Info`` or ``Enum`` (and the metadata): series this module keys itself,
+    all moved at attach."""
 
     kind = GAUGE
     _child_class = _StateSeries
@@ -736,8 +738,7 @@ _METADATA_LOCK = threading.Lock()
 
 
 def _declare_metadata(family: str, typ: str, unit: str) -> None:
-    """Tell the aggregator what the segment's keys cannot say: a family's unit (OpenMetrics ``# UNIT``) and
-    that it is an info (whose 0-valued series, replaced by a later ``info()``, are not served)."""
+    """Tell the aggregator what the segment's keys cannot say: a family's unit (OpenMetrics ``# UNIT``)."""
     global _METADATA
     with _METADATA_LOCK:
         if _METADATA is None:
@@ -784,8 +785,6 @@ class _StateMetric(_PrometheusFamily):
         except Exception:
             self._registry.unregister(self._states)
             raise
-        if self._shared and self._type == "info":
-            _declare_metadata(self._exposed_family(), "info", "")
 
     def _exposed_family(self) -> str:
         return self._name + self._suffix
@@ -834,8 +833,15 @@ class InfoChild(_StateChild):
     def __init__(self, family: "_StateMetric", labelvalues: tuple[str, ...]) -> None:
         super().__init__(family, labelvalues)
         self._value: dict[str, str] = {}
-        self._series = family._states.series(family._labelnames, labelvalues)
+        self._series = self._info_series({})
         self._series.put(1.0)
+
+    def _info_series(self, val: dict[str, str]) -> _StateSeries:
+        """The series of this info: the pairs go in one label, so the label names never change (the
+        aggregator serves them as labels)."""
+        pairs = json.dumps(sorted((str(k), str(v)) for k, v in val.items()), separators=(",", ":"))
+        return self._family._states.series(self._family._labelnames + (INFO_LABEL,),
+                                           self._labelvalues + (pairs,))
 
     def info(self, val: dict[str, str]) -> None:
         """Set the info: a dict of label names and values (served as one ``<name>_info`` series at 1)."""
@@ -845,8 +851,7 @@ class InfoChild(_StateChild):
             raise ValueError(f"Overlapping labels for Info metric, metric: {names} child: {sorted(val)}")
         if any(v is None for v in val.values()):
             raise ValueError("Label value cannot be None")
-        keys = tuple(sorted(val))
-        series = self._family._states.series(names + keys, self._labelvalues + tuple(str(val[k]) for k in keys))
+        series = self._info_series(val)
         with self._lock:
             if series is not self._series:
                 self._series.put(0.0)

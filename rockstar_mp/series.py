@@ -32,6 +32,9 @@ OWN_FAMILIES = frozenset({
     ("http.requests", COUNTER),  # worker/wsgi.py
     ("http.request.duration.seconds", HISTOGRAM),  # worker/wsgi.py
     ("rockstar.gc.collections", COUNTER),  # worker/attach.py
+    ("rockstar.gc.collected", COUNTER),  # worker/attach.py
+    ("rockstar.gc.uncollectable", COUNTER),  # worker/attach.py
+    ("rockstar.metadata", GAUGE),  # prometheus.py: units of its families, never served
     ("rockstar.threads", GAUGE),  # worker/attach.py
     ("rockstar.workload.bucket", COUNTER),  # worker/workload.py
     ("rockstar.workload.seconds", COUNTER),  # worker/workload.py
@@ -44,6 +47,9 @@ RESERVED_LABELS = frozenset({"pid", "le", "quantile"})
 HIDDEN_PREFIX = "rockstar.workload."  # the workload sketches: served as aggregates, not as series
 # what rockstar_mp.prometheus declares about its families (unit, info type) for the aggregator: not served
 METADATA_SERIES = "rockstar.metadata"
+# the label of an info series (rockstar_mp.prometheus.Info) holding its info as JSON pairs, so that its label
+# names stay fixed whatever info() is given; the aggregator serves the pairs as labels
+INFO_LABEL = "__info"
 
 
 class SeriesKey(NamedTuple):

@@ -18,7 +18,7 @@ from ..segment import STATE_NAMES, text
 from ..segment.layout import Body
 from ..sketch import RELATIVE_ERROR
 from . import params
-from .exposition import ExtraFamily
+from .exposition import ExtraFamily, standard_families
 from .state import AggregatorState
 from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, latency_families, sketch_totals, summarize
 
@@ -260,4 +260,5 @@ def exported_families(state: AggregatorState) -> tuple:
                     [("", ("pid",), (str(w.pid),), w.memory_freed) for w in optimized if w.optimization_count]),
     ]
     families += latency_families(snap, state.window)
+    families += standard_families(snap, state.procs.stats)
     return tuple(families)
