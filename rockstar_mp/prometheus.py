@@ -736,17 +736,11 @@ class _StateFamily(native._Family[_StateSeries]):
             return list(self._made.values())
 
 
-_METADATA: _StateFamily | None = None
-_METADATA_LOCK = threading.Lock()
+_METADATA = _StateFamily(METADATA_SERIES, "rockstar-mp: families' types and units", native.REGISTRY, mode="max")
 
 
 def _declare_metadata(family: str, typ: str, unit: str) -> None:
     """Tell the aggregator what the segment's keys cannot say: a family's unit (OpenMetrics ``# UNIT``)."""
-    global _METADATA
-    with _METADATA_LOCK:
-        if _METADATA is None:
-            _METADATA = _StateFamily(METADATA_SERIES, "rockstar-mp: families' types and units",
-                                     native.REGISTRY, mode="max")
     _METADATA.series(("family", "type", "unit"), (family, typ, unit)).put(1.0)
 
 
