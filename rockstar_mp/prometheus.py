@@ -36,7 +36,7 @@ import threading
 import time as _time
 import weakref
 from bisect import bisect_left
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence, TypeVar
 
 from . import metrics as native
 from .series import COUNTER, GAUGE, HISTOGRAM, INFO_LABEL, METADATA_SERIES, SeriesKey, check_labelnames
@@ -186,16 +186,16 @@ def _check_exemplar(exemplar: dict[str, str]) -> None:
                          f"{EXEMPLAR_MAX_CHARS}")
 
 
-class _MissingLabels:
+class _MissingLabels(native._Unbound):
     """The cells of a labelled parent: an update says what is missing, as prometheus_client does."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str) -> None:  # only the message differs from the base class
         self._message = f"{kind} metric is missing label values: call .labels(...) and update the result"
 
-    def __getitem__(self, _key: int) -> float:
+    def __getitem__(self, _key: int) -> NoReturn:
         raise ValueError(self._message)
 
-    def __setitem__(self, _key: int, _value: float) -> None:
+    def __setitem__(self, _key: int, _value: float) -> NoReturn:
         raise ValueError(self._message)
 
 
@@ -211,6 +211,9 @@ class _Placeholder:
         return self._name
 
 
+_STARS: dict[Any, str] = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+
+
 def _decorate(func: F, context: Callable[[], Any]) -> F:
     """``func`` run inside ``context()`` at each call, with ``func``'s own signature (tools that read
     signatures, and prometheus_client's tests, see the original arguments)."""
@@ -222,7 +225,7 @@ def _decorate(func: F, context: Callable[[], Any]) -> F:
             namespace[f"__rockstar_d{i}"] = param.default
             param = param.replace(default=_Placeholder(f"__rockstar_d{i}"))
         params.append(param.replace(annotation=inspect.Parameter.empty))
-        prefix = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}.get(param.kind, "")
+        prefix = _STARS.get(param.kind, "")
         keyword = f"{param.name}=" if param.kind is inspect.Parameter.KEYWORD_ONLY else ""
         call.append(f"{keyword}{prefix}{param.name}")
     text = str(signature.replace(parameters=params, return_annotation=inspect.Signature.empty))
@@ -240,7 +243,7 @@ def _decorate(func: F, context: Callable[[], Any]) -> F:
                 wrapper.__dict__.update(value)
             else:
                 setattr(wrapper, attribute, value)
-    return wrapper  # type: ignore[no-any-return]
+    return wrapper
 
 
 class Timer:
@@ -277,10 +280,9 @@ class _ExceptionCounter:
     def __enter__(self) -> None:
         pass
 
-    def __exit__(self, typ: Any, value: Any, traceback: Any) -> bool:
+    def __exit__(self, typ: Any, value: Any, traceback: Any) -> None:
         if isinstance(value, self._exception):
             self._counter.inc()
-        return False
 
     def __call__(self, func: F) -> F:
         return _decorate(func, lambda: self)
@@ -474,6 +476,7 @@ class _PrometheusFamily:
 
     _type = ""
     _name: str
+    _vals: memoryview[float] | native._Unbound
     _labelnames: tuple[str, ...]
     _registry: native.Registry
     _children: dict[tuple[object, ...], Any]
@@ -815,10 +818,10 @@ class _StateMetric(_PrometheusFamily):
 
     def _forget(self, match: Callable[[tuple[str, ...]], bool]) -> None:
         with self._lock:
-            for values in [v for v in self._children if match(v)]:
+            for values in [v for v in self._children if match(v)]:  # type: ignore[arg-type]  # str keys here
                 child = self._children.pop(values)
                 if self._shared:
-                    self._removed[values] = child
+                    self._removed[values] = child  # type: ignore[index]
 
     def _not_observable(self) -> ValueError:
         return ValueError(f"{self._type} metric is missing label values")
