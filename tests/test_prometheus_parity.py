@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
@@ -59,16 +60,15 @@ def servers(tmp_path_factory):
     theirs.args = ("-c", str(ROOT / "benchmarks" / "prom_gunicorn_conf.py"), "--bind", f"127.0.0.1:{theirs.port}",
                    "--workers", "4")
     ours = Gunicorn(base / "ours", app=APP, env={"PARITY_LIBRARY": "rockstar_mp.prometheus"})
-    started = []
+    started = [theirs, ours]
     try:
-        for server in (theirs, ours):
-            started.append(server.start())
-            _exercise(server)
+        with ThreadPoolExecutor(2) as pool:  # the two servers start and take their requests side by side
+            list(pool.map(lambda server: _exercise(server.start()), started))
         yield theirs, ours
     finally:
-        for server in started:  # both stop at once
+        for server in started:  # both stop at once, quickly (SIGINT: gunicorn's quick shutdown)
             if server.proc is not None and server.proc.poll() is None:
-                server.proc.send_signal(signal.SIGTERM)
+                server.proc.send_signal(signal.SIGINT)
         for server in started:
             server.stop()
     for server in started:
