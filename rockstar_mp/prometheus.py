@@ -34,12 +34,24 @@ import json
 import os
 import threading
 import time as _time
+import types
 import weakref
 from bisect import bisect_left
 from typing import Any, Callable, Iterable, Iterator, NoReturn, Sequence, TypeVar
 
 from . import metrics as native
-from .series import COUNTER, GAUGE, HISTOGRAM, INFO_LABEL, METADATA_SERIES, SeriesKey, check_labelnames
+from .series import (
+    COUNTER,
+    GAUGE,
+    HISTOGRAM,
+    INFO_LABEL,
+    METADATA_SERIES,
+    SUMMARY_SKETCH,
+    SeriesKey,
+    check_labelnames,
+)
+from .sketch import bucket_index
+from .sketch import quantile as sketch_quantile
 
 __all__ = ["Counter", "Gauge", "Histogram", "Summary", "Info", "Enum", "CollectorRegistry", "REGISTRY",
            "MULTIPROCESS_MODES"]
@@ -464,6 +476,39 @@ class SummaryChild(_Child, native.HistogramSeries):
         return out
 
 
+class _QuantileSummaryChild(SummaryChild):
+    """A series of a ``Summary`` declared with ``quantiles=``: each observation also counts in a bucket of
+    rockstar-mp's latency sketch (relative error 0.99 %), which merges across workers by addition."""
+
+    _sketch: dict[int, native.CounterSeries]
+
+    def _init_series(self, key: SeriesKey, registry: native.Registry) -> None:
+        SummaryChild._init_series(self, key, registry)
+        self._sketch = {}
+        self._sketch_labels = json.dumps(list(key.labelvalues), separators=(",", ":"))
+
+    def observe(self, amount: float) -> None:
+        """Count ``amount``, add it to the sum and to the quantile sketch (values below 1e-6 count as 1e-6)."""
+        vals = self._vals
+        idx = self._idx
+        vals[idx] += 1.0
+        vals[idx + 1] += amount
+        index = bucket_index(amount)
+        bucket = self._sketch.get(index)
+        if bucket is None:
+            family: Any = self._family
+            sketch = _SKETCH if family._shared else family._private_sketch
+            bucket = self._sketch[index] = sketch.labels(family._name, self._sketch_labels, str(index))
+        bucket.inc()
+
+    def _samples(self, name: str, labels: dict[str, str], created: bool) -> list[tuple]:
+        counts = {index: bucket.get() for index, bucket in self._sketch.items()}
+        family: Any = self._family
+        found = [(q, sketch_quantile(counts, q)) for q in family._quantiles]
+        out = [(name, {**labels, "quantile": _go_float(q)}, float("nan") if v is None else v) for q, v in found]
+        return out + SummaryChild._samples(self, name, labels, created)
+
+
 def _go_float(value: float) -> str:
     return "+Inf" if value == INF else repr(float(value))
 
@@ -667,11 +712,14 @@ class Histogram(_PrometheusFamily, native._Family[HistogramChild], HistogramChil
 
 
 class Summary(_PrometheusFamily, native._Family[SummaryChild], SummaryChild):
-    """prometheus_client's ``Summary``: ``_count`` and ``_sum``, summed across workers (no quantiles, as
-    prometheus_client's).
+    """prometheus_client's ``Summary``: ``_count`` and ``_sum``, summed across workers. With
+    ``quantiles=`` (ours, not prometheus_client's) it also serves those quantiles (``quantile`` label),
+    from rockstar-mp's mergeable latency sketch: exact to 0.99 %, over every worker, live and exited, since
+    the start, for observations of at least 1e-6.
 
     >>> PAYLOAD = Summary("app_payload", "Request bytes", unit="bytes")
     >>> PAYLOAD.observe(512)
+    >>> LATENCY = Summary("app_latency", "Seconds per request", quantiles=(0.5, 0.99))
     """
 
     kind = HISTOGRAM  # a histogram without finite buckets: its cells are the count and the sum
@@ -680,10 +728,24 @@ class Summary(_PrometheusFamily, native._Family[SummaryChild], SummaryChild):
 
     def __init__(self, name: str, documentation: str, labelnames: Iterable[str] = (), namespace: str = "",
                  subsystem: str = "", unit: str = "", registry: Any = REGISTRY,
-                 _labelvalues: Sequence[str] | None = None) -> None:
+                 _labelvalues: Sequence[str] | None = None, quantiles: Sequence[float] = ()) -> None:
         if "quantile" in tuple(labelnames):
             raise ValueError("Invalid label metric name: quantile")
+        self._quantiles = tuple(float(q) for q in quantiles)
+        if not all(0 < q <= 1 for q in self._quantiles):
+            raise ValueError(f"quantiles must be in (0, 1], got {tuple(quantiles)!r}")
+        if self._quantiles:
+            self._child_class = _QuantileSummaryChild
+            self._private_sketch = native.Counter(SUMMARY_SKETCH, "", ("family", "labels", "bucket"),
+                                                  registry=native.Registry())
         self._set_up(name, documentation, labelnames, namespace, subsystem, unit, registry, ())
+        if self._quantiles and not self._labelnames:  # the metric is its own series
+            self._sketch: dict[int, native.CounterSeries] = {}
+            self._sketch_labels = "[]"
+            self.observe = types.MethodType(_QuantileSummaryChild.observe, self)  # type: ignore[method-assign]
+            self._samples = types.MethodType(_QuantileSummaryChild._samples, self)  # type: ignore[method-assign]
+        if self._quantiles and self._shared:
+            _declare_metadata(self._name, "quantiles=" + ",".join(map(repr, self._quantiles)), self._unit)
 
 
 # -- Info and Enum: gauges whose series this module makes itself -------------------------------------
@@ -740,6 +802,7 @@ class _StateFamily(native._Family[_StateSeries]):
 
 
 _METADATA = _StateFamily(METADATA_SERIES, "rockstar-mp: families' types and units", native.REGISTRY, mode="max")
+_SKETCH = native.Counter(SUMMARY_SKETCH, "rockstar-mp: quantile sketches of summaries", ("family", "labels", "bucket"))
 
 
 def _declare_metadata(family: str, typ: str, unit: str) -> None:

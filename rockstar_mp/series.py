@@ -35,6 +35,7 @@ OWN_FAMILIES = frozenset({
     ("rockstar.gc.collected", COUNTER),  # worker/attach.py
     ("rockstar.gc.uncollectable", COUNTER),  # worker/attach.py
     ("rockstar.metadata", GAUGE),  # prometheus.py: units of its families, never served
+    ("rockstar.summary.bucket", COUNTER),  # prometheus.py: summaries' quantile sketches, served as quantiles
     ("rockstar.threads", GAUGE),  # worker/attach.py
     ("rockstar.workload.bucket", COUNTER),  # worker/workload.py
     ("rockstar.workload.seconds", COUNTER),  # worker/workload.py
@@ -50,6 +51,9 @@ METADATA_SERIES = "rockstar.metadata"
 # the label of an info series (rockstar_mp.prometheus.Info) holding its info as JSON pairs, so that its label
 # names stay fixed whatever info() is given; the aggregator serves the pairs as labels
 INFO_LABEL = "__info"
+# the latency-sketch buckets of rockstar_mp.prometheus summaries declared with quantiles= (counters labelled
+# family, labels (the series' label values as JSON) and bucket); the aggregator serves them as quantiles
+SUMMARY_SKETCH = "rockstar.summary.bucket"
 
 
 class SeriesKey(NamedTuple):

@@ -23,12 +23,15 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
+from rockstar_mp.sketch import RELATIVE_ERROR
+
 from .helpers import ROOT, Gunicorn, http_get, load, poll
 
 APP = "tests.apps.prom_parity:app"
 PREFIX = "parity_"
 REQUESTS_PER_HALF = 12  # /work requests before and after the restart
-ONLY_OURS = {"parity_build_info", "parity_phase"}  # Info and Enum: none in prometheus_client's multiprocess mode
+# Info and Enum (none in prometheus_client's multiprocess mode), and a summary with quantiles (our extension)
+ONLY_OURS = {"parity_build_info", "parity_phase", "parity_quantiles_seconds"}
 # families whose values are the same updates merged the same way in both (live modes, counters, fixed
 # observations); the others depend on which worker served what, or on time
 SAME_VALUES = {"parity_requests", "parity_app_errors", "parity_removed", "parity_sent_bytes",
@@ -175,6 +178,10 @@ def test_openmetrics_units_and_head(servers) -> None:
     assert "rockstar_metadata" not in text
     families = {f.name: f for f in parse_openmetrics(text)}  # the parser checks each unit against its name
     assert families["parity_latency_seconds"].unit == "seconds"
+    quantiles = {s.labels["quantile"]: s.value for s in families["parity_quantiles_seconds"].samples
+                 if s.name == "parity_quantiles_seconds"}  # every observation was 0.25 s
+    assert set(quantiles) == {"0.5", "0.99"}
+    assert all(abs(v - 0.25) <= 0.25 * RELATIVE_ERROR for v in quantiles.values()), quantiles
     assert families["parity_payload"].type == "summary" if "parity_payload" in families else \
         families["parity_payload_bytes"].type == "summary"
 

@@ -50,9 +50,11 @@ from ..series import (
     INFO_LABEL,
     METADATA_SERIES,
     SUMMARY,
+    SUMMARY_SKETCH,
     SeriesKey,
     prometheus_name,
 )
+from ..sketch import quantile as sketch_quantile
 from .merge import Snapshot
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -132,6 +134,36 @@ def _expand_info(info):
     return dataclasses.replace(info, key=expanded)
 
 
+def _add_sketch_bucket(sketches: dict[tuple, dict[int, float]], key: SeriesKey, count: float) -> None:
+    """One bucket of a summary's quantile sketch: ``sketches[(family, labels JSON)][bucket] += count``."""
+    try:
+        family, labels, bucket = key.labelvalues
+        index = int(bucket)
+    except ValueError:
+        return  # a malformed key loses its bucket, not the page
+    buckets = sketches.setdefault((family, labels), {})
+    buckets[index] = buckets.get(index, 0.0) + count
+
+
+def _quantile_targets(meta: "FamilyMeta | None") -> tuple[float, ...]:
+    if meta is None or not meta.type.startswith("quantiles="):
+        return ()
+    try:
+        return tuple(float(q) for q in meta.type[len("quantiles="):].split(","))
+    except ValueError:
+        return ()
+
+
+def _quantile_lines(base: str, key: SeriesKey, targets: tuple[float, ...], sketches: dict) -> str:
+    buckets = sketches.get((base, json.dumps(list(key.labelvalues), separators=(",", ":"))), {})
+    lines = []
+    for q in targets:
+        value = sketch_quantile(buckets, q)
+        labels = _braces(key.labelnames + ("quantile",), key.labelvalues + (_go_float(q),))
+        lines.append(f"{base}{labels} {_go_float(math.nan if value is None else value)}\n")
+    return "".join(lines)
+
+
 class FamilyMeta(NamedTuple):
     """What ``rockstar_mp.prometheus`` declared about a family beyond its keys."""
 
@@ -139,7 +171,8 @@ class FamilyMeta(NamedTuple):
     unit: str
 
 
-def _series_values(snap: Snapshot, pid: int | None, metadata: dict[str, FamilyMeta] | None = None):
+def _series_values(snap: Snapshot, pid: int | None, metadata: dict[str, FamilyMeta] | None = None,
+                   sketches: dict[tuple, dict[int, float]] | None = None):
     """``(info, values, gauge readings)`` per series: merged totals, or one worker's values when ``pid``
     is set. The workload sketches are left out (they are served as aggregates), and so is the metadata
     series, read into ``metadata`` (Prometheus family name -> ``FamilyMeta``) when given. Keys that differ
@@ -155,6 +188,10 @@ def _series_values(snap: Snapshot, pid: int | None, metadata: dict[str, FamilyMe
                 family, typ, unit = key.labelvalues
                 known = metadata.get(family, FamilyMeta("", ""))
                 metadata[family] = FamilyMeta(typ or known.type, unit or known.unit)
+            continue
+        if key.name == SUMMARY_SKETCH:
+            if sketches is not None and values is not None:
+                _add_sketch_bucket(sketches, key, values[0])
             continue
         if key.labelnames and key.labelnames[-1] == INFO_LABEL:
             info = _expand_info(info)
@@ -271,7 +308,8 @@ def _header(family: str, kind: str, documentation: str, fmt: _TextFormat, meta: 
 def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat, extra: tuple = ()) -> str:
     families: dict[str, list] = {}
     metadata: dict[str, FamilyMeta] = {}
-    for info, values, readings in _series_values(snap, pid, metadata):
+    sketches: dict[tuple, dict[int, float]] = {}
+    for info, values, readings in _series_values(snap, pid, metadata, sketches):
         families.setdefault(info.key.name, []).append((info.key, values, readings))
     out: list[str] = []
     for name, members in families.items():
@@ -295,9 +333,12 @@ def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat, extra: tuple
                     out.append(f"{base}{_braces(names, key.labelvalues + extra_values)} {_go_float(value)}\n")
         elif key0.kind == HISTOGRAM and not key0.extra:  # rockstar_mp.prometheus's Summary
             out.append(_header(base, SUMMARY, key0.documentation, fmt, metadata.get(base)))
+            targets = _quantile_targets(metadata.get(base))
             for key, values, _ in members:
                 if key.extra:
                     continue  # a histogram's key beside the summary's of the same name: not this family's
+                if targets:
+                    out.append(_quantile_lines(base, key, targets, sketches))
                 plain = _braces(key.labelnames, key.labelvalues)
                 out.append(f"{base}_count{plain} {_go_float(values[0])}\n{base}_sum{plain} {_go_float(values[-1])}\n")
         elif key0.kind == HISTOGRAM:

@@ -39,6 +39,9 @@ TIMED = Histogram("timed", "Timed blocks", namespace=NS, unit="seconds")
 PAYLOAD = Summary("payload", "Payload bytes", ["route"], namespace=NS, unit="bytes")
 TIMED_SUMMARY = Summary("timed_calls", "Timed calls", namespace=NS)
 BUILD = Info("build", "Build of the app", namespace=NS)
+# ours only: a summary with quantiles (prometheus_client's Summary has none)
+QUANTILES = Summary("quantiles", "Summary with quantiles", ["route"], namespace=NS, unit="seconds",
+                    quantiles=(0.5, 0.99)) if LIBRARY == "rockstar_mp.prometheus" else None
 PHASE = Enum("phase", "Phase of the app", ["shard"], namespace=NS, states=["starting", "serving", "draining"])
 
 BUILD.info({"version": "0.0.1"})
@@ -104,6 +107,8 @@ def _work() -> None:
         pass
     TIMED_SUMMARY.time()(lambda: None)()
     PHASE.labels("one").state("serving")
+    if QUANTILES is not None:
+        QUANTILES.labels("/work").observe(0.25)
 
 
 def _metrics_view() -> bytes:
