@@ -32,6 +32,10 @@ OWN_FAMILIES = frozenset({
     ("http.requests", COUNTER),  # worker/wsgi.py
     ("http.request.duration.seconds", HISTOGRAM),  # worker/wsgi.py
     ("rockstar.gc.collections", COUNTER),  # worker/attach.py
+    ("rockstar.gc.collected", COUNTER),  # worker/attach.py
+    ("rockstar.gc.uncollectable", COUNTER),  # worker/attach.py
+    ("rockstar.metadata", GAUGE),  # prometheus.py: units of its families, never served
+    ("rockstar.summary.bucket", COUNTER),  # prometheus.py: summaries' quantile sketches, served as quantiles
     ("rockstar.threads", GAUGE),  # worker/attach.py
     ("rockstar.workload.bucket", COUNTER),  # worker/workload.py
     ("rockstar.workload.seconds", COUNTER),  # worker/workload.py
@@ -42,6 +46,14 @@ NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:.]*$")
 LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 RESERVED_LABELS = frozenset({"pid", "le", "quantile"})
 HIDDEN_PREFIX = "rockstar.workload."  # the workload sketches: served as aggregates, not as series
+# what rockstar_mp.prometheus declares about its families (unit, info type) for the aggregator: not served
+METADATA_SERIES = "rockstar.metadata"
+# the label of an info series (rockstar_mp.prometheus.Info) holding its info as JSON pairs, so that its label
+# names stay fixed whatever info() is given; the aggregator serves the pairs as labels
+INFO_LABEL = "__info"
+# the latency-sketch buckets of rockstar_mp.prometheus summaries declared with quantiles= (counters labelled
+# family, labels (the series' label values as JSON) and bucket); the aggregator serves them as quantiles
+SUMMARY_SKETCH = "rockstar.summary.bucket"
 
 
 class SeriesKey(NamedTuple):

@@ -151,6 +151,7 @@ def test_our_own_declarations_still_work_and_are_the_reserved_table():
     """A fresh interpreter imports every module of ours that declares metrics: nothing is refused, and
     what they declare is exactly ``OWN_FAMILIES`` (the table the reservation is built from)."""
     code = ("import json, rockstar_mp.worker.wsgi, rockstar_mp.worker.attach, rockstar_mp.worker.workload\n"
+            "import rockstar_mp.prometheus\n"
             "from rockstar_mp.metrics import REGISTRY\n"
             "print(json.dumps(sorted([f.name, f.kind] for f in REGISTRY.families())))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -14,13 +14,47 @@ then add the aggregator's families (``ExtraFamily``): per-worker process figures
 latency summaries ``rockstar_workload_{route,status,tenant}_duration_seconds``, whose quantiles are over
 the lifetime (with ``_sum`` and ``_count``) and, with a ``window="60s"`` label, over the sliding window
 (``aggregator.workload.latency_families``).
+
+prometheus_client's standard families are added too (``standard_families``): ``process_*`` for every live
+worker, the master and the aggregator (``role`` and ``pid`` labels), ``python_gc_*`` per generation (the
+workers' counts since they attached, from the ``rockstar.gc.*`` series their monitor thread writes each
+second, and the aggregator's own) and ``python_info``.
+
+Families declared through ``rockstar_mp.prometheus`` may carry what a series key cannot say, in the
+``rockstar.metadata{family,type,unit}`` series (never served): a unit, given in OpenMetrics as ``# UNIT``,
+and the info type, whose 0-valued series (an ``info()`` replaced by a later one) are left out. A histogram
+without finite buckets is that module's ``Summary`` and is served as a summary (``_count``, ``_sum``).
+
+No ``_created`` samples: a merged counter has no single creation time (each worker's began at its attach,
+and the retired totals go back to the segment's creation); prometheus_client's multiprocess mode serves none
+either, and Prometheus before 2.50 would store each as one more series.
 """
 from __future__ import annotations
 
+import dataclasses
+import gc
+import json
 import math
+import os
+import platform
+import resource
 from typing import Callable, NamedTuple
 
-from ..series import COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, prometheus_name
+import psutil
+
+from ..series import (
+    COUNTER,
+    GAUGE,
+    HIDDEN_PREFIX,
+    HISTOGRAM,
+    INFO_LABEL,
+    METADATA_SERIES,
+    SUMMARY,
+    SUMMARY_SKETCH,
+    SeriesKey,
+    prometheus_name,
+)
+from ..sketch import quantile as sketch_quantile
 from .merge import Snapshot
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -88,16 +122,82 @@ def _raw_series_values(snap: Snapshot, pid: int | None):
             yield info, None, [(pid, values[0], values[1])]
 
 
-def _series_values(snap: Snapshot, pid: int | None):
+def _expand_info(info):
+    """An info series with its JSON pairs (``INFO_LABEL``) made labels."""
+    key = info.key
+    try:
+        pairs = [(str(k), str(v)) for k, v in json.loads(key.labelvalues[-1])]
+    except (ValueError, TypeError, IndexError):
+        pairs = []  # a malformed key loses its info, not the page
+    expanded = SeriesKey(key.kind, key.name, key.documentation, key.labelnames[:-1] + tuple(k for k, _ in pairs),
+                         key.labelvalues[:-1] + tuple(v for _, v in pairs), key.extra)
+    return dataclasses.replace(info, key=expanded)
+
+
+def _add_sketch_bucket(sketches: dict[tuple, dict[int, float]], key: SeriesKey, count: float) -> None:
+    """One bucket of a summary's quantile sketch: ``sketches[(family, labels JSON)][bucket] += count``."""
+    try:
+        family, labels, bucket = key.labelvalues
+        index = int(bucket)
+    except ValueError:
+        return  # a malformed key loses its bucket, not the page
+    buckets = sketches.setdefault((family, labels), {})
+    buckets[index] = buckets.get(index, 0.0) + count
+
+
+def _quantile_targets(meta: "FamilyMeta | None") -> tuple[float, ...]:
+    if meta is None or not meta.type.startswith("quantiles="):
+        return ()
+    try:
+        return tuple(float(q) for q in meta.type[len("quantiles="):].split(","))
+    except ValueError:
+        return ()
+
+
+def _quantile_lines(base: str, key: SeriesKey, targets: tuple[float, ...], sketches: dict) -> str:
+    buckets = sketches.get((base, json.dumps(list(key.labelvalues), separators=(",", ":"))), {})
+    lines = []
+    for q in targets:
+        value = sketch_quantile(buckets, q)
+        labels = _braces(key.labelnames + ("quantile",), key.labelvalues + (_go_float(q),))
+        lines.append(f"{base}{labels} {_go_float(math.nan if value is None else value)}\n")
+    return "".join(lines)
+
+
+class FamilyMeta(NamedTuple):
+    """What ``rockstar_mp.prometheus`` declared about a family beyond its keys."""
+
+    type: str  # "info", or "" when only a unit was declared
+    unit: str
+
+
+def _series_values(snap: Snapshot, pid: int | None, metadata: dict[str, FamilyMeta] | None = None,
+                   sketches: dict[tuple, dict[int, float]] | None = None):
     """``(info, values, gauge readings)`` per series: merged totals, or one worker's values when ``pid``
-    is set. The workload sketches are left out (they are served as aggregates). Keys that differ only
-    in documentation, buckets or mode (old and new code side by side after a HUP) are one series:
+    is set. The workload sketches are left out (they are served as aggregates), and so is the metadata
+    series, read into ``metadata`` (Prometheus family name -> ``FamilyMeta``) when given. Keys that differ
+    only in documentation, buckets or mode (old and new code side by side after a HUP) are one series:
     counters add up, gauge readings join, a histogram keeps the first bucket layout seen."""
     merged: dict[tuple, list] = {}
     for info, values, readings in _raw_series_values(snap, pid):
         key = info.key
         if key.name.startswith(HIDDEN_PREFIX):
             continue
+        if key.name == METADATA_SERIES:
+            if metadata is not None and readings and len(key.labelvalues) == 3:
+                family, typ, unit = key.labelvalues
+                known = metadata.get(family, FamilyMeta("", ""))
+                metadata[family] = FamilyMeta(typ or known.type, unit or known.unit)
+            continue
+        if key.name == SUMMARY_SKETCH:
+            if sketches is not None and values is not None:
+                _add_sketch_bucket(sketches, key, values[0])
+            continue
+        if key.labelnames and key.labelnames[-1] == INFO_LABEL:
+            info = _expand_info(info)
+            key = info.key
+            if metadata is not None:
+                metadata[prometheus_name(key.name)] = FamilyMeta("info", "")
         ident = (key.name, key.labelnames, key.labelvalues)
         seen = merged.get(ident)
         if seen is None:
@@ -166,6 +266,7 @@ class _TextFormat(NamedTuple):
     help: Callable[[str], str]  # escapes HELP text
     histogram_sum: Callable[[tuple, float], bool]  # (bounds, sum) -> expose _sum and _count?
     trailer: str
+    units: bool  # says ``# UNIT``
 
 
 def _prometheus_counter(base: str) -> tuple:
@@ -184,8 +285,8 @@ def _openmetrics_sum(bounds: tuple, total: float) -> bool:
     return not (total < 0 or math.isnan(total) or any(bound < 0 for bound in bounds))
 
 
-PROMETHEUS = _TextFormat(_prometheus_counter, _help, lambda bounds, total: True, "")
-OPENMETRICS = _TextFormat(_openmetrics_counter, _openmetrics_help, _openmetrics_sum, "# EOF\n")
+PROMETHEUS = _TextFormat(_prometheus_counter, _help, lambda bounds, total: True, "", False)
+OPENMETRICS = _TextFormat(_openmetrics_counter, _openmetrics_help, _openmetrics_sum, "# EOF\n", True)
 
 
 def render_prometheus(snap: Snapshot, pid: int | None = None, extra: tuple = ()) -> str:
@@ -199,9 +300,16 @@ def render_openmetrics(snap: Snapshot, pid: int | None = None, extra: tuple = ()
     return _render_text(snap, pid, OPENMETRICS, extra)
 
 
+def _header(family: str, kind: str, documentation: str, fmt: _TextFormat, meta: FamilyMeta | None) -> str:
+    unit = f"# UNIT {family} {meta.unit}\n" if fmt.units and meta is not None and meta.unit else ""
+    return f"# HELP {family} {fmt.help(documentation)}\n# TYPE {family} {kind}\n{unit}"
+
+
 def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat, extra: tuple = ()) -> str:
     families: dict[str, list] = {}
-    for info, values, readings in _series_values(snap, pid):
+    metadata: dict[str, FamilyMeta] = {}
+    sketches: dict[tuple, dict[int, float]] = {}
+    for info, values, readings in _series_values(snap, pid, metadata, sketches):
         families.setdefault(info.key.name, []).append((info.key, values, readings))
     out: list[str] = []
     for name, members in families.items():
@@ -210,18 +318,34 @@ def _render_text(snap: Snapshot, pid: int | None, fmt: _TextFormat, extra: tuple
         base = prometheus_name(name)
         if key0.kind == COUNTER:
             family, sample = fmt.counter_names(base)
-            out.append(f"# HELP {family} {fmt.help(key0.documentation)}\n# TYPE {family} counter\n")
+            out.append(_header(family, "counter", key0.documentation, fmt, metadata.get(family)))
             for key, values, _ in members:
                 out.append(f"{sample}{_braces(key.labelnames, key.labelvalues)} {_go_float(values[0])}\n")
         elif key0.kind == GAUGE:
-            out.append(f"# HELP {base} {fmt.help(key0.documentation)}\n# TYPE {base} gauge\n")
+            meta = metadata.get(base)
+            out.append(_header(base, "gauge", key0.documentation, fmt, meta))
+            only_set = meta is not None and meta.type == "info"  # an info's replaced series are 0
             for key, _, readings in members:
                 for extra_values, value in merge_gauge(key.extra[0], readings):
+                    if only_set and not value:
+                        continue
                     names = key.labelnames + (("pid",) if extra_values else ())
                     out.append(f"{base}{_braces(names, key.labelvalues + extra_values)} {_go_float(value)}\n")
-        elif key0.kind == HISTOGRAM:
-            out.append(f"# HELP {base} {fmt.help(key0.documentation)}\n# TYPE {base} histogram\n")
+        elif key0.kind == HISTOGRAM and not key0.extra:  # rockstar_mp.prometheus's Summary
+            out.append(_header(base, SUMMARY, key0.documentation, fmt, metadata.get(base)))
+            targets = _quantile_targets(metadata.get(base))
             for key, values, _ in members:
+                if key.extra:
+                    continue  # a histogram's key beside the summary's of the same name: not this family's
+                if targets:
+                    out.append(_quantile_lines(base, key, targets, sketches))
+                plain = _braces(key.labelnames, key.labelvalues)
+                out.append(f"{base}_count{plain} {_go_float(values[0])}\n{base}_sum{plain} {_go_float(values[-1])}\n")
+        elif key0.kind == HISTOGRAM:
+            out.append(_header(base, "histogram", key0.documentation, fmt, metadata.get(base)))
+            for key, values, _ in members:
+                if len(values) < 3:
+                    continue  # a summary's key beside a histogram's of the same name: not this family's
                 out.append(_histogram_lines(base, key, values, fmt.histogram_sum(key.extra, values[-1])))
     for family in extra:
         out.append(_extra_family(family, fmt))
@@ -265,3 +389,108 @@ def _histogram_lines(base: str, key, values, with_sum: bool = True) -> str:
     plain = _braces(key.labelnames, key.labelvalues)
     lines.append(f"{base}_sum{plain} {_go_float(values[-1])}\n{base}_count{plain} {_go_float(cumulative)}\n")
     return "".join(lines)
+
+
+# -- prometheus_client's standard families: ProcessCollector, GCCollector, PlatformCollector ---------------
+
+GC_SERIES = {"rockstar.gc.collections": "python_gc_collections",
+             "rockstar.gc.collected": "python_gc_objects_collected",
+             "rockstar.gc.uncollectable": "python_gc_objects_uncollectable"}
+_GC_HELP = {"python_gc_collections": "Number of times this generation was collected",
+            "python_gc_objects_collected": "Objects collected during gc",
+            "python_gc_objects_uncollectable": "Uncollectable objects found during GC"}
+_PROCESS_FAMILIES = (  # (name, kind, help, figure)
+    ("process_cpu_seconds", COUNTER, "Total user and system CPU time spent in seconds.", "cpu_seconds"),
+    ("process_resident_memory_bytes", GAUGE, "Resident memory size in bytes.", "rss"),
+    ("process_virtual_memory_bytes", GAUGE, "Virtual memory size in bytes.", "vms"),
+    ("process_open_fds", GAUGE, "Number of open file descriptors.", "open_fds"),
+    ("process_max_fds", GAUGE, "Maximum number of open file descriptors.", "max_fds"),
+    ("process_start_time_seconds", GAUGE, "Start time of the process since unix epoch in seconds.", "start"),
+)
+_MAX_FDS: dict[tuple[int, float], int | None] = {}  # (pid, start) -> its RLIMIT_NOFILE, read once per process
+_GC_CELLS: dict[int, tuple[tuple, list]] = {}  # id(a parsed catalogue) -> (it, [(local offset, family, generation)])
+
+
+def _max_fds(pid: int, start: float) -> int | None:
+    """A worker's soft RLIMIT_NOFILE: read at its first scrape only (it is not on the per-second path)."""
+    key = (pid, start)
+    if key not in _MAX_FDS:
+        if len(_MAX_FDS) > 4096:
+            _MAX_FDS.clear()
+        try:
+            _MAX_FDS[key] = psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)[0]
+        except (psutil.Error, OSError, AttributeError):
+            _MAX_FDS[key] = None
+    return _MAX_FDS[key]
+
+
+def _process_figures(pid: int) -> dict:
+    """The master's or the aggregator's figures, read at the scrape (two processes, a few reads)."""
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            memory, cpu = proc.memory_info(), proc.cpu_times()
+            figures = {"rss": memory.rss, "vms": memory.vms, "cpu_seconds": cpu.user + cpu.system,
+                       "start": proc.create_time()}
+            try:
+                figures["open_fds"] = proc.num_fds()
+                figures["max_fds"] = proc.rlimit(psutil.RLIMIT_NOFILE)[0] if pid != os.getpid() \
+                    else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            except (psutil.Error, OSError):
+                pass  # another user's master after a privilege drop: no fds
+            return figures
+    except psutil.Error:
+        return {}
+
+
+def _worker_gc(snap: Snapshot, worker) -> list:
+    """``(family, generation, value)`` of one worker's ``rockstar.gc.*`` series. Which of its entries
+    those are is found once per parsed catalogue (workers of the same code share one)."""
+    entries = worker.cache.series
+    found = _GC_CELLS.get(id(entries))
+    if found is None or found[0] is not entries:
+        cells = []
+        for sid, local in entries:
+            key = snap.series[sid].key
+            if key.name in GC_SERIES and key.labelvalues and key.kind == COUNTER:
+                cells.append((local, GC_SERIES[key.name], key.labelvalues[0]))
+        if len(_GC_CELLS) > 256:
+            _GC_CELLS.clear()
+        found = _GC_CELLS[id(entries)] = (entries, cells)
+    return [(family, generation, worker.values[local]) for local, family, generation in found[1]]
+
+
+def standard_families(snap: Snapshot, procs: dict[int, dict]) -> list[ExtraFamily]:
+    """prometheus_client's ``process_*`` (each live worker, from the figures the aggregator refreshes each
+    second, ``procs``; the master and the aggregator read now), ``python_gc_*`` (the workers' since attach,
+    the aggregator's own) and ``python_info``, labelled ``role`` and ``pid``."""
+    rows = []  # (role, pid, figures)
+    for worker in snap.workers:
+        pid, start = worker.slot.pid, worker.slot.proc_start
+        rows.append(("worker", pid, {**procs.get(pid, {}), "start": start, "max_fds": _max_fds(pid, start)}))
+    master = os.getppid()
+    if master > 1:
+        rows.append(("master", master, _process_figures(master)))
+    rows.append(("aggregator", os.getpid(), _process_figures(os.getpid())))
+    families = [ExtraFamily(name, kind, help_text,
+                            [("", ("role", "pid"), (role, str(pid)), figures[field])
+                             for role, pid, figures in rows if figures.get(field) is not None])
+                for name, kind, help_text, field in _PROCESS_FAMILIES]
+    gc_samples: dict[str, list] = {name: [] for name in _GC_HELP}
+    for worker in snap.workers:
+        for family, generation, value in _worker_gc(snap, worker):
+            gc_samples[family].append(("", ("generation", "role", "pid"),
+                                       (generation, "worker", str(worker.slot.pid)), value))
+    own = str(os.getpid())
+    for generation, stats in enumerate(gc.get_stats()):
+        for family, field in (("python_gc_collections", "collections"),
+                              ("python_gc_objects_collected", "collected"),
+                              ("python_gc_objects_uncollectable", "uncollectable")):
+            gc_samples[family].append(("", ("generation", "role", "pid"),
+                                       (str(generation), "aggregator", own), stats[field]))
+    families += [ExtraFamily(name, COUNTER, _GC_HELP[name], samples) for name, samples in gc_samples.items()]
+    major, minor, patch = platform.python_version_tuple()
+    families.append(ExtraFamily("python_info", GAUGE, "Python platform information", [
+        ("", ("implementation", "major", "minor", "patchlevel", "version"),
+         (platform.python_implementation(), major, minor, patch, platform.python_version()), 1.0)]))
+    return families

@@ -18,7 +18,7 @@ from ..segment import STATE_NAMES, text
 from ..segment.layout import Body, Header
 from ..sketch import RELATIVE_ERROR
 from . import params
-from .exposition import ExtraFamily
+from .exposition import ExtraFamily, standard_families
 from .state import AggregatorState
 from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, latency_families, sketch_totals, summarize
 
@@ -270,6 +270,7 @@ def exported_families(state: AggregatorState) -> tuple:
     ]
     families += latency_families(snap, state.window)
     families += health_families(state, system)
+    families += standard_families(snap, state.procs.stats)
     return tuple(families)
 
 

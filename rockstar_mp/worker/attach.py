@@ -71,6 +71,11 @@ log = logging.getLogger("rockstar_mp.worker")
 
 # The runtime's own series, reported like any other (the aggregator sums them into ``system``).
 GC_COLLECTIONS = Counter("rockstar.gc.collections", "Garbage collections, by generation", ["generation"])
+# what gc.get_stats() counts besides collections: the aggregator serves all three per worker as python_gc_*
+GC_COLLECTED = Counter("rockstar.gc.collected", "Objects collected by the garbage collector, by generation",
+                       ["generation"])
+GC_UNCOLLECTABLE = Counter("rockstar.gc.uncollectable",
+                           "Uncollectable objects found by the garbage collector, by generation", ["generation"])
 THREADS = Gauge("rockstar.threads", "Threads in the worker processes")
 
 
@@ -101,7 +106,7 @@ class WorkerState:
         self.optimizer = Optimizer(segment.buf, segment.geometry.slab_offset(slab), segment,
                                    MemoryLimit(self.config.max_worker_memory, self.config.max_worker_memory_kind),
                                    trim=self.config.optimization_trim)
-        self._gc_at_attach = [s["collections"] for s in gc.get_stats()]  # the master's, inherited
+        self._gc_at_attach = gc.get_stats()  # the master's, inherited
 
     def start_heartbeat(self) -> None:
         self.beat()
@@ -111,8 +116,10 @@ class WorkerState:
     def beat(self) -> None:
         """Record liveness and the runtime figures the aggregator sums into ``system``."""
         for generation, stats in enumerate(gc.get_stats()):
-            since_attach = stats["collections"] - self._gc_at_attach[generation]
-            GC_COLLECTIONS.labels(generation)._set_total(since_attach)
+            before = self._gc_at_attach[generation]
+            GC_COLLECTIONS.labels(generation)._set_total(stats["collections"] - before["collections"])
+            GC_COLLECTED.labels(generation)._set_total(stats["collected"] - before["collected"])
+            GC_UNCOLLECTABLE.labels(generation)._set_total(stats["uncollectable"] - before["uncollectable"])
         THREADS.set(threading.active_count())
         Body.heartbeat.set(self.segment.buf, time.time(), self.segment.geometry.slab_offset(self.slab))
 

@@ -163,7 +163,7 @@ def slab_summary(segment: Segment, slab: int, pid: int, filled: bool) -> dict:
     series: dict = {}
     for info in snap.series:
         key = info.key
-        if info.cell < 0 or key.name in ("test.filler", "rockstar.gc.collections"):  # not the request path's
+        if info.cell < 0 or key.name == "test.filler" or key.name.startswith("rockstar.gc."):  # not the request path's
             continue
         value = snap.totals[info.cell]
         if key.name == "http.request.duration.seconds":  # the bucket a duration fell in varies: counts only
