@@ -1,12 +1,12 @@
 """Routes whose true profile is known by construction (issue 15), for comparing our profiles with py-spy's.
 
-* ``/pure``: ``hot`` spins 12 ms of this thread's CPU in Python, ``cold`` 3 ms: 80/20.
+* ``/pure``: ``hot`` spins 120 ms of this thread's CPU in Python, ``cold`` 30 ms: 80/20.
 * ``/chash``: ``spin`` spins 20 ms in Python, then ``digest`` hashes a ``memoryview`` slice of a 64 MB
   buffer with ``hashlib.sha256`` (one long C call, without the GIL): about 65 % of the route's CPU.
 * ``/waits``: ``nap`` sleeps 30 ms, ``poll_nothing`` waits 20 ms in ``select.select``, ``stuck`` waits
   50 ms for a lock nobody releases (``acquire(timeout=...)``): 30/20/50 of the route's wall time.
 * ``/contend``: ``wait_for_app_lock`` takes ``APP_LOCK``, which a holder thread (started by the first
-  ``/contend``, running for ``HOLD_SECONDS`` after the last one) keeps while it spins.
+  ``/contend``, running for ``HOLD_SECONDS`` after the last one) keeps while it spins (200 ms of CPU at a time).
 * ``/truth``: what each function above really took, by the app's own clocks (``time.thread_time`` for
   CPU, ``time.perf_counter`` for wall), since the worker started: ``{"cpu": {...}, "wall": {...}}``.
 """
@@ -43,11 +43,11 @@ def _timed(name: str, work, *args) -> None:
 
 
 def hot() -> None:
-    _spin(0.012)
+    _spin(0.120)
 
 
 def cold() -> None:
-    _spin(0.003)
+    _spin(0.030)
 
 
 def spin() -> None:
@@ -79,7 +79,7 @@ def wait_for_app_lock() -> None:
 def _hold() -> None:
     while time.monotonic() < _holder_until:
         with APP_LOCK:
-            _spin(0.02)
+            _spin(0.2)  # long against a request's own waits (the client's reading, its closing)
         _spin(0.001)
 
 
