@@ -138,7 +138,7 @@ class SplitServer:
 
     def __enter__(self) -> "SplitServer":
         self.g.start()
-        poll(lambda: http_get(self.url("/"))[0] == 200, timeout=15, message="the pprof port")
+        poll(lambda: http_get(self.url("/"))[0] == 200, timeout=30, message="the pprof port")
         self.pid = self.g.worker_pids()[0]
         return self
 

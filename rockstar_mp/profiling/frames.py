@@ -1,10 +1,14 @@
 """Stacks: capture them cheaply (code objects and line numbers), name them later, tell what a thread waits on.
 
-A captured stack is a tuple of ``(code, line)`` pairs, leaf first. ``FrameTable`` turns stacks into the
-raw profile's frame table, naming each function ``module.qualname`` (pprof wants a package prefix).
-``wait_kind`` reads the call a frame is in (from its bytecode) and says what kind of wait it is:
-``lock`` (acquire, wait, join, ``with lock:``, queue get/put), ``io`` (select, recv, send, read, ...),
-``sleep`` (time.sleep), or ``None`` (running Python code, or a call we cannot classify).
+A captured stack is a tuple of ``(code, line)`` pairs, leaf first. The samplers' hot loops key stacks
+by ``capture_key`` (code ids and instruction offsets: no hashing of code objects, no line tables) and
+``resolve`` them once per distinct stack. ``FrameTable`` turns stacks into the raw profile's frame
+table, naming each function ``module.qualname`` (pprof wants a package prefix). ``wait_kind`` reads the
+call a frame is in (from its bytecode) and says what kind of wait it is: ``lock`` (acquire, wait, join,
+``with lock:``, queue get/put), ``io`` (select, recv, send, read, ...), ``sleep`` (time.sleep), or
+``None`` (running Python code, or a call we cannot classify). A frame blocked in a call stops at the
+call instruction (3.11-3.13's ``CALL``/``CALL_KW``), or, once 3.11 has specialised it, at ``PRECALL``
+(whose specialised forms make the call): both are mapped to the called name.
 """
 from __future__ import annotations
 

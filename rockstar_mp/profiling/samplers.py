@@ -6,20 +6,28 @@ them (``native``). Clocks, said plainly:
 * **CPU, signal mode** (``cpu_profile(mode="signal")``): a POSIX timer on the main thread's CPU clock
   delivers SIGPROF every 1/hz s of the main thread's CPU time (``setitimer(ITIMER_PROF)``, process CPU
   time, where that is unavailable: see ``_Timer``); Python runs the handler in the main thread, which
-  records the main thread's stack (~2 us a sample). Accurate where the main thread does the work:
-  gunicorn's sync workers, and gevent workers, whose greenlets all run in the main thread (the
-  handler sees the frame of whichever greenlet is running; an idle hub burns no CPU, so draws none).
-  The handler is installed once, in the main thread, when the worker attaches (a handler never
-  called while no timer is armed costs nothing); the timer is then armed from the profiling thread.
+  records the main thread's stack, weighted by the timer expirations since its previous call
+  (``SignalSamples``: a long C call, with or without the GIL, is one late call standing for all the
+  expirations it held back). Accurate where the main thread does the work: gunicorn's sync workers,
+  and gevent workers, whose greenlets all run in the main thread (the handler sees the frame of
+  whichever greenlet is running; an idle hub burns no CPU, so draws none). The handler is installed
+  once, in the main thread, when the worker attaches (a handler never called while no timer is armed
+  costs nothing); the timer is then armed from the profiling thread. A CPU-clock timer fires on the
+  scheduler tick, so above CONFIG_HZ the calls are fewer and weigh more. Cost: see
+  ``benchmarks/pprof_cost.py`` (figure 14b: a few microseconds a call with a 20-frame stack).
 * **CPU, thread mode** (gthread and other threaded workers, or when no handler could be installed):
-  a sampler thread reads each thread's on-CPU time (``/proc/self/task/<tid>/schedstat``, ns) every
-  1/hz s and charges the increase to the stack the thread is at. Python frames can only be read
-  when the sampler holds the GIL, so stacks are biased toward the points where threads release it
-  (I/O, locks): a documented approximation.
-* **Wall** (``/wall``): the thread sampler, every thread, 1/hz s of wall time per sample.
+  a sampler thread reads each thread's CPU clock every 1/hz s (``thread_cpu_ns``) and charges the
+  increase to the stack the thread is at, or, if it now waits, to the last stack it was seen running
+  at. A thread that used no CPU costs one clock read; rockstar-mp's own threads are not read. Python
+  frames can only be read when the sampler holds the GIL: a thread in a long C call that keeps the GIL
+  is seen after it, at the call's line, with the call's CPU (as in signal mode).
+* **Wall** (``/wall``): the thread sampler, every thread, the wall time since its previous tick.
 * **Block / mutex**: the thread sampler; per thread and interval, off-CPU time = wall - thread CPU,
   charged to the stack when the thread is in a call we recognise as a wait (``frames.wait_kind``),
   with a ``wait`` label: lock, io or sleep. ``mutex`` keeps only ``wait=lock``.
+
+rockstar-mp's own threads (control, monitor, profile) are left out of every profile unless
+``internal`` (``?internal=1``).
 """
 from __future__ import annotations
 
@@ -359,6 +367,37 @@ class ThreadSampler:
         seen[ident] = (frame, lasti, key, kind)  # the frame stays alive: its identity is the check
         return key, kind
 
+    def _cpu_tick(self, clocks: list, last_cpu: dict, running: dict, seen: dict) -> None:
+        """A CPU-only tick: every thread's CPU clock, then the stacks of those that used some (at 100 Hz
+        most threads of a server idle through most ticks: one clock read each)."""
+        used = []
+        for ident, clock in clocks:
+            try:
+                value = time.clock_gettime_ns(clock)
+            except OSError:
+                continue  # the thread is gone
+            previous = last_cpu.get(ident, 0)  # a thread started during the profile: all its CPU is in it
+            if value < previous:
+                previous = 0  # a new thread under an ident that ended
+            last_cpu[ident] = value
+            if value > previous:
+                used.append((ident, value - previous))
+        if not used:
+            return
+        current: dict[int, types.FrameType] | None = sys._current_frames()
+        assert current is not None
+        for ident, cpu_ns in used:
+            frame = current.get(ident)
+            if frame is None:
+                continue
+            key, kind = self._look(ident, frame, seen)
+            if kind is None:
+                running[ident] = key
+            cell = self.cpu.setdefault((ident, running.get(ident, key)), [0, 0])
+            cell[0] += 1
+            cell[1] += cpu_ns
+        current = frame = None
+
     def run(self, seconds: float, stop: threading.Event | None = None) -> "ThreadSampler":
         me = native.get_ident()
         interval = 1.0 / self.hz
@@ -373,9 +412,8 @@ class ThreadSampler:
             if value is not None:
                 last_cpu[ident] = value
         running: dict[int, tuple] = {}  # the last stack key each thread was seen running at
-        placed: dict[int, tuple] = {}  # (stack key, wait kind) of each thread at the previous tick
-        period_ns = 1_000_000_000 // self.hz
         seen: dict[int, tuple] = {}
+        clocks: list[tuple[int, int]] = []
         every_thread = self.want_wall or self.want_block or self.want_trace
         clocked = self.want_cpu or self.want_block
         ticks = 0
@@ -391,10 +429,17 @@ class ThreadSampler:
                 dt_ns = int((now - last_t) * 1e9)
                 last_t = now
                 ticks += 1
-                current = sys._current_frames()
-                if ticks % 10 == 1 or not current.keys() <= self.names.keys():
+                if ticks % 10 == 1:
                     self.names = native_ids()
                     hidden = set() if self.internal else internal_idents()
+                    clocks = [(ident, ((~tid) << 3) | 6) for ident, (tid, _) in self.names.items()
+                              if tid and ident != me and ident not in hidden]
+                if not every_thread:
+                    self._cpu_tick(clocks, last_cpu, running, seen)
+                    continue
+                current = sys._current_frames()
+                if not current.keys() <= self.names.keys():
+                    self.names = native_ids()
                 wall_us = time.time_ns() // 1000 if self.want_trace else 0
                 for ident, frame in current.items():
                     if ident == me or ident in hidden:
@@ -417,13 +462,7 @@ class ThreadSampler:
                         cell[0] += 1
                         cell[1] += cpu_ns
                     if self.want_wall or self.want_block:
-                        moved = placed.get(ident)
-                        placed[ident] = (key, kind)
-                        late_ns = dt_ns - period_ns if moved is not None and moved[0] != key else 0
-                        if late_ns > 0:  # see _charge_wall
-                            self._charge_wall(ident, moved, late_ns, cpu_ns * late_ns // dt_ns, 0)
-                        self._charge_wall(ident, (key, kind), dt_ns - max(late_ns, 0),
-                                          cpu_ns - cpu_ns * max(late_ns, 0) // dt_ns)
+                        self._charge_wall(ident, key, kind, dt_ns, cpu_ns)
                     if self.want_trace:
                         self._trace.append((wall_us, ident, key))
                 current = frame = None  # no frame outlives the tick but the last one of each thread
@@ -432,22 +471,16 @@ class ThreadSampler:
             self.duration_ns = int((time.monotonic() - started) * 1e9)
         return self
 
-    def _charge_wall(self, ident: int, where: tuple, wall_ns: int, cpu_ns: int, samples: int = 1) -> None:
-        """Charge ``wall_ns`` of wall time (``cpu_ns`` of it on CPU) to the thread at ``where``.
-
-        Why a thread that moved since the previous tick has all but one period of a late tick charged to
-        where it was before (``samples`` 0 there): the sampler needs the GIL, and a thread moving from one wait to
-        the next releases it as it enters the new wait, so a late tick is typically let in by that very
-        move; charging the whole late interval to the new stack moved each call's tail to the next one
-        (under load, 10-14 points of a sleep/select/lock-wait route against py-spy)."""
-        key, kind = where
+    def _charge_wall(self, ident: int, key: tuple, kind: str | None, wall_ns: int, cpu_ns: int) -> None:
+        """Charge the ``wall_ns`` since the thread's previous tick (``cpu_ns`` of it on CPU) to its stack:
+        to the wall profile, and its off-CPU part to the block profile when it waits."""
         if self.want_wall:
             cell = self.wall.setdefault((ident, key), [0, 0])
-            cell[0] += samples
+            cell[0] += 1
             cell[1] += wall_ns
         if self.want_block and kind is not None and wall_ns > cpu_ns:
             cell = self.block.setdefault((ident, key, kind), [0, 0])
-            cell[0] += samples
+            cell[0] += 1
             cell[1] += wall_ns - cpu_ns
 
     # -- raw profiles ---------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 * ``/pure``: ``hot`` spins 120 ms of this thread's CPU in Python, ``cold`` 30 ms: 80/20.
 * ``/chash``: ``spin`` spins 20 ms in Python, then ``digest`` hashes a ``memoryview`` slice of a 64 MB
   buffer with ``hashlib.sha256`` (one long C call, without the GIL): about 65 % of the route's CPU.
-* ``/waits``: ``nap`` sleeps 30 ms, ``poll_nothing`` waits 20 ms in ``select.select``, ``stuck`` waits
-  50 ms for a lock nobody releases (``acquire(timeout=...)``): 30/20/50 of the route's wall time.
+* ``/waits``: ``nap`` sleeps 90 ms, ``poll_nothing`` waits 60 ms in ``select.select``, ``stuck`` waits
+  150 ms for a lock nobody releases (``acquire(timeout=...)``): 30/20/50 of the route's wall time.
 * ``/contend``: ``wait_for_app_lock`` takes ``APP_LOCK``, which a holder thread (started by the first
   ``/contend``, running for ``HOLD_SECONDS`` after the last one) keeps while it spins (200 ms of CPU at a time).
 * ``/truth``: what each function above really took, by the app's own clocks (``time.thread_time`` for
@@ -60,15 +60,15 @@ def digest() -> None:
 
 
 def nap() -> None:
-    time.sleep(0.03)
+    time.sleep(0.09)
 
 
 def poll_nothing() -> None:
-    select.select([], [], [], 0.02)
+    select.select([], [], [], 0.06)
 
 
 def stuck() -> None:
-    NEVER_RELEASED.acquire(timeout=0.05)
+    NEVER_RELEASED.acquire(timeout=0.15)
 
 
 def wait_for_app_lock() -> None:
