@@ -4,10 +4,11 @@ clocks and against py-spy recording the same worker at the same time; sync and g
 
 For each route, a function's share is the part of the route's samples whose stack holds the function
 (with py-spy, a route's share of all the routes as well). Every one must be within ``POINTS`` of the
-app's own clock (its totals since the worker started: the mix is steady, and a window would cut calls
-of up to 120 ms at its edges) and of py-spy's. Sampling error: periodic samples miss at most one per
-call boundary, so a share's error shrinks with the time spent per call; the functions run 20-120 ms
-a call, giving a standard error near one point at py-spy's 200 Hz; the issue's gaps were 10-30 points.
+app's own clock (its totals since the worker started: the mix is steady) and of py-spy's, recording the
+same worker over the same window. Sampling error: periodic samples miss at most one per call boundary,
+so a share's error shrinks with the time spent per call (the functions run 20-150 ms a call) and with
+the calls in the window, which is made long enough for the worker to use ``NEEDED_CPU`` s whatever the
+machine's load (4 s with a core to spare); the issue's gaps were 10-30 points.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,9 +34,9 @@ APP = "tests.apps.split_app:app"
 PREFIX = "tests.apps.split_app."
 HZ = 500  # ours
 SPY_HZ = 200  # what py-spy keeps up with here, two of them at once on a loaded machine
-WINDOW = 3.0  # seconds of every profile (and py-spy recording) compared
-NEEDED_CPU = 3.0  # seconds of the worker's CPU the compared windows hold at least
-MAX_WINDOWS = 8
+WINDOW = 4  # seconds of the profiles (and py-spy recordings) compared, at least
+NEEDED_CPU = 3.0  # seconds of the worker's CPU the window should hold
+MAX_WINDOW = 40
 POINTS = 5.0
 ROUTES = {"pure": ("hot", "cold"), "chash": ("spin", "digest"), "waits": ("nap", "poll_nothing", "stuck")}
 CPU_ROUTES = ("pure", "chash")
@@ -171,12 +174,12 @@ class SplitServer:
     def truth(self) -> dict:
         return json.loads(http_get(f"http://127.0.0.1:{self.g.port}/truth", timeout=10)[2])
 
-    def profiles(self, kinds: tuple[str, ...], seconds: float, window: int = 0) -> dict[str, Path]:
+    def profiles(self, kinds: tuple[str, ...], seconds: float) -> dict[str, Path]:
         """``kinds`` fetched at once over the same window, saved under ``tmp``."""
         def fetch(kind: str) -> Path:
             status, _, body = http_get(self.url(f"/{kind}?seconds={seconds:g}"), timeout=seconds + 30)
             assert status == 200, body
-            path = self.tmp / f"{kind}-{window}.pb.gz"
+            path = self.tmp / f"{kind}.pb.gz"
             path.write_bytes(body)
             return path
         with ThreadPoolExecutor(len(kinds)) as pool:
@@ -185,7 +188,8 @@ class SplitServer:
     def record_with_py_spy(self, seconds: float, idle: bool, window: int) -> tuple[subprocess.Popen, Path]:
         out = self.tmp / f"spy-{'idle' if idle else 'cpu'}-{window}.txt"
         cmd = [py_spy(), "record", "--pid", str(self.pid), "--format", "raw", "--rate", str(SPY_HZ),
-               "--duration", f"{seconds:g}", "--nonblocking", "--output", str(out)] + (["--idle"] if idle else [])
+               "--duration", str(int(seconds) + 1), "--nonblocking", "--output", str(out)]
+        cmd += ["--idle"] if idle else []
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out
 
 
@@ -196,33 +200,34 @@ def worker_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def compare_in_windows(server: SplitServer, gotmp: Path) -> Iterator[tuple[str, dict, dict, str]]:
+def cpu_rate(pid: int, spent: float = 0.3) -> float:
+    """The worker's CPU seconds per second now: the wall time it takes to use ``spent`` s (polled)."""
+    start_cpu, start = worker_cpu(pid), time.monotonic()
+    poll(lambda: worker_cpu(pid) - start_cpu >= spent, timeout=60, interval=0.05, message="the worker busy")
+    return (worker_cpu(pid) - start_cpu) / (time.monotonic() - start)
+
+
+def compare_in_a_window(server: SplitServer, gotmp: Path) -> Iterator[tuple[str, dict, dict, str]]:
     """Our CPU and wall profiles, py-spy's (active threads, and every thread) and the app's own clocks,
-    over the same windows of ``WINDOW`` s while every route is loaded: ``(what, ours, reference, who)``.
-    Windows are added until the worker has used ``NEEDED_CPU`` s in them (one, on a machine with a
-    core to spare; a few when it is starved), so the shares rest on enough samples."""
+    over one window while every route is loaded: ``(what, ours, reference, who)``. The window is long
+    enough for the worker to use ``NEEDED_CPU`` s at the rate it gets now (``WINDOW`` s on a machine
+    with a core to spare, up to ``MAX_WINDOW`` when it is starved), so the shares rest on enough calls;
+    one window, so only two edges cut calls."""
     server.drive(tuple(ROUTES))
-    ours: dict[str, list] = {"profile": [], "wall": [], "wallcount": []}
-    spied: dict[bool, list] = {False: [], True: []}
-    used = 0.0
-    for window in range(MAX_WINDOWS):
-        spies = {idle: server.record_with_py_spy(WINDOW, idle, window) for idle in (False, True)}
-        cpu_before = worker_cpu(server.pid)
-        paths = server.profiles(("profile", "wall"), WINDOW, window)
-        used += worker_cpu(server.pid) - cpu_before
-        for idle, (spy, out) in spies.items():
-            output = spy.communicate(timeout=120)[0]
-            assert spy.returncode == 0, output
-            spied[idle] += spy_raw(out)
-        for kind, path in paths.items():
-            ours[kind] += pprof_raw(gotmp, path, 1)
-        ours["wallcount"] += pprof_raw(gotmp, paths["wall"], 0)
-        if used >= NEEDED_CPU:
-            break
+    window = int(min(max(NEEDED_CPU / cpu_rate(server.pid), WINDOW), MAX_WINDOW))
+    spies = {idle: server.record_with_py_spy(window, idle, 0) for idle in (False, True)}
+    paths = server.profiles(("profile", "wall"), window)
+    spied = {}
+    for idle, (spy, out) in spies.items():
+        if spy.poll() is None:
+            spy.send_signal(signal.SIGINT)  # behind on a busy machine: it stops and writes what it has
+        output = spy.communicate(timeout=60)[0]
+        assert spy.returncode == 0, output
+        spied[idle] = spy_raw(out)
     truth = server.truth()
-    cpu, wall = shares(ours["profile"], CPU_ROUTES), shares(ours["wall"], ("waits",))
-    print("wall by count", shares(ours["wallcount"], ("waits",)))
-    print("windows", window + 1, "worker CPU", round(used, 2), "load", os.getloadavg())
+    cpu = shares(pprof_raw(gotmp, paths["profile"], 1), CPU_ROUTES)
+    wall = shares(pprof_raw(gotmp, paths["wall"], 1), ("waits",))
+    print(f"window {window} s, load {os.getloadavg()}")
     yield "cpu", cpu, truth_shares(truth, "cpu", CPU_ROUTES), "app's thread_time"
     yield "cpu", cpu, shares(spied[False], CPU_ROUTES), "py-spy"
     yield "wall", wall, truth_shares(truth, "wall", ("waits",)), "app's perf_counter"
@@ -239,11 +244,11 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
     """Sync worker (CPU by SIGPROF): shares right, long C call included; then block/mutex of a
     contended lock are the app's lock; and our own threads stay out unless ``?internal=1``."""
     with SplitServer(tmp_path) as server:
-        for what, ours, reference, who in compare_in_windows(server, gotmp):
+        for what, ours, reference, who in compare_in_a_window(server, gotmp):
             assert_close(ours, reference, who, f"sync {what}")
 
         server.drive(("contend",))
-        paths = server.profiles(("block", "mutex"), 2.0)
+        paths = server.profiles(("block", "mutex"), 3.0)
         for kind, path in paths.items():
             samples = pprof_raw(gotmp, path, 1)
             total = sum(v for _, v in samples)
@@ -262,7 +267,7 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
 def test_gthread_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
     """gthread worker (CPU by the thread sampler), the routes served in parallel threads."""
     with SplitServer(tmp_path, ("--worker-class", "gthread", "--threads", "4")) as server:
-        for what, ours, reference, who in compare_in_windows(server, gotmp):
+        for what, ours, reference, who in compare_in_a_window(server, gotmp):
             assert_close(ours, reference, who, f"gthread {what}")
 
 
