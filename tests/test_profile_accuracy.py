@@ -40,7 +40,7 @@ MAX_WINDOW = 40
 POINTS = 5.0
 ROUTES = {"pure": ("hot", "cold"), "chash": ("spin", "digest"), "waits": ("nap", "poll_nothing", "stuck")}
 CPU_ROUTES = ("pure", "chash")
-FRAMES = Path(__file__).resolve().parent.parent / "rockstar_mp" / "profiling" / "frames.py"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def py_spy() -> str:
@@ -272,10 +272,9 @@ def test_gthread_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
 
 
 PROBE = """
-import importlib.util, sys, threading, time, select
-spec = importlib.util.spec_from_file_location("frames", sys.argv[1])
-frames = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(frames)
+import sys, threading, time, select
+sys.path.insert(0, sys.argv[1])
+from rockstar_mp.profiling import frames  # the package's lazy __init__ loads nothing else
 HELD = threading.Lock()
 HELD.acquire()
 def nap(t): time.sleep(t)
@@ -320,7 +319,7 @@ def interpreter(version: str) -> str:
 def test_waits_recognised_in_warm_frames_of_python_3_11_to_3_13():
     """A warm frame blocked in sleep, select, poll or a lock wait is classified as waiting, whatever
     instruction the interpreter leaves it at (3.11's PRECALL, 3.12's CALL, 3.13's CALL/CALL_KW)."""
-    procs = {version: subprocess.Popen([interpreter(version), "-c", PROBE, str(FRAMES)], stdout=subprocess.PIPE,
+    procs = {version: subprocess.Popen([interpreter(version), "-c", PROBE, str(ROOT)], stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)
              for version in ("3.11", "3.12", "3.13")}
     for version, proc in procs.items():

@@ -18,6 +18,8 @@ import os
 import sys
 import types
 
+from . import native
+
 MAX_DEPTH = 64
 
 LOCK_CALLS = frozenset({"acquire", "wait", "wait_for", "join", "__enter__", "get", "put", "result",
@@ -93,6 +95,9 @@ def line_of(code: types.CodeType, lasti: int) -> int:
 # -- naming ---------------------------------------------------------------------------------------
 _MODULES: dict[str, str] = {}
 _MODULES_SEEN = 0
+# Profiles of several kinds name their frames at the same moment, each in its thread: without it, one
+# thread skipped the scan another had started and cached every file under its base name.
+_MODULES_LOCK = native.allocate_lock()
 
 
 def module_name(filename: str) -> str:
@@ -101,12 +106,13 @@ def module_name(filename: str) -> str:
     name = _MODULES.get(filename)
     if name is not None:
         return name
-    if len(sys.modules) != _MODULES_SEEN:
-        _MODULES_SEEN = len(sys.modules)
-        for mod_name, mod in list(sys.modules.items()):
-            path = getattr(mod, "__file__", None)
-            if isinstance(path, str) and mod_name != "__main__":
-                _MODULES.setdefault(path, mod_name)
+    with _MODULES_LOCK:
+        if len(sys.modules) != _MODULES_SEEN:
+            for mod_name, mod in list(sys.modules.items()):
+                path = getattr(mod, "__file__", None)
+                if isinstance(path, str) and mod_name != "__main__":
+                    _MODULES.setdefault(path, mod_name)
+            _MODULES_SEEN = len(sys.modules)
         name = _MODULES.get(filename)
         if name is not None:
             return name
