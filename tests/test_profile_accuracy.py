@@ -3,7 +3,7 @@ construction (``tests/apps/split_app.py``), read with the real ``go tool pprof``
 clocks and against py-spy recording the same worker at the same time; sync and gthread workers.
 
 For each route, a function's share is the part of the route's samples whose stack holds the function
-(with py-spy, a route's share of all the routes as well). Every one must be within ``POINTS`` of the
+Every one must be within ``POINTS`` of the
 app's own clock (its totals since the worker started: the mix is steady) and of py-spy's, recording the
 same worker over the same window. Sampling error: periodic samples miss at most one per call boundary,
 so a share's error shrinks with the time spent per call (the functions run 20-150 ms a call) and with
@@ -90,8 +90,8 @@ def spy_raw(path: Path) -> list[tuple[list[str], int]]:
 
 
 def shares(samples: list[tuple[list[str], int]], routes: tuple[str, ...] = tuple(ROUTES)) -> dict[str, float]:
-    """Each route's functions' shares of the route (``route/function``), and with two or more routes, each
-    route's share of them all (``route``), in %."""
+    """Each route's functions' shares of the route (``route/function``), in %. (Not the routes' shares
+    of the whole: on a starved machine py-spy's "active" counts the time a thread waits for a core.)"""
     totals: dict[str, float] = {}
     for stack, value in samples:
         names = set(stack)
@@ -105,10 +105,6 @@ def shares(samples: list[tuple[list[str], int]], routes: tuple[str, ...] = tuple
     for route in routes:
         for function in ROUTES[route]:
             out[f"{route}/{function}"] = 100.0 * totals.get(f"{route}/{function}", 0) / (totals.get(route) or 1)
-    if len(routes) > 1:
-        everything = sum(totals.get(route, 0) for route in routes)
-        for route in routes:
-            out[route] = 100.0 * totals.get(route, 0) / (everything or 1)
     return out
 
 
@@ -116,7 +112,7 @@ def truth_shares(truth: dict, clock: str, routes: tuple[str, ...]) -> dict[str, 
     """The functions' shares of their routes by the app's own clock (``cpu`` or ``wall``)."""
     samples = [([PREFIX + route, PREFIX + function], truth[clock].get(function, 0.0))
                for route in routes for function in ROUTES[route]]
-    return {k: v for k, v in shares(samples, routes).items() if "/" in k}
+    return shares(samples, routes)
 
 
 def assert_close(ours: dict, reference: dict, who: str, context: str) -> None:
@@ -257,9 +253,13 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
             assert total > 0 and on_app_lock >= 0.9 * total, (kind, on_app_lock, total, samples)
 
         server.drive(())
-        status, _, dump = http_get(server.url("/goroutine?debug=2"))
-        assert re.search(rf"^goroutine {server.pid} \[io\]: ", dump.decode(), re.M), dump  # idle: waiting
-        assert b"rockstar-" not in dump, dump
+        dumps = []
+
+        def idle_main_thread_waits() -> bool:  # idle, it is in gunicorn's select (but wakes each second)
+            dumps.append(http_get(server.url("/goroutine?debug=2"))[2])
+            return re.search(rf"^goroutine {server.pid} \[io\]: ", dumps[-1].decode(), re.M) is not None
+        poll(idle_main_thread_waits, timeout=10, interval=0.1, message="the idle worker shown waiting")
+        assert b"rockstar-" not in dumps[-1], dumps[-1]
         status, _, dump = http_get(server.url("/goroutine?debug=2&internal=1"))
         assert b'thread="rockstar-control"' in dump and b'thread="rockstar-monitor"' in dump, dump
 
