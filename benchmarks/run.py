@@ -2,7 +2,8 @@
 1-5), rockstar-mp's cost per request against the same app without it (figures 6-7), and operations on
 a real gunicorn (figures 8-10, ``ops.py``), CPU time from /proc (figures 11-12, ``cost.py``) and rockstar-mp's
 ASGI middleware against prometheus-fastapi-instrumentator and starlette-exporter (figure 13, ``compare.py``),
-and rockstar_mp.prometheus against the native API (figure 14, ``prometheus_shim.py``).
+rockstar_mp.prometheus against the native API (figure 14, ``prometheus_shim.py``), and what a running CPU
+profile costs (figure 15, ``pprof_cost.py``).
 
     .venv/bin/python -m benchmarks.run                  (what ``make bench`` calls: every figure)
     .venv/bin/python -m benchmarks.run --only 1,2,3     (just these; 1, 2 and 3 are measured together)
@@ -27,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import compare, cost, ops, prometheus_shim
+from . import compare, cost, ops, pprof_cost, prometheus_shim
 from .report import (
     fmt_delta,
     fmt_time,
@@ -70,7 +71,7 @@ from .settings import (
 
 MICRO = ("1", "2", "3")  # one child measures the three
 REQUEST = ("6", "7")
-FIGURES = MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES + compare.FIGURES + (prometheus_shim.FIGURE,)
+FIGURES = MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES + compare.FIGURES + (prometheus_shim.FIGURE,) + pprof_cost.FIGURES
 
 
 @dataclass
@@ -341,6 +342,11 @@ def run_compare(notes: list[str], figs: list[str]) -> None:
                     lambda rows: print_table(compare.HEADER, rows))
 
 
+def run_pprof_cost(notes: list[str], figs: list[str]) -> None:
+    run_cpu_figures(pprof_cost, figs, notes, "What a running CPU profile costs (figure 15; workers' CPU from /proc, "
+                    "every round printed, medians compared)", lambda rows: print_tables([], rows, ""))
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages: the machine is shared, so the report says how busy it was."""
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
@@ -389,6 +395,8 @@ def run(figs: tuple[str, ...]) -> int:
         run_compare(session.notes, ["13"])
     if prometheus_shim.FIGURE in figs:
         prometheus_shim.run_figure(session.notes)
+    if "15" in figs:
+        run_pprof_cost(session.notes, ["15"])
     for note in session.notes:
         print(f"NOTE: {note}")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -104,7 +104,7 @@ def test_goroutine_lists_the_greenlets_of_both_workers(server, gotmp):
     go_binary()
 
     def dump_with_parked_greenlets() -> str:
-        text = http_get(server.url("/goroutine?debug=2"))[2].decode()
+        text = http_get(server.url("/goroutine?debug=2&internal=1"))[2].decode()  # our threads too
         blocks = text.split("\n\n")
         for pid in server.pids():
             parked = [b for b in blocks if re.match(rf'goroutine \d+ \[sleep\]: pid={pid} greenlet="Greenlet-\d+" '
@@ -169,7 +169,7 @@ native.start_thread(work, "native-check")
 deadline = time.monotonic() + 2
 while "tid" not in ran and time.monotonic() < deadline:
     pass  # spin without yielding: a greenlet would never run
-names = [t["name"] for t in thread_dump() if "greenlet" not in t]
+names = [t["name"] for t in thread_dump(internal=True) if "greenlet" not in t]
 event.set()
 deadline = time.monotonic() + 2
 while "woke" not in ran and time.monotonic() < deadline:

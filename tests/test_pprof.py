@@ -151,7 +151,7 @@ def test_heap_window_names_the_allocation_site_first(server, gotmp):
 def test_goroutine_lists_every_thread_of_every_worker(server, gotmp):
     go_binary()
     tids = {pid: {t.id for t in psutil.Process(pid).threads()} for pid in server.pids()}
-    status, headers, body = http_get(server.url("/goroutine?debug=2"))
+    status, headers, body = http_get(server.url("/goroutine?debug=2&internal=1"))  # our threads too
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     text = body.decode()
     for pid, ids in tids.items():
@@ -159,7 +159,7 @@ def test_goroutine_lists_every_thread_of_every_worker(server, gotmp):
             assert re.search(rf"^goroutine {tid} \[(running|lock|io|sleep)\]: pid={pid} ", text, re.M), \
                 (pid, tid, text)
     assert re.search(r'\[lock\]: pid=\d+ thread="pprof-test-blocked"', text)
-    status, _, grouped = http_get(server.url("/goroutine?debug=1"))
+    status, _, grouped = http_get(server.url("/goroutine?debug=1&internal=1"))
     grouped = grouped.decode()
     assert status == 200 and grouped.startswith("goroutine profile: total ")
     total = int(grouped.split()[3])

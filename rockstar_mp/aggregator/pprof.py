@@ -135,7 +135,8 @@ class Pprof:
                                               f"{sorted(busy)}")
             self._cpu_running.update(pids)
         try:
-            request = {"cmd": "profile", "kind": kind, "seconds": seconds, "gc": gc}
+            request = {"cmd": "profile", "kind": kind, "seconds": seconds, "gc": gc,
+                       "internal": params.text(req, "internal") not in (None, "", "0", "false")}
             timeout = (DEFAULT_SECONDS[kind] if seconds is None and kind in TIMED else seconds or 0) + ANSWER_GRACE
             answers = await asyncio.gather(*(self._ask(pid, request, timeout) for pid in pids))
         finally:

@@ -2,14 +2,12 @@
 one to a file, or sample the main thread around a block (``cpu_profile``)."""
 from __future__ import annotations
 
-import os
 import threading
-import time
 import tracemalloc
 
-from . import frames, samplers
+from . import samplers
 from .heap import heap_profile
-from .proto import encode, new_raw
+from .proto import encode
 from .rendering import DEFAULT_SECONDS, KINDS, render
 from .samplers import Busy, block_profile, install_signal_handler, wall_profile
 from .threads import thread_dump, threadcreate_dump
@@ -17,8 +15,11 @@ from .trace import trace_events
 
 
 def collect(kind: str, seconds: float | None = None, hz: int = 100, gc: bool = False,
-            mode: str = "auto", stop: threading.Event | None = None) -> dict:
+            mode: str = "auto", stop: threading.Event | None = None, internal: bool = False) -> dict:
     """Run one profile in this process (blocking for ``seconds`` where it takes a window).
+
+    rockstar-mp's own threads (control, monitor, profile) are left out of the CPU, wall, block,
+    mutex and goroutine profiles unless ``internal``.
 
     Returns a JSON-able result that ``render`` turns into bytes, alone or merged with other
     processes' results. Raises ``Busy`` if a CPU (or heap) profile is already running here.
@@ -29,15 +30,15 @@ def collect(kind: str, seconds: float | None = None, hz: int = 100, gc: bool = F
         # heap: with tracemalloc on since boot, no window means a plain snapshot
         seconds = 0.0 if kind == "heap" and tracemalloc.is_tracing() else DEFAULT_SECONDS.get(kind, 0.0)
     if kind == "profile":
-        return {"kind": kind, "raw": samplers.cpu_profile(seconds, hz, mode, stop)}
+        return {"kind": kind, "raw": samplers.cpu_profile(seconds, hz, mode, stop, internal)}
     if kind == "wall":
-        return {"kind": kind, "raw": wall_profile(seconds, hz, stop)}
+        return {"kind": kind, "raw": wall_profile(seconds, hz, stop, internal)}
     if kind == "heap":
         return {"kind": kind, "raw": heap_profile(seconds, gc, stop=stop)}
     if kind in ("block", "mutex"):
-        return {"kind": kind, "raw": block_profile(seconds, hz, kind == "mutex", stop)}
+        return {"kind": kind, "raw": block_profile(seconds, hz, kind == "mutex", stop, internal)}
     if kind == "goroutine":
-        return {"kind": kind, "threads": thread_dump()}
+        return {"kind": kind, "threads": thread_dump(internal)}
     if kind == "threadcreate":
         return {"kind": kind, "threads": threadcreate_dump()}
     return {"kind": kind, "events": trace_events(seconds, hz, stop)}
@@ -71,24 +72,15 @@ class cpu_profile:
             raise RuntimeError("cpu_profile needs the main thread (and SIGPROF free)")
         if not samplers.CPU_LOCK.acquire(blocking=False):
             raise Busy("a CPU profile is already running in this process")
-        self._counts: dict = {}
-        self._started = time.monotonic_ns()
-        samplers._SIG_COUNTS = self._counts
-        self._timer = samplers._Timer(self.hz)
+        self._profile = samplers.SignalProfile(self.hz)
+        self._profile.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._timer.disarm()
-        samplers._SIG_COUNTS = None
-        samplers.CPU_LOCK.release()
-        period = 1_000_000_000 // self.hz
-        raw = new_raw([("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), period,
-                      time.monotonic_ns() - self._started, [f"clock: {self._timer.clock}, SIGPROF at {self.hz} Hz"])
-        table = frames.FrameTable(raw["frames"])
-        labels = {"pid": str(os.getpid()), "thread": threading.main_thread().name}
-        for stack, n in self._counts.items():
-            raw["samples"].append([table.stack(stack), [n, n * period], labels])
-        self.raw = raw
+        try:
+            self.raw = self._profile.stop()
+        finally:
+            samplers.CPU_LOCK.release()
         if self.path:
             with open(self.path, "wb") as f:
-                f.write(encode(raw))
+                f.write(encode(self.raw))

@@ -6,23 +6,32 @@ them (``native``). Clocks, said plainly:
 * **CPU, signal mode** (``cpu_profile(mode="signal")``): a POSIX timer on the main thread's CPU clock
   delivers SIGPROF every 1/hz s of the main thread's CPU time (``setitimer(ITIMER_PROF)``, process CPU
   time, where that is unavailable: see ``_Timer``); Python runs the handler in the main thread, which
-  records the main thread's stack (~2 us a sample). Accurate where the main thread does the work:
-  gunicorn's sync workers, and gevent workers, whose greenlets all run in the main thread (the
-  handler sees the frame of whichever greenlet is running; an idle hub burns no CPU, so draws none).
-  The handler is installed once, in the main thread, when the worker attaches (a handler never
-  called while no timer is armed costs nothing); the timer is then armed from the profiling thread.
+  records the main thread's stack, weighted by the timer expirations since its previous call
+  (``SignalSamples``: a long C call, with or without the GIL, is one late call standing for all the
+  expirations it held back). Accurate where the main thread does the work: gunicorn's sync workers,
+  and gevent workers, whose greenlets all run in the main thread (the handler sees the frame of
+  whichever greenlet is running; an idle hub burns no CPU, so draws none). The handler is installed
+  once, in the main thread, when the worker attaches (a handler never called while no timer is armed
+  costs nothing); the timer is then armed from the profiling thread. A CPU-clock timer fires on the
+  scheduler tick, so above CONFIG_HZ the calls are fewer and weigh more. Cost: see
+  ``benchmarks/pprof_cost.py`` (figure 15b: a few microseconds a call with a 20-frame stack).
 * **CPU, thread mode** (gthread and other threaded workers, or when no handler could be installed):
-  a sampler thread reads each thread's on-CPU time (``/proc/self/task/<tid>/schedstat``, ns) every
-  1/hz s and charges the increase to the stack the thread is at. Python frames can only be read
-  when the sampler holds the GIL, so stacks are biased toward the points where threads release it
-  (I/O, locks): a documented approximation.
-* **Wall** (``/wall``): the thread sampler, every thread, 1/hz s of wall time per sample.
+  a sampler thread reads each thread's CPU clock every 1/hz s (``thread_cpu_ns``) and charges the
+  increase to the last stack it was seen running at (``_charge_cpu`` says why). A thread that used no
+  CPU costs one clock read; rockstar-mp's own threads are not read. Python frames can only be read
+  when the sampler holds the GIL: a thread in a long C call that keeps the GIL is seen after it, at
+  the call's line, with the call's CPU (as in signal mode).
+* **Wall** (``/wall``): the thread sampler, every thread, the wall time since its previous tick.
 * **Block / mutex**: the thread sampler; per thread and interval, off-CPU time = wall - thread CPU,
   charged to the stack when the thread is in a call we recognise as a wait (``frames.wait_kind``),
   with a ``wait`` label: lock, io or sleep. ``mutex`` keeps only ``wait=lock``.
+
+rockstar-mp's own threads (control, monitor, profile) are left out of every profile unless
+``internal`` (``?internal=1``).
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -50,15 +59,92 @@ Busy = ProfilerBusy  # the name the profiling modules raise and catch
 
 
 # -- SIGPROF ------------------------------------------------------------------------------------------
-_SIG_COUNTS: dict | None = None
+class SignalSamples:
+    """What the SIGPROF handler records: stacks of the main thread, each weighted by the timer
+    expirations since the previous sample.
+
+    Why not one per handler call: CPython's C handler only flags the signal; the Python handler runs
+    at the next bytecode boundary, so every expiry during a long C call (a 38 ms ``sha256``: four at
+    100 Hz) collapses into one call, after the C call returns. Counting the expirations from the
+    timer's own clock (``clock``: the main thread's CPU time, or the process's for ``setitimer``)
+    restores them, and they land on the stack the handler sees: the frame that made the call. Why
+    not the raw CPU time since the previous sample: the Python time before the call (half a period on
+    average) would be charged to the call too.
+    """
+
+    __slots__ = ("clock", "period", "origin", "ticks", "cells", "codes")
+
+    def __init__(self, clock, period: int) -> None:
+        self.clock = clock
+        self.period = period
+        self.origin = clock()
+        self.ticks = 0
+        self.cells: dict[tuple, list[int]] = {}  # stack key -> [handler calls, expirations]
+        self.codes: dict[tuple, tuple] = {}  # stack key -> its code objects (see frames.capture_key)
+
+    def take(self, frame: types.FrameType) -> None:
+        ticks = (self.clock() - self.origin) // self.period
+        weight = ticks - self.ticks
+        if weight < 1:  # the first expiry came just before the origin was read: count it
+            weight, ticks = 1, self.ticks + 1
+        self.ticks = ticks
+        key = _frames.capture_key(frame)
+        cell = self.cells.get(key)
+        if cell is None:
+            self.codes[key] = _frames.capture_codes(frame)
+            self.cells[key] = [1, weight]
+        else:
+            cell[0] += 1
+            cell[1] += weight
+
+    def raw(self, duration_ns: int, comment: str, labels: dict) -> dict:
+        """The raw profile: samples/count and cpu/nanoseconds, both from the expirations."""
+        raw = new_raw([("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), self.period,
+                      duration_ns, [comment])
+        table = _frames.FrameTable(raw["frames"])
+        for key, (_calls, weight) in _settled(self.cells):
+            stack = _frames.resolve(key, self.codes[key])
+            raw["samples"].append([table.stack(stack), [weight, weight * self.period], labels])
+        return raw
+
+
+_SINK: SignalSamples | None = None
 
 
 def _on_sigprof(signum, frame) -> None:
-    counts = _SIG_COUNTS
-    if counts is None or frame is None:
-        return
-    key = _frames.capture(frame)
-    counts[key] = counts.get(key, 0) + 1
+    sink = _SINK
+    if sink is not None and frame is not None:
+        sink.take(frame)
+
+
+class SignalProfile:
+    """SIGPROF sampling of the main thread between ``start`` and ``stop`` (the handler must be
+    installed, ``install_signal_handler``; the caller holds ``CPU_LOCK``)."""
+
+    def __init__(self, hz: int) -> None:
+        self.hz = max(1, min(int(hz), MAX_HZ))
+        self.period = 1_000_000_000 // self.hz
+        self._timer: _Timer | None = None
+
+    def start(self) -> None:
+        self._started = time.monotonic_ns()
+        self._timer = _Timer(self.hz, self._begin)
+
+    def _begin(self, clock) -> None:
+        """Called by the timer just before it is armed, with the clock it counts."""
+        global _SINK
+        self.samples = SignalSamples(clock, self.period)
+        _SINK = self.samples
+
+    def stop(self) -> dict:
+        global _SINK
+        assert self._timer is not None
+        self._timer.disarm()
+        _SINK = None
+        labels = _labels(os.getpid(), {"thread": threading.main_thread().name})
+        comment = (f"clock: {self._timer.clock}, SIGPROF at {self.hz} Hz, main thread stacks, each "
+                   "weighted by the timer expirations since the previous one")
+        return self.samples.raw(time.monotonic_ns() - self._started, comment, labels)
 
 
 def install_signal_handler() -> bool:
@@ -114,7 +200,7 @@ def _sleep(seconds: float, stop: threading.Event | None) -> None:
 
 
 def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto",
-                stop: threading.Event | None = None) -> dict:
+                stop: threading.Event | None = None, internal: bool = False) -> dict:
     """A CPU profile of this process over ``seconds`` (raw form): samples/count and cpu/nanoseconds."""
     hz = max(1, min(int(hz), MAX_HZ))
     if not CPU_LOCK.acquire(blocking=False):
@@ -123,7 +209,7 @@ def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto",
         mode = choose_cpu_mode(mode)
         if mode == "signal":
             return _signal_cpu(seconds, hz, stop)
-        return ThreadSampler(hz, cpu=True).run(seconds, stop).cpu_raw()
+        return ThreadSampler(hz, cpu=True, internal=internal).run(seconds, stop).cpu_raw()
     finally:
         CPU_LOCK.release()
 
@@ -135,15 +221,19 @@ class _Timer:
     tick-granular cache, so code that measures itself with it sees a coarse clock (the example app's
     ``burn_cpu(10)`` took ~12 ms: -17% throughput). ``setitimer`` remains the fallback."""
 
-    def __init__(self, hz: int) -> None:
+    def __init__(self, hz: int, begin=None) -> None:
+        """``begin(clock)`` is called just before the timer is armed, with the ``*_ns`` function of
+        the clock it counts (the profiling thread runs this, the main thread's clock is read by pid)."""
         self.hz = hz
         self.clock = "process CPU time (setitimer ITIMER_PROF)"
         self._timer: ctypes.c_void_p | None = None
+        self._begin = begin or (lambda clock: None)
         try:
             self._arm_posix()
             self.clock = "main-thread CPU time (timer_create)"
         except Exception:
             self._timer = None
+            self._begin(time.process_time_ns)
             signal.setitimer(signal.ITIMER_PROF, 1.0 / hz, 1.0 / hz)
 
     def _arm_posix(self) -> None:
@@ -168,6 +258,7 @@ class _Timer:
         if libc.timer_create(ctypes.c_int(clock), ctypes.byref(event), ctypes.byref(timer)) != 0:
             raise OSError(ctypes.get_errno(), "timer_create")
         period = Timespec(0, 1_000_000_000 // self.hz)
+        self._begin(functools.partial(time.clock_gettime_ns, clock))
         if libc.timer_settime(timer, 0, ctypes.byref(Itimerspec(period, period)), None) != 0:
             libc.timer_delete(timer)
             raise OSError(ctypes.get_errno(), "timer_settime")
@@ -182,24 +273,12 @@ class _Timer:
 
 
 def _signal_cpu(seconds: float, hz: int, stop: threading.Event | None) -> dict:
-    global _SIG_COUNTS
-    period = 1_000_000_000 // hz
-    counts: dict = {}
-    started = time.monotonic_ns()
-    _SIG_COUNTS = counts
-    timer = _Timer(hz)
+    profile = SignalProfile(hz)
+    profile.start()
     try:
         _sleep(seconds, stop)
     finally:
-        timer.disarm()
-        _SIG_COUNTS = None
-    raw = new_raw([("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"), period,
-                  time.monotonic_ns() - started,
-                  [f"clock: {timer.clock}, SIGPROF at {hz} Hz, main thread stacks"])
-    table = _frames.FrameTable(raw["frames"])
-    labels = _labels(os.getpid(), {"thread": threading.main_thread().name})
-    for stack, n in _settled(counts):
-        raw["samples"].append([table.stack(stack), [n, n * period], labels])
+        raw = profile.stop()
     return raw
 
 
@@ -214,30 +293,17 @@ def _settled(counts: dict) -> list:
 
 
 # -- the thread sampler -----------------------------------------------------------------------------
-class _ThreadCpu:
-    """On-CPU nanoseconds of each thread, from /proc/self/task/<tid>/schedstat (kept open)."""
-
-    def __init__(self) -> None:
-        self._fds: dict[int, int] = {}
-
-    def read(self, tid: int | None) -> int | None:
-        if tid is None:
-            return None
-        fd = self._fds.get(tid)
-        try:
-            if fd is None:
-                fd = self._fds[tid] = os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
-            return int(os.pread(fd, 64, 0).split()[0])
-        except (OSError, ValueError, IndexError):
-            if fd is not None:
-                self._fds.pop(tid, None)
-                os.close(fd)
-            return None
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+def thread_cpu_ns(tid: int | None) -> int | None:
+    """On-CPU nanoseconds of the thread ``tid`` of this process, or None if it is gone: one
+    ``clock_gettime`` on its CPU clock (the clock id Linux derives from a tid, as
+    ``pthread_getcpuclockid`` does: ``~tid << 3 | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED``), which reads
+    what ``/proc/self/task/<tid>/schedstat`` shows without formatting text."""
+    if not tid:
+        return None
+    try:
+        return time.clock_gettime_ns(((~tid) << 3) | 6)
+    except OSError:
+        return None
 
 
 def native_ids() -> dict[int, tuple[int | None, str]]:
@@ -245,34 +311,123 @@ def native_ids() -> dict[int, tuple[int | None, str]]:
     return native.thread_ids()
 
 
+def internal_idents() -> set[int]:
+    """The idents of rockstar-mp's own threads (control, monitor, profile: ``native.start_thread``
+    starts them all), left out of profiles unless asked for (``?internal=1``)."""
+    return set(native.raw_threads())
+
+
 class ThreadSampler:
-    """Samples every other thread's Python stack every 1/hz s, in the calling thread."""
+    """Samples every other thread's Python stack every 1/hz s, in the calling thread (rockstar-mp's
+    own threads only with ``internal``).
+
+    Per thread and tick: CPU is the thread's CPU time since its previous tick (``thread_cpu_ns``),
+    charged to the stack it is at, or, when it now waits, to the last stack it was seen running at
+    (where that CPU was spent); a thread that used none costs one clock read. Wall is the time since
+    the previous tick; block the part of it off CPU, when the thread waits (``frames.wait_kind``).
+    A thread whose leaf frame and instruction are those of its previous tick has the same stack,
+    which is then not walked again (idle threads, long calls).
+    """
 
     def __init__(self, hz: int = 100, cpu: bool = False, wall: bool = False, block: bool = False,
-                 trace: bool = False) -> None:
+                 trace: bool = False, internal: bool = False) -> None:
         self.hz = max(1, min(int(hz), MAX_HZ))
         self.want_cpu, self.want_wall, self.want_block, self.want_trace = cpu, wall, block, trace
-        self.cpu: dict = {}  # (ident, stack) -> [samples, ns]
+        self.internal = internal
+        self.cpu: dict = {}  # (ident, stack key) -> [samples, ns]
         self.wall: dict = {}
-        self.block: dict = {}  # (ident, stack, wait) -> [count, ns]
-        self.trace: list = []  # (t_us, ident, stack)
+        self.block: dict = {}  # (ident, stack key, wait) -> [count, ns]
+        self._trace: list = []  # (t_us, ident, stack key)
+        self._codes: dict[tuple, tuple] = {}  # stack key -> its code objects (frames.capture_key)
         self.names: dict[int, tuple] = {}
         self.duration_ns = 0
+
+    @property
+    def trace(self) -> list:
+        """``[(t_us, ident, stack), ...]`` (stacks in ``frames.capture``'s form)."""
+        resolved: dict[tuple, tuple] = {}
+        out = []
+        for ts, ident, key in self._trace:
+            stack = resolved.get(key)
+            if stack is None:
+                stack = resolved[key] = _frames.resolve(key, self._codes[key])
+            out.append((ts, ident, stack))
+        return out
+
+    def _look(self, ident: int, frame: types.FrameType, seen: dict) -> tuple:
+        """``(stack key, wait kind)`` of the thread ``ident`` now at ``frame``."""
+        lasti = frame.f_lasti
+        previous = seen.get(ident)
+        if previous is not None and previous[0] is frame and previous[1] == lasti:
+            return previous[2], previous[3]
+        key = _frames.capture_key(frame)
+        if key not in self._codes:
+            self._codes[key] = _frames.capture_codes(frame)
+        kind = _frames.wait_kind(frame) if (self.want_block or self.want_cpu) else None
+        seen[ident] = (frame, lasti, key, kind)  # the frame stays alive: its identity is the check
+        return key, kind
+
+    def _charge_cpu(self, ident: int, key: tuple, kind: str | None, cpu_ns: int, running: dict) -> None:
+        """Charge the ``cpu_ns`` a thread used since its previous tick to the stack it was last seen
+        running at, then remember where it runs now (unless it waits).
+
+        Why the previous stack, not the current one: the sampler needs the GIL, and a thread hands it
+        over as it enters a blocking call or a long C call that releases it, so the tick after a move
+        mostly lands just as the new call starts, and the CPU since the previous tick was spent before
+        it (charged to the new call, a 20 ms spin before a 38 ms sha256 put the hash at 72 % against 66 %).
+        A thread seen at the same stack twice is charged there; a move at a random time costs a
+        fraction of a tick either way."""
+        cell = self.cpu.setdefault((ident, running.get(ident, key)), [0, 0])
+        cell[0] += 1
+        cell[1] += cpu_ns
+        if kind is None:
+            running[ident] = key
+
+    def _cpu_tick(self, clocks: list, last_cpu: dict, running: dict, seen: dict) -> None:
+        """A CPU-only tick: every thread's CPU clock, then the stacks of those that used some (at 100 Hz
+        most threads of a server idle through most ticks: one clock read each)."""
+        used = []
+        for ident, clock in clocks:
+            try:
+                value = time.clock_gettime_ns(clock)
+            except OSError:
+                continue  # the thread is gone
+            previous = last_cpu.get(ident, 0)  # a thread started during the profile: all its CPU is in it
+            if value < previous:
+                previous = 0  # a new thread under an ident that ended
+            last_cpu[ident] = value
+            if value > previous:
+                used.append((ident, value - previous))
+        if not used:
+            return
+        current: dict[int, types.FrameType] | None = sys._current_frames()
+        assert current is not None
+        for ident, cpu_ns in used:
+            frame = current.get(ident)
+            if frame is None:
+                continue
+            key, kind = self._look(ident, frame, seen)
+            self._charge_cpu(ident, key, kind, cpu_ns, running)
+        current = frame = None
 
     def run(self, seconds: float, stop: threading.Event | None = None) -> "ThreadSampler":
         me = native.get_ident()
         interval = 1.0 / self.hz
-        clock = _ThreadCpu()
         started = time.monotonic()
         deadline = started + seconds
         last_t = started
-        last_cpu: dict[int, int] = {}
-        last_stack: dict[int, tuple] = {}  # the last running stack of each thread (thread-mode CPU)
         self.names = native_ids()
+        hidden = set() if self.internal else internal_idents()
+        last_cpu: dict[int, int] = {}
         for ident, (tid, _) in self.names.items():
-            value = clock.read(tid)
+            value = thread_cpu_ns(tid)
             if value is not None:
                 last_cpu[ident] = value
+        running: dict[int, tuple] = {}  # the last stack key each thread was seen running at
+        seen: dict[int, tuple] = {}
+        clocks: list[tuple[int, int]] = []
+        every_thread = self.want_wall or self.want_block or self.want_trace
+        clocked = self.want_cpu or self.want_block
         ticks = 0
         current: dict[int, types.FrameType] | None
         frame: types.FrameType | None
@@ -281,60 +436,60 @@ class ThreadSampler:
                 now = time.monotonic()
                 if now >= deadline or (stop is not None and stop.is_set()):
                     break
-                wait = min(interval, deadline - now)
-                if stop is not None:
-                    stop.wait(wait)
-                else:
-                    native.sleep(wait)
+                _sleep(min(interval, deadline - now), stop)
                 now = time.monotonic()
                 dt_ns = int((now - last_t) * 1e9)
                 last_t = now
                 ticks += 1
                 if ticks % 10 == 1:
-                    self.names.update(native_ids())
+                    self.names = native_ids()
+                    hidden = set() if self.internal else internal_idents()
+                    clocks = [(ident, ((~tid) << 3) | 6) for ident, (tid, _) in self.names.items()
+                              if tid and ident != me and ident not in hidden]
+                if not every_thread:
+                    self._cpu_tick(clocks, last_cpu, running, seen)
+                    continue
                 current = sys._current_frames()
-                wall_us = time.time_ns() // 1000
+                if not current.keys() <= self.names.keys():
+                    self.names = native_ids()
+                wall_us = time.time_ns() // 1000 if self.want_trace else 0
                 for ident, frame in current.items():
-                    if ident == me:
+                    if ident == me or ident in hidden:
                         continue
-                    tid = self.names.get(ident, (None, ""))[0]
-                    cpu_ns = None
-                    if self.want_cpu or self.want_block:
-                        value = clock.read(tid)
+                    cpu_ns = 0
+                    if clocked:
+                        value = thread_cpu_ns(self.names.get(ident, (None,))[0])
                         if value is not None:
                             previous = last_cpu.get(ident)
                             last_cpu[ident] = value
                             if previous is not None:
                                 cpu_ns = max(0, value - previous)
-                    stack = _frames.capture(frame)
-                    kind = _frames.wait_kind(frame) if (self.want_block or self.want_cpu) else None
-                    if self.want_cpu:
-                        charged = stack
-                        if kind is not None:  # waiting now: the CPU was spent before it blocked
-                            charged = last_stack.get(ident, stack)
-                        else:
-                            last_stack[ident] = stack
-                        if cpu_ns:
-                            cell = self.cpu.setdefault((ident, charged), [0, 0])
-                            cell[0] += 1
-                            cell[1] += cpu_ns
-                    if self.want_wall:
-                        cell = self.wall.setdefault((ident, stack), [0, 0])
-                        cell[0] += 1
-                        cell[1] += dt_ns
-                    if self.want_block:
-                        off = dt_ns - (cpu_ns or 0)
-                        if kind is not None and off > 0:
-                            cell = self.block.setdefault((ident, stack, kind), [0, 0])
-                            cell[0] += 1
-                            cell[1] += off
+                    if not cpu_ns and not every_thread:
+                        continue  # CPU only, and this thread used none: nothing to charge
+                    key, kind = self._look(ident, frame, seen)
+                    if cpu_ns and self.want_cpu:
+                        self._charge_cpu(ident, key, kind, cpu_ns, running)
+                    if self.want_wall or self.want_block:
+                        self._charge_wall(ident, key, kind, dt_ns, cpu_ns)
                     if self.want_trace:
-                        self.trace.append((wall_us, ident, stack))
-                current = frame = None  # no frame outlives the tick
+                        self._trace.append((wall_us, ident, key))
+                current = frame = None  # no frame outlives the tick but the last one of each thread
         finally:
-            clock.close()
+            seen.clear()
             self.duration_ns = int((time.monotonic() - started) * 1e9)
         return self
+
+    def _charge_wall(self, ident: int, key: tuple, kind: str | None, wall_ns: int, cpu_ns: int) -> None:
+        """Charge the ``wall_ns`` since the thread's previous tick (``cpu_ns`` of it on CPU) to its stack:
+        to the wall profile, and its off-CPU part to the block profile when it waits."""
+        if self.want_wall:
+            cell = self.wall.setdefault((ident, key), [0, 0])
+            cell[0] += 1
+            cell[1] += wall_ns
+        if self.want_block and kind is not None and wall_ns > cpu_ns:
+            cell = self.block.setdefault((ident, key, kind), [0, 0])
+            cell[0] += 1
+            cell[1] += wall_ns - cpu_ns
 
     # -- raw profiles ---------------------------------------------------------------------------------
     def _thread_labels(self, ident: int, extra: dict | None = None) -> dict:
@@ -347,18 +502,23 @@ class ThreadSampler:
     def _raw(self, cells: dict, types, period_type, comment: str, keep=None) -> dict:
         raw = new_raw(types, period_type, 1_000_000_000 // self.hz, self.duration_ns, [comment])
         table = _frames.FrameTable(raw["frames"])
+        resolved: dict[tuple, list[int]] = {}
         for key, values in cells.items():
-            ident, stack = key[0], key[1]
-            extra = {"wait": key[2]} if len(key) > 2 else None
             if keep is not None and not keep(key):
                 continue
-            raw["samples"].append([table.stack(stack), list(values), self._thread_labels(ident, extra)])
+            ident, stack_key = key[0], key[1]
+            extra = {"wait": key[2]} if len(key) > 2 else None
+            stack = resolved.get(stack_key)
+            if stack is None:
+                stack = resolved[stack_key] = table.stack(_frames.resolve(stack_key, self._codes[stack_key]))
+            raw["samples"].append([stack, list(values), self._thread_labels(ident, extra)])
         return raw
 
     def cpu_raw(self) -> dict:
         return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
-                         f"clock: per-thread CPU time (schedstat), thread sampler at {self.hz} Hz; "
-                         "stacks biased toward GIL release points")
+                         f"clock: per-thread CPU time (clock_gettime), thread sampler at {self.hz} Hz; "
+                         "each thread's CPU since its previous sample charged to its stack (its last "
+                         "running one if it now waits)")
 
     def wall_raw(self) -> dict:
         return self._raw(self.wall, [("samples", "count"), ("wall", "nanoseconds")],
@@ -372,10 +532,11 @@ class ThreadSampler:
                          keep=(lambda key: key[2] == "lock") if mutex else None)
 
 
-def wall_profile(seconds: float, hz: int = 100, stop: threading.Event | None = None) -> dict:
-    return ThreadSampler(hz, wall=True).run(seconds, stop).wall_raw()
+def wall_profile(seconds: float, hz: int = 100, stop: threading.Event | None = None,
+                 internal: bool = False) -> dict:
+    return ThreadSampler(hz, wall=True, internal=internal).run(seconds, stop).wall_raw()
 
 
 def block_profile(seconds: float, hz: int = 100, mutex: bool = False,
-                  stop: threading.Event | None = None) -> dict:
-    return ThreadSampler(hz, block=True).run(seconds, stop).block_raw(mutex)
+                  stop: threading.Event | None = None, internal: bool = False) -> dict:
+    return ThreadSampler(hz, block=True, internal=internal).run(seconds, stop).block_raw(mutex)

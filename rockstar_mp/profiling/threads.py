@@ -32,7 +32,7 @@ from typing import Any
 
 from . import frames as _frames
 from . import native
-from .samplers import native_ids
+from .samplers import internal_idents, native_ids
 
 MAX_GREENLETS = 10_000  # listed in one dump; the rest are counted in one entry
 
@@ -57,15 +57,19 @@ def install_threadcreate_hook() -> None:
     threading.Thread.start = start  # type: ignore[method-assign]
 
 
-def thread_dump() -> list[dict]:
-    """Every thread of this process with its state and stack (leaf first)."""
+def thread_dump(internal: bool = False) -> list[dict]:
+    """Every thread of this process with its state and stack (leaf first); rockstar-mp's own
+    threads only with ``internal``."""
     pid = os.getpid()
     ids = native_ids()
     threads = {t.ident: t for t in threading.enumerate()}
     me = native.get_ident()
+    hidden = set() if internal else internal_idents()
     out = []
     frame: types.FrameType | None
     for ident, frame in sys._current_frames().items():
+        if ident in hidden:
+            continue
         tid, name = ids.get(ident, (None, f"thread-{ident}"))
         thread = threads.get(ident)
         state = "running" if ident == me else (_frames.wait_kind(frame) or "running")

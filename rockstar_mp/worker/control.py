@@ -175,7 +175,8 @@ class ControlServer:
                 if not 0 <= seconds <= self.config.pprof_max_seconds:
                     raise ValueError(f"seconds must be 0..{self.config.pprof_max_seconds:g}")
             result = collect(kind, seconds, hz=int(request.get("hz") or self.config.pprof_hz),
-                             gc=bool(request.get("gc")), mode=request.get("mode") or self.config.pprof_cpu_mode)
+                             gc=bool(request.get("gc")), mode=request.get("mode") or self.config.pprof_cpu_mode,
+                             internal=bool(request.get("internal")))
             return {"ok": True, "result": result}
         except Busy as exc:
             return {"ok": False, "status": 409, "error": str(exc)}
