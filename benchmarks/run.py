@@ -71,7 +71,8 @@ from .settings import (
 
 MICRO = ("1", "2", "3")  # one child measures the three
 REQUEST = ("6", "7")
-FIGURES = MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES + compare.FIGURES + (prometheus_shim.FIGURE,) + pprof_cost.FIGURES
+FIGURES = (MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES + compare.FIGURES
+           + (prometheus_shim.FIGURE,) + pprof_cost.FIGURES)
 
 
 @dataclass
