@@ -2,13 +2,14 @@
 construction (``tests/apps/split_app.py``), read with the real ``go tool pprof``, against the app's own
 clocks and against py-spy recording the same worker at the same time; sync and gthread workers.
 
-For each route, a function's share is the part of the route's samples whose stack holds the function
-Every one must be within ``POINTS`` of the
-app's own clock (its totals since the worker started: the mix is steady) and of py-spy's, recording the
-same worker over the same window. Sampling error: periodic samples miss at most one per call boundary,
-so a share's error shrinks with the time spent per call (the functions run 20-150 ms a call) and with
-the calls in the window, which is made long enough for the worker to use ``NEEDED_CPU`` s whatever the
-machine's load (8 s with a core to spare: py-spy samples at 500 Hz of wall time); the issue's gaps were 10-30 points.
+For each route, a function's share is the part of the route's samples whose stack holds the function.
+Every one must be within ``POINTS`` of the app's own clock (its totals since the worker started: the mix
+is steady), and within ``POINTS`` of py-spy's, recording the same worker over the same window, or else
+nearer the app's clock than py-spy's is (py-spy samples wall time and was seen 7-12 points off on the
+sha256 route). Sampling error: periodic samples miss at most one per call boundary, so a share's error
+shrinks with the time spent per call (the functions run 20-150 ms a call) and with the calls in the
+window, which is made long enough for the worker to use ``NEEDED_CPU`` s whatever the machine's load
+(8 s with a core to spare: py-spy samples at 500 Hz of wall time); the issue's gaps were 10-30 points.
 """
 from __future__ import annotations
 
@@ -121,6 +122,16 @@ def assert_close(ours: dict, reference: dict, who: str, context: str) -> None:
     assert not far, f"{context}: shares (ours, {who}) more than {POINTS} points apart: {far}"
 
 
+def assert_close_or_nearer_truth(ours: dict, peer: dict, truth: dict, who: str, context: str) -> None:
+    """Within ``POINTS`` of ``peer``, or, where not, nearer the truth than ``peer`` is: py-spy samples
+    wall time and misplaces the Python spin before a sha256 call, most when cores are scarce: it read
+    25.9-28.2 % (gthread) and 22.4 % (sync, load 7-14) of the route against 34.3 % by the app's own
+    thread clock, while ours read 31.9-34.9 %."""
+    far = {k: (round(ours[k], 1), round(peer[k], 1), round(truth[k], 1)) for k in peer
+           if abs(ours[k] - peer[k]) > POINTS and abs(ours[k] - truth[k]) >= abs(peer[k] - truth[k])}
+    assert not far, f"{context}: shares (ours, {who}, truth) apart, and {who} no further from the truth: {far}"
+
+
 # -- the server ------------------------------------------------------------------------------------
 class SplitServer:
     """One gunicorn worker serving ``split_app``, pprof on at ``HZ``, loaded by one client per route."""
@@ -214,11 +225,11 @@ def profile_beside_py_spy(server: SplitServer, kind: str, idle: bool, window: in
     return pprof_raw(gotmp, path, 1), spy_raw(out)
 
 
-def compare_in_a_window(server: SplitServer, gotmp: Path) -> Iterator[tuple[str, dict, dict, str]]:
+def compare_in_a_window(server: SplitServer, gotmp: Path) -> Iterator[tuple[str, dict, dict, dict, tuple]]:
     """Our CPU profile beside py-spy's (active threads) over one window, then our wall profile beside
     py-spy's (every thread, ``--idle``) over another, while every route is loaded, and the app's own
-    clocks: ``(what, ours, reference, who)``. A window is long enough for the worker to use
-    ``NEEDED_CPU`` s at the rate it gets now (``WINDOW`` s with a core to spare, up to ``MAX_WINDOW``
+    clocks: ``(what, ours, truth, py-spy's, (the truth's name, py-spy's))``. A window is long enough for
+    the worker to use ``NEEDED_CPU`` s at the rate it gets now (``WINDOW`` s with a core to spare, up to ``MAX_WINDOW``
     when it is starved). One profile at a time: a wall sampler taking the GIL 100 times a second keeps
     the main thread off CPU at scheduler ticks, which delays SIGPROF past the end of a Python spin into
     the C call after it (2-4 points of the spin, seen only with both profiles running)."""
@@ -228,10 +239,10 @@ def compare_in_a_window(server: SplitServer, gotmp: Path) -> Iterator[tuple[str,
     cpu, spied_cpu = profile_beside_py_spy(server, "profile", False, window, gotmp)
     wall, spied_wall = profile_beside_py_spy(server, "wall", True, window, gotmp)
     truth = server.truth()
-    yield "cpu", shares(cpu, CPU_ROUTES), truth_shares(truth, "cpu", CPU_ROUTES), "app's thread_time"
-    yield "cpu", shares(cpu, CPU_ROUTES), shares(spied_cpu, CPU_ROUTES), "py-spy"
-    yield "wall", shares(wall, ("waits",)), truth_shares(truth, "wall", ("waits",)), "app's perf_counter"
-    yield "wall", shares(wall, ("waits",)), shares(spied_wall, ("waits",)), "py-spy --idle"
+    yield ("cpu", shares(cpu, CPU_ROUTES), truth_shares(truth, "cpu", CPU_ROUTES), shares(spied_cpu, CPU_ROUTES),
+           ("app's thread_time", "py-spy"))
+    yield ("wall", shares(wall, ("waits",)), truth_shares(truth, "wall", ("waits",)),
+           shares(spied_wall, ("waits",)), ("app's perf_counter", "py-spy --idle"))
 
 
 @pytest.fixture(scope="module")
@@ -244,8 +255,9 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
     """Sync worker (CPU by SIGPROF): shares right, long C call included; then block/mutex of a
     contended lock are the app's lock; and our own threads stay out unless ``?internal=1``."""
     with SplitServer(tmp_path) as server:
-        for what, ours, reference, who in compare_in_a_window(server, gotmp):
-            assert_close(ours, reference, who, f"sync {what}")
+        for what, ours, truth, spied, (clock, spy) in compare_in_a_window(server, gotmp):
+            assert_close(ours, truth, clock, f"sync {what}")
+            assert_close_or_nearer_truth(ours, spied, truth, spy, f"sync {what}")
 
         server.drive(("contend",))
         paths = server.profiles(("block", "mutex"), 3.0)
@@ -271,8 +283,9 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
 def test_gthread_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
     """gthread worker (CPU by the thread sampler), the routes served in parallel threads."""
     with SplitServer(tmp_path, ("--worker-class", "gthread", "--threads", "4")) as server:
-        for what, ours, reference, who in compare_in_a_window(server, gotmp):
-            assert_close(ours, reference, who, f"gthread {what}")
+        for what, ours, truth, spied, (clock, spy) in compare_in_a_window(server, gotmp):
+            assert_close(ours, truth, clock, f"gthread {what}")
+            assert_close_or_nearer_truth(ours, spied, truth, spy, f"gthread {what}")
 
 
 PROBE = """
