@@ -32,8 +32,8 @@ def collect(kind: str, seconds: float | None = None, hz: int = 100, gc: bool = F
         return {"kind": kind, "raw": samplers.cpu_profile(seconds, hz, mode, stop)}
     if kind == "wall":
         return {"kind": kind, "raw": wall_profile(seconds, hz, stop)}
-    if kind == "heap":
-        return {"kind": kind, "raw": heap_profile(seconds, gc, stop=stop)}
+    if kind in ("heap", "allocs"):
+        return {"kind": kind, "raw": heap_profile(seconds, gc, stop=stop, allocs=kind == "allocs")}
     if kind in ("block", "mutex"):
         return {"kind": kind, "raw": block_profile(seconds, hz, kind == "mutex", stop)}
     if kind == "goroutine":
