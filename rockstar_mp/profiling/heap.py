@@ -120,9 +120,13 @@ def _raw_trace(trace) -> bool:
 
 
 def heap_profile(seconds: float = 1.0, collect: bool = False, nframes: int = DEFAULT_FRAMES,
-                 stop: threading.Event | None = None, allocs: bool = False) -> dict:
+                 stop: threading.Event | None = None, allocs: bool = False, packed: bool = False) -> dict | str:
     """Memory by allocation site (raw form): ``alloc_objects``, ``alloc_space``, ``inuse_objects``,
     ``inuse_space``, the default ``inuse_space`` (``alloc_space`` when ``allocs``: Go's ``allocs``).
+
+    ``packed``: with tracemalloc running since boot, return the raw profile as the JSON text the
+    snapshot's child wrote, undecoded: decoding it here, where every allocation is traced, costs a
+    second of CPU for a big heap, and the aggregator decodes it anyway.
 
     >>> heap_profile(0.5)["sample_types"][1]
     ['alloc_space', 'bytes']
@@ -134,11 +138,12 @@ def heap_profile(seconds: float = 1.0, collect: bool = False, nframes: int = DEF
         started = time.monotonic_ns()
         pid = os.getpid()  # the worker's: the snapshot is read in a forked child
         if tracemalloc.is_tracing():
-            snapshot, before = _since_boot(seconds, collect, stop)
-            # Reading a snapshot allocates a lot, and every allocation is traced here (8-20x slower):
-            # that runs in a forked child, which stops tracing first (its copy of the snapshot stays).
-            return _in_child(lambda: _raw(*_boot_stats(snapshot, before, seconds),
+            before = _since_boot(seconds, collect, stop)
+            # Taking and reading a snapshot allocates a lot, and every allocation is traced here (8-20x
+            # slower): that runs in a forked child, which stops tracing once it holds the snapshot.
+            text = _in_child(lambda: _raw(*_boot_stats(_final_snapshot(), before, seconds),
                                           time.monotonic_ns() - started, pid, allocs))
+            return text if packed else json.loads(text)
         stats, how = _window(seconds, collect, nframes, stop)
         return _raw(stats, how, time.monotonic_ns() - started, pid, allocs)
     finally:
@@ -190,16 +195,23 @@ def _window(seconds: float, collect: bool, nframes: int, stop: threading.Event |
                    f"{LOOK_SECONDS:g} s, a lower bound) and still alive at its end (inuse_*)")
 
 
-def _since_boot(seconds: float, collect: bool, stop: threading.Event | None) -> tuple:
-    """tracemalloc running since boot: ``(snapshot, None)`` of everything alive (``seconds`` 0), or
-    ``(snapshot, before)`` over ``seconds``."""
+def _since_boot(seconds: float, collect: bool, stop: threading.Event | None):
+    """tracemalloc running since boot: the snapshot at the start of the ``seconds`` window (None when
+    0: a snapshot of everything alive), once the window has passed."""
     before = None
     if seconds > 0:
         before = tracemalloc.take_snapshot()
         _wait(seconds, stop)
     if collect:
         gc.collect()
-    return tracemalloc.take_snapshot(), before
+    return before
+
+
+def _final_snapshot():
+    """The snapshot, taken in the child, which then stops tracing (its own allocations need none)."""
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    return snapshot
 
 
 def _boot_stats(snapshot, before, seconds: float) -> tuple[list, str]:
@@ -221,19 +233,18 @@ def _boot_stats(snapshot, before, seconds: float) -> tuple[list, str]:
     return rows, f"delta over {seconds:g} s (tracemalloc running since boot; alloc_*: the sites' growth)"
 
 
-def _in_child(compute) -> dict:
-    """``compute()`` in a forked child with tracemalloc off; its JSON comes back through a pipe.
-    Falls back to computing here if fork fails."""
+def _in_child(compute) -> str:
+    """``compute()`` in a forked child; its JSON text comes back through a pipe. Falls back to
+    computing here if fork fails."""
     try:
         r, w = os.pipe()
         pid = native.original("os", "fork")()  # gevent's would reinitialise its hub in the child
     except OSError:
-        return compute()
+        return json.dumps(compute(), separators=(",", ":"))
     if pid == 0:  # the child: no atexit handlers, no cleanup of the parent's state (os._exit)
         status = 1
         try:
             os.close(r)
-            tracemalloc.stop()
             data = json.dumps(compute(), separators=(",", ":")).encode()
             with os.fdopen(w, "wb") as f:
                 f.write(data)
@@ -246,7 +257,7 @@ def _in_child(compute) -> dict:
     _, status = native.original("os", "waitpid")(pid, 0)
     if status != 0 or not data:
         raise RuntimeError(f"the heap snapshot's child process failed (wait status {status})")
-    return json.loads(data)
+    return data.decode()
 
 
 def _wait(seconds: float, stop: threading.Event | None) -> None:

@@ -46,7 +46,7 @@ def render(kind: str, results: list[dict], debug: int = 0, comments: tuple = ())
         events = [e for r in results for e in r["events"]]
         return "application/json", json.dumps(trace_document(events, comments)).encode()
     else:
-        raw = merge_raw([r["raw"] for r in results])
+        raw = merge_raw([r["raw"] if "raw" in r else json.loads(r["raw_json"]) for r in results])
         if debug > 0:
             text = heap_text(raw) if kind in ("heap", "allocs") else contention_text(raw, kind)
             return TEXT, _with_comments(text, comments).encode()
