@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from rockstar_mp import profiling
-from tests.helpers import http_get, load, poll
-from tests.test_pprof import BURN, Server, background_load, go_binary, pprof, saved_profile
+from tests.helpers import http_get, load, poll, raw_get
+from tests.test_pprof import BURN, Server, go_binary, pprof, saved_profile
 
 TOKEN = "pprof-tree-t0ken"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -39,7 +39,7 @@ def gotmp(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     s = Server(tmp_path_factory.mktemp("pprof-tree"), ROCKSTAR_REQUIRE_AUTH="1", ROCKSTAR_AUTH_TOKEN=TOKEN,
-               ROCKSTAR_HEAP_TRACEMALLOC_AT_BOOT="1", ROCKSTAR_PPROF_HEAP_FRAMES="8")
+               ROCKSTAR_HEAP_TRACEMALLOC_AT_BOOT="1", ROCKSTAR_PPROF_HEAP_FRAMES="1")  # 1: the cheapest boot
     s.g.app = LEAK_APP
     try:
         s.start()
@@ -47,6 +47,8 @@ def server(tmp_path_factory):
         poll(lambda: load(s.g.port, 8, "/", concurrency=4) == {200: 8}, timeout=30, message="serving")
         yield s
     finally:
+        if s.g.proc is not None and s.g.proc.poll() is None:
+            s.g.signal(signal.SIGQUIT)  # quick shutdown: the worker respawned last may still be booting
         s.g.stop()
     log = s.g.log_text()
     assert "Traceback" not in log, log[log.find("Traceback") - 300:][:4000]
@@ -59,6 +61,33 @@ def with_token(server: Server, path: str, token: str = TOKEN) -> str:
 
 def basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+class Load:
+    """Requests on ``path`` from ``concurrency`` threads from entry until exit (a profile's window
+    inside), each thread one request at a time; entry returns once the first one was answered."""
+
+    def __init__(self, server: Server, path: str, concurrency: int = 2) -> None:
+        self.server, self.path, self.concurrency = server, path, concurrency
+        self.done = threading.Event()
+        self.answered = threading.Event()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            raw_get(self.server.g.port, self.path)
+            self.answered.set()
+
+    def __enter__(self) -> "Load":
+        for thread in self.threads:
+            thread.start()
+        poll(self.answered.is_set, timeout=20, interval=0.02, message="the load under way")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        for thread in self.threads:
+            thread.join()
 
 
 def raw_samples(output: str) -> list[set[int]]:
@@ -75,9 +104,8 @@ def raw_samples(output: str) -> list[set[int]]:
 
 # -- the token as HTTP Basic auth's password ------------------------------------------------------------
 def test_go_tool_pprof_takes_the_token_in_the_url(server, gotmp):
-    loader = background_load(server.g.port, "/work?ms=5", 4.0)
-    out = pprof(gotmp, "-top", with_token(server, "/profile?seconds=3"))
-    loader.join()
+    with Load(server, "/work?ms=5"):
+        out = pprof(gotmp, "-top", with_token(server, "/profile?seconds=3"))
     assert "Type: cpu" in out and BURN in out, out
     failures = server.g.metrics()["system"]["pprof_auth_failures"]
     code, headers, _ = http_get(server.url("/goroutine"), basic("x", TOKEN + "x"))
@@ -126,9 +154,8 @@ def test_every_kind_labels_samples_with_the_workers_pid(server, gotmp, tmp_path)
 
 # -- allocs, the debug=1 texts, cmdline, symbol, the index -------------------------------------------
 def test_allocs_names_what_a_window_allocated(server, gotmp):
-    loader = background_load(server.g.port, "/leak?kb=64", 2.5, concurrency=2)
-    out = pprof(gotmp, "-top", "-lines", with_token(server, "/allocs?seconds=1"))
-    loader.join()
+    with Load(server, "/leak?kb=64"):
+        out = pprof(gotmp, "-top", "-lines", with_token(server, "/allocs?seconds=1"))
     assert "Type: alloc_space" in out, out
     assert f"pprof_leak_app.py:{LEAK_LINE}" in out.split("flat%", 1)[1].splitlines()[1], out
 
@@ -174,14 +201,20 @@ def test_cmdline_and_the_index(server):
         [a.encode() for a in psutil.Process(worker).cmdline()]
     assert http_get(server.url("/cmdline?pid=1"), BEARER)[0] == 404
     index = http_get(server.url("/"), BEARER)[2].decode()
-    threads = sum(psutil.Process(pid).num_threads() for pid in server.pids())
     for kind in ("allocs", "block", "heap", "mutex"):
         assert f'<a href="/debug/pprof/{kind}?debug=1">{kind}</a>' in index
     for extra in ("cmdline", "symbol"):
         assert f'<a href="/debug/pprof/{extra}">{extra}</a>' in index
-    rows = {kind: int(n) for n, kind in re.findall(r"<td align=right>(\d+)</td><td><a href=\"[^\"]*\">(\w+)</a>",
-                                                    index)}
-    assert rows == {"goroutine": threads, "threadcreate": threads}, (rows, threads)
+
+    def counts_are_the_threads() -> bool:
+        """The counts come from the aggregator's once-a-second look at /proc: poll until it agrees."""
+        html = http_get(server.url("/"), BEARER)[2].decode()
+        rows = {kind: int(n) for n, kind in re.findall(r"<td align=right>(\d+)</td><td><a href=\"[^\"]*\">(\w+)</a>",
+                                                        html)}
+        threads = sum(psutil.Process(pid).num_threads() for pid in server.pids())
+        return rows == {"goroutine": threads, "threadcreate": threads}
+
+    poll(counts_are_the_threads, timeout=10, message="the index's counts")
 
 
 # -- a worker killed mid-profile is named in the profile (last: the server respawns it) ---------------
@@ -189,7 +222,7 @@ def test_a_missing_worker_is_named_in_the_profile(server, gotmp, tmp_path):
     victim, survivor = server.pids()
     threads = psutil.Process(victim).num_threads()
     answer: list = []
-    fetch = threading.Thread(target=lambda: answer.append(http_get(server.url("/wall?seconds=3"), BEARER, 30)))
+    fetch = threading.Thread(target=lambda: answer.append(http_get(server.url("/wall?seconds=2"), BEARER, 30)))
     fetch.start()
     # the worker starts a thread to serve the profile: the window has begun
     poll(lambda: psutil.Process(victim).num_threads() > threads, timeout=10, interval=0.01,
