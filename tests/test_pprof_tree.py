@@ -162,6 +162,7 @@ def test_allocs_names_what_a_window_allocated(server, gotmp):
 
 def test_debug_texts_like_gos(server):
     """heap (allocs has the same text), block and mutex; each ``debug=1`` text at once."""
+    assert raw_get(server.g.port, "/leak?kb=512") == 200  # a site the heap text must show
     paths = ["/heap?debug=1", "/block?debug=1&seconds=1", "/mutex?debug=1&seconds=1"]
     with ThreadPoolExecutor(len(paths)) as pool:
         heap, block, mutex = [body.decode() for code, _, body in
