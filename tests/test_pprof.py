@@ -224,7 +224,7 @@ def test_wall_profile(server, gotmp):
 # -- errors -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path, status", [
     ("/profile?seconds=abc", 400), ("/profile?seconds=-1", 400), (f"/profile?seconds={MAX_SECONDS + 1}", 400),
-    ("/heap?debug=1", 400), ("/goroutine?pid=x", 400), ("/goroutine?pid=1", 404), ("/nosuch", 404),
+    ("/profile?debug=1", 400), ("/goroutine?pid=x", 400), ("/goroutine?pid=1", 404), ("/nosuch", 404),
 ])
 def test_errors_are_go_style(server, path, status):
     code, headers, body = http_get(server.url(path))
@@ -306,7 +306,8 @@ def test_worker_killed_mid_profile(server):
         assert time.monotonic() - started < 5.0
     loader.join()
     decoded = gzip.decompress(body)
-    assert str(survivor).encode() in decoded and str(victim).encode() not in decoded
+    # the victim's pid is in the profile only in the comment that names it (test_pprof_tree.py)
+    assert str(survivor).encode() in decoded and decoded.count(str(victim).encode()) == 1
     poll(lambda: len(server.g.worker_pids()) == 2 and all(os.path.exists(p) for p in server.sockets()),
          timeout=20, message="the replacement worker")
 

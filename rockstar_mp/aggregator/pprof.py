@@ -6,13 +6,22 @@ has a ``pid`` label. The aggregator asks the workers over their control sockets
 worker; merging and encoding run in a thread. Errors are Go's: ``text/plain`` with ``X-Go-Pprof: 1``;
 400 for a bad parameter (or ``seconds`` above ``pprof_max_seconds``), 404 for an unknown pid, 409 when
 a CPU profile already runs on that worker, 503 when no (requested) worker answered.
-A worker that dies mid-profile is left out of the merge (``X-Rockstar-Missing-Workers`` names it).
+A worker that dies mid-profile is left out of the merge, and named in the profile's comments
+(``go tool pprof -comments``) and in ``X-Rockstar-Missing-Workers``.
+
+Besides the profiles: ``cmdline`` (the master's command line, NUL-separated like Go's, or a worker's
+with ``?pid=N``) and ``symbol`` (Go's: names the addresses the ``debug=1`` texts print). With
+``require_auth`` the token goes in ``Authorization: Bearer <token>`` or as the password of HTTP Basic
+auth, which is what ``go tool pprof http://x:TOKEN@host:6060/debug/pprof/profile`` sends.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import html
 import logging
+import os
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,9 +30,9 @@ import falcon.asgi
 
 from ..profiling import DEFAULT_SECONDS, KINDS, TIMED, render
 from ..profiling.channel import WorkerUnavailable, ask, socket_path
+from ..profiling.rendering import TEXT_KINDS, symbolize
 from . import params
-from .admin import BodyDeadline, RateLimit
-from .http import BearerAuth
+from .admin import BodyDeadline, RateLimit, bearer_token, refuse_token_in_query, token_matches
 from .net import listen_tcp, url_of
 from .state import AggregatorState
 
@@ -31,6 +40,10 @@ log = logging.getLogger("rockstar_mp.aggregator.pprof")
 
 IDLE_WAIT = 5.0  # seconds between looks at the config when no change woke the server task (a safety net)
 ANSWER_GRACE = 15.0  # seconds a worker gets beyond the profile's window to answer
+# heap and allocs: reading a snapshot of everything traced since boot takes seconds in a big worker
+HEAP_ANSWER_GRACE = 60.0
+MAX_SYMBOL_REQUEST = 1 << 20  # bytes of addresses a ``symbol`` POST may send
+EXTRAS = ("cmdline", "symbol")  # paths of the tree that are not profiles
 
 DESCRIPTIONS = {
     "profile": "CPU profile (cpu/nanoseconds, samples/count). Sync workers: SIGPROF every 10 ms of "
@@ -39,9 +52,13 @@ DESCRIPTIONS = {
                "?seconds=N (default 30).",
     "wall": "Wall-clock samples of every thread (wall/nanoseconds): where time goes, running or "
             "waiting. ?seconds=N (default 30).",
-    "heap": "In-use memory by allocation site (inuse_space, inuse_objects) from tracemalloc, started "
-            "for a ?seconds=N window (default 1 s; the worker runs 8-20x slower meanwhile) unless it "
-            "runs since boot (then a snapshot, or a delta with ?seconds=N). ?gc=1 collects first.",
+    "heap": "Memory by allocation site (inuse_space, inuse_objects, alloc_space, alloc_objects) from "
+            "tracemalloc, started for a ?seconds=N window (default 1 s; the worker runs 8-20x slower "
+            "meanwhile) unless it runs since boot (heap_tracemalloc_at_boot: then a snapshot of everything "
+            "alive, a leak made any time before included, or a delta with ?seconds=N). ?gc=1 collects first.",
+    "allocs": "The heap profile with alloc_space as its default: what each site allocated over a "
+              "?seconds=N window (default 1 s), counted by looking at the traced blocks every 0.1 s (a "
+              "lower bound: a block allocated and freed between two looks is missed).",
     "goroutine": "Stack traces of all current threads (goroutine/count per distinct stack, thread and "
                  "pid labels). ?debug=1: grouped text; ?debug=2: one block per thread with its state.",
     "threadcreate": "Where each live thread was started (threadcreate/count).",
@@ -55,6 +72,9 @@ DESCRIPTIONS = {
     "trace": "A timeline of the workers' threads as Chrome trace-event JSON (open it in "
              "https://ui.perfetto.dev), built from samples. ?seconds=N (default 1). Not Go's "
              "execution-trace format: go tool trace cannot read it.",
+    "cmdline": "The master's command line, arguments separated by NUL bytes (?pid=N: that worker's).",
+    "symbol": "Names the addresses the debug=1 texts print: POST (or GET ?0x1a2b+0x3c4d) addresses "
+              "separated by '+'.",
 }
 
 
@@ -106,10 +126,10 @@ class Pprof:
     @staticmethod
     def _debug(req, kind: str) -> int:
         debug = params.integer(req, "debug", 0)
-        if debug and kind not in ("goroutine", "threadcreate"):
+        if debug and kind not in TEXT_KINDS:
             raise _error(falcon.HTTP_400, f"debug={debug} is not supported for {kind}; "
                                           "read the profile with go tool pprof")
-        return min(debug, 2)
+        return min(debug, 2 if kind == "goroutine" else 1)
 
     def _pids(self, req) -> tuple[list[int], bool]:
         live = [w.slot.pid for w in self.state.snapshot().workers]
@@ -137,27 +157,30 @@ class Pprof:
         try:
             request = {"cmd": "profile", "kind": kind, "seconds": seconds, "gc": gc,
                        "internal": params.text(req, "internal") not in (None, "", "0", "false")}
-            timeout = (DEFAULT_SECONDS[kind] if seconds is None and kind in TIMED else seconds or 0) + ANSWER_GRACE
+            timeout = (DEFAULT_SECONDS[kind] if seconds is None and kind in TIMED else seconds or 0) + \
+                (HEAP_ANSWER_GRACE if kind in ("heap", "allocs") else ANSWER_GRACE)
             answers = await asyncio.gather(*(self._ask(pid, request, timeout) for pid in pids))
         finally:
             if kind == "profile":
                 self._cpu_running.difference_update(pids)
-        results, missing, statuses = [], [], []
+        results, missing, statuses, comments = [], [], [], []
         for pid, answer in zip(pids, answers, strict=True):
-            if answer is None:
+            if isinstance(answer, str):
                 missing.append(pid)
+                comments.append(f"worker {pid} is missing from this profile: it did not answer ({answer})")
             elif answer.get("ok"):
                 results.append(answer["result"])
             else:
                 missing.append(pid)
                 statuses.append((int(answer.get("status", 500)), f"worker {pid}: {answer.get('error')}"))
+                comments.append(f"worker {pid} is missing from this profile: {answer.get('error')}")
         for status, message in statuses:
             if status == 409 or single:
                 raise _error(falcon.code_to_http_status(status), message)
         if not results:
             detail = "; ".join(m for _, m in statuses) or "did not answer (gone, or not serving profiles)"
             raise _error(falcon.HTTP_503, f"no profile from worker(s) {missing}: {detail}")
-        content_type, body = await asyncio.to_thread(render, kind, results, debug)
+        content_type, body = await asyncio.to_thread(render, kind, results, debug, tuple(comments))
         resp.content_type = content_type
         resp.set_header("X-Content-Type-Options", "nosniff")
         if missing:
@@ -166,13 +189,47 @@ class Pprof:
             resp.set_header("Content-Disposition", f'attachment; filename="{kind}"')
         resp.data = body
 
-    async def _ask(self, pid: int, request: dict, timeout: float) -> dict | None:
+    async def _ask(self, pid: int, request: dict, timeout: float) -> dict | str:
+        """The worker's answer, or why there is none."""
         try:
             return await ask(socket_path(self.run_dir, pid), request, timeout)
         except WorkerUnavailable as exc:
             log.warning("rockstar-mp: worker %d did not answer the %s profile request: %s", pid,
                         request.get("kind"), exc)
-            return None
+            return str(exc) or type(exc).__name__
+
+    # -- cmdline and symbol -----------------------------------------------------------------------------
+    def cmdline(self, req, resp) -> None:
+        """The master's command line (the aggregator's parent), or the ``?pid=N`` worker's."""
+        pid = self._pids(req)[0][0] if params.text(req, "pid") is not None else os.getppid()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise _error(falcon.HTTP_503, f"cannot read the command line of process {pid}: {exc}") from None
+        resp.content_type = "text/plain; charset=utf-8"
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.data = data.rstrip(b"\0")  # Go's: the arguments joined by NUL, none after the last
+
+    async def symbol(self, req, resp) -> None:
+        """Go's ``symbol``: ``num_symbols: 1``, then ``address name`` for each address asked (POST body,
+        or the GET query) that a ``debug=1`` text printed."""
+        if req.method == "POST":
+            data = await req.stream.read(MAX_SYMBOL_REQUEST + 1)
+            if len(data) > MAX_SYMBOL_REQUEST:
+                raise _error(falcon.HTTP_413, f"at most {MAX_SYMBOL_REQUEST} bytes of addresses")
+            words = data.decode("ascii", "replace")
+        else:
+            words = req.query_string
+        addresses = []
+        for word in words.replace("%2B", "+").replace("%2b", "+").split("+"):
+            try:
+                addresses.append(int(word.strip(), 0))
+            except ValueError:
+                continue  # Go skips what is not a number
+        resp.content_type = "text/plain; charset=utf-8"
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        resp.text = symbolize(addresses)
 
     # -- the index ------------------------------------------------------------------------------------
     def index_html(self) -> str:
@@ -180,10 +237,9 @@ class Pprof:
         pids = [w.slot.pid for w in snap.workers]
         threads = sum((self.state.procs.stats.get(pid) or {}).get("threads") or 0 for pid in pids)
         rows, items = [], []
-        for kind in KINDS:
-            href = html.escape(f"{self.base}/{kind}" + ("?debug=1" if kind in ("goroutine", "threadcreate")
-                                                         else ""))
-            count = str(threads) if kind == "goroutine" else ""
+        for kind in sorted(KINDS + EXTRAS):
+            href = html.escape(f"{self.base}/{kind}" + ("?debug=1" if kind in TEXT_KINDS else ""))
+            count = str(threads) if kind in ("goroutine", "threadcreate") else ""
             per_worker = " ".join(
                 f'<a href="{html.escape(self._link(kind, pid))}">{pid}</a>' for pid in pids)
             rows.append(f"<tr><td align=right>{count}</td><td><a href=\"{href}\">{kind}</a></td>"
@@ -191,7 +247,8 @@ class Pprof:
             items.append(f"<li><div class=profile-name>{kind}: </div>{html.escape(DESCRIPTIONS[kind])}</li>")
         return ("<html>\n<head>\n<title>{base}/</title>\n<style>.profile-name{{display:inline-block; "
                 "width:6rem;}}</style>\n</head>\n<body>\n{base}/<br>\n<p>Set debug=1 as a query parameter "
-                "to export in legacy text format (goroutine, threadcreate); ?pid=N profiles one worker, "
+                "to export in legacy text format (heap, allocs, block, mutex, goroutine, threadcreate); "
+                "?pid=N profiles one worker, "
                 "the default merges every live worker ({n}: {pids}) with a pid label on each sample.</p>\n"
                 "<br>\nTypes of profiles available:\n<table>\n<thead><td>Count</td><td>Profile</td>"
                 "<td>Per worker</td></thead>\n{rows}\n</table>\n"
@@ -202,10 +259,10 @@ class Pprof:
             rows="\n".join(rows), items="\n".join(items))
 
     def _link(self, kind: str, pid: int) -> str:
-        params = {"pid": pid}
-        if kind in ("goroutine", "threadcreate"):
-            params["debug"] = 1
-        return f"{self.base}/{kind}?{urlencode(params)}"
+        query: dict = {"pid": pid}
+        if kind in TEXT_KINDS:
+            query["debug"] = 1
+        return f"{self.base}/{kind}?{urlencode(query)}"
 
 
 class _Tree:
@@ -222,22 +279,68 @@ class _Tree:
         base, path = pprof.base, req.path
         if path in (base, base + "/") or (not base and path == "/"):
             kind = None
-        elif path.startswith(base + "/") and path[len(base) + 1:] in KINDS:
+        elif path.startswith(base + "/") and path[len(base) + 1:] in KINDS + EXTRAS:
             kind = path[len(base) + 1:]
         else:
             raise _error(falcon.HTTP_404, f"404 page not found: {path} (the profiles are under {base or '/'}/)")
-        if req.method not in ("GET", "HEAD"):
-            raise _error(falcon.HTTP_405, f"{req.method} is not allowed; use GET")
+        allowed = ("GET", "HEAD", "POST") if kind == "symbol" else ("GET", "HEAD")
+        if req.method not in allowed:
+            raise _error(falcon.HTTP_405, f"{req.method} is not allowed; use {' or '.join(allowed[::2])}")
         if kind is None:
             resp.content_type = "text/html; charset=utf-8"
             resp.text = pprof.index_html()
+        elif kind == "cmdline":
+            pprof.cmdline(req, resp)
+        elif kind == "symbol":
+            await pprof.symbol(req, resp)
         else:
             await pprof.serve(kind, req, resp)
 
 
+def basic_password(req) -> str | None:
+    """The password of an ``Authorization: Basic`` header (whatever the user name), else None."""
+    scheme, _, encoded = (req.get_header("Authorization") or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon else None
+
+
+class TokenAuth:
+    """Falcon middleware of the pprof port: with ``require_auth``, every request needs the token
+    (``auth_token`` or ``admin_token``) as ``Authorization: Bearer <token>`` or as the password of HTTP
+    Basic auth, any user name: ``go tool pprof`` has no header flag, but sends the user info of its URL,
+    ``http://x:TOKEN@host:6060/debug/pprof/heap``. The comparison is constant-time (``token_matches``,
+    against every token: no short cut); each refusal is counted in ``system.pprof_auth_failures``."""
+
+    def __init__(self, state: AggregatorState) -> None:
+        self._state = state
+        self._required = state.config.require_auth
+        self._tokens = [t for t in (state.config.auth_token, state.config.admin_token) if t]
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        if not self._required:
+            return
+        refuse_token_in_query(req)
+        given = bearer_token(req)
+        if given is None:
+            given = basic_password(req)
+        if not any([token_matches(given, expected) for expected in self._tokens]):  # no short cut
+            self._state.pprof_auth_failures += 1
+            raise falcon.HTTPUnauthorized(
+                title="401 Unauthorized",
+                description="send the token as 'Authorization: Bearer <token>', or as the password of "
+                            "HTTP Basic auth: go tool pprof http://x:TOKEN@HOST:PORT/debug/pprof/profile",
+                challenges=['Basic realm="rockstar-mp pprof"', 'Bearer realm="rockstar-mp"'])
+
+
 def create_pprof_app(state: AggregatorState, run_dir: str) -> BodyDeadline:
-    """The pprof app served on ``pprof_port`` (behind the bearer token when ``require_auth``)."""
-    middleware: list[Any] = [RateLimit(state), BearerAuth(state.config)]
+    """The pprof app served on ``pprof_port`` (behind the token when ``require_auth``: ``TokenAuth``)."""
+    middleware: list[Any] = [RateLimit(state), TokenAuth(state)]
     app = falcon.asgi.App(middleware=middleware)
     app.set_error_serializer(_pprof_error)
     app.add_sink(_Tree(Pprof(state, run_dir)).handle, prefix="/")

@@ -174,6 +174,7 @@ class AggregatorState:
         self.snmp = None  # the SnmpAgent while SNMP is on (set by the aggregator's serve())
         # tells the master, in one status line, that pprof or SNMP now serves (set by the aggregator's serve())
         self.announce: Callable[[str], None] | None = None
+        self.pprof_auth_failures = 0  # requests the pprof port refused for want of the token (401)
         self._snapshot: Snapshot | None = None
         self._path_intact = not Header.segment_unlinked.get(segment.buf)  # a restart does not tell again
         self._path_check_at = 0.0
@@ -367,6 +368,7 @@ class AggregatorState:
             "name_conflicts": snap.name_conflicts,
             "records_dropped": self.rings.records_dropped,
             "logs_dropped": self.rings.logs_dropped,
+            "pprof_auth_failures": self.pprof_auth_failures,
             **(self.history.stats() if self.history is not None else {"history_errors": 0}),
             "remote_write": self.remote_write.stats() if self.remote_write is not None else None,
         }

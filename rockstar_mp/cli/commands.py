@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Fetch a profile from the /debug/pprof tree (every live worker "
                                          "merged, or --pid) and write it to --out; read it with go tool "
                                          "pprof. The token is --token / $ROCKSTAR_AUTH_TOKEN.")
-    profile.add_argument("--kind", default="profile", choices=("profile", "wall", "heap", "goroutine",
+    profile.add_argument("--kind", default="profile", choices=("profile", "wall", "heap", "allocs", "goroutine",
                                                                "threadcreate", "block", "mutex", "trace"))
     profile.add_argument("--seconds", type=_positive(float), default=None, help="the profile's window")
     profile.add_argument("--pid", type=_positive(int), default=None, help="one worker (default: all)")

@@ -22,7 +22,8 @@ def collect(kind: str, seconds: float | None = None, hz: int = 100, gc: bool = F
     mutex and goroutine profiles unless ``internal``.
 
     Returns a JSON-able result that ``render`` turns into bytes, alone or merged with other
-    processes' results. Raises ``Busy`` if a CPU (or heap) profile is already running here.
+    processes' results (a heap profile may carry its raw form as JSON text, ``raw_json``). Raises
+    ``Busy`` if a CPU (or heap) profile is already running here.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown profile {kind!r}; one of {', '.join(KINDS)}")
@@ -33,8 +34,10 @@ def collect(kind: str, seconds: float | None = None, hz: int = 100, gc: bool = F
         return {"kind": kind, "raw": samplers.cpu_profile(seconds, hz, mode, stop, internal)}
     if kind == "wall":
         return {"kind": kind, "raw": wall_profile(seconds, hz, stop, internal)}
-    if kind == "heap":
-        return {"kind": kind, "raw": heap_profile(seconds, gc, stop=stop)}
+    if kind in ("heap", "allocs"):
+        raw = heap_profile(seconds, gc, stop=stop, allocs=kind == "allocs", packed=True)
+        # packed (tracemalloc since boot): the JSON text as the snapshot's child wrote it, for render
+        return {"kind": kind, "raw_json": raw} if isinstance(raw, str) else {"kind": kind, "raw": raw}
     if kind in ("block", "mutex"):
         return {"kind": kind, "raw": block_profile(seconds, hz, kind == "mutex", stop, internal)}
     if kind == "goroutine":

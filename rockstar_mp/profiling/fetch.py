@@ -12,7 +12,7 @@ import urllib.request
 from ..errors import ProfileFetchError
 
 DEFAULT_PPROF_URL = "http://127.0.0.1:6060/debug/pprof"
-TIMED = ("profile", "wall", "heap", "block", "mutex", "trace")
+TIMED = ("profile", "wall", "heap", "allocs", "block", "mutex", "trace")
 
 
 def profile_url(base: str, kind: str = "profile", seconds: float | None = None, pid: int | None = None,

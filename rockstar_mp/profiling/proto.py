@@ -12,11 +12,18 @@ Raw form::
      "time_nanos": 0, "duration_nanos": 0, "comments": [...],
      "frames": [[function name, filename, line, function start line], ...],
      "samples": [[[frame index, ...leaf first], [value, ...], {"label": "value"}], ...]}
+
+A label whose value is an int is written as a numeric label (``num``), a string as a string label;
+``pid`` (``NUMERIC_TOO``) is written both ways.
 """
 from __future__ import annotations
 
 import gzip
 import time
+
+# Labels written twice, as a string and as a number: ``-tagfocus=pid=123`` (a number, which pprof reads
+# as a numeric range) matches the numeric one, ``-tagfocus=pid=12.*`` or ``-tagshow`` the string one.
+NUMERIC_TOO = frozenset({"pid"})
 
 
 # -- wire format ---------------------------------------------------------------------------------
@@ -93,6 +100,18 @@ def merge_raw(raws: list[dict]) -> dict:
     return out
 
 
+def _label(sample: bytearray, strings: "_Strings", key: str, value) -> None:
+    """One Label message: numeric (``num``) for an int, else a string."""
+    lab = bytearray()
+    _int(lab, 1, strings(key))
+    if isinstance(value, int) and not isinstance(value, bool):
+        _key(lab, 3, 0)
+        _varint(lab, value)  # written even when 0: a numeric label of value 0 is still a label
+    else:
+        _int(lab, 2, strings(str(value)))
+    _bytes(sample, 3, bytes(lab))
+
+
 class _Strings:
     def __init__(self) -> None:
         self.table = [""]
@@ -145,13 +164,9 @@ def encode(raw: dict, compress: bool = True) -> bytes:
         _packed(s, 1, [i + 1 for i in stack])
         _packed(s, 2, [int(v) for v in values])
         for key, value in sorted(labels.items()):
-            lab = bytearray()
-            _int(lab, 1, strings(key))
-            if isinstance(value, int) and not isinstance(value, bool):
-                _int(lab, 3, value)
-            else:
-                _int(lab, 2, strings(str(value)))
-            _bytes(s, 3, bytes(lab))
+            _label(s, strings, key, value)
+            if key in NUMERIC_TOO and isinstance(value, str) and value.isdigit():
+                _label(s, strings, key, int(value))
         _bytes(out, 2, bytes(s))
     mapping = bytearray()
     _int(mapping, 1, 1)
