@@ -47,8 +47,9 @@ EXTRAS = ("cmdline", "symbol")  # paths of the tree that are not profiles
 
 DESCRIPTIONS = {
     "profile": "CPU profile (cpu/nanoseconds, samples/count). Sync workers: SIGPROF every 10 ms of "
-               "the main thread's CPU time (a POSIX CPU-clock timer), sampling the main thread; threaded workers "
-               "(gthread): a thread sampler reading each thread's CPU time, biased toward GIL release points. "
+               "the main thread's CPU time (a POSIX CPU-clock timer), sampling the main thread, each sample weighted "
+               "by the timer expirations it stands for (long C calls included); threaded workers (gthread): a "
+               "thread sampler charging each thread's CPU time since its last sample to the stack it ran. "
                "?seconds=N (default 30).",
     "wall": "Wall-clock samples of every thread (wall/nanoseconds): where time goes, running or "
             "waiting. ?seconds=N (default 30).",
