@@ -30,7 +30,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import MappingProxyType
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from .. import safefs
 from ..config import MonitoringConfig
@@ -260,6 +260,8 @@ class HistoryWriter:
         self._logged: set[str] = set()
         self._failing = False
         self._lock = threading.Lock()  # errors/writes are bumped in the thread, read by the loop
+        # more rows for every snapshot, from the state (the aggregator sets the dashboard's traffic rows)
+        self.extra_rows: Optional[Callable[[object], Mapping[str, tuple]]] = None
 
     @classmethod
     def from_config(cls, config: MonitoringConfig, run_dir: Optional[str]) -> Optional["HistoryWriter"]:
@@ -286,7 +288,10 @@ class HistoryWriter:
         if self._next_due <= now:
             self._next_due = now + self.interval
         snap = state.snapshot()
-        return self.submit(snap.taken, flatten(render_json(snap)))
+        rows = flatten(render_json(snap))
+        if self.extra_rows is not None:
+            rows = MappingProxyType({**rows, **self.extra_rows(state)})
+        return self.submit(snap.taken, rows)
 
     def submit(self, ts: float, rows: Rows) -> Future:
         """Write ``rows`` at ``ts`` in the thread; the future's result is True on success."""

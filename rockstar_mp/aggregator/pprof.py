@@ -112,7 +112,7 @@ class Pprof:
         return min(debug, 2)
 
     def _pids(self, req) -> tuple[list[int], bool]:
-        live = [w.slot.pid for w in self.state.snapshot().workers]
+        live = self.live_pids()
         pid = params.integer(req, "pid", minimum=1)
         if pid is None:
             if not live:
@@ -128,6 +128,21 @@ class Pprof:
         debug = self._debug(req, kind)
         gc = params.text(req, "gc") not in (None, "", "0", "false")
         pids, single = self._pids(req)
+        results, missing = await self.collect(kind, seconds, pids, single, gc)
+        content_type, body = await asyncio.to_thread(render, kind, results, debug)
+        resp.content_type = content_type
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        if missing:
+            resp.set_header("X-Rockstar-Missing-Workers", ",".join(map(str, missing)))
+        if content_type == "application/octet-stream":
+            resp.set_header("Content-Disposition", f'attachment; filename="{kind}"')
+        resp.data = body
+
+    async def collect(self, kind: str, seconds: float | None, pids: list[int], single: bool = False,
+                      gc: bool = False) -> tuple[list[dict], list[int]]:
+        """Ask ``pids`` for a ``kind`` profile over ``seconds``: (the results of those that answered,
+        the pids that did not). Raises the Go-style errors: 409 when a CPU profile already runs there,
+        a worker's own error when ``single``, 503 when none answered."""
         if kind == "profile":
             busy = self._cpu_running.intersection(pids)
             if busy:
@@ -156,14 +171,10 @@ class Pprof:
         if not results:
             detail = "; ".join(m for _, m in statuses) or "did not answer (gone, or not serving profiles)"
             raise _error(falcon.HTTP_503, f"no profile from worker(s) {missing}: {detail}")
-        content_type, body = await asyncio.to_thread(render, kind, results, debug)
-        resp.content_type = content_type
-        resp.set_header("X-Content-Type-Options", "nosniff")
-        if missing:
-            resp.set_header("X-Rockstar-Missing-Workers", ",".join(map(str, missing)))
-        if content_type == "application/octet-stream":
-            resp.set_header("Content-Disposition", f'attachment; filename="{kind}"')
-        resp.data = body
+        return results, missing
+
+    def live_pids(self) -> list[int]:
+        return [w.slot.pid for w in self.state.snapshot().workers]
 
     async def _ask(self, pid: int, request: dict, timeout: float) -> dict | None:
         try:
