@@ -191,7 +191,7 @@
     children.push(legend);
     svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
     svg.replaceChildren(...children);
-    svg.setAttribute('data-points', String(lines.length ? lines[0].points.length : 0));
+    svg.setAttribute('data-points', String(lines.reduce((n, line) => n + line.points.length, 0)));
   }
 
   // -- traffic ---------------------------------------------------------------------------------------
