@@ -1,7 +1,8 @@
 """rockstar-mp against prometheus_client's multiprocess mode, measured side by side in one run (figures
 1-5), rockstar-mp's cost per request against the same app without it (figures 6-7), and operations on
 a real gunicorn (figures 8-10, ``ops.py``), CPU time from /proc (figures 11-12, ``cost.py``) and rockstar-mp's
-ASGI middleware against prometheus-fastapi-instrumentator and starlette-exporter (figure 13, ``compare.py``).
+ASGI middleware against prometheus-fastapi-instrumentator and starlette-exporter (figure 13, ``compare.py``),
+and the aggregator's CPU with 0 and 1 open dashboard (figure 17, ``dashboard_bench.py``).
 
     .venv/bin/python -m benchmarks.run                  (what ``make bench`` calls: every figure)
     .venv/bin/python -m benchmarks.run --only 1,2,3     (just these; 1, 2 and 3 are measured together)
@@ -26,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import compare, cost, ops
+from . import compare, cost, dashboard_bench, ops
 from .report import (
     fmt_delta,
     fmt_time,
@@ -69,7 +70,8 @@ from .settings import (
 
 MICRO = ("1", "2", "3")  # one child measures the three
 REQUEST = ("6", "7")
-FIGURES = MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES + compare.FIGURES
+FIGURES = (MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES + compare.FIGURES
+           + dashboard_bench.FIGURES)
 
 
 @dataclass
@@ -386,6 +388,8 @@ def run(figs: tuple[str, ...]) -> int:
         run_cost(session.notes, cost_figs)
     if "13" in figs:
         run_compare(session.notes, ["13"])
+    if "17" in figs:  # issue 17: the aggregator's CPU with 0 and 1 open dashboard
+        dashboard_bench.run_figure(session.notes)
     for note in session.notes:
         print(f"NOTE: {note}")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -270,6 +270,17 @@ def test_profile_logs_control_and_history(dashboard):
     assert page.console_errors() == []
 
 
+def test_narrow_screen_has_no_page_wide_scrolling(dashboard):
+    page = dashboard.page
+    page.driver.set_window_size(400, 2400)
+    try:
+        poll(lambda: page.js("return window.innerWidth") <= 400, timeout=limit(3), message="a narrow window")
+        assert page.js("return document.documentElement.scrollWidth <= window.innerWidth")
+        page.screenshot("narrow")
+    finally:
+        page.driver.set_window_size(1280, 2400)
+
+
 def test_page_headers_and_weight(dashboard):
     base = dashboard.page.base
     total = 0
