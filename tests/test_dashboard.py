@@ -27,20 +27,17 @@ REFRESH = 1.0  # the page's refresh, app.js REFRESH_MS
 
 class Load:
     """Requests from one thread, paced (~60/s) so the machine's two cores stay shared: /, a route
-    template with a tenant, /error (5xx and a WARNING log), and every few seconds a 1.5 s /sleep (a
-    long in-flight request)."""
+    template with a tenant, and /error (5xx and a WARNING log)."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.running = threading.Event()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.sleeper = threading.Thread(target=self._sleep_requests, daemon=True)
 
     def start(self) -> "Load":
         self.running.set()
         self.thread.start()
-        self.sleeper.start()
         return self
 
     def _run(self) -> None:
@@ -54,15 +51,9 @@ class Load:
             i += 1
             self.stopped.wait(1 / 60)  # pacing, not synchronisation
 
-    def _sleep_requests(self) -> None:
-        while not self.stopped.wait(3.0):
-            if self.running.is_set():
-                raw_get(self.port, "/sleep?ms=1500")
-
     def stop(self) -> None:
         self.stopped.set()
         self.thread.join(5)
-        self.sleeper.join(5)
 
 
 class Page:
@@ -201,8 +192,13 @@ def test_worker_pids_equal_workers_endpoint(dashboard):
     poll(same, timeout=limit(3 * REFRESH), message="the page's pids == /workers")
     folded = page.js("return [...document.querySelectorAll('#folded-table tbody tr')].map(r => r.textContent)")
     assert len(folded) == 1 and "ago" in folded[0]
-    poll(lambda: page.js("return document.querySelectorAll('#workers-table tr.long').length"),
-         timeout=limit(6), message="a long in-flight request highlighted")
+    long_request = threading.Thread(target=raw_get, args=(dashboard.server.port, "/sleep?ms=4000"))
+    long_request.start()
+    try:
+        poll(lambda: page.js("return document.querySelectorAll('#workers-table tr.long').length"),
+             timeout=limit(4), message="a long in-flight request highlighted")
+    finally:
+        long_request.join()
 
 
 def test_chart_grows_and_total_equals_metrics_within_one_refresh(dashboard):
