@@ -28,6 +28,7 @@
     token: sessionStorage.getItem(TOKEN_KEY) || '',
     authorized: null,      // null: not yet known, false: refused (polling stops), true: data flows
     tick: 0,
+    refreshes: 0,
     timer: 0,
     metricsPath: '/metrics',
     lastLogTime: 0,
@@ -624,6 +625,8 @@
       if (!app.authorized) { app.authorized = true; if (app.token) loadControl(); }
       setStatus(`live: refreshed ${fmtClock(Date.now() / 1000)}`);
       app.tick++;
+      app.refreshes++;
+      $('status').dataset.refreshes = String(app.refreshes);  // completed refreshes, for the tests
     } catch (err) {
       if (err.status === 401 || err.status === 403) { refused(err); return; }  // wait for a token
       setStatus(`error: ${err.message}`, true);
