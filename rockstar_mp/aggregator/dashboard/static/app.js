@@ -34,6 +34,7 @@
     lastLogTime: 0,
     logKeys: new Set(),    // records at lastLogTime already shown (since= is inclusive)
     profileUrl: '',
+    flame: null,           // the last profile's tree and unit
     history: null,         // the last history answer: {range, lines}
   };
 
@@ -484,6 +485,7 @@
     const total = body.total || 1;
     setRows('profile-table', body.top.map((f) => row([cell(f.function, 'function'), fmtValue(f.flat, body.unit),
       (100 * f.flat / total).toFixed(1) + ' %', fmtValue(f.cum, body.unit), (100 * f.cum / total).toFixed(1) + ' %'])));
+    app.flame = { root: body.flame, unit: body.unit };  // redrawn when the window is resized
     drawFlame($('flame'), body.flame, body.unit);
     if (app.profileUrl) URL.revokeObjectURL(app.profileUrl);
     const bytes = Uint8Array.from(atob(body.pprof_gz), (c) => c.charCodeAt(0));
@@ -523,6 +525,7 @@
     };
     if (root && root.v > 0) walk(root, 0, width, 0);
     svg.setAttribute('viewBox', `0 0 ${width} ${depth * rowH}`);
+    svg.setAttribute('preserveAspectRatio', 'xMinYMin meet');
     svg.style.height = `${depth * rowH}px`;
     svg.replaceChildren(...rects);
     svg.setAttribute('data-nodes', String(nodes));
@@ -588,6 +591,15 @@
       'profile-table', 'control-table']) setRows(id, []);
     for (const id of ['total-requests', 'rate', 'error-rate', 'p50', 'p95', 'p99']) $(id).textContent = '–';
     for (const id of ['chart-rate', 'chart-latency', 'chart-gc']) { $(id).replaceChildren(); $(id).setAttribute('data-points', '0'); }
+    for (const id of ['optimize-result', 'profile-status', 'logs-dropped']) $(id).textContent = '';
+    app.flame = null;
+    $('flame').replaceChildren();
+    $('flame').style.height = '0px';
+    $('flame').setAttribute('data-nodes', '0');
+    if (app.profileUrl) URL.revokeObjectURL(app.profileUrl);
+    app.profileUrl = '';
+    $('profile-download').removeAttribute('href');
+    $('profile-download').classList.add('hidden');
   }
 
   function refused(err) {
@@ -671,7 +683,10 @@
     for (const id of ['range', 'dimension', 'quantile']) {
       $(id).addEventListener('change', () => { app.history = null; if (app.authorized) { clearTimeout(app.timer); app.timer = 0; tick(); } });
     }
-    window.addEventListener('resize', renderTraffic);
+    window.addEventListener('resize', () => {
+      renderTraffic();
+      if (app.flame) drawFlame($('flame'), app.flame.root, app.flame.unit);
+    });
     restart();
   }
 
