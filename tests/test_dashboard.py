@@ -274,7 +274,8 @@ def test_profile_logs_control_and_history(dashboard):
                    ".textContent") == "true"
 
     page.select("range", "3600")
-    poll(lambda: page.points("chart-latency") > 0, timeout=limit(5), message="the hour chart from history")
+    poll(lambda: page.js("return document.getElementById('chart-latency').dataset.range") == "3600"
+         and page.points("chart-latency") > 0, timeout=limit(5), message="the hour chart from history")
     for section in ("traffic", "workers", "optimization", "logs", "profiling", "control"):
         page.screenshot(section, section)
     page.select("range", "live")

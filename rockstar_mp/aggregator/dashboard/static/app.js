@@ -298,13 +298,18 @@
       tMax = Date.now() / 1000;
       tMin = tMax - LIVE_POINTS;
     } else {
-      if (!app.history || app.history.range !== range) return;
+      if (!app.history || app.history.range !== range) {  // not loaded yet: no stale live lines meanwhile
+        drawChart($('chart-rate'), [], Date.now() / 1000 - Number(range), Date.now() / 1000, '/s');
+        drawChart($('chart-latency'), [], Date.now() / 1000 - Number(range), Date.now() / 1000, 'ms');
+        return;
+      }
       lines = app.history.lines;
       tMax = app.history.until;
       tMin = tMax - Number(range);
     }
     drawChart($('chart-rate'), lines.rate, tMin, tMax, '/s');
     drawChart($('chart-latency'), lines.latency, tMin, tMax, 'ms');
+    for (const id of ['chart-rate', 'chart-latency']) $(id).dataset.range = range;  // what is drawn
     renderTopTable();
   }
 
