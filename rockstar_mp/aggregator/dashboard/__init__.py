@@ -13,7 +13,7 @@ functions and a flame graph tree, ``profile_json``) with the profile.proto bytes
 
 Example::
 
-    curl -H 'Authorization: Bearer $TOKEN' 'http://127.0.0.1:9090/dashboard/profile?seconds=10'
+    curl -H "Authorization: Bearer $TOKEN" 'http://127.0.0.1:9090/dashboard/profile?seconds=10'
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import asyncio
 import base64
 import hashlib
 import json
-from importlib import resources
+from pathlib import Path
 from typing import Protocol
 
 import falcon
@@ -40,6 +40,7 @@ ASSETS = {PATH: ("dashboard.html", "text/html; charset=utf-8"),
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 DEFAULT_PROFILE_SECONDS = 10.0
+STATIC = Path(__file__).with_name("static")
 
 
 class Profiler(Protocol):
@@ -64,12 +65,21 @@ def _security_headers(resp: falcon.asgi.Response) -> None:
     resp.set_header("X-Frame-Options", "DENY")
 
 
+def _read_static() -> dict[str, bytes]:
+    return {filename: (STATIC / filename).read_bytes() for filename, _ in ASSETS.values()}
+
+
+# read at import, while the aggregator still has the privileges it started with: after it drops them
+# (aggregator_user) the package's files, and the stdlib modules importlib.resources would load, may be
+# out of its reach
+STATIC_FILES = _read_static()
+
+
 class Asset:
-    """One file of ``static/``, read once; ``ETag`` and ``Cache-Control: no-cache`` so a reload costs a
-    304."""
+    """One file of ``static/``; ``ETag`` and ``Cache-Control: no-cache`` so a reload costs a 304."""
 
     def __init__(self, filename: str, content_type: str) -> None:
-        self._data = resources.files(__package__).joinpath("static", filename).read_bytes()
+        self._data = STATIC_FILES[filename]
         self._etag = '"' + hashlib.sha256(self._data).hexdigest()[:32] + '"'
         self._content_type = content_type
 
