@@ -22,6 +22,7 @@ from ..workload import aggregates, sketch_totals
 PREFIX = "rockstar.traffic."
 QUANTILE_FIELDS = ("p50_ms", "p95_ms", "p99_ms")
 DIMENSIONS = ("route", "tenant")
+MIN_WINDOW = 2.0  # seconds the quantiles of a snapshot cover at least
 
 
 def labelled(name: str, dimension: str | None = None, value: str | None = None) -> str:
@@ -35,7 +36,8 @@ def labelled(name: str, dimension: str | None = None, value: str | None = None) 
 def traffic_rows(state) -> Mapping[str, tuple]:
     """``{name: (kind, value)}`` to add to a history snapshot (``HistoryWriter.extra_rows``)."""
     config = state.config
-    window = max(1.0, min(float(config.history_interval or 1.0), float(state.window.seconds)))
+    # the window's samples are a second apart: over 1 s its baseline may be the sample just taken
+    window = min(max(MIN_WINDOW, float(config.history_interval or MIN_WINDOW)), float(state.window.seconds))
     snap = state.snapshot()
     lifetime = aggregates(snap, sketch_totals(snap), dims=("status",) + DIMENSIONS)
     recent = workload_json(state, window)
