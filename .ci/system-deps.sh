@@ -2,10 +2,11 @@
 # Installs the Debian tools the tests drive, when they are missing and we are root.
 # snmp (snmpget/snmpwalk), snmptrapd, snmpd (the yardstick of the SNMP tests), smitools (smilint),
 # golang-go (go tool pprof),
-# prometheus (promtool), wrk. Services these packages ship are not started (policy-rc.d).
+# prometheus (promtool), wrk, chromium and chromium-driver (chromedriver: the dashboard's browser tests).
+# Services these packages ship are not started (policy-rc.d).
 set -euo pipefail
 declare -A need=([snmpget]=snmp [snmptrapd]=snmptrapd [snmpd]=snmpd [smilint]=smitools [go]=golang-go
-                 [promtool]=prometheus [wrk]=wrk)
+                 [promtool]=prometheus [wrk]=wrk [chromium]=chromium [chromedriver]=chromium-driver)
 missing=()
 for cmd in "${!need[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${need[$cmd]}")

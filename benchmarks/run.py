@@ -2,8 +2,9 @@
 1-5), rockstar-mp's cost per request against the same app without it (figures 6-7), and operations on
 a real gunicorn (figures 8-10, ``ops.py``), CPU time from /proc (figures 11-12, ``cost.py``) and rockstar-mp's
 ASGI middleware against prometheus-fastapi-instrumentator and starlette-exporter (figure 13, ``compare.py``),
-rockstar_mp.prometheus against the native API (figure 14, ``prometheus_shim.py``), and what a running CPU
-profile costs (figure 15, ``pprof_cost.py``).
+rockstar_mp.prometheus against the native API (figure 14, ``prometheus_shim.py``), what a running CPU
+profile costs (figure 15, ``pprof_cost.py``), and the aggregator's CPU with 0 and 1 open dashboard
+(figure 16, ``dashboard_bench.py``).
 
     .venv/bin/python -m benchmarks.run                  (what ``make bench`` calls: every figure)
     .venv/bin/python -m benchmarks.run --only 1,2,3     (just these; 1, 2 and 3 are measured together)
@@ -28,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import compare, cost, ops, pprof_cost, prometheus_shim
+from . import compare, cost, dashboard_bench, ops, pprof_cost, prometheus_shim
 from .report import (
     fmt_delta,
     fmt_time,
@@ -72,7 +73,7 @@ from .settings import (
 MICRO = ("1", "2", "3")  # one child measures the three
 REQUEST = ("6", "7")
 FIGURES = (MICRO + ("4", "5") + REQUEST + tuple(ops.FIGURES) + cost.FIGURES + compare.FIGURES
-           + (prometheus_shim.FIGURE,) + pprof_cost.FIGURES)
+           + (prometheus_shim.FIGURE,) + pprof_cost.FIGURES + dashboard_bench.FIGURES)
 
 
 @dataclass
@@ -398,6 +399,8 @@ def run(figs: tuple[str, ...]) -> int:
         prometheus_shim.run_figure(session.notes)
     if "15" in figs:
         run_pprof_cost(session.notes, ["15"])
+    if "16" in figs:  # issue 17: the aggregator's CPU with 0 and 1 open dashboard
+        dashboard_bench.run_figure(session.notes)
     for note in session.notes:
         print(f"NOTE: {note}")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from rockstar_mp.aggregator.admin import TOKEN_PARAMS, add_admin
+from rockstar_mp.aggregator.dashboard import add_dashboard
 from rockstar_mp.aggregator.history_view import PARAMS as HISTORY_PARAMS
 from rockstar_mp.aggregator.history_view import HistoryResource, history_route
 from rockstar_mp.aggregator.views import add_views
@@ -51,7 +52,8 @@ LOG_SIGNS = ("Traceback", "Unhandled exception", "Exception in ASGI application"
 METRICS_PARAMS = {"/metrics": ("format", "pid"), "/metrics/history": HISTORY_PARAMS,
                   "/workload": ("window", "route", "tenant", "status"), "/workers": (),
                   "/logs": ("level", "since", "limit"), "/snmp": ("limit",), "/optimize": ("pid",),
-                  "/optimize/stats": (), "/control": ()}
+                  "/optimize/stats": (), "/control": (), "/dashboard": (), "/dashboard/app.js": (),
+                  "/dashboard/app.css": (), "/dashboard/profile": ("seconds",)}
 PPROF_PARAMS = ("seconds", "debug", "pid", "gc")
 
 
@@ -63,6 +65,7 @@ def metrics_routes() -> list[str]:
     app.add_route(history_route(config), HistoryResource(None))
     add_views(app, None)
     add_admin(app, None)
+    add_dashboard(app, None)
     return sorted({route.path for route in inspect_app(app).routes} | {config.metrics_path})
 
 

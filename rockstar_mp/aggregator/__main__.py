@@ -33,11 +33,12 @@ from ..privileges import drop_to
 from ..segment import RockstarError, Segment
 from ..segment.layout import Header
 from . import net
+from .dashboard.traffic import traffic_rows
 from .history import HistoryWriter
 from .http import create_app
 from .net import listen_tcp
 from .optimize import run_schedule
-from .pprof import run_pprof_server
+from .pprof import Pprof, run_pprof_server
 from .snmp.agent import RCVBUF as SNMP_RCVBUF
 from .snmp.agent import preload as preload_snmp
 from .snmp.runtime import run_snmp
@@ -223,6 +224,8 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
     history = HistoryWriter.from_config(config, run_dir)  # None when history_interval=0
     state.history = history  # read by the history endpoint (and system_json's history_errors)
     state.remote_write = remote_write  # its counts are in system_json and /metrics
+    if history is not None:
+        history.extra_rows.append(traffic_rows)  # the dashboard's hour and day charts
     state.announce = status.report if status is not None else None  # pprof and SNMP say once they serve
     net.check_fd_limit(config.max_connections, 2 if config.enable_pprof else 1)
     limits = net.ConnectionLimits.from_config(config)
@@ -231,7 +234,8 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
         if status is not None:
             status.report(f"serving {net.url_of(sock, config.metrics_path)}")
 
-    servers = [HttpServer(create_app(state), sock, on_started=announce, limits=limits)]
+    profiler = Pprof(state, run_dir) if run_dir else None  # the dashboard's CPU profile
+    servers = [HttpServer(create_app(state, profiler), sock, on_started=announce, limits=limits)]
     repeats = net.quiet_repeats()  # after uvicorn's logging config
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -264,8 +264,9 @@ class HistoryWriter:
         self._logged: set[str] = set()
         self._failing = False
         self._lock = threading.Lock()  # errors/writes are bumped in the thread, read by the loop
-        # rows beside the metrics, from the snapshot (the aggregator's: the workers' memory, ``memory_rows``)
-        self.extra_rows: Callable[[Any], Mapping[str, tuple]] | None = None
+        # more rows for every snapshot, each from a callable given the aggregator's state (the workers'
+        # memory, ``AggregatorState.memory_rows``; the dashboard's traffic, ``dashboard.traffic.traffic_rows``)
+        self.extra_rows: list[Callable[[Any], Mapping[str, tuple]]] = []
 
     @classmethod
     def from_config(cls, config: MonitoringConfig, run_dir: Optional[str]) -> Optional["HistoryWriter"]:
@@ -293,8 +294,8 @@ class HistoryWriter:
             self._next_due = now + self.interval
         snap = state.snapshot()
         rows = flatten(render_json(snap))
-        if self.extra_rows is not None:
-            rows = MappingProxyType({**rows, **self.extra_rows(snap)})
+        if self.extra_rows:
+            rows = MappingProxyType({**rows, **{k: v for more in self.extra_rows for k, v in more(state).items()}})
         return self.submit(snap.taken, rows)
 
     def submit(self, ts: float, rows: Rows) -> Future:

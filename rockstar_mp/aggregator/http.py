@@ -5,6 +5,7 @@ Every error is JSON (``{"title": ..., "description": ...}``), whatever the clien
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import falcon
 import falcon.asgi
@@ -13,6 +14,8 @@ from ..config import MonitoringConfig
 from ..control import totals
 from . import params
 from .admin import BodyDeadline, RateLimit, add_admin, bearer_token, refuse_token_in_query, token_matches
+from .dashboard import PATH as DASHBOARD_PATH
+from .dashboard import Profiler, add_dashboard, is_public
 from .exposition import (
     OPENMETRICS_CONTENT_TYPE,
     PROMETHEUS_CONTENT_TYPE,
@@ -33,14 +36,17 @@ class BearerAuth:
     Both sides are hashed first, so the comparison takes the same time whatever the token's length.
     """
 
-    def __init__(self, config: MonitoringConfig) -> None:
+    def __init__(self, config: MonitoringConfig, public: Callable[[str], bool] | None = None) -> None:
         self._required = config.require_auth
         self._tokens = [t for t in (config.auth_token, config.admin_token) if t]
+        self._public = public  # paths that hold no data (the dashboard's page), served without a token
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         if not self._required:
             return
         refuse_token_in_query(req)
+        if self._public is not None and self._public(req.path):
+            return
         token = bearer_token(req)
         if not any([token_matches(token, expected) for expected in self._tokens]):  # no short cut
             raise falcon.HTTPUnauthorized(
@@ -103,13 +109,16 @@ def _json_errors(req, resp, exc: falcon.HTTPError) -> None:
 
 class MetricsSink:
     """Serves ``MetricsResource`` at whatever ``metrics_path`` is in force (runtime control can move
-    it); every other unrouted path is 404."""
+    it), redirects ``/`` to the dashboard (unless the metrics are there); every other unrouted path is
+    404."""
 
     def __init__(self, state: AggregatorState) -> None:
         self._state = state
         self._resource = MetricsResource(state)
 
     async def __call__(self, req, resp, **_) -> None:
+        if req.path == "/" and self._state.config.metrics_path != "/":
+            raise falcon.HTTPFound(DASHBOARD_PATH)
         if req.path != self._state.config.metrics_path:
             raise falcon.HTTPNotFound(title="404 Not Found", description=f"no such path {req.path!r}")
         if req.method not in ("GET", "HEAD"):
@@ -117,12 +126,17 @@ class MetricsSink:
         await self._resource.on_get(req, resp)
 
 
-def create_app(state: AggregatorState) -> BodyDeadline:
-    """The app served on ``metrics_port``: metrics, views, history and the admin endpoints."""
-    app = falcon.asgi.App(middleware=(RateLimit(state), BearerAuth(state.config)))
+def create_app(state: AggregatorState, profiler: Profiler | None = None) -> BodyDeadline:
+    """The app served on ``metrics_port``: metrics, views, history, the admin endpoints and the
+    dashboard (whose CPU profiles ``profiler``, the pprof tree's ``Pprof``, takes)."""
+    def public(path: str) -> bool:
+        return is_public(path, state.config.metrics_path)
+
+    app = falcon.asgi.App(middleware=(RateLimit(state), BearerAuth(state.config, public)))
     app.set_error_serializer(_json_errors)
     app.add_route(history_route(state.config), HistoryResource(state))
     add_views(app, state)
     add_admin(app, state)
+    add_dashboard(app, state, profiler)
     app.add_sink(MetricsSink(state), prefix="/")
     return BodyDeadline(app, state)

@@ -32,6 +32,7 @@ import functools
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from itertools import zip_longest
 from operator import add, itemgetter
@@ -54,6 +55,7 @@ from ..segment.layout import Body, Geometry, Header
 from ..segment.segment import liveness_unknown
 from ..series import COUNTER, GAUGE, HIDDEN_PREFIX, HISTOGRAM, OWN_FAMILIES, SeriesKey, exposed_names, is_reserved
 
+RECENT_FOLDS = 50  # folded workers remembered for /workers (oldest forgotten)
 log = logging.getLogger("rockstar_mp.aggregator")
 
 
@@ -251,6 +253,7 @@ class Merger:
         self._memo = _ParseMemo()  # catalogue bytes -> a parse of them
         self.names = FamilyNames()
         self.workers_folded = 0
+        self.recently_folded: deque[dict] = deque(maxlen=RECENT_FOLDS)  # the dashboard's dead workers
         self.retired_overflow = 0
         self._folded_marker = (0, 0)
         self.table = SlotTable(segment)
@@ -371,6 +374,8 @@ class Merger:
                                      if self.series[sid].cell >= 0 and sid not in known)
             # (a series seen twice in one slab cannot happen: a worker appends each key once)
             self.workers_folded += 1
+            self.recently_folded.append({"pid": slot.pid, "age": slot.age, "started": slot.proc_start,
+                                         "folded_at": time.time()})
             self._folded_marker = (slot.slab, slot.generation)
             self._write_retired()
         self._slabs.pop(slot.slab, None)

@@ -133,7 +133,7 @@ class Pprof:
         return min(debug, 2 if kind == "goroutine" else 1)
 
     def _pids(self, req) -> tuple[list[int], bool]:
-        live = [w.slot.pid for w in self.state.snapshot().workers]
+        live = self.live_pids()
         pid = params.integer(req, "pid", minimum=1)
         if pid is None:
             if not live:
@@ -148,7 +148,24 @@ class Pprof:
         seconds = self._seconds(req, kind)
         debug = self._debug(req, kind)
         gc = params.text(req, "gc") not in (None, "", "0", "false")
+        internal = params.text(req, "internal") not in (None, "", "0", "false")
         pids, single = self._pids(req)
+        results, missing, comments = await self.collect(kind, seconds, pids, single, gc, internal)
+        content_type, body = await asyncio.to_thread(render, kind, results, debug, comments)
+        resp.content_type = content_type
+        resp.set_header("X-Content-Type-Options", "nosniff")
+        if missing:
+            resp.set_header("X-Rockstar-Missing-Workers", ",".join(map(str, missing)))
+        if content_type == "application/octet-stream":
+            resp.set_header("Content-Disposition", f'attachment; filename="{kind}"')
+        resp.data = body
+
+    async def collect(self, kind: str, seconds: float | None, pids: list[int], single: bool = False,
+                      gc: bool = False, internal: bool = False) -> tuple[list[dict], list[int], tuple[str, ...]]:
+        """Ask ``pids`` for a ``kind`` profile over ``seconds`` (our own threads in it if ``internal``):
+        (the results of those that answered, the pids that did not, a comment naming each of those).
+        Raises the Go-style errors: 409 when a CPU profile already runs there,
+        a worker's own error when ``single``, 503 when none answered."""
         if kind == "profile":
             busy = self._cpu_running.intersection(pids)
             if busy:
@@ -156,8 +173,7 @@ class Pprof:
                                               f"{sorted(busy)}")
             self._cpu_running.update(pids)
         try:
-            request = {"cmd": "profile", "kind": kind, "seconds": seconds, "gc": gc,
-                       "internal": params.text(req, "internal") not in (None, "", "0", "false")}
+            request = {"cmd": "profile", "kind": kind, "seconds": seconds, "gc": gc, "internal": internal}
             timeout = (DEFAULT_SECONDS[kind] if seconds is None and kind in TIMED else seconds or 0) + \
                 (HEAP_ANSWER_GRACE if kind in ("heap", "allocs") else ANSWER_GRACE)
             answers = await asyncio.gather(*(self._ask(pid, request, timeout) for pid in pids))
@@ -181,14 +197,10 @@ class Pprof:
         if not results:
             detail = "; ".join(m for _, m in statuses) or "did not answer (gone, or not serving profiles)"
             raise _error(falcon.HTTP_503, f"no profile from worker(s) {missing}: {detail}")
-        content_type, body = await asyncio.to_thread(render, kind, results, debug, tuple(comments))
-        resp.content_type = content_type
-        resp.set_header("X-Content-Type-Options", "nosniff")
-        if missing:
-            resp.set_header("X-Rockstar-Missing-Workers", ",".join(map(str, missing)))
-        if content_type == "application/octet-stream":
-            resp.set_header("Content-Disposition", f'attachment; filename="{kind}"')
-        resp.data = body
+        return results, missing, tuple(comments)
+
+    def live_pids(self) -> list[int]:
+        return [w.slot.pid for w in self.state.snapshot().workers]
 
     async def _ask(self, pid: int, request: dict, timeout: float) -> dict | str:
         """The worker's answer, or why there is none."""

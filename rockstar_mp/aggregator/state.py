@@ -287,11 +287,12 @@ class AggregatorState:
         """The history writer also stores the workers' memory, sampled for the leak hints at each snapshot."""
         self._history = writer
         if writer is not None:
-            writer.extra_rows = self.memory_rows
+            writer.extra_rows.append(AggregatorState.memory_rows)
 
-    def memory_rows(self, snap: Snapshot) -> dict:
+    def memory_rows(self) -> dict:
         """Each live worker's memory read now (``smaps_rollup``), added to the trends (the leak hints),
         and the history's rows of it and of the optimizations (``optimize.memory_rows``)."""
+        snap = self.snapshot()
         memory = self.sample_memory(snap.taken, snap)
         return memory_rows(memory, self.optimization.workers())
 

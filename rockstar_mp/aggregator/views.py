@@ -91,7 +91,9 @@ def _overall_sketch(snap, totals: dict, baseline: dict | None, filters: dict) ->
 
 
 class WorkersResource:
-    """``GET /workers``: one entry per live worker, with its in-flight request and process figures."""
+    """``GET /workers``: one entry per live worker, with its in-flight request, process figures and
+    optimizations (``workers``), and the workers that exited and were folded in, with when (``folded``,
+    the last ``merge.RECENT_FOLDS``)."""
 
     def __init__(self, state: AggregatorState) -> None:
         self._state = state
@@ -100,7 +102,8 @@ class WorkersResource:
         _only(req, (), self._state)
         state = self._state
         _send(resp, {"workers": workers_json(state),
-                     "memory_recycles": Header.memory_recycles.get(state.segment.buf)})
+                     "memory_recycles": Header.memory_recycles.get(state.segment.buf),
+                     "folded": list(state.merger.recently_folded)})
 
     on_head = on_get
 
@@ -127,6 +130,8 @@ def workers_json(state: AggregatorState) -> list[dict]:
             "rss": proc.get("rss"), "uss": proc.get("uss"), "pss": proc.get("pss"),
             "cpu_percent": proc.get("cpu_percent"), "cpu_seconds": proc.get("cpu_seconds"),
             "threads": proc.get("threads"), "open_fds": proc.get("open_fds"),
+            "optimizations": Body.optimize_count.get(buf, body),
+            "last_optimization": Body.optimize_last.get(buf, body) or None,
             "heartbeat": worker.heartbeat, "heartbeat_age": round(now - worker.heartbeat, 3),
             "stuck": slot.pid in state.liveness.stuck,
             "recycling": Body.recycle_memory.get(buf, body) or None,  # bytes over max_worker_memory
