@@ -3,7 +3,7 @@
 round by round in one run. CPU time from /proc (``cpu.py``); every round is printed.
 
     .venv/bin/python -m benchmarks.dashboard_bench [--rounds 3] [--seconds 20]
-    .venv/bin/python -m benchmarks.run --only 17          (the same, inside ``make bench``)
+    .venv/bin/python -m benchmarks.run --only 16          (the same, inside ``make bench``)
     .venv/bin/python -m benchmarks.dashboard_bench --rounds 0 --soak-minutes 60   (the page's memory over an hour)
 
 Target: one open dashboard adds at most 1 % of one core to the aggregator.
