@@ -41,5 +41,5 @@ def read_memory(pid: int | str = "self") -> Memory:
                     fields[name] = int(parts[0]) * 1024
     except (OSError, ValueError):
         return Memory()
-    uss = fields.get(b"Private_Clean", 0) + fields.get(b"Private_Dirty", 0)
+    uss = sum(fields.get(name, 0) for name in (b"Private_Clean", b"Private_Dirty", b"Private_Hugetlb"))  # as psutil
     return Memory(fields.get(b"Rss", 0), uss, fields.get(b"Pss", 0))

@@ -101,6 +101,15 @@ class ProcessStats:
             self._detail_at.pop(gone, None)
         self._refresh_detail(now, full)
 
+    def note_memory(self, pid: int, memory: Memory) -> None:
+        """A reading of ``pid``'s memory made elsewhere (the history's, each snapshot): its USS/PSS stand
+        for a detail read, which is then not due again before its age says so."""
+        stats = self.stats.get(pid)
+        fields = _memory_fields(memory)
+        if stats is not None and fields:
+            stats.update(fields)
+            self._detail_at[pid] = (time.monotonic(), stats["rss"])
+
     def _refresh_detail(self, now: float, full: bool) -> None:
         due = sorted((at, pid) for pid, (at, rss) in self._detail_at.items()
                      if full or now - at >= DETAIL_IDLE_MAX_AGE
@@ -111,22 +120,19 @@ class ProcessStats:
 
 
 def _memory_detail(pid: int) -> dict:
-    """USS, PSS (psutil's ``memory_full_info``: ``smaps_rollup``) and open fds; None where unreadable."""
+    """USS, PSS (``_linux.read_memory``: ``smaps_rollup``) and open fds; None where unreadable."""
     detail: dict = dict.fromkeys(DETAIL_KEYS)
+    detail.update(_memory_fields(read_memory(pid)))
     try:
-        proc = psutil.Process(pid)
-    except psutil.Error:
-        return detail
-    try:
-        full = proc.memory_full_info()
-        detail.update(uss=full.uss, pss=getattr(full, "pss", None))
-    except (psutil.Error, AttributeError):
-        pass
-    try:
-        detail["open_fds"] = proc.num_fds()
+        detail["open_fds"] = psutil.Process(pid).num_fds()
     except (psutil.Error, AttributeError):
         pass
     return detail
+
+
+def _memory_fields(memory: Memory) -> dict:
+    """``{"uss", "pss"}`` of a reading; none if ``smaps_rollup`` could not be read (all zero)."""
+    return {"uss": memory.uss, "pss": memory.pss} if memory.rss else {}
 
 
 class Liveness:
@@ -299,6 +305,8 @@ class AggregatorState:
     def sample_memory(self, ts: float, snap: Snapshot) -> dict[int, Memory]:
         """Read every live worker's memory now (``smaps_rollup``) into the trends; ``{pid: Memory}``."""
         memory = {w.slot.pid: read_memory(w.slot.pid) for w in snap.workers}
+        for pid, reading in memory.items():
+            self.procs.note_memory(pid, reading)
         kind = self.config.max_worker_memory_kind
         self.trends.add(ts, {pid: getattr(m, kind) for pid, m in memory.items() if getattr(m, kind)},
                         self.config.history_retention)

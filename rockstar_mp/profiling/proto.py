@@ -19,11 +19,21 @@ A label whose value is an int is written as a numeric label (``num``), a string 
 from __future__ import annotations
 
 import gzip
+import re
 import time
 
 # Labels written twice, as a string and as a number: ``-tagfocus=pid=123`` (a number, which pprof reads
 # as a numeric range) matches the numeric one, ``-tagfocus=pid=12.*`` or ``-tagshow`` the string one.
 NUMERIC_TOO = frozenset({"pid"})
+_DECIMAL = re.compile(r"[0-9]{1,19}")  # ASCII digits only, and within an int64 label
+
+
+def _numeric_too(key: str, value) -> int | None:
+    """The number a ``NUMERIC_TOO`` label's string value also goes out as, or None."""
+    if key in NUMERIC_TOO and isinstance(value, str) and _DECIMAL.fullmatch(value):
+        number = int(value)
+        return number if number < 1 << 63 else None
+    return None
 
 
 # -- wire format ---------------------------------------------------------------------------------
@@ -165,8 +175,9 @@ def encode(raw: dict, compress: bool = True) -> bytes:
         _packed(s, 2, [int(v) for v in values])
         for key, value in sorted(labels.items()):
             _label(s, strings, key, value)
-            if key in NUMERIC_TOO and isinstance(value, str) and value.isdigit():
-                _label(s, strings, key, int(value))
+            number = _numeric_too(key, value)
+            if number is not None:
+                _label(s, strings, key, number)
         _bytes(out, 2, bytes(s))
     mapping = bytearray()
     _int(mapping, 1, 1)
