@@ -1,14 +1,18 @@
 """The CPU time a gunicorn server spent, by role, read from /proc: what the cost figures (11, 12) count.
 
 A server is its master and the master's children: the workers and, when rockstar-mp is on, the
-aggregator (``python -m rockstar_mp.aggregator``, spawned by the master). Each process's CPU is its
-``utime + stime`` (every thread included) plus its ``cutime + cstime`` (the children it reaped): so a
-worker that exits during a measurement is still counted, in the master's ``cutime`` once reaped.
+aggregator (``python -m rockstar_mp.aggregator``, spawned by the master). Each process's CPU is read
+from its process CPU clock (``clock_gettime`` on the clock Linux derives from a pid, as
+``clock_getcpuclockid`` does: every thread, also the ended ones, in nanoseconds; ``/proc``'s ``utime +
+stime`` count 10 ms ticks, which is 2.2 us a request over a 3 s round at 1,500 req/s) plus its ``cutime
++ cstime`` from ``/proc/<pid>/stat`` (the children it reaped): so a worker that exits during a
+measurement is still counted, in the master's ``cutime`` once reaped.
 Standard library only.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 ROLES = ("workers", "master", "aggregator")
@@ -34,8 +38,16 @@ def read_proc(pid: int) -> ProcCpu | None:
         return None
     fields = stat[stat.rindex(b")") + 2:].split()  # from field 3 (state) on
     utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-    return ProcCpu(int(fields[1]), (utime + stime) * TICK, (cutime + cstime) * TICK,
-                   b"rockstar_mp.aggregator" in cmdline)
+    try:
+        own = time.clock_gettime(process_cpu_clock(pid))
+    except OSError:
+        return None
+    return ProcCpu(int(fields[1]), own, (cutime + cstime) * TICK, b"rockstar_mp.aggregator" in cmdline)
+
+
+def process_cpu_clock(pid: int) -> int:
+    """The clock id of ``pid``'s CPU clock (``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``)."""
+    return ((~pid) << 3) | 2
 
 
 @dataclass

@@ -72,6 +72,34 @@ def test_ring_overflow_reports_exactly_the_drops(tmp_path):
     segment.close()
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20), st.booleans()), min_size=1, max_size=12),
+       st.integers(0, 30))
+def test_records_read_late_are_those_read_at_every_drain(tmp_path_factory, drains, keep):
+    """Unpacked only when read, the records are what reading after every drain would give: each drain's
+    records sorted by start, appended, the newest ``recent_records`` kept (batches let go unread included)."""
+    segment = Segment.create(str(tmp_path_factory.mktemp("seg")), SMALL)
+    writers = []
+    for _ in range(2):
+        slab, _ = segment.claim_slab()
+        writers.append(RingWriter(segment.buf, segment.geometry.slab_offset(slab), record_ring(segment.geometry.slab)))
+    lazy, eager = RingDrain(segment, keep, 10), RingDrain(segment, keep, 10)
+    clock = 0.0
+    for first, second, read in drains:
+        for writer, n in zip(writers, (first, second), strict=True):
+            for _ in range(min(n, 16)):  # within the 16 slots: nothing dropped, the two drains see the same
+                clock += 1.0
+                writer.append(clock if writer is writers[0] else 1000 - clock, 0.001, 10, 1, 200, b"GET", b"/",
+                              f"r{clock:g}".encode(), b"t")
+        lazy.drain()
+        eager.drain()
+        eager.records  # noqa: B018 - read at every drain
+        if read:
+            assert [r.request_id for r in lazy.records] == [r.request_id for r in eager.records]
+    assert [r.request_id for r in lazy.records] == [r.request_id for r in eager.records]
+    segment.close()
+
+
 def test_a_slot_being_rewritten_is_dropped_not_torn(tmp_path):
     segment, slab = _segment(tmp_path)
     layout, base = segment.geometry.slab, segment.geometry.slab_offset(slab)

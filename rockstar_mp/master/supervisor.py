@@ -4,8 +4,10 @@ The aggregator is ``python -m rockstar_mp.aggregator``, not a fork of the master
 the arbiter's signal handlers and listening sockets). A pre-fork master reaps unknown children itself
 (gunicorn's ``waitpid(-1)``), so liveness is judged by pid and create time, not by wait status. The
 aggregator kills itself when its parent dies (``PR_SET_PDEATHSIG`` and a parent-pid check), and a
-master thread notices within ``RESPAWN_CHECK`` seconds that it died and starts it again after a delay
-that doubles with each start that failed in a row (``Backoff``).
+master thread notices that it died and starts it again after a delay that doubles with each start that
+failed in a row (``Backoff``). The thread sleeps until there is news: it waits in ``select`` on the
+aggregator's pidfd (readable once it exits, reaped or not), its status pipe and a wake-up pipe, so an
+idle master spends no CPU on it; without pidfds (Linux < 5.3) it looks every ``RESPAWN_CHECK`` seconds.
 
 Each aggregator gets the write end of a status pipe (``--status-fd``). It writes one line:
 ``serving <url>`` once its metrics socket is bound and served, or ``fatal: <cause>`` before exiting
@@ -15,8 +17,10 @@ when it differs from the last one it announced.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -25,7 +29,7 @@ import time
 
 from ..segment import process_alive, process_start
 
-RESPAWN_CHECK = 0.2
+RESPAWN_CHECK = 0.2  # how often the aggregator's liveness is checked where there is no pidfd
 STOP_GRACE = 3.0
 BACKOFF_BASE = 0.2  # the delay before the first restart
 BACKOFF_MAX = 30.0
@@ -59,6 +63,7 @@ class StatusChannel:
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
+        self.ended = False  # end of file seen: nothing more to wait for
         self._partial = b""
 
     def lines(self) -> list[str]:
@@ -71,6 +76,7 @@ class StatusChannel:
             except BlockingIOError:
                 break
             if not chunk:
+                self.ended = True
                 break
             data += chunk
         *complete, self._partial = (self._partial + data).split(b"\n")
@@ -119,6 +125,9 @@ class AggregatorSupervisor:
         self._logged_cause = ""
         self._logged_at = 0.0
         self._stop = threading.Event()
+        self._wake_read, self._wake_write = os.pipe()  # stop() wakes the watching thread through it
+        os.set_blocking(self._wake_write, False)
+        self._pidfd = -1  # the running aggregator's pidfd, -1 if none (or no pidfds here)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -153,6 +162,7 @@ class AggregatorSupervisor:
         self._fatal = ""
         self.pid = self._proc.pid
         self._start_time = process_start(self.pid)
+        self._pidfd = open_pidfd(self.pid)
         self.starts += 1
         if self.starts > 1:
             log.debug("rockstar-mp: aggregator restarted (pid %d, start #%d)", self.pid, self.starts)
@@ -163,8 +173,9 @@ class AggregatorSupervisor:
         return process_alive(self.pid, self._start_time)
 
     def _watch(self) -> None:
-        while not self._stop.wait(RESPAWN_CHECK):
-            if os.getpid() != self.owner:
+        while not self._stop.is_set():
+            self._wait_for_news()
+            if os.getpid() != self.owner or self._stop.is_set():
                 return
             self._read_status()
             if self._stop.is_set():
@@ -179,6 +190,22 @@ class AggregatorSupervisor:
                     self._spawn()
                 except OSError as exc:
                     self._failed(f"cannot start: {exc}")
+
+    def _wait_for_news(self) -> None:
+        """Sleep until the aggregator wrote a status line or exited, ``stop`` was called, or a
+        respawn is due (every ``RESPAWN_CHECK`` s where there is no pidfd to wait on)."""
+        waits = [self._wake_read]
+        if self._status is not None and not self._status.ended:
+            waits.append(self._status.fd)
+        timeout: float | None = None
+        if self._respawn_at is not None:
+            timeout = max(0.0, self._respawn_at - time.monotonic())
+        elif self._pidfd >= 0:
+            waits.append(self._pidfd)
+        else:
+            timeout = RESPAWN_CHECK
+        with contextlib.suppress(InterruptedError, OSError, ValueError):
+            select.select(waits, [], [], timeout)
 
     def _read_status(self) -> None:
         if self._status is None:
@@ -211,11 +238,17 @@ class AggregatorSupervisor:
         if self._status is not None:
             self._status.close()
             self._status = None
+        self._close_pidfd()
         if time.monotonic() - self._spawned_at >= STABLE_AFTER:
             self.backoff.reset()
         delay = self.backoff.next_delay()
         self._respawn_at = time.monotonic() + delay
         self._log_cause(cause, delay)
+
+    def _close_pidfd(self) -> None:
+        pidfd, self._pidfd = self._pidfd, -1
+        if pidfd >= 0:
+            os.close(pidfd)
 
     def _log_cause(self, cause: str, delay: float) -> None:
         now = time.monotonic()
@@ -233,6 +266,8 @@ class AggregatorSupervisor:
     def stop(self) -> None:
         """Stop watching, then SIGTERM the aggregator and wait (SIGKILL after ``STOP_GRACE`` s)."""
         self._stop.set()
+        with contextlib.suppress(OSError):  # BlockingIOError: a wake-up is already pending
+            os.write(self._wake_write, b"x")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2 * RESPAWN_CHECK + 1)
         if self.pid and self.alive():
@@ -245,3 +280,15 @@ class AggregatorSupervisor:
         if self._status is not None:
             self._status.close()
             self._status = None
+        self._close_pidfd()
+
+
+def open_pidfd(pid: int) -> int:
+    """A pidfd of ``pid`` (readable once it exits), or -1 where Linux or Python has none, or it is gone."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return -1
+    try:
+        return pidfd_open(pid)
+    except OSError:
+        return -1

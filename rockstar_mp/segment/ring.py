@@ -12,10 +12,10 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Callable
 
 from .layout import (
+    CELL_BYTES,
     LOG,
     LOG_SLOT,
     RECORD,
@@ -84,12 +84,21 @@ class RingWriter:
             words[self._head] = index + 1
 
 
-_SEQUENCE = itemgetter(0)  # of an entry as read_ring copies it
+@dataclass(frozen=True)
+class RingCopy:
+    """Slots copied out of a ring and checked, not unpacked yet (``unpack``): ``runs`` of whole slots as
+    ``(bytes, record number of the first)``, and ``skip``, the record numbers among them found torn or
+    overwritten while copied. Unpacking is most of a read's cost, and most workload records are never
+    looked at: the aggregator keeps copies and unpacks the ones it is asked for."""
+
+    spec: RingSpec
+    runs: tuple[tuple[bytes, int], ...]
+    skip: frozenset[int]
+    count: int  # records to unpack
 
 
-def read_ring(buf: memoryview, base: int, spec: RingSpec, since: int) -> tuple[list[tuple], int, int]:
-    """Records from number ``since`` on: ``(entries, next index to read, records dropped)``; an entry
-    is ``(sequence, *payload)`` (its record number is sequence - 1).
+def copy_ring(buf: memoryview, base: int, spec: RingSpec, since: int) -> tuple[RingCopy, int, int]:
+    """Records from number ``since`` on, copied: ``(copy, next index to read, records dropped)``.
 
     The slots are copied in one pass (at most two runs, where the ring wraps) and checked after the
     copy: a slot whose sequence is not its record number + 1 was being written (or its writer died
@@ -103,27 +112,48 @@ def read_ring(buf: memoryview, base: int, spec: RingSpec, since: int) -> tuple[l
     start = max(since, head - spec.slots)
     dropped = start - since
     if start >= head:
-        return [], head, dropped
-    whole = slot_struct(spec.payload, spec.slot_size)
-    entries: list[tuple] = []
+        return RingCopy(spec, (), frozenset(), 0), head, dropped
+    runs = []
+    sequences: list[int] = []
+    stride = spec.slot_size // CELL_BYTES
     index = start
     while index < head:
         run = min(head - index, spec.slots - index % spec.slots)
         at = base + spec.slot_offset(index)
-        entries.extend(whole.iter_unpack(buf[at:at + run * spec.slot_size].tobytes()))
+        raw = buf[at:at + run * spec.slot_size].tobytes()
+        runs.append((raw, index))
+        sequences += memoryview(raw).cast("Q")[::stride].tolist()  # SLOT_SEQ is each slot's first cell
         index += run
     lapped = spec.head.get(buf, base) - spec.slots  # after the copy (x86-64 keeps loads in order)
-    if lapped < start and list(map(_SEQUENCE, entries)) == list(range(start + 1, head + 1)):
-        return entries, head, dropped  # every slot whole and none reached again: no check one by one
-    out = []
-    for number, entry in enumerate(entries, start):
-        if entry[0] != number + 1:
+    if lapped < start and sequences == list(range(start + 1, head + 1)):
+        return RingCopy(spec, tuple(runs), frozenset(), head - start), head, dropped  # all whole, none reached again
+    skip = set()
+    for number, sequence in enumerate(sequences, start):
+        if sequence != number + 1:
+            skip.add(number)
+        elif number <= lapped and SLOT_SEQ.get(buf, base + spec.slot_offset(number)) != number + 1:
+            skip.add(number)  # overwritten while copied
+    dropped += len(skip)
+    return RingCopy(spec, tuple(runs), frozenset(skip), head - start - len(skip)), head, dropped
+
+
+def unpack(copy: RingCopy) -> list[tuple]:
+    """The copied records, in order: ``(sequence, *payload)`` each (its record number is sequence - 1)."""
+    whole = slot_struct(copy.spec.payload, copy.spec.slot_size)
+    out: list[tuple] = []
+    for raw, first in copy.runs:
+        if not copy.skip:
+            out.extend(whole.iter_unpack(raw))
             continue
-        if number <= lapped and SLOT_SEQ.get(buf, base + spec.slot_offset(number)) != number + 1:
-            continue  # overwritten while copied
-        out.append(entry)
-    dropped += len(entries) - len(out)
-    return out, head, dropped
+        out.extend(entry for number, entry in enumerate(whole.iter_unpack(raw), first) if number not in copy.skip)
+    return out
+
+
+def read_ring(buf: memoryview, base: int, spec: RingSpec, since: int) -> tuple[list[tuple], int, int]:
+    """Records from number ``since`` on: ``(entries, next index to read, records dropped)``, as
+    ``copy_ring`` then ``unpack``."""
+    copy, head, dropped = copy_ring(buf, base, spec, since)
+    return unpack(copy), head, dropped
 
 
 def text(raw: bytes) -> str:
