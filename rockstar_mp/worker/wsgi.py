@@ -44,6 +44,7 @@ from time import perf_counter
 from typing import Any
 
 from ..metrics import REGISTRY, Counter, Histogram
+from . import falcon as falcon_routes
 from .accelerator import hotpath
 from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
 from .workload import HTTP_ROUTE, OTHER, RECORDER, add_cells, declared, label, reserved, template_path
@@ -349,6 +350,8 @@ class _Shared:
         _refuse_asgi(app)
         self.app = app
         self.workload = workload
+        if workload and falcon_routes.is_falcon_app(app):
+            falcon_routes.capture_routes(app)  # Falcon's router names the route: no Falcon middleware needed
         self.hold = hold and _CORK is not None  # see _hold(); gunicorn passes its socket in the environ
         self.tenant_key = "HTTP_" + tenant_header.upper().replace("-", "_")
         if hotpath is not None and isinstance(self, hotpath.Middleware):
