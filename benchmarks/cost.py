@@ -6,6 +6,12 @@ each worker class of ``FLAVOURS``. Both servers of a class are up and driven at 
 round, so a busy spell of the shared machine hits both; every round is printed, and the figure is the
 median of the rounds' on/off ratios, with each side's median and the split by role.
 
+The keep-alive classes (the two ASGI ones) are measured with one worker. With two, wrk's connections
+split unevenly between them (an event loop accepts a burst of them at once), and how busy each worker is
+changes its CPU per request: two identical bare gunicorn ``-k asgi`` servers read 0.90-1.18 of each other
+round by round (0.92-1.11 with 64 connections), and 0.98-1.01 with one worker each. A sync worker takes
+one connection per request, so the load splits evenly.
+
 **12.** The aggregator's idle cost: its CPU per second over ``IDLE_SECONDS`` with 2, 16 and 64 idle sync
 workers (nothing requested but one ``/workers`` poll at start), and the workers' and master's beside it.
 """
@@ -50,14 +56,16 @@ class Flavour:
     on_app: str = "examples.app:app"  # MetricsMiddleware(workload=True) around the Falcon app
     off_app: str = "benchmarks.bare_app:app"  # the same routes, no middleware
     target: float | None = None  # the cost's limit in %, None: information
+    workers: int = SERVER_WORKERS  # one for the keep-alive classes (see the module's docstring)
 
 
 FLAVOURS = (
     Flavour("sync", ("-k", "sync"), target=COST_TARGET),
     Flavour("gthread", ("-k", "gthread", "--threads", "4")),
     # ASGI: the FastAPI app of benchmarks/asgi_apps.py, bare against wrapped in our ASGI MetricsMiddleware
-    Flavour("asgi uvicorn", ("-k", "uvicorn.workers.UvicornWorker"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET),
-    Flavour("asgi gunicorn", ("-k", "asgi"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET),
+    Flavour("asgi uvicorn", ("-k", "uvicorn.workers.UvicornWorker"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET,
+            workers=1),
+    Flavour("asgi gunicorn", ("-k", "asgi"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET, workers=1),
 )
 
 
@@ -116,7 +124,8 @@ def cpu_per_request(tmp: str, flavour: Flavour, notes: list[str]) -> dict:
     try:
         for number, mode in enumerate(("off", "on")):
             app = flavour.on_app if mode == "on" else flavour.off_app
-            servers[mode] = Server(mode, tmp, number, app=app, worker_args=flavour.worker_args)
+            servers[mode] = Server(mode, tmp, number, app=app, worker_args=flavour.worker_args,
+                                   workers=flavour.workers)
             servers[mode].wait_ready()
         sent_on = paced_round(servers, COST_WARMUP_SECONDS, "off")["on"]["requests"]
         for number in range(COST_ROUNDS):
@@ -152,7 +161,7 @@ def request_cost_figure(tmp: str, notes: list[str]) -> tuple[list[tuple], list[s
     rows: list[tuple] = []
     details: list[str] = []
     for flavour in FLAVOURS:
-        print(f"[11] {flavour.name}: CPU per request at {COST_RATE:,} req/s, {SERVER_WORKERS} workers, "
+        print(f"[11] {flavour.name}: CPU per request at {COST_RATE:,} req/s, {flavour.workers} worker(s), "
               f"{COST_ROUNDS} rounds of {COST_SECONDS:g} s off/on ...", flush=True)
         try:
             runs = cpu_per_request(tmp, flavour, notes)

@@ -64,10 +64,13 @@ from .logs import install as install_log_handler
 from .optimize import MemoryLimit, Optimizer, install_usr1
 from .workload import RECORDER, WorkloadLimits
 
-# How soon a requested optimization is noticed (USR1 wakes the monitor at once). Each wake-up of an idle
-# worker's monitor costs about 0.1 ms of CPU (a GIL hand-over while a request runs): at 0.1 s it was
-# 1.4 ms of CPU a second per worker, a third of rockstar-mp's whole-server cost at 1,500 req/s.
+# How soon a requested optimization is noticed (USR1 wakes the monitor at once): every 0.1 s while the
+# optimization schedule is on at start (it asks one worker at a time, so its rounds wait for each notice),
+# else every second. Each wake-up of a worker's monitor costs about 0.1 ms of CPU (a GIL hand-over while a
+# request runs): at 0.1 s it was 1.4 ms of CPU a second per worker, a third of rockstar-mp's whole-server
+# cost at 1,500 req/s. A schedule switched on at runtime, or an "optimize now", is noticed within a second.
 POLL_SECONDS = 1.0
+SCHEDULED_POLL_SECONDS = 0.1
 CLAIM_RETRY_SECONDS = 1.0  # how often a fork that found no slab tries again
 
 log = logging.getLogger("rockstar_mp.worker")
@@ -113,7 +116,8 @@ class WorkerState:
 
     def start_heartbeat(self) -> None:
         self.beat()
-        RECORDER.on_idle = self.optimizer.on_idle
+        self.optimizer.idle_hook = _set_idle_callback
+        _set_idle_callback(self.optimizer.on_idle if self.optimizer.pending else None)
         native.start_thread(self._monitor_loop, "rockstar-monitor")
 
     def beat(self) -> None:
@@ -127,10 +131,12 @@ class WorkerState:
         Body.heartbeat.set(self.segment.buf, time.time(), self.segment.geometry.slab_offset(self.slab))
 
     def _monitor_loop(self) -> None:
-        """Every ``POLL_SECONDS``: optimization requests; every ``HEARTBEAT_SECONDS``: the heartbeat."""
+        """Every ``POLL_SECONDS`` (``SCHEDULED_POLL_SECONDS`` with the schedule on): optimization requests;
+        every ``HEARTBEAT_SECONDS``: the heartbeat."""
+        poll = SCHEDULED_POLL_SECONDS if self.config.enable_optimization else POLL_SECONDS
         next_beat = time.monotonic() + HEARTBEAT_SECONDS
         while not self._stop.is_set():
-            self.optimizer.wake.wait(max(0.0, min(POLL_SECONDS, next_beat - time.monotonic())))
+            self.optimizer.wake.wait(max(0.0, min(poll, next_beat - time.monotonic())))
             self.optimizer.wake.clear()
             if os.getpid() != self.pid:
                 return  # a fork of the worker: not ours to report
@@ -150,6 +156,11 @@ class WorkerState:
                 self.segment.retire_slab(self.slab, self.generation)
             except Exception:  # noqa: BLE001 - never a traceback at exit: the aggregator retires it anyway
                 log.debug("rockstar-mp: slab %d not retired at exit", self.slab, exc_info=True)
+
+
+def _set_idle_callback(callback) -> None:
+    """What the request path calls once no request is in flight (``Optimizer.idle_hook``)."""
+    RECORDER.on_idle = callback
 
 
 class _ClaimOnFirstUse:

@@ -142,12 +142,22 @@ class Optimizer:
         self._activity_after: tuple | None = None  # ``_activity`` when the last optimization ended
         self._was_under_limit = False
         self.recycling = False
+        # set by the worker's attach: hands the request path on_idle while a run is pending, None after it,
+        # so that an idle-again request costs no call into Python when there is nothing to run
+        self.idle_hook: Callable[[Callable[[], None] | None], None] | None = None
 
     # -- asking ---------------------------------------------------------------------------------
     def request(self) -> None:
         if not self._pending_since:
             self._pending_since = time.monotonic()
+            if self.idle_hook is not None:
+                self.idle_hook(self.on_idle)
         self.wake.set()
+
+    @property
+    def pending(self) -> bool:
+        """Is a run asked for and not done yet?"""
+        return bool(self._pending_since)
 
     def poll(self) -> None:
         """Monitor thread: pick up requests from the slab, run a pending one if the worker is idle, and
@@ -182,6 +192,8 @@ class Optimizer:
             return  # another thread is collecting right now
         try:
             self._pending_since = 0.0
+            if self.idle_hook is not None:
+                self.idle_hook(None)
             self._run()
         finally:
             self._lock.release()
