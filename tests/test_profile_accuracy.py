@@ -4,8 +4,10 @@ clocks and against py-spy recording the same worker at the same time; sync and g
 
 For each route, a function's share is the part of the route's samples whose stack holds the function.
 Every one must be within ``POINTS`` of the app's own clock (its totals since the worker started: the mix
-is steady), and within ``POINTS`` of py-spy's, recording the same worker over the same window (sync);
-gthread: within ``POINTS`` of py-spy's or else nearer the app's clock than py-spy's is, because py-spy
+is steady), and within ``POINTS`` of py-spy's, recording the same worker over the same window, or else
+nearer the app's clock than py-spy's is. Why the "or else": (1) both are sampled estimates: over 8
+sync runs py-spy read ``spin`` at 29.8-38.1 % (ours 31.5-37.5 %, the app's clock 34.1-34.9 %), so a
+5-point band between the two failed once in 8 where each was within 5 points of the truth; (2) py-spy
 counts a thread as active while the kernel has it runnable, on a core or waiting for one (state R in
 ``/proc``), not by its CPU time. In a gthread worker serving ``/pure`` and ``/chash`` in parallel on
 2 cores, ``digest``'s sha256 (GIL released) runs beside the other route's Python and waits longer for
@@ -267,7 +269,7 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
     with SplitServer(tmp_path) as server:
         for what, ours, truth, spied, (clock, spy) in compare_in_a_window(server, gotmp):
             assert_close(ours, truth, clock, f"sync {what}")
-            assert_close(ours, spied, spy, f"sync {what}")
+            assert_close_or_nearer_truth(ours, spied, truth, spy, f"sync {what}")
 
         server.drive(("contend",))
         paths = server.profiles(("block", "mutex"), 3.0)
