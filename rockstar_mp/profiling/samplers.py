@@ -376,9 +376,11 @@ class CpuPacer:
     FALLBACK = 0.1  # seconds of wall time without a timer expiring before the sampler wakes anyway
 
     def __init__(self, hz: int) -> None:
+        if not hasattr(signal, "sigtimedwait"):
+            raise OSError("no sigtimedwait on this platform")
         self.hz = hz
         self._api = PosixTimers.shared()
-        self._target = threading.get_native_id()
+        self._target = native.original("threading", "get_native_id")()  # this OS thread's, gevent or not
         self.timers: dict[int, ctypes.c_void_p] = {}  # tid -> its timer
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, {self.SIGNAL})
 
