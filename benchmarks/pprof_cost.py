@@ -2,9 +2,12 @@
 
 **15a.** CPU seconds per request of the workers, at a fixed request rate (``wrk -t1`` paced by
 ``pace.lua``, as figure 11), with a 100 Hz CPU profile running (``/debug/pprof/profile`` over the whole
-round) against none, on one "on" server per worker class (sync: SIGPROF; gthread: the thread sampler).
-Rounds alternate profiled and not (ABBA), every round is printed, and the figure is the median of the
-profiled rounds' CPU per request over the median of the others'.
+round) against none, for each worker class (sync: SIGPROF; gthread: the CPU-paced thread sampler).
+Two identical "on" servers are driven at the same time in every round and one of them is profiled
+(a, b, b, a, ...), so a busy spell of the shared machine hits both sides of a round (rounds in turn
+on one server varied by +-15 % on this 2-core machine shared with other work, far more than the
+2 % measured); every round is printed with its ratio, and the figure is the median of the rounds'
+profiled/not ratios.
 
 **15b.** The SIGPROF handler's cost per sample with a 20-frame stack, in a fresh interpreter: (i) the
 Python handler called directly (CPU per call: capture, the clock read, the count), for a stack seen
@@ -12,11 +15,20 @@ before and for a new one; (ii) delivered for real: a CPU-bound loop under a 1,00
 none, the extra CPU of the fastest run of each side divided by the handler calls (kernel delivery,
 CPython's trip, the handler). A CPU-clock timer fires on the scheduler tick, so at 1 kHz the handler
 runs at most CONFIG_HZ times a second, each call weighted by the expirations it stands for.
+
+**15c.** The thread sampler (gthread's CPU profiles), in a fresh interpreter: two request threads, each
+~1/3 busy (Python work, then a sleep), unprofiled, profiled by the sampler woken every 1/100 s of wall
+time (its fallback), and by the sampler woken after every 1/100 s of CPU of a sampled thread
+(``CpuPacer``), rounds of 2 s in rotating order: the sampler's wakes a second and its own thread's CPU
+per wake (exact: its thread's CPU clock), and, in the details, the process's CPU per request against
+the unprofiled run of the same round (median ratio; too noisy on a shared machine to resolve a few %).
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -25,9 +37,9 @@ import time
 
 from .cost import paced_round, per_request
 from .servers import Server, free_ports, http_get
-from .settings import COST_RATE, COST_SECONDS, COST_WARMUP_SECONDS, ROOT
+from .settings import COST_RATE, COST_SECONDS, COST_WARMUP_SECONDS, ROOT, SERVER_WORKERS
 
-PROFILE_ROUNDS = 8  # of each: profiled, not profiled (ABBA)
+PROFILE_ROUNDS = 8  # pairs of rounds: 16 rounds, each server profiled in half of them (ABBA)
 PROFILE_HZ = 100
 PPROF_TARGET = 2.0  # % more CPU per request with a profile running
 FLAVOURS = (("sync", ("-k", "sync")), ("gthread", ("-k", "gthread", "--threads", "4")))
@@ -35,43 +47,103 @@ FIGURES = ("15",)
 
 
 # -- 15a ------------------------------------------------------------------------------------------------
-def profiled_round(server: Server, pprof_port: int, seconds: float, profiled: bool) -> dict:
-    """One paced round, with a CPU profile of every worker covering it when ``profiled``."""
+def profiled_round(servers: dict[str, Server], ports: dict[str, int], profiled: str, first: str,
+                   seconds: float) -> dict[str, dict]:
+    """One paced round of both servers at once, a CPU profile of every worker of ``profiled`` covering it."""
+    url = f"http://127.0.0.1:{ports[profiled]}/debug/pprof/profile?seconds={seconds + 1:g}"
     fetched: dict = {}
-    fetcher = None
-    if profiled:
-        url = (f"http://127.0.0.1:{pprof_port}/debug/pprof/profile?seconds={seconds + 1:g}")
-        fetcher = threading.Thread(target=lambda: fetched.update(r=http_get(url, timeout=seconds + 60)))
-        fetcher.start()
-        time.sleep(0.3)  # a measured offset, not a synchronisation: the workers' samplers are running
-    result = paced_round({"on": server}, seconds, "on")["on"]
-    if fetcher is not None:
-        fetcher.join()
-        if fetched.get("r", (0,))[0] != 200:
-            raise RuntimeError(f"the CPU profile failed: {fetched.get('r')}")
-    return result
+    fetcher = threading.Thread(target=lambda: fetched.update(r=http_get(url, timeout=seconds + 60)))
+    fetcher.start()
+    time.sleep(0.3)  # a measured offset, not a synchronisation: the workers' samplers are running
+    results = paced_round(servers, seconds, first)
+    fetcher.join()
+    if fetched.get("r", (0,))[0] != 200:
+        raise RuntimeError(f"the CPU profile failed: {fetched.get('r')}")
+    results[profiled]["sampler"] = sampler_cost(profile_comments(fetched["r"][2]))
+    return results
 
 
-def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str]) -> dict:
-    """Every round of one worker class: ``{"off": [...], "on": [...]}`` (on: profiled)."""
-    pprof_port = free_ports(1)[0]
-    env = {"ROCKSTAR_ENABLE_PPROF": "1", "ROCKSTAR_PPROF_PORT": str(pprof_port),
-           "ROCKSTAR_PPROF_HZ": str(PROFILE_HZ)}
-    server = Server("on", tmp, len(os.listdir(tmp)), worker_args=worker_args, env=env)
-    runs: dict[str, list[dict]] = {"off": [], "on": []}
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def profile_comments(body: bytes) -> list[str]:
+    """The ``comment`` strings of a (gzipped) pprof profile: fields 6 (string_table) and 13 (comment)."""
+    data = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+    strings: list[str] = []
+    indices: list[int] = []
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            if field == 13:
+                indices.append(value)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            chunk, pos = data[pos:pos + length], pos + length
+            if field == 6:
+                strings.append(chunk.decode("utf-8", "replace"))
+            elif field == 13:  # packed indices
+                at = 0
+                while at < len(chunk):
+                    value, at = _varint(chunk, at)
+                    indices.append(value)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+    return [strings[i] for i in indices if i < len(strings)]
+
+
+def sampler_cost(comments: list[str]) -> tuple[int, float] | None:
+    """``(wakes, ms of their own CPU)`` of the workers' thread samplers, from a CPU profile's comments
+    (None for SIGPROF profiles)."""
+    found = [re.search(r"the sampler: (\d+) wakes, ([\d.]+) ms of its own CPU", c) for c in comments]
+    found = [m for m in found if m]
+    if not found:
+        return None
+    return sum(int(m.group(1)) for m in found), sum(float(m.group(2)) for m in found)
+
+
+def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str]) -> list[dict]:
+    """Every round of one worker class: ``[{"on": run, "off": run, "profiled": "a" or "b"}, ...]``.
+    Two identical servers are driven at the same time in every round, one of them profiled (a, b, b,
+    a, ...): a busy spell of the shared machine hits both sides of a round, and each server is the
+    profiled one in half the rounds."""
+    servers: dict[str, Server] = {}
+    ports: dict[str, int] = {}
+    rounds: list[dict] = []
     try:
-        server.wait_ready()
-        paced_round({"on": server}, COST_WARMUP_SECONDS, "on")
+        for side in ("a", "b"):
+            ports[side] = free_ports(1)[0]
+            env = {"ROCKSTAR_ENABLE_PPROF": "1", "ROCKSTAR_PPROF_PORT": str(ports[side]),
+                   "ROCKSTAR_PPROF_HZ": str(PROFILE_HZ)}
+            servers[side] = Server("on", tmp, len(os.listdir(tmp)), worker_args=worker_args, env=env)
+        for server in servers.values():
+            server.wait_ready()
+        paced_round(servers, COST_WARMUP_SECONDS, "a")
         for number in range(PROFILE_ROUNDS * 2):
-            profiled = (number % 4) in (1, 2)  # off on on off off on on off ...
-            result = profiled_round(server, pprof_port, COST_SECONDS, profiled)
-            if result["errors"] or result["non2xx"]:
-                notes.append(f"fig 15 {name} round {number + 1}: wrk saw {result['errors']} socket errors, "
-                             f"{result['non2xx']} non-2xx responses")
-            runs["on" if profiled else "off"].append(result)
+            profiled = "a" if number % 4 in (0, 3) else "b"
+            other = "b" if profiled == "a" else "a"
+            results = profiled_round(servers, ports, profiled, ("a", "b")[number % 2], COST_SECONDS)
+            for side, result in results.items():
+                if result["errors"] or result["non2xx"]:
+                    notes.append(f"fig 15 {name} round {number + 1} server {side}: wrk saw {result['errors']} "
+                                 f"socket errors, {result['non2xx']} non-2xx responses")
+            rounds.append({"on": results[profiled], "off": results[other], "profiled": profiled})
     finally:
-        notes.extend(server.stop())
-    return runs
+        for server in servers.values():
+            notes.extend(server.stop())
+    return rounds
 
 
 # -- 15b ------------------------------------------------------------------------------------------------
@@ -131,13 +203,79 @@ print("RESULT " + json.dumps(out))
 
 def handler_cost() -> dict:
     """15b's figures, from a fresh interpreter (see the module doc)."""
+    return child_result(HANDLER_CHILD, "handler")
+
+
+SAMPLER_CHILD = r"""
+import json, statistics, sys, threading, time
+from rockstar_mp.profiling import samplers
+
+THREADS, WORK, NAP, SECONDS, ROUNDS = 2, 6000, 0.0005, 2.0, 7
+
+class NoTimers:  # the thread sampler's fallback: woken every 1/hz s of wall time
+    FALLBACK = samplers.CpuPacer.FALLBACK
+    def __init__(self, hz):
+        raise OSError("wall pacing asked for")
+
+def request():
+    x = 0
+    for i in range(WORK):
+        x += i
+
+def serve(stop, done, k):
+    while not stop.is_set():
+        request()
+        done[k] += 1
+        time.sleep(NAP)
+
+def load(mode):
+    # THREADS request threads (each ~1/3 busy) for SECONDS, profiled by the thread sampler or not
+    samplers.CpuPacer = NoTimers if mode == "wall" else PACER
+    stop, done, sampler = threading.Event(), [0] * THREADS, samplers.ThreadSampler(100, cpu=True)
+    threads = [threading.Thread(target=serve, args=(stop, done, k)) for k in range(THREADS)]
+    own = [0]
+
+    def sample():  # the sampler, and the CPU time of its own thread
+        start = time.thread_time_ns()
+        sampler.run(SECONDS * 10, stop)
+        own[0] = time.thread_time_ns() - start
+    if mode != "off":
+        threads.append(threading.Thread(target=sample))
+    start = time.process_time_ns()
+    for t in threads:
+        t.start()
+    time.sleep(SECONDS)
+    stop.set()
+    for t in threads:
+        t.join()
+    return (time.process_time_ns() - start) / sum(done), sampler.wakes, own[0]
+
+PACER = samplers.CpuPacer
+load("off")
+rounds = []
+for number in range(ROUNDS):
+    modes = ("off", "wall", "cpu")[number % 3:] + ("off", "wall", "cpu")[:number % 3]
+    rounds.append({mode: load(mode) for mode in modes})
+out = {mode: {"ratio": statistics.median(r[mode][0] / r["off"][0] for r in rounds),
+              "wakes": statistics.median(r[mode][1] for r in rounds) / SECONDS,
+              "own_us": statistics.median(r[mode][2] / max(r[mode][1], 1) for r in rounds) / 1000}
+       for mode in ("wall", "cpu")}
+out["off_ns"] = statistics.median(r["off"][0] for r in rounds)
+out["rounds"] = [{mode: [round(ns / 1000, 1), wakes, round(own / 1e6, 1)] for mode, (ns, wakes, own) in r.items()}
+                 for r in rounds]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def child_result(code: str, what: str) -> dict:
+    """The ``RESULT`` JSON a fresh interpreter running ``code`` prints."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", HANDLER_CHILD], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"the handler benchmark failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    raise RuntimeError(f"the {what} benchmark failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
 
 # -- the figure -------------------------------------------------------------------------------------------
@@ -149,22 +287,33 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
         return rows, details
     for name, worker_args in FLAVOURS:
         print(f"[15] {name}: workers' CPU per request at {COST_RATE:,} req/s, {PROFILE_HZ} Hz CPU profile "
-              f"running or not, {PROFILE_ROUNDS} rounds of {COST_SECONDS:g} s each ...", flush=True)
+              f"running or not, two servers at once, one profiled, {PROFILE_ROUNDS * 2} rounds of {COST_SECONDS:g} s "
+              "each ...", flush=True)
         try:
-            runs = profile_cost(tmp, name, worker_args, notes)
+            rounds = profile_cost(tmp, name, worker_args, notes)
         except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
             notes.append(f"fig 15 {name} failed: {exc}")
             continue
-        off = statistics.median(per_request(r, "workers") for r in runs["off"])
-        on = statistics.median(per_request(r, "workers") for r in runs["on"])
-        cost = (on / off - 1) * 100
+        on = statistics.median(per_request(r["on"], "workers") for r in rounds)
+        off = statistics.median(per_request(r["off"], "workers") for r in rounds)
+        ratios = [per_request(r["on"], "workers") / per_request(r["off"], "workers") for r in rounds]
+        cost = (statistics.median(ratios) - 1) * 100
         rows.append((f"15a. workers' CPU/request, {name}: profiled vs not", f"{on * 1e6:.1f} us", f"{off * 1e6:.1f} us",
                      f"{cost:+.1f}%", f"<= +{PPROF_TARGET:g}%", "PASS" if cost <= PPROF_TARGET else "FAIL"))
-        for mode in ("off", "on"):
-            details.append(f"15 {name} {'profiled' if mode == 'on' else 'not profiled'}, every round "
-                           "(workers us/request; whole server us/request; req/s got): "
-                           + " | ".join(f"{per_request(r, 'workers') * 1e6:.1f}; {per_request(r) * 1e6:.1f}; "
-                                        f"{r['rps']:,.0f}" for r in runs[mode]))
+        own = [(r["on"]["sampler"], r["on"]["requests"], r["on"]["window"]) for r in rounds if r["on"].get("sampler")]
+        if own:
+            rows.append((f"15a. {name}: the thread samplers' own CPU per request (profile comments)",
+                         f"{statistics.median(ms * 1000 / max(n, 1) for (_, ms), n, _ in own):.1f} us", "",
+                         f"{statistics.median(w / t / SERVER_WORKERS for (w, _), _, t in own):.0f} wakes/s a worker",
+                         "(info)", ""))
+            details.append(f"15 {name}, the samplers' own cost, every profiled round (wakes; ms of CPU; requests): "
+                           + " | ".join(f"{w}; {ms:.1f}; {n}" for (w, ms), n, _ in own))
+        details.append(f"15 {name}, every round (profiled server; workers us/request profiled, not; ratio; "
+                       "req/s got profiled, not): "
+                       + " | ".join(f"{r['profiled']}; {per_request(r['on'], 'workers') * 1e6:.1f}, "
+                                    f"{per_request(r['off'], 'workers') * 1e6:.1f}; {ratio:.3f}; "
+                                    f"{r['on']['rps']:,.0f}, {r['off']['rps']:,.0f}"
+                                    for r, ratio in zip(rounds, ratios, strict=True)))
     print("[15] the SIGPROF handler's cost per sample, 20-frame stack ...", flush=True)
     try:
         cost_b = handler_cost()
@@ -178,4 +327,21 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
                        + " | ".join(f"{a}, {b}; {n}" for a, b, n in cost_b["delivered_runs"]))
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
         notes.append(f"fig 15b failed: {exc}")
+    print("[15] the thread sampler's cost, paced by wall or by CPU time ...", flush=True)
+    try:
+        cost_c = child_result(SAMPLER_CHILD, "thread sampler")
+        for mode, what in (("wall", "every 1/100 s of wall time"), ("cpu", "per 1/100 s of CPU (CpuPacer)")):
+            c = cost_c[mode]
+            rows.append((f"15c. thread sampler woken {what}", f"{c['wakes'] * c['own_us'] / 1000:.1f} ms/s own",
+                         f"{c['wakes']:.0f} wakes/s", f"{c['own_us']:.1f} us own CPU/wake", "(info)", ""))
+        details.append("15c process CPU per request against unprofiled, median of the rounds (noisy: +-25 % "
+                       f"round to round here): woken by wall time {cost_c['wall']['ratio'] * 100 - 100:+.1f}%, "
+                       f"by CPU time {cost_c['cpu']['ratio'] * 100 - 100:+.1f}%, unprofiled "
+                       f"{cost_c['off_ns'] / 1000:.1f} us/request")
+        details.append("15c every round (per mode: us of process CPU per request, sampler wakes, ms of the sampler "
+                       "thread's own CPU): "
+                       + " | ".join("; ".join(f"{mode} {' '.join(map(str, r[mode]))}"
+                                              for mode in ("off", "wall", "cpu")) for r in cost_c["rounds"]))
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        notes.append(f"fig 15c failed: {exc}")
     return rows, details

@@ -5,11 +5,23 @@ clocks and against py-spy recording the same worker at the same time; sync and g
 For each route, a function's share is the part of the route's samples whose stack holds the function.
 Every one must be within ``POINTS`` of the app's own clock (its totals since the worker started: the mix
 is steady), and within ``POINTS`` of py-spy's, recording the same worker over the same window, or else
-nearer the app's clock than py-spy's is (py-spy samples wall time and was seen 7-12 points off on the
-sha256 route). Sampling error: periodic samples miss at most one per call boundary, so a share's error
-shrinks with the time spent per call (the functions run 20-150 ms a call) and with the calls in the
-window, which is made long enough for the worker to use ``NEEDED_CPU`` s whatever the machine's load
-(8 s with a core to spare: py-spy samples at 500 Hz of wall time); the issue's gaps were 10-30 points.
+nearer the app's clock than py-spy's is. Why the "or else": (1) both are sampled estimates: over 8
+sync runs py-spy read ``spin`` at 29.8-38.1 % (ours 31.5-37.5 %, the app's clock 34.1-34.9 %), so a
+5-point band between the two failed once in 8 where each was within 5 points of the truth; (2) py-spy
+counts a thread as active while the kernel has it runnable, on a core or waiting for one (state R in
+``/proc``), not by its CPU time. In a gthread worker serving ``/pure`` and ``/chash`` in parallel on
+2 cores, ``digest``'s sha256 (GIL released) runs beside the other route's Python and waits longer for
+a core per CPU second than ``spin`` (GIL held, so it never runs beside Python): 2.6 s against 1.9 s of
+run-queue wait per CPU second in ``/proc/thread-self/schedstat``, so py-spy read ``spin`` at 27-30 %
+against 33-34 % by its thread clock (CPU + run-queue wait predicts 28.5 %); with ``/chash`` alone the
+waits were even (1.74 and 1.73 s/s) and py-spy read 32.5 % against 33.7 %. ``--gil`` does not help:
+it drops every thread without the GIL, so sha256 (0.4 %). The app's spins are Python arithmetic that
+read the thread's clock (a system call) only every ``SPIN_STEP`` iterations.
+
+Sampling error: periodic samples miss at most one per call boundary, so a share's error shrinks with
+the time spent per call (the functions run 20-150 ms a call) and with the calls in the window, which
+is made long enough for the worker to use ``NEEDED_CPU`` s whatever the machine's load (8 s with a
+core to spare: py-spy samples at 500 Hz of wall time); the issue's gaps were 10-30 points.
 """
 from __future__ import annotations
 
@@ -123,12 +135,12 @@ def assert_close(ours: dict, reference: dict, who: str, context: str) -> None:
 
 
 def assert_close_or_nearer_truth(ours: dict, peer: dict, truth: dict, who: str, context: str) -> None:
-    """Within ``POINTS`` of ``peer``, or, where not, nearer the truth than ``peer`` is: py-spy samples
-    wall time and misplaces the Python spin before a sha256 call, most when cores are scarce: it read
-    25.9-28.2 % (gthread) and 22.4 % (sync, load 7-14) of the route against 34.3 % by the app's own
-    thread clock, while ours read 31.9-34.9 %."""
+    """Within ``POINTS`` of ``peer``, or, where not, nearer the truth than ``peer`` is (gthread: the
+    module's docstring says why py-spy reads the Python spin before a sha256 call low there)."""
     far = {k: (round(ours[k], 1), round(peer[k], 1), round(truth[k], 1)) for k in peer
            if abs(ours[k] - peer[k]) > POINTS and abs(ours[k] - truth[k]) >= abs(peer[k] - truth[k])}
+    print(f"{context}: (ours, {who}, truth):", {k: (round(ours[k], 1), round(peer[k], 1), round(truth[k], 1))
+                                              for k in peer})
     assert not far, f"{context}: shares (ours, {who}, truth) apart, and {who} no further from the truth: {far}"
 
 

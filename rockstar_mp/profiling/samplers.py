@@ -16,9 +16,13 @@ them (``native``). Clocks, said plainly:
   scheduler tick, so above CONFIG_HZ the calls are fewer and weigh more. Cost: see
   ``benchmarks/pprof_cost.py`` (figure 15b: a few microseconds a call with a 20-frame stack).
 * **CPU, thread mode** (gthread and other threaded workers, or when no handler could be installed):
-  a sampler thread reads each thread's CPU clock every 1/hz s (``thread_cpu_ns``) and charges the
-  increase to the last stack it was seen running at (``_charge_cpu`` says why). A thread that used no
-  CPU costs one clock read; rockstar-mp's own threads are not read. Python frames can only be read
+  a sampler thread wakes after every 1/hz s of CPU time any sampled thread uses (``CpuPacer``: one
+  timer per thread on its CPU clock, SIGPROF sent to the sampler thread alone and taken with
+  ``sigtimedwait``; at least every 0.1 s of wall time; every 1/hz s of wall time if the timers cannot
+  be made, as the profile's comment then says), reads each thread's CPU clock (``thread_cpu_ns``) and
+  charges the increase to the last stack it was seen running at (``_charge_cpu`` says why): exact
+  whenever the wakes come. A thread that used no CPU costs one clock read; rockstar-mp's own threads
+  are not read. Python frames can only be read
   when the sampler holds the GIL: a thread in a long C call that keeps the GIL is seen after it, at
   the call's line, with the call's CPU (as in signal mode).
 * **Wall** (``/wall``): the thread sampler, every thread, the wall time since its previous tick.
@@ -214,6 +218,58 @@ def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto",
         CPU_LOCK.release()
 
 
+class PosixTimers:
+    """``timer_create``/``timer_settime``/``timer_delete`` through ctypes, for timers on CPU clocks that
+    send a signal: to the process (``SIGEV_SIGNAL``) or to one thread (``SIGEV_THREAD_ID``)."""
+
+    SIGEV_SIGNAL = 0
+    SIGEV_THREAD_ID = 4
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class Timespec(ctypes.Structure):
+            _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+        class Itimerspec(ctypes.Structure):
+            _fields_ = [("it_interval", Timespec), ("it_value", Timespec)]
+
+        class Sigevent(ctypes.Structure):  # sigval, signo, notify, then the union: its first int is the tid
+            _fields_ = [("sigev_value", ctypes.c_void_p), ("sigev_signo", ctypes.c_int),
+                        ("sigev_notify", ctypes.c_int), ("thread_id", ctypes.c_int), ("_pad", ctypes.c_int * 11)]
+
+        self.ctypes, self.Timespec, self.Itimerspec, self.Sigevent = ctypes, Timespec, Itimerspec, Sigevent
+        self.libc = ctypes.CDLL(None, use_errno=True)
+
+    @staticmethod
+    @functools.cache
+    def shared() -> "PosixTimers":
+        """One instance per process (making the ctypes types costs ~0.3 ms of CPU, the first ~2 ms)."""
+        return PosixTimers()
+
+    def create(self, clock: int, signo: int, thread_id: int | None = None) -> ctypes.c_void_p:
+        """A disarmed timer on ``clock`` sending ``signo`` (to the thread ``thread_id`` if given)."""
+        ctypes = self.ctypes
+        event = self.Sigevent(sigev_signo=signo, sigev_notify=self.SIGEV_SIGNAL)
+        if thread_id is not None:
+            event.sigev_notify, event.thread_id = self.SIGEV_THREAD_ID, thread_id
+        timer = ctypes.c_void_p()
+        if self.libc.timer_create(ctypes.c_int(clock), ctypes.byref(event), ctypes.byref(timer)) != 0:
+            raise OSError(ctypes.get_errno(), "timer_create")
+        return timer
+
+    def start(self, timer: ctypes.c_void_p, hz: int) -> None:
+        """Arm ``timer`` every 1/hz s of its clock (deleted if that fails)."""
+        period = self.Timespec(0, 1_000_000_000 // hz)
+        if self.libc.timer_settime(timer, 0, self.ctypes.byref(self.Itimerspec(period, period)), None) != 0:
+            errno = self.ctypes.get_errno()
+            self.delete(timer)
+            raise OSError(errno, "timer_settime")
+
+    def delete(self, timer: ctypes.c_void_p) -> None:
+        self.libc.timer_delete(timer)  # deleting disarms
+
+
 class _Timer:
     """SIGPROF every 1/hz s of the *main thread's* CPU time: a POSIX timer (``timer_create``, through
     ctypes) on the main thread's CPU clock. Why not ``setitimer(ITIMER_PROF)``: while a process-wide
@@ -237,32 +293,14 @@ class _Timer:
             signal.setitimer(signal.ITIMER_PROF, 1.0 / hz, 1.0 / hz)
 
     def _arm_posix(self) -> None:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-
-        class Timespec(ctypes.Structure):
-            _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-        class Itimerspec(ctypes.Structure):
-            _fields_ = [("it_interval", Timespec), ("it_value", Timespec)]
-
-        class Sigevent(ctypes.Structure):  # sigval, signo, notify, then the union (padding)
-            _fields_ = [("sigev_value", ctypes.c_void_p), ("sigev_signo", ctypes.c_int),
-                        ("sigev_notify", ctypes.c_int), ("_pad", ctypes.c_int * 12)]
-
         main = native.main_ident()  # the real one (gevent renumbers main_thread().ident)
         assert main is not None  # the main thread is running: it has an ident
         clock = time.pthread_getcpuclockid(main)
-        event = Sigevent(sigev_signo=int(signal.SIGPROF), sigev_notify=0)  # SIGEV_SIGNAL
-        timer = ctypes.c_void_p()
-        if libc.timer_create(ctypes.c_int(clock), ctypes.byref(event), ctypes.byref(timer)) != 0:
-            raise OSError(ctypes.get_errno(), "timer_create")
-        period = Timespec(0, 1_000_000_000 // self.hz)
+        timers = PosixTimers.shared()
+        timer = timers.create(clock, int(signal.SIGPROF))
         self._begin(functools.partial(time.clock_gettime_ns, clock))
-        if libc.timer_settime(timer, 0, ctypes.byref(Itimerspec(period, period)), None) != 0:
-            libc.timer_delete(timer)
-            raise OSError(ctypes.get_errno(), "timer_settime")
-        self._libc, self._timer = libc, timer
+        timers.start(timer, self.hz)
+        self._libc, self._timer = timers.libc, timer
 
     def disarm(self) -> None:
         if self._timer is not None:
@@ -317,6 +355,65 @@ def internal_idents() -> set[int]:
     return set(native.raw_threads())
 
 
+class CpuPacer:
+    """Wakes the CPU-only thread sampler after every 1/hz s of CPU time a sampled thread uses, not
+    every 1/hz s of wall time, as Go's SIGPROF profiler does: at 1,500 req/s over two gthread workers
+    each is ~35 % busy, and wall-paced wakes mostly found nothing to charge, each costing a GIL
+    hand-over.
+
+    One POSIX timer per sampled thread on that thread's CPU clock (``timer_create``, through ctypes),
+    period 1/hz, delivering SIGPROF to the sampler thread alone (``SIGEV_THREAD_ID``), which keeps
+    SIGPROF blocked and collects it with ``sigtimedwait``: no Python handler runs, and a SIGPROF that
+    ever leaked elsewhere would meet ``_on_sigprof``, which is harmless (a real-time signal's default
+    action would kill the process). Why not one timer on the process's CPU clock: see ``_Timer``. A
+    thread with no timer yet (gthread starts its pool's threads lazily) is still read at every wake,
+    and the wait has a wall-time fallback (``FALLBACK``) so the thread list is refreshed. The
+    accounting does not depend on when the wakes come: each wake charges every thread's CPU clock
+    delta. Create the pacer and call ``close`` in the sampler thread; ``close`` deletes every timer
+    before the signal is unblocked, then drains a pending one."""
+
+    SIGNAL = signal.SIGPROF
+    FALLBACK = 0.1  # seconds of wall time without a timer expiring before the sampler wakes anyway
+
+    def __init__(self, hz: int) -> None:
+        if not hasattr(signal, "sigtimedwait"):
+            raise OSError("no sigtimedwait on this platform")
+        self.hz = hz
+        self._api = PosixTimers.shared()
+        self._target = native.original("threading", "get_native_id")()  # this OS thread's, gevent or not
+        self.timers: dict[int, ctypes.c_void_p] = {}  # tid -> its timer
+        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, {self.SIGNAL})
+
+    def track(self, tids: set[int]) -> None:
+        """Timers on exactly ``tids``' CPU clocks: new threads get one, ended ones lose theirs.
+        Raises OSError if a live thread's timer cannot be made (the caller falls back to wall pacing)."""
+        for tid in set(self.timers) - tids:
+            self._api.delete(self.timers.pop(tid))
+        for tid in tids - set(self.timers):
+            try:
+                timer = self._api.create(((~tid) << 3) | 6, int(self.SIGNAL), self._target)
+            except OSError:
+                if thread_cpu_ns(tid) is None:
+                    continue  # the thread ended meanwhile
+                raise
+            self._api.start(timer, self.hz)
+            self.timers[tid] = timer
+
+    def wait(self, timeout: float) -> bool:
+        """Until a sampled thread has used 1/hz s of CPU since its timer's previous expiry (True), or
+        ``timeout`` s (False)."""
+        return signal.sigtimedwait((self.SIGNAL,), max(timeout, 0.0)) is not None
+
+    def close(self) -> None:
+        """Delete every timer, drain a SIGPROF one sent before, and restore this thread's signal mask."""
+        for timer in self.timers.values():
+            self._api.delete(timer)
+        self.timers.clear()
+        while signal.sigtimedwait((self.SIGNAL,), 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+
+
 class ThreadSampler:
     """Samples every other thread's Python stack every 1/hz s, in the calling thread (rockstar-mp's
     own threads only with ``internal``).
@@ -341,6 +438,9 @@ class ThreadSampler:
         self._codes: dict[tuple, tuple] = {}  # stack key -> its code objects (frames.capture_key)
         self.names: dict[int, tuple] = {}
         self.duration_ns = 0
+        self.pacing = f"woken every 1/{self.hz} s of wall time"
+        self.wakes = self.expirations = 0  # the CPU-only sampler's wakes, and those a CPU-clock timer made
+        self.own_cpu_ns = 0  # the sampler thread's own CPU time
 
     @property
     def trace(self) -> list:
@@ -411,22 +511,85 @@ class ThreadSampler:
         current = frame = None
 
     def run(self, seconds: float, stop: threading.Event | None = None) -> "ThreadSampler":
-        me = native.get_ident()
-        interval = 1.0 / self.hz
-        started = time.monotonic()
-        deadline = started + seconds
-        last_t = started
+        started, own_start = time.monotonic(), time.thread_time_ns()
         self.names = native_ids()
-        hidden = set() if self.internal else internal_idents()
         last_cpu: dict[int, int] = {}
         for ident, (tid, _) in self.names.items():
             value = thread_cpu_ns(tid)
             if value is not None:
                 last_cpu[ident] = value
+        try:
+            if self.want_cpu and not (self.want_wall or self.want_block or self.want_trace):
+                self._run_cpu(started + seconds, stop, last_cpu)
+            else:
+                self._run_wall(started, started + seconds, stop, last_cpu)
+        finally:
+            self.duration_ns = int((time.monotonic() - started) * 1e9)
+            self.own_cpu_ns = time.thread_time_ns() - own_start
+        return self
+
+    def _sampled(self, me: int) -> list[tuple[int, int]]:
+        """``[(ident, tid), ...]`` of the threads to sample now (``self.names`` refreshed)."""
+        self.names = native_ids()
+        hidden = set() if self.internal else internal_idents()
+        return [(ident, tid) for ident, (tid, _) in self.names.items() if tid and ident != me and ident not in hidden]
+
+    def _run_cpu(self, deadline: float, stop: threading.Event | None, last_cpu: dict[int, int]) -> None:
+        """The CPU-only loop: a tick (``_cpu_tick``) each time a sampled thread has used 1/hz s of CPU
+        (``CpuPacer``), or every 1/hz s of wall time if its timers cannot be made."""
+        me = native.get_ident()
+        pacer: CpuPacer | None = None
+        try:
+            pacer = CpuPacer(self.hz)
+            self.pacing = f"woken after every 1/{self.hz} s of any sampled thread's CPU time (timer_create)"
+        except (OSError, ValueError, AttributeError) as exc:
+            self.pacing = f"woken every 1/{self.hz} s of wall time (no CPU-clock timers: {exc})"
         running: dict[int, tuple] = {}  # the last stack key each thread was seen running at
         seen: dict[int, tuple] = {}
         clocks: list[tuple[int, int]] = []
-        every_thread = self.want_wall or self.want_block or self.want_trace
+        refreshed = float("-inf")
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= deadline or (stop is not None and stop.is_set()):
+                    break
+                if now - refreshed >= CpuPacer.FALLBACK:
+                    refreshed = now
+                    sampled = self._sampled(me)
+                    clocks = [(ident, ((~tid) << 3) | 6) for ident, tid in sampled]
+                    pacer = self._track(pacer, {tid for _, tid in sampled})
+                if pacer is None:
+                    _sleep(min(1.0 / self.hz, deadline - now), stop)
+                elif pacer.wait(min(CpuPacer.FALLBACK, deadline - now)):
+                    self.expirations += 1
+                self.wakes += 1
+                self._cpu_tick(clocks, last_cpu, running, seen)
+        finally:
+            seen.clear()
+            if pacer is not None:
+                pacer.close()
+
+    def _track(self, pacer: CpuPacer | None, tids: set[int]) -> CpuPacer | None:
+        """The pacer with timers on ``tids``, or None (wall pacing from now on) if one cannot be made."""
+        if pacer is None:
+            return None
+        try:
+            pacer.track(tids)
+            return pacer
+        except OSError as exc:
+            pacer.close()
+            self.pacing = f"woken every 1/{self.hz} s of wall time (a CPU-clock timer failed: {exc})"
+            return None
+
+    def _run_wall(self, started: float, deadline: float, stop: threading.Event | None,
+                  last_cpu: dict[int, int]) -> None:
+        """Every thread every 1/hz s of wall time: wall, block (and CPU with them), trace."""
+        me = native.get_ident()
+        interval = 1.0 / self.hz
+        last_t = started
+        running: dict[int, tuple] = {}  # the last stack key each thread was seen running at
+        seen: dict[int, tuple] = {}
+        hidden: set[int] = set()
         clocked = self.want_cpu or self.want_block
         ticks = 0
         current: dict[int, types.FrameType] | None
@@ -444,11 +607,6 @@ class ThreadSampler:
                 if ticks % 10 == 1:
                     self.names = native_ids()
                     hidden = set() if self.internal else internal_idents()
-                    clocks = [(ident, ((~tid) << 3) | 6) for ident, (tid, _) in self.names.items()
-                              if tid and ident != me and ident not in hidden]
-                if not every_thread:
-                    self._cpu_tick(clocks, last_cpu, running, seen)
-                    continue
                 current = sys._current_frames()
                 if not current.keys() <= self.names.keys():
                     self.names = native_ids()
@@ -464,20 +622,15 @@ class ThreadSampler:
                             last_cpu[ident] = value
                             if previous is not None:
                                 cpu_ns = max(0, value - previous)
-                    if not cpu_ns and not every_thread:
-                        continue  # CPU only, and this thread used none: nothing to charge
                     key, kind = self._look(ident, frame, seen)
                     if cpu_ns and self.want_cpu:
                         self._charge_cpu(ident, key, kind, cpu_ns, running)
-                    if self.want_wall or self.want_block:
-                        self._charge_wall(ident, key, kind, dt_ns, cpu_ns)
+                    self._charge_wall(ident, key, kind, dt_ns, cpu_ns)
                     if self.want_trace:
                         self._trace.append((wall_us, ident, key))
                 current = frame = None  # no frame outlives the tick but the last one of each thread
         finally:
             seen.clear()
-            self.duration_ns = int((time.monotonic() - started) * 1e9)
-        return self
 
     def _charge_wall(self, ident: int, key: tuple, kind: str | None, wall_ns: int, cpu_ns: int) -> None:
         """Charge the ``wall_ns`` since the thread's previous tick (``cpu_ns`` of it on CPU) to its stack:
@@ -516,9 +669,10 @@ class ThreadSampler:
 
     def cpu_raw(self) -> dict:
         return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
-                         f"clock: per-thread CPU time (clock_gettime), thread sampler at {self.hz} Hz; "
+                         f"clock: per-thread CPU time (clock_gettime), thread sampler {self.pacing}; "
                          "each thread's CPU since its previous sample charged to its stack (its last "
-                         "running one if it now waits)")
+                         f"running one if it now waits); the sampler: {self.wakes} wakes, "
+                         f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU")
 
     def wall_raw(self) -> dict:
         return self._raw(self.wall, [("samples", "count"), ("wall", "nanoseconds")],

@@ -1,6 +1,6 @@
 """Routes whose true profile is known by construction (issue 15), for comparing our profiles with py-spy's.
 
-* ``/pure``: ``hot`` spins 120 ms of this thread's CPU in Python, ``cold`` 30 ms: 80/20.
+* ``/pure``: ``hot`` spins 120 ms of this thread's CPU in Python arithmetic (``_spin``), ``cold`` 30 ms: 80/20.
 * ``/chash``: ``spin`` spins 20 ms in Python, then ``digest`` hashes a ``memoryview`` slice of a 64 MB
   buffer with ``hashlib.sha256`` (one long C call, without the GIL): about 65 % of the route's CPU.
 * ``/waits``: ``nap`` sleeps 90 ms, ``poll_nothing`` waits 60 ms in ``select.select``, ``stuck`` waits
@@ -29,10 +29,18 @@ _holder_until = 0.0
 _holder: threading.Thread | None = None
 
 
+SPIN_STEP = 2000  # iterations of arithmetic between two reads of the thread's clock (~50 us)
+
+
 def _spin(seconds: float) -> None:
+    """Burn ``seconds`` of this thread's CPU in Python arithmetic, reading the clock (a
+    ``clock_gettime`` system call: thread CPU clocks have no vDSO path) only every ``SPIN_STEP``
+    iterations, so the thread spends its time in the interpreter, not in the kernel."""
     end = time.thread_time() + seconds
+    x = 0
     while time.thread_time() < end:
-        pass
+        for i in range(SPIN_STEP):
+            x += i
 
 
 def _timed(name: str, work, *args) -> None:
