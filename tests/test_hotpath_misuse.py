@@ -9,6 +9,7 @@ rather than corrupting memory quietly.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -346,3 +347,23 @@ def test_a_route_that_cannot_be_computed_is_counted_under_other():
         assert vals[0] == 1.0 and vals[1] == 1.0, list(vals[:5])
         raise LookupError("counted under other")  # the end this test expects
     """, "LookupError")
+
+
+def test_the_socket_layout_is_trusted_only_as_checked():
+    """The hold reads a standard socket's descriptor from its struct only once that was checked on an open
+    socket; an object that merely looks like a socket, or a closed one, is refused."""
+    require_hotpath()
+    from rockstar_mp.worker.accelerator import hotpath
+
+    with socket.socket() as sock:
+        assert hotpath.trust_socket_layout(sock) is True
+
+    class Lookalike:
+        def fileno(self):
+            return 0
+
+    assert hotpath.trust_socket_layout(Lookalike()) is False
+    closed = socket.socket()
+    closed.close()
+    with pytest.raises(ValueError):
+        hotpath.trust_socket_layout(closed)  # fileno() of a closed socket is -1

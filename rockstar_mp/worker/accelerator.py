@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import os
+import socket
 import types
 
 from ..segment.layout import RECORD_SPANS, SLOT_PAYLOAD, SLOT_SEQ
@@ -36,3 +37,5 @@ if hotpath is not None:
                       {"route": ROUTE_KEY, "tenant": TENANT_KEY, "request_id": REQUEST_ID_KEY,
                        "default_request_id": DEFAULT_REQUEST_ID_KEY, "wsgi": WSGI_KEY,
                        "unmatched": UNMATCHED})
+    with socket.socket() as _probe:  # the hold reads a socket's descriptor from its struct, once checked here
+        hotpath.trust_socket_layout(_probe)
