@@ -64,11 +64,12 @@ from .logs import install as install_log_handler
 from .optimize import MemoryLimit, Optimizer, install_usr1
 from .workload import RECORDER, WorkloadLimits
 
-# How soon a requested optimization is noticed (USR1 wakes the monitor at once): every 0.1 s while the
-# optimization schedule is on at start (it asks one worker at a time, so its rounds wait for each notice),
-# else every second. Each wake-up of a worker's monitor costs about 0.1 ms of CPU (a GIL hand-over while a
-# request runs): at 0.1 s it was 1.4 ms of CPU a second per worker, a third of rockstar-mp's whole-server
-# cost at 1,500 req/s. A schedule switched on at runtime, or an "optimize now", is noticed within a second.
+# How soon a requested optimization is noticed (USR1 wakes the monitor at once), and a worker's memory is
+# compared with max_worker_memory: every 0.1 s while the optimization schedule is on at start (it asks one
+# worker at a time, so its rounds wait for each notice) or a memory limit is set, else every second. Each
+# wake-up of a worker's monitor costs about 0.1 ms of CPU (a GIL hand-over while a request runs): at 0.1 s
+# it was 1.4 ms of CPU a second per worker, a third of rockstar-mp's whole-server cost at 1,500 req/s. A
+# schedule switched on at runtime, or an "optimize now", is noticed within a second.
 POLL_SECONDS = 1.0
 SCHEDULED_POLL_SECONDS = 0.1
 CLAIM_RETRY_SECONDS = 1.0  # how often a fork that found no slab tries again
@@ -131,9 +132,10 @@ class WorkerState:
         Body.heartbeat.set(self.segment.buf, time.time(), self.segment.geometry.slab_offset(self.slab))
 
     def _monitor_loop(self) -> None:
-        """Every ``POLL_SECONDS`` (``SCHEDULED_POLL_SECONDS`` with the schedule on): optimization requests;
-        every ``HEARTBEAT_SECONDS``: the heartbeat."""
-        poll = SCHEDULED_POLL_SECONDS if self.config.enable_optimization else POLL_SECONDS
+        """Every ``POLL_SECONDS`` (``SCHEDULED_POLL_SECONDS`` with the schedule on or a memory limit):
+        optimization requests and the memory limit; every ``HEARTBEAT_SECONDS``: the heartbeat."""
+        watched = self.config.enable_optimization or self.config.max_worker_memory
+        poll = SCHEDULED_POLL_SECONDS if watched else POLL_SECONDS
         next_beat = time.monotonic() + HEARTBEAT_SECONDS
         while not self._stop.is_set():
             self.optimizer.wake.wait(max(0.0, min(poll, next_beat - time.monotonic())))
