@@ -4,7 +4,10 @@
 the same fixed request rate (``wrk -t1`` paced by ``pace.lua``; the client's CPU is not counted), for
 each worker class of ``FLAVOURS``. Both servers of a class are up and driven at the same time in each
 round, so a busy spell of the shared machine hits both; every round is printed, and the figure is the
-median of the rounds' on/off ratios, with each side's median and the split by role.
+median of the rounds' on/off ratios, with each side's median and the split by role. The rounds are spread
+over ``COST_PAIRS`` pairs of servers, each started afresh: a pair keeps a bias of its own through its
+rounds (sync's rounds read 1.013-1.054 in one run and 1.012-1.072 in another, medians +3.9 % and +1.6 %;
+two identical "off" servers 0.99 and 1.01), which one pair would pass off as the figure.
 
 The keep-alive classes (the two ASGI ones) are measured with one worker. With two, wrk's connections
 split unevenly between them (an event loop accepts a burst of them at once), and how busy each worker is
@@ -28,6 +31,7 @@ from .cpu import ROLES, server_cpu
 from .servers import Server, http_get, parse_wrk
 from .settings import (
     COST_CONNECTIONS,
+    COST_PAIRS,
     COST_RATE,
     COST_ROUNDS,
     COST_SECONDS,
@@ -118,17 +122,29 @@ def per_request(run: dict, role: str | None = None) -> float:
 
 # -- figure 11 ----------------------------------------------------------------------------------------
 def cpu_per_request(tmp: str, flavour: Flavour, notes: list[str]) -> dict:
-    """Figure 11 for one worker class: every run of each side, in order."""
+    """Figure 11 for one worker class: every run of each side, in order, over ``COST_PAIRS`` pairs of
+    servers started afresh (``COST_ROUNDS`` rounds in all)."""
+    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    rounds = [COST_ROUNDS // COST_PAIRS + (pair < COST_ROUNDS % COST_PAIRS) for pair in range(COST_PAIRS)]
+    for count in rounds:
+        pair_runs = pair_of_servers(tmp, flavour, count, notes)
+        for mode in runs:
+            runs[mode] += pair_runs[mode]
+    return runs
+
+
+def pair_of_servers(tmp: str, flavour: Flavour, rounds: int, notes: list[str]) -> dict:
+    """One "off" and one "on" server of ``flavour``, warmed up, then ``rounds`` paced rounds."""
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     servers: dict[str, Server] = {}
     try:
-        for number, mode in enumerate(("off", "on")):
+        for mode in ("off", "on"):
             app = flavour.on_app if mode == "on" else flavour.off_app
-            servers[mode] = Server(mode, tmp, number, app=app, worker_args=flavour.worker_args,
+            servers[mode] = Server(mode, tmp, len(os.listdir(tmp)), app=app, worker_args=flavour.worker_args,
                                    workers=flavour.workers)
             servers[mode].wait_ready()
         sent_on = paced_round(servers, COST_WARMUP_SECONDS, "off")["on"]["requests"]
-        for number in range(COST_ROUNDS):
+        for number in range(rounds):
             results = paced_round(servers, COST_SECONDS, ("off", "on")[number % 2])
             for mode, result in results.items():
                 if result["errors"] or result["non2xx"]:
@@ -162,7 +178,7 @@ def request_cost_figure(tmp: str, notes: list[str]) -> tuple[list[tuple], list[s
     details: list[str] = []
     for flavour in FLAVOURS:
         print(f"[11] {flavour.name}: CPU per request at {COST_RATE:,} req/s, {flavour.workers} worker(s), "
-              f"{COST_ROUNDS} rounds of {COST_SECONDS:g} s off/on ...", flush=True)
+              f"{COST_ROUNDS} rounds of {COST_SECONDS:g} s off/on over {COST_PAIRS} pairs of servers ...", flush=True)
         try:
             runs = cpu_per_request(tmp, flavour, notes)
         except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:

@@ -61,7 +61,8 @@ COST_RATE = 1500  # requests per second to each server: well below what 2 worker
 COST_CONNECTIONS = 8
 COST_SECONDS = 3.0
 COST_WARMUP_SECONDS = 1.0
-COST_ROUNDS = 8
+COST_ROUNDS = 12
+COST_PAIRS = 4  # the rounds are spread over this many pairs of servers started afresh (cost.py)
 COST_SETTLE_SECONDS = 0.5  # after the last response, before the CPU is read: two aggregator ticks
 COST_TARGET = 3.0  # % more CPU per request on than off (WSGI sync)
 
