@@ -331,15 +331,20 @@ def _settled(counts: dict) -> list:
 
 
 # -- the thread sampler -----------------------------------------------------------------------------
+def thread_cpu_clock(tid: int) -> int:
+    """The clock id of the thread ``tid``'s CPU clock, as Linux derives it from a tid (and
+    ``pthread_getcpuclockid`` does): ``~tid << 3 | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED``."""
+    return ((~tid) << 3) | 6
+
+
 def thread_cpu_ns(tid: int | None) -> int | None:
     """On-CPU nanoseconds of the thread ``tid`` of this process, or None if it is gone: one
-    ``clock_gettime`` on its CPU clock (the clock id Linux derives from a tid, as
-    ``pthread_getcpuclockid`` does: ``~tid << 3 | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED``), which reads
-    what ``/proc/self/task/<tid>/schedstat`` shows without formatting text."""
+    ``clock_gettime`` on its CPU clock (``thread_cpu_clock``), which reads what
+    ``/proc/self/task/<tid>/schedstat`` shows without formatting text."""
     if not tid:
         return None
     try:
-        return time.clock_gettime_ns(((~tid) << 3) | 6)
+        return time.clock_gettime_ns(thread_cpu_clock(tid))
     except OSError:
         return None
 
@@ -391,7 +396,7 @@ class CpuPacer:
             self._api.delete(self.timers.pop(tid))
         for tid in tids - set(self.timers):
             try:
-                timer = self._api.create(((~tid) << 3) | 6, int(self.SIGNAL), self._target)
+                timer = self._api.create(thread_cpu_clock(tid), int(self.SIGNAL), self._target)
             except OSError:
                 if thread_cpu_ns(tid) is None:
                     continue  # the thread ended meanwhile
@@ -556,7 +561,7 @@ class ThreadSampler:
                 if now - refreshed >= CpuPacer.FALLBACK:
                     refreshed = now
                     sampled = self._sampled(me)
-                    clocks = [(ident, ((~tid) << 3) | 6) for ident, tid in sampled]
+                    clocks = [(ident, thread_cpu_clock(tid)) for ident, tid in sampled]
                     pacer = self._track(pacer, {tid for _, tid in sampled})
                 if pacer is None:
                     _sleep(min(1.0 / self.hz, deadline - now), stop)
