@@ -217,10 +217,10 @@ def test_configure_refuses_a_slot_or_record_layout_it_cannot_write(args, excepti
         hotpath.bind(slab, {{}}, Recorder(), None)
         hotpath.record("GET", "/r", 200, 0.001, 0.0, 2, "", "t")
         from rockstar_mp.segment.layout import Field
-        from rockstar_mp.segment.ring import RingSpec, read_ring, text
+        from rockstar_mp.segment.ring import RingSpec, copy_ring, text, unpack
 
         spec = RingSpec(Field(GEOMETRY["head_at"], "Q"), lambda i: (i % 4) * SLOT, 4, RECORD, SLOT)
-        entries, _, _ = read_ring(memoryview(BUF), 0, spec, 0)  # written with the accelerator's configure()
+        entries = unpack(copy_ring(memoryview(BUF), 0, spec, 0)[0])  # written with the accelerator's configure()
         assert [(text(e[7]), text(e[9])) for e in entries] == [("/r", "t")], entries
         raise refused
     """, exception)

@@ -23,9 +23,9 @@ from collections import deque
 from dataclasses import dataclass
 from operator import itemgetter
 
-from ..segment import LIVE, RETIRED, Segment, log_ring, record_ring, text
+from ..segment import LIVE, RETIRED, Segment, copy_ring, log_ring, record_ring, text, unpack
 from ..segment.layout import Header
-from ..segment.ring import RingCopy, copy_ring, unpack
+from ..segment.ring import RingCopy
 from ..sketch import RELATIVE_ERROR, quantile
 from .exposition import ExtraFamily
 from .merge import Snapshot, slab_base

@@ -149,13 +149,6 @@ def unpack(copy: RingCopy) -> list[tuple]:
     return out
 
 
-def read_ring(buf: memoryview, base: int, spec: RingSpec, since: int) -> tuple[list[tuple], int, int]:
-    """Records from number ``since`` on: ``(entries, next index to read, records dropped)``, as
-    ``copy_ring`` then ``unpack``."""
-    copy, head, dropped = copy_ring(buf, base, spec, since)
-    return unpack(copy), head, dropped
-
-
 def text(raw: bytes) -> str:
     """A fixed-width string field: NUL-padded UTF-8, possibly cut inside a character."""
     return raw.rstrip(b"\0").decode("utf-8", "ignore")
