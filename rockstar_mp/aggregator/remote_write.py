@@ -270,22 +270,22 @@ class RemoteWriter:
     def families(self) -> list[ExtraFamily]:
         """The ``rockstar_remote_write_*`` families of ``/metrics``."""
         s = self.stats()
-        one = [("", (), ())]
+        unlabelled = ("", (), ())
         return [
             ExtraFamily("rockstar_remote_write_batches", "counter", "Batches rendered for remote write",
-                        [(*one[0], s["batches_made"])]),
+                        [(*unlabelled, s["batches_made"])]),
             ExtraFamily("rockstar_remote_write_batches_sent", "counter", "Batches the receiver accepted",
-                        [(*one[0], s["batches_sent"])]),
+                        [(*unlabelled, s["batches_sent"])]),
             ExtraFamily("rockstar_remote_write_batches_dropped", "counter",
                         "Batches dropped: the queue was full, or the receiver rejected them (4xx)",
                         [("", ("reason",), (reason,), n) for reason, n in s["batches_dropped"].items()]),
             ExtraFamily("rockstar_remote_write_retries", "counter", "Failed sends that were retried",
-                        [(*one[0], s["retries"])]),
+                        [(*unlabelled, s["retries"])]),
             ExtraFamily("rockstar_remote_write_queue_batches", "gauge", "Batches waiting or being sent",
-                        [(*one[0], s["queued"])]),
+                        [(*unlabelled, s["queued"])]),
             ExtraFamily("rockstar_remote_write_last_sent_timestamp_seconds", "gauge",
                         "When the newest batch the receiver accepted was rendered",
-                        [(*one[0], s["last_sent_timestamp"] or 0.0)]),
+                        [(*unlabelled, s["last_sent_timestamp"] or 0.0)]),
         ]
 
     def close(self, wait: float = 1.0) -> None:

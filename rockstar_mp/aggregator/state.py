@@ -37,11 +37,13 @@ log = logging.getLogger("rockstar_mp.aggregator")
 
 
 DETAIL_KEYS = ("uss", "pss", "open_fds")
-# A worker's USS/PSS and open fds are re-read when older than DETAIL_MAX_AGE seconds (past the history's
-# 10 s snapshots, which read the memory too, ``note_memory``: so a busy worker's smaps is not read twice) and
+# A worker's USS/PSS and open fds are re-read when older than DETAIL_MAX_AGE seconds if its RSS moved since
+# (past the history's 10 s snapshots, which read the memory too, ``note_memory``: so a busy worker's smaps is
+# not read twice), or when older than DETAIL_IDLE_MAX_AGE whatever the RSS did, for at most
+# DETAIL_PER_REFRESH workers per refresh, the stalest first.
 DETAIL_MAX_AGE = 15.0
-DETAIL_IDLE_MAX_AGE = 120.0  # its RSS moved since, or when older than this whatever the RSS did ...
-DETAIL_PER_REFRESH = 2  # ... for at most this many workers per refresh, the stalest first
+DETAIL_IDLE_MAX_AGE = 120.0
+DETAIL_PER_REFRESH = 2
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
