@@ -133,8 +133,8 @@ def print_request_footnotes(ours6: dict | None, runs7: dict | None) -> None:
               f"to a slab of a real segment; per request, min of {REQUEST_REPEATS} interleaved repeats of "
               f"{REQUEST_NUMBER:,} (medians: bare {fmt_time(m['bare'])}, with {fmt_time(m['full'])}); "
               f"request path in {'C (rockstar_mp._hotpath)' if ours6['accelerated'] else 'Python'}.")
-        print("     (a) bare; (b) WorkloadMiddleware(wsgi_layer=True) in the App and MetricsMiddleware "
-              "around it, as examples/app.py. record() alone: min of "
+        print("     (a) bare; (b) MetricsMiddleware(workload=True) around the App (Falcon's router names the "
+              "route), as examples/app.py. record() alone: min of "
               f"{REPEATS} x {NUMBER // 4:,} calls (one route, status and tenant: every series exists).")
     if runs7 is not None:
         rec = runs7["recorded"][0]
