@@ -468,6 +468,7 @@ typedef struct {
     double started;
     uint64_t nbytes;
     int finished;
+    int inherited;           /* sock was held from its accept (the listener's hold): release the linger only */
 } Request;
 
 static PyTypeObject RequestType;
@@ -648,11 +649,9 @@ static PyObject *py_trust_socket_layout(PyObject *module, PyObject *sock) {
     Py_RETURN_TRUE;
 }
 
-static int set_cork(PyObject *sock, int on) {
+/* on (1): SO_LINGER 0, then TCP_CORK, both or -1; off (0): both released, whatever the first did. */
+static int set_hold(int fd, int on) {
 #ifdef TCP_CORK
-    int fd = socket_fd(sock);
-    if (fd < 0)
-        return -1;
     struct linger linger = {on, 0};
     if (on)
         return setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof linger) == 0
@@ -663,6 +662,85 @@ static int set_cork(PyObject *sock, int on) {
 #else
     return -1;
 #endif
+}
+
+static int set_cork(PyObject *sock, int on) {
+    int fd = socket_fd(sock);
+    return fd < 0 ? -1 : set_hold(fd, on);
+}
+
+/* The listeners' hold of a gunicorn sync worker (hold_listeners()): SO_LINGER 0 and TCP_CORK set once
+ * on the listening sockets, which every connection accepted afterwards inherits, so that a request costs
+ * one system call (the linger's release once counted) instead of four. Gunicorn's sync worker answers
+ * one connection at a time and ends it with a shutdown(SHUT_WR), which sends what the cork held; a
+ * response gunicorn writes itself (a 400) goes out the same way. Set at the first held request, whose
+ * own connection was accepted before and is held as any other. */
+#define MAX_LISTENERS 64
+static int listener_fds[MAX_LISTENERS];
+static int n_listeners = 0;     /* the listeners to hold at the first held request; 0 once done or failed */
+static int listeners_held = 0;  /* 1 once every listener holds: connections accepted from now on are held */
+
+/* Hold every listener, or none (a listener that refuses, e.g. a UNIX socket's TCP_CORK, undoes the
+ * others: its connections would not be held). */
+static void hold_the_listeners(void) {
+    int k = 0;
+    while (k < n_listeners && set_hold(listener_fds[k], 1) == 0)
+        k++;
+    if (k == n_listeners)
+        listeners_held = 1;
+    else
+        while (k-- > 0)
+            set_hold(listener_fds[k], 0);
+    n_listeners = 0;
+}
+
+/* hold_listeners(fds): the listening sockets this (gunicorn sync) worker accepts from, to be held at its
+ * first held request; () forgets them and holds connections one by one again. */
+static PyObject *py_hold_listeners(PyObject *module, PyObject *fds) {
+    PyObject *seq = PySequence_Fast(fds, "hold_listeners() takes a sequence of descriptors");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > MAX_LISTENERS) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "at most %d listeners", MAX_LISTENERS);
+    }
+    int taken[MAX_LISTENERS];
+    for (Py_ssize_t k = 0; k < n; k++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, k));
+        if (fd == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (fd < 0 || fd > INT_MAX) {
+            Py_DECREF(seq);
+            return PyErr_Format(PyExc_ValueError, "not a descriptor: %ld", fd);
+        }
+        taken[k] = (int)fd;
+    }
+    Py_DECREF(seq);
+    memcpy(listener_fds, taken, sizeof(int) * (size_t)n);
+    n_listeners = (int)n;
+    listeners_held = 0;
+    Py_RETURN_NONE;
+}
+
+/* listeners_held(): True once the listeners hold (connections accepted since cost one call a request). */
+static PyObject *py_listeners_held(PyObject *module, PyObject *unused) {
+    return PyBool_FromLong(listeners_held);
+}
+
+/* The end of a hold: a connection held from its accept keeps its cork (gunicorn's shutdown sends what it
+ * held) and gets its linger back; one held here is uncorked too. */
+static void release_hold(Request *req) {
+    if (!req->inherited) {
+        set_cork(req->sock, 0);
+        return;
+    }
+    int fd = socket_fd(req->sock);
+    struct linger linger = {0, 0};
+    if (fd >= 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof linger);
 }
 
 /* (vals, i, hist vals, hist i, bounds, sum_at, code[, overflow cells or None]) for the request's method,
@@ -814,7 +892,7 @@ static int finish(Request *req) {
     PyObject *type = NULL, *value = NULL, *tb = NULL;
     PyErr_Fetch(&type, &value, &tb);  /* whatever failed above, the response must still go */
     if (req->sock != NULL) {  /* right after the count: a kill in between is the one window left */
-        set_cork(req->sock, 0);  /* flushes; a socket already closed fails, and has nothing to flush */
+        release_hold(req);  /* flushes; a socket already closed fails, and has nothing to flush */
         PyErr_Clear();
         Py_CLEAR(req->sock);
     }
@@ -866,7 +944,7 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
     req->server_start_response = start_response;
     req->status = req->body = req->iterator = req->sock = NULL;
     req->nbytes = 0;
-    req->finished = 0;
+    req->finished = req->inherited = 0;
     PyObject *method = environ_text(environ, str_method_key);
     if (method == NULL || PySet_Contains(self->methods, method) != 1)
         method = str_other;
@@ -876,9 +954,12 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
     PyObject_GC_Track(req);
     if (self->hold) {
         PyObject *sock = PyDict_GetItemWithError(environ, str_socket_key);
-        if (sock != NULL && set_cork(sock, 1) == 0) {
+        if (sock != NULL && (listeners_held || set_cork(sock, 1) == 0)) {
             Py_INCREF(sock);
             req->sock = sock;
+            req->inherited = listeners_held;
+            if (n_listeners)
+                hold_the_listeners();  /* after this connection's accept: the next ones inherit it */
         }
         PyErr_Clear();
     }
@@ -1724,6 +1805,9 @@ static PyMethodDef module_methods[] = {
     {"configure", py_configure, METH_VARARGS, "Constants from the layout and the sketch."},
     {"bind", py_bind, METH_VARARGS, "The slab, the recorder's caches and the idle callback."},
     {"record", py_record, METH_VARARGS, "One workload record (sketch cells and ring)."},
+    {"hold_listeners", py_hold_listeners, METH_O,
+     "Hold these listening sockets at the first held request (a gunicorn sync worker's)."},
+    {"listeners_held", py_listeners_held, METH_NOARGS, "Whether the listeners hold."},
     {"trust_socket_layout", py_trust_socket_layout, METH_O,
      "Read the descriptor of standard sockets from their struct, once checked on this open socket."},
     {NULL}};

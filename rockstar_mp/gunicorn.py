@@ -178,6 +178,9 @@ def post_fork(server: Arbiter, worker: Worker) -> None:
         handler = getattr(worker, "handle_usr1", None)
         if callable(handler):
             worker.handle_usr1 = optimizing(state.optimizer, handler)
+        from .worker import wsgi  # here: importing it declares the request families, a worker's business
+
+        wsgi.hold_listeners(worker)
 
 
 @_guarded
@@ -192,10 +195,17 @@ def post_worker_init(worker: Worker) -> None:
         state.optimizer.log = worker.log
 
 
+def _release_listeners(server: Arbiter) -> None:
+    from .worker import wsgi
+
+    wsgi.release_listeners(getattr(server, "LISTENERS", None) or ())
+
+
 @_guarded
 def pre_exec(server: Arbiter) -> None:
     """USR2: gunicorn re-executes the master with the environment it started with; add the segment,
     so the new master carries the totals on (its aggregator waits until the old one is gone)."""
+    _release_listeners(server)
     for name in (SEGMENT_ENV, RUN_DIR_ENV):
         if name in os.environ:
             server.cfg.env_orig[name] = os.environ[name]
@@ -215,5 +225,6 @@ def child_exit(server: Arbiter, worker: Worker) -> None:
 
 @_guarded
 def on_exit(server: Arbiter) -> None:
+    _release_listeners(server)
     if _manager is not None:
         _manager.stop()

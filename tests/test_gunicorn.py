@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import socket
+import struct
 import threading
 import time
 import urllib.request
@@ -13,6 +14,8 @@ import urllib.request
 import psutil
 import pytest
 
+from rockstar_mp.worker import wsgi
+from rockstar_mp.worker.accelerator import PURE_PYTHON_ENV
 from tests.helpers import limit, load, poll, raw_get
 
 
@@ -214,9 +217,11 @@ def test_responses_are_held_and_gunicorns_own_answers_still_arrive(gunicorn_fact
     writes itself (400 for a malformed request, before any app) reaches the client whole."""
     args = ("-k", worker_class) + (("--threads", "2") if worker_class == "gthread" else ())
     server = gunicorn_factory(workers=1, args=args, app="tests.apps.held:app")
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/held", timeout=10) as resp:
-        held = json.loads(resp.read())
-    assert held == {"cork": 1, "linger": [1, 0]}
+    for _ in range(2):  # the first held request holds a sync worker's listeners: the second's connection inherits
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/held", timeout=10) as resp:
+            held = json.loads(resp.read())
+        assert {key: held[key] for key in ("cork", "linger")} == {"cork": 1, "linger": [1, 0]}
+    assert held["listeners"] == (worker_class == "sync" if os.environ.get(PURE_PYTHON_ENV) != "1" else None)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(b"NOT A REQUEST LINE\r\n\r\n")
         data = b""
@@ -224,4 +229,24 @@ def test_responses_are_held_and_gunicorns_own_answers_still_arrive(gunicorn_fact
             data += chunk
     assert data.startswith(b"HTTP/1.1 400"), data[:200]
     assert raw_get(server.port, "/") == 200
-    server.wait_total(2)  # /held and / (gunicorn's own 400 never reached the app)
+    server.wait_total(3)  # /held twice and / (gunicorn's own 400 never reached the app)
+
+
+def test_released_listeners_are_plain_again_and_others_untouched():
+    """The master undoes a sync worker's listener hold (USR2, exit): a held listener gets its cork and
+    linger back; one we did not hold (another linger set by the user) is left as it is."""
+    held, own = socket.socket(), socket.socket()
+    try:
+        for sock, linger in ((held, (1, 0)), (own, (1, 5))):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", *linger))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        wsgi.release_listeners([held, own])
+        state = {name: (sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK),
+                        struct.unpack("ii", sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)))
+                 for name, sock in (("held", held), ("own", own))}
+        assert state == {"held": (0, (0, 0)), "own": (1, (1, 5))}
+    finally:
+        held.close()
+        own.close()
