@@ -139,7 +139,7 @@ class MonitoringConfig:
     window_seconds: float = 60.0  # the sliding window of /workload?window=1
     # The aggregator.
     snapshot_max_age: float = 0.1  # a scrape re-merges when the last merge is older than this (s)
-    tick_interval: float = 0.25  # folding of dead workers, heartbeat, liveness (s)
+    tick_interval: float = 0.25  # ticks (drain, fold, beat) this often while busy; idle: once a second (s)
     # A live worker whose heartbeat (every second, from its monitor thread) is older than this is stuck:
     # stopped (SIGSTOP, a debugger) or holding the GIL; a long request alone does not stop the beat (s).
     stuck_after: float = 10.0

@@ -195,6 +195,33 @@ class HttpServer:
         self._stopping.set()
 
 
+class TickSleep:
+    """The sleep between two ticks, which a stop ends at once: ``asyncio.sleep``'s own future and timer
+    (``wait_for`` on the stop event cost more a tick), kept where the signal handler can wake it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waiting: asyncio.Future | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        self._waiting = waiting = self.loop.create_future()
+        timer = self.loop.call_later(seconds, self._end, waiting)
+        try:
+            await waiting
+        finally:
+            timer.cancel()
+            self._waiting = None
+
+    def wake(self) -> None:
+        if self._waiting is not None:
+            self._end(self._waiting)
+
+    @staticmethod
+    def _end(waiting: asyncio.Future) -> None:
+        if not waiting.done():
+            waiting.set_result(None)
+
+
 def _log_failure(what: str, exc: Exception) -> None:
     """Once per interval, with a count; OSError (out of descriptors: the environment) without a traceback."""
     if isinstance(exc, OSError):
@@ -238,8 +265,14 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
     servers = [HttpServer(create_app(state, profiler), sock, on_started=announce, limits=limits)]
     repeats = net.quiet_repeats()  # after uvicorn's logging config
     stopping = asyncio.Event()
+    between_ticks = TickSleep(loop)
+
+    def stop() -> None:
+        stopping.set()
+        between_ticks.wake()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, stop)
     tasks = [asyncio.create_task(s.run()) for s in servers]
     if run_dir:  # the /debug/pprof tree, served once enable_pprof is on (aggregator/pprof.py)
         make_pprof_server = functools.partial(HttpServer, limits=limits, plain_errors=True)
@@ -268,7 +301,7 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
             except Exception as exc:
                 _log_failure("remote write batch failed", exc)
         repeats.flush()
-        await asyncio.sleep(config.tick_interval)  # a stop is seen within a tick (wait_for cost more a tick)
+        await between_ticks.sleep(state.next_tick())
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -32,6 +32,8 @@ GC_SERIES = "rockstar.gc.collections"
 PATH_CHECK_SECONDS = 1.0
 SECOND_WORK_SECONDS = 1.0
 PROCESS_CHECK_SECONDS = 10.0  # a full /proc check of every live worker (see tick)
+LONGEST_TICK = 1.0  # seconds between ticks at most (next_tick)
+RING_SHARE = 0.5  # of a ring the busiest worker may fill between ticks (next_tick)
 
 log = logging.getLogger("rockstar_mp.aggregator")
 
@@ -202,6 +204,10 @@ class AggregatorState:
         self._second_at = 0.0  # monotonic time of the tick's next once-a-second work
         self._thorough_at = 0.0  # monotonic time of the next full process check of the live workers
         self._optimization_counts: tuple = ()  # (slab, generation, optimize_count) of each live worker
+        self._slots: list = []  # the slot table at the last tick (next_tick)
+        self._slots_moved = True  # did it change at the last tick?
+        self._drained_at = time.monotonic()
+        self._since_drain = 0.0  # seconds between the last two drains
         self._config_changed = asyncio.Event()  # set (and replaced) when runtime control changes the config
 
     def apply_control(self) -> None:
@@ -238,8 +244,11 @@ class AggregatorState:
         of the aggregator's CPU."""
         Header.aggregator_heartbeat.set(self.segment.buf, time.time())
         self.apply_control()
-        self.rings.drain(self.merger.table.read())
+        slots = self.merger.table.read()
+        self._slots_moved, self._slots = slots is not self._slots, slots  # the table's list is kept while unchanged
+        self.rings.drain(slots)
         now = time.monotonic()
+        self._since_drain, self._drained_at = now - self._drained_at, now
         each_second = now >= self._second_at
         if each_second:
             self._second_at = now + SECOND_WORK_SECONDS
@@ -262,6 +271,20 @@ class AggregatorState:
         if each_second:
             self.liveness.observe(self.segment, self._snapshot or self.snapshot(), self.config.stuck_after,
                                   time.time())
+
+    def next_tick(self) -> float:
+        """Seconds to the next tick: ``tick_interval`` while the slot table moves (workers starting or
+        exiting, helpers forked per request, whose slabs each tick frees), else as long as the busiest
+        worker takes, at its last rate, to fill ``RING_SHARE`` of a ring, up to ``LONGEST_TICK``. An idle
+        aggregator ticks once a second, a busy one as often as its rings need: each tick costs about
+        0.4 ms of CPU whatever it finds (1,500 requests a second on 2 workers: 1.5 ticks a second)."""
+        shortest = self.config.tick_interval
+        if self._slots_moved or shortest >= LONGEST_TICK:
+            return shortest
+        fullest = self.rings.fullest
+        if fullest <= 0:
+            return LONGEST_TICK
+        return min(LONGEST_TICK, max(shortest, self._since_drain * RING_SHARE / fullest))
 
     def _optimizations_changed(self) -> bool:
         """Did a live worker's optimization count move (or the live workers change) since the last

@@ -101,6 +101,7 @@ class RingDrain:
         self._waiting = 0  # records in the batches
         self.logs: deque[LogRecord] = deque(maxlen=recent_logs)
         self._positions: dict[tuple, int] = {}  # (slab, generation, ring) -> next index
+        self.fullest = 0.0  # the last drain's largest share of a ring that was new (0: nothing new)
         layout = segment.geometry.slab
         self._rings = (record_ring(layout), log_ring(layout))  # the same in every slab
 
@@ -122,6 +123,7 @@ class RingDrain:
         live = set()
         copies: list[RingCopy] = []
         new_logs: list[LogRecord] = []
+        fills: list[float] = []
         record_spec, log_spec = self._rings
         for slot in self.segment.slots() if slots is None else slots:
             if slot.state not in (LIVE, RETIRED):
@@ -137,6 +139,7 @@ class RingDrain:
                 if since is None:  # first sight (e.g. after an aggregator restart): what is still there
                     since = max(0, spec.head.get(buf, base) - spec.slots)
                 copy, position, dropped = copy_ring(buf, base, spec, since)
+                fills.append((position - since) / spec.slots)
                 self._positions[key] = position
                 if spec is record_spec:
                     copies.append(copy)
@@ -146,6 +149,7 @@ class RingDrain:
                     dropped_field.set(buf, dropped_field.get(buf) + dropped)
         for key in set(self._positions) - live:
             del self._positions[key]
+        self.fullest = max(fills, default=0.0)
         self._keep(copies)
         self.logs.extend(sorted(new_logs, key=lambda r: r.time))
 
