@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rockstar_mp import MonitoringConfig
+from rockstar_mp.aggregator.state import LONGEST_TICK, RING_SHARE, AggregatorState
 from rockstar_mp.aggregator.workload import RingDrain
 from rockstar_mp.segment import Geometry, RingWriter, Segment, log_ring, record_ring
 from rockstar_mp.segment.layout import LOG_MESSAGE_BYTES, SLOT_SEQ
@@ -257,3 +259,31 @@ def test_workers_view_shows_in_flight_requests(gunicorn_factory):
     assert worker["in_flight"] == 0 and worker["pid"] == server.worker_pids()[0]
     for key in ("rss", "uss", "cpu_percent", "threads", "open_fds", "heartbeat"):
         assert worker[key] is not None, key
+
+
+def test_the_tick_interval_follows_the_slot_table_and_the_busiest_ring(tmp_path):
+    """``next_tick``: ``tick_interval`` while the slot table moves, ``LONGEST_TICK`` while nothing is
+    written, and in between the time the busiest ring takes to fill ``RING_SHARE`` at its last rate."""
+    segment, slab = _segment(tmp_path)
+    state = AggregatorState(segment, MonitoringConfig())
+    short = state.config.tick_interval
+    try:
+        state.tick()
+        assert state.next_tick() == short  # the table was new
+        state.tick()
+        assert state.next_tick() == LONGEST_TICK  # nothing moved, nothing written
+        writer = RingWriter(segment.buf, segment.geometry.slab_offset(slab), record_ring(segment.geometry.slab))
+        for i in range(4):  # a quarter of the 16 slots
+            writer.append(float(i), 0.001, 10, 1, 200, b"GET", b"/", b"", b"t")
+        state.tick()
+        since = state._since_drain
+        assert state.next_tick() == pytest.approx(min(LONGEST_TICK, max(short, since * RING_SHARE / 0.25)))
+        for i in range(16):  # the whole ring since the last drain: as often as allowed
+            writer.append(float(i), 0.001, 10, 1, 200, b"GET", b"/", b"", b"t")
+        state.tick()
+        assert state.next_tick() == short
+        segment.claim_slab()
+        state.tick()
+        assert state.next_tick() == short  # a worker came
+    finally:
+        segment.close()
