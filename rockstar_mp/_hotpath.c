@@ -675,8 +675,7 @@ static int set_cork(PyObject *sock, int on) {
  * one connection at a time and ends it with a shutdown(SHUT_WR), which sends what the cork held; a
  * response gunicorn writes itself (a 400) goes out the same way. Set at the first held request, whose
  * own connection was accepted before and is held as any other. */
-#define MAX_LISTENERS 64
-static int listener_fds[MAX_LISTENERS];
+static int *listener_fds = NULL;
 static int n_listeners = 0;     /* the listeners to hold at the first held request; 0 once done or failed */
 static int listeners_held = 0;  /* 1 once every listener holds: connections accepted from now on are held */
 
@@ -701,25 +700,25 @@ static PyObject *py_hold_listeners(PyObject *module, PyObject *fds) {
     if (seq == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > MAX_LISTENERS) {
+    int *taken = n > 0 ? PyMem_New(int, (size_t)n) : NULL;
+    if (n > 0 && taken == NULL) {
         Py_DECREF(seq);
-        return PyErr_Format(PyExc_ValueError, "at most %d listeners", MAX_LISTENERS);
+        return PyErr_NoMemory();
     }
-    int taken[MAX_LISTENERS];
     for (Py_ssize_t k = 0; k < n; k++) {
         long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, k));
-        if (fd == -1 && PyErr_Occurred()) {
+        if ((fd == -1 && PyErr_Occurred()) || fd < 0 || fd > INT_MAX) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "not a descriptor: %ld", fd);
+            PyMem_Free(taken);
             Py_DECREF(seq);
             return NULL;
-        }
-        if (fd < 0 || fd > INT_MAX) {
-            Py_DECREF(seq);
-            return PyErr_Format(PyExc_ValueError, "not a descriptor: %ld", fd);
         }
         taken[k] = (int)fd;
     }
     Py_DECREF(seq);
-    memcpy(listener_fds, taken, sizeof(int) * (size_t)n);
+    PyMem_Free(listener_fds);
+    listener_fds = taken;
     n_listeners = (int)n;
     listeners_held = 0;
     Py_RETURN_NONE;

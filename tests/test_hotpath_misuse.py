@@ -367,3 +367,16 @@ def test_the_socket_layout_is_trusted_only_as_checked():
     closed.close()
     with pytest.raises(ValueError):
         hotpath.trust_socket_layout(closed)  # fileno() of a closed socket is -1
+
+
+@pytest.mark.parametrize("fds, exception", [("not fds", TypeError), ([3, "4"], TypeError), ([-1], ValueError),
+                                            ([2 ** 40], (ValueError, OverflowError)), (7, TypeError)])
+def test_hold_listeners_refuses_what_is_not_descriptors_and_keeps_none(fds, exception):
+    """A refused call arms nothing: no listener is held at the next held request."""
+    require_hotpath()
+    from rockstar_mp.worker.accelerator import hotpath
+
+    hotpath.hold_listeners(())
+    with pytest.raises(exception):
+        hotpath.hold_listeners(fds)
+    assert hotpath.listeners_held() is False
