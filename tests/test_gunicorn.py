@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -220,7 +221,7 @@ def test_responses_are_held_and_gunicorns_own_answers_still_arrive(gunicorn_fact
     for _ in range(2):  # the first held request holds a sync worker's listeners: the second's connection inherits
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/held", timeout=10) as resp:
             held = json.loads(resp.read())
-        assert {key: held[key] for key in ("cork", "linger")} == {"cork": 1, "linger": [1, 0]}
+        assert {name: held[name] for name in ("cork", "linger")} == {"cork": 1, "linger": [1, 0]}
     assert held["listeners"] == (worker_class == "sync" if os.environ.get(PURE_PYTHON_ENV) != "1" else None)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
         s.sendall(b"NOT A REQUEST LINE\r\n\r\n")
@@ -250,3 +251,41 @@ def test_released_listeners_are_plain_again_and_others_untouched():
     finally:
         held.close()
         own.close()
+
+
+def _self_signed(directory) -> tuple:
+    """A key and a self-signed certificate for 127.0.0.1, as PEM files: ``(key path, cert path)``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def test_a_tls_sync_worker_holds_each_connection_not_its_listeners(gunicorn_factory, tmp_path):
+    """With ``certfile`` the listeners are not held: a corked listener would hold the TLS handshake's
+    messages for the cork's 200 ms. Each request is still held (cork and linger while the app runs)."""
+    key, cert = _self_signed(tmp_path)
+    server = gunicorn_factory(workers=1, args=("--certfile", str(cert), "--keyfile", str(key)),
+                              app="tests.apps.held:app")
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    for _ in range(2):
+        with urllib.request.urlopen(f"https://127.0.0.1:{server.port}/held", timeout=10, context=context) as resp:
+            held = json.loads(resp.read())
+        assert {name: held[name] for name in ("cork", "linger")} == {"cork": 1, "linger": [1, 0]}
+    assert held["listeners"] is (False if os.environ.get(PURE_PYTHON_ENV) != "1" else None)
+    server.wait_total(2)

@@ -249,7 +249,8 @@ def hold_listeners(worker) -> bool:
     held (TCP_CORK and SO_LINGER 0 are inherited from the listener) and a request costs one system call
     (the linger's release, once counted) instead of four. Only where every response ends in gunicorn's
     ``close_graceful``, whose ``shutdown(SHUT_WR)`` sends what the cork held (gunicorn >= 27's sync
-    worker): a keep-alive worker's responses would wait for the cork's 200 ms. True if armed.
+    worker): a keep-alive worker's responses would wait for the cork's 200 ms, and so would a TLS
+    handshake (``certfile``: not armed). True if armed.
 
     Called by the gunicorn hooks (``post_fork``); ``release_listeners`` undoes it in the master."""
     try:
@@ -258,7 +259,8 @@ def hold_listeners(worker) -> bool:
     except ImportError:
         return False
     if (hotpath is None or _CORK is None or not isinstance(worker, SyncWorker)
-            or type(worker).handle is not SyncWorker.handle or not hasattr(util, "close_graceful")):
+            or type(worker).handle is not SyncWorker.handle or not hasattr(util, "close_graceful")
+            or getattr(worker.cfg, "is_ssl", True)):
         return False
     hotpath.hold_listeners(tuple(listener.fileno() for listener in worker.sockets))
     return True
