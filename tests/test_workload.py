@@ -287,3 +287,31 @@ def test_the_tick_interval_follows_the_slot_table_and_the_busiest_ring(tmp_path)
         assert state.next_tick() == short  # a worker came
     finally:
         segment.close()
+
+
+def test_sketch_totals_follow_series_met_after_the_first_call(tmp_path):
+    """``sketch_totals`` looks only at the series the merger met since its last call; an older snapshot
+    (its totals shorter than the series list it shares) gives what it holds, the newer ones all of them."""
+    from rockstar_mp.aggregator.merge import Merger
+    from rockstar_mp.aggregator.workload import BUCKET_SERIES, sketch_totals
+    from rockstar_mp.segment import CatalogueWriter
+    from rockstar_mp.series import SeriesKey
+
+    segment, slab = _segment(tmp_path)
+    writer = CatalogueWriter(segment.buf, segment.geometry.slab, segment.geometry.slab_offset(slab))
+
+    def bucket(index: int, count: float) -> None:
+        key = SeriesKey("counter", BUCKET_SERIES, "", ("dimension", "value", "bucket"), ("route", "/", str(index)), ())
+        segment.doubles[writer.append(key.encode(), 1)] = count
+
+    try:
+        merger = Merger(segment)
+        bucket(1, 3.0)
+        old = merger.merge()
+        assert sorted(sketch_totals(old).values()) == [3.0]
+        bucket(2, 5.0)
+        new = merger.merge()
+        assert sorted(sketch_totals(new).values()) == [3.0, 5.0]
+        assert sorted(sketch_totals(old).values()) == [3.0]
+    finally:
+        segment.close()

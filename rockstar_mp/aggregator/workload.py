@@ -183,13 +183,35 @@ def _log(entry: tuple) -> LogRecord:
 
 
 # -- aggregates -----------------------------------------------------------------------------------
+class _SketchCells:
+    """``[(series id, cell), ...]`` of the workload sketch series of a merger's series list, which only
+    grows: its new entries are looked at, not all of them at every call (the window samples the totals
+    every second, through a thousand series per worker)."""
+
+    def __init__(self) -> None:
+        self._series: list | None = None  # held: the list looked at (its identity is the check)
+        self._seen = 0
+        self._pairs: list[tuple[int, int]] = []
+
+    def of(self, series: list) -> list[tuple[int, int]]:
+        if series is not self._series:
+            self._series, self._seen, self._pairs = series, 0, []
+        for sid in range(self._seen, len(series)):
+            info = series[sid]
+            if info.key.name in (BUCKET_SERIES, SECONDS_SERIES) and info.cell >= 0:
+                self._pairs.append((sid, info.cell))
+        self._seen = len(series)
+        return self._pairs
+
+
+_SKETCH_CELLS = _SketchCells()
+
+
 def sketch_totals(snap: Snapshot) -> dict[int, float]:
     """``{series id: merged value}`` of every workload sketch series (the input of ``aggregates``)."""
-    out = {}
-    for sid, info in enumerate(snap.series):
-        if info.key.name in (BUCKET_SERIES, SECONDS_SERIES) and info.cell >= 0:
-            out[sid] = snap.totals[info.cell]
-    return out
+    totals = snap.totals
+    size = len(totals)  # series the merger met after this snapshot have no cell in it
+    return {sid: totals[cell] for sid, cell in _SKETCH_CELLS.of(snap.series) if cell < size}
 
 
 def aggregates(snap: Snapshot, totals: dict[int, float], baseline: dict[int, float] | None = None,
