@@ -62,8 +62,8 @@ COST_CONNECTIONS = 8
 COST_SECONDS = 3.0
 COST_WARMUP_SECONDS = 1.0
 COST_ROUNDS = 12
-COST_PAIRS = 4  # the rounds are spread over this many pairs of servers started afresh (cost.py)
-COST_SETTLE_SECONDS = 0.5  # after the last response, before the CPU is read: two aggregator ticks
+COST_PAIRS = 6  # the rounds are spread over this many pairs of servers started afresh (cost.py)
+COST_SETTLE_SECONDS = 1.0  # after the last response, before the CPU is read: a tick at least (at most 1 s apart)
 COST_TARGET = 3.0  # % more CPU per request on than off (WSGI sync)
 
 # Figure 12: an idle "on" server's aggregator, CPU per second.
