@@ -20,7 +20,7 @@ from rockstar_mp.segment import Geometry, RingWriter, Segment, log_ring, record_
 from rockstar_mp.segment.layout import LOG_MESSAGE_BYTES, SLOT_SEQ
 from rockstar_mp.sketch import RELATIVE_ERROR, bucket_index, quantile
 from rockstar_mp.worker.logs import SlabLogHandler
-from tests.helpers import http_get, limit, poll
+from tests.helpers import http_get, limit, poll, raw_get
 
 SMALL = Geometry(n_slabs=2, slab_max_series=64, slab_heap_bytes=8192, slab_max_values=1024,
                  retired_max_series=64, retired_heap_bytes=8192, retired_max_values=1024,
@@ -315,3 +315,15 @@ def test_sketch_totals_follow_series_met_after_the_first_call(tmp_path):
         assert sorted(sketch_totals(old).values()) == [3.0]
     finally:
         segment.close()
+
+
+def test_records_and_logs_are_read_fresh_between_ticks(gunicorn_factory):
+    """A reader of the records (``/snmp``) or the logs (``/logs``) drains the rings itself: with ticks
+    5 s apart, a request's record and the warning it logged are there at once."""
+    server = gunicorn_factory(workers=1, env={"ROCKSTAR_TICK_INTERVAL": "5"})
+    poll(lambda: server.metrics()["system"]["workers_live"] == 1, timeout=10, message="the worker")
+    assert raw_get(server.port, "/error", headers={"X-Request-ID": "fresh-1"}) == 500
+    _, _, body = http_get(f"http://127.0.0.1:{server.metrics_port}/snmp?limit=10", {"X-SNMP-Community": "public"})
+    assert "fresh-1" in [r["request_id"] for r in json.loads(body)["workload_metrics"]]
+    _, _, body = http_get(f"http://127.0.0.1:{server.metrics_port}/logs?level=warning")
+    assert any("/error route was called" in r["message"] for r in json.loads(body)["logs"])

@@ -207,7 +207,8 @@ class AggregatorState:
         self._slots: list = []  # the slot table at the last tick (next_tick)
         self._slots_moved = True  # did it change at the last tick?
         self._drained_at = time.monotonic()
-        self._since_drain = 0.0  # seconds between the last two drains
+        self._since_drain = 0.0  # seconds between the last two ticks' drains
+        self._fullest = 0.0  # the largest share of a ring drained in that time
         self._config_changed = asyncio.Event()  # set (and replaced) when runtime control changes the config
 
     def apply_control(self) -> None:
@@ -249,6 +250,7 @@ class AggregatorState:
         self.rings.drain(slots)
         now = time.monotonic()
         self._since_drain, self._drained_at = now - self._drained_at, now
+        self._fullest = self.rings.take_fullest()
         each_second = now >= self._second_at
         if each_second:
             self._second_at = now + SECOND_WORK_SECONDS
@@ -281,10 +283,16 @@ class AggregatorState:
         shortest = self.config.tick_interval
         if self._slots_moved or shortest >= LONGEST_TICK:
             return shortest
-        fullest = self.rings.fullest
+        fullest = self._fullest
         if fullest <= 0:
             return LONGEST_TICK
         return min(LONGEST_TICK, max(shortest, self._since_drain * RING_SHARE / fullest))
+
+    def fresh_rings(self) -> RingDrain:
+        """The rings drained now, for a reader of the records or logs: between two ticks (up to a
+        second apart when idle) they would be that old."""
+        self.rings.drain(self.merger.table.read())
+        return self.rings
 
     def _optimizations_changed(self) -> bool:
         """Did a live worker's optimization count move (or the live workers change) since the last

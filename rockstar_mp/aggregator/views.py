@@ -168,7 +168,7 @@ class LogsResource:
         level = _level(req)
         since = params.number(req, "since", 0.0, minimum=0.0)
         limit = params.integer(req, "limit", 100, minimum=1, maximum=MAX_LIMIT)
-        rings = self._state.rings
+        rings = self._state.fresh_rings()
         matching = [r for r in rings.logs if r.level >= level and r.time >= since]
         _send(resp, {"logs": [r.to_json() for r in matching[-limit:]], "dropped": rings.logs_dropped})
 
@@ -207,7 +207,7 @@ class SnmpViewResource:
         snap = state.snapshot()
         system = state.system_json(snap)
         workload = workload_json(state)
-        records = list(state.rings.records)[-limit:][::-1]
+        records = list(state.fresh_rings().records)[-limit:][::-1]
         _send(resp, {
             "timestamp": datetime.fromtimestamp(snap.taken, timezone.utc).isoformat().replace("+00:00", "Z"),
             "system_info": {k: system[k] for k in ("num_cpu", "num_goroutine", "memory_alloc")},

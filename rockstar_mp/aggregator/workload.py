@@ -101,7 +101,7 @@ class RingDrain:
         self._waiting = 0  # records in the batches
         self.logs: deque[LogRecord] = deque(maxlen=recent_logs)
         self._positions: dict[tuple, int] = {}  # (slab, generation, ring) -> next index
-        self.fullest = 0.0  # the last drain's largest share of a ring that was new (0: nothing new)
+        self._filled: dict[tuple, float] = {}  # (slab, generation, ring) -> share of it drained since take_fullest()
         layout = segment.geometry.slab
         self._rings = (record_ring(layout), log_ring(layout))  # the same in every slab
 
@@ -123,7 +123,6 @@ class RingDrain:
         live = set()
         copies: list[RingCopy] = []
         new_logs: list[LogRecord] = []
-        fills: list[float] = []
         record_spec, log_spec = self._rings
         for slot in self.segment.slots() if slots is None else slots:
             if slot.state not in (LIVE, RETIRED):
@@ -139,7 +138,7 @@ class RingDrain:
                 if since is None:  # first sight (e.g. after an aggregator restart): what is still there
                     since = max(0, spec.head.get(buf, base) - spec.slots)
                 copy, position, dropped = copy_ring(buf, base, spec, since)
-                fills.append((position - since) / spec.slots)
+                self._filled[key] = self._filled.get(key, 0.0) + (position - since) / spec.slots
                 self._positions[key] = position
                 if spec is record_spec:
                     copies.append(copy)
@@ -149,7 +148,6 @@ class RingDrain:
                     dropped_field.set(buf, dropped_field.get(buf) + dropped)
         for key in set(self._positions) - live:
             del self._positions[key]
-        self.fullest = max(fills, default=0.0)
         self._keep(copies)
         self.logs.extend(sorted(new_logs, key=lambda r: r.time))
 
@@ -164,6 +162,13 @@ class RingDrain:
         while self._batches and self._waiting - self._batches[0][1] >= (self._records.maxlen or 0):
             self._waiting -= self._batches.popleft()[1]
             self._records.clear()
+
+    def take_fullest(self) -> float:
+        """The largest share of one ring the drains since the last call found new (0: nothing new), and
+        start counting again (the aggregator's tick paces itself on it, whoever drained in between)."""
+        fullest = max(self._filled.values(), default=0.0)
+        self._filled.clear()
+        return fullest
 
     @property
     def records_dropped(self) -> int:

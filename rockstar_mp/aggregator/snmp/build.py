@@ -179,7 +179,8 @@ class ViewBuilder:
         nodes.append(self._table(mibdef.COUNTERS, counters))
         nodes.append(self._table(mibdef.GAUGES, gauges))
 
-        rows = self._cached(self.records, state.rings.records, _record_row)
+        rings = state.fresh_rings()
+        rows = self._cached(self.records, rings.records, _record_row)
         nodes.append(self._table(mibdef.RECORDS, rows))
 
         for table, values, ids in ((mibdef.ROUTES, workload["by_route"], self.routes),
@@ -193,7 +194,7 @@ class ViewBuilder:
                                         us(agg["p50_ms"]), us(agg["p95_ms"]), us(agg["p99_ms"]))))
             nodes.append(self._table(table, rows))
 
-        rows = self._cached(self.logs, state.rings.logs, _log_row)
+        rows = self._cached(self.logs, rings.logs, _log_row)
         nodes.append(self._table(mibdef.LOGS, rows))
         nodes.append(self._table(mibdef.OPTIMIZATION, self._optimization_rows()))
         return View(nodes, time.monotonic(), snap)
