@@ -290,8 +290,11 @@ class AggregatorState:
 
     def fresh_rings(self) -> RingDrain:
         """The rings drained now, for a reader of the records or logs: between two ticks (up to a
-        second apart when idle) they would be that old."""
-        self.rings.drain(self.merger.table.read())
+        second apart when idle) they would be that old. A drain that found something new drops the
+        cached snapshot, so that one taken after it holds the counts of every record read (a worker
+        stores its count before its record): read the rings first, then the snapshot."""
+        if self.rings.drain(self.merger.table.read()):
+            self._snapshot = None
         return self.rings
 
     def _optimizations_changed(self) -> bool:

@@ -204,10 +204,10 @@ class SnmpViewResource:
                                        description="send the community as 'X-SNMP-Community: <community>'")
         limit = params.integer(req, "limit", 100, minimum=1, maximum=MAX_LIMIT)
         state = self._state
+        records = list(state.fresh_rings().records)[-limit:][::-1]  # before the snapshot (fresh_rings)
         snap = state.snapshot()
         system = state.system_json(snap)
         workload = workload_json(state)
-        records = list(state.fresh_rings().records)[-limit:][::-1]
         _send(resp, {
             "timestamp": datetime.fromtimestamp(snap.taken, timezone.utc).isoformat().replace("+00:00", "Z"),
             "system_info": {k: system[k] for k in ("num_cpu", "num_goroutine", "memory_alloc")},

@@ -116,10 +116,11 @@ class RingDrain:
         self._waiting = 0
         return self._records
 
-    def drain(self, slots: list | None = None) -> None:
+    def drain(self, slots: list | None = None) -> bool:
         """Read what every live or retired (not yet folded) slab wrote since the last drain (``slots``:
-        the slot table if the caller has just read it)."""
+        the slot table if the caller has just read it). True if a ring had something new."""
         geometry, buf = self.segment.geometry, self.segment.buf
+        moved = False
         live = set()
         copies: list[RingCopy] = []
         new_logs: list[LogRecord] = []
@@ -138,6 +139,7 @@ class RingDrain:
                 if since is None:  # first sight (e.g. after an aggregator restart): what is still there
                     since = max(0, spec.head.get(buf, base) - spec.slots)
                 copy, position, dropped = copy_ring(buf, base, spec, since)
+                moved = True
                 self._filled[key] = self._filled.get(key, 0.0) + (position - since) / spec.slots
                 self._positions[key] = position
                 if spec is record_spec:
@@ -150,6 +152,7 @@ class RingDrain:
             del self._positions[key]
         self._keep(copies)
         self.logs.extend(sorted(new_logs, key=lambda r: r.time))
+        return moved
 
     def _keep(self, copies: list[RingCopy]) -> None:
         """Queue a drain's record copies as one batch; let go of the batches (and the records kept

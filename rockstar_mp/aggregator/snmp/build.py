@@ -111,6 +111,7 @@ class ViewBuilder:
 
     def build(self) -> View:
         state = self.state
+        rings = state.fresh_rings()  # before the snapshot (see fresh_rings)
         snap = state.snapshot()
         system = state.system_json(snap)
         workload = workload_json(state)
@@ -179,7 +180,6 @@ class ViewBuilder:
         nodes.append(self._table(mibdef.COUNTERS, counters))
         nodes.append(self._table(mibdef.GAUGES, gauges))
 
-        rings = state.fresh_rings()
         rows = self._cached(self.records, rings.records, _record_row)
         nodes.append(self._table(mibdef.RECORDS, rows))
 
