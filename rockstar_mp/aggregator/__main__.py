@@ -196,14 +196,18 @@ class HttpServer:
 
 
 class TickSleep:
-    """The sleep between two ticks, which a stop ends at once: ``asyncio.sleep``'s own future and timer
-    (``wait_for`` on the stop event cost more a tick), kept where the signal handler can wake it."""
+    """The sleep between two ticks, which a stop ends at once (or skips, if it came during a tick):
+    ``asyncio.sleep``'s own future and timer (``wait_for`` on the stop event cost more a tick), kept
+    where the signal handler can wake it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._waiting: asyncio.Future | None = None
+        self._woken = False
 
     async def sleep(self, seconds: float) -> None:
+        if self._woken:
+            return
         self._waiting = waiting = self.loop.create_future()
         timer = self.loop.call_later(seconds, self._end, waiting)
         try:
@@ -213,6 +217,7 @@ class TickSleep:
             self._waiting = None
 
     def wake(self) -> None:
+        self._woken = True
         if self._waiting is not None:
             self._end(self._waiting)
 
