@@ -4,7 +4,7 @@
  * the reference and the fallback when this module is not built. Every offset and constant comes from
  * Python (rockstar_mp.segment.layout, rockstar_mp.sketch) through configure() and Slab(); nothing about
  * the segment's byte layout is defined here. First-time lookups (a new status line, route, bucket)
- * call back into Python, which fills the caches this code reads. The hold (wsgi._hold) is done here
+ * call back into Python, which fills the caches this code reads. The hold (worker/hold.py) is done here
  * with setsockopt(2) directly.
  *
  * Runs with the GIL held throughout, so a request's stores are never interleaved with another
@@ -613,9 +613,6 @@ static PyTypeObject RequestType = {
     .tp_methods = request_methods,
 };
 
-/* The hold of wsgi._hold/_release on the server's socket object, without a call into Python: on (1),
- * SO_LINGER 0 (a process killed now resets the connection) and TCP_CORK (nothing sent); off (0), the
- * reverse (uncorking sends what was held). 0, or -1 (no such option, not a socket). */
 /* The descriptor of a socket object. The standard socket's C struct starts with its descriptor, an int
  * on Linux (CPython's PySocketSockObject): read there for an instance of socket_base, the type that
  * trust_socket_layout() checked on a real socket, which saves calling its fileno() method (some 600
@@ -664,6 +661,8 @@ static int set_hold(int fd, int on) {
 #endif
 }
 
+/* worker/hold.py's hold (1) and release (0) on the server's socket object, without a call into Python:
+ * 0, or -1 (no such option, not a socket). */
 static int set_cork(PyObject *sock, int on) {
     int fd = socket_fd(sock);
     return fd < 0 ? -1 : set_hold(fd, on);

@@ -25,6 +25,7 @@ from .environment import RUN_DIR_ENV, SEGMENT_ENV, SEGMENT_FD_ENV
 from .master.manager import MonitoringManager
 from .segment import NoFreeSlab, NoSpace
 from .segment.layout import Header
+from .worker import hold
 from .worker.attach import attach_worker, current
 from .worker.optimize import install_usr1, optimizing
 
@@ -178,9 +179,7 @@ def post_fork(server: Arbiter, worker: Worker) -> None:
         handler = getattr(worker, "handle_usr1", None)
         if callable(handler):
             worker.handle_usr1 = optimizing(state.optimizer, handler)
-        from .worker import wsgi  # here: importing it declares the request families, a worker's business
-
-        wsgi.hold_listeners(worker)
+        hold.hold_listeners(worker)
 
 
 @_guarded
@@ -196,9 +195,7 @@ def post_worker_init(worker: Worker) -> None:
 
 
 def _release_listeners(server: Arbiter) -> None:
-    from .worker import wsgi
-
-    wsgi.release_listeners(getattr(server, "LISTENERS", None) or ())
+    hold.release_listeners(getattr(server, "LISTENERS", None) or ())
 
 
 @_guarded

@@ -15,7 +15,7 @@ import urllib.request
 import psutil
 import pytest
 
-from rockstar_mp.worker import wsgi
+from rockstar_mp.worker import hold
 from rockstar_mp.worker.accelerator import PURE_PYTHON_ENV
 from tests.helpers import limit, load, poll, raw_get
 
@@ -243,7 +243,7 @@ def test_released_listeners_are_plain_again_and_others_untouched():
             sock.listen()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", *linger))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-        wsgi.release_listeners([held, own])
+        hold.release_listeners([held, own])
         state = {name: (sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK),
                         struct.unpack("ii", sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)))
                  for name, sock in (("held", held), ("own", own))}

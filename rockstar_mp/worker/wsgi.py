@@ -3,9 +3,9 @@
 A response is counted when the server has taken its last body chunk (right after gunicorn wrote it),
 so a worker killed mid-request does not count a response its client never got. With gunicorn the
 response stays corked in the kernel until the count is stored, and a worker killed before that resets
-the connection (``_hold``), so a client never sees a response that was not counted. In a gunicorn sync
+the connection (``hold.hold``), so a client never sees a response that was not counted. In a gunicorn sync
 worker the C path sets that hold once on the listening sockets, which accepted connections inherit
-(``hold_listeners``): a request then costs one system call for it instead of four.
+(``hold.hold_listeners``): a request then costs one system call for it instead of four.
 
 Example::
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import inspect
 import socket
-import struct
 import threading
 import time
 from bisect import bisect_left
@@ -48,6 +47,8 @@ from typing import Any
 from ..metrics import REGISTRY, Counter, Histogram
 from . import falcon as falcon_routes
 from .accelerator import hotpath
+from .hold import CORK, release
+from .hold import hold as hold_socket
 from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
 from .workload import HTTP_ROUTE, OTHER, RECORDER, add_cells, declared, label, reserved, template_path
 
@@ -171,7 +172,7 @@ def count_response(method: str, status_line: object, route: str, seconds: float,
     ``http.request.duration.seconds``; returns the status code a workload record stores (0: none).
     ``method``: a ``request_method``; ``status_line``: WSGI's (``"404 Not Found"``; a front end with
     an int code passes ``str(code)``); ``route``: a ``request_route``. ``sock``: a socket held by
-    ``_hold``, released right after the count is stored (so call this before the response may go)."""
+    ``hold.hold``, released right after the count is stored (so call this before the response may go)."""
     try:  # response_cells(), inlined: the request path's one lookup
         cells = _cells.get((method, status_line, route)) or _declare_cells(method, status_line, route)
     except TypeError:  # a status "line" that cannot be a key: no cache
@@ -181,7 +182,7 @@ def count_response(method: str, status_line: object, route: str, seconds: float,
     if overflow is not None:
         add_cells(overflow, 1.0)
     if sock is not None:
-        _release(sock)  # right after the count: a kill in between is the one window left
+        release(sock)  # right after the count: a kill in between is the one window left
     hvals[hidx + bisect_left(bounds, seconds)] += 1.0
     hvals[hidx + sum_at] += seconds
     return status
@@ -215,72 +216,6 @@ def _route_of(environ: dict, status_line: object) -> str:
         return OTHER
 
 
-_LINGER_RESET = struct.pack("ii", 1, 0)
-_LINGER_OFF = struct.pack("ii", 0, 0)
-_CORK = getattr(socket, "TCP_CORK", None)
-
-
-def _hold(sock) -> bool:
-    """Until the count is stored, the response stays in the kernel (TCP_CORK) and the socket resets if
-    the process dies (SO_LINGER 0 discards what was not sent). Without it, a send wakes the client, and
-    on a busy machine the scheduler may run the client (and a killer) before the worker stores its
-    count. With the cork alone, a worker preempted right after its last write (a system call's return
-    is where that happens) and killed there had its corked response flushed at exit, uncounted: 2 runs
-    of 45 of the kill test under load. With both, a worker killed before counting sends nothing."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
-        return True
-    except (OSError, AttributeError, TypeError):
-        return False
-
-
-def _release(sock) -> None:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
-        sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)  # flush
-    except OSError:
-        pass
-
-
-def hold_listeners(worker) -> bool:
-    """In a gunicorn sync worker with the C request path: hold the listening sockets at the first held
-    request (``_hotpath.c``'s ``hold_listeners``), so that every connection accepted afterwards starts
-    held (TCP_CORK and SO_LINGER 0 are inherited from the listener) and a request costs one system call
-    (the linger's release, once counted) instead of four. Only where every response ends in gunicorn's
-    ``close_graceful``, whose ``shutdown(SHUT_WR)`` sends what the cork held (gunicorn >= 27's sync
-    worker): a keep-alive worker's responses would wait for the cork's 200 ms, and so would a TLS
-    handshake (``certfile``: not armed). True if armed.
-
-    Called by the gunicorn hooks (``post_fork``); ``release_listeners`` undoes it in the master."""
-    try:
-        from gunicorn import util
-        from gunicorn.workers.sync import SyncWorker
-    except ImportError:
-        return False
-    if (hotpath is None or _CORK is None or not isinstance(worker, SyncWorker)
-            or type(worker).handle is not SyncWorker.handle or not hasattr(util, "close_graceful")
-            or getattr(worker.cfg, "is_ssl", True)):
-        return False
-    hotpath.hold_listeners(tuple(listener.fileno() for listener in worker.sockets))
-    return True
-
-
-def release_listeners(listeners) -> None:
-    """Undo ``hold_listeners`` on the master's listening sockets (before a USR2 re-exec and at exit): a
-    listener outlives us (a new master inherits it, systemd keeps it), and a server without rockstar-mp
-    accepting held connections would see its keep-alive responses wait for the cork."""
-    for listener in listeners:
-        try:
-            held = (listener.getsockopt(socket.IPPROTO_TCP, _CORK) == 1
-                    and listener.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == _LINGER_RESET)
-            if held:
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
-                listener.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
-        except (OSError, AttributeError, TypeError):
-            continue  # not a TCP socket, or closed
-
-
 class _Request:
     """What ``MetricsMiddleware`` keeps of one request until the server took its last byte."""
 
@@ -294,7 +229,7 @@ class _Request:
         self.method = method
         self.status = "500"  # until the app calls start_response (an app that raised answers 500)
         self.started = started
-        self.sock = sock  # held (corked, resets on death) until the count is stored (``_hold``)
+        self.sock = sock  # held (corked, resets on death) until the count is stored (``hold.hold``)
 
     def start_response(self, status_line: str, headers, exc_info=None):
         self.status = status_line
@@ -392,7 +327,7 @@ class _Shared:
         self.workload = workload
         if workload and falcon_routes.is_falcon_app(app):
             falcon_routes.capture_routes(app)  # Falcon's router names the route: no Falcon middleware needed
-        self.hold = hold and _CORK is not None  # see _hold(); gunicorn passes its socket in the environ
+        self.hold = hold and CORK is not None  # see hold.hold(); gunicorn passes its socket in the environ
         self.tenant_key = "HTTP_" + tenant_header.upper().replace("-", "_")
         if hotpath is not None and isinstance(self, hotpath.Middleware):
             hotpath.Middleware.__init__(self, app, _CELLS, _TEMPLATES, KNOWN_METHODS, self.tenant_key,
@@ -407,7 +342,7 @@ class _PythonPath(_Shared):
     """The request path in Python: the reference, and what runs without the C accelerator."""
 
     def _finish(self, request: _Request, response_bytes: int) -> None:
-        """The server took the last byte: count, record, then let the response go (``_release``)."""
+        """The server took the last byte: count, record, then let the response go (``hold.release``)."""
         seconds = perf_counter() - request.started
         method, environ = request.method, request.environ
         route = _route_of(environ, request.status)
@@ -422,7 +357,7 @@ class _PythonPath(_Shared):
         started = perf_counter()
         method = request_method(environ.get("REQUEST_METHOD"))  # a missing one is not taken for a GET
         sock = environ.get("gunicorn.socket") if self.hold else None
-        if sock is not None and not _hold(sock):
+        if sock is not None and not hold_socket(sock):
             sock = None
         request = _Request(self, environ, start_response, method, started, sock)
         if self.workload:
