@@ -20,9 +20,10 @@ them (``native``). Clocks, said plainly:
   timer per thread on its CPU clock, SIGPROF sent to the sampler thread alone and taken with
   ``sigtimedwait``; at least every 0.1 s of wall time; every 1/hz s of wall time if the timers cannot
   be made, as the profile's comment then says), reads each thread's CPU clock (``thread_cpu_ns``) and
-  charges the increase to the last stack it was seen running at (``_charge_cpu`` says why): exact
+  charges the increase to the stack it is then at (``_charge_cpu`` says why): the CPU is exact
   whenever the wakes come. A thread that used no CPU costs one clock read; rockstar-mp's own threads
-  are not read. Python frames can only be read
+  are not read. The wait and the tick run in C where the accelerator is built (``cpu_wake``: the
+  sampler's CPU per wake is figure 15c), else in Python. Python frames can only be read
   when the sampler holds the GIL: a thread in a long C call that keeps the GIL is seen after it, at
   the call's line, with the call's CPU (as in signal mode).
 * **Wall** (``/wall``): the thread sampler, every thread, the wall time since its previous tick.
@@ -419,14 +420,22 @@ class CpuPacer:
         signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
 
 
+def cpu_wake():
+    """``hotpath.cpu_wake`` (the CPU thread sampler's wait and tick in C, ``_hotpath.c``), or None where
+    the accelerator is not built or ``ROCKSTAR_PURE_PYTHON=1``: then ``ThreadSampler._cpu_tick`` runs."""
+    from ..worker.accelerator import hotpath  # imported late: the worker package is loaded by then
+
+    return getattr(hotpath, "cpu_wake", None)
+
+
 class ThreadSampler:
     """Samples every other thread's Python stack every 1/hz s, in the calling thread (rockstar-mp's
     own threads only with ``internal``).
 
     Per thread and tick: CPU is the thread's CPU time since its previous tick (``thread_cpu_ns``),
-    charged to the stack it is at, or, when it now waits, to the last stack it was seen running at
-    (where that CPU was spent); a thread that used none costs one clock read. Wall is the time since
-    the previous tick; block the part of it off CPU, when the thread waits (``frames.wait_kind``).
+    charged to the stack it is at (``_charge_cpu``); a thread that used none costs one clock read.
+    Wall is the time since the previous tick; block the part of it off CPU, when the thread waits
+    (``frames.wait_kind``).
     A thread whose leaf frame and instruction are those of its previous tick has the same stack,
     which is then not walked again (idle threads, long calls).
     """
@@ -446,6 +455,7 @@ class ThreadSampler:
         self.pacing = f"woken every 1/{self.hz} s of wall time"
         self.wakes = self.expirations = 0  # the CPU-only sampler's wakes, and those a CPU-clock timer made
         self.own_cpu_ns = 0  # the sampler thread's own CPU time
+        self.accelerated = False  # the CPU-only loop's wakes done by hotpath.cpu_wake
 
     @property
     def trace(self) -> list:
@@ -468,27 +478,38 @@ class ThreadSampler:
         key = _frames.capture_key(frame)
         if key not in self._codes:
             self._codes[key] = _frames.capture_codes(frame)
-        kind = _frames.wait_kind(frame) if (self.want_block or self.want_cpu) else None
+        kind = _frames.wait_kind(frame) if self.want_block else None
         seen[ident] = (frame, lasti, key, kind)  # the frame stays alive: its identity is the check
         return key, kind
 
-    def _charge_cpu(self, ident: int, key: tuple, kind: str | None, cpu_ns: int, running: dict) -> None:
-        """Charge the ``cpu_ns`` a thread used since its previous tick to the stack it was last seen
-        running at, then remember where it runs now (unless it waits).
+    def _charge_cpu(self, ident: int, key: tuple, cpu_ns: int) -> None:
+        """Charge the ``cpu_ns`` a thread used since its previous tick to the stack it is seen at now.
 
-        Why the previous stack, not the current one: the sampler needs the GIL, and a thread hands it
-        over as it enters a blocking call or a long C call that releases it, so the tick after a move
-        mostly lands just as the new call starts, and the CPU since the previous tick was spent before
-        it (charged to the new call, a 20 ms spin before a 38 ms sha256 put the hash at 72 % against 66 %).
-        A thread seen at the same stack twice is charged there; a move at a random time costs a
-        fraction of a tick either way."""
-        cell = self.cpu.setdefault((ident, running.get(ident, key)), [0, 0])
+        A tick is a sample at the moment the sampler reads the threads' clocks and stacks, with the
+        GIL: charging each thread's CPU up to that moment to the stack it is then at is what Go's
+        SIGPROF profile does, and is right on average however late a tick comes, as long as every
+        stack is seen as late as the others. A thread running Python holds the GIL: the sampler waits
+        for it up to the switch interval, or until the thread enters a call that releases it (a C call
+        or a wait), and sees the call, charged the Python before it; the next stack the thread runs,
+        seen late by as much, is charged the code before it the same way. Charging the CPU to the
+        stack seen at the *previous* tick instead, as this did, is right only at a Python -> C move:
+        after a C call the Python seen up to 5 ms late had its CPU charged to the C call, so a 20 ms
+        Python spin after a 38 ms sha256 read 25 % of the route against 34 % (and a request's last
+        function was charged the framework's CPU up to the thread's next wait, which it was charged
+        too)."""
+        cell = self.cpu.setdefault((ident, key), [0, 0])
         cell[0] += 1
         cell[1] += cpu_ns
-        if kind is None:
-            running[ident] = key
 
-    def _cpu_tick(self, clocks: list, last_cpu: dict, running: dict, seen: dict) -> None:
+    def _charge_woken(self, stacks: list) -> None:
+        """Charge a tick of ``hotpath.cpu_wake``: ``[(ident, cpu_ns, stack key, its leaf frame if the
+        key is new), ...]``."""
+        for ident, cpu_ns, key, leaf in stacks:
+            if leaf is not None:
+                self._codes[key] = _frames.capture_codes(leaf)
+            self._charge_cpu(ident, key, cpu_ns)
+
+    def _cpu_tick(self, clocks: list, last_cpu: dict, seen: dict) -> None:
         """A CPU-only tick: every thread's CPU clock, then the stacks of those that used some (at 100 Hz
         most threads of a server idle through most ticks: one clock read each)."""
         used = []
@@ -511,8 +532,8 @@ class ThreadSampler:
             frame = current.get(ident)
             if frame is None:
                 continue
-            key, kind = self._look(ident, frame, seen)
-            self._charge_cpu(ident, key, kind, cpu_ns, running)
+            key, _ = self._look(ident, frame, seen)
+            self._charge_cpu(ident, key, cpu_ns)
         current = frame = None
 
     def run(self, seconds: float, stop: threading.Event | None = None) -> "ThreadSampler":
@@ -549,10 +570,12 @@ class ThreadSampler:
             self.pacing = f"woken after every 1/{self.hz} s of any sampled thread's CPU time (timer_create)"
         except (OSError, ValueError, AttributeError) as exc:
             self.pacing = f"woken every 1/{self.hz} s of wall time (no CPU-clock timers: {exc})"
-        running: dict[int, tuple] = {}  # the last stack key each thread was seen running at
         seen: dict[int, tuple] = {}
         clocks: list[tuple[int, int]] = []
         refreshed = float("-inf")
+        wake = cpu_wake()
+        self.accelerated = pacer is not None and wake is not None
+        stacks: list | None = None
         try:
             while True:
                 now = time.monotonic()
@@ -563,12 +586,19 @@ class ThreadSampler:
                     sampled = self._sampled(me)
                     clocks = [(ident, thread_cpu_clock(tid)) for ident, tid in sampled]
                     pacer = self._track(pacer, {tid for _, tid in sampled})
+                self.wakes += 1
+                if pacer is not None and wake is not None:
+                    signalled, stacks = wake(int(pacer.SIGNAL), min(CpuPacer.FALLBACK, deadline - now), clocks,
+                                             last_cpu, self._codes, _frames.MAX_DEPTH)
+                    self.expirations += signalled
+                    self._charge_woken(stacks)
+                    stacks = None  # no frame outlives the tick
+                    continue
                 if pacer is None:
                     _sleep(min(1.0 / self.hz, deadline - now), stop)
                 elif pacer.wait(min(CpuPacer.FALLBACK, deadline - now)):
                     self.expirations += 1
-                self.wakes += 1
-                self._cpu_tick(clocks, last_cpu, running, seen)
+                self._cpu_tick(clocks, last_cpu, seen)
         finally:
             seen.clear()
             if pacer is not None:
@@ -592,7 +622,6 @@ class ThreadSampler:
         me = native.get_ident()
         interval = 1.0 / self.hz
         last_t = started
-        running: dict[int, tuple] = {}  # the last stack key each thread was seen running at
         seen: dict[int, tuple] = {}
         hidden: set[int] = set()
         clocked = self.want_cpu or self.want_block
@@ -629,7 +658,7 @@ class ThreadSampler:
                                 cpu_ns = max(0, value - previous)
                     key, kind = self._look(ident, frame, seen)
                     if cpu_ns and self.want_cpu:
-                        self._charge_cpu(ident, key, kind, cpu_ns, running)
+                        self._charge_cpu(ident, key, cpu_ns)
                     self._charge_wall(ident, key, kind, dt_ns, cpu_ns)
                     if self.want_trace:
                         self._trace.append((wall_us, ident, key))
@@ -675,9 +704,10 @@ class ThreadSampler:
     def cpu_raw(self) -> dict:
         return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
                          f"clock: per-thread CPU time (clock_gettime), thread sampler {self.pacing}; "
-                         "each thread's CPU since its previous sample charged to its stack (its last "
-                         f"running one if it now waits); the sampler: {self.wakes} wakes, "
-                         f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU")
+                         "each thread's CPU since its previous sample charged to the stack it is then "
+                         f"at; the sampler: {self.wakes} wakes, "
+                         f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU"
+                         + (" (its ticks in C)" if self.accelerated else ""))
 
     def wall_raw(self) -> dict:
         return self._raw(self.wall, [("samples", "count"), ("wall", "nanoseconds")],
