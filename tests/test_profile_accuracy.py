@@ -58,6 +58,7 @@ MAX_WINDOW = 40
 POINTS = 5.0
 ROUTES = {"pure": ("hot", "cold"), "chash": ("spin", "digest"), "waits": ("nap", "poll_nothing", "stuck")}
 CPU_ROUTES = ("pure", "chash")
+CPU_LOAD = ("pure", "chash", "chash")  # what the client sends in turn in the CPU window: /chash twice, the harder
 WALL_ROUTES = ("waits",)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -241,7 +242,7 @@ def compare_in_a_window(server: SplitServer, gotmp: Path) -> Iterator[tuple[str,
     sampler taking the GIL 100 times a second keeps the main thread off CPU at scheduler ticks, which
     delays SIGPROF past the end of a Python spin into the C call after it (2-4 points of the spin, seen
     only with both profiles running)."""
-    server.drive(CPU_ROUTES)
+    server.drive(CPU_LOAD)
     window = int(min(max(NEEDED_CPU / cpu_rate(server.pid), WINDOW), MAX_WINDOW))
     print(f"window {window} s, load {os.getloadavg()}")
     cpu, spied_cpu = profile_beside_py_spy(server, "profile", False, window, gotmp)
