@@ -491,20 +491,17 @@ class ThreadSampler:
         return key, kind
 
     def _charge_cpu(self, ident: int, key: tuple, cpu_ns: int) -> None:
-        """Charge the ``cpu_ns`` a thread used since its previous tick to the stack it is seen at now.
+        """Charge the ``cpu_ns`` a thread used since its previous sample to the stack it is seen at now.
 
-        A tick is a sample at the moment the sampler reads the threads' clocks and stacks, with the
-        GIL: charging each thread's CPU up to that moment to the stack it is then at is what Go's
-        SIGPROF profile does, and is right on average however late a tick comes, as long as every
-        stack is seen as late as the others. A thread running Python holds the GIL: the sampler waits
-        for it up to the switch interval, or until the thread enters a call that releases it (a C call
-        or a wait), and sees the call, charged the Python before it; the next stack the thread runs,
-        seen late by as much, is charged the code before it the same way. Charging the CPU to the
-        stack seen at the *previous* tick instead, as this did, is right only at a Python -> C move:
-        after a C call the Python seen up to 5 ms late had its CPU charged to the C call, so a 20 ms
-        Python spin after a 38 ms sha256 read 25 % of the route against 34 % (and a request's last
-        function was charged the framework's CPU up to the thread's next wait, which it was charged
-        too)."""
+        A sample is taken when the sampler reads the thread's clock and stack, with the GIL: charging
+        the CPU up to that moment to the stack then seen is what Go's SIGPROF profile does, and is
+        right on average however late a sample comes, as long as every stack is seen as late as the
+        others (``_due_samples`` keeps them a period of the thread's CPU apart; ``_charge_woken``
+        corrects the one move a late sample gets wrong). Charging it to the stack seen at the
+        *previous* sample instead, as this did, went wrong after every C call: a sample due just as a
+        Python function began after a C call is seen up to the switch interval later (the sampler
+        waits that long for the GIL), and the CPU before it went to the C call: a 20 ms Python spin
+        after a 38 ms sha256 read 22-29 % of its route against 34 %."""
         cell = self.cpu.setdefault((ident, key), [0, 0])
         cell[0] += 1
         cell[1] += cpu_ns
