@@ -1725,7 +1725,7 @@ static PyObject *py_cpu_wake(PyObject *module, PyObject *args);
 
 static PyMethodDef module_methods[] = {
     {"cpu_wake", py_cpu_wake, METH_VARARGS,
-     "cpu_wake(signo, timeout, clocks, last_cpu, due, period, known, depth) -> (signalled, blocked, [(ident, cpu_ns, key, leaf "
+     "cpu_wake(signo, timeout, clocks, last_cpu, due, period, known, depth) -> (signalled, GIL holder or None, [(ident, cpu_ns, key, leaf "
      "frame or None), ...]): the CPU thread sampler's wait and tick (samplers.ThreadSampler._run_cpu)."},
     {"configure", py_configure, METH_VARARGS, "Constants from the layout and the sketch."},
     {"bind", py_bind, METH_VARARGS, "The slab, the recorder's caches and the idle callback."},
@@ -1916,10 +1916,22 @@ static PyObject *cpu_used(PyObject *idents, const int64_t *values, PyObject *las
 }
 
 /* Wait for signo (at most timeout s) with the GIL released, then, with the GIL back, read every clock:
- * the moment sampled is when the stacks are read (ThreadSampler._charge_cpu says why); *blocked says
- * whether another thread held the GIL then (ThreadSampler._charge_woken says what that tells). */
-static int wait_and_read(int signo, double timeout, const clockid_t *clocks, int64_t *values, Py_ssize_t n,
-                         int *blocked) {
+ * the moment sampled is when the stacks are read (ThreadSampler._charge_cpu says why). *blocked says
+ * whether another thread held the GIL then, before_gil the clocks as the sampler started waiting for
+ * it (ThreadSampler._charge_woken says what that tells). */
+/* CPU a thread uses while the sampler waits for the GIL, above which it ran then (a thread woken in that
+ * time runs a few microseconds) */
+#define RAN_NS 200000
+
+static void read_clocks(const clockid_t *clocks, int64_t *values, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct timespec v;
+        values[i] = clock_gettime(clocks[i], &v) == 0 ? (int64_t)v.tv_sec * 1000000000 + v.tv_nsec : -1;
+    }
+}
+
+static int wait_and_read(int signo, double timeout, const clockid_t *clocks, int64_t *values, int64_t *before_gil,
+                         Py_ssize_t n, int *blocked) {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, signo);
@@ -1930,15 +1942,13 @@ static int wait_and_read(int signo, double timeout, const clockid_t *clocks, int
     struct rusage before, after;
     Py_BEGIN_ALLOW_THREADS
     got = sigtimedwait(&set, NULL, &limit);
+    read_clocks(clocks, before_gil, n);
     counted = getrusage(RUSAGE_THREAD, &before) == 0;
     Py_END_ALLOW_THREADS
     /* blocked for the GIL: a voluntary context switch while taking it (merely waiting for a core on a
      * busy machine is an involuntary one) */
     *blocked = counted && getrusage(RUSAGE_THREAD, &after) == 0 && after.ru_nvcsw > before.ru_nvcsw;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        struct timespec v;
-        values[i] = clock_gettime(clocks[i], &v) == 0 ? (int64_t)v.tv_sec * 1000000000 + v.tv_nsec : -1;
-    }
+    read_clocks(clocks, values, n);
     return got == signo;
 }
 
@@ -1958,8 +1968,9 @@ static PyObject *py_cpu_wake(PyObject *module, PyObject *args) {
     PyObject *idents = PyList_New(n);
     clockid_t *ids = PyMem_Calloc(n ? n : 1, sizeof(clockid_t));
     int64_t *values = PyMem_Calloc(n ? n : 1, sizeof(int64_t));
+    int64_t *before_gil = PyMem_Calloc(n ? n : 1, sizeof(int64_t));
     PyObject *result = NULL, *used = NULL, *stacks = NULL;
-    if (idents == NULL || ids == NULL || values == NULL)
+    if (idents == NULL || ids == NULL || values == NULL || before_gil == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PyList_GET_ITEM(clocks, i);
@@ -1974,18 +1985,27 @@ static PyObject *py_cpu_wake(PyObject *module, PyObject *args) {
         PyList_SET_ITEM(idents, i, PyTuple_GET_ITEM(pair, 0));
     }
     int blocked;
-    int signalled = wait_and_read(signo, timeout, ids, values, n, &blocked);
+    int signalled = wait_and_read(signo, timeout, ids, values, before_gil, n, &blocked);
+    /* the one sampled thread that ran while this one blocked for the GIL: it held the GIL */
+    Py_ssize_t ran = 0, holder = -1;
+    for (Py_ssize_t i = 0; blocked && i < n; i++)
+        if (before_gil[i] >= 0 && values[i] > before_gil[i] + RAN_NS) {
+            ran++;
+            holder = i;
+        }
     used = cpu_used(idents, values, last_cpu, due, (int64_t)period);
     if (used == NULL)
         goto done;
     stacks = PyDict_GET_SIZE(used) ? used_stacks(used, known, depth) : PyList_New(0);
     if (stacks != NULL)
-        result = Py_BuildValue("(OOO)", signalled ? Py_True : Py_False, blocked ? Py_True : Py_False, stacks);
+        result = Py_BuildValue("(OOO)", signalled ? Py_True : Py_False,
+                               ran == 1 ? PyList_GET_ITEM(idents, holder) : Py_None, stacks);
 done:
     Py_XDECREF(stacks);
     Py_XDECREF(used);
     Py_XDECREF(idents);
     PyMem_Free(ids);
     PyMem_Free(values);
+    PyMem_Free(before_gil);
     return result;
 }

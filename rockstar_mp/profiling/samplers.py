@@ -506,23 +506,25 @@ class ThreadSampler:
         cell[0] += 1
         cell[1] += cpu_ns
 
-    def _charge_woken(self, stacks: list, blocked: bool, last_seen: dict) -> None:
+    def _charge_woken(self, stacks: list, holder: int | None, last_seen: dict) -> None:
         """Charge a tick of ``hotpath.cpu_wake``: ``[(ident, cpu_ns, stack key, its leaf frame if the
-        key is new), ...]``, ``blocked`` if the sampler had to wait for the GIL.
+        key is new), ...]``; ``holder``, the thread that held the GIL when the tick came, if the
+        sampler blocked for it and that thread alone ran meanwhile.
 
-        As ``_charge_cpu``, but for the one move a late tick gets wrong: a thread that held the GIL
-        when its tick was due (the sampler blocked for it) and is now seen in a call it was not in at
-        its previous sample (``last_seen``) entered that call after the tick was due, handing the GIL
-        over as it did: that tick belongs to the Python it was running, and is charged to its previous
-        sample's stack. Charged to the call, a 20 ms spin before a sha256 read 28-32 % of its route
-        against 34 % in a gthread worker: the ticks due in the spin's last 5 ms went to the hash."""
+        As ``_charge_cpu``, but for the one move a late tick gets wrong: the GIL holder, now seen in a
+        call it was not in at its previous sample (``last_seen``), entered that call after the tick
+        came, handing the GIL over as it did: that tick belongs to the Python it was running, and is
+        charged to its previous sample's stack. Charged to the call, a 20 ms spin before a sha256 read
+        28-32 % of its route against 34 % in a gthread worker: the ticks due in the spin's last 5 ms
+        went to the hash. (Told only by a blocked wait, where another thread's Python held the GIL,
+        a thread long in sha256 was charged to the spin before it: 47 %.)"""
         for ident, cpu_ns, key, leaf in stacks:
             if leaf is not None:
                 self._codes[key] = _frames.capture_codes(leaf)
                 self._in_call[key] = _frames.in_call(leaf)
             previous = last_seen.get(ident)
             last_seen[ident] = key
-            if blocked and previous is not None and previous != key and self._in_call.get(key):
+            if ident == holder and previous is not None and previous != key and self._in_call.get(key):
                 key = previous
             self._charge_cpu(ident, key, cpu_ns)
 
@@ -633,11 +635,11 @@ class ThreadSampler:
                     pacer = self._track(pacer, sampled, due)
                 self.wakes += 1
                 if pacer is not None and wake is not None:
-                    signalled, blocked, stacks = wake(int(pacer.SIGNAL), min(CpuPacer.FALLBACK, deadline - now),
+                    signalled, holder, stacks = wake(int(pacer.SIGNAL), min(CpuPacer.FALLBACK, deadline - now),
                                                       clocks, last_cpu, due, self.period, self._codes,
                                                       _frames.MAX_DEPTH)
                     self.expirations += signalled
-                    self._charge_woken(stacks, blocked, last_seen)
+                    self._charge_woken(stacks, holder, last_seen)
                     stacks = None  # no frame outlives the tick
                     continue
                 if pacer is None:
