@@ -118,7 +118,6 @@ def test_each_thread_sampled_once_per_period_of_its_own_cpu(pure_python):
         # stopped before the wake for the last one), and give or take the microseconds it ran before
         # its clock was first read
         assert thread["burned"] - 2 * period <= thread["charged"] <= thread["burned"] + 1_000_000, thread
-    assert result["wakes"] > max(t["samples"] for t in result["threads"]) * 1.5, result
 
 
 def test_c_tick_keys_stacks_as_capture_key():
