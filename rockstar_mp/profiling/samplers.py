@@ -19,13 +19,14 @@ them (``native``). Clocks, said plainly:
   a sampler thread wakes after every 1/hz s of CPU time any sampled thread uses (``CpuPacer``: one
   timer per thread on its CPU clock, SIGPROF sent to the sampler thread alone and taken with
   ``sigtimedwait``; at least every 0.1 s of wall time; every 1/hz s of wall time if the timers cannot
-  be made, as the profile's comment then says), reads each thread's CPU clock (``thread_cpu_ns``) and
-  charges the increase to the stack it is then at (``_charge_cpu`` says why): the CPU is exact
-  whenever the wakes come. A thread that used no CPU costs one clock read; rockstar-mp's own threads
-  are not read. The wait and the tick run in C where the accelerator is built (``cpu_wake``: the
-  sampler's CPU per wake is figure 15c), else in Python. Python frames can only be read
-  when the sampler holds the GIL: a thread in a long C call that keeps the GIL is seen after it, at
-  the call's line, with the call's CPU (as in signal mode).
+  be made, as the profile's comment then says), reads each thread's CPU clock (``thread_cpu_ns``),
+  and samples each thread whose clock has passed a period since its previous sample (``_due_samples``),
+  charging the increase to the stack it is then at (``_charge_cpu`` and ``_charge_woken`` say why):
+  the CPU is exact whenever the wakes come, but for each thread's last period. A thread not due
+  costs one clock read; rockstar-mp's own threads are not read. The wait and the tick run in C where
+  the accelerator is built (``cpu_wake``: the sampler's CPU per wake is figure 15c), else in Python.
+  Python frames can only be read when the sampler holds the GIL: a thread in a long C call that keeps
+  the GIL is seen after it, at the call's line, with the call's CPU (as in signal mode).
 * **Wall** (``/wall``): the thread sampler, every thread, the wall time since its previous tick.
 * **Block / mutex**: the thread sampler; per thread and interval, off-CPU time = wall - thread CPU,
   charged to the stack when the thread is in a call we recognise as a wait (``frames.wait_kind``),
