@@ -1725,7 +1725,7 @@ static PyObject *py_cpu_wake(PyObject *module, PyObject *args);
 
 static PyMethodDef module_methods[] = {
     {"cpu_wake", py_cpu_wake, METH_VARARGS,
-     "cpu_wake(signo, timeout, clocks, last_cpu, due, period, known, depth) -> (signalled, GIL holder or None, [(ident, cpu_ns, key, leaf "
+     "cpu_wake(signo, timeout, clocks, last_cpu, known, depth) -> (signalled, [(ident, cpu_ns, key, leaf "
      "frame or None), ...]): the CPU thread sampler's wait and tick (samplers.ThreadSampler._run_cpu)."},
     {"configure", py_configure, METH_VARARGS, "Constants from the layout and the sketch."},
     {"bind", py_bind, METH_VARARGS, "The slab, the recorder's caches and the idle callback."},
@@ -1800,14 +1800,13 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
  * rockstar_mp.profiling.samplers.ThreadSampler._run_cpu's wait and tick in one call; the Python path
  * (CpuPacer.wait then ThreadSampler._cpu_tick) is the reference and the fallback. Wait for the pacer's
  * signal (sigtimedwait) with the GIL released; then, with the GIL, read every sampled thread's CPU
- * clock, and walk the stack of each that is due a sample (its clock passed its next 1/hz s), keyed as
+ * clock, and walk the stack of each that used CPU since its previous tick, keyed as
  * frames.capture_key keys it, (id(code), lasti, ...) leaf first, through the public frame API of 3.11+
  * (PyInterpreterState_ThreadHead, PyThreadState_Next, PyThreadState_GetFrame, PyFrame_GetBack,
  * PyFrame_GetCode, PyFrame_GetLasti). Same figures as the Python path, at a fraction of the sampler's
  * CPU per wake (benchmarks/pprof_cost.py, figure 15c).
  */
 #include <signal.h>
-#include <sys/resource.h>
 
 /* frames.capture_key of a thread's stack: a new tuple, leaf first, at most depth frames; *leaf gets a
  * new reference to the leaf frame (NULL if the thread has no Python frame: then the key is empty). */
@@ -1871,12 +1870,8 @@ static PyObject *used_stacks(PyObject *used, PyObject *known, int depth) {
     return out;
 }
 
-/* The CPU each clock's thread used since its previous sample, {ident: ns}, of the threads due a sample:
- * those whose clock passed due[ident] (then moved on by whole periods past it), and those with no entry
- * in due (no timer of their own yet: sampled whenever they used CPU). last_cpu[ident] is the clock at
- * the thread's previous sample (ThreadSampler._due_samples is the reference). */
-static PyObject *cpu_used(PyObject *idents, const int64_t *values, PyObject *last_cpu, PyObject *due,
-                          int64_t period) {
+/* The CPU each clock's thread used since last_cpu (updated): {ident: ns} of those that used some. */
+static PyObject *cpu_used(PyObject *idents, const int64_t *values, PyObject *last_cpu) {
     PyObject *used = PyDict_New();
     Py_ssize_t n = PyList_GET_SIZE(idents);
     for (Py_ssize_t i = 0; used != NULL && i < n; i++) {
@@ -1885,92 +1880,52 @@ static PyObject *cpu_used(PyObject *idents, const int64_t *values, PyObject *las
         PyObject *ident = PyList_GET_ITEM(idents, i);
         PyObject *prev_obj = PyDict_GetItemWithError(last_cpu, ident);
         int64_t previous = prev_obj ? PyLong_AsLongLong(prev_obj) : 0; /* started during the profile */
-        PyObject *due_obj = PyErr_Occurred() ? NULL : PyDict_GetItemWithError(due, ident);
-        int64_t next = due_obj ? PyLong_AsLongLong(due_obj) : -1;
-        if (PyErr_Occurred()) {
-            Py_CLEAR(used);
-            break;
-        }
-        if (previous > values[i]) { /* a new thread under an ident that ended: sampled as it goes */
-            previous = 0;
-            next = -1;
-            if (due_obj != NULL && PyDict_DelItem(due, ident) < 0) {
-                Py_CLEAR(used);
-                break;
-            }
-        }
-        if (next >= 0 && values[i] < next)
-            continue; /* not due yet: its CPU waits for its next sample */
+        if (previous > values[i])
+            previous = 0; /* a new thread under an ident that ended */
         PyObject *value = PyLong_FromLongLong(values[i]);
         PyObject *delta = values[i] > previous ? PyLong_FromLongLong(values[i] - previous) : NULL;
-        PyObject *moved = next >= 0 ? PyLong_FromLongLong(next + period * ((values[i] - next) / period + 1)) : NULL;
-        if (value == NULL || PyDict_SetItem(last_cpu, ident, value) < 0
-            || (next >= 0 && (moved == NULL || PyDict_SetItem(due, ident, moved) < 0))
+        if (value == NULL || PyErr_Occurred() || PyDict_SetItem(last_cpu, ident, value) < 0
             || (delta != NULL && PyDict_SetItem(used, ident, delta) < 0))
             Py_CLEAR(used);
         Py_XDECREF(value);
         Py_XDECREF(delta);
-        Py_XDECREF(moved);
     }
     return used;
 }
 
 /* Wait for signo (at most timeout s) with the GIL released, then, with the GIL back, read every clock:
- * the moment sampled is when the stacks are read (ThreadSampler._charge_cpu says why). *blocked says
- * whether another thread held the GIL then, before_gil the clocks as the sampler started waiting for
- * it (ThreadSampler._charge_woken says what that tells). */
-/* CPU a thread uses while the sampler waits for the GIL, above which it ran then (a thread woken in that
- * time runs a few microseconds) */
-#define RAN_NS 200000
-
-static void read_clocks(const clockid_t *clocks, int64_t *values, Py_ssize_t n) {
-    for (Py_ssize_t i = 0; i < n; i++) {
-        struct timespec v;
-        values[i] = clock_gettime(clocks[i], &v) == 0 ? (int64_t)v.tv_sec * 1000000000 + v.tv_nsec : -1;
-    }
-}
-
-static int wait_and_read(int signo, double timeout, const clockid_t *clocks, int64_t *values, int64_t *before_gil,
-                         Py_ssize_t n, int *blocked) {
+ * the moment sampled is when the stacks are read (ThreadSampler._charge_cpu says why). */
+static int wait_and_read(int signo, double timeout, const clockid_t *clocks, int64_t *values, Py_ssize_t n) {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, signo);
     if (timeout < 0)
         timeout = 0;
     struct timespec limit = {(time_t)timeout, (long)((timeout - (double)(time_t)timeout) * 1e9)};
-    int got, counted;
-    struct rusage before, after;
+    int got;
     Py_BEGIN_ALLOW_THREADS
     got = sigtimedwait(&set, NULL, &limit);
-    read_clocks(clocks, before_gil, n);
-    counted = getrusage(RUSAGE_THREAD, &before) == 0;
     Py_END_ALLOW_THREADS
-    /* blocked for the GIL: a voluntary context switch while taking it (merely waiting for a core on a
-     * busy machine is an involuntary one) */
-    *blocked = counted && getrusage(RUSAGE_THREAD, &after) == 0 && after.ru_nvcsw > before.ru_nvcsw;
-    read_clocks(clocks, values, n);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        struct timespec v;
+        values[i] = clock_gettime(clocks[i], &v) == 0 ? (int64_t)v.tv_sec * 1000000000 + v.tv_nsec : -1;
+    }
     return got == signo;
 }
 
 static PyObject *py_cpu_wake(PyObject *module, PyObject *args) {
     int signo, depth;
     double timeout;
-    long long period;
-    PyObject *clocks, *last_cpu, *due, *known;
-    if (!PyArg_ParseTuple(args, "idO!O!O!LO!i", &signo, &timeout, &PyList_Type, &clocks, &PyDict_Type, &last_cpu,
-                          &PyDict_Type, &due, &period, &PyDict_Type, &known, &depth))
+    PyObject *clocks, *last_cpu, *known;
+    if (!PyArg_ParseTuple(args, "idO!O!O!i", &signo, &timeout, &PyList_Type, &clocks, &PyDict_Type, &last_cpu,
+                          &PyDict_Type, &known, &depth))
         return NULL;
-    if (period <= 0) {
-        PyErr_SetString(PyExc_ValueError, "period: a positive number of nanoseconds");
-        return NULL;
-    }
     Py_ssize_t n = PyList_GET_SIZE(clocks);
     PyObject *idents = PyList_New(n);
     clockid_t *ids = PyMem_Calloc(n ? n : 1, sizeof(clockid_t));
     int64_t *values = PyMem_Calloc(n ? n : 1, sizeof(int64_t));
-    int64_t *before_gil = PyMem_Calloc(n ? n : 1, sizeof(int64_t));
     PyObject *result = NULL, *used = NULL, *stacks = NULL;
-    if (idents == NULL || ids == NULL || values == NULL || before_gil == NULL)
+    if (idents == NULL || ids == NULL || values == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *pair = PyList_GET_ITEM(clocks, i);
@@ -1984,28 +1939,18 @@ static PyObject *py_cpu_wake(PyObject *module, PyObject *args) {
         Py_INCREF(PyTuple_GET_ITEM(pair, 0));
         PyList_SET_ITEM(idents, i, PyTuple_GET_ITEM(pair, 0));
     }
-    int blocked;
-    int signalled = wait_and_read(signo, timeout, ids, values, before_gil, n, &blocked);
-    /* the one sampled thread that ran while this one blocked for the GIL: it held the GIL */
-    Py_ssize_t ran = 0, holder = -1;
-    for (Py_ssize_t i = 0; blocked && i < n; i++)
-        if (before_gil[i] >= 0 && values[i] > before_gil[i] + RAN_NS) {
-            ran++;
-            holder = i;
-        }
-    used = cpu_used(idents, values, last_cpu, due, (int64_t)period);
+    int signalled = wait_and_read(signo, timeout, ids, values, n);
+    used = cpu_used(idents, values, last_cpu);
     if (used == NULL)
         goto done;
     stacks = PyDict_GET_SIZE(used) ? used_stacks(used, known, depth) : PyList_New(0);
     if (stacks != NULL)
-        result = Py_BuildValue("(OOO)", signalled ? Py_True : Py_False,
-                               ran == 1 ? PyList_GET_ITEM(idents, holder) : Py_None, stacks);
+        result = Py_BuildValue("(OO)", signalled ? Py_True : Py_False, stacks);
 done:
     Py_XDECREF(stacks);
     Py_XDECREF(used);
     Py_XDECREF(idents);
     PyMem_Free(ids);
     PyMem_Free(values);
-    PyMem_Free(before_gil);
     return result;
 }

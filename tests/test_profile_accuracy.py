@@ -4,29 +4,24 @@ clocks and against py-spy recording the same worker at the same time; sync and g
 
 For each route, a function's share is the part of the route's samples whose stack holds the function.
 Every one must be within ``POINTS`` of the app's own clock (its totals since the worker started: the mix
-is steady). Sync: within ``POINTS`` of py-spy's too, recording the same worker over the same window,
-one client sending ``CPU_LOAD`` in turn (CPU), then ``/waits`` (wall), so one request runs at a time.
-
-gthread: ``/pure`` and ``/chash`` served in parallel threads, and within ``POINTS`` of py-spy's or
-nearer the app's clock than py-spy's. py-spy counts a thread as active while the kernel has it
-runnable, on a core or waiting for one (state R in ``/proc``), not by its CPU time: ``digest``'s sha256
-(GIL released) runs beside the other route's Python and waits longer for a core per CPU second than
-``spin`` (GIL held, so it never runs beside Python): 2.6 s against 1.9 s of run-queue wait per CPU
-second in ``/proc/thread-self/schedstat``, and py-spy read ``spin`` at 23-30 % against 33-35 % by its
-thread clock (``--gil`` does not help: it drops every thread without the GIL, so sha256). Why not one
-request at a time there, where py-spy is right: the thread sampler sees a thread's stack when it gets
-the GIL, late (up to the switch interval, and the time it waits for a core on a busy machine), and a
-request thread idle between requests gives the late samples at the end of a request to its wait, not
-to the next request's first function: one client sending ``CPU_LOAD`` in turn read ``spin`` at
-32.6-37.8 % at a load average of 1.6-2.9, but 21-28 % at 3.2-5.3 (34-35 % by the app's clock). The
-app's spins are Python arithmetic that read the thread's clock (a system call) only every
-``SPIN_STEP`` iterations.
+is steady), and within ``POINTS`` of py-spy's, recording the same worker over the same window, or else
+nearer the app's clock than py-spy's is. Why the "or else": (1) both are sampled estimates: over 8
+sync runs py-spy read ``spin`` at 29.8-38.1 % (ours 31.5-37.5 %, the app's clock 34.1-34.9 %), so a
+5-point band between the two failed once in 8 where each was within 5 points of the truth; (2) py-spy
+counts a thread as active while the kernel has it runnable, on a core or waiting for one (state R in
+``/proc``), not by its CPU time. In a gthread worker serving ``/pure`` and ``/chash`` in parallel on
+2 cores, ``digest``'s sha256 (GIL released) runs beside the other route's Python and waits longer for
+a core per CPU second than ``spin`` (GIL held, so it never runs beside Python): 2.6 s against 1.9 s of
+run-queue wait per CPU second in ``/proc/thread-self/schedstat``, so py-spy read ``spin`` at 27-30 %
+against 33-34 % by its thread clock (CPU + run-queue wait predicts 28.5 %); with ``/chash`` alone the
+waits were even (1.74 and 1.73 s/s) and py-spy read 32.5 % against 33.7 %. ``--gil`` does not help:
+it drops every thread without the GIL, so sha256 (0.4 %). The app's spins are Python arithmetic that
+read the thread's clock (a system call) only every ``SPIN_STEP`` iterations.
 
 Sampling error: periodic samples miss at most one per call boundary, so a share's error shrinks with
 the time spent per call (the functions run 20-150 ms a call) and with the calls in the window, which
 is made long enough for the worker to use ``NEEDED_CPU`` s whatever the machine's load (8 s with a
-core to spare: py-spy samples at 500 Hz of wall time, some 1,500 samples of ``/chash`` in 8 s, a
-standard error of 1.2 points on ``spin``); the issue's gaps were 10-30 points.
+core to spare: py-spy samples at 500 Hz of wall time); the issue's gaps were 10-30 points.
 """
 from __future__ import annotations
 
@@ -53,14 +48,11 @@ PREFIX = "tests.apps.split_app."
 HZ = 100  # ours: the default
 SPY_HZ = 500  # one py-spy at a time: it keeps up here (stopped with SIGINT at the window's end if behind)
 WINDOW = 8  # seconds of the profiles (and py-spy recordings) compared, at least (py-spy samples wall time)
-WALL_WINDOW = 4  # seconds of the wall profiles: 2,000 py-spy samples of /waits (a point of standard error)
 NEEDED_CPU = 4.0  # seconds of the worker's CPU the window should hold
 MAX_WINDOW = 40
 POINTS = 5.0
 ROUTES = {"pure": ("hot", "cold"), "chash": ("spin", "digest"), "waits": ("nap", "poll_nothing", "stuck")}
 CPU_ROUTES = ("pure", "chash")
-CPU_LOAD = ("pure", "chash", "chash")  # what the client sends in turn in the CPU window: /chash twice, the harder
-WALL_ROUTES = ("waits",)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -143,7 +135,8 @@ def assert_close(ours: dict, reference: dict, who: str, context: str) -> None:
 
 
 def assert_close_or_nearer_truth(ours: dict, peer: dict, truth: dict, who: str, context: str) -> None:
-    """Within ``POINTS`` of ``peer``, or, where not, nearer the truth than ``peer`` is."""
+    """Within ``POINTS`` of ``peer``, or, where not, nearer the truth than ``peer`` is (gthread: the
+    module's docstring says why py-spy reads the Python spin before a sha256 call low there)."""
     far = {k: (round(ours[k], 1), round(peer[k], 1), round(truth[k], 1)) for k in peer
            if abs(ours[k] - peer[k]) > POINTS and abs(ours[k] - truth[k]) >= abs(peer[k] - truth[k])}
     print(f"{context}: (ours, {who}, truth):", {k: (round(ours[k], 1), round(peer[k], 1), round(truth[k], 1))
@@ -153,7 +146,7 @@ def assert_close_or_nearer_truth(ours: dict, peer: dict, truth: dict, who: str, 
 
 # -- the server ------------------------------------------------------------------------------------
 class SplitServer:
-    """One gunicorn worker serving ``split_app``, pprof on at ``HZ``, loaded by one client."""
+    """One gunicorn worker serving ``split_app``, pprof on at ``HZ``, loaded by one client per route."""
 
     def __init__(self, tmp: Path, args: tuple = ()) -> None:
         self.tmp = tmp
@@ -178,26 +171,24 @@ class SplitServer:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.pprof_port}/debug/pprof{path}"
 
-    def drive(self, routes: tuple[str, ...], parallel: bool = False) -> None:
-        """One client sending ``routes`` in turn, over and over, or with ``parallel`` one client per
-        route (the previous clients stopped); returns once each route has been answered twice (warm:
-        the interpreter has specialised the code)."""
+    def drive(self, routes: tuple[str, ...]) -> None:
+        """One client looping on each of ``routes`` (the previous clients stopped); returns once each
+        route has been answered twice (warm: the interpreter has specialised the code)."""
         self._stop.set()
         for client in self._clients:
             client.join()
         self._stop = threading.Event()
         self.answered = dict.fromkeys(routes, 0)
-        loads = [(route,) for route in routes] if parallel else [routes]
-        self._clients = [threading.Thread(target=self._loop, args=(load, self._stop), daemon=True) for load in loads]
+        self._clients = [threading.Thread(target=self._loop, args=(route, self._stop), daemon=True)
+                         for route in routes]
         for client in self._clients:
             client.start()
         poll(lambda: all(n >= 2 for n in self.answered.values()), timeout=20, message="every route answering")
 
-    def _loop(self, routes: tuple[str, ...], stop: threading.Event) -> None:
+    def _loop(self, route: str, stop: threading.Event) -> None:
         while not stop.is_set():
-            for route in routes:
-                assert raw_get(self.g.port, f"/{route}", timeout=20) == 200
-                self.answered[route] += 1
+            assert raw_get(self.g.port, f"/{route}", timeout=20) == 200
+            self.answered[route] += 1
 
     def truth(self) -> dict:
         return json.loads(http_get(f"http://127.0.0.1:{self.g.port}/truth", timeout=10)[2])
@@ -246,28 +237,24 @@ def profile_beside_py_spy(server: SplitServer, kind: str, idle: bool, window: in
     return pprof_raw(gotmp, path, 1), spy_raw(out)
 
 
-def compare_in_a_window(server: SplitServer, gotmp: Path,
-                        parallel: bool = False) -> Iterator[tuple[str, dict, dict, dict, tuple]]:
-    """Our CPU profile beside py-spy's (active threads) over one window of ``CPU_LOAD`` in turn (or with
-    ``parallel``, ``/pure`` and ``/chash`` each looped by a client of its own), then our wall profile
-    beside py-spy's (every thread, ``--idle``) over ``WALL_WINDOW`` s of ``/waits``, and the app's own
-    clocks: ``(what, ours, truth, py-spy's, (the truth's name, py-spy's))``. The CPU
-    window is long enough for the worker to use ``NEEDED_CPU`` s at the rate it gets now (``WINDOW`` s
-    with a core to spare, up to ``MAX_WINDOW`` when it is starved). One profile at a time: a wall
-    sampler taking the GIL 100 times a second keeps the main thread off CPU at scheduler ticks, which
-    delays SIGPROF past the end of a Python spin into the C call after it (2-4 points of the spin, seen
-    only with both profiles running)."""
-    server.drive(CPU_ROUTES if parallel else CPU_LOAD, parallel)
+def compare_in_a_window(server: SplitServer, gotmp: Path) -> Iterator[tuple[str, dict, dict, dict, tuple]]:
+    """Our CPU profile beside py-spy's (active threads) over one window, then our wall profile beside
+    py-spy's (every thread, ``--idle``) over another, while every route is loaded, and the app's own
+    clocks: ``(what, ours, truth, py-spy's, (the truth's name, py-spy's))``. A window is long enough for
+    the worker to use ``NEEDED_CPU`` s at the rate it gets now (``WINDOW`` s with a core to spare, up to ``MAX_WINDOW``
+    when it is starved). One profile at a time: a wall sampler taking the GIL 100 times a second keeps
+    the main thread off CPU at scheduler ticks, which delays SIGPROF past the end of a Python spin into
+    the C call after it (2-4 points of the spin, seen only with both profiles running)."""
+    server.drive(tuple(ROUTES))
     window = int(min(max(NEEDED_CPU / cpu_rate(server.pid), WINDOW), MAX_WINDOW))
     print(f"window {window} s, load {os.getloadavg()}")
     cpu, spied_cpu = profile_beside_py_spy(server, "profile", False, window, gotmp)
-    server.drive(WALL_ROUTES)
-    wall, spied_wall = profile_beside_py_spy(server, "wall", True, WALL_WINDOW, gotmp)
+    wall, spied_wall = profile_beside_py_spy(server, "wall", True, window, gotmp)
     truth = server.truth()
     yield ("cpu", shares(cpu, CPU_ROUTES), truth_shares(truth, "cpu", CPU_ROUTES), shares(spied_cpu, CPU_ROUTES),
            ("app's thread_time", "py-spy"))
-    yield ("wall", shares(wall, WALL_ROUTES), truth_shares(truth, "wall", WALL_ROUTES),
-           shares(spied_wall, WALL_ROUTES), ("app's perf_counter", "py-spy --idle"))
+    yield ("wall", shares(wall, ("waits",)), truth_shares(truth, "wall", ("waits",)),
+           shares(spied_wall, ("waits",)), ("app's perf_counter", "py-spy --idle"))
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +269,7 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
     with SplitServer(tmp_path) as server:
         for what, ours, truth, spied, (clock, spy) in compare_in_a_window(server, gotmp):
             assert_close(ours, truth, clock, f"sync {what}")
-            assert_close(ours, spied, spy, f"sync {what}")
+            assert_close_or_nearer_truth(ours, spied, truth, spy, f"sync {what}")
 
         server.drive(("contend",))
         paths = server.profiles(("block", "mutex"), 3.0)
@@ -306,11 +293,9 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
 
 
 def test_gthread_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
-    """gthread worker (CPU by the thread sampler), ``/pure`` and ``/chash`` served in parallel threads of
-    a pool of 4: within ``POINTS`` of the app's clock, and of py-spy's or nearer the clock than py-spy's
-    (the module doc says why py-spy reads ``spin`` low there, and why not one request at a time)."""
+    """gthread worker (CPU by the thread sampler), the routes served in parallel threads."""
     with SplitServer(tmp_path, ("--worker-class", "gthread", "--threads", "4")) as server:
-        for what, ours, truth, spied, (clock, spy) in compare_in_a_window(server, gotmp, parallel=True):
+        for what, ours, truth, spied, (clock, spy) in compare_in_a_window(server, gotmp):
             assert_close(ours, truth, clock, f"gthread {what}")
             assert_close_or_nearer_truth(ours, spied, truth, spy, f"gthread {what}")
 

@@ -1,12 +1,9 @@
 """The CPU-only thread sampler's tick (issue 15), in C (``hotpath.cpu_wake``) and in Python (the fallback,
-``ROCKSTAR_PURE_PYTHON=1``): each thread is sampled once per period of its *own* CPU time, whichever
-thread's timer woke the sampler, and its CPU is all charged (up to the period since its last sample);
-the C tick keys a stack exactly as ``frames.capture_key`` does.
+``ROCKSTAR_PURE_PYTHON=1``): each thread's CPU is all charged, whichever thread's timer woke the sampler
+(up to the CPU since the last wake), and the C tick keys a stack exactly as ``frames.capture_key`` does.
 
 Each mode runs in a fresh interpreter (the accelerator is chosen at import), two threads burning CPU side
-by side for a second (Python arithmetic, and sha256 without the GIL) under a 100 Hz profile: the sampler
-wakes for either thread's timer, so sampled at every wake a thread would have about twice the samples its
-own CPU stands for.
+by side for a second (Python arithmetic, and sha256 without the GIL) under a 100 Hz profile.
 """
 from __future__ import annotations
 
@@ -59,7 +56,7 @@ for b in burners:
     b.join()
 done.set()
 runner.join()
-out = {"accelerated": sampler.accelerated, "wakes": sampler.wakes, "period": sampler.period, "threads": []}
+out = {"accelerated": sampler.accelerated, "wakes": sampler.wakes, "period": 10_000_000, "threads": []}
 for b in burners:
     cells = [cell for (ident, _), cell in sampler.cpu.items() if ident == b.ident]
     out["threads"].append({"samples": sum(c[0] for c in cells), "charged": sum(c[1] for c in cells),
@@ -83,7 +80,7 @@ if wake is not None:
         time.sleep(0.001)  # polling for the thread to reach its wait
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPROF})
     clock = samplers.thread_cpu_clock(t.native_id)
-    _, _, stacks = wake(int(signal.SIGPROF), 0.0, [(t.ident, clock)], {}, {}, 10_000_000, {}, frames.MAX_DEPTH)
+    _, stacks = wake(int(signal.SIGPROF), 0.0, [(t.ident, clock)], {}, {}, frames.MAX_DEPTH)
     expected = frames.capture_key(sys._current_frames()[t.ident])
     out["keys"] = [list(stacks[0][2]), list(expected)]
     parked.set()
@@ -105,18 +102,15 @@ def probe(pure_python: bool) -> dict:
 
 
 @pytest.mark.parametrize("pure_python", [False, True], ids=["C", "Python"])
-def test_each_thread_sampled_once_per_period_of_its_own_cpu(pure_python):
+def test_each_threads_cpu_charged(pure_python):
     result = probe(pure_python)
     assert result["accelerated"] is not pure_python, result
     period = result["period"]
     for thread in result["threads"]:
-        own_periods = thread["burned"] / period
-        # once per period of its own CPU (a timer fires late, never early), not at every wake
-        # (and at most once more: a new thread is sampled at a wake before its timer is made)
-        assert own_periods / 2 < thread["samples"] <= own_periods + 2, (thread, result["wakes"])
-        # all its CPU charged, but the part since its last sample (a period, or two if the profile
-        # stopped before the wake for the last one), and give or take the microseconds it ran before
-        # its clock was first read
+        assert thread["samples"] > thread["burned"] / period / 2, (thread, result["wakes"])
+        # all its CPU charged, but the part since the last wake (a period, or two if the profile stopped
+        # before the wake for the last one), give or take the microseconds it ran before its clock was
+        # first read
         assert thread["burned"] - 2 * period <= thread["charged"] <= thread["burned"] + 1_000_000, thread
 
 

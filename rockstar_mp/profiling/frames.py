@@ -245,11 +245,6 @@ def pending_call(frame: types.FrameType) -> str | None:
     return _call_sites(frame.f_code).get(frame.f_lasti)
 
 
-def in_call(frame: types.FrameType) -> bool:
-    """Is ``frame`` stopped at a call (it is in the callee: a C call, a wait, or a Python frame above it)?"""
-    return frame.f_lasti in _call_sites(frame.f_code)
-
-
 def wait_kind(frame: types.FrameType | None) -> str | None:
     """``lock``, ``io``, ``sleep``, or None (running, or not a wait we recognise)."""
     if frame is None:

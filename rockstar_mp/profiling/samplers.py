@@ -19,14 +19,13 @@ them (``native``). Clocks, said plainly:
   a sampler thread wakes after every 1/hz s of CPU time any sampled thread uses (``CpuPacer``: one
   timer per thread on its CPU clock, SIGPROF sent to the sampler thread alone and taken with
   ``sigtimedwait``; at least every 0.1 s of wall time; every 1/hz s of wall time if the timers cannot
-  be made, as the profile's comment then says), reads each thread's CPU clock (``thread_cpu_ns``),
-  and samples each thread whose clock has passed a period since its previous sample (``_due_samples``),
-  charging the increase to the stack it is then at (``_charge_cpu`` and ``_charge_woken`` say why):
-  the CPU is exact whenever the wakes come, but for each thread's last period. A thread not due
-  costs one clock read; rockstar-mp's own threads are not read. The wait and the tick run in C where
-  the accelerator is built (``cpu_wake``: the sampler's CPU per wake is figure 15c), else in Python.
-  Python frames can only be read when the sampler holds the GIL: a thread in a long C call that keeps
-  the GIL is seen after it, at the call's line, with the call's CPU (as in signal mode).
+  be made, as the profile's comment then says), reads each thread's CPU clock (``thread_cpu_ns``) and
+  charges the increase to the last stack it was seen running at (``_charge_cpu`` says why): exact
+  whenever the wakes come. A thread that used no CPU costs one clock read; rockstar-mp's own threads
+  are not read. The wait and the tick run in C where the accelerator is built (``cpu_wake``, same
+  rule; the sampler's CPU per wake is figure 15c), else in Python. Python frames can only be read
+  when the sampler holds the GIL: a thread in a long C call that keeps the GIL is seen after it, at
+  the call's line, with the call's CPU (as in signal mode).
 * **Wall** (``/wall``): the thread sampler, every thread, the wall time since its previous tick.
 * **Block / mutex**: the thread sampler; per thread and interval, off-CPU time = wall - thread CPU,
   charged to the stack when the thread is in a call we recognise as a wait (``frames.wait_kind``),
@@ -391,13 +390,11 @@ class CpuPacer:
         self.timers: dict[int, ctypes.c_void_p] = {}  # tid -> its timer
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, {self.SIGNAL})
 
-    def track(self, tids: set[int]) -> dict[int, int]:
-        """Timers on exactly ``tids``' CPU clocks: new threads get one, ended ones lose theirs. Returns
-        ``{tid: its CPU clock as its new timer was armed}`` (the timer expires every 1/hz s after).
+    def track(self, tids: set[int]) -> None:
+        """Timers on exactly ``tids``' CPU clocks: new threads get one, ended ones lose theirs.
         Raises OSError if a live thread's timer cannot be made (the caller falls back to wall pacing)."""
         for tid in set(self.timers) - tids:
             self._api.delete(self.timers.pop(tid))
-        armed = {}
         for tid in tids - set(self.timers):
             try:
                 timer = self._api.create(thread_cpu_clock(tid), int(self.SIGNAL), self._target)
@@ -405,12 +402,8 @@ class CpuPacer:
                 if thread_cpu_ns(tid) is None:
                     continue  # the thread ended meanwhile
                 raise
-            clock = thread_cpu_ns(tid)
             self._api.start(timer, self.hz)
             self.timers[tid] = timer
-            if clock is not None:
-                armed[tid] = clock
-        return armed
 
     def wait(self, timeout: float) -> bool:
         """Until a sampled thread has used 1/hz s of CPU since its timer's previous expiry (True), or
@@ -440,9 +433,9 @@ class ThreadSampler:
     own threads only with ``internal``).
 
     Per thread and tick: CPU is the thread's CPU time since its previous tick (``thread_cpu_ns``),
-    charged to the stack it is at (``_charge_cpu``); a thread that used none costs one clock read.
-    Wall is the time since the previous tick; block the part of it off CPU, when the thread waits
-    (``frames.wait_kind``).
+    charged to the stack it is at, or, when it now waits, to the last stack it was seen running at
+    (where that CPU was spent); a thread that used none costs one clock read. Wall is the time since
+    the previous tick; block the part of it off CPU, when the thread waits (``frames.wait_kind``).
     A thread whose leaf frame and instruction are those of its previous tick has the same stack,
     which is then not walked again (idle threads, long calls).
     """
@@ -450,7 +443,6 @@ class ThreadSampler:
     def __init__(self, hz: int = 100, cpu: bool = False, wall: bool = False, block: bool = False,
                  trace: bool = False, internal: bool = False) -> None:
         self.hz = max(1, min(int(hz), MAX_HZ))
-        self.period = 1_000_000_000 // self.hz  # ns
         self.want_cpu, self.want_wall, self.want_block, self.want_trace = cpu, wall, block, trace
         self.internal = internal
         self.cpu: dict = {}  # (ident, stack key) -> [samples, ns]
@@ -458,12 +450,12 @@ class ThreadSampler:
         self.block: dict = {}  # (ident, stack key, wait) -> [count, ns]
         self._trace: list = []  # (t_us, ident, stack key)
         self._codes: dict[tuple, tuple] = {}  # stack key -> its code objects (frames.capture_key)
-        self._in_call: dict[tuple, bool] = {}  # stack key -> its leaf is in a call (the C ticks)
         self.names: dict[int, tuple] = {}
         self.duration_ns = 0
         self.pacing = f"woken every 1/{self.hz} s of wall time"
         self.wakes = self.expirations = 0  # the CPU-only sampler's wakes, and those a CPU-clock timer made
         self.own_cpu_ns = 0  # the sampler thread's own CPU time
+        self._kinds: dict[tuple, str | None] = {}  # stack key -> its leaf's wait kind (the C ticks)
         self.accelerated = False  # the CPU-only loop's wakes done by hotpath.cpu_wake
 
     @property
@@ -487,58 +479,50 @@ class ThreadSampler:
         key = _frames.capture_key(frame)
         if key not in self._codes:
             self._codes[key] = _frames.capture_codes(frame)
-        kind = _frames.wait_kind(frame) if self.want_block else None
+        kind = _frames.wait_kind(frame) if (self.want_block or self.want_cpu) else None
         seen[ident] = (frame, lasti, key, kind)  # the frame stays alive: its identity is the check
         return key, kind
 
-    def _charge_cpu(self, ident: int, key: tuple, cpu_ns: int) -> None:
-        """Charge the ``cpu_ns`` a thread used since its previous sample to the stack it is seen at now.
+    def _charge_cpu(self, ident: int, key: tuple, kind: str | None, cpu_ns: int, running: dict) -> None:
+        """Charge the ``cpu_ns`` a thread used since its previous tick to the stack it was last seen
+        running at, then remember where it runs now (unless it waits).
 
-        A sample is taken when the sampler reads the thread's clock and stack, with the GIL: charging
-        the CPU up to that moment to the stack then seen is what Go's SIGPROF profile does, and is
-        right on average however late a sample comes, as long as every stack is seen as late as the
-        others (``_due_samples`` keeps them a period of the thread's CPU apart; ``_charge_woken``
-        corrects the one move a late sample gets wrong). Charging it to the stack seen at the
-        *previous* sample instead, as this did, went wrong after every C call: a sample due just as a
-        Python function began after a C call is seen up to the switch interval later (the sampler
-        waits that long for the GIL), and the CPU before it went to the C call: a 20 ms Python spin
-        after a 38 ms sha256 read 22-29 % of its route against 34 %."""
-        cell = self.cpu.setdefault((ident, key), [0, 0])
+        Why the previous stack, not the current one: the sampler needs the GIL, and a thread hands it
+        over as it enters a blocking call or a long C call that releases it, so the tick after a move
+        mostly lands just as the new call starts, and the CPU since the previous tick was spent before
+        it (charged to the new call, a 20 ms spin before a 38 ms sha256 put the hash at 72 % against 66 %).
+        A thread seen at the same stack twice is charged there; a move at a random time costs a
+        fraction of a tick either way."""
+        cell = self.cpu.setdefault((ident, running.get(ident, key)), [0, 0])
         cell[0] += 1
         cell[1] += cpu_ns
+        if kind is None:
+            running[ident] = key
 
-    def _charge_woken(self, stacks: list, holder: int | None, last_seen: dict) -> None:
-        """Charge a tick of ``hotpath.cpu_wake``: ``[(ident, cpu_ns, stack key, its leaf frame if the
-        key is new), ...]``; ``holder``, the thread that held the GIL when the tick came, if the
-        sampler blocked for it and that thread alone ran meanwhile.
-
-        As ``_charge_cpu``, but for the one move a late tick gets wrong: the GIL holder, now seen in a
-        call it was not in at its previous sample (``last_seen``), entered that call after the tick
-        came, handing the GIL over as it did: that tick belongs to the Python it was running, and is
-        charged to its previous sample's stack. Charged to the call, a 20 ms spin before a sha256 read
-        28-32 % of its route against 34 % in a gthread worker: the ticks due in the spin's last 5 ms
-        went to the hash. (Told only by a blocked wait, where another thread's Python held the GIL,
-        a thread long in sha256 was charged to the spin before it: 47 %.)"""
+    def _charge_woken(self, stacks: list, running: dict) -> None:
+        """Charge a tick of ``hotpath.cpu_wake`` (``_cpu_tick``'s rule): ``[(ident, cpu_ns, stack key, its
+        leaf frame if the key is new), ...]``."""
         for ident, cpu_ns, key, leaf in stacks:
             if leaf is not None:
                 self._codes[key] = _frames.capture_codes(leaf)
-                self._in_call[key] = _frames.in_call(leaf)
-            previous = last_seen.get(ident)
-            last_seen[ident] = key
-            if ident == holder and previous is not None and previous != key and self._in_call.get(key):
-                key = previous
-            self._charge_cpu(ident, key, cpu_ns)
+                self._kinds[key] = _frames.wait_kind(leaf)
+            self._charge_cpu(ident, key, self._kinds.get(key), cpu_ns, running)
 
-    def _cpu_tick(self, clocks: list, last_cpu: dict, due: dict, seen: dict) -> None:
-        """A CPU-only tick: every thread's CPU clock, then the stacks of those due a sample (at 100 Hz
+    def _cpu_tick(self, clocks: list, last_cpu: dict, running: dict, seen: dict) -> None:
+        """A CPU-only tick: every thread's CPU clock, then the stacks of those that used some (at 100 Hz
         most threads of a server idle through most ticks: one clock read each)."""
-        values = []
+        used = []
         for ident, clock in clocks:
             try:
-                values.append((ident, time.clock_gettime_ns(clock)))
+                value = time.clock_gettime_ns(clock)
             except OSError:
                 continue  # the thread is gone
-        used = self._due_samples(values, last_cpu, due)
+            previous = last_cpu.get(ident, 0)  # a thread started during the profile: all its CPU is in it
+            if value < previous:
+                previous = 0  # a new thread under an ident that ended
+            last_cpu[ident] = value
+            if value > previous:
+                used.append((ident, value - previous))
         if not used:
             return
         current: dict[int, types.FrameType] | None = sys._current_frames()
@@ -547,40 +531,9 @@ class ThreadSampler:
             frame = current.get(ident)
             if frame is None:
                 continue
-            key, _ = self._look(ident, frame, seen)
-            self._charge_cpu(ident, key, cpu_ns)
+            key, kind = self._look(ident, frame, seen)
+            self._charge_cpu(ident, key, kind, cpu_ns, running)
         current = frame = None
-
-    def _due_samples(self, values: list[tuple[int, int]], last_cpu: dict, due: dict) -> list[tuple[int, int]]:
-        """``[(ident, CPU since its previous sample), ...]`` of the threads due a sample, from their CPU
-        clocks ``values``: those whose clock passed ``due[ident]`` (then moved on by whole periods past
-        it), and those not in ``due`` (no timer of their own yet: sampled whenever they used CPU).
-        ``last_cpu[ident]`` is the clock at the thread's previous sample (``hotpath.cpu_wake`` does the
-        same in C).
-
-        Why a thread is sampled only once its own clock has passed a period, not at every wake: the
-        pacer's wakes come when *any* thread's timer expires, and a thread sampled at every wake is
-        sampled just after it stops (the first wake after its request ends), its next sample then
-        coming a period of its CPU into its next request. The next request's first function was
-        charged only the CPU since that sample, and lost its tail to the call after it: a 20 ms spin
-        before a sha256 read 24-31 % of its route against 34 % in a gthread worker. Sampled every
-        period of its own CPU, each sample stands for the period before it, as Go's SIGPROF samples
-        do; the CPU since a thread's last sample when the profile ends (under 1/hz s) is left out."""
-        used = []
-        for ident, value in values:
-            previous = last_cpu.get(ident, 0)  # a thread started during the profile: all its CPU is in it
-            next_due = due.get(ident)
-            if value < previous:  # a new thread under an ident that ended: sampled as it goes
-                previous, next_due = 0, None
-                due.pop(ident, None)
-            if next_due is not None:
-                if value < next_due:
-                    continue
-                due[ident] = next_due + self.period * ((value - next_due) // self.period + 1)
-            last_cpu[ident] = value
-            if value > previous:
-                used.append((ident, value - previous))
-        return used
 
     def run(self, seconds: float, stop: threading.Event | None = None) -> "ThreadSampler":
         started, own_start = time.monotonic(), time.thread_time_ns()
@@ -616,14 +569,12 @@ class ThreadSampler:
             self.pacing = f"woken after every 1/{self.hz} s of any sampled thread's CPU time (timer_create)"
         except (OSError, ValueError, AttributeError) as exc:
             self.pacing = f"woken every 1/{self.hz} s of wall time (no CPU-clock timers: {exc})"
+        running: dict[int, tuple] = {}  # the last stack key each thread was seen running at
         seen: dict[int, tuple] = {}
         clocks: list[tuple[int, int]] = []
-        due: dict[int, int] = {}  # ident -> the CPU clock value at which its next sample is due
-        last_seen: dict[int, tuple] = {}  # ident -> the stack key of its previous sample
         refreshed = float("-inf")
         wake = cpu_wake()
         self.accelerated = pacer is not None and wake is not None
-        stacks: list | None = None
         try:
             while True:
                 now = time.monotonic()
@@ -633,43 +584,35 @@ class ThreadSampler:
                     refreshed = now
                     sampled = self._sampled(me)
                     clocks = [(ident, thread_cpu_clock(tid)) for ident, tid in sampled]
-                    pacer = self._track(pacer, sampled, due)
+                    pacer = self._track(pacer, {tid for _, tid in sampled})
                 self.wakes += 1
                 if pacer is not None and wake is not None:
-                    signalled, holder, stacks = wake(int(pacer.SIGNAL), min(CpuPacer.FALLBACK, deadline - now),
-                                                      clocks, last_cpu, due, self.period, self._codes,
-                                                      _frames.MAX_DEPTH)
+                    signalled, stacks = wake(int(pacer.SIGNAL), min(CpuPacer.FALLBACK, deadline - now), clocks,
+                                             last_cpu, self._codes, _frames.MAX_DEPTH)
                     self.expirations += signalled
-                    self._charge_woken(stacks, holder, last_seen)
-                    stacks = None  # no frame outlives the tick
+                    self._charge_woken(stacks, running)
                     continue
                 if pacer is None:
                     _sleep(min(1.0 / self.hz, deadline - now), stop)
                 elif pacer.wait(min(CpuPacer.FALLBACK, deadline - now)):
                     self.expirations += 1
-                self._cpu_tick(clocks, last_cpu, due, seen)
+                self._cpu_tick(clocks, last_cpu, running, seen)
         finally:
             seen.clear()
             if pacer is not None:
                 pacer.close()
 
-    def _track(self, pacer: CpuPacer | None, sampled: list[tuple[int, int]], due: dict[int, int]) -> CpuPacer | None:
-        """The pacer with timers on the ``sampled`` threads (``[(ident, tid), ...]``) and ``due`` their
-        first samples (one period after their timer was armed), or None (wall pacing from now on, every
-        thread sampled whenever it used CPU) if a timer cannot be made."""
+    def _track(self, pacer: CpuPacer | None, tids: set[int]) -> CpuPacer | None:
+        """The pacer with timers on ``tids``, or None (wall pacing from now on) if one cannot be made."""
         if pacer is None:
             return None
         try:
-            armed = pacer.track({tid for _, tid in sampled})
+            pacer.track(tids)
+            return pacer
         except OSError as exc:
             pacer.close()
-            due.clear()
             self.pacing = f"woken every 1/{self.hz} s of wall time (a CPU-clock timer failed: {exc})"
             return None
-        for ident, tid in sampled:
-            if tid in armed:
-                due[ident] = armed[tid] + self.period
-        return pacer
 
     def _run_wall(self, started: float, deadline: float, stop: threading.Event | None,
                   last_cpu: dict[int, int]) -> None:
@@ -677,6 +620,7 @@ class ThreadSampler:
         me = native.get_ident()
         interval = 1.0 / self.hz
         last_t = started
+        running: dict[int, tuple] = {}  # the last stack key each thread was seen running at
         seen: dict[int, tuple] = {}
         hidden: set[int] = set()
         clocked = self.want_cpu or self.want_block
@@ -713,7 +657,7 @@ class ThreadSampler:
                                 cpu_ns = max(0, value - previous)
                     key, kind = self._look(ident, frame, seen)
                     if cpu_ns and self.want_cpu:
-                        self._charge_cpu(ident, key, cpu_ns)
+                        self._charge_cpu(ident, key, kind, cpu_ns, running)
                     self._charge_wall(ident, key, kind, dt_ns, cpu_ns)
                     if self.want_trace:
                         self._trace.append((wall_us, ident, key))
@@ -759,8 +703,8 @@ class ThreadSampler:
     def cpu_raw(self) -> dict:
         return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
                          f"clock: per-thread CPU time (clock_gettime), thread sampler {self.pacing}; "
-                         "each thread's CPU since its previous sample charged to the stack it is then "
-                         f"at; the sampler: {self.wakes} wakes, "
+                         "each thread's CPU since its previous sample charged to its stack (its last "
+                         f"running one if it now waits); the sampler: {self.wakes} wakes, "
                          f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU"
                          + (" (its ticks in C)" if self.accelerated else ""))
 
