@@ -1803,8 +1803,9 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
  * clock, and walk the stack of each that used CPU since its previous tick, keyed as
  * frames.capture_key keys it, (id(code), lasti, ...) leaf first, through the public frame API of 3.11+
  * (PyInterpreterState_ThreadHead, PyThreadState_Next, PyThreadState_GetFrame, PyFrame_GetBack,
- * PyFrame_GetCode, PyFrame_GetLasti). Same figures as the Python path, at a fraction of the sampler's
- * CPU per wake (benchmarks/pprof_cost.py, figure 15c).
+ * PyFrame_GetCode, PyFrame_GetLasti). Same figures as the Python path. The sampler's CPU per wake
+ * (benchmarks/pprof_cost.py, figures 15a and 15c) is mostly the kernel's, the wake and the wait for the
+ * GIL, so this saves a few microseconds of it, not more.
  */
 #include <signal.h>
 

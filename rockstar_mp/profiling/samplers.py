@@ -591,6 +591,7 @@ class ThreadSampler:
                                              last_cpu, self._codes, _frames.MAX_DEPTH)
                     self.expirations += signalled
                     self._charge_woken(stacks, running)
+                    stacks = None  # no frame outlives the tick
                     continue
                 if pacer is None:
                     _sleep(min(1.0 / self.hz, deadline - now), stop)
