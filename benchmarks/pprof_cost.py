@@ -9,6 +9,11 @@ on one server varied by +-15 % on this 2-core machine shared with other work, fa
 2 % measured); every round is printed with its ratio, and the figure is the median of the rounds'
 profiled/not ratios.
 
+A third flavour, gthread with ``ROCKSTAR_PURE_PYTHON=1`` (no C accelerator: the thread sampler's
+ticks in Python, the request path too), is for information: it gives the thread sampler's own CPU per
+sample (wake) in real workers without its C tick, beside the gthread flavour's with it (both from the
+profiles' comments: wakes and the sampler's own CPU).
+
 **15b.** The SIGPROF handler's cost per sample with a 20-frame stack, in a fresh interpreter: (i) the
 Python handler called directly (CPU per call: capture, the clock read, the count), for a stack seen
 before and for a new one; (ii) delivered for real: a CPU-bound loop under a 1,000 Hz timer against
@@ -19,8 +24,10 @@ runs at most CONFIG_HZ times a second, each call weighted by the expirations it 
 **15c.** The thread sampler (gthread's CPU profiles), in a fresh interpreter: two request threads, each
 ~1/3 busy (Python work, then a sleep), unprofiled, profiled by the sampler woken every 1/100 s of wall
 time (its fallback), and by the sampler woken after every 1/100 s of CPU of a sampled thread
-(``CpuPacer``), rounds of 2 s in rotating order: the sampler's wakes a second and its own thread's CPU
-per wake (exact: its thread's CPU clock), and, in the details, the process's CPU per request against
+(``CpuPacer``) with its tick in C (``hotpath.cpu_wake``) and in Python, rounds of 2 s in rotating
+order: the sampler's wakes a second and its own thread's CPU per wake (exact: its thread's CPU clock;
+most of it is the kernel's: the wake from ``sigtimedwait`` and the wait for the GIL, two context
+switches), and, in the details, the process's CPU per request against
 the unprofiled run of the same round (median ratio; too noisy on a shared machine to resolve a few %).
 """
 from __future__ import annotations
@@ -42,7 +49,11 @@ from .settings import COST_RATE, COST_SECONDS, COST_WARMUP_SECONDS, ROOT, SERVER
 PROFILE_ROUNDS = 8  # pairs of rounds: 16 rounds, each server profiled in half of them (ABBA)
 PROFILE_HZ = 100
 PPROF_TARGET = 2.0  # % more CPU per request with a profile running
-FLAVOURS = (("sync", ("-k", "sync")), ("gthread", ("-k", "gthread", "--threads", "4")))
+GTHREAD = ("-k", "gthread", "--threads", "4")
+# (name, gunicorn's worker arguments, more environment): the last is the thread sampler ticking in Python,
+# as where the accelerator is not built (the request path is then Python too, on both servers)
+FLAVOURS = (("sync", ("-k", "sync"), {}), ("gthread", GTHREAD, {}),
+            ("gthread, pure Python", GTHREAD, {"ROCKSTAR_PURE_PYTHON": "1"}))
 FIGURES = ("15",)
 
 
@@ -59,7 +70,9 @@ def profiled_round(servers: dict[str, Server], ports: dict[str, int], profiled: 
     fetcher.join()
     if fetched.get("r", (0,))[0] != 200:
         raise RuntimeError(f"the CPU profile failed: {fetched.get('r')}")
-    results[profiled]["sampler"] = sampler_cost(profile_comments(fetched["r"][2]))
+    comments = profile_comments(fetched["r"][2])
+    results[profiled]["sampler"] = sampler_cost(comments)
+    results[profiled]["sampler_in_c"] = any("(its ticks in C)" in c for c in comments)
     return results
 
 
@@ -104,6 +117,11 @@ def profile_comments(body: bytes) -> list[str]:
     return [strings[i] for i in indices if i < len(strings)]
 
 
+def ticked_in_c(rounds: list[dict]) -> bool:
+    """Did the workers' thread samplers tick in C (``hotpath.cpu_wake``), by their profiles' comments?"""
+    return any(r["on"].get("sampler_in_c") for r in rounds)
+
+
 def sampler_cost(comments: list[str]) -> tuple[int, float] | None:
     """``(wakes, ms of their own CPU)`` of the workers' thread samplers, from a CPU profile's comments
     (None for SIGPROF profiles)."""
@@ -114,7 +132,7 @@ def sampler_cost(comments: list[str]) -> tuple[int, float] | None:
     return sum(int(m.group(1)) for m in found), sum(float(m.group(2)) for m in found)
 
 
-def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str]) -> list[dict]:
+def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str], more_env: dict | None = None) -> list[dict]:
     """Every round of one worker class: ``[{"on": run, "off": run, "profiled": "a" or "b"}, ...]``.
     Two identical servers are driven at the same time in every round, one of them profiled (a, b, b,
     a, ...): a busy spell of the shared machine hits both sides of a round, and each server is the
@@ -125,7 +143,7 @@ def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str]) -> l
     try:
         for side in ("a", "b"):
             ports[side] = free_ports(1)[0]
-            env = {"ROCKSTAR_ENABLE_PPROF": "1", "ROCKSTAR_PPROF_PORT": str(ports[side]),
+            env = {**(more_env or {}), "ROCKSTAR_ENABLE_PPROF": "1", "ROCKSTAR_PPROF_PORT": str(ports[side]),
                    "ROCKSTAR_PPROF_HZ": str(PROFILE_HZ)}
             servers[side] = Server("on", tmp, len(os.listdir(tmp)), worker_args=worker_args, env=env)
         for server in servers.values():
@@ -231,6 +249,7 @@ def serve(stop, done, k):
 def load(mode):
     # THREADS request threads (each ~1/3 busy) for SECONDS, profiled by the thread sampler or not
     samplers.CpuPacer = NoTimers if mode == "wall" else PACER
+    samplers.cpu_wake = (lambda: None) if mode == "cpu-python" else (lambda: WAKE)
     stop, done, sampler = threading.Event(), [0] * THREADS, samplers.ThreadSampler(100, cpu=True)
     threads = [threading.Thread(target=serve, args=(stop, done, k)) for k in range(THREADS)]
     own = [0]
@@ -250,16 +269,18 @@ def load(mode):
         t.join()
     return (time.process_time_ns() - start) / sum(done), sampler.wakes, own[0]
 
-PACER = samplers.CpuPacer
+PACER, WAKE = samplers.CpuPacer, samplers.cpu_wake()  # (the accelerator imported here, not in a round)
+MODES = ("off", "wall", "cpu", "cpu-python")
 load("off")
 rounds = []
 for number in range(ROUNDS):
-    modes = ("off", "wall", "cpu")[number % 3:] + ("off", "wall", "cpu")[:number % 3]
+    modes = MODES[number % 4:] + MODES[:number % 4]
     rounds.append({mode: load(mode) for mode in modes})
 out = {mode: {"ratio": statistics.median(r[mode][0] / r["off"][0] for r in rounds),
               "wakes": statistics.median(r[mode][1] for r in rounds) / SECONDS,
               "own_us": statistics.median(r[mode][2] / max(r[mode][1], 1) for r in rounds) / 1000}
-       for mode in ("wall", "cpu")}
+       for mode in MODES[1:]}
+out["accelerated"] = WAKE is not None
 out["off_ns"] = statistics.median(r["off"][0] for r in rounds)
 out["rounds"] = [{mode: [round(ns / 1000, 1), wakes, round(own / 1e6, 1)] for mode, (ns, wakes, own) in r.items()}
                  for r in rounds]
@@ -285,12 +306,12 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
     details: list[str] = []
     if "15" not in figs:
         return rows, details
-    for name, worker_args in FLAVOURS:
+    for name, worker_args, more_env in FLAVOURS:
         print(f"[15] {name}: workers' CPU per request at {COST_RATE:,} req/s, {PROFILE_HZ} Hz CPU profile "
               f"running or not, two servers at once, one profiled, {PROFILE_ROUNDS * 2} rounds of {COST_SECONDS:g} s "
               "each ...", flush=True)
         try:
-            rounds = profile_cost(tmp, name, worker_args, notes)
+            rounds = profile_cost(tmp, name, worker_args, notes, more_env)
         except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
             notes.append(f"fig 15 {name} failed: {exc}")
             continue
@@ -298,14 +319,19 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
         off = statistics.median(per_request(r["off"], "workers") for r in rounds)
         ratios = [per_request(r["on"], "workers") / per_request(r["off"], "workers") for r in rounds]
         cost = (statistics.median(ratios) - 1) * 100
+        target, verdict = (f"<= +{PPROF_TARGET:g}%", "PASS" if cost <= PPROF_TARGET else "FAIL") if not more_env \
+            else ("(info)", "")
         rows.append((f"15a. workers' CPU/request, {name}: profiled vs not", f"{on * 1e6:.1f} us", f"{off * 1e6:.1f} us",
-                     f"{cost:+.1f}%", f"<= +{PPROF_TARGET:g}%", "PASS" if cost <= PPROF_TARGET else "FAIL"))
+                     f"{cost:+.1f}%", target, verdict))
         own = [(r["on"]["sampler"], r["on"]["requests"], r["on"]["window"]) for r in rounds if r["on"].get("sampler")]
         if own:
             rows.append((f"15a. {name}: the thread samplers' own CPU per request (profile comments)",
                          f"{statistics.median(ms * 1000 / max(n, 1) for (_, ms), n, _ in own):.1f} us", "",
                          f"{statistics.median(w / t / SERVER_WORKERS for (w, _), _, t in own):.0f} wakes/s a worker",
                          "(info)", ""))
+            rows.append((f"15a. {name}: the thread samplers' own CPU per sample (wake), in the workers",
+                         f"{statistics.median(ms * 1000 / max(w, 1) for (w, ms), _, _ in own):.0f} us", "",
+                         "in C" if ticked_in_c(rounds) else "in Python", "(info)", ""))
             details.append(f"15 {name}, the samplers' own cost, every profiled round (wakes; ms of CPU; requests): "
                            + " | ".join(f"{w}; {ms:.1f}; {n}" for (w, ms), n, _ in own))
         details.append(f"15 {name}, every round (profiled server; workers us/request profiled, not; ratio; "
@@ -330,18 +356,23 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
     print("[15] the thread sampler's cost, paced by wall or by CPU time ...", flush=True)
     try:
         cost_c = child_result(SAMPLER_CHILD, "thread sampler")
-        for mode, what in (("wall", "every 1/100 s of wall time"), ("cpu", "per 1/100 s of CPU (CpuPacer)")):
+        for mode, what in (("wall", "every 1/100 s of wall time"),
+                           ("cpu", "per 1/100 s of CPU (CpuPacer), ticks in C" if cost_c["accelerated"] else
+                            "per 1/100 s of CPU (CpuPacer), no C accelerator: ticks in Python"),
+                           ("cpu-python", "per 1/100 s of CPU (CpuPacer), ticks in Python")):
             c = cost_c[mode]
             rows.append((f"15c. thread sampler woken {what}", f"{c['wakes'] * c['own_us'] / 1000:.1f} ms/s own",
                          f"{c['wakes']:.0f} wakes/s", f"{c['own_us']:.1f} us own CPU/wake", "(info)", ""))
         details.append("15c process CPU per request against unprofiled, median of the rounds (noisy: +-25 % "
                        f"round to round here): woken by wall time {cost_c['wall']['ratio'] * 100 - 100:+.1f}%, "
-                       f"by CPU time {cost_c['cpu']['ratio'] * 100 - 100:+.1f}%, unprofiled "
+                       f"by CPU time {cost_c['cpu']['ratio'] * 100 - 100:+.1f}% (ticks in Python "
+                       f"{cost_c['cpu-python']['ratio'] * 100 - 100:+.1f}%), unprofiled "
                        f"{cost_c['off_ns'] / 1000:.1f} us/request")
         details.append("15c every round (per mode: us of process CPU per request, sampler wakes, ms of the sampler "
                        "thread's own CPU): "
                        + " | ".join("; ".join(f"{mode} {' '.join(map(str, r[mode]))}"
-                                              for mode in ("off", "wall", "cpu")) for r in cost_c["rounds"]))
+                                              for mode in ("off", "wall", "cpu", "cpu-python"))
+                                   for r in cost_c["rounds"]))
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
         notes.append(f"fig 15c failed: {exc}")
     return rows, details

@@ -34,6 +34,7 @@ C_NUMBERS_ALLOWED = {
     "0.0", "1.0", "1e-6", "1e-9",  # arithmetic, sketch.MIN_SECONDS's default until configure()
     "100", "404",  # HTTP: the status class, Not Found
     "0xC0", "0x80",  # UTF-8 continuation bytes
+    "1e9", "1000000000",  # nanoseconds a second: the thread sampler's clocks and wait (cpu_wake)
 }
 
 

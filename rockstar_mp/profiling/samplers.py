@@ -22,7 +22,8 @@ them (``native``). Clocks, said plainly:
   be made, as the profile's comment then says), reads each thread's CPU clock (``thread_cpu_ns``) and
   charges the increase to the last stack it was seen running at (``_charge_cpu`` says why): exact
   whenever the wakes come. A thread that used no CPU costs one clock read; rockstar-mp's own threads
-  are not read. Python frames can only be read
+  are not read. The wait and the tick run in C where the accelerator is built (``cpu_wake``, same
+  rule; the sampler's CPU per wake is figure 15c), else in Python. Python frames can only be read
   when the sampler holds the GIL: a thread in a long C call that keeps the GIL is seen after it, at
   the call's line, with the call's CPU (as in signal mode).
 * **Wall** (``/wall``): the thread sampler, every thread, the wall time since its previous tick.
@@ -419,6 +420,14 @@ class CpuPacer:
         signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
 
 
+def cpu_wake():
+    """``hotpath.cpu_wake`` (the CPU thread sampler's wait and tick in C, ``_hotpath.c``), or None where
+    the accelerator is not built or ``ROCKSTAR_PURE_PYTHON=1``: then ``ThreadSampler._cpu_tick`` runs."""
+    from ..worker.accelerator import hotpath  # imported late: the worker package is loaded by then
+
+    return getattr(hotpath, "cpu_wake", None)
+
+
 class ThreadSampler:
     """Samples every other thread's Python stack every 1/hz s, in the calling thread (rockstar-mp's
     own threads only with ``internal``).
@@ -446,6 +455,8 @@ class ThreadSampler:
         self.pacing = f"woken every 1/{self.hz} s of wall time"
         self.wakes = self.expirations = 0  # the CPU-only sampler's wakes, and those a CPU-clock timer made
         self.own_cpu_ns = 0  # the sampler thread's own CPU time
+        self._kinds: dict[tuple, str | None] = {}  # stack key -> its leaf's wait kind (the C ticks)
+        self.accelerated = False  # the CPU-only loop's wakes done by hotpath.cpu_wake
 
     @property
     def trace(self) -> list:
@@ -487,6 +498,15 @@ class ThreadSampler:
         cell[1] += cpu_ns
         if kind is None:
             running[ident] = key
+
+    def _charge_woken(self, stacks: list, running: dict) -> None:
+        """Charge a tick of ``hotpath.cpu_wake`` (``_cpu_tick``'s rule): ``[(ident, cpu_ns, stack key, its
+        leaf frame if the key is new), ...]``."""
+        for ident, cpu_ns, key, leaf in stacks:
+            if leaf is not None:
+                self._codes[key] = _frames.capture_codes(leaf)
+                self._kinds[key] = _frames.wait_kind(leaf)
+            self._charge_cpu(ident, key, self._kinds.get(key), cpu_ns, running)
 
     def _cpu_tick(self, clocks: list, last_cpu: dict, running: dict, seen: dict) -> None:
         """A CPU-only tick: every thread's CPU clock, then the stacks of those that used some (at 100 Hz
@@ -553,6 +573,8 @@ class ThreadSampler:
         seen: dict[int, tuple] = {}
         clocks: list[tuple[int, int]] = []
         refreshed = float("-inf")
+        wake = cpu_wake()
+        self.accelerated = pacer is not None and wake is not None
         try:
             while True:
                 now = time.monotonic()
@@ -563,11 +585,18 @@ class ThreadSampler:
                     sampled = self._sampled(me)
                     clocks = [(ident, thread_cpu_clock(tid)) for ident, tid in sampled]
                     pacer = self._track(pacer, {tid for _, tid in sampled})
+                self.wakes += 1
+                if pacer is not None and wake is not None:
+                    signalled, stacks = wake(int(pacer.SIGNAL), min(CpuPacer.FALLBACK, deadline - now), clocks,
+                                             last_cpu, self._codes, _frames.MAX_DEPTH)
+                    self.expirations += signalled
+                    self._charge_woken(stacks, running)
+                    stacks = None  # no frame outlives the tick
+                    continue
                 if pacer is None:
                     _sleep(min(1.0 / self.hz, deadline - now), stop)
                 elif pacer.wait(min(CpuPacer.FALLBACK, deadline - now)):
                     self.expirations += 1
-                self.wakes += 1
                 self._cpu_tick(clocks, last_cpu, running, seen)
         finally:
             seen.clear()
@@ -677,7 +706,8 @@ class ThreadSampler:
                          f"clock: per-thread CPU time (clock_gettime), thread sampler {self.pacing}; "
                          "each thread's CPU since its previous sample charged to its stack (its last "
                          f"running one if it now waits); the sampler: {self.wakes} wakes, "
-                         f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU")
+                         f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU"
+                         + (" (its ticks in C)" if self.accelerated else ""))
 
     def wall_raw(self) -> dict:
         return self._raw(self.wall, [("samples", "count"), ("wall", "nanoseconds")],
