@@ -7,9 +7,7 @@ round, so a busy spell of the shared machine hits both; every round is printed, 
 median of the rounds' on/off ratios, with each side's median and the split by role. The rounds are spread
 over ``COST_PAIRS`` pairs of servers, each started afresh: a pair keeps a bias of its own through its
 rounds (sync's rounds read 1.013-1.054 in one run and 1.012-1.072 in another, medians +3.9 % and +1.6 %;
-two identical "off" servers 0.99 and 1.01), which one pair would pass off as the figure. A sync server
-"on" can spend less than "off": its listeners hold its connections from their accept, so a response
-leaves in one TCP segment with its FIN (``docs/architecture.md``).
+two identical "off" servers 0.99 and 1.01), which one pair would pass off as the figure.
 
 The keep-alive classes (the two ASGI ones) are measured with one worker. With two, wrk's connections
 split unevenly between them (an event loop accepts a burst of them at once), and how busy each worker is

@@ -468,7 +468,6 @@ typedef struct {
     double started;
     uint64_t nbytes;
     int finished;
-    int inherited;           /* sock was held from its accept (the listener's hold): release the linger only */
 } Request;
 
 static PyTypeObject RequestType;
@@ -670,10 +669,10 @@ static int set_cork(PyObject *sock, int on) {
 
 /* The listeners' hold of a gunicorn sync worker (hold_listeners()): SO_LINGER 0 and TCP_CORK set once
  * on the listening sockets, which every connection accepted afterwards inherits, so that a request costs
- * one system call (the linger's release once counted) instead of four. Gunicorn's sync worker answers
- * one connection at a time and ends it with a shutdown(SHUT_WR), which sends what the cork held; a
- * response gunicorn writes itself (a 400) goes out the same way. Set at the first held request, whose
- * own connection was accepted before and is held as any other. */
+ * two system calls (the release once counted) instead of four. Gunicorn's sync worker answers one
+ * connection at a time and ends it with a shutdown(SHUT_WR), which sends what a cork held: a response
+ * gunicorn writes itself (a 400) goes out that way. Set at the first held request, whose own connection
+ * was accepted before and is held as any other. */
 static int *listener_fds = NULL;
 static int n_listeners = 0;     /* the listeners to hold at the first held request; 0 once done or failed */
 static int listeners_held = 0;  /* 1 once every listener holds: connections accepted from now on are held */
@@ -723,22 +722,9 @@ static PyObject *py_hold_listeners(PyObject *module, PyObject *fds) {
     Py_RETURN_NONE;
 }
 
-/* listeners_held(): True once the listeners hold (connections accepted since cost one call a request). */
+/* listeners_held(): True once the listeners hold (connections accepted since cost two calls a request). */
 static PyObject *py_listeners_held(PyObject *module, PyObject *unused) {
     return PyBool_FromLong(listeners_held);
-}
-
-/* The end of a hold: a connection held from its accept keeps its cork (gunicorn's shutdown sends what it
- * held) and gets its linger back; one held here is uncorked too. */
-static void release_hold(Request *req) {
-    if (!req->inherited) {
-        set_cork(req->sock, 0);
-        return;
-    }
-    int fd = socket_fd(req->sock);
-    struct linger linger = {0, 0};
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, sizeof linger);
 }
 
 /* (vals, i, hist vals, hist i, bounds, sum_at, code[, overflow cells or None]) for the request's method,
@@ -890,7 +876,7 @@ static int finish(Request *req) {
     PyObject *type = NULL, *value = NULL, *tb = NULL;
     PyErr_Fetch(&type, &value, &tb);  /* whatever failed above, the response must still go */
     if (req->sock != NULL) {  /* right after the count: a kill in between is the one window left */
-        release_hold(req);  /* flushes; a socket already closed fails, and has nothing to flush */
+        set_cork(req->sock, 0);  /* flushes; a socket already closed fails, and has nothing to flush */
         PyErr_Clear();
         Py_CLEAR(req->sock);
     }
@@ -942,7 +928,7 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
     req->server_start_response = start_response;
     req->status = req->body = req->iterator = req->sock = NULL;
     req->nbytes = 0;
-    req->finished = req->inherited = 0;
+    req->finished = 0;
     PyObject *method = environ_text(environ, str_method_key);
     if (method == NULL || PySet_Contains(self->methods, method) != 1)
         method = str_other;
@@ -952,10 +938,9 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
     PyObject_GC_Track(req);
     if (self->hold) {
         PyObject *sock = PyDict_GetItemWithError(environ, str_socket_key);
-        if (sock != NULL && (listeners_held || set_cork(sock, 1) == 0)) {
+        if (sock != NULL && (listeners_held || set_cork(sock, 1) == 0)) {  /* held from its accept, or now */
             Py_INCREF(sock);
             req->sock = sock;
-            req->inherited = listeners_held;
             if (n_listeners)
                 hold_the_listeners();  /* after this connection's accept: the next ones inherit it */
         }

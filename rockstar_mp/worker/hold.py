@@ -9,7 +9,7 @@ sends nothing.
 
 Per request, that is four system calls (``hold`` and ``release``; the C path makes them directly). In a
 gunicorn sync worker the C path holds the listening sockets instead (``hold_listeners``): the connections
-accepted afterwards inherit both options, and a request makes one call. Example::
+accepted afterwards inherit both options, and a request makes two (the release). Example::
 
     from rockstar_mp.worker import hold
     if hold.hold(sock):
@@ -50,11 +50,11 @@ def release(sock) -> None:
 def hold_listeners(worker) -> bool:
     """In a gunicorn sync worker with the C request path: hold the listening sockets at the first held
     request (``_hotpath.c``'s ``hold_listeners``), so that every connection accepted afterwards starts
-    held (TCP_CORK and SO_LINGER 0 are inherited from the listener) and a request costs one system call
-    (the linger's release, once counted) instead of four. Only where every response ends in gunicorn's
-    ``close_graceful``, whose ``shutdown(SHUT_WR)`` sends what the cork held (gunicorn >= 27's sync
-    worker): a keep-alive worker's responses would wait for the cork's 200 ms, and so would a TLS
-    handshake (``certfile``: not armed). True if armed.
+    held (TCP_CORK and SO_LINGER 0 are inherited from the listener) and a request costs two system calls
+    (the release, once counted) instead of four. Only where every connection ends in gunicorn's
+    ``close_graceful``, whose ``shutdown(SHUT_WR)`` sends what a cork holds (gunicorn >= 27's sync
+    worker; a 400 gunicorn writes itself goes out that way): a keep-alive worker's next response would
+    wait for the cork's 200 ms, and so would a TLS handshake (``certfile``: not armed). True if armed.
 
     Called by the gunicorn hooks (``post_fork``); ``release_listeners`` undoes it in the master."""
     try:

@@ -5,7 +5,7 @@ so a worker killed mid-request does not count a response its client never got. W
 response stays corked in the kernel until the count is stored, and a worker killed before that resets
 the connection (``hold.hold``), so a client never sees a response that was not counted. In a gunicorn sync
 worker the C path sets that hold once on the listening sockets, which accepted connections inherit
-(``hold.hold_listeners``): a request then costs one system call for it instead of four.
+(``hold.hold_listeners``): a request then costs two system calls for it instead of four.
 
 Example::
 
