@@ -217,7 +217,12 @@ class TickSleep:
             self._waiting = None
 
     def wake(self) -> None:
+        """End the sleep, and the ones after it (a stop)."""
         self._woken = True
+        self.hurry()
+
+    def hurry(self) -> None:
+        """End this sleep only (a helper was forked: ``attach.hurry_aggregator``)."""
         if self._waiting is not None:
             self._end(self._waiting)
 
@@ -278,6 +283,7 @@ async def serve(state: AggregatorState, parent: int, sock: socket.socket, run_di
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGURG, between_ticks.hurry)
     tasks = [asyncio.create_task(s.run()) for s in servers]
     if run_dir:  # the /debug/pprof tree, served once enable_pprof is on (aggregator/pprof.py)
         make_pprof_server = functools.partial(HttpServer, limits=limits, plain_errors=True)

@@ -116,7 +116,7 @@ class Header:
     next_age = Field(64, "Q", "the last age handed out by a claim made without an age (`assign_slab()` or "
                      "a self-claiming worker, which no pre-fork server numbered)")
     aggregator_pid = Field(72, "Q", "set by the aggregator after it takes the lock")
-    aggregator_heartbeat = Field(80, "d", "`time.time()` at each tick. Nothing reads it.")
+    aggregator_heartbeat = Field(80, "d", "`time.time()` at each tick (read by a forked helper: hurry_aggregator)")
     aggregator_starts = Field(88, "Q", "incremented by each aggregator that takes the lock")
     retired_active = Field(96, "Q", "which retired copy (0 or 1) is current")
     claim_failures = Field(104, "Q", "claims that found no free slab")

@@ -353,7 +353,26 @@ def _attach_fork(segment: Segment, config: MonitoringConfig | None) -> WorkerSta
     """A fork of an attached worker claims and binds a slab of its own (on its first use of a metric)."""
     segment.open_lock()  # its own description of the file: raises OSError when it cannot have one
     slab, generation = segment.claim_slab(master_pid=os.getppid())
+    hurry_aggregator(segment)
     return _attach(segment, slab, generation, config or MonitoringConfig().with_env())
+
+
+def hurry_aggregator(segment: Segment) -> None:
+    """Wake the aggregator (SIGURG: ignored by default, so a signal that comes before its handler, or to
+    a reused pid, does nothing) unless it ticked within ``AGGREGATOR_HURRY_AFTER``. An idle aggregator
+    ticks once a second, and only a tick frees the slabs of helpers that exited: forked one a request,
+    they filled the table within that second. Once woken it ticks every ``tick_interval`` while the slot
+    table moves."""
+    buf = segment.buf
+    pid = Header.aggregator_pid.get(buf)
+    if pid and time.time() - Header.aggregator_heartbeat.get(buf) > AGGREGATOR_HURRY_AFTER:
+        try:
+            os.kill(pid, signal.SIGURG)
+        except OSError:  # gone, or another user's (its own ticks then have to do)
+            pass
+
+
+AGGREGATOR_HURRY_AFTER = 0.2  # seconds since its last tick (see hurry_aggregator)
 
 
 def _attach(segment: Segment, slab: int, generation: int, config: MonitoringConfig,
