@@ -90,12 +90,13 @@ def test_a_leaking_app_is_recycled_by_memory_and_no_request_fails(server):
     assert any(re.search(rf"= INTEGER: {pid}\b", t) for t in notified for pid in gone), notified
     log = server.log_text()
     assert "over max_worker_memory" in log and "Autorestarting" not in log
-    assert value_of(server.snmp_port, "rsmpMemoryRecycles", v2c("public")) == recycles
+    assert value_of(server.snmp_port, "rsmpMemoryRecycles", v2c("public")) >= recycles  # more may have come
 
     env = dict(os.environ, ROCKSTAR_URL=f"http://127.0.0.1:{server.metrics_port}")
     top = subprocess.run([sys.executable, "-m", "rockstar_mp.cli", "top", "--iterations", "1"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=30)
-    assert top.returncode == 0 and f"recycled {recycles} (memory)" in top.stdout, top.stdout + top.stderr
+    shown = re.search(r"recycled (\d+) \(memory\)", top.stdout)  # the replacements still leak: maybe more by now
+    assert top.returncode == 0 and shown and int(shown.group(1)) >= recycles, top.stdout + top.stderr
     assert "MiB/h" in top.stdout
 
 
