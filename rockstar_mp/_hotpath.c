@@ -368,24 +368,51 @@ static PyTypeObject SlabType = {
 
 /* ---------------------------------------------------------------- the workload record */
 /* The sketch cells and the ring, as WorkloadRecorder.record does. Returns 0, or -1 with an exception. */
+/* The combination record() found last, and what found it: the next request of the same route object, status
+ * class and tenant object (a framework's template and the "" tenant are the same objects request after
+ * request) takes it without a key tuple or a lookup. Held, so that no other object takes their addresses;
+ * bind() forgets them (a new dict of combinations). */
+static PyObject *last_route = NULL, *last_tenant = NULL, *last_combination = NULL;
+static long last_status_class = -1;
+
+static void forget_last_combination(void) {
+    Py_CLEAR(last_route);
+    Py_CLEAR(last_tenant);
+    Py_CLEAR(last_combination);
+    last_status_class = -1;
+}
+
+/* The combination of (route, status class, tenant): a new reference, or NULL with an exception. */
+static PyObject *combination_of(PyObject *route, long status_class, PyObject *tenant) {
+    if (route == last_route && tenant == last_tenant && status_class == last_status_class)
+        return Py_NewRef(last_combination);
+    PyObject *klass = PyLong_FromLong(status_class);
+    if (klass == NULL)
+        return NULL;
+    PyObject *key = PyTuple_Pack(3, route, klass, tenant);
+    if (key == NULL) {
+        Py_DECREF(klass);
+        return NULL;
+    }
+    PyObject *combination = PyDict_GetItemWithError(combinations, key);  /* borrowed */
+    Py_DECREF(key);
+    if (combination != NULL) {  /* one the dict holds: kept for the next request */
+        Py_INCREF(combination);
+        Py_XSETREF(last_route, Py_NewRef(route));
+        Py_XSETREF(last_tenant, Py_NewRef(tenant));
+        Py_XSETREF(last_combination, Py_NewRef(combination));
+        last_status_class = status_class;
+    } else if (!PyErr_Occurred())
+        combination = PyObject_CallMethodObjArgs(recorder, str_combination, route, klass, tenant, NULL);
+    Py_DECREF(klass);
+    return combination;
+}
+
 static int record(PyObject *method, PyObject *route, long status, double seconds, double start,
                   uint64_t nbytes, PyObject *request_id, PyObject *tenant) {
     if (combinations == NULL || recorder == NULL)
         return 0;
-    PyObject *status_class = PyLong_FromLong(status / 100);
-    if (status_class == NULL)
-        return -1;
-    PyObject *key = PyTuple_Pack(3, route, status_class, tenant);
-    if (key == NULL) {
-        Py_DECREF(status_class);
-        return -1;
-    }
-    PyObject *combination = PyDict_GetItemWithError(combinations, key);  /* borrowed */
-    Py_XINCREF(combination);
-    if (combination == NULL && !PyErr_Occurred())
-        combination = PyObject_CallMethodObjArgs(recorder, str_combination, route, status_class, tenant, NULL);
-    Py_DECREF(key);
-    Py_DECREF(status_class);
+    PyObject *combination = combination_of(route, status / 100, tenant);
     if (combination == NULL)
         return -1;
     PyObject *route_raw = route, *tenant_raw = tenant;
@@ -749,6 +776,29 @@ static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status
     return entry;
 }
 
+/* The histogram bounds bisected last, as doubles: the status entries of a family share one tuple of
+ * bounds (the request duration's), so a request reads a small array instead of the tuple's floats. */
+#define MAX_CACHED_BOUNDS 64
+static PyObject *cached_bounds = NULL;  /* the tuple, held (a tuple of floats never changes) */
+static double cached_bound_values[MAX_CACHED_BOUNDS];
+
+/* The bounds tuple's values, or NULL (no exception) when they are not all floats or too many: the
+ * caller then converts them one by one, raising where bisect_left would. */
+static const double *bound_values(PyObject *bounds) {
+    if (bounds == cached_bounds)
+        return cached_bound_values;
+    Py_ssize_t n = PyTuple_GET_SIZE(bounds);
+    if (n > MAX_CACHED_BOUNDS)
+        return NULL;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (!PyFloat_CheckExact(PyTuple_GET_ITEM(bounds, k)))
+            return NULL;  /* checked before the array is written: it may be the cached tuple's still */
+    for (Py_ssize_t k = 0; k < n; k++)
+        cached_bound_values[k] = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(bounds, k));
+    Py_XSETREF(cached_bounds, Py_NewRef(bounds));
+    return cached_bound_values;
+}
+
 /* http.requests + 1 and the duration histogram, from a status entry */
 static int count_and_observe(PyObject *entry, double seconds) {
     double *count = cell(PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(entry, 1));
@@ -769,10 +819,11 @@ static int count_and_observe(PyObject *entry, double seconds) {
         return -1;
     }
     Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(bounds);
+    const double *values = bound_values(bounds);
     while (lo < hi) {  /* bisect_left: the first bound >= seconds */
         Py_ssize_t mid = (lo + hi) / 2;
-        double bound = PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, mid));
-        if (bound == -1.0 && PyErr_Occurred())
+        double bound = values != NULL ? values[mid] : PyFloat_AsDouble(PyTuple_GET_ITEM(bounds, mid));
+        if (bound == -1.0 && values == NULL && PyErr_Occurred())
             return -1;  /* before the bucket and the sum, as bisect_left raises in the Python path */
         if (bound < seconds)
             lo = mid + 1;
@@ -1677,6 +1728,7 @@ static PyObject *py_bind(PyObject *module, PyObject *args) {
 #define SET(dst, v) do { PyObject *tmp_ = (v) == Py_None ? NULL : (v); Py_XINCREF(tmp_); Py_XSETREF(dst, tmp_); } while (0)
     SET(bound_slab, slab);
     SET(combinations, combos);
+    forget_last_combination();
     SET(recorder, rec);
     SET(on_idle, idle);
 #undef SET

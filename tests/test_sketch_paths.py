@@ -60,3 +60,62 @@ def test_both_request_paths_bucket_as_the_sketch_does(tmp_path_factory, duration
             segment.close()
         assert {index: int(count) for index, count in sketch.items()} == dict(expected), (
             "C path" if not pure_python else "Python path")
+
+
+FORKING = """
+import json, os, sys
+from rockstar_mp.segment import Segment
+from rockstar_mp.worker.attach import attach_worker
+from rockstar_mp.worker.workload import RECORDER
+path, slab, generation = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+attach_worker(Segment.attach(path), slab, generation)
+route, tenant = "/r", "t"  # the same objects on both sides of the fork, as a framework's template is
+def record(n):
+    for _ in range(n):
+        RECORDER.record("GET", route, 200, 0.01, 0.0, 0, "", tenant)
+record(3)
+recorded, hold = os.pipe(), os.pipe()
+child = os.fork()
+if child == 0:
+    record(2)
+    os.write(recorded[1], b"1")
+    os.read(hold[0], 1)  # alive (its slab live) until the parent is told to go
+    os._exit(0)
+os.read(recorded[0], 1)
+record(1)
+print(json.dumps([os.getpid(), child]), flush=True)
+sys.stdin.read()  # the test has merged
+os.write(hold[1], b"1")
+os.waitpid(child, 0)
+"""
+
+
+def _route_requests(snap, pid: int) -> float:
+    """The requests a worker's own slab holds in route "/r"'s latency buckets."""
+    worker = snap.worker(pid)
+    assert worker is not None, f"no slab of pid {pid} among {[w.slot.pid for w in snap.workers]}"
+    return sum(worker.values[offset] for sid, offset in worker.cache.series
+               if snap.series[sid].key.name == "rockstar.workload.bucket"
+               and snap.series[sid].key.labelvalues[:2] == ("route", "/r"))
+
+
+def test_a_forked_child_records_in_its_own_slab(tmp_path):
+    """The C path keeps the last combination it used: a child forked after it must not write its
+    parent's cells with it (it failed when the fork's rebinding left that cache in place)."""
+    for pure_python in (False, True):
+        segment = Segment.create(str(tmp_path / ("py" if pure_python else "c")))
+        try:
+            slab, generation = segment.claim_slab()
+            env = dict(os.environ, ROCKSTAR_PURE_PYTHON="1" if pure_python else "0")
+            worker = subprocess.Popen([sys.executable, "-c", FORKING, segment.path, str(slab), str(generation)],
+                                      cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                parent, child = json.loads(worker.stdout.readline() or "null")
+                snap = Merger(segment).merge()
+            finally:
+                worker.communicate("", timeout=60)
+            assert worker.returncode == 0
+            assert (_route_requests(snap, parent), _route_requests(snap, child)) == (4, 2), (
+                "Python path" if pure_python else "C path")
+        finally:
+            segment.close()
