@@ -778,21 +778,26 @@ static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status
 
 /* The histogram bounds bisected last, as doubles: the status entries of a family share one tuple of
  * bounds (the request duration's), so a request reads a small array instead of the tuple's floats. */
-#define MAX_CACHED_BOUNDS 64
 static PyObject *cached_bounds = NULL;  /* the tuple, held (a tuple of floats never changes) */
-static double cached_bound_values[MAX_CACHED_BOUNDS];
+static double *cached_bound_values = NULL;
+static Py_ssize_t cached_bound_room = 0;
 
-/* The bounds tuple's values, or NULL (no exception) when they are not all floats or too many: the
+/* The bounds tuple's values, or NULL (no exception) when they are not all floats (or no memory): the
  * caller then converts them one by one, raising where bisect_left would. */
 static const double *bound_values(PyObject *bounds) {
     if (bounds == cached_bounds)
         return cached_bound_values;
     Py_ssize_t n = PyTuple_GET_SIZE(bounds);
-    if (n > MAX_CACHED_BOUNDS)
-        return NULL;
     for (Py_ssize_t k = 0; k < n; k++)
         if (!PyFloat_CheckExact(PyTuple_GET_ITEM(bounds, k)))
             return NULL;  /* checked before the array is written: it may be the cached tuple's still */
+    if (n > cached_bound_room) {
+        double *grown = PyMem_Realloc(cached_bound_values, (size_t)n * sizeof(double));
+        if (grown == NULL)
+            return NULL;
+        cached_bound_values = grown;
+        cached_bound_room = n;
+    }
     for (Py_ssize_t k = 0; k < n; k++)
         cached_bound_values[k] = PyFloat_AS_DOUBLE(PyTuple_GET_ITEM(bounds, k));
     Py_XSETREF(cached_bounds, Py_NewRef(bounds));
