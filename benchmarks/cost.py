@@ -9,8 +9,10 @@ over ``COST_PAIRS`` pairs of servers, each started afresh: a pair keeps a bias o
 rounds (sync's rounds read 1.013-1.054 in one run and 1.012-1.072 in another, medians +3.9 % and +1.6 %;
 two identical "off" servers 0.99 and 1.01), which one pair would pass off as the figure. Beside the
 median, the cost column prints the median's distribution-free interval (``median_interval``: with 12
-rounds, the 3rd and 10th of the ordered ratios, 96.1 % coverage): the ASGI rounds spread over 0.87-1.18,
-so a median a point either side of the target says little on its own.
+rounds, the 3rd and 10th of the ordered ratios, 96.1 % coverage; with 24, the 7th and 18th, 97.7 %). The
+ASGI rounds spread over 0.87-1.24, against 0.98-1.04 for sync, so a median a point either side of the
+target says little on its own: the ASGI classes run twice the rounds (``COST_ROUNDS_KEEPALIVE`` over
+``COST_PAIRS_KEEPALIVE`` pairs).
 
 The keep-alive classes (the two ASGI ones) are measured with one worker. With two, wrk's connections
 split unevenly between them (an event loop accepts a burst of them at once), and how busy each worker is
@@ -36,8 +38,10 @@ from .servers import Server, http_get, parse_wrk
 from .settings import (
     COST_CONNECTIONS,
     COST_PAIRS,
+    COST_PAIRS_KEEPALIVE,
     COST_RATE,
     COST_ROUNDS,
+    COST_ROUNDS_KEEPALIVE,
     COST_SECONDS,
     COST_SETTLE_SECONDS,
     COST_TARGET,
@@ -65,6 +69,8 @@ class Flavour:
     off_app: str = "benchmarks.bare_app:app"  # the same routes, no middleware
     target: float | None = None  # the cost's limit in %, None: information
     workers: int = SERVER_WORKERS  # one for the keep-alive classes (see the module's docstring)
+    rounds: int = COST_ROUNDS
+    pairs: int = COST_PAIRS
 
 
 FLAVOURS = (
@@ -72,8 +78,9 @@ FLAVOURS = (
     Flavour("gthread", ("-k", "gthread", "--threads", "4")),
     # ASGI: the FastAPI app of benchmarks/asgi_apps.py, bare against wrapped in our ASGI MetricsMiddleware
     Flavour("asgi uvicorn", ("-k", "uvicorn.workers.UvicornWorker"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET,
-            workers=1),
-    Flavour("asgi gunicorn", ("-k", "asgi"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET, workers=1),
+            workers=1, rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE),
+    Flavour("asgi gunicorn", ("-k", "asgi"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET, workers=1,
+            rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE),
 )
 
 
@@ -126,10 +133,11 @@ def per_request(run: dict, role: str | None = None) -> float:
 
 # -- figure 11 ----------------------------------------------------------------------------------------
 def cpu_per_request(tmp: str, flavour: Flavour, notes: list[str]) -> dict:
-    """Figure 11 for one worker class: every run of each side, in order, over ``COST_PAIRS`` pairs of
-    servers started afresh (``COST_ROUNDS`` rounds in all)."""
+    """Figure 11 for one worker class: every run of each side, in order, over the flavour's ``pairs``
+    pairs of servers started afresh (its ``rounds`` rounds in all)."""
     runs: dict[str, list[dict]] = {"off": [], "on": []}
-    rounds = [COST_ROUNDS // COST_PAIRS + (pair < COST_ROUNDS % COST_PAIRS) for pair in range(COST_PAIRS)]
+    rounds = [flavour.rounds // flavour.pairs + (pair < flavour.rounds % flavour.pairs)
+              for pair in range(flavour.pairs)]
     for count in rounds:
         pair_runs = pair_of_servers(tmp, flavour, count, notes)
         for mode in runs:
@@ -200,7 +208,8 @@ def request_cost_figure(tmp: str, notes: list[str]) -> tuple[list[tuple], list[s
     details: list[str] = []
     for flavour in FLAVOURS:
         print(f"[11] {flavour.name}: CPU per request at {COST_RATE:,} req/s, {flavour.workers} worker(s), "
-              f"{COST_ROUNDS} rounds of {COST_SECONDS:g} s off/on over {COST_PAIRS} pairs of servers ...", flush=True)
+              f"{flavour.rounds} rounds of {COST_SECONDS:g} s off/on over {flavour.pairs} pairs of servers ...",
+              flush=True)
         try:
             runs = cpu_per_request(tmp, flavour, notes)
         except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:

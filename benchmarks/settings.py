@@ -63,6 +63,10 @@ COST_SECONDS = 3.0
 COST_WARMUP_SECONDS = 1.0
 COST_ROUNDS = 12
 COST_PAIRS = 6  # the rounds are spread over this many pairs of servers started afresh (cost.py)
+# The keep-alive (ASGI) classes: one worker's CPU per request moves with how its event loop batches, so their
+# rounds spread 3-4 times as wide as sync's (0.87-1.24 against 0.98-1.04); twice the rounds.
+COST_ROUNDS_KEEPALIVE = 24
+COST_PAIRS_KEEPALIVE = 8
 COST_SETTLE_SECONDS = 1.0  # after the last response, before the CPU is read: a tick at least (at most 1 s apart)
 COST_TARGET = 3.0  # % more CPU per request on than off (WSGI sync)
 

@@ -43,11 +43,13 @@ def status_mask(path: str, field: str) -> int:
 
 
 class Burner(threading.Thread):
-    """A thread that burns Python CPU between ``go`` and ``halt``, and knows how much it burned."""
+    """A thread that burns Python CPU between ``go`` and ``halt``, knows how much it burned, and ends at
+    ``leave`` (a thread that ends takes the CPU it used since the sampler's last wake with it: its clock
+    can no longer be read; at most one period, which the charge test must not count against us)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.go, self.halt = threading.Event(), threading.Event()
+        self.go, self.halt, self.leave = threading.Event(), threading.Event(), threading.Event()
         self.burned_ns = 0
 
     def run(self) -> None:
@@ -58,6 +60,13 @@ class Burner(threading.Thread):
             for i in range(2000):
                 x += i
         self.burned_ns = time.thread_time_ns() - start
+        self.leave.wait()
+
+    def end(self) -> None:
+        self.go.set()
+        self.halt.set()
+        self.leave.set()
+        self.join()
 
 
 def test_cpu_only_sampler_wakes_on_cpu_time_and_cleans_up():
@@ -82,9 +91,7 @@ def test_cpu_only_sampler_wakes_on_cpu_time_and_cleans_up():
                    for signo, notify, _ in posix_timers()), posix_timers()
 
         # a thread that ends loses its timer while the profile goes on
-        short_lived.go.set()
-        short_lived.halt.set()
-        short_lived.join()
+        short_lived.end()
         poll(lambda: short_lived.native_id not in {tid for _, _, tid in posix_timers()}, timeout=10,
              message="the ended thread's timer deleted")
 
@@ -93,17 +100,17 @@ def test_cpu_only_sampler_wakes_on_cpu_time_and_cleans_up():
         expired = sampler.expirations
         poll(lambda: sampler.expirations >= expired + 5, timeout=30, message="wakes by the CPU-clock timers")
 
-        # idle: only the wall-time fallback wakes it (a wall-paced sampler would wake 10 times as often)
+        # idle: only the wall-time fallback wakes it (a wall-paced sampler would wake 10 times as often);
+        # the burner, idle, stays alive through these wakes, so all it burned is read from its clock
         burner.halt.set()
-        burner.join()
+        poll(lambda: burner.burned_ns > 0, timeout=10, message="the burner stopped burning")
         wakes, expired, idle_since = sampler.wakes, sampler.expirations, time.monotonic()
         poll(lambda: sampler.wakes >= wakes + 5, timeout=30, interval=0.05, message="fallback wakes")
         woken, idle = sampler.wakes - wakes, time.monotonic() - idle_since
         assert sampler.expirations - expired <= 1, (woken, sampler.expirations - expired)
         assert woken <= idle / samplers.CpuPacer.FALLBACK + 2, (woken, idle)  # a busy machine only makes it fewer
     finally:
-        burner.go.set()
-        burner.halt.set()
+        burner.end()
         stop_profile.set()
         runner.join(timeout=30)
 
