@@ -187,8 +187,9 @@ def summarize(runs: dict) -> dict:
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """A distribution-free interval for the median of ``values``: ``(low, high, coverage)``, the order
-    statistics that hold the true median with at least ``confidence`` (each tail's binomial probability at
-    most half the rest), or the extremes when there are too few values for that (coverage then says so).
+    statistics that hold the true median with probability at least ``confidence`` (the chance that too
+    few values fall below it, or above it, is at most ``(1 - confidence) / 2`` each), or the extremes when
+    there are too few values for that (``coverage`` then says how sure they are).
 
     >>> median_interval([float(v) for v in range(1, 13)])  # 12 rounds: the 3rd and the 10th
     (3.0, 10.0, 0.961)
