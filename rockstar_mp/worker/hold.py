@@ -78,8 +78,7 @@ def release_listeners(listeners) -> None:
         try:
             held = (listener.getsockopt(socket.IPPROTO_TCP, CORK) == 1
                     and listener.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == LINGER_RESET)
-            if held:
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_OFF)
-                listener.setsockopt(socket.IPPROTO_TCP, CORK, 0)
         except (OSError, AttributeError, TypeError):
             continue  # not a TCP socket, or closed
+        if held:
+            release(listener)
