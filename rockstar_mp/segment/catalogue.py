@@ -7,7 +7,7 @@ stores the new count, so a reader (or a worker killed between any two stores) ne
 from __future__ import annotations
 
 from .errors import CatalogueFull
-from .layout import BODY_HEADER_SIZE, INDEX_ENTRY, VALUE, Body, BodyLayout
+from .layout import BODY_HEADER_SIZE, INDEX_ENTRY, Body, BodyLayout
 
 
 class CatalogueWriter:
@@ -20,12 +20,6 @@ class CatalogueWriter:
         self._n = Body.n_series.get(buf, base)
         self._heap_used = Body.heap_used.get(buf, base)
         self._values_used = Body.values_used.get(buf, base)
-        # the layout's offsets, computed once: its properties recompute them on every call, and a
-        # worker declares its sketch's buckets one by one while it serves
-        self._heap_at = base + layout.heap_offset
-        self._values_at = base + layout.values_offset
-        self._entries_at = base + layout.index_offset
-        self._first_cell = layout.first_cell(base)
 
     @property
     def series_count(self) -> int:
@@ -33,7 +27,7 @@ class CatalogueWriter:
 
     def value_index(self, first_value: int) -> int:
         """The segment-wide float64 index of a body-relative value index."""
-        return self._first_cell + first_value
+        return self._layout.first_cell(self._base) + first_value
 
     def append(self, key: bytes, n_values: int) -> int:
         """Add a series; returns the segment-wide float64 index of its first value.
@@ -48,12 +42,12 @@ class CatalogueWriter:
                 f"catalogue full ({self._n}/{layout.max_series} series, {self._heap_used}/"
                 f"{layout.heap_bytes} key bytes, {self._values_used}/{layout.max_values} values); "
                 "raise slab_max_series/slab_max_values or use fewer label values")
-        heap_at = self._heap_at + self._heap_used
+        heap_at = base + layout.heap_offset + self._heap_used
         buf[heap_at:heap_at + len(key)] = key
-        values_at = self._values_at + self._values_used * VALUE.size
-        values_end = values_at + n_values * VALUE.size
+        values_at = base + layout.value_offset(self._values_used)
+        values_end = base + layout.value_offset(self._values_used + n_values)
         buf[values_at:values_end] = bytes(values_end - values_at)
-        INDEX_ENTRY.pack_into(buf, self._entries_at + self._n * INDEX_ENTRY.size,
+        INDEX_ENTRY.pack_into(buf, base + layout.entry_offset(self._n),
                               self._heap_used, len(key), self._values_used, n_values)
         first = self._values_used
         self._heap_used += len(key)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 
 MAGIC = b"RSTARMP\x00"
 LAYOUT_VERSION = 3
@@ -259,7 +260,8 @@ def round_up(n: int, to: int) -> int:
 
 @dataclass(frozen=True)
 class BodyLayout:
-    """Offsets inside one body, relative to the body's start."""
+    """Offsets inside one body, relative to the body's start (each computed once: a worker's catalogue
+    asks for them at every series it declares)."""
 
     max_series: int
     heap_bytes: int
@@ -267,27 +269,27 @@ class BodyLayout:
     record_slots: int = 0
     log_slots: int = 0
 
-    @property
+    @cached_property
     def index_offset(self) -> int:
         return BODY_HEADER_SIZE
 
-    @property
+    @cached_property
     def heap_offset(self) -> int:
         return self.index_offset + self.max_series * INDEX_ENTRY.size
 
-    @property
+    @cached_property
     def values_offset(self) -> int:
         return round_up(self.heap_offset + self.heap_bytes, CELL_BYTES)
 
-    @property
+    @cached_property
     def records_offset(self) -> int:
         return self.value_offset(self.max_values)
 
-    @property
+    @cached_property
     def logs_offset(self) -> int:
         return self.records_offset + self.record_slots * RECORD_SLOT
 
-    @property
+    @cached_property
     def size(self) -> int:
         return round_up(self.logs_offset + self.log_slots * LOG_SLOT, PAGE)
 
