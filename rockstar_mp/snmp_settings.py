@@ -8,6 +8,7 @@ the aggregator's SNMP agent (``rockstar_mp/aggregator/snmp/``) parses them again
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, NamedTuple
 
 __all__ = ["AUTH_PROTOCOLS", "PRIV_PROTOCOLS", "SnmpUser", "TrapTarget", "parse_base_oid", "parse_engine_id",
@@ -100,9 +101,12 @@ def parse_users(value: object) -> list[SnmpUser]:
     return users
 
 
+_PORT = re.compile(r"[0-9]{1,5}")  # ASCII digits, at most five: checked before int() converts them
+
+
 def _is_port(text: str) -> bool:
     """A port number 1..65535 in ASCII digits ("²" and 5,000-digit strings are refused, not parsed)."""
-    return 0 < len(text) <= 5 and text.isascii() and text.isdigit() and 0 < int(text) < 65536
+    return _PORT.fullmatch(text) is not None and 0 < int(text) < 65536
 
 
 def parse_trap_targets(value: object, users: set[str] | None = None) -> list[TrapTarget]:

@@ -37,6 +37,7 @@ Other front ends (an ASGI middleware) count the same way with ``request_route`` 
 from __future__ import annotations
 
 import inspect
+import re
 import socket
 import threading
 import time
@@ -69,12 +70,15 @@ _CELLS = REGISTRY.cell_cache()
 _TEMPLATES: dict[str, str] = {}  # raw path -> route template, for apps that name no route
 
 
+_STATUS_CODE = re.compile(r"[0-9]{3}")  # ASCII digits only (str.isdigit takes "²" and "٢٠٠")
+
+
 def status_label(status_line) -> tuple[str, int]:
     """The ``status`` label of a status line and the code a record stores: ``("404", 404)``; a code
     outside 100-599 is ``"other"`` (with its number if it has three digits), anything else
     ``("other", 0)``."""
     code = status_line[:3] if isinstance(status_line, str) else ""
-    if len(code) == 3 and code.isascii() and code.isdigit():
+    if _STATUS_CODE.fullmatch(code):
         number = int(code)
         return (code if 100 <= number <= 599 else OTHER), number
     return OTHER, 0
