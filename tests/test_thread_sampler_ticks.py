@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = r"""
 import hashlib, json, signal, sys, threading, time
 from rockstar_mp.profiling import frames, samplers
+from tests.helpers import poll
 
 BUFFER = bytes(8 << 20)
 
@@ -45,9 +46,7 @@ sampler = samplers.ThreadSampler(100, cpu=True)
 done = threading.Event()
 runner = threading.Thread(target=lambda: (sampler.run(30, done), None))
 runner.start()
-deadline = time.monotonic() + 10
-while sampler.wakes == 0 and time.monotonic() < deadline:
-    time.sleep(0.001)  # polling for the sampler's loop to start
+poll(lambda: sampler.wakes, timeout=10, interval=0.001, message="the sampler's loop started")
 for b in burners:
     b.start()
 time.sleep(1.0)  # the load under the profile, not a synchronisation
@@ -75,9 +74,7 @@ if wake is not None:
         return frame is not None
     t = threading.Thread(target=park_here, daemon=True)
     t.start()
-    deadline = time.monotonic() + 10
-    while not in_park_here(t.ident) and time.monotonic() < deadline:
-        time.sleep(0.001)  # polling for the thread to reach its wait
+    poll(lambda: in_park_here(t.ident), timeout=10, interval=0.001, message="the thread parked")
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPROF})
     clock = samplers.thread_cpu_clock(t.native_id)
     _, stacks = wake(int(signal.SIGPROF), 0.0, [(t.ident, clock)], {}, {}, frames.MAX_DEPTH)
