@@ -315,7 +315,8 @@ class BodyLayout:
 
 @dataclass(frozen=True)
 class Geometry:
-    """The sizes a segment is created with; everything else follows from them."""
+    """The sizes a segment is created with; everything else follows from them (computed once: the
+    bodies' layouts and the regions' offsets are asked for at every slab's offset)."""
 
     n_slabs: int = 64
     slab_max_series: int = 8192  # as MonitoringConfig's defaults (the master derives its geometry there)
@@ -327,12 +328,12 @@ class Geometry:
     record_slots: int = 1024
     log_slots: int = 256
 
-    @property
+    @cached_property
     def slab(self) -> BodyLayout:
         return BodyLayout(self.slab_max_series, self.slab_heap_bytes, self.slab_max_values,
                           self.record_slots, self.log_slots)
 
-    @property
+    @cached_property
     def retired(self) -> BodyLayout:
         return BodyLayout(self.retired_max_series, self.retired_heap_bytes, self.retired_max_values)
 
@@ -343,21 +344,21 @@ class Geometry:
     def table_entry(self, slab: int) -> int:
         return self.table_offset + slab * TABLE_ENTRY_SIZE
 
-    @property
+    @cached_property
     def retired_offset(self) -> int:
         return round_up(self.table_offset + self.n_slabs * TABLE_ENTRY_SIZE, PAGE)
 
     def retired_copy(self, which: int) -> int:
         return self.retired_offset + which * self.retired.size
 
-    @property
+    @cached_property
     def slabs_offset(self) -> int:
         return self.retired_copy(2)
 
     def slab_offset(self, slab: int) -> int:
         return self.slabs_offset + slab * self.slab.size
 
-    @property
+    @cached_property
     def total_size(self) -> int:
         return self.slab_offset(self.n_slabs)
 
