@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml rockstar_mp/_hotpath.c | $(BIN)/python
+$(STAMP): pyproject.toml rockstar_mp/_hotpath.c rockstar_mp/_threadprof.c | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@

@@ -67,7 +67,9 @@ class MonitoringConfig:
     pprof_port: int = 6060
     pprof_max_seconds: float = 300.0  # ?seconds=N above this is refused (400)
     pprof_hz: int = 100  # sampling rate of the CPU, wall, block/mutex and trace samplers (1..1000)
-    pprof_cpu_mode: str = "auto"  # auto | signal (SIGPROF, main thread) | thread (thread sampler)
+    # auto | signal (SIGPROF, main thread) | thread (every thread, each sampling itself by SIGPROF where it can,
+    # else the sampler thread) | sampler (the sampler thread)
+    pprof_cpu_mode: str = "auto"
     heap_tracemalloc_at_boot: bool = False  # tracemalloc on in every worker from the start (8-20x slower)
     pprof_heap_frames: int = 16  # frames tracemalloc keeps per allocation when started at boot
     # The SNMP agent.
@@ -199,8 +201,8 @@ class MonitoringConfig:
             raise ValueError(f"pprof_max_seconds must be a positive number of seconds, got {self.pprof_max_seconds!r}")
         if not 1 <= self.pprof_hz <= 1000:
             raise ValueError(f"pprof_hz must be 1..1000, got {self.pprof_hz}")
-        if self.pprof_cpu_mode not in ("auto", "signal", "thread"):
-            raise ValueError(f"pprof_cpu_mode must be auto, signal or thread, got {self.pprof_cpu_mode!r}")
+        if self.pprof_cpu_mode not in ("auto", "signal", "thread", "sampler"):
+            raise ValueError(f"pprof_cpu_mode must be auto, signal, thread or sampler, got {self.pprof_cpu_mode!r}")
         if not 1 <= self.pprof_heap_frames <= 256:
             raise ValueError(f"pprof_heap_frames must be 1..256, got {self.pprof_heap_frames}")
         if not 1 <= self.max_workers <= 4096:

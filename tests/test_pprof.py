@@ -387,6 +387,7 @@ def test_gthread_cpu_profile(tmp_path, gotmp):
         out = pprof(gotmp, "-top", "-cum", "-nodecount=80", s.url("/profile?seconds=2"))
         loader.join()
         assert "per-thread CPU time" in out, out  # the documented choice for threaded workers
+        assert "each thread sampled in a SIGPROF handler" in out, out  # not the sampler thread
         rows = {name: cum for _, cum, name in top_rows(out)}
         assert rows.get(BURN, 0) >= 50.0, out
     finally:

@@ -214,6 +214,14 @@ def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto",
         mode = choose_cpu_mode(mode)
         if mode == "signal":
             return _signal_cpu(seconds, hz, stop)
+        if mode == "thread":
+            from . import thread_signals  # imported late: it builds on this module
+
+            if thread_signals.available():
+                try:
+                    return thread_signals.cpu_profile(seconds, hz, stop, internal)
+                except OSError:
+                    pass  # the handler could not start (see thread_signals): the sampler thread runs
         return ThreadSampler(hz, cpu=True, internal=internal).run(seconds, stop).cpu_raw()
     finally:
         CPU_LOCK.release()

@@ -1,0 +1,456 @@
+/* rockstar_mp._threadprof: the CPU profile of a threaded worker, sampled by each thread itself.
+ *
+ * rockstar_mp/profiling/thread_signals.py drives it: it arms one POSIX timer per sampled thread on that
+ * thread's CPU clock, sending SIGPROF to the thread itself (SIGEV_THREAD_ID), every 1/hz s of the CPU
+ * time the thread uses. The handler here runs on the thread that used it, at that moment, wherever it
+ * is (Python code, a C call holding the GIL or not), so no sampler thread wakes and no GIL changes
+ * hands per sample: the thread sampler of samplers.py cost 130-180 us of the worker's CPU per wake,
+ * mostly the kernel's wake and the GIL hand-over, and saw a stack late.
+ *
+ * What the handler does, all of it async-signal-safe (no allocation, no lock, no Python call):
+ *   - finds the thread's own PyThreadState (PyGILState_GetThisThreadState: a pthread_getspecific; the
+ *     thread clears it before it frees its state, and cannot do so while its handler runs);
+ *   - reads the thread's CPU clock: the sample's weight is the CPU time since the thread's previous one;
+ *   - copies the thread's frame chain, (code object address, lasti) leaf first, into a slot of a ring
+ *     that the drain (with the GIL, in the profile's thread) empties: the addresses are named there.
+ *
+ * Why the frame reads are safe while the thread was interrupted anywhere: a frame the thread itself runs
+ * lives in one of its data-stack chunks, which only the thread frees, after unlinking them from
+ * tstate->datastack_chunk; a frame inside such a chunk is copied directly. Any other frame (a
+ * generator's, or a popped frame's address left for a few instructions as the chunk under it is
+ * unmapped) is copied with process_vm_readv on this process, which fails instead of faulting. A code
+ * object's address is never dereferenced here.
+ *
+ * Bounds: the ring's capacity, the depth and the number of threads come from Python (start()); a
+ * sample that finds the ring full, a thread not in the table, or a thread with no Python state is
+ * counted (counters()), never written past a bound. CPython 3.11 only (the frame layout is the
+ * interpreter's own, from its internal header): elsewhere start() raises and the thread sampler runs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <pthread.h>
+
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && defined(__linux__)
+#define THREADPROF_SUPPORTED 1
+#define Py_BUILD_CORE
+#include "internal/pycore_frame.h"
+#undef Py_BUILD_CORE
+#else
+#define THREADPROF_SUPPORTED 0
+#endif
+
+typedef struct {
+    uintptr_t code; /* the code object's address: named by the drain, never read here */
+    int32_t lasti;  /* as frame.f_lasti: bytes, -1 before the first instruction */
+    int32_t unused;
+} Frame;
+
+typedef struct {
+    _Atomic uint64_t ready; /* the ring index + 1 once the slot is written */
+    long tid;
+    int64_t cpu_ns;
+    int32_t depth;
+    int32_t cut; /* 1 if the chain ended at a frame that could not be read */
+    Frame frames[];
+} Sample;
+
+typedef struct {
+    _Atomic long tid; /* 0: free */
+    int64_t last_cpu; /* written only by the thread's own handler once tracked */
+} Tracked;
+
+enum { SAMPLES, RING_FULL, UNTRACKED, NO_PYTHON, CUT_CHAINS, NO_CPU, COUNTERS };
+static const char *const counter_names[COUNTERS] = {
+    "samples", "ring_full", "untracked", "no_python_state", "cut_chains", "no_cpu_used"};
+static _Atomic uint64_t counters[COUNTERS];
+static _Atomic uint64_t lost_ns;    /* the CPU of samples the full ring dropped */
+static _Atomic uint64_t handler_ns; /* the handlers' own time (monotonic clock, a vDSO read: no system call) */
+
+static char *ring;
+static size_t ring_capacity, sample_size;
+static int max_depth;
+static _Atomic uint64_t ring_head; /* the next index a handler claims */
+static _Atomic uint64_t ring_tail; /* the next index the drain reads */
+
+static Tracked *tracked;
+static int tracked_capacity;
+
+static _Atomic int enabled; /* a handler records only while set */
+static _Atomic int active;  /* handlers running now: stop() waits for none */
+static int running, running_signo;
+static struct sigaction previous_action;
+
+static int64_t timespec_ns(const struct timespec *t) { return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec; }
+
+static Sample *slot_at(uint64_t index) { return (Sample *)(ring + (index % ring_capacity) * sample_size); }
+
+#if THREADPROF_SUPPORTED
+#define MAX_CHUNKS 16 /* data-stack chunks checked directly; frames in deeper ones take the careful read */
+#define FRAME_HEAD offsetof(_PyInterpreterFrame, localsplus)
+
+typedef struct {
+    uintptr_t start, end;
+} Range;
+
+static int chunks_of(PyThreadState *tstate, Range *out) {
+    int n = 0;
+    for (_PyStackChunk *chunk = tstate->datastack_chunk; chunk != NULL && n < MAX_CHUNKS; chunk = chunk->previous) {
+        out[n].start = (uintptr_t)chunk;
+        out[n].end = (uintptr_t)chunk + chunk->size;
+        n++;
+    }
+    return n;
+}
+
+/* Copy the head of the frame at address into copy: directly if it lies in a live chunk, else by a read
+ * that fails instead of faulting. */
+static int read_frame(uintptr_t address, _PyInterpreterFrame *copy, const Range *chunks, int n) {
+    for (int i = 0; i < n; i++) {
+        if (address >= chunks[i].start && address + FRAME_HEAD <= chunks[i].end) {
+            memcpy(copy, (const void *)address, FRAME_HEAD);
+            return 1;
+        }
+    }
+    struct iovec local = {copy, FRAME_HEAD};
+    struct iovec remote = {(void *)address, FRAME_HEAD};
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)FRAME_HEAD;
+}
+
+static int32_t lasti_of(const _PyInterpreterFrame *frame) {
+    uintptr_t first = (uintptr_t)frame->f_code + offsetof(PyCodeObject, co_code_adaptive);
+    uintptr_t previous = (uintptr_t)frame->prev_instr;
+    if (previous < first || previous - first > (uintptr_t)INT32_MAX)
+        return -1;
+    return (int32_t)((previous - first) / sizeof(_Py_CODEUNIT)) * (int32_t)sizeof(_Py_CODEUNIT);
+}
+
+/* The thread's frames, leaf first, into sample->frames. */
+static void walk(PyThreadState *tstate, Sample *sample) {
+    Range chunks[MAX_CHUNKS];
+    int n = chunks_of(tstate, chunks);
+    _PyCFrame *cframe = tstate->cframe;
+    uintptr_t address = cframe != NULL ? (uintptr_t)cframe->current_frame : 0;
+    int depth = 0;
+    sample->cut = 0;
+    while (address != 0 && depth < max_depth) {
+        _PyInterpreterFrame copy;
+        if (!read_frame(address, &copy, chunks, n)) {
+            sample->cut = 1;
+            break;
+        }
+        sample->frames[depth].code = (uintptr_t)copy.f_code;
+        sample->frames[depth].lasti = lasti_of(&copy);
+        depth++;
+        address = (uintptr_t)copy.previous;
+    }
+    sample->depth = depth;
+}
+#endif
+
+static Tracked *tracked_thread(long tid) {
+    for (int i = 0; i < tracked_capacity; i++)
+        if (atomic_load_explicit(&tracked[i].tid, memory_order_acquire) == tid)
+            return &tracked[i];
+    return NULL;
+}
+
+static int claim(uint64_t *index) {
+    uint64_t head = atomic_load(&ring_head);
+    do {
+        if (head - atomic_load_explicit(&ring_tail, memory_order_acquire) >= ring_capacity)
+            return 0;
+    } while (!atomic_compare_exchange_weak(&ring_head, &head, head + 1));
+    *index = head;
+    return 1;
+}
+
+static void take_sample(void) {
+#if THREADPROF_SUPPORTED
+    PyThreadState *tstate = PyGILState_GetThisThreadState();
+    if (tstate == NULL) {
+        atomic_fetch_add(&counters[NO_PYTHON], 1);
+        return;
+    }
+    long tid = (long)syscall(SYS_gettid);
+    Tracked *thread = tracked_thread(tid);
+    if (thread == NULL) {
+        atomic_fetch_add(&counters[UNTRACKED], 1);
+        return;
+    }
+    struct timespec now;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now) != 0)
+        return;
+    int64_t cpu = timespec_ns(&now), used = cpu - thread->last_cpu;
+    if (used <= 0) {
+        atomic_fetch_add(&counters[NO_CPU], 1);
+        return;
+    }
+    thread->last_cpu = cpu;
+    uint64_t index;
+    if (!claim(&index)) {
+        atomic_fetch_add(&counters[RING_FULL], 1);
+        atomic_fetch_add(&lost_ns, (uint64_t)used);
+        return;
+    }
+    Sample *sample = slot_at(index);
+    sample->tid = tid;
+    sample->cpu_ns = used;
+    walk(tstate, sample);
+    if (sample->cut)
+        atomic_fetch_add(&counters[CUT_CHAINS], 1);
+    atomic_store_explicit(&sample->ready, index + 1, memory_order_release);
+    atomic_fetch_add(&counters[SAMPLES], 1);
+#endif
+}
+
+static void on_signal(int signo, siginfo_t *info, void *context) {
+    (void)signo;
+    (void)info;
+    (void)context;
+    int saved = errno;
+    struct timespec entered, left;
+    atomic_fetch_add(&active, 1);
+    if (atomic_load(&enabled)) {
+        clock_gettime(CLOCK_MONOTONIC, &entered);
+        take_sample();
+        clock_gettime(CLOCK_MONOTONIC, &left);
+        atomic_fetch_add(&handler_ns, (uint64_t)(timespec_ns(&left) - timespec_ns(&entered)));
+    }
+    atomic_fetch_sub(&active, 1);
+    errno = saved;
+}
+
+/* A forked child has none of the parent's timers: give the signal back to whoever had it. */
+static void after_fork_in_child(void) {
+    if (running) {
+        atomic_store(&enabled, 0);
+        sigaction(running_signo, &previous_action, NULL);
+        running = 0;
+    }
+}
+
+static int careful_reads_work(void) {
+    int64_t probe = 42, copy = 0;
+    struct iovec local = {&copy, sizeof copy};
+    struct iovec remote = {&probe, sizeof probe};
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)sizeof copy && copy == probe;
+}
+
+static int allocate(Py_ssize_t capacity, int depth, int threads) {
+    size_t size = sizeof(Sample) + (size_t)depth * sizeof(Frame);
+    if (ring != NULL && (size_t)capacity == ring_capacity && size == sample_size && threads == tracked_capacity)
+        return 0;
+    if (ring != NULL) {
+        /* Only a stopped profiler reallocates, after stop() saw no handler running. */
+        PyMem_RawFree(ring);
+        PyMem_RawFree(tracked);
+    }
+    ring = PyMem_RawCalloc((size_t)capacity, size);
+    tracked = PyMem_RawCalloc((size_t)threads, sizeof(Tracked));
+    if (ring == NULL || tracked == NULL) {
+        PyMem_RawFree(ring);
+        PyMem_RawFree(tracked);
+        ring = NULL;
+        tracked = NULL;
+        return -1;
+    }
+    ring_capacity = (size_t)capacity;
+    sample_size = size;
+    tracked_capacity = threads;
+    return 0;
+}
+
+static PyObject *py_start(PyObject *module, PyObject *args) {
+    int signo, depth, threads;
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTuple(args, "inii", &signo, &capacity, &depth, &threads))
+        return NULL;
+    if (!THREADPROF_SUPPORTED) {
+        PyErr_SetString(PyExc_OSError, "per-thread signal sampling needs CPython 3.11 on Linux");
+        return NULL;
+    }
+    if (running) {
+        PyErr_SetString(PyExc_RuntimeError, "the thread profiler is already running in this process");
+        return NULL;
+    }
+    if (capacity < 1 || depth < 1 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "capacity, depth and threads must be positive");
+        return NULL;
+    }
+    if (!careful_reads_work()) {
+        PyErr_SetFromErrno(PyExc_OSError); /* process_vm_readv refused (a seccomp filter, say) */
+        return NULL;
+    }
+    if (allocate(capacity, depth, threads) < 0)
+        return PyErr_NoMemory();
+    max_depth = depth;
+    for (size_t i = 0; i < ring_capacity; i++)
+        atomic_store(&slot_at(i)->ready, 0);
+    for (int i = 0; i < tracked_capacity; i++)
+        atomic_store(&tracked[i].tid, 0);
+    for (int i = 0; i < COUNTERS; i++)
+        atomic_store(&counters[i], 0);
+    atomic_store(&lost_ns, 0);
+    atomic_store(&handler_ns, 0);
+    atomic_store(&ring_head, 0);
+    atomic_store(&ring_tail, 0);
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = on_signal;
+    action.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(signo, &action, &previous_action) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    running = 1;
+    running_signo = signo;
+    atomic_store(&enabled, 1);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_stop(PyObject *module, PyObject *unused) {
+    if (!running)
+        Py_RETURN_NONE;
+    atomic_store(&enabled, 0);
+    sigaction(running_signo, &previous_action, NULL);
+    running = 0;
+    Py_BEGIN_ALLOW_THREADS
+    /* A handler that saw enabled set finishes its few microseconds; bounded in case one never does. */
+    struct timespec pause = {0, 100000};
+    for (int i = 0; i < 10000 && atomic_load(&active) != 0; i++)
+        nanosleep(&pause, NULL);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_track(PyObject *module, PyObject *args) {
+    long tid;
+    int clock;
+    if (!PyArg_ParseTuple(args, "li", &tid, &clock))
+        return NULL;
+    if (!running || tid <= 0)
+        Py_RETURN_FALSE;
+    if (tracked_thread(tid) != NULL)
+        Py_RETURN_TRUE;
+    struct timespec now;
+    if (clock_gettime((clockid_t)clock, &now) != 0)
+        Py_RETURN_FALSE; /* the thread is gone */
+    for (int i = 0; i < tracked_capacity; i++) {
+        if (atomic_load(&tracked[i].tid) == 0) {
+            tracked[i].last_cpu = timespec_ns(&now);
+            atomic_store_explicit(&tracked[i].tid, tid, memory_order_release);
+            Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE; /* the table is full: the caller counts the thread as unsampled */
+}
+
+static PyObject *py_untrack(PyObject *module, PyObject *args) {
+    long tid;
+    if (!PyArg_ParseTuple(args, "l", &tid))
+        return NULL;
+    Tracked *thread = running ? tracked_thread(tid) : NULL;
+    if (thread != NULL)
+        atomic_store(&thread->tid, 0);
+    Py_RETURN_NONE;
+}
+
+/* One sample as (tid, cpu_ns, (code address, lasti, ...) leaf first, cut). */
+static PyObject *sample_row(const Sample *sample) {
+    PyObject *key = PyTuple_New(2 * (Py_ssize_t)sample->depth);
+    for (int i = 0; key != NULL && i < sample->depth; i++) {
+        PyObject *code = PyLong_FromSize_t(sample->frames[i].code);
+        PyObject *lasti = PyLong_FromLong(sample->frames[i].lasti);
+        if (code == NULL || lasti == NULL) {
+            Py_XDECREF(code);
+            Py_XDECREF(lasti);
+            Py_CLEAR(key);
+            break;
+        }
+        PyTuple_SET_ITEM(key, 2 * i, code);
+        PyTuple_SET_ITEM(key, 2 * i + 1, lasti);
+    }
+    if (key == NULL)
+        return NULL;
+    return Py_BuildValue("(lLNO)", sample->tid, (long long)sample->cpu_ns, key, sample->cut ? Py_True : Py_False);
+}
+
+static PyObject *py_drain(PyObject *module, PyObject *unused) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL || ring == NULL)
+        return out;
+    uint64_t tail = atomic_load(&ring_tail);
+    while (tail < atomic_load(&ring_head)) {
+        Sample *sample = slot_at(tail);
+        if (atomic_load_explicit(&sample->ready, memory_order_acquire) != tail + 1)
+            break; /* a handler is still writing it: the next drain takes it */
+        PyObject *row = sample_row(sample);
+        if (row == NULL || PyList_Append(out, row) < 0) {
+            Py_XDECREF(row);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(row);
+        tail++;
+        atomic_store_explicit(&ring_tail, tail, memory_order_release);
+    }
+    return out;
+}
+
+static PyObject *py_counters(PyObject *module, PyObject *unused) {
+    PyObject *out = PyDict_New();
+    for (int i = 0; out != NULL && i < COUNTERS; i++) {
+        PyObject *value = PyLong_FromUnsignedLongLong(atomic_load(&counters[i]));
+        if (value == NULL || PyDict_SetItemString(out, counter_names[i], value) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(value);
+    }
+    const char *names[] = {"lost_ns", "handler_ns"};
+    _Atomic uint64_t *values[] = {&lost_ns, &handler_ns};
+    for (int i = 0; out != NULL && i < 2; i++) {
+        PyObject *value = PyLong_FromUnsignedLongLong(atomic_load(values[i]));
+        if (value == NULL || PyDict_SetItemString(out, names[i], value) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(value);
+    }
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"start", py_start, METH_VARARGS,
+     "start(signo, capacity, depth, threads): take over signo with the sampling handler (raises OSError "
+     "where this interpreter or the system cannot)."},
+    {"stop", py_stop, METH_NOARGS, "Give the signal back and wait for running handlers; then drain()."},
+    {"track", py_track, METH_VARARGS,
+     "track(tid, cpu clock id) -> bool: sample the thread tid from now (False: gone, or the table is full)."},
+    {"untrack", py_untrack, METH_VARARGS, "untrack(tid): forget an ended thread."},
+    {"drain", py_drain, METH_NOARGS, "[(tid, cpu_ns, (code address, lasti, ...) leaf first, cut), ...]"},
+    {"counters", py_counters, METH_NOARGS, "The handlers' counts since start(), lost_ns and handler_ns (their own time)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_threadprof", "Per-thread SIGPROF sampling (profiling/thread_signals.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__threadprof(void) {
+    static int registered;
+    if (!registered) {
+        pthread_atfork(NULL, NULL, after_fork_in_child);
+        registered = 1;
+    }
+    PyObject *module = PyModule_Create(&module_def);
+    if (module != NULL && PyModule_AddIntConstant(module, "SUPPORTED", THREADPROF_SUPPORTED) < 0)
+        Py_CLEAR(module);
+    return module;
+}

@@ -1,0 +1,220 @@
+"""The CPU profile of a threaded worker (gthread), sampled by each thread itself.
+
+One POSIX timer per sampled thread on that thread's CPU clock sends SIGPROF to the thread itself every
+1/hz s of the CPU time it uses, and a C handler (``rockstar_mp/_threadprof.c``) records, on that thread
+and at that moment, its stack and the CPU time it used since its previous sample: Go's SIGPROF
+profiler, per thread. Nothing wakes per sample and no GIL changes hands, so a sample costs the
+signal's delivery and a copy of the frame chain (figure 15 of ``make bench``). A thread in a long C
+call, holding the GIL or not, is sampled in it, at the line that made the call.
+
+This thread wakes every ``DRAIN_INTERVAL`` s (the GIL released in between) to arm timers on new threads,
+forget ended ones, and drain the handlers' ring, naming each code object address a sample holds
+(``CodeNames``). The C handler takes SIGPROF only while a profile runs, and only in place of
+rockstar-mp's own Python handler (``samplers.install_signal_handler``, which ignores a stray SIGPROF
+once it is given back); otherwise, where the C module is not built (``ROCKSTAR_PURE_PYTHON=1``, no
+compiler) or not supported (CPython other than 3.11), ``samplers.ThreadSampler`` runs.
+
+A signal interrupts a system call the thread was in when its CPU clock expired: the handler is
+installed with ``SA_RESTART``, and Python retries the calls that never restart (``select``, ``poll``,
+``sleep``: PEP 475), as C libraries must for any profiler that uses signals.
+
+Example::
+
+    from rockstar_mp.profiling import thread_signals
+    if thread_signals.available():
+        raw = thread_signals.cpu_profile(3.0, hz=100)
+"""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from typing import TYPE_CHECKING
+
+from . import frames as _frames
+from . import native
+from .samplers import PosixTimers, ThreadSampler, signal_handler_installed, thread_cpu_clock
+
+if TYPE_CHECKING:
+    import ctypes
+
+try:
+    if os.environ.get("ROCKSTAR_PURE_PYTHON", "").lower() in ("1", "true", "yes"):
+        raise ImportError("ROCKSTAR_PURE_PYTHON")
+    from .. import _threadprof
+except ImportError:
+    _threadprof = None
+
+SIGNAL = signal.SIGPROF
+DRAIN_INTERVAL = 0.2  # s: new threads are sampled from the next drain, and the ring holds what comes meanwhile
+RING_CAPACITY = 4096  # samples between drains: 1,000 Hz on 4 busy cores for 1 s; more is counted as lost
+MAX_THREADS = 1024  # threads sampled at once; more are counted, not sampled
+RESCAN_INTERVAL = 1.0  # s between two searches of the whole heap for code objects not yet named
+
+
+def available() -> bool:
+    """Can a CPU profile here be sampled by the threads themselves? (The C module is built for this
+    interpreter, and SIGPROF is rockstar-mp's: its Python handler is installed.)"""
+    return _threadprof is not None and bool(_threadprof.SUPPORTED) and signal_handler_installed()
+
+
+class CodeNames:
+    """Code objects by address, for the addresses the handlers recorded.
+
+    The handlers cannot take a reference, so an address is named at the drain after its sample (within
+    ``DRAIN_INTERVAL``): from the code objects already named (kept alive for the profile, so their
+    addresses cannot be reused), the constants of those in the same stack (comprehensions, lambdas,
+    nested functions), every thread's running frames, and at most every ``RESCAN_INTERVAL`` s every
+    function, generator and coroutine on the heap. An address none of these holds was a code object
+    freed before its drain; its frame is left out and counted (``unnamed``)."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[int, types.CodeType] = {}
+        self._scanned_at = float("-inf")
+        self.unnamed = 0
+
+    def codes(self, key: tuple, final: bool = False) -> tuple:
+        """The code objects of the raw key's frames (``None`` for an address not named)."""
+        addresses = key[::2]
+        found = [self.by_address.get(address) for address in addresses]
+        if None in found:
+            self._learn_nested(code for code in found if code is not None)
+            self._learn_running()
+            found = [self.by_address.get(address) for address in addresses]
+        if None in found and (final or time.monotonic() - self._scanned_at >= RESCAN_INTERVAL):
+            self._scanned_at = time.monotonic()
+            self._learn_heap()
+            found = [self.by_address.get(address) for address in addresses]
+        return tuple(found)
+
+    def _add(self, code: types.CodeType) -> None:
+        if self.by_address.setdefault(id(code), code) is code:
+            for const in code.co_consts:
+                if isinstance(const, types.CodeType) and id(const) not in self.by_address:
+                    self._add(const)
+
+    def _learn_nested(self, codes) -> None:
+        for code in codes:
+            self._add(code)
+
+    def _learn_running(self) -> None:
+        for leaf in sys._current_frames().values():
+            frame: types.FrameType | None = leaf
+            while frame is not None:
+                self._add(frame.f_code)
+                frame = frame.f_back
+
+    def _learn_heap(self) -> None:
+        for obj in gc.get_objects():
+            if isinstance(obj, types.FunctionType):
+                self._add(obj.__code__)
+            elif isinstance(obj, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
+                code = getattr(obj, "gi_code", None) or getattr(obj, "cr_code", None) or getattr(obj, "ag_code", None)
+                if code is not None:
+                    self._add(code)
+
+
+class SignalThreadSampler(ThreadSampler):
+    """``ThreadSampler``'s CPU profile (same cells, labels and raw form), sampled by the threads'
+    own SIGPROF handlers (the module's docstring)."""
+
+    def __init__(self, hz: int = 100, internal: bool = False) -> None:
+        super().__init__(hz, cpu=True, internal=internal)
+        self.pacing = f"each thread sampled in a SIGPROF handler after every 1/{self.hz} s of its CPU time"
+        self.names_of_codes = CodeNames()
+        self.counts: dict[str, int] = {}
+        self.unarmed = 0  # threads the table or a timer could not take
+
+    def _run_cpu(self, deadline: float, stop: threading.Event | None, last_cpu: dict[int, int]) -> None:
+        assert _threadprof is not None
+        me = native.get_ident()
+        timers = PosixTimers.shared()
+        armed: dict[int, ctypes.c_void_p] = {}  # tid -> its timer
+        _threadprof.start(int(SIGNAL), RING_CAPACITY, _frames.MAX_DEPTH, MAX_THREADS)
+        try:
+            while True:
+                self._arm(timers, armed, {tid for _, tid in self._sampled(me)})
+                self._settle(_threadprof.drain())
+                self.wakes += 1
+                now = time.monotonic()
+                if now >= deadline or (stop is not None and stop.is_set()):
+                    break
+                _sleep_until(min(now + DRAIN_INTERVAL, deadline), stop)
+        finally:
+            for timer in armed.values():
+                timers.delete(timer)
+            _threadprof.stop()
+            self._settle(_threadprof.drain(), final=True)
+            self.counts = _threadprof.counters()
+
+    def _arm(self, timers: PosixTimers, armed: dict, tids: set[int]) -> None:
+        """Timers on exactly ``tids``' CPU clocks, each sending SIGPROF to its own thread."""
+        for tid in set(armed) - tids:
+            timers.delete(armed.pop(tid))
+            _threadprof.untrack(tid)
+        for tid in tids - set(armed):
+            clock = thread_cpu_clock(tid)
+            if not _threadprof.track(tid, clock):
+                self.unarmed += 1
+                continue
+            try:
+                timer = timers.create(clock, int(SIGNAL), tid)
+                timers.start(timer, self.hz)
+            except OSError:
+                _threadprof.untrack(tid)
+                self.unarmed += 1
+                continue
+            armed[tid] = timer
+
+    def _settle(self, rows: list, final: bool = False) -> None:
+        """Charge each drained sample's CPU to its stack, keyed as ``frames.capture_key`` keys it."""
+        ident_of = {tid: ident for ident, (tid, _) in self.names.items() if tid}
+        for tid, cpu_ns, raw_key, _cut in rows:
+            key, _ = self._named(raw_key, final)
+            ident = ident_of.get(tid, tid)
+            cell = self.cpu.setdefault((ident, key), [0, 0])
+            cell[0] += 1
+            cell[1] += cpu_ns
+
+    def _named(self, raw_key: tuple, final: bool) -> tuple[tuple, tuple]:
+        """The key without the frames whose code could not be named, and its code objects."""
+        known = self._codes.get(raw_key)
+        if known is not None:
+            return raw_key, known
+        codes = self.names_of_codes.codes(raw_key, final)
+        if None in codes:
+            self.names_of_codes.unnamed += codes.count(None)
+            kept = [i for i, code in enumerate(codes) if code is not None]
+            raw_key = tuple(value for i in kept for value in raw_key[2 * i:2 * i + 2])
+            codes = tuple(codes[i] for i in kept)
+        self._codes[raw_key] = codes
+        return raw_key, codes
+
+    def cpu_raw(self) -> dict:
+        counts = self.counts
+        lost = (f"; lost: {counts.get('ring_full', 0)} samples ({counts.get('lost_ns', 0) / 1e6:.1f} ms) to a "
+                f"full ring, {self.unarmed} threads not sampled, {self.names_of_codes.unnamed} frames of code "
+                "freed before they were named")
+        return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
+                         f"clock: per-thread CPU time, {self.pacing}, weighted by the thread's CPU since its "
+                         f"previous sample; {counts.get('samples', 0)} samples, their handlers "
+                         f"{counts.get('handler_ns', 0) / 1e6:.1f} ms in all; the drain: {self.wakes} wakes, "
+                         f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU" + lost)
+
+
+def _sleep_until(deadline: float, stop: threading.Event | None) -> None:
+    seconds = max(0.0, deadline - time.monotonic())
+    if stop is not None:
+        stop.wait(seconds)
+    else:
+        native.sleep(seconds)
+
+
+def cpu_profile(seconds: float, hz: int = 100, stop: threading.Event | None = None, internal: bool = False) -> dict:
+    """A CPU profile of this process's threads over ``seconds`` (raw form; the caller holds
+    ``samplers.CPU_LOCK`` and checked ``available()``)."""
+    return SignalThreadSampler(hz, internal=internal).run(seconds, stop).cpu_raw()
