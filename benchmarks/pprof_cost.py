@@ -50,10 +50,10 @@ PROFILE_ROUNDS = 8  # pairs of rounds: 16 rounds, each server profiled in half o
 PROFILE_HZ = 100
 PPROF_TARGET = 2.0  # % more CPU per request with a profile running
 GTHREAD = ("-k", "gthread", "--threads", "4")
-# (name, gunicorn's worker arguments, more environment): the last is the thread sampler ticking in Python,
-# as where the accelerator is not built (the request path is then Python too, on both servers)
+# (name, gunicorn's worker arguments, more environment): the last is the sampler thread that gthread workers
+# used before their threads sampled themselves, and still use where _threadprof is not built
 FLAVOURS = (("sync", ("-k", "sync"), {}), ("gthread", GTHREAD, {}),
-            ("gthread, pure Python", GTHREAD, {"ROCKSTAR_PURE_PYTHON": "1"}))
+            ("gthread, sampler thread", GTHREAD, {"ROCKSTAR_PPROF_CPU_MODE": "sampler"}))
 FIGURES = ("15",)
 
 
@@ -122,14 +122,17 @@ def ticked_in_c(rounds: list[dict]) -> bool:
     return any(r["on"].get("sampler_in_c") for r in rounds)
 
 
-def sampler_cost(comments: list[str]) -> tuple[int, float] | None:
-    """``(wakes, ms of their own CPU)`` of the workers' thread samplers, from a CPU profile's comments
-    (None for SIGPROF profiles)."""
-    found = [re.search(r"the sampler: (\d+) wakes, ([\d.]+) ms of its own CPU", c) for c in comments]
+def sampler_cost(comments: list[str]) -> dict | None:
+    """What the workers' threaded CPU profilers said they cost, summed over the workers' profile comments:
+    ``{"wakes", "own_ms"}`` (the sampler or drain thread), and ``{"samples", "handler_ms"}`` where the
+    threads sampled themselves; None for SIGPROF profiles of the main thread."""
+    found = [re.search(r"the (?:sampler|drain): (\d+) wakes, ([\d.]+) ms of its own CPU", c) for c in comments]
     found = [m for m in found if m]
     if not found:
         return None
-    return sum(int(m.group(1)) for m in found), sum(float(m.group(2)) for m in found)
+    handlers = [m for m in (re.search(r"(\d+) samples, their handlers ([\d.]+) ms in all", c) for c in comments) if m]
+    return {"wakes": sum(int(m.group(1)) for m in found), "own_ms": sum(float(m.group(2)) for m in found),
+            "samples": sum(int(m.group(1)) for m in handlers), "handler_ms": sum(float(m.group(2)) for m in handlers)}
 
 
 def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str], more_env: dict | None = None) -> list[dict]:
@@ -162,6 +165,29 @@ def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str], more
         for server in servers.values():
             notes.extend(server.stop())
     return rounds
+
+
+def profiler_rows(name: str, own: list[tuple[dict, int, float]], in_c: bool) -> list[tuple]:
+    """15a's rows on what the threaded profilers said they cost: ``own`` is ``[(sampler_cost, requests,
+    seconds), ...]`` of the profiled rounds."""
+    per_request = statistics.median((c["own_ms"] + c["handler_ms"]) * 1000 / max(n, 1) for c, n, _ in own)
+    rows = [(f"15a. {name}: the profiler's own CPU per request (profile comments)", f"{per_request:.1f} us", "",
+             "handlers + drain" if own[0][0]["samples"] else "sampler thread", "(info)", "")]
+    if own[0][0]["samples"]:
+        rows.append((f"15a. {name}: per sample, the SIGPROF handler in the sampled thread",
+                     f"{statistics.median(c['handler_ms'] * 1000 / max(c['samples'], 1) for c, _, _ in own):.1f} us",
+                     "", f"{statistics.median(c['samples'] / t / SERVER_WORKERS for c, _, t in own):.0f} samples/s "
+                     "a worker", "(info)", ""))
+        per_wake = statistics.median(c["own_ms"] * 1000 / max(c["wakes"], 1) for c, _, _ in own)
+        rows.append((f"15a. {name}: the drain thread, per wake", f"{per_wake:.0f} us",
+                     "", f"{statistics.median(c['wakes'] / t / SERVER_WORKERS for c, _, t in own):.0f} wakes/s a "
+                     "worker", "(info)", ""))
+    else:
+        rows.append((f"15a. {name}: the sampler thread's own CPU per sample (wake), in the workers",
+                     f"{statistics.median(c['own_ms'] * 1000 / max(c['wakes'], 1) for c, _, _ in own):.0f} us", "",
+                     f"{statistics.median(c['wakes'] / t / SERVER_WORKERS for c, _, t in own):.0f} wakes/s a worker, "
+                     + ("in C" if in_c else "in Python"), "(info)", ""))
+    return rows
 
 
 # -- 15b ------------------------------------------------------------------------------------------------
@@ -201,6 +227,28 @@ def delivered(profiled):
         samplers._SINK = None
     return spent, sum(cell[0] for cell in sink.cells.values())
 
+def delivered_to_the_thread(profiled):
+    # the same loop, sampled at 1 kHz by its own thread's C handler (thread_signals) or not: (ns, samples)
+    import threading
+    from rockstar_mp.profiling import thread_signals
+    stop, result, sampler = threading.Event(), {}, None
+    if profiled:
+        run = lambda: result.update(s=thread_signals.SignalThreadSampler(1000).run(60, stop))  # noqa: E731
+        sampler = threading.Thread(target=run)
+        sampler.start()
+        time.sleep(0.05)  # its first drain arms this thread's timer
+    start = time.thread_time_ns()
+    x = 0
+    for i in range(10_000_000):
+        x += i
+    spent = time.thread_time_ns() - start
+    if sampler is None:
+        return spent, 0, 0
+    stop.set()
+    sampler.join()
+    counts = result["s"].counts
+    return spent, counts["samples"], counts["handler_ns"]
+
 def at_depth(n, fn, *args):
     return at_depth(n - 1, fn, *args) if n > 1 else fn(sys._getframe(), *args)
 
@@ -215,6 +263,13 @@ off, on = min(r[0] for r in rounds), min((r[1] for r in rounds), key=lambda run:
 out["delivered"] = (on[0] - off[0]) / max(on[1], 1) / 1000
 out["delivered_calls"] = on[1]
 out["delivered_runs"] = [[round(a[0] / 1e6, 1), round(b[0] / 1e6, 1), b[1]] for a, b in rounds]
+rounds = [(at_depth(20, lambda frame: delivered_to_the_thread(False)),
+           at_depth(20, lambda frame: delivered_to_the_thread(True))) for _ in range(9)]
+off, on = min(r[0] for r in rounds), min((r[1] for r in rounds), key=lambda run: run[0])
+out["thread"] = (on[0] - off[0]) / max(on[1], 1) / 1000
+out["thread_handler"] = on[2] / max(on[1], 1) / 1000
+out["thread_samples"] = on[1]
+out["thread_runs"] = [[round(a[0] / 1e6, 1), round(b[0] / 1e6, 1), b[1]] for a, b in rounds]
 print("RESULT " + json.dumps(out))
 """
 
@@ -226,7 +281,7 @@ def handler_cost() -> dict:
 
 SAMPLER_CHILD = r"""
 import json, statistics, sys, threading, time
-from rockstar_mp.profiling import samplers
+from rockstar_mp.profiling import samplers, thread_signals
 
 THREADS, WORK, NAP, SECONDS, ROUNDS = 2, 6000, 0.0005, 2.0, 7
 
@@ -247,10 +302,11 @@ def serve(stop, done, k):
         time.sleep(NAP)
 
 def load(mode):
-    # THREADS request threads (each ~1/3 busy) for SECONDS, profiled by the thread sampler or not
+    # THREADS request threads (each ~1/3 busy) for SECONDS, profiled by the thread sampler, by themselves, or not
     samplers.CpuPacer = NoTimers if mode == "wall" else PACER
     samplers.cpu_wake = (lambda: None) if mode == "cpu-python" else (lambda: WAKE)
-    stop, done, sampler = threading.Event(), [0] * THREADS, samplers.ThreadSampler(100, cpu=True)
+    stop, done = threading.Event(), [0] * THREADS
+    sampler = thread_signals.SignalThreadSampler(100) if mode == "signals" else samplers.ThreadSampler(100, cpu=True)
     threads = [threading.Thread(target=serve, args=(stop, done, k)) for k in range(THREADS)]
     own = [0]
 
@@ -267,22 +323,27 @@ def load(mode):
     stop.set()
     for t in threads:
         t.join()
-    return (time.process_time_ns() - start) / sum(done), sampler.wakes, own[0]
+    counts = getattr(sampler, "counts", {}) if mode != "off" else {}
+    return ((time.process_time_ns() - start) / sum(done), sampler.wakes, own[0], counts.get("samples", 0),
+            counts.get("handler_ns", 0))
 
+assert samplers.install_signal_handler()  # the threads' own sampling takes SIGPROF over from it
 PACER, WAKE = samplers.CpuPacer, samplers.cpu_wake()  # (the accelerator imported here, not in a round)
-MODES = ("off", "wall", "cpu", "cpu-python")
+MODES = ("off", "wall", "cpu", "cpu-python", "signals")
 load("off")
 rounds = []
 for number in range(ROUNDS):
-    modes = MODES[number % 4:] + MODES[:number % 4]
+    modes = MODES[number % len(MODES):] + MODES[:number % len(MODES)]
     rounds.append({mode: load(mode) for mode in modes})
 out = {mode: {"ratio": statistics.median(r[mode][0] / r["off"][0] for r in rounds),
               "wakes": statistics.median(r[mode][1] for r in rounds) / SECONDS,
-              "own_us": statistics.median(r[mode][2] / max(r[mode][1], 1) for r in rounds) / 1000}
+              "own_us": statistics.median(r[mode][2] / max(r[mode][1], 1) for r in rounds) / 1000,
+              "samples": statistics.median(r[mode][3] for r in rounds) / SECONDS,
+              "handler_us": statistics.median(r[mode][4] / max(r[mode][3], 1) for r in rounds) / 1000}
        for mode in MODES[1:]}
 out["accelerated"] = WAKE is not None
 out["off_ns"] = statistics.median(r["off"][0] for r in rounds)
-out["rounds"] = [{mode: [round(ns / 1000, 1), wakes, round(own / 1e6, 1)] for mode, (ns, wakes, own) in r.items()}
+out["rounds"] = [{mode: [round(ns / 1000, 1), wakes, round(own / 1e6, 1)] for mode, (ns, wakes, own, _, _) in r.items()}
                  for r in rounds]
 print("RESULT " + json.dumps(out))
 """
@@ -325,15 +386,11 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
                      f"{cost:+.1f}%", target, verdict))
         own = [(r["on"]["sampler"], r["on"]["requests"], r["on"]["window"]) for r in rounds if r["on"].get("sampler")]
         if own:
-            rows.append((f"15a. {name}: the thread samplers' own CPU per request (profile comments)",
-                         f"{statistics.median(ms * 1000 / max(n, 1) for (_, ms), n, _ in own):.1f} us", "",
-                         f"{statistics.median(w / t / SERVER_WORKERS for (w, _), _, t in own):.0f} wakes/s a worker",
-                         "(info)", ""))
-            rows.append((f"15a. {name}: the thread samplers' own CPU per sample (wake), in the workers",
-                         f"{statistics.median(ms * 1000 / max(w, 1) for (w, ms), _, _ in own):.0f} us", "",
-                         "in C" if ticked_in_c(rounds) else "in Python", "(info)", ""))
-            details.append(f"15 {name}, the samplers' own cost, every profiled round (wakes; ms of CPU; requests): "
-                           + " | ".join(f"{w}; {ms:.1f}; {n}" for (w, ms), n, _ in own))
+            rows.extend(profiler_rows(name, own, ticked_in_c(rounds)))
+            details.append(f"15 {name}, the profilers' own cost, every profiled round (samples, handlers' ms; wakes, "
+                           "the sampler or drain thread's ms; requests): "
+                           + " | ".join(f"{c['samples']}, {c['handler_ms']:.1f}; {c['wakes']}, {c['own_ms']:.1f}; {n}"
+                                        for c, n, _ in own))
         details.append(f"15 {name}, every round (profiled server; workers us/request profiled, not; ratio; "
                        "req/s got profiled, not): "
                        + " | ".join(f"{r['profiled']}; {per_request(r['on'], 'workers') * 1e6:.1f}, "
@@ -348,9 +405,14 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
         rows.append(("15b. SIGPROF handler, direct call, new stack", f"{cost_b['new']:.2f} us", "", "", "(info)", ""))
         rows.append(("15b. SIGPROF delivered, per sample (1 kHz timer)", f"{cost_b['delivered']:.2f} us", "", "",
                      "(info)", ""))
+        rows.append(("15b. SIGPROF to a thread, its C handler (gthread), per sample (1 kHz timer)",
+                     f"{cost_b['thread']:.2f} us", f"handler {cost_b['thread_handler']:.2f} us", "", "(info)", ""))
         details.append(f"15b delivered: {cost_b['delivered_calls']} handler calls in the fastest profiled run; "
                        "every round (ms of CPU not profiled, profiled; handler calls): "
                        + " | ".join(f"{a}, {b}; {n}" for a, b, n in cost_b["delivered_runs"]))
+        details.append(f"15b to a thread: {cost_b['thread_samples']} samples in the fastest profiled run; every round "
+                       "(ms of CPU not profiled, profiled; samples): "
+                       + " | ".join(f"{a}, {b}; {n}" for a, b, n in cost_b["thread_runs"]))
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
         notes.append(f"fig 15b failed: {exc}")
     print("[15] the thread sampler's cost, paced by wall or by CPU time ...", flush=True)
@@ -363,15 +425,21 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
             c = cost_c[mode]
             rows.append((f"15c. thread sampler woken {what}", f"{c['wakes'] * c['own_us'] / 1000:.1f} ms/s own",
                          f"{c['wakes']:.0f} wakes/s", f"{c['own_us']:.1f} us own CPU/wake", "(info)", ""))
+        c = cost_c["signals"]
+        rows.append(("15c. threads sampling themselves (SIGPROF handler), 1/100 s of each one's CPU",
+                     f"{(c['wakes'] * c['own_us'] + c['samples'] * c['handler_us']) / 1000:.1f} ms/s own",
+                     f"{c['samples']:.0f} samples/s", f"{c['handler_us']:.1f} us a handler, drain "
+                     f"{c['own_us']:.0f} us x {c['wakes']:.0f}/s", "(info)", ""))
         details.append("15c process CPU per request against unprofiled, median of the rounds (noisy: +-25 % "
                        f"round to round here): woken by wall time {cost_c['wall']['ratio'] * 100 - 100:+.1f}%, "
                        f"by CPU time {cost_c['cpu']['ratio'] * 100 - 100:+.1f}% (ticks in Python "
-                       f"{cost_c['cpu-python']['ratio'] * 100 - 100:+.1f}%), unprofiled "
+                       f"{cost_c['cpu-python']['ratio'] * 100 - 100:+.1f}%), sampled by the threads themselves "
+                       f"{cost_c['signals']['ratio'] * 100 - 100:+.1f}%, unprofiled "
                        f"{cost_c['off_ns'] / 1000:.1f} us/request")
         details.append("15c every round (per mode: us of process CPU per request, sampler wakes, ms of the sampler "
                        "thread's own CPU): "
                        + " | ".join("; ".join(f"{mode} {' '.join(map(str, r[mode]))}"
-                                              for mode in ("off", "wall", "cpu", "cpu-python"))
+                                              for mode in ("off", "wall", "cpu", "cpu-python", "signals"))
                                    for r in cost_c["rounds"]))
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
         notes.append(f"fig 15c failed: {exc}")

@@ -85,6 +85,7 @@ static _Atomic uint64_t ring_tail; /* the next index the drain reads */
 
 static Tracked *tracked;
 static int tracked_capacity;
+static _Atomic int tracked_end; /* one past the highest place ever taken this profile: the scans stop there */
 
 static _Atomic int enabled; /* a handler records only while set */
 static _Atomic int active;  /* handlers running now: stop() waits for none */
@@ -159,10 +160,24 @@ static void walk(PyThreadState *tstate, Sample *sample) {
 #endif
 
 static Tracked *tracked_thread(long tid) {
-    for (int i = 0; i < tracked_capacity; i++)
+    int end = atomic_load_explicit(&tracked_end, memory_order_acquire);
+    for (int i = 0; i < end; i++)
         if (atomic_load_explicit(&tracked[i].tid, memory_order_acquire) == tid)
             return &tracked[i];
     return NULL;
+}
+
+/* The thread a timer's signal is about: its place, which the timer carries as si_value (track() gave it),
+ * checked against the running thread; a signal sent by anyone else is looked up by tid. */
+static Tracked *signalled_thread(const siginfo_t *info, long *tid) {
+    *tid = (long)syscall(SYS_gettid);
+    if (info != NULL && info->si_code == SI_TIMER) {
+        int place = info->si_value.sival_int - 1;
+        if (place >= 0 && place < atomic_load_explicit(&tracked_end, memory_order_acquire)
+            && atomic_load_explicit(&tracked[place].tid, memory_order_acquire) == *tid)
+            return &tracked[place];
+    }
+    return tracked_thread(*tid);
 }
 
 static int claim(uint64_t *index) {
@@ -175,15 +190,15 @@ static int claim(uint64_t *index) {
     return 1;
 }
 
-static void take_sample(void) {
+static void take_sample(const siginfo_t *info) {
 #if THREADPROF_SUPPORTED
     PyThreadState *tstate = PyGILState_GetThisThreadState();
     if (tstate == NULL) {
         atomic_fetch_add(&counters[NO_PYTHON], 1);
         return;
     }
-    long tid = (long)syscall(SYS_gettid);
-    Tracked *thread = tracked_thread(tid);
+    long tid;
+    Tracked *thread = signalled_thread(info, &tid);
     if (thread == NULL) {
         atomic_fetch_add(&counters[UNTRACKED], 1);
         return;
@@ -216,14 +231,13 @@ static void take_sample(void) {
 
 static void on_signal(int signo, siginfo_t *info, void *context) {
     (void)signo;
-    (void)info;
     (void)context;
     int saved = errno;
     struct timespec entered, left;
     atomic_fetch_add(&active, 1);
     if (atomic_load(&enabled)) {
         clock_gettime(CLOCK_MONOTONIC, &entered);
-        take_sample();
+        take_sample(info);
         clock_gettime(CLOCK_MONOTONIC, &left);
         atomic_fetch_add(&handler_ns, (uint64_t)(timespec_ns(&left) - timespec_ns(&entered)));
     }
@@ -299,6 +313,7 @@ static PyObject *py_start(PyObject *module, PyObject *args) {
         atomic_store(&slot_at(i)->ready, 0);
     for (int i = 0; i < tracked_capacity; i++)
         atomic_store(&tracked[i].tid, 0);
+    atomic_store(&tracked_end, 0);
     for (int i = 0; i < COUNTERS; i++)
         atomic_store(&counters[i], 0);
     atomic_store(&lost_ns, 0);
@@ -339,20 +354,23 @@ static PyObject *py_track(PyObject *module, PyObject *args) {
     if (!PyArg_ParseTuple(args, "li", &tid, &clock))
         return NULL;
     if (!running || tid <= 0)
-        Py_RETURN_FALSE;
-    if (tracked_thread(tid) != NULL)
-        Py_RETURN_TRUE;
+        return PyLong_FromLong(0);
+    Tracked *known = tracked_thread(tid);
+    if (known != NULL)
+        return PyLong_FromLong((long)(known - tracked) + 1);
     struct timespec now;
     if (clock_gettime((clockid_t)clock, &now) != 0)
-        Py_RETURN_FALSE; /* the thread is gone */
+        return PyLong_FromLong(0); /* the thread is gone */
     for (int i = 0; i < tracked_capacity; i++) {
         if (atomic_load(&tracked[i].tid) == 0) {
             tracked[i].last_cpu = timespec_ns(&now);
             atomic_store_explicit(&tracked[i].tid, tid, memory_order_release);
-            Py_RETURN_TRUE;
+            if (i >= atomic_load(&tracked_end))
+                atomic_store_explicit(&tracked_end, i + 1, memory_order_release);
+            return PyLong_FromLong(i + 1);
         }
     }
-    Py_RETURN_FALSE; /* the table is full: the caller counts the thread as unsampled */
+    return PyLong_FromLong(0); /* the table is full: the caller counts the thread as unsampled */
 }
 
 static PyObject *py_untrack(PyObject *module, PyObject *args) {
@@ -426,15 +444,38 @@ static PyObject *py_counters(PyObject *module, PyObject *unused) {
     return out;
 }
 
+/* The live code object at a sampled address, or None. The address came from a frame the handler read, so
+ * the object may have been freed since: its head is read carefully, and only a head whose type is code and
+ * whose count is a count (a freed small object's first word is the allocator's next-free pointer; a freed
+ * large one's type slot is the allocator's too) is taken. Called with the GIL: no object is being freed
+ * meanwhile. A code object freed and another made at its address is taken as that one (one sample's leaf). */
+static PyObject *py_code_at(PyObject *module, PyObject *arg) {
+    size_t address = PyLong_AsSize_t(arg);
+    if (address == (size_t)-1 && PyErr_Occurred())
+        return NULL;
+    PyObject head;
+    struct iovec local = {&head, sizeof head};
+    struct iovec remote = {(void *)address, sizeof head};
+    if (address == 0 || process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != (ssize_t)sizeof head)
+        Py_RETURN_NONE;
+    if (Py_TYPE(&head) != &PyCode_Type || Py_REFCNT(&head) <= 0 || Py_REFCNT(&head) > INT32_MAX)
+        Py_RETURN_NONE;
+    PyObject *code = (PyObject *)address;
+    Py_INCREF(code);
+    return code;
+}
+
 static PyMethodDef methods[] = {
     {"start", py_start, METH_VARARGS,
      "start(signo, capacity, depth, threads): take over signo with the sampling handler (raises OSError "
      "where this interpreter or the system cannot)."},
     {"stop", py_stop, METH_NOARGS, "Give the signal back and wait for running handlers; then drain()."},
     {"track", py_track, METH_VARARGS,
-     "track(tid, cpu clock id) -> bool: sample the thread tid from now (False: gone, or the table is full)."},
+     "track(tid, cpu clock id) -> its place + 1, the si_value its timer sends: sample the thread tid from now "
+     "(0: gone, or the table is full)."},
     {"untrack", py_untrack, METH_VARARGS, "untrack(tid): forget an ended thread."},
     {"drain", py_drain, METH_NOARGS, "[(tid, cpu_ns, (code address, lasti, ...) leaf first, cut), ...]"},
+    {"code_at", py_code_at, METH_O, "code_at(address): the live code object there (a sample's frame), or None."},
     {"counters", py_counters, METH_NOARGS, "The handlers' counts since start(), lost_ns and handler_ns (their own time)."},
     {NULL, NULL, 0, NULL},
 };

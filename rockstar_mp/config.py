@@ -119,6 +119,8 @@ class MonitoringConfig:
     # default: gunicorn's --user/--group when the master runs as root). See rockstar_mp/privileges.py.
     aggregator_user: Optional[str] = None
     aggregator_group: Optional[str] = None
+    # A failing aggregator is restarted after 0.2 s, then twice as long after each failure in a row, up to this.
+    aggregator_restart_max_delay: float = 30.0
     # Sizes of the segment (fixed when the master creates it).
     max_workers: int = 64
     slab_max_series: int = 8192  # the workload sketches take ~50 series per route, status class, tenant
@@ -203,6 +205,8 @@ class MonitoringConfig:
             raise ValueError(f"pprof_hz must be 1..1000, got {self.pprof_hz}")
         if self.pprof_cpu_mode not in ("auto", "signal", "thread", "sampler"):
             raise ValueError(f"pprof_cpu_mode must be auto, signal, thread or sampler, got {self.pprof_cpu_mode!r}")
+        if not 1.0 <= self.aggregator_restart_max_delay <= 3600.0:
+            raise ValueError(f"aggregator_restart_max_delay must be 1..3600 s, got {self.aggregator_restart_max_delay}")
         if not 1 <= self.pprof_heap_frames <= 256:
             raise ValueError(f"pprof_heap_frames must be 1..256, got {self.pprof_heap_frames}")
         if not 1 <= self.max_workers <= 4096:

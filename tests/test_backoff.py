@@ -16,8 +16,10 @@ import pytest
 from rockstar_mp import MonitoringConfig
 from tests.helpers import GUNICORN, ROOT, Gunicorn, accepts, free_port, poll, raw_get
 
-WINDOW = 60.0  # how long the faults last
-LAST = 10.0  # at most one restart attempt in the window's last LAST seconds
+MAX_DELAY = 5.0  # aggregator_restart_max_delay of the failing servers (default 30 s: the same doubling, longer)
+WINDOW = 20.0  # how long the faults last: past the doubling (0.2 + 0.4 + ... + 3.2 s, plus the failed starts)
+LAST = 4.0  # at most one restart attempt in the window's last LAST seconds (< MAX_DELAY)
+RESTART_ENV = {"ROCKSTAR_AGGREGATOR_RESTART_MAX_DELAY": str(MAX_DELAY)}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -50,7 +52,7 @@ def server_on_port(tmp_path):
     def start(port: int) -> GunicornWithoutMetrics:
         path = tmp_path / f"busy{len(servers)}"
         path.mkdir()
-        server = GunicornWithoutMetrics(path, workers=1)
+        server = GunicornWithoutMetrics(path, workers=1, env=RESTART_ENV)
         server.metrics_port = port
         server.env["ROCKSTAR_METRICS_PORT"] = str(port)
         servers.append(server)
@@ -104,7 +106,7 @@ def corrupt_header(segment: Path) -> None:
 
 
 def test_failing_aggregators_back_off_and_log_their_cause_once(gunicorn_factory, server_on_port, taken_port):
-    corrupted = gunicorn_factory(workers=1)
+    corrupted = gunicorn_factory(workers=1, env=RESTART_ENV)
     [segment] = corrupted.segment_files()
     busy = server_on_port(taken_port.getsockname()[1])
     servers = {"corrupted segment": corrupted, "port taken": busy}

@@ -237,3 +237,18 @@ def test_sigprof_held_by_someone_else_leaves_the_sampler_thread_in_charge():
         assert signal.getsignal(signal.SIGPROF) is theirs
     finally:
         signal.signal(signal.SIGPROF, previous)
+
+
+def test_only_live_code_objects_are_named():
+    """``code_at`` takes what a sampled address holds only if it is still a live code object: not another
+    type, not an unmapped address, not a code object freed since (its memory still says "code")."""
+    from rockstar_mp import _threadprof
+
+    small = compile("x = 1", "<small>", "exec")  # a small object: the allocator keeps its type slot when freed
+    large = compile("\n".join(f"x{i} = {i}" for i in range(400)), "<large>", "exec")
+    assert _threadprof.code_at(id(small)) is small and _threadprof.code_at(id(large)) is large
+    assert _threadprof.code_at(id(object())) is None
+    assert _threadprof.code_at(0) is None and _threadprof.code_at(8) is None
+    freed = [id(small), id(large)]
+    del small, large
+    assert [_threadprof.code_at(address) for address in freed] == [None, None]

@@ -90,7 +90,7 @@ class MonitoringManager:
         self._grant_run_dir()
         self._write_aggregator_config()
         self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path(), self.segment.fileno(),
-                                                self.run_as)
+                                                self.run_as, self.config.aggregator_restart_max_delay)
         self._supervisor.start()
         return self
 
@@ -150,7 +150,7 @@ class MonitoringManager:
         self._write_aggregator_config()
         self._supervisor.stop()
         self._supervisor = AggregatorSupervisor(self.segment.path, self._config_path(), self.segment.fileno(),
-                                                self.run_as)
+                                                self.run_as, self.config.aggregator_restart_max_delay)
         self._supervisor.start()
 
     def stop(self) -> None:

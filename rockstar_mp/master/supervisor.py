@@ -32,7 +32,7 @@ from ..segment import process_alive, process_start
 RESPAWN_CHECK = 0.2  # how often the aggregator's liveness is checked where there is no pidfd
 STOP_GRACE = 3.0
 BACKOFF_BASE = 0.2  # the delay before the first restart
-BACKOFF_MAX = 30.0
+BACKOFF_MAX = 30.0  # MonitoringConfig.aggregator_restart_max_delay's default
 STABLE_AFTER = 30.0  # an aggregator up this long was a success: the next restart waits BACKOFF_BASE again
 REMIND_EVERY = 300.0  # the same cause again is logged at debug level, with a warning at most this often
 
@@ -105,7 +105,7 @@ class AggregatorSupervisor:
     """Spawns the aggregator for ``segment_path`` and respawns it, with backoff, when it dies."""
 
     def __init__(self, segment_path: str, config_path: str, segment_fd: int | None = None,
-                 run_as: tuple[int, int] | None = None) -> None:
+                 run_as: tuple[int, int] | None = None, max_delay: float = BACKOFF_MAX) -> None:
         self.segment_path = segment_path
         self.segment_fd = segment_fd
         self.run_as = run_as  # (uid, gid) the aggregator drops to once its ports are bound
@@ -114,7 +114,7 @@ class AggregatorSupervisor:
         self.pid = 0
         self.starts = 0
         self.url = ""  # what the aggregator last said it serves
-        self.backoff = Backoff()
+        self.backoff = Backoff(cap=max_delay)
         self._proc: subprocess.Popen | None = None
         self._start_time = 0.0
         self._spawned_at = 0.0

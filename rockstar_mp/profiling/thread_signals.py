@@ -26,10 +26,8 @@ Example::
 """
 from __future__ import annotations
 
-import gc
 import os
 import signal
-import sys
 import threading
 import time
 import types
@@ -53,7 +51,6 @@ SIGNAL = signal.SIGPROF
 DRAIN_INTERVAL = 0.2  # s: new threads are sampled from the next drain, and the ring holds what comes meanwhile
 RING_CAPACITY = 4096  # samples between drains: 1,000 Hz on 4 busy cores for 1 s; more is counted as lost
 MAX_THREADS = 1024  # threads sampled at once; more are counted, not sampled
-RESCAN_INTERVAL = 1.0  # s between two searches of the whole heap for code objects not yet named
 
 
 def available() -> bool:
@@ -66,56 +63,30 @@ class CodeNames:
     """Code objects by address, for the addresses the handlers recorded.
 
     The handlers cannot take a reference, so an address is named at the drain after its sample (within
-    ``DRAIN_INTERVAL``): from the code objects already named (kept alive for the profile, so their
-    addresses cannot be reused), the constants of those in the same stack (comprehensions, lambdas,
-    nested functions), every thread's running frames, and at most every ``RESCAN_INTERVAL`` s every
-    function, generator and coroutine on the heap. An address none of these holds was a code object
-    freed before its drain; its frame is left out and counted (``unnamed``)."""
+    ``DRAIN_INTERVAL``) by ``_threadprof.code_at``, which reads the object's head without trusting it and
+    takes it only if it is a live code object. Named codes are kept for the profile, so their addresses
+    cannot be reused meanwhile. An address that holds no code object any more was one freed before its
+    drain; its frame is left out and counted (``unnamed``). Why not search the heap: ``gc.get_objects()``
+    misses what ``gc.freeze()`` froze, which is every function of a preloaded app."""
 
     def __init__(self) -> None:
         self.by_address: dict[int, types.CodeType] = {}
-        self._scanned_at = float("-inf")
         self.unnamed = 0
 
-    def codes(self, key: tuple, final: bool = False) -> tuple:
+    def codes(self, key: tuple) -> tuple:
         """The code objects of the raw key's frames (``None`` for an address not named)."""
-        addresses = key[::2]
-        found = [self.by_address.get(address) for address in addresses]
-        if None in found:
-            self._learn_nested(code for code in found if code is not None)
-            self._learn_running()
-            found = [self.by_address.get(address) for address in addresses]
-        if None in found and (final or time.monotonic() - self._scanned_at >= RESCAN_INTERVAL):
-            self._scanned_at = time.monotonic()
-            self._learn_heap()
-            found = [self.by_address.get(address) for address in addresses]
+        assert _threadprof is not None
+        found = []
+        for address in key[::2]:
+            code = self.by_address.get(address)
+            if code is None:
+                code = _threadprof.code_at(address)
+                if code is None:
+                    self.unnamed += 1
+                else:
+                    self.by_address[address] = code
+            found.append(code)
         return tuple(found)
-
-    def _add(self, code: types.CodeType) -> None:
-        if self.by_address.setdefault(id(code), code) is code:
-            for const in code.co_consts:
-                if isinstance(const, types.CodeType) and id(const) not in self.by_address:
-                    self._add(const)
-
-    def _learn_nested(self, codes) -> None:
-        for code in codes:
-            self._add(code)
-
-    def _learn_running(self) -> None:
-        for leaf in sys._current_frames().values():
-            frame: types.FrameType | None = leaf
-            while frame is not None:
-                self._add(frame.f_code)
-                frame = frame.f_back
-
-    def _learn_heap(self) -> None:
-        for obj in gc.get_objects():
-            if isinstance(obj, types.FunctionType):
-                self._add(obj.__code__)
-            elif isinstance(obj, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
-                code = getattr(obj, "gi_code", None) or getattr(obj, "cr_code", None) or getattr(obj, "ag_code", None)
-                if code is not None:
-                    self._add(code)
 
 
 class SignalThreadSampler(ThreadSampler):
@@ -148,7 +119,7 @@ class SignalThreadSampler(ThreadSampler):
             for timer in armed.values():
                 timers.delete(timer)
             _threadprof.stop()
-            self._settle(_threadprof.drain(), final=True)
+            self._settle(_threadprof.drain())
             self.counts = _threadprof.counters()
 
     def _arm(self, timers: PosixTimers, armed: dict, tids: set[int]) -> None:
@@ -158,11 +129,12 @@ class SignalThreadSampler(ThreadSampler):
             _threadprof.untrack(tid)
         for tid in tids - set(armed):
             clock = thread_cpu_clock(tid)
-            if not _threadprof.track(tid, clock):
+            place = _threadprof.track(tid, clock)
+            if not place:
                 self.unarmed += 1
                 continue
             try:
-                timer = timers.create(clock, int(SIGNAL), tid)
+                timer = timers.create(clock, int(SIGNAL), tid, place)  # the handler finds the thread by place
                 timers.start(timer, self.hz)
             except OSError:
                 _threadprof.untrack(tid)
@@ -170,24 +142,23 @@ class SignalThreadSampler(ThreadSampler):
                 continue
             armed[tid] = timer
 
-    def _settle(self, rows: list, final: bool = False) -> None:
+    def _settle(self, rows: list) -> None:
         """Charge each drained sample's CPU to its stack, keyed as ``frames.capture_key`` keys it."""
         ident_of = {tid: ident for ident, (tid, _) in self.names.items() if tid}
         for tid, cpu_ns, raw_key, _cut in rows:
-            key, _ = self._named(raw_key, final)
+            key, _ = self._named(raw_key)
             ident = ident_of.get(tid, tid)
             cell = self.cpu.setdefault((ident, key), [0, 0])
             cell[0] += 1
             cell[1] += cpu_ns
 
-    def _named(self, raw_key: tuple, final: bool) -> tuple[tuple, tuple]:
+    def _named(self, raw_key: tuple) -> tuple[tuple, tuple]:
         """The key without the frames whose code could not be named, and its code objects."""
         known = self._codes.get(raw_key)
         if known is not None:
             return raw_key, known
-        codes = self.names_of_codes.codes(raw_key, final)
+        codes = self.names_of_codes.codes(raw_key)
         if None in codes:
-            self.names_of_codes.unnamed += codes.count(None)
             kept = [i for i, code in enumerate(codes) if code is not None]
             raw_key = tuple(value for i in kept for value in raw_key[2 * i:2 * i + 2])
             codes = tuple(codes[i] for i in kept)
@@ -198,7 +169,8 @@ class SignalThreadSampler(ThreadSampler):
         counts = self.counts
         lost = (f"; lost: {counts.get('ring_full', 0)} samples ({counts.get('lost_ns', 0) / 1e6:.1f} ms) to a "
                 f"full ring, {self.unarmed} threads not sampled, {self.names_of_codes.unnamed} frames of code "
-                "freed before they were named")
+                f"freed before they were named, {counts.get('cut_chains', 0)} stacks cut at a frame that could "
+                "not be read")
         return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
                          f"clock: per-thread CPU time, {self.pacing}, weighted by the thread's CPU since its "
                          f"previous sample; {counts.get('samples', 0)} samples, their handlers "
