@@ -21,7 +21,8 @@
  * unmapped) is copied with process_vm_readv on this process, which fails instead of faulting. A code
  * object's address is never dereferenced here.
  *
- * Bounds: the ring's capacity, the depth and the number of threads come from Python (start()); a
+ * Bounds: the ring's capacity, the depth and the number of threads come from Python (start()), which
+ * allocates them for the profile (about 1 MB) and stop() frees them once no handler runs; a
  * sample that finds the ring full, a thread not in the table, or a thread with no Python state is
  * counted (counters()), never written past a bound. CPython 3.11 only (the frame layout is the
  * interpreter's own, from its internal header): elsewhere start() raises and the thread sampler runs.
@@ -261,15 +262,10 @@ static int careful_reads_work(void) {
     return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)sizeof copy && copy == probe;
 }
 
+/* A new ring and thread table for a profile (those of a profile whose handler never finished, or of a
+ * parent before the fork, are left to whoever may still hold them). */
 static int allocate(Py_ssize_t capacity, int depth, int threads) {
     size_t size = sizeof(Sample) + (size_t)depth * sizeof(Frame);
-    if (ring != NULL && (size_t)capacity == ring_capacity && size == sample_size && threads == tracked_capacity)
-        return 0;
-    if (ring != NULL) {
-        /* Only a stopped profiler reallocates, after stop() saw no handler running. */
-        PyMem_RawFree(ring);
-        PyMem_RawFree(tracked);
-    }
     ring = PyMem_RawCalloc((size_t)capacity, size);
     tracked = PyMem_RawCalloc((size_t)threads, sizeof(Tracked));
     if (ring == NULL || tracked == NULL) {
@@ -283,6 +279,19 @@ static int allocate(Py_ssize_t capacity, int depth, int threads) {
     sample_size = size;
     tracked_capacity = threads;
     return 0;
+}
+
+/* Free them once no handler can touch them: every handler checks enabled (cleared) after counting itself
+ * in active, so none will once active is 0. */
+static void release(void) {
+    if (atomic_load(&active) == 0) {
+        PyMem_RawFree(ring);
+        PyMem_RawFree(tracked);
+    }
+    ring = NULL;
+    tracked = NULL;
+    tracked_capacity = 0;
+    atomic_store(&tracked_end, 0);
 }
 
 static PyObject *py_start(PyObject *module, PyObject *args) {
@@ -309,10 +318,6 @@ static PyObject *py_start(PyObject *module, PyObject *args) {
     if (allocate(capacity, depth, threads) < 0)
         return PyErr_NoMemory();
     max_depth = depth;
-    for (size_t i = 0; i < ring_capacity; i++)
-        atomic_store(&slot_at(i)->ready, 0);
-    for (int i = 0; i < tracked_capacity; i++)
-        atomic_store(&tracked[i].tid, 0);
     atomic_store(&tracked_end, 0);
     for (int i = 0; i < COUNTERS; i++)
         atomic_store(&counters[i], 0);
@@ -325,17 +330,22 @@ static PyObject *py_start(PyObject *module, PyObject *args) {
     action.sa_sigaction = on_signal;
     action.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
     sigemptyset(&action.sa_mask);
-    if (sigaction(signo, &action, &previous_action) != 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
+    if (sigaction(signo, &action, &previous_action) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        release();
+        return NULL;
+    }
     running = 1;
     running_signo = signo;
     atomic_store(&enabled, 1);
     Py_RETURN_NONE;
 }
 
+static PyObject *py_drain(PyObject *module, PyObject *unused);
+
 static PyObject *py_stop(PyObject *module, PyObject *unused) {
     if (!running)
-        Py_RETURN_NONE;
+        return PyList_New(0);
     atomic_store(&enabled, 0);
     sigaction(running_signo, &previous_action, NULL);
     running = 0;
@@ -345,7 +355,9 @@ static PyObject *py_stop(PyObject *module, PyObject *unused) {
     for (int i = 0; i < 10000 && atomic_load(&active) != 0; i++)
         nanosleep(&pause, NULL);
     Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    PyObject *rows = py_drain(module, NULL);
+    release();
+    return rows;
 }
 
 static PyObject *py_track(PyObject *module, PyObject *args) {
@@ -377,6 +389,8 @@ static PyObject *py_untrack(PyObject *module, PyObject *args) {
     long tid;
     if (!PyArg_ParseTuple(args, "l", &tid))
         return NULL;
+    if (tracked == NULL)
+        Py_RETURN_NONE;
     Tracked *thread = running ? tracked_thread(tid) : NULL;
     if (thread != NULL)
         atomic_store(&thread->tid, 0);
@@ -469,7 +483,7 @@ static PyMethodDef methods[] = {
     {"start", py_start, METH_VARARGS,
      "start(signo, capacity, depth, threads): take over signo with the sampling handler (raises OSError "
      "where this interpreter or the system cannot)."},
-    {"stop", py_stop, METH_NOARGS, "Give the signal back and wait for running handlers; then drain()."},
+    {"stop", py_stop, METH_NOARGS, "Give the signal back, wait for running handlers, and drain() a last time."},
     {"track", py_track, METH_VARARGS,
      "track(tid, cpu clock id) -> its place + 1, the si_value its timer sends: sample the thread tid from now "
      "(0: gone, or the table is full)."},
