@@ -2,17 +2,18 @@
 
 **15a.** CPU seconds per request of the workers, at a fixed request rate (``wrk -t1`` paced by
 ``pace.lua``, as figure 11), with a 100 Hz CPU profile running (``/debug/pprof/profile`` over the whole
-round) against none, for each worker class (sync: SIGPROF; gthread: the CPU-paced thread sampler).
+round) against none, for each worker class (sync: SIGPROF in the main thread; gthread: each thread's own
+SIGPROF, ``profiling/thread_signals.py``).
 Two identical "on" servers are driven at the same time in every round and one of them is profiled
 (a, b, b, a, ...), so a busy spell of the shared machine hits both sides of a round (rounds in turn
 on one server varied by +-15 % on this 2-core machine shared with other work, far more than the
 2 % measured); every round is printed with its ratio, and the figure is the median of the rounds'
 profiled/not ratios.
 
-A third flavour, gthread with ``ROCKSTAR_PURE_PYTHON=1`` (no C accelerator: the thread sampler's
-ticks in Python, the request path too), is for information: it gives the thread sampler's own CPU per
-sample (wake) in real workers without its C tick, beside the gthread flavour's with it (both from the
-profiles' comments: wakes and the sampler's own CPU).
+A third flavour, gthread with ``pprof_cpu_mode="sampler"`` (the CPU-paced sampler thread, as where
+``_threadprof`` is not built), is for information. For both gthread flavours the profiles' comments
+give what the profiler itself spent: the handlers' time and samples, the drain's or the sampler
+thread's wakes and own CPU.
 
 **15b.** The SIGPROF handler's cost per sample with a 20-frame stack, in a fresh interpreter: (i) the
 Python handler called directly (CPU per call: capture, the clock read, the count), for a stack seen
@@ -21,10 +22,14 @@ none, the extra CPU of the fastest run of each side divided by the handler calls
 CPython's trip, the handler). A CPU-clock timer fires on the scheduler tick, so at 1 kHz the handler
 runs at most CONFIG_HZ times a second, each call weighted by the expirations it stands for.
 
-**15c.** The thread sampler (gthread's CPU profiles), in a fresh interpreter: two request threads, each
+The 15b row "SIGPROF to a thread" is the same loop sampled at 1 kHz by its own thread's C handler
+(``thread_signals``), with the handlers' own time per sample beside it (exact: their clock).
+
+**15c.** The threaded CPU profilers, in a fresh interpreter: two request threads, each
 ~1/3 busy (Python work, then a sleep), unprofiled, profiled by the sampler woken every 1/100 s of wall
-time (its fallback), and by the sampler woken after every 1/100 s of CPU of a sampled thread
-(``CpuPacer``) with its tick in C (``hotpath.cpu_wake``) and in Python, rounds of 2 s in rotating
+time (its fallback), by the sampler woken after every 1/100 s of CPU of a sampled thread
+(``CpuPacer``) with its tick in C (``hotpath.cpu_wake``) and in Python, and by the threads themselves
+(``thread_signals``: samples, handler time, the drain's wakes), rounds of 2 s in rotating
 order: the sampler's wakes a second and its own thread's CPU per wake (exact: its thread's CPU clock;
 most of it is the kernel's: the wake from ``sigtimedwait`` and the wait for the GIL, two context
 switches), and, in the details, the process's CPU per request against

@@ -397,7 +397,7 @@ static PyObject *py_untrack(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* One sample as (tid, cpu_ns, (code address, lasti, ...) leaf first, cut). */
+/* One sample as (tid, cpu_ns, (code address, lasti, ...) leaf first). */
 static PyObject *sample_row(const Sample *sample) {
     PyObject *key = PyTuple_New(2 * (Py_ssize_t)sample->depth);
     for (int i = 0; key != NULL && i < sample->depth; i++) {
@@ -414,7 +414,7 @@ static PyObject *sample_row(const Sample *sample) {
     }
     if (key == NULL)
         return NULL;
-    return Py_BuildValue("(lLNO)", sample->tid, (long long)sample->cpu_ns, key, sample->cut ? Py_True : Py_False);
+    return Py_BuildValue("(lLN)", sample->tid, (long long)sample->cpu_ns, key);
 }
 
 static PyObject *py_drain(PyObject *module, PyObject *unused) {
@@ -488,7 +488,7 @@ static PyMethodDef methods[] = {
      "track(tid, cpu clock id) -> its place + 1, the si_value its timer sends: sample the thread tid from now "
      "(0: gone, or the table is full)."},
     {"untrack", py_untrack, METH_VARARGS, "untrack(tid): forget an ended thread."},
-    {"drain", py_drain, METH_NOARGS, "[(tid, cpu_ns, (code address, lasti, ...) leaf first, cut), ...]"},
+    {"drain", py_drain, METH_NOARGS, "[(tid, cpu_ns, (code address, lasti, ...) leaf first), ...]"},
     {"code_at", py_code_at, METH_O, "code_at(address): the live code object there (a sample's frame), or None."},
     {"counters", py_counters, METH_NOARGS, "The handlers' counts since start(), lost_ns and handler_ns (their own time)."},
     {NULL, NULL, 0, NULL},

@@ -15,17 +15,18 @@ them (``native``). Clocks, said plainly:
   costs nothing); the timer is then armed from the profiling thread. A CPU-clock timer fires on the
   scheduler tick, so above CONFIG_HZ the calls are fewer and weigh more. Cost: see
   ``benchmarks/pprof_cost.py`` (figure 15b: a few microseconds a call with a 20-frame stack).
-* **CPU, thread mode** (gthread and other threaded workers, or when no handler could be installed):
-  a sampler thread wakes after every 1/hz s of CPU time any sampled thread uses (``CpuPacer``: one
-  timer per thread on its CPU clock, SIGPROF sent to the sampler thread alone and taken with
-  ``sigtimedwait``; at least every 0.1 s of wall time; every 1/hz s of wall time if the timers cannot
-  be made, as the profile's comment then says), reads each thread's CPU clock (``thread_cpu_ns``) and
-  charges the increase to the last stack it was seen running at (``_charge_cpu`` says why): exact
-  whenever the wakes come. A thread that used no CPU costs one clock read; rockstar-mp's own threads
-  are not read. The wait and the tick run in C where the accelerator is built (``cpu_wake``, same
-  rule; the sampler's CPU per wake is figure 15c), else in Python. Python frames can only be read
-  when the sampler holds the GIL: a thread in a long C call that keeps the GIL is seen after it, at
-  the call's line, with the call's CPU (as in signal mode).
+* **CPU, thread mode** (gthread and other threaded workers, or when no handler could be installed): each
+  sampled thread samples itself in a C SIGPROF handler where ``thread_signals.available()`` (that module
+  says how); otherwise, and with ``mode="sampler"``, a sampler thread wakes after every 1/hz s of CPU time
+  any sampled thread uses (``CpuPacer``: one timer per thread on its CPU clock, SIGPROF sent to the
+  sampler thread alone and taken with ``sigtimedwait``; at least every 0.1 s of wall time; every 1/hz s of
+  wall time if the timers cannot be made, as the profile's comment then says), reads each thread's CPU
+  clock (``thread_cpu_ns``) and charges the increase to the last stack it was seen running at
+  (``_charge_cpu`` says why): exact whenever the wakes come. A thread that used no CPU costs one clock
+  read; rockstar-mp's own threads are not read. The wait and the tick run in C where the accelerator is
+  built (``cpu_wake``, same rule; the sampler's CPU per wake is figure 15c), else in Python. Python frames
+  can only be read when the sampler holds the GIL: a thread in a long C call that keeps the GIL is seen
+  after it, at the call's line, with the call's CPU (as in signal mode).
 * **Wall** (``/wall``): the thread sampler, every thread, the wall time since its previous tick.
 * **Block / mutex**: the thread sampler; per thread and interval, off-CPU time = wall - thread CPU,
   charged to the stack when the thread is in a call we recognise as a wait (``frames.wait_kind``),
@@ -183,6 +184,8 @@ def threaded_server() -> bool:
 
 
 def choose_cpu_mode(mode: str = "auto") -> str:
+    """``signal`` (the main thread), ``thread`` (every thread: by themselves where they can, else the
+    sampler thread) or ``sampler`` (the sampler thread) for a CPU profile asked for in ``mode``."""
     if mode == "auto":
         return "signal" if signal_handler_installed() and not threaded_server() else "thread"
     if mode == "signal" and not signal_handler_installed():

@@ -144,7 +144,7 @@ class SignalThreadSampler(ThreadSampler):
     def _settle(self, rows: list) -> None:
         """Charge each drained sample's CPU to its stack, keyed as ``frames.capture_key`` keys it."""
         ident_of = {tid: ident for ident, (tid, _) in self.names.items() if tid}
-        for tid, cpu_ns, raw_key, _cut in rows:
+        for tid, cpu_ns, raw_key in rows:
             key, _ = self._named(raw_key)
             ident = ident_of.get(tid, tid)
             cell = self.cpu.setdefault((ident, key), [0, 0])
