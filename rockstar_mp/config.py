@@ -67,8 +67,9 @@ class MonitoringConfig:
     pprof_port: int = 6060
     pprof_max_seconds: float = 300.0  # ?seconds=N above this is refused (400)
     pprof_hz: int = 100  # sampling rate of the CPU, wall, block/mutex and trace samplers (1..1000)
-    # auto | signal (SIGPROF, main thread) | thread (every thread, each sampling itself by SIGPROF where it can,
-    # else the sampler thread) | sampler (the sampler thread)
+    # auto (thread in sync and gthread workers, signal in gevent ones) | signal (SIGPROF in Python, the main
+    # thread) | thread (every thread sampling itself in a C SIGPROF handler where it can, else the sampler
+    # thread) | sampler (the sampler thread)
     pprof_cpu_mode: str = "auto"
     heap_tracemalloc_at_boot: bool = False  # tracemalloc on in every worker from the start (8-20x slower)
     pprof_heap_frames: int = 16  # frames tracemalloc keeps per allocation when started at boot

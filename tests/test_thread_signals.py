@@ -60,6 +60,19 @@ class Worker(threading.Thread):
                 self.cpu[name] += time.thread_time_ns() - start
 
 
+def profiled_while_running(threads: list[threading.Thread], stop: threading.Event, hz: int,
+                           seconds: float) -> thread_signals.SignalThreadSampler:
+    """Start ``threads``, profile them for ``seconds`` at ``hz``, then set ``stop`` and join them."""
+    for t in threads:
+        t.start()
+    try:
+        return thread_signals.SignalThreadSampler(hz).run(seconds)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
 def shares_by_function(sampler: thread_signals.SignalThreadSampler, names: tuple[str, ...]) -> dict[str, float]:
     totals = dict.fromkeys(names, 0)
     for (_, key), (_, ns) in sampler.cpu.items():
@@ -126,15 +139,7 @@ def test_a_full_ring_and_a_full_thread_table_are_counted(monkeypatch):
     monkeypatch.setattr(thread_signals, "MAX_THREADS", 2)
     monkeypatch.setattr(thread_signals, "DRAIN_INTERVAL", 1.0)
     stop = threading.Event()
-    workers = [Worker(stop) for _ in range(4)]
-    for w in workers:
-        w.start()
-    try:
-        sampler = thread_signals.SignalThreadSampler(1000).run(1.5)
-    finally:
-        stop.set()
-        for w in workers:
-            w.join()
+    sampler = profiled_while_running([Worker(stop) for _ in range(4)], stop, 1000, 1.5)
     counts = sampler.counts
     assert counts["ring_full"] > 0 and counts["lost_ns"] > 0, counts
     assert sampler.unarmed >= 3, sampler.unarmed  # 4 workers and the main thread, 2 places
@@ -172,15 +177,7 @@ def test_deep_and_generator_stacks_sampled_at_1khz_while_they_grow_and_shrink():
             for depth in (300, 5, 150, 290):
                 recurse(depth)
 
-    threads = [threading.Thread(target=churn, daemon=True) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        sampler = thread_signals.SignalThreadSampler(1000).run(2.0)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
+    sampler = profiled_while_running([threading.Thread(target=churn, daemon=True) for _ in range(2)], stop, 1000, 2.0)
     counts = sampler.counts
     assert counts["samples"] >= 300, counts
     keys = [key for (_, key) in sampler.cpu]
@@ -229,7 +226,7 @@ def test_sigprof_held_by_someone_else_leaves_the_sampler_thread_in_charge():
         worker = Worker(stop)
         worker.start()
         try:
-            raw = samplers.cpu_profile(0.5, mode="thread")
+            raw = thread_signals.cpu_profile(0.5, mode="thread")
         finally:
             stop.set()
             worker.join()

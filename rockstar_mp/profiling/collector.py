@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import tracemalloc
 
-from . import samplers
+from . import samplers, thread_signals
 from .heap import heap_profile
 from .proto import encode
 from .rendering import DEFAULT_SECONDS, KINDS, render
@@ -31,7 +31,7 @@ def collect(kind: str, seconds: float | None = None, hz: int = 100, gc: bool = F
         # heap: with tracemalloc on since boot, no window means a plain snapshot
         seconds = 0.0 if kind == "heap" and tracemalloc.is_tracing() else DEFAULT_SECONDS.get(kind, 0.0)
     if kind == "profile":
-        return {"kind": kind, "raw": samplers.cpu_profile(seconds, hz, mode, stop, internal)}
+        return {"kind": kind, "raw": thread_signals.cpu_profile(seconds, hz, mode, stop, internal)}
     if kind == "wall":
         return {"kind": kind, "raw": wall_profile(seconds, hz, stop, internal)}
     if kind in ("heap", "allocs"):

@@ -184,8 +184,10 @@ def threaded_server() -> bool:
 
 
 def choose_cpu_mode(mode: str = "auto") -> str:
-    """``signal`` (the main thread), ``thread`` (every thread: by themselves where they can, else the
-    sampler thread) or ``sampler`` (the sampler thread) for a CPU profile asked for in ``mode``."""
+    """``signal`` (SIGPROF, the main thread) or ``thread`` (the sampler thread, also for ``sampler``) for
+    a CPU profile asked for in ``mode``, where the threads cannot sample themselves (``thread_signals``)."""
+    if mode == "sampler":
+        return "thread"
     if mode == "auto":
         return "signal" if signal_handler_installed() and not threaded_server() else "thread"
     if mode == "signal" and not signal_handler_installed():
@@ -217,14 +219,6 @@ def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto",
         mode = choose_cpu_mode(mode)
         if mode == "signal":
             return _signal_cpu(seconds, hz, stop)
-        if mode == "thread":
-            from . import thread_signals  # imported late: it builds on this module
-
-            if thread_signals.available():
-                try:
-                    return thread_signals.cpu_profile(seconds, hz, stop, internal)
-                except OSError:
-                    pass  # the handler could not start (see thread_signals): the sampler thread runs
         return ThreadSampler(hz, cpu=True, internal=internal).run(seconds, stop).cpu_raw()
     finally:
         CPU_LOCK.release()

@@ -1,4 +1,4 @@
-"""The CPU profile of a threaded worker (gthread), sampled by each thread itself.
+"""CPU profiles of sync and gthread workers, each thread sampled by itself.
 
 One POSIX timer per sampled thread on that thread's CPU clock sends SIGPROF to the thread itself every
 1/hz s of the CPU time it uses, and a C handler (``rockstar_mp/_threadprof.c``) records, on that thread
@@ -12,7 +12,8 @@ forget ended ones, and drain the handlers' ring, naming each code object address
 (``CodeNames``). The C handler takes SIGPROF only while a profile runs, and only in place of
 rockstar-mp's own Python handler (``samplers.install_signal_handler``, which ignores a stray SIGPROF
 once it is given back); otherwise, where the C module is not built (``ROCKSTAR_PURE_PYTHON=1``, no
-compiler) or not supported (CPython other than 3.11), ``samplers.ThreadSampler`` runs.
+compiler) or not supported (CPython other than 3.11), and in gevent workers (``self_sampling``),
+``samplers.cpu_profile`` chooses: SIGPROF in Python for the main thread, or the sampler thread.
 
 A signal interrupts a system call the thread was in when its CPU clock expired: the handler is
 installed with ``SA_RESTART``, and Python retries the calls that never restart (``select``, ``poll``,
@@ -21,8 +22,7 @@ installed with ``SA_RESTART``, and Python retries the calls that never restart (
 Example::
 
     from rockstar_mp.profiling import thread_signals
-    if thread_signals.available():
-        raw = thread_signals.cpu_profile(3.0, hz=100)
+    raw = thread_signals.cpu_profile(3.0, hz=100)  # the threads sample themselves where they can
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import types
 from typing import TYPE_CHECKING
 
 from . import frames as _frames
-from . import native
+from . import native, samplers
 from .samplers import PosixTimers, ThreadSampler, signal_handler_installed, thread_cpu_clock
 
 if TYPE_CHECKING:
@@ -185,7 +185,28 @@ def _sleep_until(deadline: float, stop: threading.Event | None) -> None:
         native.sleep(seconds)
 
 
-def cpu_profile(seconds: float, hz: int = 100, stop: threading.Event | None = None, internal: bool = False) -> dict:
-    """A CPU profile of this process's threads over ``seconds`` (raw form; the caller holds
-    ``samplers.CPU_LOCK`` and checked ``available()``)."""
-    return SignalThreadSampler(hz, internal=internal).run(seconds, stop).cpu_raw()
+def self_sampling(mode: str) -> bool:
+    """Do the threads sample themselves for a CPU profile asked for in ``mode``? ``auto``: in sync and
+    gthread workers where ``available()``; a gevent worker keeps SIGPROF in Python (``samplers``): its
+    greenlets swap the main thread's frames and data stack, which a handler must not catch half done.
+    ``thread``: wherever available. ``signal`` and ``sampler``: never."""
+    if mode == "auto":
+        return available() and not native.patched("threading")
+    return mode == "thread" and available()
+
+
+def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto", stop: threading.Event | None = None,
+                internal: bool = False) -> dict:
+    """A CPU profile of this process over ``seconds`` (raw form): by the threads themselves where
+    ``self_sampling(mode)``, else as ``samplers.cpu_profile`` chooses (also if the handler cannot start)."""
+    if self_sampling(mode):
+        hz = max(1, min(int(hz), samplers.MAX_HZ))
+        if not samplers.CPU_LOCK.acquire(blocking=False):
+            raise samplers.Busy("a CPU profile is already running in this process")
+        try:
+            return SignalThreadSampler(hz, internal=internal).run(seconds, stop).cpu_raw()
+        except OSError:
+            pass  # start() refused (see _threadprof.c): the samplers below run
+        finally:
+            samplers.CPU_LOCK.release()
+    return samplers.cpu_profile(seconds, hz, mode, stop, internal)
