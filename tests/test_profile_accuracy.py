@@ -15,7 +15,8 @@ a core per CPU second than ``spin`` (GIL held, so it never runs beside Python): 
 run-queue wait per CPU second in ``/proc/thread-self/schedstat``, so py-spy read ``spin`` at 27-30 %
 against 33-34 % by its thread clock (CPU + run-queue wait predicts 28.5 %); with ``/chash`` alone the
 waits were even (1.74 and 1.73 s/s) and py-spy read 32.5 % against 33.7 %. ``--gil`` does not help:
-it drops every thread without the GIL, so sha256 (0.4 %). The app's spins are Python arithmetic that
+it drops every thread without the GIL, so sha256 (0.4 %). So the gthread test loads the CPU routes in
+turn (``compare_in_a_window``'s ``in_turn``), ``waits`` beside them. The app's spins are Python arithmetic that
 read the thread's clock (a system call) only every ``SPIN_STEP`` iterations.
 
 Sampling error: periodic samples miss at most one per call boundary, so a share's error shrinks with
@@ -239,18 +240,34 @@ def profile_beside_py_spy(server: SplitServer, kind: str, idle: bool, window: in
     return pprof_raw(gotmp, path, 1), spy_raw(out)
 
 
-def compare_in_a_window(server: SplitServer, gotmp: Path) -> Iterator[tuple[str, dict, dict, dict, tuple]]:
+def compare_in_a_window(server: SplitServer, gotmp: Path,
+                        in_turn: bool = False) -> Iterator[tuple[str, dict, dict, dict, tuple]]:
     """Our CPU profile beside py-spy's (active threads) over one window, then our wall profile beside
     py-spy's (every thread, ``--idle``) over another, while every route is loaded, and the app's own
     clocks: ``(what, ours, truth, py-spy's, (the truth's name, py-spy's))``. A window is long enough for
-    the worker to use ``NEEDED_CPU`` s at the rate it gets now (``WINDOW`` s with a core to spare, up to ``MAX_WINDOW``
-    when it is starved). One profile at a time: a wall sampler taking the GIL 100 times a second keeps
-    the main thread off CPU at scheduler ticks, which delays SIGPROF past the end of a Python spin into
-    the C call after it (2-4 points of the spin, seen only with both profiles running)."""
-    server.drive(tuple(ROUTES))
-    window = int(min(max(NEEDED_CPU / cpu_rate(server.pid), WINDOW), MAX_WINDOW))
+    the worker to use ``NEEDED_CPU`` s at the rate it gets now (``WINDOW`` s with a core to spare, up to
+    ``MAX_WINDOW`` when it is starved). One profile at a time: a wall sampler taking the GIL 100 times a
+    second keeps the main thread off CPU at scheduler ticks, which delays SIGPROF past the end of a Python
+    spin into the C call after it (2-4 points of the spin, seen only with both profiles running).
+
+    ``in_turn``: the CPU routes are loaded one after the other over the CPU window (half its CPU each,
+    ``waits`` throughout), as a sync worker serves them, so py-spy's reading is not skewed by the two
+    running in parallel (the module's docstring); the shares are per route, so the split costs nothing."""
+    server.drive(("pure", "waits") if in_turn else tuple(ROUTES))
+    rate = cpu_rate(server.pid)
+    window = int(min(max(NEEDED_CPU / rate, WINDOW), MAX_WINDOW))
     print(f"window {window} s, load {os.getloadavg()}")
-    cpu, spied_cpu = profile_beside_py_spy(server, "profile", False, window, gotmp)
+    if in_turn:
+        halfway = worker_cpu(server.pid) + rate * window / 2
+        with ThreadPoolExecutor(1) as pool:
+            profiled = pool.submit(profile_beside_py_spy, server, "profile", False, window, gotmp)
+            poll(lambda: worker_cpu(server.pid) >= halfway or profiled.done(), timeout=MAX_WINDOW,
+                 interval=0.05, message="half the window's CPU used")
+            server.drive(("chash", "waits"))
+            cpu, spied_cpu = profiled.result()
+        server.drive(tuple(ROUTES))
+    else:
+        cpu, spied_cpu = profile_beside_py_spy(server, "profile", False, window, gotmp)
     wall, spied_wall = profile_beside_py_spy(server, "wall", True, window, gotmp)
     truth = server.truth()
     yield ("cpu", shares(cpu, CPU_ROUTES), truth_shares(truth, "cpu", CPU_ROUTES), shares(spied_cpu, CPU_ROUTES),
@@ -295,9 +312,9 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
 
 
 def test_gthread_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
-    """gthread worker (CPU by the thread sampler), the routes served in parallel threads."""
+    """gthread worker (CPU by each thread's own SIGPROF handler); the CPU routes in turn, the waits beside."""
     with SplitServer(tmp_path, ("--worker-class", "gthread", "--threads", "4")) as server:
-        for what, ours, truth, spied, (clock, spy) in compare_in_a_window(server, gotmp):
+        for what, ours, truth, spied, (clock, spy) in compare_in_a_window(server, gotmp, in_turn=True):
             assert_close(ours, truth, clock, f"gthread {what}")
             assert_close_or_nearer_truth(ours, spied, truth, spy, f"gthread {what}")
 
