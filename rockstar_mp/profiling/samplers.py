@@ -267,7 +267,7 @@ class PosixTimers:
 
     def start(self, timer: ctypes.c_void_p, hz: int) -> None:
         """Arm ``timer`` every 1/hz s of its clock (deleted if that fails)."""
-        period = self.Timespec(0, 1_000_000_000 // hz)
+        period = self.Timespec(*divmod(1_000_000_000 // hz, 1_000_000_000))  # 1 Hz: 1 s, 0 ns
         if self.libc.timer_settime(timer, 0, self.ctypes.byref(self.Itimerspec(period, period)), None) != 0:
             errno = self.ctypes.get_errno()
             self.delete(timer)

@@ -98,7 +98,7 @@ class SignalThreadSampler(ThreadSampler):
         self.pacing = f"each thread sampled in a SIGPROF handler after every 1/{self.hz} s of its CPU time"
         self.names_of_codes = CodeNames()
         self.counts: dict[str, int] = {}
-        self.unarmed = 0  # threads the table or a timer could not take
+        self.unarmed: set[int] = set()  # threads the table or a timer could not take (not tried again)
 
     def _run_cpu(self, deadline: float, stop: threading.Event | None, last_cpu: dict[int, int]) -> None:
         assert _threadprof is not None
@@ -126,18 +126,18 @@ class SignalThreadSampler(ThreadSampler):
         for tid in set(armed) - tids:
             timers.delete(armed.pop(tid))
             _threadprof.untrack(tid)
-        for tid in tids - set(armed):
+        for tid in tids - set(armed) - self.unarmed:
             clock = thread_cpu_clock(tid)
             place = _threadprof.track(tid, clock)
             if not place:
-                self.unarmed += 1
+                self.unarmed.add(tid)
                 continue
             try:
                 timer = timers.create(clock, int(SIGNAL), tid, place)  # the handler finds the thread by place
                 timers.start(timer, self.hz)
             except OSError:
                 _threadprof.untrack(tid)
-                self.unarmed += 1
+                self.unarmed.add(tid)
                 continue
             armed[tid] = timer
 
@@ -167,7 +167,7 @@ class SignalThreadSampler(ThreadSampler):
     def cpu_raw(self) -> dict:
         counts = self.counts
         lost = (f"; lost: {counts.get('ring_full', 0)} samples ({counts.get('lost_ns', 0) / 1e6:.1f} ms) to a "
-                f"full ring, {self.unarmed} threads not sampled, {self.names_of_codes.unnamed} frames of code "
+                f"full ring, {len(self.unarmed)} threads not sampled, {self.names_of_codes.unnamed} frames of code "
                 f"freed before they were named, {counts.get('cut_chains', 0)} stacks cut at a frame that could "
                 "not be read")
         return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
