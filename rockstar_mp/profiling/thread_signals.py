@@ -114,7 +114,7 @@ class SignalThreadSampler(ThreadSampler):
                 now = time.monotonic()
                 if now >= deadline or (stop is not None and stop.is_set()):
                     break
-                _sleep_until(min(now + DRAIN_INTERVAL, deadline), stop)
+                samplers._sleep(min(DRAIN_INTERVAL, deadline - now), stop)
         finally:
             for timer in armed.values():
                 timers.delete(timer)
@@ -145,24 +145,23 @@ class SignalThreadSampler(ThreadSampler):
         """Charge each drained sample's CPU to its stack, keyed as ``frames.capture_key`` keys it."""
         ident_of = {tid: ident for ident, (tid, _) in self.names.items() if tid}
         for tid, cpu_ns, raw_key in rows:
-            key, _ = self._named(raw_key)
+            key = self._named(raw_key)
             ident = ident_of.get(tid, tid)
             cell = self.cpu.setdefault((ident, key), [0, 0])
             cell[0] += 1
             cell[1] += cpu_ns
 
-    def _named(self, raw_key: tuple) -> tuple[tuple, tuple]:
-        """The key without the frames whose code could not be named, and its code objects."""
-        known = self._codes.get(raw_key)
-        if known is not None:
-            return raw_key, known
+    def _named(self, raw_key: tuple) -> tuple:
+        """The key without the frames whose code could not be named (its codes now in ``_codes``)."""
+        if raw_key in self._codes:
+            return raw_key
         codes = self.names_of_codes.codes(raw_key)
         if None in codes:
             kept = [i for i, code in enumerate(codes) if code is not None]
             raw_key = tuple(value for i in kept for value in raw_key[2 * i:2 * i + 2])
             codes = tuple(codes[i] for i in kept)
         self._codes[raw_key] = codes
-        return raw_key, codes
+        return raw_key
 
     def cpu_raw(self) -> dict:
         counts = self.counts
@@ -175,14 +174,6 @@ class SignalThreadSampler(ThreadSampler):
                          f"previous sample; {counts.get('samples', 0)} samples, their handlers "
                          f"{counts.get('handler_ns', 0) / 1e6:.1f} ms in all; the drain: {self.wakes} wakes, "
                          f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU" + lost)
-
-
-def _sleep_until(deadline: float, stop: threading.Event | None) -> None:
-    seconds = max(0.0, deadline - time.monotonic())
-    if stop is not None:
-        stop.wait(seconds)
-    else:
-        native.sleep(seconds)
 
 
 def self_sampling(mode: str) -> bool:
