@@ -394,6 +394,37 @@ def test_gthread_cpu_profile(tmp_path, gotmp):
         s.g.stop()
 
 
+def profile_timers(pid: int) -> int:
+    """How many POSIX timers sending SIGPROF the process ``pid`` has (``/proc/PID/timers``)."""
+    try:
+        with open(f"/proc/{pid}/timers") as f:
+            return len(re.findall(rf"^signal: {int(signal.SIGPROF)}/", f.read(), re.M))
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_workers_leaving_mid_profile_exit_cleanly(tmp_path, worker_class):
+    """A profile's timers still armed as workers exit gracefully (HUP: the master replaces them): the
+    interpreter's exit gave SIGPROF its default action back, and they died of it ("was sent SIGPROF!")."""
+    s = Server(tmp_path)
+    s.g.args = ("--worker-class", worker_class, "--threads", "2")
+    try:
+        s.start()
+        old = set(s.pids())
+        loader = background_load(s.g.port, "/work?ms=5", 3.0)
+        with ThreadPoolExecutor(1) as pool:
+            profile = pool.submit(http_get, s.url("/profile?seconds=10"), None, 30)
+            poll(lambda: all(profile_timers(pid) for pid in old), timeout=10, message="the profile's timers armed")
+            os.kill(s.g.pid, signal.SIGHUP)
+            poll(lambda: not old & set(s.pids()) and len(s.pids()) == 2, timeout=30, message="the workers replaced")
+            profile.result()
+        loader.join()
+        assert "was sent SIGPROF" not in s.g.log_text(), s.g.log_text()[-3000:]
+    finally:
+        s.g.stop()
+
+
 def test_heap_with_tracemalloc_at_boot(tmp_path, gotmp):
     go_binary()
     s = Server(tmp_path, ROCKSTAR_HEAP_TRACEMALLOC_AT_BOOT="1")

@@ -37,6 +37,7 @@ rockstar-mp's own threads (control, monitor, profile) are left out of every prof
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import signal
@@ -164,9 +165,18 @@ def install_signal_handler() -> bool:
         if previous not in (signal.SIG_DFL, signal.SIG_IGN, None):
             return False  # someone else profiles with SIGPROF: leave theirs alone
         signal.signal(signal.SIGPROF, _on_sigprof)
+        atexit.register(_ignore_sigprof_at_exit)
         return True
     except (ValueError, OSError, AttributeError):
         return False
+
+
+def _ignore_sigprof_at_exit() -> None:
+    """At interpreter exit, ignore SIGPROF. The finalizing interpreter gives every signal that has a Python
+    handler back its default action, and SIGPROF's kills: a worker that exited gracefully (HUP,
+    max_requests) while a profile's timers were armed died of SIGPROF instead ("was sent SIGPROF!")."""
+    if signal_handler_installed() and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPROF, signal.SIG_IGN)
 
 
 def signal_handler_installed() -> bool:
