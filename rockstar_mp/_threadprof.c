@@ -1,11 +1,12 @@
-/* rockstar_mp._threadprof: the CPU profile of a threaded worker, sampled by each thread itself.
+/* rockstar_mp._threadprof: CPU profiles of sync and gthread workers, each thread sampled by itself.
  *
  * rockstar_mp/profiling/thread_signals.py drives it: it arms one POSIX timer per sampled thread on that
  * thread's CPU clock, sending SIGPROF to the thread itself (SIGEV_THREAD_ID), every 1/hz s of the CPU
  * time the thread uses. The handler here runs on the thread that used it, at that moment, wherever it
  * is (Python code, a C call holding the GIL or not), so no sampler thread wakes and no GIL changes
- * hands per sample: the thread sampler of samplers.py cost 130-180 us of the worker's CPU per wake,
- * mostly the kernel's wake and the GIL hand-over, and saw a stack late.
+ * hands per sample: the thread sampler of samplers.py cost 110-190 us of the worker's CPU per wake,
+ * mostly the kernel's wake and the GIL hand-over, and saw a stack late; CPython runs a Python SIGPROF
+ * handler only at its next check, after the C call it interrupted.
  *
  * What the handler does, all of it async-signal-safe (no allocation, no lock, no Python call):
  *   - finds the thread's own PyThreadState (PyGILState_GetThisThreadState: a pthread_getspecific; the
