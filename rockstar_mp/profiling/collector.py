@@ -9,7 +9,7 @@ from . import samplers, thread_signals
 from .heap import heap_profile
 from .proto import encode
 from .rendering import DEFAULT_SECONDS, KINDS, render
-from .samplers import Busy, block_profile, install_signal_handler, wall_profile
+from .samplers import block_profile, install_signal_handler, wall_profile
 from .threads import thread_dump, threadcreate_dump
 from .trace import trace_events
 
@@ -73,8 +73,7 @@ class cpu_profile:
     def __enter__(self) -> "cpu_profile":
         if not install_signal_handler():
             raise RuntimeError("cpu_profile needs the main thread (and SIGPROF free)")
-        if not samplers.CPU_LOCK.acquire(blocking=False):
-            raise Busy("a CPU profile is already running in this process")
+        samplers.take_cpu_profile_slot()
         self._profile = samplers.SignalProfile(self.hz)
         self._profile.start()
         return self

@@ -219,12 +219,18 @@ def _sleep(seconds: float, stop: threading.Event | None) -> None:
         native.sleep(seconds)
 
 
+def take_cpu_profile_slot() -> None:
+    """Take the process's one CPU profile slot (``CPU_LOCK``: release it when done), or raise ``Busy``
+    (HTTP 409) if a CPU profile is already running here."""
+    if not CPU_LOCK.acquire(blocking=False):
+        raise Busy("a CPU profile is already running in this process")
+
+
 def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto",
                 stop: threading.Event | None = None, internal: bool = False) -> dict:
     """A CPU profile of this process over ``seconds`` (raw form): samples/count and cpu/nanoseconds."""
     hz = max(1, min(int(hz), MAX_HZ))
-    if not CPU_LOCK.acquire(blocking=False):
-        raise Busy("a CPU profile is already running in this process")
+    take_cpu_profile_slot()
     try:
         mode = choose_cpu_mode(mode)
         if mode == "signal":

@@ -191,9 +191,7 @@ def cpu_profile(seconds: float, hz: int = 100, mode: str = "auto", stop: threadi
     """A CPU profile of this process over ``seconds`` (raw form): by the threads themselves where
     ``self_sampling(mode)``, else as ``samplers.cpu_profile`` chooses (also if the handler cannot start)."""
     if self_sampling(mode):
-        hz = max(1, min(int(hz), samplers.MAX_HZ))
-        if not samplers.CPU_LOCK.acquire(blocking=False):
-            raise samplers.Busy("a CPU profile is already running in this process")
+        samplers.take_cpu_profile_slot()
         try:
             return SignalThreadSampler(hz, internal=internal).run(seconds, stop).cpu_raw()
         except OSError:
