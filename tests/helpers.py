@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -139,6 +140,30 @@ def poll(check, timeout: float = 10.0, interval: float = 0.05, message: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
         time.sleep(interval)
+
+
+def posix_timers(pid: int | str = "self") -> list[tuple[int, str, int]]:
+    """``[(signal, notify, tid whose CPU clock it counts (or -1)), ...]`` of the POSIX timers of the process
+    ``pid`` (``/proc/PID/timers``; none if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/timers") as f:
+            text = f.read()
+    except FileNotFoundError:
+        if not os.path.exists("/proc/self/timers"):
+            import pytest
+            pytest.fail("/proc/PID/timers is missing (a kernel without CONFIG_CHECKPOINT_RESTORE)")
+        return []
+    out = []
+    for signo, notify, clock in re.findall(r"signal: (\d+)/\S*\nnotify: (\S+)\nClockID: (-?\d+)", text):
+        clock_id = int(clock)
+        tid = ~((clock_id - 6) >> 3) if clock_id < 0 and clock_id & 7 == 6 else -1
+        out.append((int(signo), notify, tid))
+    return out
+
+
+def profiling_cpu(pids) -> bool:
+    """Does every process of ``pids`` have a timer sending SIGPROF (a CPU profile running in it)?"""
+    return all(any(signo == int(signal.SIGPROF) for signo, _, _ in posix_timers(pid)) for pid in pids)
 
 
 def http_get(url: str, headers: dict | None = None, timeout: float = 5.0):

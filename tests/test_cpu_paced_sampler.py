@@ -15,26 +15,10 @@ import signal
 import threading
 import time
 
-import pytest
-
 from rockstar_mp.profiling import samplers
-from tests.helpers import poll
+from tests.helpers import poll, posix_timers
 
 SIGPROF_BIT = 1 << (int(signal.SIGPROF) - 1)
-
-
-def posix_timers() -> list[tuple[int, str, int]]:
-    """``[(signal, notify, tid whose CPU clock it counts (or -1)), ...]`` of this process's POSIX timers."""
-    try:
-        text = open("/proc/self/timers").read()
-    except FileNotFoundError:
-        pytest.fail("/proc/self/timers is missing (a kernel without CONFIG_CHECKPOINT_RESTORE)")
-    out = []
-    for signo, notify, clock in re.findall(r"signal: (\d+)/\S*\nnotify: (\S+)\nClockID: (-?\d+)", text):
-        clock_id = int(clock)
-        tid = ~((clock_id - 6) >> 3) if clock_id < 0 and clock_id & 7 == 6 else -1
-        out.append((int(signo), notify, tid))
-    return out
 
 
 def status_mask(path: str, field: str) -> int:

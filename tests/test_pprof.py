@@ -24,7 +24,7 @@ import pytest
 from rockstar_mp import profiling
 from rockstar_mp.config import MonitoringConfig
 from rockstar_mp.profiling.channel import ask_sync, socket_path
-from tests.helpers import Gunicorn, accepts, free_port, http_get, load, poll
+from tests.helpers import Gunicorn, accepts, free_port, http_get, load, poll, profiling_cpu
 
 APP = "tests.apps.pprof_app:app"
 BURN = "examples.app.burn_cpu"
@@ -237,7 +237,7 @@ def test_errors_are_go_style(server, path, status):
 def test_second_cpu_profile_gets_409(server):
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(http_get, server.url("/profile?seconds=2"), None, 20)
-        time.sleep(0.5)  # a point in time inside the first profile's 2 s window, not an event to wait for
+        poll(lambda: profiling_cpu(server.pids()), timeout=10, message="the first profile running in every worker")
         started = time.monotonic()
         code, headers, body = http_get(server.url("/profile?seconds=1"))
         assert code == 409 and headers["X-Go-Pprof"] == "1", body
@@ -295,7 +295,7 @@ def test_worker_killed_mid_profile(server):
     with ThreadPoolExecutor(2) as pool:
         merged = pool.submit(http_get, server.url("/profile?seconds=3"), None, 30)
         single = pool.submit(http_get, server.url(f"/wall?seconds=3&pid={victim}"), None, 30)
-        time.sleep(1.0)  # a point in time inside the profiles' 3 s windows, not an event to wait for
+        poll(lambda: profiling_cpu((victim, survivor)), timeout=10, message="the profiles running in both workers")
         started = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         code, headers, body = merged.result()
@@ -394,15 +394,6 @@ def test_gthread_cpu_profile(tmp_path, gotmp):
         s.g.stop()
 
 
-def profile_timers(pid: int) -> int:
-    """How many POSIX timers sending SIGPROF the process ``pid`` has (``/proc/PID/timers``)."""
-    try:
-        with open(f"/proc/{pid}/timers") as f:
-            return len(re.findall(rf"^signal: {int(signal.SIGPROF)}/", f.read(), re.M))
-    except FileNotFoundError:
-        return 0
-
-
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
 def test_workers_leaving_mid_profile_exit_cleanly(tmp_path, worker_class):
     """A profile's timers still armed as workers exit gracefully (HUP: the master replaces them): the
@@ -415,7 +406,7 @@ def test_workers_leaving_mid_profile_exit_cleanly(tmp_path, worker_class):
         loader = background_load(s.g.port, "/work?ms=5", 3.0)
         with ThreadPoolExecutor(1) as pool:
             profile = pool.submit(http_get, s.url("/profile?seconds=10"), None, 30)
-            poll(lambda: all(profile_timers(pid) for pid in old), timeout=10, message="the profile's timers armed")
+            poll(lambda: profiling_cpu(old), timeout=10, message="the profile's timers armed")
             os.kill(s.g.pid, signal.SIGHUP)
             poll(lambda: not old & set(s.pids()) and len(s.pids()) == 2, timeout=30, message="the workers replaced")
             profile.result()

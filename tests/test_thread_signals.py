@@ -16,8 +16,7 @@ import time
 import pytest
 
 from rockstar_mp.profiling import frames, samplers, thread_signals
-from tests.helpers import poll
-from tests.test_cpu_paced_sampler import posix_timers
+from tests.helpers import poll, posix_timers
 
 BUFFER = bytes(32 << 20)
 POINTS = 5.0
