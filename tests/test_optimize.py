@@ -56,10 +56,8 @@ def test_usr1_to_the_master_optimizes_every_worker_and_still_reopens_logs(gunico
     access_log.rename(rotated)  # logrotate's move; gunicorn keeps writing the old file until USR1
 
     server.signal(signal.SIGUSR1)
-    sent = time.monotonic()
     after = poll(lambda: (c := counts(server)) and all(c.get(pid) == 1 for pid in before) and c,
                  timeout=limit(5), interval=0.02, message="every worker optimized once")
-    assert time.monotonic() - sent < limit(2.0)
     assert after == {pid: 1 for pid in before}
 
     # gunicorn's own USR1 work happened too: master and workers reopened their log files.
