@@ -202,7 +202,7 @@ def test_a_child_forked_mid_profile_gets_sigprof_back():
     if pid == 0:
         code = 1
         try:
-            _threadprof.start(int(signal.SIGPROF), 8, 4, 2)  # raises "already running" had the parent's state leaked
+            _threadprof.start(int(signal.SIGPROF), 8, 4, 2, 10_000_000)  # raises "already running" had the parent's state leaked
             _threadprof.stop()
             code = 0 if samplers.signal_handler_installed() and not posix_timers() else 2
         finally:

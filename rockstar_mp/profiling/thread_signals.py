@@ -105,7 +105,7 @@ class SignalThreadSampler(ThreadSampler):
         me = native.get_ident()
         timers = PosixTimers.shared()
         armed: dict[int, ctypes.c_void_p] = {}  # tid -> its timer
-        _threadprof.start(int(SIGNAL), RING_CAPACITY, _frames.MAX_DEPTH, MAX_THREADS)
+        _threadprof.start(int(SIGNAL), RING_CAPACITY, _frames.MAX_DEPTH, MAX_THREADS, 1_000_000_000 // self.hz)
         try:
             while True:
                 self._arm(timers, armed, {tid for _, tid in self._sampled(me)})
@@ -171,7 +171,8 @@ class SignalThreadSampler(ThreadSampler):
                 "not be read")
         return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
                          f"clock: per-thread CPU time, {self.pacing}, weighted by the thread's CPU since its "
-                         f"previous sample; {counts.get('samples', 0)} samples, their handlers "
+                         f"previous sample; {counts.get('samples', 0)} samples ({counts.get('wall_starts', 0)} busy "
+                         f"spells), their handlers "
                          f"{counts.get('handler_ns', 0) / 1e6:.1f} ms in all; the drain: {self.wakes} wakes, "
                          f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU" + lost)
 
