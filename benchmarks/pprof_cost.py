@@ -141,7 +141,8 @@ def sampler_cost(comments: list[str]) -> dict | None:
     found = [m for m in found if m]
     if not found:
         return None
-    handlers = [m for m in (re.search(r"(\d+) samples, their handlers ([\d.]+) ms in all", c) for c in comments) if m]
+    handlers = [m for m in (re.search(r"(\d+) samples(?: \([^)]*\))?, their handlers ([\d.]+) ms in all", c)
+                            for c in comments) if m]
     return {"wakes": sum(int(m.group(1)) for m in found), "own_ms": sum(float(m.group(2)) for m in found),
             "samples": sum(int(m.group(1)) for m in handlers), "handler_ms": sum(float(m.group(2)) for m in handlers)}
 

@@ -2,9 +2,12 @@
  *
  * rockstar_mp/profiling/thread_signals.py drives it: it arms one POSIX timer per sampled thread on that
  * thread's CPU clock, sending SIGPROF to the thread itself (SIGEV_THREAD_ID), every 1/hz s of the CPU
- * time the thread uses. The handler here runs on the thread that used it, at that moment, wherever it
- * is (Python code, a C call holding the GIL or not), so no sampler thread wakes and no GIL changes
- * hands per sample: the thread sampler of samplers.py cost 110-190 us of the worker's CPU per wake,
+ * time the thread uses. That signal only says the thread is busy: the handler here then arms the
+ * thread's wall-clock timer (made by track()), whose signals, at random moments 1/hz s apart on average,
+ * are the samples, until one finds the thread idle (a CPU timer is checked at scheduler ticks, which a
+ * loaded machine's slices can miss: thread_signals.py's docstring). The handler runs on the sampled
+ * thread, at that moment, wherever it is (Python code, a C call holding the GIL or not), so no sampler
+ * thread wakes and no GIL changes hands per sample: the thread sampler of samplers.py cost 110-190 us of the worker's CPU per wake,
  * mostly the kernel's wake and the GIL hand-over, and saw a stack late; CPython runs a Python SIGPROF
  * handler only at its next check, after the C call it interrupted.
  *
@@ -70,12 +73,14 @@ typedef struct {
 typedef struct {
     _Atomic long tid; /* 0: free */
     int64_t last_cpu; /* written only by the thread's own handler once tracked */
-    timer_t wall;     /* the thread's wall-clock timer (has_wall), armed only while it is busy (walling) */
-    int has_wall;
+    timer_t cpu;      /* on the thread's CPU clock: armed while it is idle, says when it is busy */
+    timer_t wall;     /* on the wall clock: armed while it is busy (walling), its signals are the samples */
     int walling;      /* changed only by the thread's own handler once tracked */
-    uint64_t seed;    /* the wall timer's first-expiry jitter (xorshift) */
+    uint64_t seed;    /* the wall timer's gaps are random (xorshift) */
     int64_t due;      /* the wall timer's next expiry, CLOCK_MONOTONIC ns */
+    int64_t target;   /* its CPU clock at the next sample: a random gap of CPU after the previous one */
     int64_t signalled_cpu; /* its CPU clock at the previous signal */
+    int64_t idle_since; /* the monotonic clock when wall signals began to find it idle, 0 if busy */
 } Tracked;
 
 enum { SAMPLES, RING_FULL, UNTRACKED, NO_PYTHON, CUT_CHAINS, NO_CPU, WALL_STARTS, COUNTERS };
@@ -89,8 +94,10 @@ static char *ring;
 static size_t ring_capacity, sample_size;
 static int max_depth;
 static int64_t period_ns; /* 1/hz */
-#define IDLE_SHARE 32 /* a thread that used less than 1/IDLE_SHARE of a period's wall time is idle */
+#define IDLE_SHARE 32 /* a thread that used less than 1/IDLE_SHARE of a period between two signals is idle */
+#define IDLE_NS 1000000000LL /* idle this long, a thread goes back to its CPU timer */
 #define ON_TIME_NS 200000 /* a wall signal handled within this of its expiry did not wait for a core */
+#define SLACK_NS 100000 /* a wall signal this close to the CPU target samples (the handler's own time) */
 static _Atomic uint64_t ring_head; /* the next index a handler claims */
 static _Atomic uint64_t ring_tail; /* the next index the drain reads */
 
@@ -191,59 +198,84 @@ static Tracked *signalled_thread(const siginfo_t *info, long *tid) {
     return tracked_thread(*tid);
 }
 
-/* The next wall sample of a busy thread, a random time from now: from 1 ns to a period for the first one
- * (first), else from half a period to one and a half. Each gap drawn afresh, the moments fall where its CPU
- * goes whatever the phase of the scheduler's ticks: with a fixed period equal to the tick's, one phase
- * held for a whole profile saw a Python loop's slices (which end at a system call, before the next tick)
- * in 10 % of the samples for 34 % of the CPU. */
-static void arm_wall(Tracked *thread, int first) {
+static void set_timer(timer_t timer, int64_t first, int64_t interval) {
+    struct itimerspec spec = {{interval / 1000000000, interval % 1000000000}, {first / 1000000000, first % 1000000000}};
+    timer_settime(timer, 0, &spec, NULL);
+}
+
+/* A random gap of CPU to the next sample: from 1 ns to a period after the thread became busy (first),
+ * else from half a period to one and a half. Drawn afresh each time, the samples fall where its CPU goes,
+ * whatever the phase of the scheduler's ticks: a fixed period equal to the tick's held one phase for a
+ * whole profile, which saw a Python loop's slices (ending at a system call, before the next tick) in 10 %
+ * of the samples for 34 % of the CPU. */
+static int64_t draw_gap(Tracked *thread, int first) {
     thread->seed ^= thread->seed << 13;
     thread->seed ^= thread->seed >> 7;
     thread->seed ^= thread->seed << 17;
-    int64_t delay = first ? 1 + (int64_t)(thread->seed % (uint64_t)period_ns)
-                          : period_ns / 2 + (int64_t)(thread->seed % (uint64_t)period_ns);
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    thread->due = timespec_ns(&now) + delay;
-    struct itimerspec spec = {{0, 0}, {delay / 1000000000, delay % 1000000000}};
-    thread->walling = timer_settime(thread->wall, 0, &spec, NULL) == 0;
+    return first ? 1 + (int64_t)(thread->seed % (uint64_t)period_ns)
+                 : period_ns / 2 + (int64_t)(thread->seed % (uint64_t)period_ns);
 }
 
-static void stop_wall(Tracked *thread) {
-    struct itimerspec off;
-    memset(&off, 0, sizeof off);
-    timer_settime(thread->wall, 0, &off, NULL);
-    thread->walling = 0;
+/* The wall timer set for when the thread reaches its CPU target, were it to run all the while, and at
+ * least least_ns from now. */
+static void arm_wall(Tracked *thread, int64_t cpu, int64_t now, int64_t least_ns) {
+    int64_t delay = thread->target - cpu;
+    if (delay < least_ns)
+        delay = least_ns;
+    thread->due = now + delay;
+    set_timer(thread->wall, delay, 0);
 }
 
-/* A thread with a wall timer: whether to sample it on this signal, its CPU clock reading cpu. Its CPU
- * timer's signal (it became busy, at a scheduler tick) starts the wall timer and is not a sample; each wall
- * signal is one, and draws the next moment. A wall signal handled on time (so it did not wait for a core)
- * after next to no CPU since the previous one found the thread idle: back to its CPU timer, which costs
- * an idle thread nothing. */
+/* Whether to sample the thread on this signal, its CPU clock reading cpu: a CPU timer kept exactly on
+ * the wall clock. Its CPU timer's signal (it became busy; checked at a scheduler tick) is not a sample: it
+ * swaps the CPU timer for the wall timer and draws the CPU target of the first sample. A wall signal
+ * samples if the thread reached its target (it ran all the while), else sets the wall timer again for the
+ * CPU still to go (it waited for a core, or slept). A wall signal handled on time (so it did not wait
+ * for a core) after next to no CPU since the previous one found the thread idle, and is no sample; idle for IDLE_NS, it
+ * goes back to its CPU timer, which costs an idle thread nothing. Not sooner: the CPU timer is checked at
+ * scheduler ticks, and a loaded machine's slices can miss them for a whole request that starts with a
+ * Python loop (the wall timer wakes an idle thread about hz times a second meanwhile). So the samples
+ * fall at random moments of the thread's CPU time, however the scheduler cut it into slices. */
 static int sampled_now(Tracked *thread, const siginfo_t *info, int64_t cpu) {
     int from_wall = info != NULL && info->si_code == SI_TIMER && info->si_value.sival_int < 0;
+    if (from_wall != thread->walling)
+        return 0; /* a signal of the timer just swapped out */
+    struct timespec clock;
+    clock_gettime(CLOCK_MONOTONIC, &clock);
+    int64_t now = timespec_ns(&clock), used = cpu - thread->signalled_cpu;
+    thread->signalled_cpu = cpu;
     if (!from_wall) {
-        if (thread->walling)
-            return 0; /* its CPU timer, while the wall timer samples it */
-        arm_wall(thread, 1);
-        if (!thread->walling)
-            return 1;
-        thread->signalled_cpu = cpu;
+        set_timer(thread->cpu, 0, 0);
+        thread->walling = 1;
+        thread->idle_since = 0;
+        thread->target = cpu + draw_gap(thread, 1);
+        arm_wall(thread, cpu, now, 1000);
         atomic_fetch_add(&counters[WALL_STARTS], 1);
         return 0;
     }
-    if (!thread->walling)
-        return 0; /* sent before it was stopped */
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    int on_time = timespec_ns(&now) - thread->due <= ON_TIME_NS;
-    if (on_time && cpu - thread->signalled_cpu < period_ns / IDLE_SHARE)
-        stop_wall(thread);
-    else
-        arm_wall(thread, 0);
-    thread->signalled_cpu = cpu;
-    return 1;
+    int idle = now - thread->due <= ON_TIME_NS && used < period_ns / IDLE_SHARE;
+    if (!idle && cpu + SLACK_NS >= thread->target) {
+        thread->idle_since = 0;
+        thread->target = cpu + draw_gap(thread, 0);
+        arm_wall(thread, cpu, now, 1000);
+        return 1;
+    }
+    if (!idle)
+        thread->idle_since = 0;
+    else if (thread->idle_since == 0)
+        thread->idle_since = now;
+    if (idle && now - thread->idle_since >= IDLE_NS) {
+        thread->walling = 0;
+        thread->idle_since = 0;
+        set_timer(thread->wall, 0, 0);
+        set_timer(thread->cpu, period_ns, period_ns);
+        return 0; /* the CPU since its previous sample goes to its next one */
+    }
+    /* Idle (the wall timer's own wake-ups add to its CPU, not to a sample), or it waited for a core: its
+     * CPU target in no less than half a period, a period if idle, so an idle thread wakes hz times a
+     * second at most. */
+    arm_wall(thread, cpu, now, idle ? period_ns : period_ns / 2);
+    return 0;
 }
 
 static int claim(uint64_t *index) {
@@ -273,7 +305,7 @@ static void take_sample(const siginfo_t *info) {
     if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now) != 0)
         return;
     int64_t cpu = timespec_ns(&now), used = cpu - thread->last_cpu;
-    if (thread->has_wall && !sampled_now(thread, info, cpu))
+    if (!sampled_now(thread, info, cpu))
         return; /* the CPU it used goes to its next sample */
     if (used <= 0) {
         atomic_fetch_add(&counters[NO_CPU], 1);
@@ -361,23 +393,21 @@ static void release(void) {
     atomic_store(&tracked_end, 0);
 }
 
-/* A CLOCK_MONOTONIC timer, disarmed, that will send the profile's signal to thread tid with -(place + 1):
- * 1 if made. Without one the thread is sampled on its CPU timer alone. */
-static int create_wall_timer(long tid, int place, timer_t *timer) {
+/* A timer on clock that sends the profile's signal to thread tid with value (its place + 1: the CPU
+ * timer; negated: the wall timer). 0, or -1 with errno. */
+static int make_timer(clockid_t clock, long tid, int value, timer_t *timer) {
     struct sigevent event;
     memset(&event, 0, sizeof event);
     event.sigev_notify = SIGEV_THREAD_ID;
     event.sigev_signo = running_signo;
-    event.sigev_value.sival_int = -(place + 1);
+    event.sigev_value.sival_int = value;
     event._sigev_un._tid = (pid_t)tid;
-    return timer_create(CLOCK_MONOTONIC, &event, timer) == 0;
+    return timer_create(clock, &event, timer);
 }
 
-static void delete_wall_timer(Tracked *thread) {
-    if (thread->has_wall) {
-        timer_delete(thread->wall);
-        thread->has_wall = 0;
-    }
+static void delete_timers(Tracked *thread) {
+    timer_delete(thread->cpu);
+    timer_delete(thread->wall);
 }
 
 static PyObject *py_start(PyObject *module, PyObject *args) {
@@ -444,7 +474,8 @@ static PyObject *py_stop(PyObject *module, PyObject *unused) {
     /* No handler arms a wall timer now: delete them (and their pending signals) before the signal goes back. */
     int end = atomic_load(&tracked_end);
     for (int i = 0; i < end; i++)
-        delete_wall_timer(&tracked[i]);
+        if (atomic_load(&tracked[i].tid) != 0)
+            delete_timers(&tracked[i]);
     sigaction(running_signo, &previous_action, NULL);
     running = 0;
     PyObject *rows = py_drain(module, NULL);
@@ -467,11 +498,18 @@ static PyObject *py_track(PyObject *module, PyObject *args) {
         return PyLong_FromLong(0); /* the thread is gone */
     for (int i = 0; i < tracked_capacity; i++) {
         if (atomic_load(&tracked[i].tid) == 0) {
-            tracked[i].last_cpu = timespec_ns(&now);
-            tracked[i].walling = 0;
-            tracked[i].seed = (uint64_t)tid * 0x9E3779B97F4A7C15ull | 1;
-            tracked[i].has_wall = create_wall_timer(tid, i, &tracked[i].wall);
-            atomic_store_explicit(&tracked[i].tid, tid, memory_order_release);
+            Tracked *thread = &tracked[i];
+            thread->last_cpu = thread->signalled_cpu = timespec_ns(&now);
+            thread->walling = 0;
+            thread->seed = (uint64_t)tid * 0x9E3779B97F4A7C15ull | 1;
+            if (make_timer((clockid_t)clock, tid, i + 1, &thread->cpu) != 0)
+                return PyLong_FromLong(0); /* the thread is gone, or no timer: not sampled */
+            if (make_timer(CLOCK_MONOTONIC, tid, -(i + 1), &thread->wall) != 0) {
+                timer_delete(thread->cpu);
+                return PyLong_FromLong(0);
+            }
+            atomic_store_explicit(&thread->tid, tid, memory_order_release);
+            set_timer(thread->cpu, period_ns, period_ns);
             if (i >= atomic_load(&tracked_end))
                 atomic_store_explicit(&tracked_end, i + 1, memory_order_release);
             return PyLong_FromLong(i + 1);
@@ -489,7 +527,7 @@ static PyObject *py_untrack(PyObject *module, PyObject *args) {
     Tracked *thread = running ? tracked_thread(tid) : NULL;
     if (thread != NULL) {
         atomic_store(&thread->tid, 0);
-        delete_wall_timer(thread); /* a signal already sent finds no thread at its place: counted */
+        delete_timers(thread); /* a signal already sent finds no thread at its place: counted */
     }
     Py_RETURN_NONE;
 }
@@ -578,13 +616,13 @@ static PyObject *py_code_at(PyObject *module, PyObject *arg) {
 
 static PyMethodDef methods[] = {
     {"start", py_start, METH_VARARGS,
-     "start(signo, capacity, depth, threads): take over signo with the sampling handler (raises OSError "
-     "where this interpreter or the system cannot)."},
+     "start(signo, capacity, depth, threads, period_ns): take over signo with the sampling handler (raises "
+     "OSError where this interpreter or the system cannot)."},
     {"stop", py_stop, METH_NOARGS, "Give the signal back, wait for running handlers, and drain() a last time."},
     {"track", py_track, METH_VARARGS,
-     "track(tid, cpu clock id) -> its place + 1, the si_value its timer sends: sample the thread tid from now "
-     "(0: gone, or the table is full)."},
-    {"untrack", py_untrack, METH_VARARGS, "untrack(tid): forget an ended thread."},
+     "track(tid, cpu clock id) -> its place + 1: sample the thread tid from now, on two timers made for it "
+     "(0: gone, no timer, or the table is full)."},
+    {"untrack", py_untrack, METH_VARARGS, "untrack(tid): forget an ended thread, deleting its timers."},
     {"drain", py_drain, METH_NOARGS, "[(tid, cpu_ns, (code address, lasti, ...) leaf first), ...]"},
     {"code_at", py_code_at, METH_O, "code_at(address): the live code object there (a sample's frame), or None."},
     {"counters", py_counters, METH_NOARGS, "The handlers' counts since start(), lost_ns and handler_ns (their own time)."},

@@ -1,6 +1,7 @@
 """Threads that sample themselves (``profiling/thread_signals.py``, ``_threadprof.c``), in this process: the
 CPU of a Python spin and of a long C call that releases the GIL charged where the threads' own clocks
-say; the stacks keyed as ``frames.capture_key`` keys them; every bound (the ring, the thread table)
+say; a busy thread sampled on its wall timer, an idle one back on its CPU timer; the stacks keyed as
+``frames.capture_key`` keys them; every bound (the ring, the thread table)
 overflowing into a count, never past it; deep and generator-heavy stacks sampled at 1 kHz while they
 grow and shrink; a fork in the middle of a profile; and the sampler thread where SIGPROF is someone
 else's. The gthread worker's profiles against py-spy and the truth are ``test_profile_accuracy``'s."""
@@ -109,6 +110,48 @@ def test_python_and_a_long_c_call_are_charged_by_the_threads_own_clocks():
     assert "sampled in a SIGPROF handler" in comment and "lost: 0 samples" in comment, comment
 
 
+class Napper(threading.Thread):
+    """Spins ``BUSY_MS`` of its CPU, then sleeps ``IDLE_S``, until stopped."""
+
+    BUSY_MS, IDLE_S = 200, 1.3  # longer than _threadprof.c's IDLE_NS: back to its CPU timer each time
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.stop = stop
+        self.spells = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            spin(self.BUSY_MS)
+            self.spells += 1
+            self.stop.wait(self.IDLE_S)
+
+
+def test_a_busy_thread_is_sampled_on_its_wall_timer_and_its_cpu_timer_takes_over_when_idle():
+    """Its CPU timer starts a busy spell (not a sample); the wall timer then samples it every 1/hz s of its
+    CPU (no sample while it sleeps, though the wall timer looks in); idle for a second, it is back on its
+    CPU timer, so each spell here starts afresh."""
+    stop, hz = threading.Event(), 200
+    napper = Napper(stop)
+    napper.start()
+    poll(lambda: napper.native_id is not None, timeout=5, message="the thread running")
+    cpu_clock = samplers.thread_cpu_clock(napper.native_id)
+    try:
+        before = time.clock_gettime(cpu_clock), napper.spells
+        sampler = thread_signals.SignalThreadSampler(hz).run(4.0)
+        used, spells = time.clock_gettime(cpu_clock) - before[0], napper.spells - before[1]
+    finally:
+        stop.set()
+        napper.join()
+    mine = [cell for (ident, _), cell in sampler.cpu.items() if ident == napper.ident]
+    samples, charged = sum(c[0] for c in mine), sum(c[1] for c in mine) / 1e9
+    assert spells >= 2 and sampler.counts["wall_starts"] >= spells - 1, (spells, sampler.counts)
+    # about hz samples per CPU second it used; sampled whenever the wall timer looked in, a second of
+    # sleep after each spell would add some 200
+    assert samples <= used * hz * 1.25 + 10, (samples, used, spells)
+    assert abs(charged - used) <= 0.1 * used, (charged, used)
+
+
 def test_stacks_are_keyed_as_capture_key_keys_them():
     """A thread parked in a known spot is sampled at exactly the key ``capture_key`` gives its frame."""
     here: dict = {"stop": False}
@@ -202,7 +245,8 @@ def test_a_child_forked_mid_profile_gets_sigprof_back():
     if pid == 0:
         code = 1
         try:
-            _threadprof.start(int(signal.SIGPROF), 8, 4, 2, 10_000_000)  # raises "already running" had the parent's state leaked
+            # raises "already running" had the parent's state leaked
+            _threadprof.start(int(signal.SIGPROF), 8, 4, 2, 10_000_000)
             _threadprof.stop()
             code = 0 if samplers.signal_handler_installed() and not posix_timers() else 2
         finally:
