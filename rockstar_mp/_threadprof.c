@@ -2,14 +2,15 @@
  *
  * rockstar_mp/profiling/thread_signals.py drives it: it arms one POSIX timer per sampled thread on that
  * thread's CPU clock, sending SIGPROF to the thread itself (SIGEV_THREAD_ID), every 1/hz s of the CPU
- * time the thread uses. That signal only says the thread is busy: the handler here then arms the
- * thread's wall-clock timer (made by track()), whose signals, at random moments 1/hz s apart on average,
- * are the samples, until one finds the thread idle (a CPU timer is checked at scheduler ticks, which a
- * loaded machine's slices can miss: thread_signals.py's docstring). The handler runs on the sampled
- * thread, at that moment, wherever it is (Python code, a C call holding the GIL or not), so no sampler
- * thread wakes and no GIL changes hands per sample: the thread sampler of samplers.py cost 110-190 us of the worker's CPU per wake,
- * mostly the kernel's wake and the GIL hand-over, and saw a stack late; CPython runs a Python SIGPROF
- * handler only at its next check, after the C call it interrupted.
+ * time the thread uses. That signal only says the thread is busy: the handler here then swaps it for the
+ * thread's wall-clock timer, kept on the thread's CPU clock by hand (sampled_now), so that the samples
+ * fall at random moments of its CPU time (a CPU timer is checked at scheduler ticks, which a loaded
+ * machine's slices can miss: thread_signals.py's docstring). track() makes both timers. The handler
+ * runs on the sampled thread, at that moment, wherever it is (Python code, a C call holding the GIL or
+ * not), so no sampler thread wakes and no GIL changes hands per sample: the thread sampler of
+ * samplers.py cost 110-190 us of the worker's CPU per wake, mostly the kernel's wake and the GIL
+ * hand-over, and saw a stack late; CPython runs a Python SIGPROF handler only at its next check, after
+ * the C call it interrupted.
  *
  * What the handler does, all of it async-signal-safe (no allocation, no lock, no Python call):
  *   - finds the thread's own PyThreadState (PyGILState_GetThisThreadState: a pthread_getspecific; the
@@ -81,6 +82,7 @@ typedef struct {
     int64_t target;   /* its CPU clock at the next sample: a random gap of CPU after the previous one */
     int64_t signalled_cpu; /* its CPU clock at the previous signal */
     int64_t idle_since; /* the monotonic clock when wall signals began to find it idle, 0 if busy */
+    int64_t look;     /* the wall gap while it is short of its target, doubled while it is idle */
 } Tracked;
 
 enum { SAMPLES, RING_FULL, UNTRACKED, NO_PYTHON, CUT_CHAINS, NO_CPU, WALL_STARTS, COUNTERS };
@@ -96,6 +98,7 @@ static int max_depth;
 static int64_t period_ns; /* 1/hz */
 #define IDLE_SHARE 32 /* a thread that used less than 1/IDLE_SHARE of a period between two signals is idle */
 #define IDLE_NS 1000000000LL /* idle this long, a thread goes back to its CPU timer */
+#define MAX_LOOK 8 /* periods between two looks at an idle thread at most */
 #define ON_TIME_NS 200000 /* a wall signal handled within this of its expiry did not wait for a core */
 #define SLACK_NS 100000 /* a wall signal this close to the CPU target samples (the handler's own time) */
 static _Atomic uint64_t ring_head; /* the next index a handler claims */
@@ -199,7 +202,8 @@ static Tracked *signalled_thread(const siginfo_t *info, long *tid) {
 }
 
 static void set_timer(timer_t timer, int64_t first, int64_t interval) {
-    struct itimerspec spec = {{interval / 1000000000, interval % 1000000000}, {first / 1000000000, first % 1000000000}};
+    struct itimerspec spec = {{interval / 1000000000, interval % 1000000000},
+                              {first / 1000000000, first % 1000000000}};
     timer_settime(timer, 0, &spec, NULL);
 }
 
@@ -226,55 +230,70 @@ static void arm_wall(Tracked *thread, int64_t cpu, int64_t now, int64_t least_ns
     set_timer(thread->wall, delay, 0);
 }
 
+/* A wall signal found the thread using CPU: looked at every period again, its CPU timer off. */
+static void not_idle(Tracked *thread) {
+    if (thread->idle_since != 0)
+        set_timer(thread->cpu, 0, 0);
+    thread->idle_since = 0;
+    thread->look = period_ns;
+}
+
 /* Whether to sample the thread on this signal, its CPU clock reading cpu: a CPU timer kept exactly on
  * the wall clock. Its CPU timer's signal (it became busy; checked at a scheduler tick) is not a sample: it
  * swaps the CPU timer for the wall timer and draws the CPU target of the first sample. A wall signal
  * samples if the thread reached its target (it ran all the while), else sets the wall timer again for the
  * CPU still to go (it waited for a core, or slept). A wall signal handled on time (so it did not wait
- * for a core) after next to no CPU since the previous one found the thread idle, and is no sample; idle for IDLE_NS, it
- * goes back to its CPU timer, which costs an idle thread nothing. Not sooner: the CPU timer is checked at
- * scheduler ticks, and a loaded machine's slices can miss them for a whole request that starts with a
- * Python loop (the wall timer wakes an idle thread about hz times a second meanwhile). So the samples
+ * for a core) after next to no CPU since the previous one found the thread idle, and is no sample; idle
+ * for IDLE_NS, it goes back to its CPU timer, which costs an idle thread nothing. Not sooner: the CPU
+ * timer is checked at scheduler ticks, and a loaded machine's slices can miss them for a whole request
+ * that starts with a Python loop (the wall timer wakes an idle thread hz times a second at most
+ * meanwhile). So the samples
  * fall at random moments of the thread's CPU time, however the scheduler cut it into slices. */
 static int sampled_now(Tracked *thread, const siginfo_t *info, int64_t cpu) {
     int from_wall = info != NULL && info->si_code == SI_TIMER && info->si_value.sival_int < 0;
-    if (from_wall != thread->walling)
+    if (from_wall && !thread->walling)
         return 0; /* a signal of the timer just swapped out */
+    if (!from_wall && thread->walling && thread->idle_since == 0)
+        return 0; /* its CPU timer's, sent as it was swapped out */
     struct timespec clock;
     clock_gettime(CLOCK_MONOTONIC, &clock);
     int64_t now = timespec_ns(&clock), used = cpu - thread->signalled_cpu;
     thread->signalled_cpu = cpu;
-    if (!from_wall) {
+    if (!from_wall) { /* busy, from idle: its CPU timer is armed only then */
         set_timer(thread->cpu, 0, 0);
         thread->walling = 1;
         thread->idle_since = 0;
+        thread->look = period_ns;
         thread->target = cpu + draw_gap(thread, 1);
         arm_wall(thread, cpu, now, 1000);
         atomic_fetch_add(&counters[WALL_STARTS], 1);
         return 0;
     }
     int idle = now - thread->due <= ON_TIME_NS && used < period_ns / IDLE_SHARE;
+    if (!idle)
+        not_idle(thread);
     if (!idle && cpu + SLACK_NS >= thread->target) {
-        thread->idle_since = 0;
         thread->target = cpu + draw_gap(thread, 0);
         arm_wall(thread, cpu, now, 1000);
         return 1;
     }
-    if (!idle)
-        thread->idle_since = 0;
-    else if (thread->idle_since == 0)
+    if (idle && thread->idle_since == 0) {
         thread->idle_since = now;
+        set_timer(thread->cpu, period_ns, period_ns); /* it tells when the thread is busy again, too */
+    } else if (idle && thread->look < MAX_LOOK * period_ns) {
+        thread->look *= 2;
+    }
     if (idle && now - thread->idle_since >= IDLE_NS) {
         thread->walling = 0;
         thread->idle_since = 0;
-        set_timer(thread->wall, 0, 0);
-        set_timer(thread->cpu, period_ns, period_ns);
+        set_timer(thread->wall, 0, 0); /* its CPU timer, armed since it became idle, stays */
         return 0; /* the CPU since its previous sample goes to its next one */
     }
-    /* Idle (the wall timer's own wake-ups add to its CPU, not to a sample), or it waited for a core: its
-     * CPU target in no less than half a period, a period if idle, so an idle thread wakes hz times a
-     * second at most. */
-    arm_wall(thread, cpu, now, idle ? period_ns : period_ns / 2);
+    /* Idle (the wall timer's own wake-ups add to its CPU, not to a sample), or it waited for a core or
+     * slept: its CPU target, looked at again in no less than a period (up to MAX_LOOK while it stays
+     * idle). A signal wakes a thread blocked in a lock, which takes the GIL to run pending calls before it
+     * waits again: at half a period, gthread's request threads cost 7.5 us of CPU a request. */
+    arm_wall(thread, cpu, now, thread->look);
     return 0;
 }
 

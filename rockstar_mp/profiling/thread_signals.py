@@ -1,10 +1,14 @@
 """CPU profiles of sync and gthread workers, each thread sampled by itself.
 
-One POSIX timer per sampled thread on that thread's CPU clock sends SIGPROF to the thread itself once
-it has used 1/hz s of CPU: the thread is busy. From then on a second timer, on the wall clock, sends
-SIGPROF to it at random moments 1/hz s apart on average (each gap drawn from half a period to one and a
-half), until a signal finds it idle, and a C handler (``rockstar_mp/_threadprof.c``) records, on that
-thread and at that moment, its stack and the CPU time it used since its previous sample. Nothing wakes
+Each thread is sampled at random moments of its own CPU time, 1/hz s of it apart on average (each gap
+drawn from half a period to one and a half), by a C handler (``rockstar_mp/_threadprof.c``) that
+records, on that thread and at that moment, its stack and the CPU time it used since its previous
+sample. Two POSIX timers per thread send it SIGPROF (``SIGEV_THREAD_ID``): one on its CPU clock says
+when an idle thread becomes busy, and is then swapped for one on the wall clock, set for when the thread
+would reach its next CPU target were it to run all the while; a signal that finds it short of the
+target (it waited for a core, or slept) sets it again for the CPU still to go. After a second idle the
+thread is back on its CPU timer, which costs an idle thread nothing (meanwhile the wall timer looks in
+at most hz times a second). Nothing wakes
 per sample and no GIL changes hands, so a sample costs the signal's delivery and a copy of the frame
 chain (figure 15 of ``make bench``). A thread in a long C call, holding the GIL or not, is sampled in
 it, at the line that made the call.
@@ -13,8 +17,9 @@ Why not the CPU timer alone, as Go's profiler does: Linux checks a CPU timer at 
 on the thread that is running then. On a loaded machine a thread's slices end at a system call that
 updates its CPU time as often as at a tick (a Python loop reading ``time.thread_time()``, say), and
 those slices then never contain a tick: their CPU went to the next sample, in the C call that followed.
-A split app read 22-27 % for a loop that used 34 % of the CPU, beside two busy processes; with the wall
-timer's random moments it reads 34 %.
+A split app read 22-27 % for a loop that used 34 % of the CPU, beside two busy processes (13-14 %
+beside four); sampled on the CPU targets it reads 33-35 % in both. Why not sooner back on the CPU
+timer: a request that starts with such a loop after a pause then went unseen until its C call.
 
 This thread wakes every ``DRAIN_INTERVAL`` s (the GIL released in between) to arm timers on new threads,
 forget ended ones, and drain the handlers' ring, naming each code object address a sample holds
@@ -24,8 +29,8 @@ once it is given back); otherwise, where the C module is not built (``ROCKSTAR_P
 compiler) or not supported (CPython other than 3.11), and in gevent workers (``self_sampling``),
 ``samplers.cpu_profile`` chooses: SIGPROF in Python for the main thread, or the sampler thread.
 
-A signal interrupts a system call the thread was in (the first wall signal of an idle stretch, or the
-CPU timer's): the handler is installed with ``SA_RESTART``, and Python retries the calls that never
+A signal interrupts a system call the thread was in (the wall timer's, looking in on a sleeping
+thread): the handler is installed with ``SA_RESTART``, and Python retries the calls that never
 restart (``select``, ``poll``, ``sleep``: PEP 475), as C libraries must for any profiler that uses signals.
 
 Example::
@@ -100,8 +105,8 @@ class SignalThreadSampler(ThreadSampler):
 
     def __init__(self, hz: int = 100, internal: bool = False) -> None:
         super().__init__(hz, cpu=True, internal=internal)
-        self.pacing = (f"each thread sampled in a SIGPROF handler at random moments 1/{self.hz} s apart while "
-                       "it is busy")
+        self.pacing = (f"each thread sampled in a SIGPROF handler at random moments of its CPU time, 1/{self.hz} "
+                       "s of it apart on average")
         self.names_of_codes = CodeNames()
         self.counts: dict[str, int] = {}
         self.unarmed: set[int] = set()  # threads the table or a timer could not take (not tried again)
