@@ -246,8 +246,8 @@ static void not_idle(Tracked *thread) {
  * for a core) after next to no CPU since the previous one found the thread idle, and is no sample; idle
  * for IDLE_NS, it goes back to its CPU timer, which costs an idle thread nothing. Not sooner: the CPU
  * timer is checked at scheduler ticks, and a loaded machine's slices can miss them for a whole request
- * that starts with a Python loop (the wall timer wakes an idle thread hz times a second at most
- * meanwhile). So the samples
+ * that starts with a Python loop (meanwhile the wall timer looks in 1 to MAX_LOOK periods apart, the CPU
+ * timer armed beside it). So the samples
  * fall at random moments of the thread's CPU time, however the scheduler cut it into slices. */
 static int sampled_now(Tracked *thread, const siginfo_t *info, int64_t cpu) {
     int from_wall = info != NULL && info->si_code == SI_TIMER && info->si_value.sival_int < 0;

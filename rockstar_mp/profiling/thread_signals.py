@@ -6,9 +6,10 @@ records, on that thread and at that moment, its stack and the CPU time it used s
 sample. Two POSIX timers per thread send it SIGPROF (``SIGEV_THREAD_ID``): one on its CPU clock says
 when an idle thread becomes busy, and is then swapped for one on the wall clock, set for when the thread
 would reach its next CPU target were it to run all the while; a signal that finds it short of the
-target (it waited for a core, or slept) sets it again for the CPU still to go. After a second idle the
-thread is back on its CPU timer, which costs an idle thread nothing (meanwhile the wall timer looks in
-at most hz times a second). Nothing wakes
+target (it waited for a core, or slept) sets it again for the CPU still to go, a period from now at the
+least. While the thread is idle the wall timer looks in less and less often (1 to 8 periods apart: a
+look wakes a thread blocked in a lock, which takes the GIL before it waits again) with its CPU timer
+armed beside it; after a second idle the CPU timer alone remains, which costs an idle thread nothing. Nothing wakes
 per sample and no GIL changes hands, so a sample costs the signal's delivery and a copy of the frame
 chain (figure 15 of ``make bench``). A thread in a long C call, holding the GIL or not, is sampled in
 it, at the line that made the call.
