@@ -230,25 +230,26 @@ static void arm_wall(Tracked *thread, int64_t cpu, int64_t now, int64_t least_ns
     set_timer(thread->wall, delay, 0);
 }
 
-/* A wall signal found the thread using CPU: looked at every period again, its CPU timer off. */
-static void not_idle(Tracked *thread) {
-    if (thread->idle_since != 0)
-        set_timer(thread->cpu, 0, 0);
+/* Looked at every period again, its CPU timer off: it uses CPU. */
+static void busy(Tracked *thread) {
+    set_timer(thread->cpu, 0, 0);
     thread->idle_since = 0;
     thread->look = period_ns;
 }
 
 /* Whether to sample the thread on this signal, its CPU clock reading cpu: a CPU timer kept exactly on
- * the wall clock. Its CPU timer's signal (it became busy; checked at a scheduler tick) is not a sample: it
- * swaps the CPU timer for the wall timer and draws the CPU target of the first sample. A wall signal
- * samples if the thread reached its target (it ran all the while), else sets the wall timer again for the
- * CPU still to go (it waited for a core, or slept). A wall signal handled on time (so it did not wait
- * for a core) after next to no CPU since the previous one found the thread idle, and is no sample; idle
- * for IDLE_NS, it goes back to its CPU timer, which costs an idle thread nothing. Not sooner: the CPU
- * timer is checked at scheduler ticks, and a loaded machine's slices can miss them for a whole request
- * that starts with a Python loop (meanwhile the wall timer looks in 1 to MAX_LOOK periods apart, the CPU
- * timer armed beside it). So the samples
- * fall at random moments of the thread's CPU time, however the scheduler cut it into slices. */
+ * the wall clock, so that the samples fall at random moments of the thread's CPU time, however the
+ * scheduler cut it into slices.
+ *   - Its CPU timer's signal (it became busy; checked at a scheduler tick) is not a sample: it swaps the
+ *     CPU timer for the wall timer and draws the CPU target of the first sample.
+ *   - A wall signal samples if the thread reached its target (it ran all the while), else sets the wall
+ *     timer again for the CPU still to go (it waited for a core, or slept), a look period from now at
+ *     the least.
+ *   - A wall signal handled on time (so it did not wait for a core) after next to no CPU since the
+ *     previous one found the thread idle, and is no sample: the looks back off (1 to MAX_LOOK periods)
+ *     with its CPU timer armed beside them, and after IDLE_NS idle the CPU timer alone remains, which
+ *     costs an idle thread nothing. Not sooner: the CPU timer is checked at scheduler ticks, and a loaded
+ *     machine's slices can miss them for a whole request that starts with a Python loop. */
 static int sampled_now(Tracked *thread, const siginfo_t *info, int64_t cpu) {
     int from_wall = info != NULL && info->si_code == SI_TIMER && info->si_value.sival_int < 0;
     if (from_wall && !thread->walling)
@@ -260,39 +261,35 @@ static int sampled_now(Tracked *thread, const siginfo_t *info, int64_t cpu) {
     int64_t now = timespec_ns(&clock), used = cpu - thread->signalled_cpu;
     thread->signalled_cpu = cpu;
     if (!from_wall) { /* busy, from idle: its CPU timer is armed only then */
-        set_timer(thread->cpu, 0, 0);
+        busy(thread);
         thread->walling = 1;
-        thread->idle_since = 0;
-        thread->look = period_ns;
         thread->target = cpu + draw_gap(thread, 1);
         arm_wall(thread, cpu, now, 1000);
         atomic_fetch_add(&counters[WALL_STARTS], 1);
         return 0;
     }
-    int idle = now - thread->due <= ON_TIME_NS && used < period_ns / IDLE_SHARE;
-    if (!idle)
-        not_idle(thread);
-    if (!idle && cpu + SLACK_NS >= thread->target) {
-        thread->target = cpu + draw_gap(thread, 0);
-        arm_wall(thread, cpu, now, 1000);
-        return 1;
-    }
-    if (idle && thread->idle_since == 0) {
+    if (now - thread->due > ON_TIME_NS || used >= period_ns / IDLE_SHARE) { /* not idle */
+        if (thread->idle_since != 0)
+            busy(thread);
+        if (cpu + SLACK_NS >= thread->target) {
+            thread->target = cpu + draw_gap(thread, 0);
+            arm_wall(thread, cpu, now, 1000);
+            return 1;
+        }
+    } else if (thread->idle_since == 0) {
         thread->idle_since = now;
         set_timer(thread->cpu, period_ns, period_ns); /* it tells when the thread is busy again, too */
-    } else if (idle && thread->look < MAX_LOOK * period_ns) {
-        thread->look *= 2;
-    }
-    if (idle && now - thread->idle_since >= IDLE_NS) {
+    } else if (now - thread->idle_since >= IDLE_NS) {
         thread->walling = 0;
         thread->idle_since = 0;
         set_timer(thread->wall, 0, 0); /* its CPU timer, armed since it became idle, stays */
         return 0; /* the CPU since its previous sample goes to its next one */
+    } else if (thread->look < MAX_LOOK * period_ns) {
+        thread->look *= 2;
     }
-    /* Idle (the wall timer's own wake-ups add to its CPU, not to a sample), or it waited for a core or
-     * slept: its CPU target, looked at again in no less than a period (up to MAX_LOOK while it stays
-     * idle). A signal wakes a thread blocked in a lock, which takes the GIL to run pending calls before it
-     * waits again: at half a period, gthread's request threads cost 7.5 us of CPU a request. */
+    /* A look wakes a thread blocked in a lock, which takes the GIL to run pending calls before it waits
+     * again: at half a period, gthread's request threads cost 7.5 us of CPU a request. The wall timer's
+     * own wake-ups add to an idle thread's CPU, not to a sample. */
     arm_wall(thread, cpu, now, thread->look);
     return 0;
 }

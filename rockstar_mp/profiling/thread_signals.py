@@ -9,10 +9,10 @@ would reach its next CPU target were it to run all the while; a signal that find
 target (it waited for a core, or slept) sets it again for the CPU still to go, a period from now at the
 least. While the thread is idle the wall timer looks in less and less often (1 to 8 periods apart: a
 look wakes a thread blocked in a lock, which takes the GIL before it waits again) with its CPU timer
-armed beside it; after a second idle the CPU timer alone remains, which costs an idle thread nothing. Nothing wakes
-per sample and no GIL changes hands, so a sample costs the signal's delivery and a copy of the frame
-chain (figure 15 of ``make bench``). A thread in a long C call, holding the GIL or not, is sampled in
-it, at the line that made the call.
+armed beside it; after a second idle the CPU timer alone remains, which costs an idle thread nothing.
+No other thread wakes per sample and no GIL changes hands, so a sample costs the signal's delivery and
+a copy of the frame chain (figure 15 of ``make bench``). A thread in a long C call, holding the GIL or
+not, is sampled in it, at the line that made the call.
 
 Why not the CPU timer alone, as Go's profiler does: Linux checks a CPU timer at the scheduler's ticks,
 on the thread that is running then. On a loaded machine a thread's slices end at a system call that
