@@ -3,7 +3,8 @@
 **15a.** CPU seconds per request of the workers, at a fixed request rate (``wrk -t1`` paced by
 ``pace.lua``, as figure 11), with a 100 Hz CPU profile running (``/debug/pprof/profile`` over the whole
 round) against none, for each worker class (sync: SIGPROF in the main thread; gthread: each thread's own
-SIGPROF, ``profiling/thread_signals.py``).
+SIGPROF, ``profiling/thread_signals.py``). gthread servers run one worker each, at 1,000 req/s
+(``GTHREAD_WORKERS``: how a round split the keep-alive connections between two workers set its CPU per request).
 Two identical "on" servers are driven at the same time in every round and one of them is profiled
 (a, b, b, a, ...), so a busy spell of the shared machine hits both sides of a round (rounds in turn
 on one server varied by +-15 % on this 2-core machine shared with other work, far more than the
@@ -55,29 +56,36 @@ from .servers import Server, free_ports, http_get
 from .settings import COST_RATE, COST_SECONDS, COST_WARMUP_SECONDS, ROOT, SERVER_WORKERS
 
 PROFILE_ROUNDS = 8  # pairs of rounds: 16 rounds, each server profiled in half of them (ABBA)
-# gthread's rounds spread about 3 times as wide as sync's (0.91-1.31 against 0.99-1.07: the GIL between four
-# request threads), so its median takes twice the rounds
+# gthread's rounds spread wider than sync's (0.98-1.06 against 0.99-1.07 for two workers, with the GIL between
+# four request threads; GTHREAD_WORKERS), so its median takes twice the rounds
 GTHREAD_ROUNDS = 16
 PROFILE_HZ = 100
 PPROF_TARGET = 2.0  # % more CPU per request with a profile running
 GTHREAD = ("-k", "gthread", "--threads", "4")
-# (name, gunicorn's worker arguments, more environment): the last is the sampler thread that gthread workers
-# used before their threads sampled themselves, and still use where _threadprof is not built
-FLAVOURS = (("sync", ("-k", "sync"), {}, PROFILE_ROUNDS), ("gthread", GTHREAD, {}, GTHREAD_ROUNDS),
-            ("gthread, sampler thread", GTHREAD, {"ROCKSTAR_PPROF_CPU_MODE": "sampler"}, PROFILE_ROUNDS))
+# gthread keeps wrk's 8 keep-alive connections where it accepted them, and a round's split of them between
+# two workers set its CPU per request: rounds of the same pair spread 0.91-1.18 (2 workers at 1,500 req/s)
+# against 0.98-1.06 with one worker each, driven at 1,000 req/s (0.6 of a core)
+GTHREAD_WORKERS, GTHREAD_RATE = 1, 1000
+# (name, gunicorn's worker arguments, more environment, pairs of rounds, workers, req/s): the last is the
+# sampler thread that gthread workers used before their threads sampled themselves, and still use where
+# _threadprof is not built
+FLAVOURS = (("sync", ("-k", "sync"), {}, PROFILE_ROUNDS, SERVER_WORKERS, COST_RATE),
+            ("gthread", GTHREAD, {}, GTHREAD_ROUNDS, GTHREAD_WORKERS, GTHREAD_RATE),
+            ("gthread, sampler thread", GTHREAD, {"ROCKSTAR_PPROF_CPU_MODE": "sampler"}, PROFILE_ROUNDS,
+             GTHREAD_WORKERS, GTHREAD_RATE))
 FIGURES = ("15",)
 
 
 # -- 15a ------------------------------------------------------------------------------------------------
 def profiled_round(servers: dict[str, Server], ports: dict[str, int], profiled: str, first: str,
-                   seconds: float) -> dict[str, dict]:
+                   seconds: float, rate: int = COST_RATE) -> dict[str, dict]:
     """One paced round of both servers at once, a CPU profile of every worker of ``profiled`` covering it."""
     url = f"http://127.0.0.1:{ports[profiled]}/debug/pprof/profile?seconds={seconds + 1:g}"
     fetched: dict = {}
     fetcher = threading.Thread(target=lambda: fetched.update(r=http_get(url, timeout=seconds + 60)))
     fetcher.start()
     time.sleep(0.3)  # a measured offset, not a synchronisation: the workers' samplers are running
-    results = paced_round(servers, seconds, first)
+    results = paced_round(servers, seconds, first, rate)
     fetcher.join()
     if fetched.get("r", (0,))[0] != 200:
         raise RuntimeError(f"the CPU profile failed: {fetched.get('r')}")
@@ -148,7 +156,7 @@ def sampler_cost(comments: list[str]) -> dict | None:
 
 
 def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str], more_env: dict | None = None,
-                 pairs: int = PROFILE_ROUNDS) -> list[dict]:
+                 pairs: int = PROFILE_ROUNDS, workers: int = SERVER_WORKERS, rate: int = COST_RATE) -> list[dict]:
     """Every round of one worker class: ``[{"on": run, "off": run, "profiled": "a" or "b"}, ...]``.
     Two identical servers are driven at the same time in every round, one of them profiled (a, b, b,
     a, ...): a busy spell of the shared machine hits both sides of a round, and each server is the
@@ -161,14 +169,15 @@ def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str], more
             ports[side] = free_ports(1)[0]
             env = {**(more_env or {}), "ROCKSTAR_ENABLE_PPROF": "1", "ROCKSTAR_PPROF_PORT": str(ports[side]),
                    "ROCKSTAR_PPROF_HZ": str(PROFILE_HZ)}
-            servers[side] = Server("on", tmp, len(os.listdir(tmp)), worker_args=worker_args, env=env)
+            servers[side] = Server("on", tmp, len(os.listdir(tmp)), worker_args=worker_args, workers=workers,
+                                   env=env)
         for server in servers.values():
             server.wait_ready()
-        paced_round(servers, COST_WARMUP_SECONDS, "a")
+        paced_round(servers, COST_WARMUP_SECONDS, "a", rate)
         for number in range(pairs * 2):
             profiled = "a" if number % 4 in (0, 3) else "b"
             other = "b" if profiled == "a" else "a"
-            results = profiled_round(servers, ports, profiled, ("a", "b")[number % 2], COST_SECONDS)
+            results = profiled_round(servers, ports, profiled, ("a", "b")[number % 2], COST_SECONDS, rate)
             for side, result in results.items():
                 if result["errors"] or result["non2xx"]:
                     notes.append(f"fig 15 {name} round {number + 1} server {side}: wrk saw {result['errors']} "
@@ -180,7 +189,7 @@ def profile_cost(tmp: str, name: str, worker_args: tuple, notes: list[str], more
     return rounds
 
 
-def profiler_rows(name: str, own: list[tuple[dict, int, float]], in_c: bool) -> list[tuple]:
+def profiler_rows(name: str, own: list[tuple[dict, int, float]], in_c: bool, workers: int) -> list[tuple]:
     """15a's rows on what the threaded profilers said they cost: ``own`` is ``[(sampler_cost, requests,
     seconds), ...]`` of the profiled rounds."""
     per_request = statistics.median((c["own_ms"] + c["handler_ms"]) * 1000 / max(n, 1) for c, n, _ in own)
@@ -189,16 +198,16 @@ def profiler_rows(name: str, own: list[tuple[dict, int, float]], in_c: bool) -> 
     if own[0][0]["samples"]:
         rows.append((f"15a. {name}: per sample, the SIGPROF handler in the sampled thread",
                      f"{statistics.median(c['handler_ms'] * 1000 / max(c['samples'], 1) for c, _, _ in own):.1f} us",
-                     "", f"{statistics.median(c['samples'] / t / SERVER_WORKERS for c, _, t in own):.0f} samples/s "
+                     "", f"{statistics.median(c['samples'] / t / workers for c, _, t in own):.0f} samples/s "
                      "a worker", "(info)", ""))
         per_wake = statistics.median(c["own_ms"] * 1000 / max(c["wakes"], 1) for c, _, _ in own)
         rows.append((f"15a. {name}: the drain thread, per wake", f"{per_wake:.0f} us",
-                     "", f"{statistics.median(c['wakes'] / t / SERVER_WORKERS for c, _, t in own):.0f} wakes/s a "
+                     "", f"{statistics.median(c['wakes'] / t / workers for c, _, t in own):.0f} wakes/s a "
                      "worker", "(info)", ""))
     else:
         rows.append((f"15a. {name}: the sampler thread's own CPU per sample (wake), in the workers",
                      f"{statistics.median(c['own_ms'] * 1000 / max(c['wakes'], 1) for c, _, _ in own):.0f} us", "",
-                     f"{statistics.median(c['wakes'] / t / SERVER_WORKERS for c, _, t in own):.0f} wakes/s a worker, "
+                     f"{statistics.median(c['wakes'] / t / workers for c, _, t in own):.0f} wakes/s a worker, "
                      + ("in C" if in_c else "in Python"), "(info)", ""))
     return rows
 
@@ -351,12 +360,12 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
     details: list[str] = []
     if "15" not in figs:
         return rows, details
-    for name, worker_args, more_env, pairs in FLAVOURS:
-        print(f"[15] {name}: workers' CPU per request at {COST_RATE:,} req/s, {PROFILE_HZ} Hz CPU profile "
-              f"running or not, two servers at once, one profiled, {pairs * 2} rounds of {COST_SECONDS:g} s "
+    for name, worker_args, more_env, pairs, workers, rate in FLAVOURS:
+        print(f"[15] {name}: workers' CPU per request at {rate:,} req/s to {workers} worker(s), {PROFILE_HZ} Hz CPU "
+              f"profile running or not, two servers at once, one profiled, {pairs * 2} rounds of {COST_SECONDS:g} s "
               "each ...", flush=True)
         try:
-            rounds = profile_cost(tmp, name, worker_args, notes, more_env, pairs)
+            rounds = profile_cost(tmp, name, worker_args, notes, more_env, pairs, workers, rate)
         except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
             notes.append(f"fig 15 {name} failed: {exc}")
             continue
@@ -373,7 +382,7 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
                        f"{(low - 1) * 100:+.1f}..{(high - 1) * 100:+.1f} %")
         own = [(r["on"]["sampler"], r["on"]["requests"], r["on"]["window"]) for r in rounds if r["on"].get("sampler")]
         if own:
-            rows.extend(profiler_rows(name, own, ticked_in_c(rounds)))
+            rows.extend(profiler_rows(name, own, ticked_in_c(rounds), workers))
             details.append(f"15 {name}, the profilers' own cost, every profiled round (samples, handlers' ms; wakes, "
                            "the sampler or drain thread's ms; requests): "
                            + " | ".join(f"{c['samples']}, {c['handler_ms']:.1f}; {c['wakes']}, {c['own_ms']:.1f}; {n}"

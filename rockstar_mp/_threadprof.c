@@ -81,13 +81,15 @@ typedef struct {
     int64_t due;      /* the wall timer's next expiry, CLOCK_MONOTONIC ns */
     int64_t target;   /* its CPU clock at the next sample: a random gap of CPU after the previous one */
     int64_t signalled_cpu; /* its CPU clock at the previous signal */
+    int64_t signalled_at;  /* the monotonic clock then */
+    int64_t paced_cpu, paced_wall; /* its CPU and the wall time over its last looks, each 3/4 of the one before */
     int64_t idle_since; /* the monotonic clock when wall signals began to find it idle, 0 if busy */
     int64_t look;     /* the wall gap while it is short of its target, doubled while it is idle */
 } Tracked;
 
-enum { SAMPLES, RING_FULL, UNTRACKED, NO_PYTHON, CUT_CHAINS, NO_CPU, WALL_STARTS, COUNTERS };
+enum { SAMPLES, RING_FULL, UNTRACKED, NO_PYTHON, CUT_CHAINS, NO_CPU, WALL_STARTS, LOOKS, COUNTERS };
 static const char *const counter_names[COUNTERS] = {
-    "samples", "ring_full", "untracked", "no_python_state", "cut_chains", "no_cpu_used", "wall_starts"};
+    "samples", "ring_full", "untracked", "no_python_state", "cut_chains", "no_cpu_used", "wall_starts", "looks"};
 static _Atomic uint64_t counters[COUNTERS];
 static _Atomic uint64_t lost_ns;    /* the CPU of samples the full ring dropped */
 static _Atomic uint64_t handler_ns; /* the handlers' own time (monotonic clock, a vDSO read: no system call) */
@@ -99,6 +101,8 @@ static int64_t period_ns; /* 1/hz */
 #define IDLE_SHARE 32 /* a thread that used less than 1/IDLE_SHARE of a period between two signals is idle */
 #define IDLE_NS 1000000000LL /* idle this long, a thread goes back to its CPU timer */
 #define MAX_LOOK 8 /* periods between two looks at an idle thread at most */
+#define SLOW_SHARE 4 /* a thread that ran less than 1/SLOW_SHARE of the time between two looks is slow... */
+#define MAX_PACED 4  /* ...and is looked at again when its pace would reach its target, this many periods at most */
 #define ON_TIME_NS 200000 /* a wall signal handled within this of its expiry did not wait for a core */
 #define SLACK_NS 100000 /* a wall signal this close to the CPU target samples (the handler's own time) */
 static _Atomic uint64_t ring_head; /* the next index a handler claims */
@@ -233,8 +237,19 @@ static void arm_wall(Tracked *thread, int64_t cpu, int64_t now, int64_t least_ns
 /* Looked at every period again, its CPU timer off: it uses CPU. */
 static void busy(Tracked *thread) {
     set_timer(thread->cpu, 0, 0);
+    thread->paced_cpu = thread->paced_wall = 0;
     thread->idle_since = 0;
     thread->look = period_ns;
+}
+
+/* The wall gap to the next look at a slow thread, one that ran less than 1/SLOW_SHARE of the time over its
+ * last looks (3 periods of them at least; this one came on time, so it was blocked, not waiting for a core):
+ * when it would reach its target at that pace, MAX_PACED periods at most. Were it to run all the while from now on, its sample would come
+ * late (at most MAX_PACED - 1 periods of its CPU); looked at every period, gthread's request threads took
+ * ten looks a sample. */
+static int64_t paced_look(const Tracked *thread, int64_t cpu) {
+    double paced = (double)(thread->target - cpu) * (double)thread->paced_wall / (double)thread->paced_cpu;
+    return paced < (double)(MAX_PACED * period_ns) ? (int64_t)paced : MAX_PACED * period_ns;
 }
 
 /* Whether to sample the thread on this signal, its CPU clock reading cpu: a CPU timer kept exactly on
@@ -244,7 +259,7 @@ static void busy(Tracked *thread) {
  *     CPU timer for the wall timer and draws the CPU target of the first sample.
  *   - A wall signal samples if the thread reached its target (it ran all the while), else sets the wall
  *     timer again for the CPU still to go (it waited for a core, or slept), a look period from now at
- *     the least.
+ *     the least, or at a slow thread's pace (paced_look).
  *   - A wall signal handled on time (so it did not wait for a core) after next to no CPU since the
  *     previous one found the thread idle, and is no sample: the looks back off (1 to MAX_LOOK periods)
  *     with its CPU timer armed beside them, and after IDLE_NS idle the CPU timer alone remains, which
@@ -258,8 +273,9 @@ static int sampled_now(Tracked *thread, const siginfo_t *info, int64_t cpu) {
         return 0; /* its CPU timer's, sent as it was swapped out */
     struct timespec clock;
     clock_gettime(CLOCK_MONOTONIC, &clock);
-    int64_t now = timespec_ns(&clock), used = cpu - thread->signalled_cpu;
+    int64_t now = timespec_ns(&clock), used = cpu - thread->signalled_cpu, since = now - thread->signalled_at;
     thread->signalled_cpu = cpu;
+    thread->signalled_at = now;
     if (!from_wall) { /* busy, from idle: its CPU timer is armed only then */
         busy(thread);
         thread->walling = 1;
@@ -268,14 +284,20 @@ static int sampled_now(Tracked *thread, const siginfo_t *info, int64_t cpu) {
         atomic_fetch_add(&counters[WALL_STARTS], 1);
         return 0;
     }
-    if (now - thread->due > ON_TIME_NS || used >= period_ns / IDLE_SHARE) { /* not idle */
+    int on_time = now - thread->due <= ON_TIME_NS;
+    int64_t least = thread->look;
+    if (!on_time || used >= period_ns / IDLE_SHARE) { /* not idle */
         if (thread->idle_since != 0)
             busy(thread);
+        thread->paced_cpu += used - thread->paced_cpu / 4;
+        thread->paced_wall += since - thread->paced_wall / 4;
         if (cpu + SLACK_NS >= thread->target) {
             thread->target = cpu + draw_gap(thread, 0);
             arm_wall(thread, cpu, now, 1000);
             return 1;
         }
+        if (on_time && thread->paced_wall >= 3 * period_ns && thread->paced_cpu * SLOW_SHARE < thread->paced_wall)
+            least = paced_look(thread, cpu);
     } else if (thread->idle_since == 0) {
         thread->idle_since = now;
         set_timer(thread->cpu, period_ns, period_ns); /* it tells when the thread is busy again, too */
@@ -287,10 +309,11 @@ static int sampled_now(Tracked *thread, const siginfo_t *info, int64_t cpu) {
     } else if (thread->look < MAX_LOOK * period_ns) {
         thread->look *= 2;
     }
-    /* A look wakes a thread blocked in a lock, which takes the GIL to run pending calls before it waits
-     * again: at half a period, gthread's request threads cost 7.5 us of CPU a request. The wall timer's
-     * own wake-ups add to an idle thread's CPU, not to a sample. */
-    arm_wall(thread, cpu, now, thread->look);
+    /* A look wakes a thread blocked in a lock or a poll, which takes the GIL before it waits again: at
+     * every period, gthread's request threads (each busy some 6 % of the time) cost 3 % of the CPU a
+     * request. The wall timer's own wake-ups add to an idle thread's CPU, not to a sample. */
+    atomic_fetch_add(&counters[LOOKS], 1);
+    arm_wall(thread, cpu, now, least);
     return 0;
 }
 

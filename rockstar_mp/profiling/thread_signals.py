@@ -7,10 +7,12 @@ sample. Two POSIX timers per thread send it SIGPROF (``SIGEV_THREAD_ID``): one o
 when an idle thread becomes busy, and is then swapped for one on the wall clock, set for when the thread
 would reach its next CPU target were it to run all the while; a signal that finds it short of the
 target (it waited for a core, or slept) sets it again for the CPU still to go, a period from now at the
-least. While the thread is idle the wall timer looks in less and less often (1 to 8 periods apart: a
-look wakes a thread blocked in a lock, which takes the GIL before it waits again) with its CPU timer
-armed beside it; after a second idle the CPU timer alone remains, which costs an idle thread nothing.
-No other thread wakes per sample and no GIL changes hands, so a sample costs the signal's delivery and
+least; for a thread that ran less than a quarter of the time over its last looks (blocked, not
+waiting for a core), for when it would reach the target at that pace, four periods at most (a look
+wakes a thread blocked in a lock or a poll, and gthread's request threads took ten looks a sample).
+While the thread is idle the wall timer looks in less and less often (1 to 8 periods apart) with its
+CPU timer armed beside it; after a second idle the CPU timer alone remains, which costs an idle thread
+nothing. No other thread wakes per sample and no GIL changes hands, so a sample costs the signal's delivery and
 a copy of the frame chain (figure 15 of ``make bench``). A thread in a long C call, holding the GIL or
 not, is sampled in it, at the line that made the call.
 
@@ -173,7 +175,7 @@ class SignalThreadSampler(ThreadSampler):
         return self._raw(self.cpu, [("samples", "count"), ("cpu", "nanoseconds")], ("cpu", "nanoseconds"),
                          f"clock: per-thread CPU time, {self.pacing}, weighted by the thread's CPU since its "
                          f"previous sample; {counts.get('samples', 0)} samples ({counts.get('wall_starts', 0)} busy "
-                         f"spells), their handlers "
+                         f"spells, {counts.get('looks', 0)} looks), their handlers "
                          f"{counts.get('handler_ns', 0) / 1e6:.1f} ms in all; the drain: {self.wakes} wakes, "
                          f"{self.own_cpu_ns / 1e6:.1f} ms of its own CPU" + lost)
 
