@@ -2,14 +2,16 @@
 
 **15a.** CPU seconds per request of the workers, at a fixed request rate (``wrk -t1`` paced by
 ``pace.lua``, as figure 11), with a 100 Hz CPU profile running (``/debug/pprof/profile`` over the whole
-round) against none, for each worker class (sync: SIGPROF in the main thread; gthread: each thread's own
-SIGPROF, ``profiling/thread_signals.py``). gthread servers run one worker each, at 1,000 req/s
-(``GTHREAD_WORKERS``: how a round split the keep-alive connections between two workers set its CPU per request).
+round, ending after its CPU is read: ``PROFILE_TAIL``) against none, for each worker class (sync: SIGPROF
+in the main thread; gthread: each thread's own SIGPROF, ``profiling/thread_signals.py``). gthread servers
+run one worker each, at 1,000 req/s (``GTHREAD_WORKERS``: how a round split the keep-alive connections
+between two workers set its CPU per request).
 Two identical "on" servers are driven at the same time in every round and one of them is profiled
 (a, b, b, a, ...), so a busy spell of the shared machine hits both sides of a round (rounds in turn
 on one server varied by +-15 % on this 2-core machine shared with other work, far more than the
 2 % measured); every round is printed with its ratio, and the figure is the median of the rounds'
-profiled/not ratios.
+profiled/not ratios. A profile's end (the stop, the encoding, the reply) is a cost per profile: its row gives
+the workers' CPU from the round's read until the profile is back, beyond the other server's over that time.
 
 A third flavour, gthread with ``pprof_cpu_mode="sampler"`` (the CPU-paced sampler thread, as where
 ``_threadprof`` is not built), is for information. For both gthread flavours the profiles' comments
@@ -52,8 +54,9 @@ import threading
 import time
 
 from .cost import median_interval, paced_round, per_request
+from .cpu import server_cpu
 from .servers import Server, free_ports, http_get
-from .settings import COST_RATE, COST_SECONDS, COST_WARMUP_SECONDS, ROOT, SERVER_WORKERS
+from .settings import COST_RATE, COST_SECONDS, COST_SETTLE_SECONDS, COST_WARMUP_SECONDS, ROOT, SERVER_WORKERS
 
 PROFILE_ROUNDS = 8  # pairs of rounds: 16 rounds, each server profiled in half of them (ABBA)
 # gthread's rounds spread wider than sync's (0.98-1.06 against 0.99-1.07 for two workers, with the GIL between
@@ -61,6 +64,11 @@ PROFILE_ROUNDS = 8  # pairs of rounds: 16 rounds, each server profiled in half o
 GTHREAD_ROUNDS = 16
 PROFILE_HZ = 100
 PPROF_TARGET = 2.0  # % more CPU per request with a profile running
+# s the profile runs past the round's wrk: it ends after the round's CPU is read (COST_SETTLE_SECONDS after
+# wrk, the profile having started 0.3 s before it), so a round measures a running profile. Its end (the
+# stop, the encoding of every stack, the reply) is a cost per profile, not per request, and is measured
+# apart: a 4-s profile that ended inside a 3-s round read +3.1 % for gthread, +1.5 % running.
+PROFILE_TAIL = 2.5
 GTHREAD = ("-k", "gthread", "--threads", "4")
 # gthread keeps wrk's 8 keep-alive connections where it accepted them, and a round's split of them between
 # two workers set its CPU per request: rounds of the same pair spread 0.91-1.18 (2 workers at 1,500 req/s)
@@ -79,14 +87,21 @@ FIGURES = ("15",)
 # -- 15a ------------------------------------------------------------------------------------------------
 def profiled_round(servers: dict[str, Server], ports: dict[str, int], profiled: str, first: str,
                    seconds: float, rate: int = COST_RATE) -> dict[str, dict]:
-    """One paced round of both servers at once, a CPU profile of every worker of ``profiled`` covering it."""
-    url = f"http://127.0.0.1:{ports[profiled]}/debug/pprof/profile?seconds={seconds + 1:g}"
+    """One paced round of both servers at once, a CPU profile of every worker of ``profiled`` covering it
+    (still running when the round's CPU is read: ``PROFILE_TAIL``). Then, until the profile is back and
+    ``COST_SETTLE_SECONDS`` after, each server's CPU by role as ``end_cpu``: the profile's end (its idle
+    tail, the stop, the encoding, the reply) on the profiled one, the same idle time on the other."""
+    url = f"http://127.0.0.1:{ports[profiled]}/debug/pprof/profile?seconds={seconds + PROFILE_TAIL:g}"
     fetched: dict = {}
     fetcher = threading.Thread(target=lambda: fetched.update(r=http_get(url, timeout=seconds + 60)))
     fetcher.start()
     time.sleep(0.3)  # a measured offset, not a synchronisation: the workers' samplers are running
     results = paced_round(servers, seconds, first, rate)
+    ended = {side: server_cpu(server.proc.pid) for side, server in servers.items()}
     fetcher.join()
+    time.sleep(COST_SETTLE_SECONDS)  # a measured interval, as in paced_round: the reply's last work is in
+    for side, server in servers.items():
+        results[side]["end_cpu"] = server_cpu(server.proc.pid).since(ended[side])
     if fetched.get("r", (0,))[0] != 200:
         raise RuntimeError(f"the CPU profile failed: {fetched.get('r')}")
     comments = profile_comments(fetched["r"][2])
@@ -380,6 +395,11 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
                      f"{cost:+.1f}% ({(low - 1) * 100:+.1f}..{(high - 1) * 100:+.1f})", target, verdict))
         details.append(f"15 {name}: the median's interval, {coverage * 100:.1f} % coverage over {len(ratios)} rounds: "
                        f"{(low - 1) * 100:+.1f}..{(high - 1) * 100:+.1f} %")
+        ends = [(r["on"]["end_cpu"]["workers"] - r["off"]["end_cpu"]["workers"]) * 1000 for r in rounds]
+        rows.append((f"15a. {name}: a profile's end (stop, encoding, reply), workers' CPU",
+                     f"{statistics.median(ends):.1f} ms", "", "a profile, beyond the idle server's", "(info)", ""))
+        details.append(f"15 {name}, a profile's end, every round (ms of workers' CPU, profiled server minus the "
+                       "other): " + ", ".join(f"{e:.1f}" for e in ends))
         own = [(r["on"]["sampler"], r["on"]["requests"], r["on"]["window"]) for r in rounds if r["on"].get("sampler")]
         if own:
             rows.extend(profiler_rows(name, own, ticked_in_c(rounds), workers))
