@@ -67,7 +67,7 @@ PPROF_TARGET = 2.0  # % more CPU per request with a profile running
 # s the profile runs past the round's wrk: it ends after the round's CPU is read (COST_SETTLE_SECONDS after
 # wrk, the profile having started 0.3 s before it), so a round measures a running profile. Its end (the
 # stop, the encoding of every stack, the reply) is a cost per profile, not per request, and is measured
-# apart: a 4-s profile that ended inside a 3-s round read +3.1 % for gthread, +1.5 % running.
+# apart (3.6 ms of gthread's worker CPU a 5.5-s profile here, 6.2 ms for sync's two workers).
 PROFILE_TAIL = 2.5
 GTHREAD = ("-k", "gthread", "--threads", "4")
 # gthread keeps wrk's 8 keep-alive connections where it accepted them, and a round's split of them between
