@@ -1,8 +1,8 @@
 """Figure 13: what rockstar-mp adds to a FastAPI server's CPU per request, side by side with
 prometheus-fastapi-instrumentator and starlette-exporter in their documented gunicorn multiprocess setups.
 
-Four servers of the same FastAPI app (``asgi_apps.py``), same worker class (uvicorn's), same number of
-workers, all up at once:
+Four servers of the same FastAPI app (``asgi_apps.py``), same worker class (uvicorn's), one worker each
+(``COMPARE_WORKERS``, as figure 11's keep-alive classes), all up at once:
 
 - **bare**: plain gunicorn, the app alone;
 - **ours**: ``gunicorn -c gunicorn_conf.py`` (rockstar-mp's hooks and aggregator), the app in our ASGI
@@ -32,10 +32,10 @@ from .settings import (
     COMPARE_RATE,
     COMPARE_ROUNDS,
     COMPARE_TARGET,
-    COST_SECONDS,
+    COMPARE_WORKERS,
     COST_WARMUP_SECONDS,
+    KEEPALIVE_SECONDS,
     ROOT,
-    SERVER_WORKERS,
 )
 
 FIGURES = ("13",)
@@ -81,14 +81,14 @@ class Comparison:
 def start(contender: Contender, tmp: str, number: int, comparison: Comparison) -> Server:
     """``contender``'s gunicorn, up and answering ``/``."""
     if contender.monitored:
-        server = Server("on", tmp, number, app=contender.app, worker_args=WORKER_ARGS)
+        server = Server("on", tmp, number, app=contender.app, worker_args=WORKER_ARGS, workers=COMPARE_WORKERS)
     elif contender.prometheus:  # a fresh, empty directory, in the environment before anything imports
         prom_dir = comparison.prom_dirs[contender.name] = tempfile.mkdtemp(prefix=f"prom-{contender.name}-",
                                                                            dir=tmp)
         server = Server("off", tmp, number, app=contender.app, worker_args=WORKER_ARGS, config=PROM_CONFIG,
-                        env={"PROMETHEUS_MULTIPROC_DIR": prom_dir})
+                        env={"PROMETHEUS_MULTIPROC_DIR": prom_dir}, workers=COMPARE_WORKERS)
     else:
-        server = Server("off", tmp, number, app=contender.app, worker_args=WORKER_ARGS)
+        server = Server("off", tmp, number, app=contender.app, worker_args=WORKER_ARGS, workers=COMPARE_WORKERS)
     server.wait_ready()
     return server
 
@@ -134,7 +134,7 @@ def drive(tmp: str, notes: list[str]) -> Comparison:
         for name, result in paced_round(servers, COST_WARMUP_SECONDS, names[0], COMPARE_RATE).items():
             comparison.sent[name] += result["requests"]
         for number in range(COMPARE_ROUNDS):
-            results = paced_round(servers, COST_SECONDS, names[number % len(names)], COMPARE_RATE)
+            results = paced_round(servers, KEEPALIVE_SECONDS, names[number % len(names)], COMPARE_RATE)
             for name, result in results.items():
                 if result["errors"] or result["non2xx"]:
                     notes.append(f"fig 13 {name} round {number + 1}: wrk saw {result['errors']} socket errors, "
@@ -212,9 +212,9 @@ def run_figures(tmp: str, figs: list[str], notes: list[str]) -> tuple[list[tuple
     """Figure 13 (if in ``figs``): ``(table rows, detail lines)``; its servers under ``tmp``."""
     if "13" not in figs:
         return [], []
-    print(f"[13] FastAPI under {WORKER_ARGS[1]}, {SERVER_WORKERS} workers each: bare, ours, "
+    print(f"[13] FastAPI under {WORKER_ARGS[1]}, {COMPARE_WORKERS} worker(s) each: bare, ours, "
           f"prometheus-fastapi-instrumentator, starlette-exporter, all driven at once at {COMPARE_RATE:,} req/s "
-          f"each, {COMPARE_ROUNDS} rounds of {COST_SECONDS:g} s ...", flush=True)
+          f"each, {COMPARE_ROUNDS} rounds of {KEEPALIVE_SECONDS:g} s ...", flush=True)
     try:
         comparison = drive(tmp, notes)
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:

@@ -10,9 +10,9 @@ rounds (sync's rounds read 1.013-1.054 in one run and 1.012-1.072 in another, me
 two identical "off" servers 0.99 and 1.01), which one pair would pass off as the figure. Beside the
 median, the cost column prints the median's distribution-free interval (``median_interval``: with 12
 rounds, the 3rd and 10th of the ordered ratios, 96.1 % coverage; with 24, the 7th and 18th, 97.7 %). The
-ASGI rounds spread over 0.87-1.24, against 0.98-1.04 for sync, so a median a point either side of the
-target says little on its own: the ASGI classes run twice the rounds (``COST_ROUNDS_KEEPALIVE`` over
-``COST_PAIRS_KEEPALIVE`` pairs).
+ASGI rounds of 3 s spread over 0.87-1.24, against 0.98-1.04 for sync, so a median a point either side of
+the target says little on its own: the ASGI classes run longer rounds (``KEEPALIVE_SECONDS``, 12 s: a
+fifth of the spread), ``COST_ROUNDS_KEEPALIVE`` of them over ``COST_PAIRS_KEEPALIVE`` pairs.
 
 The keep-alive classes (the two ASGI ones) are measured with one worker. With two, wrk's connections
 split unevenly between them (an event loop accepts a burst of them at once), and how busy each worker is
@@ -50,6 +50,7 @@ from .settings import (
     IDLE_SETTLE_SECONDS,
     IDLE_TARGET,
     IDLE_WORKERS,
+    KEEPALIVE_SECONDS,
     ROOT,
     SERVER_WORKERS,
 )
@@ -71,6 +72,7 @@ class Flavour:
     workers: int = SERVER_WORKERS  # one for the keep-alive classes (see the module's docstring)
     rounds: int = COST_ROUNDS
     pairs: int = COST_PAIRS
+    seconds: float = COST_SECONDS  # a round's length
 
 
 FLAVOURS = (
@@ -78,9 +80,9 @@ FLAVOURS = (
     Flavour("gthread", ("-k", "gthread", "--threads", "4")),
     # ASGI: the FastAPI app of benchmarks/asgi_apps.py, bare against wrapped in our ASGI MetricsMiddleware
     Flavour("asgi uvicorn", ("-k", "uvicorn.workers.UvicornWorker"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET,
-            workers=1, rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE),
+            workers=1, rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE, seconds=KEEPALIVE_SECONDS),
     Flavour("asgi gunicorn", ("-k", "asgi"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET, workers=1,
-            rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE),
+            rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE, seconds=KEEPALIVE_SECONDS),
 )
 
 
@@ -157,7 +159,7 @@ def pair_of_servers(tmp: str, flavour: Flavour, rounds: int, notes: list[str]) -
             servers[mode].wait_ready()
         sent_on = paced_round(servers, COST_WARMUP_SECONDS, "off")["on"]["requests"]
         for number in range(rounds):
-            results = paced_round(servers, COST_SECONDS, ("off", "on")[number % 2])
+            results = paced_round(servers, flavour.seconds, ("off", "on")[number % 2])
             for mode, result in results.items():
                 if result["errors"] or result["non2xx"]:
                     notes.append(f"fig 11 {flavour.name} {mode} round {number + 1}: wrk saw {result['errors']} "
@@ -209,7 +211,7 @@ def request_cost_figure(tmp: str, notes: list[str]) -> tuple[list[tuple], list[s
     details: list[str] = []
     for flavour in FLAVOURS:
         print(f"[11] {flavour.name}: CPU per request at {COST_RATE:,} req/s, {flavour.workers} worker(s), "
-              f"{flavour.rounds} rounds of {COST_SECONDS:g} s off/on over {flavour.pairs} pairs of servers ...",
+              f"{flavour.rounds} rounds of {flavour.seconds:g} s off/on over {flavour.pairs} pairs of servers ...",
               flush=True)
         try:
             runs = cpu_per_request(tmp, flavour, notes)

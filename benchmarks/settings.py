@@ -64,8 +64,11 @@ COST_WARMUP_SECONDS = 1.0
 COST_ROUNDS = 12
 COST_PAIRS = 6  # the rounds are spread over this many pairs of servers started afresh (cost.py)
 # The keep-alive (ASGI) classes: one worker's CPU per request moves with how its event loop batches, so their
-# rounds spread 3-4 times as wide as sync's (0.87-1.24 against 0.98-1.04); twice the rounds.
-COST_ROUNDS_KEEPALIVE = 24
+# 3-s rounds spread 3-4 times as wide as sync's (0.87-1.24 against 0.98-1.04). Rounds of 12 s spread some five
+# times less (standard deviation 0.010-0.015 of the on/off ratio, against 0.065-0.074 for 3 s, one uvicorn
+# pair, the same total time): 16 of them, over 8 pairs.
+KEEPALIVE_SECONDS = 12.0
+COST_ROUNDS_KEEPALIVE = 16
 COST_PAIRS_KEEPALIVE = 8
 COST_SETTLE_SECONDS = 1.0  # after the last response, before the CPU is read: a tick at least (at most 1 s apart)
 COST_TARGET = 3.0  # % more CPU per request on than off (WSGI sync)
@@ -81,5 +84,8 @@ IDLE_TARGET = 10.0  # ms of CPU per second, at 64 workers
 # round after round, each at COMPARE_RATE (1,200 req/s in all, well under figure 11's 2 x 1,500, so four servers
 # and four wrks on a shared 2-core machine can still hold the rate).
 COMPARE_RATE = 300
-COMPARE_ROUNDS = 24
+COMPARE_ROUNDS = 12  # of KEEPALIVE_SECONDS each
+# one uvicorn worker a server, as figure 11's keep-alive classes: with two, how a round split wrk's connections
+# between them moved each server's CPU per request more than the libraries' costs
+COMPARE_WORKERS = 1
 COMPARE_TARGET = 1 / 3  # our added CPU per request over bare, against each of theirs
