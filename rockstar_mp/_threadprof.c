@@ -101,7 +101,7 @@ static int64_t period_ns; /* 1/hz */
 #define IDLE_SHARE 32 /* a thread that used less than 1/IDLE_SHARE of a period between two signals is idle */
 #define IDLE_NS 1000000000LL /* idle this long, a thread goes back to its CPU timer */
 #define MAX_LOOK 8 /* periods between two looks at an idle thread at most */
-#define SLOW_SHARE 4 /* a thread that ran less than 1/SLOW_SHARE of the time between two looks is slow... */
+#define SLOW_SHARE 4 /* a thread that ran less than 1/SLOW_SHARE of the time over its last looks is slow... */
 #define MAX_PACED 4  /* ...and is looked at again when its pace would reach its target, this many periods at most */
 #define ON_TIME_NS 200000 /* a wall signal handled within this of its expiry did not wait for a core */
 #define SLACK_NS 100000 /* a wall signal this close to the CPU target samples (the handler's own time) */
@@ -243,10 +243,10 @@ static void busy(Tracked *thread) {
 }
 
 /* The wall gap to the next look at a slow thread, one that ran less than 1/SLOW_SHARE of the time over its
- * last looks (3 periods of them at least; this one came on time, so it was blocked, not waiting for a core):
- * when it would reach its target at that pace, MAX_PACED periods at most. Were it to run all the while from now on, its sample would come
- * late (at most MAX_PACED - 1 periods of its CPU); looked at every period, gthread's request threads took
- * ten looks a sample. */
+ * last looks (3 periods of them at least; this one came on time, so it was blocked, not waiting for a
+ * core): when it would reach its target at that pace, MAX_PACED periods at most. Were it to run all the
+ * while from now on, its sample would come late (by MAX_PACED - 1 periods of its CPU at most); looked at
+ * every period, gthread's request threads took ten looks a sample. */
 static int64_t paced_look(const Tracked *thread, int64_t cpu) {
     double paced = (double)(thread->target - cpu) * (double)thread->paced_wall / (double)thread->paced_cpu;
     return paced < (double)(MAX_PACED * period_ns) ? (int64_t)paced : MAX_PACED * period_ns;
@@ -309,9 +309,9 @@ static int sampled_now(Tracked *thread, const siginfo_t *info, int64_t cpu) {
     } else if (thread->look < MAX_LOOK * period_ns) {
         thread->look *= 2;
     }
-    /* A look wakes a thread blocked in a lock or a poll, which takes the GIL before it waits again: at
-     * every period, gthread's request threads (each busy some 6 % of the time) cost 3 % of the CPU a
-     * request. The wall timer's own wake-ups add to an idle thread's CPU, not to a sample. */
+    /* A look wakes a thread blocked in a lock or a poll (one in a poll takes the GIL before it waits
+     * again): paced_look halved gthread's looks. The wall timer's own wake-ups add to an idle thread's CPU,
+     * not to a sample. */
     atomic_fetch_add(&counters[LOOKS], 1);
     arm_wall(thread, cpu, now, least);
     return 0;
