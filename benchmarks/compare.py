@@ -80,15 +80,15 @@ class Comparison:
 
 def start(contender: Contender, tmp: str, number: int, comparison: Comparison) -> Server:
     """``contender``'s gunicorn, up and answering ``/``."""
+    same = {"app": contender.app, "worker_args": WORKER_ARGS, "workers": COMPARE_WORKERS}
     if contender.monitored:
-        server = Server("on", tmp, number, app=contender.app, worker_args=WORKER_ARGS, workers=COMPARE_WORKERS)
+        server = Server("on", tmp, number, **same)
     elif contender.prometheus:  # a fresh, empty directory, in the environment before anything imports
         prom_dir = comparison.prom_dirs[contender.name] = tempfile.mkdtemp(prefix=f"prom-{contender.name}-",
                                                                            dir=tmp)
-        server = Server("off", tmp, number, app=contender.app, worker_args=WORKER_ARGS, config=PROM_CONFIG,
-                        env={"PROMETHEUS_MULTIPROC_DIR": prom_dir}, workers=COMPARE_WORKERS)
+        server = Server("off", tmp, number, config=PROM_CONFIG, env={"PROMETHEUS_MULTIPROC_DIR": prom_dir}, **same)
     else:
-        server = Server("off", tmp, number, app=contender.app, worker_args=WORKER_ARGS, workers=COMPARE_WORKERS)
+        server = Server("off", tmp, number, **same)
     server.wait_ready()
     return server
 
