@@ -18,7 +18,9 @@ The keep-alive classes (the two ASGI ones) are measured with one worker. With tw
 split unevenly between them (an event loop accepts a burst of them at once), and how busy each worker is
 changes its CPU per request: two identical bare gunicorn ``-k asgi`` servers read 0.90-1.18 of each other
 round by round (0.92-1.11 with 64 connections), and 0.98-1.01 with one worker each. A sync worker takes
-one connection per request, so the load splits evenly.
+one connection per request, so the load splits evenly. They are driven at ``KEEPALIVE_RATE`` (800 req/s,
+0.37 of a core for one FastAPI worker): at ``COST_RATE`` the two servers and their wrks kept both cores of
+this machine nearly busy, and the rounds spread three times as wide.
 
 **12.** The aggregator's idle cost: its CPU per second over ``IDLE_SECONDS`` with 2, 16 and 64 idle sync
 workers (nothing requested but one ``/workers`` poll at start), and the workers' and master's beside it.
@@ -50,6 +52,7 @@ from .settings import (
     IDLE_SETTLE_SECONDS,
     IDLE_TARGET,
     IDLE_WORKERS,
+    KEEPALIVE_RATE,
     KEEPALIVE_SECONDS,
     ROOT,
     SERVER_WORKERS,
@@ -73,6 +76,7 @@ class Flavour:
     rounds: int = COST_ROUNDS
     pairs: int = COST_PAIRS
     seconds: float = COST_SECONDS  # a round's length
+    rate: int = COST_RATE  # requests per second to each server
 
 
 FLAVOURS = (
@@ -80,9 +84,10 @@ FLAVOURS = (
     Flavour("gthread", ("-k", "gthread", "--threads", "4")),
     # ASGI: the FastAPI app of benchmarks/asgi_apps.py, bare against wrapped in our ASGI MetricsMiddleware
     Flavour("asgi uvicorn", ("-k", "uvicorn.workers.UvicornWorker"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET,
-            workers=1, rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE, seconds=KEEPALIVE_SECONDS),
+            workers=1, rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE, seconds=KEEPALIVE_SECONDS,
+            rate=KEEPALIVE_RATE),
     Flavour("asgi gunicorn", ("-k", "asgi"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET, workers=1,
-            rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE, seconds=KEEPALIVE_SECONDS),
+            rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE, seconds=KEEPALIVE_SECONDS, rate=KEEPALIVE_RATE),
 )
 
 
@@ -157,9 +162,9 @@ def pair_of_servers(tmp: str, flavour: Flavour, rounds: int, notes: list[str]) -
             servers[mode] = Server(mode, tmp, len(os.listdir(tmp)), app=app, worker_args=flavour.worker_args,
                                    workers=flavour.workers)
             servers[mode].wait_ready()
-        sent_on = paced_round(servers, COST_WARMUP_SECONDS, "off")["on"]["requests"]
+        sent_on = paced_round(servers, COST_WARMUP_SECONDS, "off", flavour.rate)["on"]["requests"]
         for number in range(rounds):
-            results = paced_round(servers, flavour.seconds, ("off", "on")[number % 2])
+            results = paced_round(servers, flavour.seconds, ("off", "on")[number % 2], flavour.rate)
             for mode, result in results.items():
                 if result["errors"] or result["non2xx"]:
                     notes.append(f"fig 11 {flavour.name} {mode} round {number + 1}: wrk saw {result['errors']} "
@@ -210,7 +215,7 @@ def request_cost_figure(tmp: str, notes: list[str]) -> tuple[list[tuple], list[s
     rows: list[tuple] = []
     details: list[str] = []
     for flavour in FLAVOURS:
-        print(f"[11] {flavour.name}: CPU per request at {COST_RATE:,} req/s, {flavour.workers} worker(s), "
+        print(f"[11] {flavour.name}: CPU per request at {flavour.rate:,} req/s, {flavour.workers} worker(s), "
               f"{flavour.rounds} rounds of {flavour.seconds:g} s off/on over {flavour.pairs} pairs of servers ...",
               flush=True)
         try:
