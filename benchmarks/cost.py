@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 
 from .cpu import ROLES, server_cpu
-from .servers import Server, http_get, parse_wrk
+from .servers import Server, http_get, parse_wrk, process_group
 from .settings import (
     COST_CONNECTIONS,
     COST_PAIRS,
@@ -77,6 +77,7 @@ class Flavour:
     pairs: int = COST_PAIRS
     seconds: float = COST_SECONDS  # a round's length
     rate: int = COST_RATE  # requests per second to each server
+    pinned: bool = False  # both servers on one CPU, the wrks on the others (``server_and_client_cpus``)
 
 
 FLAVOURS = (
@@ -85,9 +86,10 @@ FLAVOURS = (
     # ASGI: the FastAPI app of benchmarks/asgi_apps.py, bare against wrapped in our ASGI MetricsMiddleware
     Flavour("asgi uvicorn", ("-k", "uvicorn.workers.UvicornWorker"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET,
             workers=1, rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE, seconds=KEEPALIVE_SECONDS,
-            rate=KEEPALIVE_RATE),
+            rate=KEEPALIVE_RATE, pinned=True),
     Flavour("asgi gunicorn", ("-k", "asgi"), ASGI_ON_APP, ASGI_OFF_APP, target=COST_TARGET, workers=1,
-            rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE, seconds=KEEPALIVE_SECONDS, rate=KEEPALIVE_RATE),
+            rounds=COST_ROUNDS_KEEPALIVE, pairs=COST_PAIRS_KEEPALIVE, seconds=KEEPALIVE_SECONDS, rate=KEEPALIVE_RATE,
+            pinned=True),
 )
 
 
@@ -95,14 +97,43 @@ FLAVOURS = (
 PACE_SCRIPT = os.path.join(ROOT, "benchmarks", "pace.lua")
 
 
-def start_paced_wrk(url: str, seconds: float, rate: int = COST_RATE) -> subprocess.Popen:
-    """``wrk`` sending ``rate`` requests per second to ``url`` for ``seconds`` (``pace.lua``)."""
+def start_paced_wrk(url: str, seconds: float, rate: int = COST_RATE,
+                    cpus: set[int] | None = None) -> subprocess.Popen:
+    """``wrk`` sending ``rate`` requests per second to ``url`` for ``seconds`` (``pace.lua``), on ``cpus``
+    if given (set before it starts its thread, which inherits them)."""
     cmd = ["wrk", "-t1", f"-c{COST_CONNECTIONS}", f"-d{seconds:g}s", "-s", PACE_SCRIPT, url]
     return subprocess.Popen(cmd, env=dict(os.environ, PACE_RATE=str(rate)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
 
-def paced_round(servers: dict[str, Server], seconds: float, first: str, rate: int = COST_RATE) -> dict[str, dict]:
+def server_and_client_cpus() -> tuple[set[int], set[int]] | None:
+    """For a pinned flavour: (the CPU both servers run on, the CPUs of their wrks), or None on a machine
+    with one CPU. One keep-alive worker's CPU per request moves with how the scheduler places it beside
+    its own wrk and the other server: unpinned, a pair of uvicorn servers kept a bias of its own of up to
+    +-3 % (rounds 0.977-1.066 over 4 pairs, 8 rounds of 12 s), and pinned the same 8 rounds read
+    1.034-1.044. Both servers get the same place, so the comparison stays fair."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ({cpus[0]}, set(cpus[1:])) if len(cpus) > 1 else None
+
+
+def pin(server: Server, cpus: set[int]) -> None:
+    """Every thread of every process of ``server`` (master, workers, aggregator) onto ``cpus``; the
+    processes and threads they start later inherit it."""
+    for pid in process_group(server.proc.pid):
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # gone
+        for tid in threads:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass  # gone
+
+
+def paced_round(servers: dict[str, Server], seconds: float, first: str, rate: int = COST_RATE,
+                client_cpus: set[int] | None = None) -> dict[str, dict]:
     """Every server driven at ``rate`` at the same time (``first``'s wrk started first), so a busy
     spell of the shared machine hits all. Returns, by server, wrk's figures plus the server's CPU
     seconds by role from just before the wrks start to ``COST_SETTLE_SECONDS`` after they end (so the
@@ -110,7 +141,7 @@ def paced_round(servers: dict[str, Server], seconds: float, first: str, rate: in
     order = (first, *(mode for mode in servers if mode != first))
     before = {mode: server_cpu(servers[mode].proc.pid) for mode in order}
     started = time.monotonic()
-    procs = {mode: start_paced_wrk(servers[mode].url, seconds, rate) for mode in order}
+    procs = {mode: start_paced_wrk(servers[mode].url, seconds, rate, client_cpus) for mode in order}
     outputs = {mode: proc.communicate(timeout=seconds + 60) for mode, proc in procs.items()}
     time.sleep(COST_SETTLE_SECONDS)  # a measured interval (see above), not a synchronisation
     results = {}
@@ -156,15 +187,19 @@ def pair_of_servers(tmp: str, flavour: Flavour, rounds: int, notes: list[str]) -
     """One "off" and one "on" server of ``flavour``, warmed up, then ``rounds`` paced rounds."""
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     servers: dict[str, Server] = {}
+    cpus = server_and_client_cpus() if flavour.pinned else None
+    client_cpus = cpus[1] if cpus else None
     try:
         for mode in ("off", "on"):
             app = flavour.on_app if mode == "on" else flavour.off_app
             servers[mode] = Server(mode, tmp, len(os.listdir(tmp)), app=app, worker_args=flavour.worker_args,
                                    workers=flavour.workers)
             servers[mode].wait_ready()
-        sent_on = paced_round(servers, COST_WARMUP_SECONDS, "off", flavour.rate)["on"]["requests"]
+            if cpus:
+                pin(servers[mode], cpus[0])
+        sent_on = paced_round(servers, COST_WARMUP_SECONDS, "off", flavour.rate, client_cpus)["on"]["requests"]
         for number in range(rounds):
-            results = paced_round(servers, flavour.seconds, ("off", "on")[number % 2], flavour.rate)
+            results = paced_round(servers, flavour.seconds, ("off", "on")[number % 2], flavour.rate, client_cpus)
             for mode, result in results.items():
                 if result["errors"] or result["non2xx"]:
                     notes.append(f"fig 11 {flavour.name} {mode} round {number + 1}: wrk saw {result['errors']} "

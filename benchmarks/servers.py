@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,6 +99,16 @@ def http_once(url: str, timeout: float = 5.0) -> tuple[float, int]:
     return time.perf_counter() - t, status
 
 
+SEGMENT_PARENT = "/dev/shm"  # where users' segments live (MonitoringConfig.segment_dir's default)
+
+
+def segment_parent(tmp: str) -> str:
+    """Where an "on" server's segment directory goes: ``/dev/shm`` as for a user (a file on a disk
+    filesystem such as /tmp's ext4 is written back every few seconds, and each page the worker writes
+    afterwards faults again), else ``tmp``."""
+    return SEGMENT_PARENT if os.path.isdir(SEGMENT_PARENT) and os.access(SEGMENT_PARENT, os.W_OK) else tmp
+
+
 def plain_env() -> dict:
     """This environment without rockstar-mp's settings or GUNICORN_CMD_ARGS: a server gets only ours."""
     return {k: v for k, v in child_env(None).items() if not k.startswith("ROCKSTAR_") and k != "GUNICORN_CMD_ARGS"}
@@ -115,6 +126,7 @@ class Server:
         class; ``env``: more environment (``ROCKSTAR_*`` settings for "on"); ``config``: "off" only, a
         gunicorn config file instead of an empty one."""
         self.mode = mode
+        self.segment_dir: str | None = None  # "on": removed by stop()
         self.port, self.metrics_port = free_ports(2)
         if mode == "on":  # the example app under the example config: hooks, aggregator, middlewares
             self._launch(["-c", "gunicorn_conf.py", *worker_args, app or "examples.app:app"],
@@ -128,10 +140,12 @@ class Server:
                          f"{mode}-{number}")
 
     def _monitored_env(self, tmp: str, workers: int) -> dict:
-        """What gunicorn_conf.py reads: bind, workers, the metrics port, fresh segment and run dirs."""
+        """What gunicorn_conf.py reads: bind, workers, the metrics port, fresh segment (``segment_parent``)
+        and run dirs."""
+        self.segment_dir = tempfile.mkdtemp(prefix="rockstar-bench-segment-", dir=segment_parent(tmp))
         return dict(plain_env(), BIND=f"127.0.0.1:{self.port}", WORKERS=str(workers),
                     ROCKSTAR_METRICS_PORT=str(self.metrics_port),
-                    ROCKSTAR_SEGMENT_DIR=tempfile.mkdtemp(prefix="segment-", dir=tmp),
+                    ROCKSTAR_SEGMENT_DIR=self.segment_dir,
                     ROCKSTAR_RUN_DIR=tempfile.mkdtemp(prefix="run-", dir=tmp))
 
     def _launch(self, gunicorn_args: list, env: dict, tmp: str, name: str) -> None:
@@ -210,6 +224,8 @@ class Server:
                 os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.segment_dir:
+            shutil.rmtree(self.segment_dir, ignore_errors=True)
         return notes
 
 
