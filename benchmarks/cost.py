@@ -20,7 +20,9 @@ changes its CPU per request: two identical bare gunicorn ``-k asgi`` servers rea
 round by round (0.92-1.11 with 64 connections), and 0.98-1.01 with one worker each. A sync worker takes
 one connection per request, so the load splits evenly. They are driven at ``KEEPALIVE_RATE`` (800 req/s,
 0.37 of a core for one FastAPI worker): at ``COST_RATE`` the two servers and their wrks kept both cores of
-this machine nearly busy, and the rounds spread three times as wide.
+this machine nearly busy, and the rounds spread three times as wide. And they are pinned (``pinned``): both
+servers on one CPU, the wrks on the others, so that where the scheduler puts a worker beside the clients
+and the other server is the same for both sides (``server_and_client_cpus``).
 
 **12.** The aggregator's idle cost: its CPU per second over ``IDLE_SECONDS`` with 2, 16 and 64 idle sync
 workers (nothing requested but one ``/workers`` poll at start), and the workers' and master's beside it.
