@@ -99,14 +99,14 @@ def http_once(url: str, timeout: float = 5.0) -> tuple[float, int]:
     return time.perf_counter() - t, status
 
 
-SEGMENT_PARENT = "/dev/shm"  # where users' segments live (MonitoringConfig.segment_dir's default)
-
-
 def segment_parent(tmp: str) -> str:
-    """Where an "on" server's segment directory goes: ``/dev/shm`` as for a user (a file on a disk
-    filesystem such as /tmp's ext4 is written back every few seconds, and each page the worker writes
-    afterwards faults again), else ``tmp``."""
-    return SEGMENT_PARENT if os.path.isdir(SEGMENT_PARENT) and os.access(SEGMENT_PARENT, os.W_OK) else tmp
+    """Where an "on" server's segment directory goes: where a user's goes by default
+    (``MonitoringConfig.segment_dir``, /dev/shm; a file on a disk filesystem such as /tmp's ext4 is written
+    back every few seconds, and each page the worker writes afterwards faults again), else ``tmp``."""
+    from rockstar_mp.config import MonitoringConfig  # here: this module's top level is standard library only
+
+    default = MonitoringConfig.segment_dir
+    return default if os.path.isdir(default) and os.access(default, os.W_OK) else tmp
 
 
 def plain_env() -> dict:
