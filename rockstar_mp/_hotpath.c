@@ -27,6 +27,7 @@
 /* ---------------------------------------------------------------- configuration (from Python) */
 static double bucket_scale = 0.0;   /* sketch.BUCKET_SCALE */
 static double min_seconds = 1e-6;   /* sketch.MIN_SECONDS */
+static long block_width = 1;        /* sketch.BUCKETS_PER_BLOCK */
 /* The fields of a workload record (layout.RECORD_FIELDS), as record() writes them. */
 enum { F_START, F_DURATION, F_BYTES, F_PID, F_STATUS, F_METHOD, F_ROUTE, F_REQUEST_ID, F_TENANT, RECORD_FIELDS };
 static const struct { const char *name; Py_ssize_t size; } record_fields[RECORD_FIELDS] = {
@@ -103,27 +104,43 @@ static double *cell_at(PyObject *view, Py_ssize_t i) {
     return NULL;
 }
 
-static double *cell(PyObject *view, PyObject *index) {
+static double *cell(PyObject *view, PyObject *index, Py_ssize_t offset) {
     Py_ssize_t i = PyLong_AsSsize_t(index);
     if (i == -1 && PyErr_Occurred())
         return NULL;
-    return cell_at(view, i);
+    return cell_at(view, i + offset);
 }
 
-/* Add amount to the cells of a tuple (view, index, view, index, ...). */
-static int add_cells(PyObject *cells, double amount) {
+/* Add amount to the cells of a tuple (view, index, view, index, ...), each moved by offset. */
+static int add_cells_at(PyObject *cells, double amount, Py_ssize_t offset) {
     if (!PyTuple_Check(cells)) {
         PyErr_SetString(PyExc_TypeError, "cells must be a tuple");
         return -1;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(cells);
     for (Py_ssize_t k = 0; k + 1 < n; k += 2) {
-        double *c = cell(PyTuple_GET_ITEM(cells, k), PyTuple_GET_ITEM(cells, k + 1));
+        double *c = cell(PyTuple_GET_ITEM(cells, k), PyTuple_GET_ITEM(cells, k + 1), offset);
         if (c == NULL)
             return -1;
         *c += amount;
     }
     return 0;
+}
+
+static int add_cells(PyObject *cells, double amount) { return add_cells_at(cells, amount, 0); }
+
+/* A request in a sketch bucket: entry is (shifted, fixed), as workload._Combination describes; the
+ * cells of shifted are moved by the bucket's offset in its block. None (no cells) adds nothing. */
+static int add_bucket(PyObject *entry, Py_ssize_t offset) {
+    if (entry == Py_None)
+        return 0;
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a bucket entry must be (shifted cells, fixed cells)");
+        return -1;
+    }
+    if (add_cells_at(PyTuple_GET_ITEM(entry, 0), 1.0, offset) < 0)
+        return -1;
+    return add_cells(PyTuple_GET_ITEM(entry, 1), 1.0);
 }
 
 /* src (UTF-8) into a field of size bytes, zero-padded; a longer text is cut on a character boundary, as
@@ -417,9 +434,9 @@ static int record(PyObject *method, PyObject *route, long status, double seconds
         return -1;
     PyObject *route_raw = route, *tenant_raw = tenant;
     int rc = 0;
-    /* combination: (buckets dict, sums cells, route bytes, tenant bytes, ...) or None */
+    /* combination: (blocks dict, sums cells, route bytes, tenant bytes, ...) or None */
     if (PyTuple_Check(combination) && PyTuple_GET_SIZE(combination) >= 4) {
-        PyObject *buckets = PyTuple_GET_ITEM(combination, 0);
+        PyObject *blocks = PyTuple_GET_ITEM(combination, 0);
         double s = seconds > min_seconds ? seconds : min_seconds;
         double bucket = ceil(log(s) * bucket_scale - 1e-9);
         if (!(bucket > (double)LONG_MIN && bucket < (double)LONG_MAX)) {  /* seconds = inf: math.ceil raises */
@@ -427,21 +444,28 @@ static int record(PyObject *method, PyObject *route, long status, double seconds
             PyErr_SetString(PyExc_OverflowError, "no sketch bucket for this duration (seconds = inf?)");
             return -1;
         }
-        PyObject *pyindex = PyLong_FromLong((long)bucket);
-        if (pyindex == NULL) {
+        long index = (long)bucket, offset = index % block_width;
+        if (offset < 0)
+            offset += block_width;  /* floored, as Python's index % BUCKETS_PER_BLOCK */
+        PyObject *number = PyLong_FromLong((index - offset) / block_width);
+        if (number == NULL) {
             Py_DECREF(combination);
             return -1;
         }
-        PyObject *cells = PyDict_GetItemWithError(buckets, pyindex);
-        Py_XINCREF(cells);
-        if (cells == NULL && !PyErr_Occurred())
-            cells = PyObject_CallMethodObjArgs(recorder, str_bucket, combination, pyindex, NULL);
-        Py_DECREF(pyindex);
-        if (cells == NULL)
+        PyObject *entry = PyDict_CheckExact(blocks) ? PyDict_GetItemWithError(blocks, number) : NULL;
+        Py_XINCREF(entry);
+        Py_DECREF(number);
+        if (entry == NULL && !PyErr_Occurred()) {
+            PyObject *pyindex = PyLong_FromLong(index);
+            entry = pyindex == NULL ? NULL
+                                    : PyObject_CallMethodObjArgs(recorder, str_bucket, combination, pyindex, NULL);
+            Py_XDECREF(pyindex);
+        }
+        if (entry == NULL)
             rc = -1;
         else {
-            rc = cells == Py_None ? 0 : add_cells(cells, 1.0);  /* None: the catalogue was full */
-            Py_DECREF(cells);
+            rc = add_bucket(entry, offset);
+            Py_DECREF(entry);
         }
         if (rc == 0)
             rc = add_cells(PyTuple_GET_ITEM(combination, 1), seconds);
@@ -806,7 +830,7 @@ static const double *bound_values(PyObject *bounds) {
 
 /* http.requests + 1 and the duration histogram, from a status entry */
 static int count_and_observe(PyObject *entry, double seconds) {
-    double *count = cell(PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(entry, 1));
+    double *count = cell(PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(entry, 1), 0);
     if (count == NULL)
         return -1;
     *count += 1.0;
@@ -1661,20 +1685,25 @@ static int check_slot(Py_ssize_t seq, Py_ssize_t payload, Py_ssize_t record_end,
     return 0;
 }
 
-/* configure(scale, min_seconds, sequence_at, payload_at, record, keys): constants from Python. The ring
- * slot (layout.SLOT_SEQ.offset, layout.SLOT_PAYLOAD), the record's fields (layout.RECORD_SPANS: {name:
+/* configure(scale, min_seconds, buckets_per_block, sequence_at, payload_at, record, keys): constants from
+ * Python. The sketch (sketch.BUCKET_SCALE, MIN_SECONDS, BUCKETS_PER_BLOCK), the ring slot (layout.SLOT_SEQ.offset, layout.SLOT_PAYLOAD), the record's fields (layout.RECORD_SPANS: {name:
  * (offset, size)}), and keys: the environ keys of rockstar_mp.worker.keys, and "unmatched", the route of a
  * 404 no route named. All are checked before any is stored; the slot and record layout cannot change once
  * set, as every Slab was checked against it. */
 static PyObject *py_configure(PyObject *module, PyObject *args) {
     double scale, least;
+    long block;
     Py_ssize_t seq, payload;
     PyObject *record, *keys;
-    if (!PyArg_ParseTuple(args, "ddnnO!O!:configure", &scale, &least, &seq, &payload, &PyDict_Type, &record,
+    if (!PyArg_ParseTuple(args, "ddlnnO!O!:configure", &scale, &least, &block, &seq, &payload, &PyDict_Type, &record,
                           &PyDict_Type, &keys))
         return NULL;
     if (!(isfinite(scale) && scale > 0 && isfinite(least) && least > 0)) {
         PyErr_SetString(PyExc_ValueError, "configure(): scale and min_seconds must be finite and > 0");
+        return NULL;
+    }
+    if (block < 1) {  /* any width is safe: every cell is bounds-checked against its view */
+        PyErr_SetString(PyExc_ValueError, "configure(): buckets_per_block must be >= 1");
         return NULL;
     }
     Py_ssize_t off[RECORD_FIELDS], size[RECORD_FIELDS], record_end, end;
@@ -1704,6 +1733,7 @@ static PyObject *py_configure(PyObject *module, PyObject *args) {
     }
     bucket_scale = scale;
     min_seconds = least;
+    block_width = block;
     memcpy(rec_off, off, sizeof off);
     memcpy(rec_size, size, sizeof size);
     seq_at = seq;

@@ -124,7 +124,7 @@ class MonitoringConfig:
     aggregator_restart_max_delay: float = 30.0
     # Sizes of the segment (fixed when the master creates it).
     max_workers: int = 64
-    slab_max_series: int = 8192  # the workload sketches take ~50 series per route, status class, tenant
+    slab_max_series: int = 8192  # the workload sketches take a few series per route, status class, tenant
     slab_max_values: int = 32768
     retired_max_series: int = 8192
     retired_max_values: int = 65536
@@ -134,7 +134,7 @@ class MonitoringConfig:
     # these go under "other", counted in system.dimension_overflow.
     max_routes: int = 200  # distinct routes a worker keeps
     max_tenants: int = 200  # distinct tenants a worker keeps
-    workload_max_series: int = 4096  # slab series the sketches may take (at most half of slab_max_series)
+    workload_max_cells: int = 16384  # slab cells the sketches may take (at most half of slab_max_values)
     # What workers record.
     capture_logs: bool = True  # a SlabLogHandler on the root logger and gunicorn's error logger
     log_level: str = "INFO"  # the lowest level the handler keeps

@@ -14,6 +14,7 @@ import msgpack
 COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 SUMMARY, INFO = "summary", "info"  # only the aggregator's own families are summaries; nothing is an info
 GAUGE_MODES = ("sum", "max", "min", "last", "all")
+MAX_COUNTER_BLOCK = 64  # the most counts one counter series may hold (a block: extra = (n,))
 
 # prometheus_client's rule (``CollectorRegistry._get_names``): the sample names a family of each type
 # takes besides its own name, so two families clash when these sets meet.
@@ -80,11 +81,15 @@ class SeriesKey(NamedTuple):
 def value_count(kind: str, extra: tuple) -> int:
     """How many float64 values a series of this kind holds.
 
-    counter: the count. gauge: the value and the time it was last set (for the ``last`` mode).
+    counter: the count; with ``extra`` ``(n,)``, a block of ``n`` counts (at most ``MAX_COUNTER_BLOCK``:
+    a key claiming more holds one). gauge: the value and the time it was last set (for the ``last`` mode).
     histogram: one count per bucket (not cumulative), the +Inf bucket, then the sum.
     """
     if kind == HISTOGRAM:
         return len(extra) + 2
+    if kind == COUNTER and extra:  # a block of counts (the workload sketches' buckets)
+        cells = extra[0]
+        return cells if type(cells) is int and 1 <= cells <= MAX_COUNTER_BLOCK else 1
     return 2 if kind == GAUGE else 1
 
 

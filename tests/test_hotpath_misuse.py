@@ -84,7 +84,7 @@ PRELUDE = textwrap.dedent("""
             return ({}, (self.vals, 1), b"/", b"")
 
         def _bucket_cells(self, combination, index):
-            return (self.vals, 0)
+            return ((), (self.vals, 0))  # (cells moved by the bucket's offset in its block, cells as they are)
 """)
 
 
@@ -171,7 +171,7 @@ def test_configure_validates_before_it_stores():
         negative = {**RECORD_SPANS, "tenant": (at, -width)}
         for keys_given in ({**keys, "wsgi": None}, keys):
             try:
-                hotpath.configure(1.0, 1e-6, SLOT_SEQ.offset, SLOT_PAYLOAD, negative, keys_given)
+                hotpath.configure(1.0, 1e-6, 16, SLOT_SEQ.offset, SLOT_PAYLOAD, negative, keys_given)
             except (KeyError, ValueError):
                 pass
             else:
@@ -179,7 +179,8 @@ def test_configure_validates_before_it_stores():
         slab = Slab(*slab_args())
         hotpath.bind(slab, {}, Recorder(), None)
         hotpath.record("GET", "/", 200, 0.001, 0.0, 2, "", "")  # with the layout of the first configure()
-        hotpath.configure(1.0, 1e-6, SLOT_SEQ.offset, SLOT_PAYLOAD, {**RECORD_SPANS, "tenant": (at + 8, width)}, keys)
+        moved = {**RECORD_SPANS, "tenant": (at + 8, width)}
+        hotpath.configure(1.0, 1e-6, 16, SLOT_SEQ.offset, SLOT_PAYLOAD, moved, keys)
     """, "ValueError")
 
 
@@ -187,7 +188,7 @@ SLOT = "SLOT_SEQ.offset, SLOT_PAYLOAD"  # configure()'s ring slot layout, as roc
 
 
 @pytest.mark.parametrize("args, exception, why", [
-    ("RECORD_SPANS", "TypeError", "exactly 6 arguments"),  # the old form: no ring slot layout
+    ("RECORD_SPANS", "TypeError", "exactly 7 arguments"),  # the old form: no ring slot layout
     (f"{SLOT}, dict(zip(RECORD_SPANS, range(9)))", "TypeError", "(offset, size)"),  # offsets without sizes
     ("SLOT_SEQ.offset + 4, SLOT_PAYLOAD + 4, RECORD_SPANS", "ValueError", "sequence_at must be a multiple of 8"),
     ("SLOT_SEQ.offset, SLOT_PAYLOAD - 4, RECORD_SPANS", "ValueError", "the sequence word and the record overlap"),
@@ -207,7 +208,7 @@ def test_configure_refuses_a_slot_or_record_layout_it_cannot_write(args, excepti
         KEYS = {{"route": "r", "tenant": "t", "request_id": "i", "default_request_id": "d", "wsgi": "w",
                 "unmatched": "u"}}
         try:
-            hotpath.configure(1.0, 1e-6, {args}, KEYS)
+            hotpath.configure(1.0, 1e-6, 16, {args}, KEYS)
         except {exception} as e:
             refused = e
         else:

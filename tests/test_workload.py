@@ -317,6 +317,36 @@ def test_sketch_totals_follow_series_met_after_the_first_call(tmp_path):
         segment.close()
 
 
+def test_a_bucket_series_is_a_block_of_buckets_from_its_label_on(tmp_path):
+    """A worker's bucket series holds ``BUCKETS_PER_BLOCK`` buckets: cell ``k`` of the series labelled
+    ``bucket="32"`` is bucket 32 + k. A counter key claiming more cells than a block may hold
+    one cell, so a slab's key cannot make the aggregator take memory for a billion."""
+    from rockstar_mp.aggregator.merge import Merger
+    from rockstar_mp.aggregator.workload import BUCKET_SERIES, aggregates, sketch_totals
+    from rockstar_mp.segment import CatalogueWriter
+    from rockstar_mp.series import MAX_COUNTER_BLOCK, SeriesKey
+    from rockstar_mp.sketch import BUCKETS_PER_BLOCK
+
+    segment, slab = _segment(tmp_path)
+    writer = CatalogueWriter(segment.buf, segment.geometry.slab, segment.geometry.slab_offset(slab))
+    block = SeriesKey("counter", BUCKET_SERIES, "", ("dim", "value", "bucket"), ("route", "/", "32"),
+                      (BUCKETS_PER_BLOCK,))
+    try:
+        assert block.n_values == BUCKETS_PER_BLOCK
+        first = writer.append(block.encode(), block.n_values)
+        segment.doubles[first] = 2.0
+        segment.doubles[first + 3] = 1.0
+        segment.doubles[first + BUCKETS_PER_BLOCK - 1] = 4.0
+        snap = Merger(segment).merge()
+        sketch, _ = aggregates(snap, sketch_totals(snap), raw=True)["route"]["/"]
+        assert sketch == {32: 2.0, 35: 1.0, 32 + BUCKETS_PER_BLOCK - 1: 4.0}
+    finally:
+        segment.close()
+    for claimed in (10 ** 9, MAX_COUNTER_BLOCK + 1, 0, -3, "16", True, 2.0):
+        assert SeriesKey("counter", "app.c", "", (), (), (claimed,)).n_values == 1, claimed
+    assert SeriesKey("counter", "app.c", "", (), (), (MAX_COUNTER_BLOCK,)).n_values == MAX_COUNTER_BLOCK
+
+
 def test_records_and_logs_are_read_fresh_between_ticks(gunicorn_factory):
     """A reader of the records (``/snmp``) or the logs (``/logs``) drains the rings itself: with ticks
     5 s apart, a request's record and the warning it logged are there at once."""

@@ -20,7 +20,17 @@ from ..sketch import RELATIVE_ERROR
 from . import params
 from .exposition import ExtraFamily, standard_families
 from .state import AggregatorState
-from .workload import BUCKET_SERIES, DIMENSIONS, LEVELS, aggregates, latency_families, sketch_totals, summarize
+from .workload import (
+    BUCKET_SERIES,
+    DIMENSIONS,
+    LEVELS,
+    SECONDS_SERIES,
+    aggregates,
+    latency_families,
+    sketch_cell,
+    sketch_totals,
+    summarize,
+)
 
 MAX_LIMIT = 10_000
 
@@ -77,15 +87,14 @@ def _overall_sketch(snap, totals: dict, baseline: dict | None, filters: dict) ->
     merged: dict[int, float] = {}
     seconds = 0.0
     baseline = baseline or {}
-    for sid, total in totals.items():
-        key = snap.series[sid].key
-        if key.labelvalues[0] != dim or (value is not None and key.labelvalues[1] != value):
+    for key, total in totals.items():
+        key_dim, key_value, bucket = sketch_cell(snap, key)
+        if key_dim != dim or (value is not None and key_value != value):
             continue
-        amount = total - baseline.get(sid, 0.0)
-        if key.name == BUCKET_SERIES:
-            bucket = int(key.labelvalues[2])
+        amount = total - baseline.get(key, 0.0)
+        if bucket is not None:
             merged[bucket] = merged.get(bucket, 0.0) + amount
-        else:
+        elif snap.series[key[0]].key.name == SECONDS_SERIES:
             seconds += amount
     return {k: v for k, v in merged.items() if v > 0}, seconds
 
@@ -148,9 +157,10 @@ def _worker_requests(snap, worker) -> int:
     """Requests this worker recorded (its status-class sketches), else the responses it counted."""
     recorded = counted = 0.0
     for sid, local in worker.cache.series:
-        key = snap.series[sid].key
+        info = snap.series[sid]
+        key = info.key
         if key.name == BUCKET_SERIES and key.labelvalues[0] == "status":
-            recorded += worker.values[local]
+            recorded += sum(worker.values[local:local + info.n])
         elif key.name == "http.requests":
             counted += worker.values[local]
     return int(recorded or counted)

@@ -192,22 +192,23 @@ def _log(entry: tuple) -> LogRecord:
 
 # -- aggregates -----------------------------------------------------------------------------------
 class _SketchCells:
-    """``[(series id, cell), ...]`` of the workload sketch series of a merger's series list, which only
-    grows: its new entries are looked at, not all of them at every call (the window samples the totals
-    every second, through a thousand series per worker)."""
+    """``[((series id, k), cell), ...]``: every cell of the workload sketch series of a merger's series
+    list (a bucket series holds a block of buckets, ``sketch.BUCKETS_PER_BLOCK``; cell ``k`` is bucket
+    ``bucket + k``), which only grows: its new entries are looked at, not all of them at every call (the
+    window samples the totals every second)."""
 
     def __init__(self) -> None:
         self._series: list | None = None  # held: the list looked at (its identity is the check)
         self._seen = 0
-        self._pairs: list[tuple[int, int]] = []
+        self._pairs: list[tuple[tuple[int, int], int]] = []
 
-    def of(self, series: list) -> list[tuple[int, int]]:
+    def of(self, series: list) -> list[tuple[tuple[int, int], int]]:
         if series is not self._series:
             self._series, self._seen, self._pairs = series, 0, []
         for sid in range(self._seen, len(series)):
             info = series[sid]
             if info.key.name in (BUCKET_SERIES, SECONDS_SERIES) and info.cell >= 0:
-                self._pairs.append((sid, info.cell))
+                self._pairs += [((sid, k), info.cell + k) for k in range(info.n)]
         self._seen = len(series)
         return self._pairs
 
@@ -215,14 +216,29 @@ class _SketchCells:
 _SKETCH_CELLS = _SketchCells()
 
 
-def sketch_totals(snap: Snapshot) -> dict[int, float]:
-    """``{series id: merged value}`` of every workload sketch series (the input of ``aggregates``)."""
+def sketch_totals(snap: Snapshot) -> dict[tuple[int, int], float]:
+    """``{(series id, k): merged value}`` of every cell of the workload sketch series that counted
+    anything (the input of ``aggregates``; ``sketch_cell`` says what a key is)."""
     totals = snap.totals
     size = len(totals)  # series the merger met after this snapshot have no cell in it
-    return {sid: totals[cell] for sid, cell in _SKETCH_CELLS.of(snap.series) if cell < size}
+    return {key: totals[cell] for key, cell in _SKETCH_CELLS.of(snap.series) if cell < size and totals[cell]}
 
 
-def aggregates(snap: Snapshot, totals: dict[int, float], baseline: dict[int, float] | None = None,
+def sketch_cell(snap: Snapshot, key: tuple[int, int]) -> tuple[str, str, int | None]:
+    """``(dim, value, bucket index)`` of a key of ``sketch_totals``; the index is ``None`` for the seconds
+    (and for a bucket label that is no number, which no worker of ours writes)."""
+    sid, k = key
+    series_key = snap.series[sid].key
+    dim, value = series_key.labelvalues[0], series_key.labelvalues[1]
+    if series_key.name != BUCKET_SERIES:
+        return dim, value, None
+    try:
+        return dim, value, int(series_key.labelvalues[2]) + k
+    except ValueError:
+        return dim, value, None
+
+
+def aggregates(snap: Snapshot, totals: dict, baseline: dict | None = None,
                dims: tuple = DIMENSIONS, value_filter: dict | None = None, raw: bool = False) -> dict:
     """``{dim: {value: {requests, avg_duration_ms, p50_ms, p95_ms, p99_ms}}}``; with a ``baseline``
     (the totals some seconds ago) the figures are for the window since then. ``raw``: ``{dim: {value:
@@ -230,17 +246,17 @@ def aggregates(snap: Snapshot, totals: dict[int, float], baseline: dict[int, flo
     baseline = baseline or {}
     buckets: dict[tuple, dict[int, float]] = {}
     seconds: dict[tuple, float] = {}
-    for sid, value in totals.items():
-        value -= baseline.get(sid, 0.0)
+    for key, value in totals.items():
+        value -= baseline.get(key, 0.0)
         if value <= 0:
             continue
-        key = snap.series[sid].key
-        dim, dim_value = key.labelvalues[0], key.labelvalues[1]
+        dim, dim_value, index = sketch_cell(snap, key)
         if dim not in dims or (value_filter and value_filter.get(dim, dim_value) != dim_value):
             continue
-        if key.name == BUCKET_SERIES:
-            buckets.setdefault((dim, dim_value), {})[int(key.labelvalues[2])] = value
-        else:
+        if index is not None:
+            sketch = buckets.setdefault((dim, dim_value), {})
+            sketch[index] = sketch.get(index, 0.0) + value
+        elif snap.series[key[0]].key.name == SECONDS_SERIES:
             seconds[(dim, dim_value)] = value
     out: dict = {dim: {} for dim in dims}
     for (dim, dim_value), sketch in sorted(buckets.items()):
@@ -277,7 +293,7 @@ class Window:
         now = time.time() if now is None else now
         return not self._samples or now - self._samples[-1][0] >= 1.0
 
-    def add(self, totals: dict[int, float], now: float | None = None) -> None:
+    def add(self, totals: dict, now: float | None = None) -> None:
         now = time.time() if now is None else now
         if not self.due(now):
             return

@@ -20,7 +20,7 @@ import socket
 import types
 
 from ..segment.layout import RECORD_SPANS, SLOT_PAYLOAD, SLOT_SEQ
-from ..sketch import BUCKET_SCALE, MIN_SECONDS
+from ..sketch import BUCKET_SCALE, BUCKETS_PER_BLOCK, MIN_SECONDS
 from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
 
 PURE_PYTHON_ENV = "ROCKSTAR_PURE_PYTHON"
@@ -33,7 +33,7 @@ if os.environ.get(PURE_PYTHON_ENV, "").lower() not in ("1", "true", "yes"):
         hotpath = None
 
 if hotpath is not None:
-    hotpath.configure(BUCKET_SCALE, MIN_SECONDS, SLOT_SEQ.offset, SLOT_PAYLOAD, RECORD_SPANS,
+    hotpath.configure(BUCKET_SCALE, MIN_SECONDS, BUCKETS_PER_BLOCK, SLOT_SEQ.offset, SLOT_PAYLOAD, RECORD_SPANS,
                       {"route": ROUTE_KEY, "tenant": TENANT_KEY, "request_id": REQUEST_ID_KEY,
                        "default_request_id": DEFAULT_REQUEST_ID_KEY, "wsgi": WSGI_KEY,
                        "unmatched": UNMATCHED})

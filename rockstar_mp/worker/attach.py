@@ -299,7 +299,7 @@ def current() -> WorkerState | None:
 def _bind_rings(segment: Segment, slab: int, capture_logs: int | str | None, config: MonitoringConfig) -> None:
     """Point the workload recorder and the log handlers at this slab's rings."""
     layout, base = segment.geometry.slab, segment.geometry.slab_offset(slab)
-    RECORDER.configure(WorkloadLimits.for_slab(config, layout.max_series))
+    RECORDER.configure(WorkloadLimits.for_slab(config, layout.max_series, layout.max_values))
     RECORDER.bind(RingWriter(segment.buf, base, record_ring(layout)), segment.buf, base)
     SlabLogHandler.ring = RingWriter(segment.buf, base, log_ring(layout))
     if capture_logs is not None:
@@ -321,7 +321,7 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
     ``SlabLogHandler`` on the root logger and gunicorn's error logger. ``optimize_on_usr1``: SIGUSR1
     runs a garbage collection, chained to the handler installed before (gunicorn's hooks install it
     later, in ``post_worker_init``, after gunicorn's own handlers). ``config``: the master's (for the
-    workload limits ``max_routes``, ``max_tenants``, ``workload_max_series``); by default
+    workload limits ``max_routes``, ``max_tenants``, ``workload_max_cells``); by default
     ``MonitoringConfig()`` with the ``ROCKSTAR_*`` environment.
     """
     state = current()

@@ -95,7 +95,7 @@ def main() -> None:
             series[f"{key.name}{list(key.labelvalues)}:count"] = total
         elif key.name == "rockstar.workload.bucket":  # the bucket varies too: counts per dimension value
             name = f"workload{list(key.labelvalues[:2])}"
-            series[name] = series.get(name, 0) + snap.totals[info.cell]
+            series[name] = series.get(name, 0) + sum(snap.totals[info.cell:info.cell + info.n])
         elif key.name == "http.requests":
             series[f"{key.name}{list(key.labelvalues)}"] = snap.totals[info.cell]
     drain = RingDrain(segment, 100, 10)

@@ -170,6 +170,7 @@ def slab_summary(segment: Segment, slab: int, pid: int, filled: bool) -> dict:
             value = sum(snap.totals[info.cell + i] for i in range(len(key.extra) + 1))
             name = f"{key.name}{list(key.labelvalues)}:count"
         elif key.name == "rockstar.workload.bucket":  # so does the bucket: counts per dimension value
+            value = sum(snap.totals[info.cell:info.cell + info.n])  # a block of buckets
             name = f"workload{list(key.labelvalues[:2])}"
         elif key.name == "rockstar.workload.seconds":
             continue
