@@ -61,7 +61,6 @@ INFLIGHT_METHOD_BYTES = Body.inflight_method.struct.size
 INFLIGHT_TEXT_BYTES = INFLIGHT_METHOD_BYTES + Body.inflight_path.struct.size
 
 
-
 class _BucketBlocks(Counter):
     """A counter whose series are blocks of ``BUCKETS_PER_BLOCK`` counts (``series.value_count``)."""
 
