@@ -1686,17 +1686,18 @@ static int check_slot(Py_ssize_t seq, Py_ssize_t payload, Py_ssize_t record_end,
 }
 
 /* configure(scale, min_seconds, buckets_per_block, sequence_at, payload_at, record, keys): constants from
- * Python. The sketch (sketch.BUCKET_SCALE, MIN_SECONDS, BUCKETS_PER_BLOCK), the ring slot (layout.SLOT_SEQ.offset, layout.SLOT_PAYLOAD), the record's fields (layout.RECORD_SPANS: {name:
- * (offset, size)}), and keys: the environ keys of rockstar_mp.worker.keys, and "unmatched", the route of a
- * 404 no route named. All are checked before any is stored; the slot and record layout cannot change once
+ * Python. The sketch (sketch.BUCKET_SCALE, MIN_SECONDS, BUCKETS_PER_BLOCK), the ring slot
+ * (layout.SLOT_SEQ.offset, layout.SLOT_PAYLOAD), the record's fields (layout.RECORD_SPANS: {name: (offset,
+ * size)}), and keys: the environ keys of rockstar_mp.worker.keys, and "unmatched", the route of a 404 no
+ * route named. All are checked before any is stored; the slot and record layout cannot change once
  * set, as every Slab was checked against it. */
 static PyObject *py_configure(PyObject *module, PyObject *args) {
     double scale, least;
     long block;
     Py_ssize_t seq, payload;
     PyObject *record, *keys;
-    if (!PyArg_ParseTuple(args, "ddlnnO!O!:configure", &scale, &least, &block, &seq, &payload, &PyDict_Type, &record,
-                          &PyDict_Type, &keys))
+    if (!PyArg_ParseTuple(args, "ddlnnO!O!:configure", &scale, &least, &block, &seq, &payload, &PyDict_Type,
+                          &record, &PyDict_Type, &keys))
         return NULL;
     if (!(isfinite(scale) && scale > 0 && isfinite(least) && least > 0)) {
         PyErr_SetString(PyExc_ValueError, "configure(): scale and min_seconds must be finite and > 0");

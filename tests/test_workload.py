@@ -319,7 +319,8 @@ def test_sketch_totals_follow_series_met_after_the_first_call(tmp_path):
 
 def test_a_bucket_series_is_a_block_of_buckets_from_its_label_on(tmp_path):
     """A worker's bucket series holds ``BUCKETS_PER_BLOCK`` buckets: cell ``k`` of the series labelled
-    ``bucket="32"`` is bucket 32 + k. A counter key claiming more cells than a block may hold
+    ``bucket="32"`` is bucket 32 + k; a bucket series of another shape is left out, not a failed page. A
+    counter key claiming more cells than a block may hold
     one cell, so a slab's key cannot make the aggregator take memory for a billion."""
     from rockstar_mp.aggregator.merge import Merger
     from rockstar_mp.aggregator.workload import BUCKET_SERIES, aggregates, sketch_totals
@@ -337,6 +338,9 @@ def test_a_bucket_series_is_a_block_of_buckets_from_its_label_on(tmp_path):
         segment.doubles[first] = 2.0
         segment.doubles[first + 3] = 1.0
         segment.doubles[first + BUCKETS_PER_BLOCK - 1] = 4.0
+        for labels in (("route", "/", "--5"), ("route", "/", "\u00b2"), ("route", "/")):  # none of our workers
+            odd = SeriesKey("counter", BUCKET_SERIES, "", ("dim", "value", "bucket")[:len(labels)], labels, ())
+            segment.doubles[writer.append(odd.encode(), 1)] = 7.0
         snap = Merger(segment).merge()
         sketch, _ = aggregates(snap, sketch_totals(snap), raw=True)["route"]["/"]
         assert sketch == {32: 2.0, 35: 1.0, 32 + BUCKETS_PER_BLOCK - 1: 4.0}

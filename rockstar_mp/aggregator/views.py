@@ -24,7 +24,6 @@ from .workload import (
     BUCKET_SERIES,
     DIMENSIONS,
     LEVELS,
-    SECONDS_SERIES,
     aggregates,
     latency_families,
     sketch_cell,
@@ -94,7 +93,7 @@ def _overall_sketch(snap, totals: dict, baseline: dict | None, filters: dict) ->
         amount = total - baseline.get(key, 0.0)
         if bucket is not None:
             merged[bucket] = merged.get(bucket, 0.0) + amount
-        elif snap.series[key[0]].key.name == SECONDS_SERIES:
+        else:
             seconds += amount
     return {k: v for k, v in merged.items() if v > 0}, seconds
 

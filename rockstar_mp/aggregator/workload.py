@@ -207,10 +207,24 @@ class _SketchCells:
             self._series, self._seen, self._pairs = series, 0, []
         for sid in range(self._seen, len(series)):
             info = series[sid]
-            if info.key.name in (BUCKET_SERIES, SECONDS_SERIES) and info.cell >= 0:
+            if info.cell >= 0 and _is_sketch(info.key):
                 self._pairs += [((sid, k), info.cell + k) for k in range(info.n)]
         self._seen = len(series)
         return self._pairs
+
+
+def _is_sketch(key) -> bool:
+    """A workload sketch series as our workers write them: seconds by (dim, value), or a block of buckets by
+    (dim, value, first index). A key of another shape is left out (no worker of ours writes one)."""
+    values = key.labelvalues
+    if key.name == SECONDS_SERIES:
+        return len(values) == 2
+    return key.name == BUCKET_SERIES and len(values) == 3 and _is_index(values[2])
+
+
+def _is_index(text) -> bool:
+    """``text`` is what ``int`` reads as a bucket index: an optional minus sign and decimal digits."""
+    return isinstance(text, str) and (text[1:] if text.startswith("-") else text).isdecimal()
 
 
 _SKETCH_CELLS = _SketchCells()
@@ -225,17 +239,11 @@ def sketch_totals(snap: Snapshot) -> dict[tuple[int, int], float]:
 
 
 def sketch_cell(snap: Snapshot, key: tuple[int, int]) -> tuple[str, str, int | None]:
-    """``(dim, value, bucket index)`` of a key of ``sketch_totals``; the index is ``None`` for the seconds
-    (and for a bucket label that is no number, which no worker of ours writes)."""
+    """``(dim, value, bucket index)`` of a key of ``sketch_totals``; the index is ``None`` for the seconds."""
     sid, k = key
     series_key = snap.series[sid].key
     dim, value = series_key.labelvalues[0], series_key.labelvalues[1]
-    if series_key.name != BUCKET_SERIES:
-        return dim, value, None
-    try:
-        return dim, value, int(series_key.labelvalues[2]) + k
-    except ValueError:
-        return dim, value, None
+    return dim, value, int(series_key.labelvalues[2]) + k if series_key.name == BUCKET_SERIES else None
 
 
 def aggregates(snap: Snapshot, totals: dict, baseline: dict | None = None,
@@ -256,7 +264,7 @@ def aggregates(snap: Snapshot, totals: dict, baseline: dict | None = None,
         if index is not None:
             sketch = buckets.setdefault((dim, dim_value), {})
             sketch[index] = sketch.get(index, 0.0) + value
-        elif snap.series[key[0]].key.name == SECONDS_SERIES:
+        else:
             seconds[(dim, dim_value)] = value
     out: dict = {dim: {} for dim in dims}
     for (dim, dim_value), sketch in sorted(buckets.items()):
