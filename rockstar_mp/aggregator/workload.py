@@ -192,23 +192,29 @@ def _log(entry: tuple) -> LogRecord:
 
 # -- aggregates -----------------------------------------------------------------------------------
 class _SketchCells:
-    """``[((series id, k), cell), ...]``: every cell of the workload sketch series of a merger's series
-    list (a bucket series holds a block of buckets, ``sketch.BUCKETS_PER_BLOCK``; cell ``k`` is bucket
-    ``bucket + k``), which only grows: its new entries are looked at, not all of them at every call (the
-    window samples the totals every second)."""
+    """``[((series id, bucket index), cell), ...]``: every cell of the workload sketch series of a merger's
+    series list, the index ``None`` for a seconds cell (a bucket series holds a block of buckets,
+    ``sketch.BUCKETS_PER_BLOCK``: cell ``k`` is bucket ``bucket + k``, its label read once here). The list
+    only grows: its new entries are looked at, not all of them at every call (the window samples the
+    totals every second)."""
 
     def __init__(self) -> None:
         self._series: list | None = None  # held: the list looked at (its identity is the check)
         self._seen = 0
-        self._pairs: list[tuple[tuple[int, int], int]] = []
+        self._pairs: list[tuple[tuple[int, int | None], int]] = []
 
-    def of(self, series: list) -> list[tuple[tuple[int, int], int]]:
+    def of(self, series: list) -> list[tuple[tuple[int, int | None], int]]:
         if series is not self._series:
             self._series, self._seen, self._pairs = series, 0, []
         for sid in range(self._seen, len(series)):
             info = series[sid]
-            if info.cell >= 0 and _is_sketch(info.key):
-                self._pairs += [((sid, k), info.cell + k) for k in range(info.n)]
+            if info.cell < 0 or not _is_sketch(info.key):
+                continue
+            if info.key.name == SECONDS_SERIES:
+                self._pairs.append(((sid, None), info.cell))
+            else:
+                first = int(info.key.labelvalues[2])
+                self._pairs += [((sid, first + k), info.cell + k) for k in range(info.n)]
         self._seen = len(series)
         return self._pairs
 
@@ -230,20 +236,19 @@ def _is_index(text) -> bool:
 _SKETCH_CELLS = _SketchCells()
 
 
-def sketch_totals(snap: Snapshot) -> dict[tuple[int, int], float]:
-    """``{(series id, k): merged value}`` of every cell of the workload sketch series that counted
-    anything (the input of ``aggregates``; ``sketch_cell`` says what a key is)."""
+def sketch_totals(snap: Snapshot) -> dict[tuple[int, int | None], float]:
+    """``{(series id, bucket index or None): merged value}`` of every cell of the workload sketch series
+    that counted anything (the input of ``aggregates``; ``sketch_cell`` says what a key is)."""
     totals = snap.totals
     size = len(totals)  # series the merger met after this snapshot have no cell in it
     return {key: totals[cell] for key, cell in _SKETCH_CELLS.of(snap.series) if cell < size and totals[cell]}
 
 
-def sketch_cell(snap: Snapshot, key: tuple[int, int]) -> tuple[str, str, int | None]:
+def sketch_cell(snap: Snapshot, key: tuple[int, int | None]) -> tuple[str, str, int | None]:
     """``(dim, value, bucket index)`` of a key of ``sketch_totals``; the index is ``None`` for the seconds."""
-    sid, k = key
-    series_key = snap.series[sid].key
-    dim, value = series_key.labelvalues[0], series_key.labelvalues[1]
-    return dim, value, int(series_key.labelvalues[2]) + k if series_key.name == BUCKET_SERIES else None
+    sid, index = key
+    labels = snap.series[sid].key.labelvalues
+    return labels[0], labels[1], index
 
 
 def aggregates(snap: Snapshot, totals: dict, baseline: dict | None = None,
