@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -126,8 +127,9 @@ def _bindable(port: int, kind: int) -> bool:
         return True
 
 
-def poll(check, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
-    """Call ``check`` until it returns a truthy value (returned) or ``timeout`` passes (AssertionError)."""
+def poll(check, timeout: float = 10.0, interval: float = 0.05, message: str | Callable[[], str] = "condition"):
+    """Call ``check`` until it returns a truthy value (returned) or ``timeout`` passes (AssertionError;
+    ``message`` names what was awaited, or is called then to say what was seen)."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
@@ -138,7 +140,8 @@ def poll(check, timeout: float = 10.0, interval: float = 0.05, message: str = "c
         except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:
             last = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+            awaited = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {awaited}; last: {last!r}")
         time.sleep(interval)
 
 

@@ -55,6 +55,27 @@ class Load:
         self.thread.join(5)
 
 
+class Busy:
+    """``/work?ms=100`` over and over from one thread, so a worker is on the CPU while a profile runs."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "Busy":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            raw_get(self.port, "/work?ms=100")
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+
+
 class Page:
     """The browser on the dashboard, read through small scripts (no stale elements)."""
 
@@ -260,8 +281,14 @@ def test_optimize_now_raises_every_workers_count(dashboard):
 def test_profile_logs_control_and_history(dashboard):
     page = dashboard.page
     page.select("profile-seconds", "1")
-    page.click("profile-start")
-    poll(lambda: page.rows("profile-table") > 0, timeout=limit(15), message="the profile's top functions")
+    busy = Busy(dashboard.server.port).start()  # CPU to sample: the paced load alone may give none in 1 s
+    try:
+        page.click("profile-start")
+        poll(lambda: page.rows("profile-table") > 0, timeout=limit(15),
+             message=lambda: f"the profile's top functions (status {page.text('profile-status')!r}, "
+                             f"error {page.text('profiling-error')!r})")
+    finally:
+        busy.stop()
     assert int(page.js("return document.getElementById('flame').dataset.nodes")) > 1
     assert page.js("return document.getElementById('profile-download').href").startswith("blob:")
 
