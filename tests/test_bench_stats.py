@@ -25,7 +25,9 @@ def test_the_interval_holds_the_true_median_as_often_as_it_says():
     assert held / trials >= 0.95
 
 
-@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=40))
+# bounded so that the sample median (the mean of two middle values) is finite: two values near the
+# largest float average to inf in statistics.median (hypothesis found [8.99e307, 8.99e307])
+@given(st.lists(st.floats(min_value=-1e300, max_value=1e300), min_size=1, max_size=40))
 def test_the_interval_holds_the_sample_median(values):
     low, high, coverage = median_interval(values)
     assert low <= statistics.median(values) <= high

@@ -1,9 +1,11 @@
 """The aggregator's HTTP endpoint with a generic pre-fork parent (os.fork, no gunicorn)."""
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import signal
+import time
 
 import psutil
 import pytest
@@ -179,6 +181,21 @@ def test_binds_loopback_by_default(prefork):
     listening = [c.laddr for c in psutil.Process(pid).net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN]
     assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", server.port)]
+
+
+def test_the_date_header_moves_with_the_clock(prefork):
+    """The aggregator's uvicorn refreshes its Date header on the aggregator's tick (it has no timer of its
+    own): an idle aggregator's answers carry a Date that moves on, within a second or two of the clock."""
+    server = prefork()
+
+    def date() -> float:
+        status, headers, _ = server.get()
+        assert status == 200
+        return email.utils.parsedate_to_datetime(headers["Date"]).timestamp()
+
+    first = date()
+    later = poll(lambda: (d := date()) > first and d, timeout=5, message="a later Date header")
+    assert abs(later - time.time()) <= 2.0
 
 
 def test_environment_overrides_the_config(tmp_path, monkeypatch):

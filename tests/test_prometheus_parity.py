@@ -104,6 +104,12 @@ def _values(family) -> dict:
     return out
 
 
+def _served(families: dict) -> float:
+    """The /work requests ``parity_requests`` counted (GET: one per request)."""
+    family = families.get("parity_requests")
+    return sum(s.value for s in family.samples if s.labels.get("method") == "GET") if family else 0.0
+
+
 def _pids(family) -> set:
     return {s.labels["pid"] for s in family.samples}
 
@@ -112,9 +118,12 @@ def test_expositions_match_prometheus_client_multiprocess(servers) -> None:
     theirs, ours = servers
     their_families = _families(_text(f"http://127.0.0.1:{theirs.port}/metrics"))
     live = len(ours.worker_pids())  # the new worker declares its series once it has loaded the app
+    # and a scrape within snapshot_max_age (0.1 s) of the last merge shows that merge: wait for one that
+    # holds every request (the second half can end within 0.1 s of the restart's last look at /workers)
     our_families = poll(lambda: (lambda families: len(_pids(families["parity_level_liveall_mode"])) == live
+                                 and _served(families) == 2 * REQUESTS_PER_HALF
                                  and families)(_families(_text(ours.url + "?format=prometheus"))),
-                        message="every live worker's gauges")
+                        message="every live worker's gauges and every request")
 
     assert set(our_families) - set(their_families) == ONLY_OURS
     assert set(their_families) - set(our_families) == set()

@@ -4,6 +4,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -23,7 +28,7 @@ from rockstar_mp.segment import (
     process_start,
 )
 from rockstar_mp.segment.layout import LAYOUT_VERSION, Body, Header, Slot
-from rockstar_mp.worker.attach import SlabStore
+from rockstar_mp.worker.attach import FORK_CLAIM_WAIT, SlabStore, _claim_for_fork
 
 SMALL = Geometry(n_slabs=4, slab_max_series=64, slab_heap_bytes=8192, slab_max_values=1024,
                  retired_max_series=256, retired_heap_bytes=32768, retired_max_values=4096)
@@ -195,6 +200,35 @@ def test_declaration_refused_by_a_full_slab_is_not_half_done(tmp_path):
 
 
 # -- the slab table ---------------------------------------------------------------------------------
+def test_a_fork_waits_for_a_slab_of_a_gone_process_and_otherwise_fails_at_once(seg):
+    """A fork's claim (``_claim_for_fork``) on a full table: with every holder alive it fails at once, one
+    failure counted; with a slab held by a process that has exited, it wakes the aggregator (SIGURG, here
+    to this process, whose handler lets a thread do the aggregator's fold) and gets that slab."""
+    claimed = [seg.claim_slab() for _ in range(SMALL.n_slabs)]
+    for slab, _ in claimed:
+        seg.bind_slab(slab, os.getpid(), 0.0)
+    started = time.monotonic()
+    with pytest.raises(NoFreeSlab):
+        _claim_for_fork(seg)
+    assert time.monotonic() - started < FORK_CLAIM_WAIT and Header.claim_failures.get(seg.buf) == 1
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    seg.bind_slab(claimed[0][0], gone.pid, 0.0)
+    Header.aggregator_pid.set(seg.buf, os.getpid())
+    woken = threading.Event()
+    previous = signal.signal(signal.SIGURG, lambda *_: woken.set())
+    aggregator = threading.Thread(target=lambda: woken.wait(10) and Merger(seg).collect_dead(check_processes=True))
+    aggregator.start()
+    try:
+        slab, generation = _claim_for_fork(seg)
+    finally:
+        aggregator.join()
+        signal.signal(signal.SIGURG, previous)
+    assert woken.is_set() and (slab, generation) == (claimed[0][0], claimed[0][1] + 1)
+    assert Header.claim_failures.get(seg.buf) == 1
+
+
 def test_no_free_slab_when_every_slab_is_live(seg):
     claimed = [seg.claim_slab() for _ in range(SMALL.n_slabs)]
     assert sorted(s for s, _ in claimed) == list(range(SMALL.n_slabs))

@@ -266,15 +266,17 @@ class Segment:
         table = self.buf[start:start + self.geometry.n_slabs * SLOT_ENTRY.size].tobytes()
         return [SlotInfo(i, *entry) for i, entry in enumerate(SLOT_ENTRY.iter_unpack(table))]
 
-    def claim_slab(self, age: int | None = None, master_pid: int = 0) -> tuple[int, int]:
+    def claim_slab(self, age: int | None = None, master_pid: int = 0, counted: bool = True) -> tuple[int, int]:
         """Take a free slab for a worker about to start: returns ``(slab, generation)``. Raises
         ``NoFreeSlab`` when every slab is taken, ``NoSpace`` when the slab's pages cannot be reserved
-        (both counted in the header)."""
+        (both counted in the header; a full table is not when ``counted`` is False: a try the caller
+        makes again)."""
         buf = self.buf
         with self.locked():
             slab = next((i for i, s in enumerate(self.slots()) if s.state == FREE), None)
             if slab is None:
-                Header.claim_failures.set(buf, Header.claim_failures.get(buf) + 1)
+                if counted:
+                    Header.claim_failures.set(buf, Header.claim_failures.get(buf) + 1)
                 raise NoFreeSlab(f"all {self.geometry.n_slabs} slabs are in use: raise max_workers")
             if not self._reserve_slab(slab):
                 Header.space_failures.set(buf, Header.space_failures.get(buf) + 1)

@@ -25,6 +25,9 @@ their own forks in turn) count too, in a slab of their own, claimed on first use
 - At exit its slab is retired however it exits: ``atexit`` (a normal exit), else the aggregator, which
   retires any live slab whose pid is gone, a zombie or another process (``os._exit``, SIGKILL,
   ``multiprocessing``'s exit), and folds its counts into the retired totals.
+- A table full of slabs that exited processes hold (helpers forked one a request exit faster than the
+  aggregator's ticks free their slabs): the child wakes the aggregator and waits for one, up to
+  ``FORK_CLAIM_WAIT`` seconds (``_claim_for_fork``).
 - No slab to be had (the table full, ``segment_dir`` full, the segment's lock not openable): the child's
   series stay in private memory, the claim is retried at most every ``CLAIM_RETRY_SECONDS``, and every
   update meanwhile (a read of a series' cells: one per ``inc``/``observe``/``set``, two for a gauge of
@@ -53,11 +56,11 @@ from typing import Iterator
 from .._linux import set_parent_death_signal
 from ..config import HEARTBEAT_SECONDS, MonitoringConfig
 from ..environment import SEGMENT_ENV
-from ..errors import NoFreeSlab, NoSegment
+from ..errors import NoFreeSlab, NoSegment, NoSpace
 from ..metrics import REGISTRY, Counter, Gauge, LocalStore, _Series
 from ..profiling import native
 from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
-from ..segment.layout import Body, Header
+from ..segment.layout import LIVE, RETIRED, Body, Header
 from .control import start_control
 from .logs import SlabLogHandler
 from .logs import install as install_log_handler
@@ -352,20 +355,59 @@ def attach_worker(segment: Segment | str | None = None, slab: int | None = None,
 def _attach_fork(segment: Segment, config: MonitoringConfig | None) -> WorkerState:
     """A fork of an attached worker claims and binds a slab of its own (on its first use of a metric)."""
     segment.open_lock()  # its own description of the file: raises OSError when it cannot have one
-    slab, generation = segment.claim_slab(master_pid=os.getppid())
+    slab, generation = _claim_for_fork(segment)
     hurry_aggregator(segment)
     return _attach(segment, slab, generation, config or MonitoringConfig().with_env())
 
 
-def hurry_aggregator(segment: Segment) -> None:
+def _claim_for_fork(segment: Segment) -> tuple[int, int]:
+    """``claim_slab`` for a fork. A table full of slabs that processes gone hold (helpers forked one a
+    request exit faster than ticks a quarter of a second apart free their slabs: 100 requests on 2
+    workers met 20 full tables) is not a reason to run unattached: wake the aggregator, whose next tick
+    frees them, and try again, for up to ``FORK_CLAIM_WAIT`` seconds. With no such slab, it fails at once."""
+    deadline = None
+    while True:
+        try:
+            return segment.claim_slab(master_pid=os.getppid(), counted=False)
+        except NoSpace:
+            raise
+        except NoFreeSlab:
+            if deadline is None and _slabs_of_gone_processes(segment):
+                deadline = time.monotonic() + FORK_CLAIM_WAIT
+            elif deadline is None or time.monotonic() >= deadline:
+                with segment.locked():  # one failure, however many tries
+                    Header.claim_failures.set(segment.buf, Header.claim_failures.get(segment.buf) + 1)
+                raise
+        hurry_aggregator(segment, after=0.0)
+        time.sleep(FORK_CLAIM_POLL)  # a bounded wait for the aggregator's tick, in this fork only
+
+
+def _slabs_of_gone_processes(segment: Segment) -> bool:
+    """Does a slab wait for the aggregator's next tick to be freed: retired, or live with a process that
+    no longer exists (the check each tick makes of a fork's slab)?"""
+    for slot in segment.slots():
+        if slot.state == RETIRED:
+            return True
+        if slot.state == LIVE and slot.pid > 0:
+            try:
+                os.kill(slot.pid, 0)
+            except ProcessLookupError:
+                return True
+            except OSError:
+                pass  # another user's: it exists
+    return False
+
+
+def hurry_aggregator(segment: Segment, after: float | None = None) -> None:
     """Wake the aggregator (SIGURG: ignored by default, so a signal that comes before its handler, or to
-    a reused pid, does nothing) unless it ticked within ``AGGREGATOR_HURRY_AFTER``. An idle aggregator
-    ticks once a second, and only a tick frees the slabs of helpers that exited: forked one a request,
-    they filled the table within that second. Once woken it ticks every ``tick_interval`` while the slot
-    table moves."""
+    a reused pid, does nothing) unless it ticked within ``after`` seconds (``AGGREGATOR_HURRY_AFTER``).
+    An idle aggregator ticks once a second, and only a tick frees the slabs of helpers that exited:
+    forked one a request, they filled the table within that second. Once woken it ticks every
+    ``tick_interval`` while the slot table moves."""
     buf = segment.buf
     pid = Header.aggregator_pid.get(buf)
-    if pid and time.time() - Header.aggregator_heartbeat.get(buf) > AGGREGATOR_HURRY_AFTER:
+    after = AGGREGATOR_HURRY_AFTER if after is None else after
+    if pid and time.time() - Header.aggregator_heartbeat.get(buf) > after:
         try:
             os.kill(pid, signal.SIGURG)
         except OSError:  # gone, or another user's (its own ticks then have to do)
@@ -373,6 +415,8 @@ def hurry_aggregator(segment: Segment) -> None:
 
 
 AGGREGATOR_HURRY_AFTER = 0.2  # seconds since its last tick (see hurry_aggregator)
+FORK_CLAIM_WAIT = 0.5  # seconds a fork waits for a slab the aggregator is about to free (_claim_for_fork)
+FORK_CLAIM_POLL = 0.005  # seconds between its tries
 
 
 def _attach(segment: Segment, slab: int, generation: int, config: MonitoringConfig,
