@@ -378,7 +378,7 @@ def _claim_for_fork(segment: Segment) -> tuple[int, int]:
                 with segment.locked():  # one failure, however many tries
                     Header.claim_failures.set(segment.buf, Header.claim_failures.get(segment.buf) + 1)
                 raise
-        hurry_aggregator(segment, after=0.0)
+        hurry_aggregator(segment, after=FORK_CLAIM_HURRY)
         time.sleep(FORK_CLAIM_POLL)  # a bounded wait for the aggregator's tick, in this fork only
 
 
@@ -417,6 +417,7 @@ def hurry_aggregator(segment: Segment, after: float | None = None) -> None:
 AGGREGATOR_HURRY_AFTER = 0.2  # seconds since its last tick (see hurry_aggregator)
 FORK_CLAIM_WAIT = 0.5  # seconds a fork waits for a slab the aggregator is about to free (_claim_for_fork)
 FORK_CLAIM_POLL = 0.005  # seconds between its tries
+FORK_CLAIM_HURRY = 0.02  # and it wakes the aggregator unless that ticked this recently (at most 50 ticks a second)
 
 
 def _attach(segment: Segment, slab: int, generation: int, config: MonitoringConfig,
