@@ -131,7 +131,8 @@ def test_idle_and_slowloris_connections_are_closed_while_metrics_stay_fast(gunic
     opened = time.monotonic()
     idle = [Peer(s) for s in connect(server.metrics_port, 2000)]
     slow = [Peer(s) for s in connect(server.metrics_port, 100, HEAD)]
-    poll(lambda: open_sockets(agg) >= sockets + 2100, message="the aggregator holding every connection")
+    poll(lambda: open_sockets(agg) >= sockets + 2100,
+         message=lambda: f"the aggregator holding every connection ({open_sockets(agg)} sockets, {sockets} before)")
 
     latencies = []
     for i in range(200):

@@ -26,10 +26,13 @@ ARTIFACTS = ROOT / "artifacts" / "dashboard"
 
 class Load:
     """Requests from one thread, paced (~60/s) so the machine's two cores stay shared: /, a route
-    template with a tenant, and /error (5xx and a WARNING log)."""
+    template with a tenant, and /error (5xx and a WARNING log); or ``paths`` every ``pace`` seconds."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, paths: tuple[str, ...] = ("/", "/users/ada", "/", "/error", "/users/bob"),
+                 pace: float = 1 / 60) -> None:
         self.port = port
+        self.paths = paths
+        self.pace = pace
         self.running = threading.Event()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -40,7 +43,7 @@ class Load:
         return self
 
     def _run(self) -> None:
-        paths = ["/", "/users/ada", "/", "/error", "/users/bob"]
+        paths = self.paths
         i = 0
         while not self.stopped.is_set():
             if not self.running.wait(0.1):
@@ -48,28 +51,7 @@ class Load:
             tenant = {"X-Tenant-ID": "acme" if i % 2 else "globex"}
             raw_get(self.port, paths[i % len(paths)], headers=tenant)
             i += 1
-            self.stopped.wait(1 / 60)  # pacing, not synchronisation
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(5)
-
-
-class Busy:
-    """``/work?ms=100`` over and over from one thread, so a worker is on the CPU while a profile runs."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> "Busy":
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self.stopped.is_set():
-            raw_get(self.port, "/work?ms=100")
+            self.stopped.wait(self.pace)  # pacing, not synchronisation
 
     def stop(self) -> None:
         self.stopped.set()
@@ -281,7 +263,8 @@ def test_optimize_now_raises_every_workers_count(dashboard):
 def test_profile_logs_control_and_history(dashboard):
     page = dashboard.page
     page.select("profile-seconds", "1")
-    busy = Busy(dashboard.server.port).start()  # CPU to sample: the paced load alone may give none in 1 s
+    # CPU to sample: the paced load alone may give none in 1 s
+    busy = Load(dashboard.server.port, ("/work?ms=100",), pace=0).start()
     try:
         page.click("profile-start")
         poll(lambda: page.rows("profile-table") > 0, timeout=limit(15),

@@ -189,8 +189,11 @@ class HttpServer:
         aggregator's tick (``beat``, at least once a second while ``tick_interval`` is at most that): a
         timer of its own woke the idle process once more a second, 0.3 of the 1.0 ms of CPU a second an
         idle aggregator with one worker spent. Others wake once a second (uvicorn's own loop: ten)."""
-        while not await self.server.on_tick(0 if int(time.time()) != self._dated else 1):
-            self._dated = int(time.time())  # on_tick(1): no new Date header within the same second
+        while True:
+            second = int(time.time())
+            if await self.server.on_tick(0 if second != self._dated else 1):  # 1: no new Date header
+                return
+            self._dated = second
             if self.driven:
                 await self._beat.wait()
                 self._beat.clear()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from ..segment import (
     Segment,
     SlotInfo,
     catalogue_bytes,
+    no_such_process,
     process_alive,
     published_count,
     read_entries,
@@ -143,17 +143,6 @@ class SlotTable:
             # read before decoding: if the table changes in between, the next read decodes again
             self._raw, self._slots = raw, self.segment.slots()
         return self._slots
-
-
-def _no_such_process(pid: int) -> bool:
-    """``kill(pid, 0)`` says there is no such process: a syscall, no descriptor and no /proc read."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # EPERM: it exists (another user's)
-        return False
-    return False
 
 
 def _oldest_first(slot: SlotInfo) -> tuple:
@@ -348,7 +337,7 @@ class Merger:
             forks = {slot.slab for slot in slots if slot.state == LIVE and slot.master_pid in live}
         for slot in slots:
             if check_processes and slot.state == LIVE and (forks is None or slot.slab in forks) and (
-                    slot.pid and (not probe_only or _no_such_process(slot.pid))
+                    slot.pid and (not probe_only or no_such_process(slot.pid))
                     and not process_alive(slot.pid, slot.proc_start)
                     or not slot.pid and now - slot.assigned_at > UNBOUND_SLAB_SECONDS):
                 if self.segment.retire_slab(slot.slab, slot.generation):

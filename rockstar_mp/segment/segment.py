@@ -115,6 +115,17 @@ def process_alive(pid: int, start: float = 0.0) -> bool:
         return _exists_or_unknown(pid)
 
 
+def no_such_process(pid: int) -> bool:
+    """``kill(pid, 0)`` says there is no such process: a syscall, no descriptor and no /proc read."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists (another user's)
+        return False
+    return False
+
+
 def _exists_or_unknown(pid: int) -> bool:
     """False if ``pid`` certainly does not exist; otherwise True, counted as an unknown answer."""
     global _liveness_unknown

@@ -59,7 +59,7 @@ from ..environment import SEGMENT_ENV
 from ..errors import NoFreeSlab, NoSegment, NoSpace
 from ..metrics import REGISTRY, Counter, Gauge, LocalStore, _Series
 from ..profiling import native
-from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, process_start, record_ring
+from ..segment import CatalogueWriter, RingWriter, Segment, log_ring, no_such_process, process_start, record_ring
 from ..segment.layout import LIVE, RETIRED, Body, Header
 from .control import start_control
 from .logs import SlabLogHandler
@@ -385,17 +385,8 @@ def _claim_for_fork(segment: Segment) -> tuple[int, int]:
 def _slabs_of_gone_processes(segment: Segment) -> bool:
     """Does a slab wait for the aggregator's next tick to be freed: retired, or live with a process that
     no longer exists (the check each tick makes of a fork's slab)?"""
-    for slot in segment.slots():
-        if slot.state == RETIRED:
-            return True
-        if slot.state == LIVE and slot.pid > 0:
-            try:
-                os.kill(slot.pid, 0)
-            except ProcessLookupError:
-                return True
-            except OSError:
-                pass  # another user's: it exists
-    return False
+    return any(slot.state == RETIRED or slot.state == LIVE and slot.pid > 0 and no_such_process(slot.pid)
+               for slot in segment.slots())
 
 
 def hurry_aggregator(segment: Segment, after: float | None = None) -> None:
