@@ -48,7 +48,7 @@ static int configured = 0;
 static PyObject *str_route_key, *str_tenant_key, *str_request_id_key, *str_default_request_id_key;
 static PyObject *str_wsgi_key, *str_method_key, *str_path_key, *str_socket_key, *str_other, *str_500;
 static PyObject *str_status, *str_route, *str_combination, *str_bucket;
-static PyObject *empty_str, *str_slash, *str_unmatched, *str_env;
+static PyObject *empty_str, *str_slash, *str_unmatched, *str_env, *str_req;
 
 /* The recorder's state the C path uses: set by WorkloadRecorder.bind() through bind(). */
 static PyObject *bound_slab = NULL;      /* a Slab, or NULL */
@@ -385,18 +385,92 @@ static PyTypeObject SlabType = {
 
 /* ---------------------------------------------------------------- the workload record */
 /* The sketch cells and the ring, as WorkloadRecorder.record does. Returns 0, or -1 with an exception. */
+/* Bumped whenever the series move (forget_cells(), bind()): addresses resolved before are not used again. */
+static unsigned long cells_epoch = 1;
+
+/* The cells of a tuple (view, index, ...) resolved to their addresses, for the object they were found in
+ * (held: while it lives, nothing else takes its address): record() adds to the last combination's sums
+ * and the last bucket entry's cells through them, without the views' and ints' checks and cache lines. */
+#define RESOLVED_CELLS 6
+typedef struct {
+    PyObject *of;
+    unsigned long epoch;
+    Py_ssize_t n;
+    double *at[RESOLVED_CELLS];
+} CellAddresses;
+
+static CellAddresses combination_sums, bucket_shifted, bucket_fixed;
+
+static int addresses_of(const CellAddresses *a, PyObject *of) { return a->of == of && a->epoch == cells_epoch; }
+
+/* Resolve cells (as add_cells_at reads them), each with room for span items from its index, for of; an
+ * address that cannot be resolved (a released view, a cell out of its view, too many cells) leaves a
+ * empty and its cells to add_cells_at. No exception either way. */
+static void resolve_addresses(CellAddresses *a, PyObject *of, PyObject *cells, Py_ssize_t span) {
+    Py_CLEAR(a->of);
+    if (!PyTuple_Check(cells) || PyTuple_GET_SIZE(cells) / 2 > RESOLVED_CELLS)
+        return;
+    Py_ssize_t n = PyTuple_GET_SIZE(cells) / 2;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *view = PyTuple_GET_ITEM(cells, 2 * k), *index = PyTuple_GET_ITEM(cells, 2 * k + 1);
+        double *first = cell(view, index, 0);
+        if (first == NULL || cell(view, index, span - 1) == NULL) {
+            PyErr_Clear();
+            return;
+        }
+        a->at[k] = first;
+    }
+    a->n = n;
+    a->epoch = cells_epoch;
+    a->of = Py_NewRef(of);
+}
+
+static void add_at_addresses(const CellAddresses *a, Py_ssize_t offset, double amount) {
+    for (Py_ssize_t k = 0; k < a->n; k++)
+        a->at[k][offset] += amount;
+}
+
 /* The combination record() found last, and what found it: the next request of the same route object, status
  * class and tenant object (a framework's template and the "" tenant are the same objects request after
  * request) takes it without a key tuple or a lookup. Held, so that no other object takes their addresses;
  * bind() forgets them (a new dict of combinations). */
 static PyObject *last_route = NULL, *last_tenant = NULL, *last_combination = NULL;
 static long last_status_class = -1;
+/* The bucket entry record() found last in a combination's blocks dict, and its block number: a dict's
+ * entry is set once and never replaced, and requests of a route mostly fall in one block. */
+static PyObject *last_blocks = NULL, *last_block_entry = NULL;
+static long last_block_number = 0;
 
 static void forget_last_combination(void) {
     Py_CLEAR(last_route);
     Py_CLEAR(last_tenant);
     Py_CLEAR(last_combination);
     last_status_class = -1;
+    Py_CLEAR(last_blocks);
+    Py_CLEAR(last_block_entry);
+    Py_CLEAR(combination_sums.of);
+    Py_CLEAR(bucket_shifted.of);
+    Py_CLEAR(bucket_fixed.of);
+}
+
+/* The entry of block number in blocks: a new reference, or NULL (an exception set, or none when the
+ * dict holds no such block). */
+static PyObject *block_entry(PyObject *blocks, long number) {
+    if (blocks == last_blocks && number == last_block_number)
+        return Py_NewRef(last_block_entry);
+    if (!PyDict_CheckExact(blocks))
+        return NULL;
+    PyObject *key = PyLong_FromLong(number);
+    if (key == NULL)
+        return NULL;
+    PyObject *entry = PyDict_GetItemWithError(blocks, key);  /* borrowed */
+    Py_DECREF(key);
+    if (entry == NULL)
+        return NULL;
+    Py_XSETREF(last_blocks, Py_NewRef(blocks));
+    Py_XSETREF(last_block_entry, Py_NewRef(entry));
+    last_block_number = number;
+    return Py_NewRef(entry);
 }
 
 /* The combination of (route, status class, tenant): a new reference, or NULL with an exception. */
@@ -447,14 +521,7 @@ static int record(PyObject *method, PyObject *route, long status, double seconds
         long index = (long)bucket, offset = index % block_width;
         if (offset < 0)
             offset += block_width;  /* floored, as Python's index % BUCKETS_PER_BLOCK */
-        PyObject *number = PyLong_FromLong((index - offset) / block_width);
-        if (number == NULL) {
-            Py_DECREF(combination);
-            return -1;
-        }
-        PyObject *entry = PyDict_CheckExact(blocks) ? PyDict_GetItemWithError(blocks, number) : NULL;
-        Py_XINCREF(entry);
-        Py_DECREF(number);
+        PyObject *entry = block_entry(blocks, (index - offset) / block_width);
         if (entry == NULL && !PyErr_Occurred()) {
             PyObject *pyindex = PyLong_FromLong(index);
             entry = pyindex == NULL ? NULL
@@ -463,12 +530,23 @@ static int record(PyObject *method, PyObject *route, long status, double seconds
         }
         if (entry == NULL)
             rc = -1;
-        else {
+        else if (addresses_of(&bucket_shifted, entry) && addresses_of(&bucket_fixed, entry)) {
+            add_at_addresses(&bucket_shifted, offset, 1.0);
+            add_at_addresses(&bucket_fixed, 0, 1.0);
+            Py_DECREF(entry);
+        } else {
             rc = add_bucket(entry, offset);
+            if (rc == 0 && PyTuple_Check(entry) && PyTuple_GET_SIZE(entry) == 2) {
+                resolve_addresses(&bucket_shifted, entry, PyTuple_GET_ITEM(entry, 0), block_width);
+                resolve_addresses(&bucket_fixed, entry, PyTuple_GET_ITEM(entry, 1), 1);
+            }
             Py_DECREF(entry);
         }
-        if (rc == 0)
-            rc = add_cells(PyTuple_GET_ITEM(combination, 1), seconds);
+        PyObject *sums = PyTuple_GET_ITEM(combination, 1);
+        if (rc == 0 && addresses_of(&combination_sums, combination))
+            add_at_addresses(&combination_sums, 0, seconds);
+        else if (rc == 0 && (rc = add_cells(sums, seconds)) == 0)
+            resolve_addresses(&combination_sums, combination, sums, 1);
         route_raw = PyTuple_GET_ITEM(combination, 2);
         tenant_raw = PyTuple_GET_ITEM(combination, 3);
     }
@@ -494,6 +572,24 @@ static PyObject *py_record(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* {name: name} for a frozenset of known methods: a request's method is looked up in it, and the request
+ * then holds the dict's str, the same object for every request of that method (find_resolved's key). */
+static PyObject *method_names(PyObject *methods) {
+    PyObject *names = PyDict_New();
+    PyObject *it = names ? PyObject_GetIter(methods) : NULL;
+    PyObject *name;
+    while (it != NULL && (name = PyIter_Next(it)) != NULL) {
+        int rc = PyDict_SetItem(names, name, name);
+        Py_DECREF(name);
+        if (rc < 0)
+            break;
+    }
+    Py_XDECREF(it);
+    if (PyErr_Occurred())
+        Py_CLEAR(names);
+    return names;
+}
+
 /* ---------------------------------------------------------------- the middleware */
 typedef struct {
     PyObject_HEAD
@@ -501,7 +597,7 @@ typedef struct {
     PyObject *statuses;      /* dict (method, status line, route) -> (vals, i, hist vals, hist i, bounds, sum_at,
                                 code[, overflow cells]): wsgi.response_cells' cache */
     PyObject *routes;        /* dict raw path -> route template: wsgi.path_template's cache */
-    PyObject *methods;       /* frozenset of known methods */
+    PyObject *methods;       /* dict of known methods, each its own value (method_names) */
     PyObject *tenant_key;    /* environ key of the tenant header */
     int workload, hold;
 } Middleware;
@@ -780,13 +876,14 @@ static PyObject *py_listeners_held(PyObject *module, PyObject *unused) {
 
 /* (vals, i, hist vals, hist i, bounds, sum_at, code[, overflow cells or None]) for the request's method,
  * status line and route (wsgi.response_cells) */
-static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status, PyObject *route) {
+static PyObject *status_entry(Middleware *mw, PyObject *method, PyObject *status, PyObject *route, int *cached) {
     PyObject *key = PyTuple_Pack(3, method, status, route);
     if (key == NULL)
         return NULL;
     PyObject *entry = PyDict_GetItemWithError(mw->statuses, key);
     Py_XINCREF(entry);
     Py_DECREF(key);
+    *cached = entry != NULL;
     if (entry == NULL && PyErr_ExceptionMatches(PyExc_TypeError))
         PyErr_Clear();  /* a status "line" that cannot be a key: asked every time, as in the Python path */
     if (entry == NULL && !PyErr_Occurred())
@@ -868,6 +965,138 @@ static int count_and_observe(PyObject *entry, double seconds) {
     return 0;
 }
 
+/* -- resolved status entries ---------------------------------------------------------------------
+ * A status entry's cells resolved to their addresses once, in a small table keyed by (cache, method,
+ * route, status line): a request whose method and route are the objects of an earlier one (a known
+ * method's canonical str, a framework's template) and whose status line has the same text counts with
+ * three stores, without a key tuple, a dict lookup, or the entry's views and ints. In a server the
+ * request path runs with cold caches (other processes and the kernel ran since the last request):
+ * what it costs there is mostly the cache lines it touches, code and data.
+ * The addresses stay valid while the entry is held and the series do not move: every move (attach,
+ * fork, detach) empties the caches (CellCache.clear, bind()), which calls forget_cells() here. */
+#define RESOLVED_SLOTS 64
+typedef struct {
+    PyObject *cache, *method, *route, *status, *entry;  /* held; entry keeps its views alive */
+    double *count, *buckets, *sum;
+    PyObject *bounds, *overflow;                          /* borrowed from entry; overflow NULL for none */
+    long code;
+    unsigned long epoch;
+} Resolved;
+static Resolved resolved[RESOLVED_SLOTS];
+
+static void forget_cells(void) { cells_epoch++; }
+
+static PyObject *py_forget_cells(PyObject *module, PyObject *unused) {
+    forget_cells();
+    Py_RETURN_NONE;
+}
+
+/* A status the table keys: a str status line of three characters or more (WSGI's), or an int (ASGI's);
+ * its code, or -1 for any other (never resolved). */
+static long status_key(PyObject *status) {
+    if (PyLong_CheckExact(status)) {
+        long code = PyLong_AsLong(status);
+        if (code == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return -1;
+        }
+        return code < 0 ? -1 : code;
+    }
+    if (!PyUnicode_CheckExact(status) || PyUnicode_GET_LENGTH(status) < 3
+        || PyUnicode_KIND(status) != PyUnicode_1BYTE_KIND)
+        return -1;  /* a status line is latin-1 (PEP 3333) */
+    const Py_UCS1 *c = PyUnicode_1BYTE_DATA(status);
+    return (long)c[0] * 100 + c[1] * 10 + c[2];
+}
+
+/* The slot of a key (the status's code with the cache's, method's and route's addresses), or -1. */
+static Py_ssize_t resolved_slot(PyObject *cache, PyObject *method, PyObject *route, long code) {
+    if (code < 0 || !PyUnicode_CheckExact(route))
+        return -1;
+    uintptr_t h = ((uintptr_t)cache >> 4) ^ ((uintptr_t)method >> 4) * 31 ^ ((uintptr_t)route >> 4) * 131
+                  ^ (uintptr_t)code * 7;
+    return (Py_ssize_t)((h ^ (h >> 7)) % RESOLVED_SLOTS);
+}
+
+/* The resolved entry of a key, or NULL (no exception) when the table does not hold it. The status is
+ * compared by value (a framework may make its status line anew for each response): a str by its text,
+ * an int by its value. */
+static Resolved *find_resolved(PyObject *cache, PyObject *method, PyObject *route, PyObject *status) {
+    long code = status_key(status);
+    Py_ssize_t k = resolved_slot(cache, method, route, code);
+    if (k < 0)
+        return NULL;
+    Resolved *r = &resolved[k];
+    if (r->epoch != cells_epoch || r->cache != cache || r->method != method || r->route != route)
+        return NULL;
+    if (r->status == status)
+        return r;
+    if (Py_TYPE(r->status) != Py_TYPE(status))
+        return NULL;
+    if (PyLong_CheckExact(status))
+        return status_key(r->status) == code ? r : NULL;
+    return PyUnicode_Compare(r->status, status) == 0 ? r : NULL;  /* both str: no exception */
+}
+
+/* Hold entry's cells resolved for the key in its slot (replacing what the slot held), if they can be:
+ * an entry whose cells are not all usable float64 cells of their views, or whose bounds are not all
+ * floats, is left to count_and_observe every time, which raises where the Python path does. */
+static void keep_resolved(PyObject *cache, PyObject *method, PyObject *route, PyObject *status, PyObject *entry) {
+    Py_ssize_t k = resolved_slot(cache, method, route, status_key(status));
+    if (k < 0 || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < STATUS_ENTRY_FIELDS)
+        return;
+    PyObject *bounds = PyTuple_GET_ITEM(entry, 4);
+    PyObject *overflow = PyTuple_GET_SIZE(entry) > STATUS_ENTRY_FIELDS ? PyTuple_GET_ITEM(entry, STATUS_ENTRY_FIELDS)
+                                                                       : Py_None;
+    if (!PyTuple_Check(bounds) || bound_values(bounds) == NULL || !PyLong_CheckExact(PyTuple_GET_ITEM(entry, 6)))
+        return;
+    Py_ssize_t base = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 3));
+    Py_ssize_t sum_at = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 5));
+    long code = PyLong_AsLong(PyTuple_GET_ITEM(entry, 6));
+    double *count = PyErr_Occurred() ? NULL : cell(PyTuple_GET_ITEM(entry, 0), PyTuple_GET_ITEM(entry, 1), 0);
+    double *buckets = count ? cell_at(PyTuple_GET_ITEM(entry, 2), base) : NULL;
+    double *last = buckets ? cell_at(PyTuple_GET_ITEM(entry, 2), base + PyTuple_GET_SIZE(bounds)) : NULL;
+    double *sum = last ? cell_at(PyTuple_GET_ITEM(entry, 2), base + sum_at) : NULL;
+    if (sum == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    Resolved *r = &resolved[k];
+    Py_XSETREF(r->cache, Py_NewRef(cache));
+    Py_XSETREF(r->method, Py_NewRef(method));
+    Py_XSETREF(r->route, Py_NewRef(route));
+    Py_XSETREF(r->status, Py_NewRef(status));
+    Py_XSETREF(r->entry, Py_NewRef(entry));
+    r->count = count;
+    r->buckets = buckets;
+    r->sum = sum;
+    r->bounds = bounds;
+    r->overflow = overflow == Py_None ? NULL : overflow;
+    r->code = code;
+    r->epoch = cells_epoch;
+}
+
+/* count_and_observe for a resolved entry. */
+static int count_resolved(Resolved *r, double seconds) {
+    const double *values = bound_values(r->bounds);  /* all floats (checked when resolved); NULL: no memory */
+    if (values == NULL)
+        return count_and_observe(r->entry, seconds);
+    *r->count += 1.0;
+    if (r->overflow != NULL && add_cells(r->overflow, 1.0) < 0)
+        return -1;
+    Py_ssize_t lo = 0, hi = PyTuple_GET_SIZE(r->bounds);
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (values[mid] < seconds)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    r->buckets[lo] += 1.0;
+    *r->sum += seconds;
+    return 0;
+}
+
 static PyObject *environ_text(PyObject *environ, PyObject *key) {
     PyObject *v = PyDict_GetItemWithError(environ, key);
     return v != NULL && PyUnicode_Check(v) && PyUnicode_GET_LENGTH(v) ? v : NULL;
@@ -944,15 +1173,25 @@ static int finish(Request *req) {
     double seconds = monotonic_now() - req->started;
     PyObject *status = req->status ? req->status : str_500;
     PyObject *route = request_route(req, status);
-    PyObject *entry = status_entry(mw, req->method, status, route);
-    int rc = entry ? count_and_observe(entry, seconds) : -1;
     long code = 0;
-    if (rc == 0) {  /* not after an error: the conversion may run Python code (__index__) */
-        code = PyLong_AsLong(PyTuple_GET_ITEM(entry, 6));
-        if (code == -1 && PyErr_Occurred())
-            rc = -1;  /* no workload record; the response still goes and the request still ends */
+    int rc;
+    Resolved *resolved_entry = find_resolved(mw->statuses, req->method, route, status);
+    if (resolved_entry != NULL) {
+        rc = count_resolved(resolved_entry, seconds);
+        code = resolved_entry->code;
+    } else {
+        int cached = 0;
+        PyObject *entry = status_entry(mw, req->method, status, route, &cached);
+        rc = entry ? count_and_observe(entry, seconds) : -1;
+        if (rc == 0) {  /* not after an error: the conversion may run Python code (__index__) */
+            code = PyLong_AsLong(PyTuple_GET_ITEM(entry, 6));
+            if (code == -1 && PyErr_Occurred())
+                rc = -1;  /* no workload record; the response still goes and the request still ends */
+            else if (cached)  /* what the cache holds, never what its slow path made for this request alone */
+                keep_resolved(mw->statuses, req->method, route, status, entry);
+        }
+        Py_XDECREF(entry);
     }
-    Py_XDECREF(entry);
     PyObject *type = NULL, *value = NULL, *tb = NULL;
     PyErr_Fetch(&type, &value, &tb);  /* whatever failed above, the response must still go */
     if (req->sock != NULL) {  /* right after the count: a kill in between is the one window left */
@@ -990,8 +1229,12 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "a WSGI app takes (environ, start_response)");
         return NULL;
     }
-    if (!PyArg_UnpackTuple(args, "MetricsMiddleware", 2, 2, &environ, &start_response))
+    if (PyTuple_GET_SIZE(args) != 2) {
+        PyErr_Format(PyExc_TypeError, "MetricsMiddleware expected 2 arguments, got %zd", PyTuple_GET_SIZE(args));
         return NULL;
+    }
+    environ = PyTuple_GET_ITEM(args, 0);
+    start_response = PyTuple_GET_ITEM(args, 1);
     if (!PyDict_Check(environ)) {
         PyErr_SetString(PyExc_TypeError, "environ must be a dict");
         return NULL;
@@ -1010,7 +1253,8 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
     req->nbytes = 0;
     req->finished = 0;
     PyObject *method = environ_text(environ, str_method_key);
-    if (method == NULL || PySet_Contains(self->methods, method) != 1)
+    method = method != NULL ? PyDict_GetItemWithError(self->methods, method) : NULL;  /* its known name */
+    if (method == NULL)
         method = str_other;
     PyErr_Clear();
     Py_INCREF(method);
@@ -1037,7 +1281,8 @@ static PyObject *middleware_call(Middleware *self, PyObject *args, PyObject *kw)
             slab_begin((Slab *)bound_slab, method, path ? path : str_slash);
         }
     }
-    PyObject *body = PyObject_CallFunctionObjArgs(self->app, environ, (PyObject *)req, NULL);
+    PyObject *call[2] = {environ, (PyObject *)req};
+    PyObject *body = PyObject_Vectorcall(self->app, call, 2, NULL);
     if (body == NULL) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -1068,8 +1313,10 @@ static int middleware_init(Middleware *self, PyObject *args, PyObject *kw) {
     Py_XSETREF(self->statuses, statuses);
     Py_INCREF(routes);
     Py_XSETREF(self->routes, routes);
-    Py_INCREF(methods);
-    Py_XSETREF(self->methods, methods);
+    PyObject *names = method_names(methods);
+    if (names == NULL)
+        return -1;
+    Py_XSETREF(self->methods, names);
     Py_INCREF(tenant_key);
     Py_XSETREF(self->tenant_key, tenant_key);
     self->workload = workload;
@@ -1124,7 +1371,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *cells;       /* dict (method, status, route) -> status entry (as status_entry's): asgi._Cells.cache */
     PyObject *paths;       /* dict raw path -> route template: asgi._Routes' path cache */
-    PyObject *methods;     /* frozenset of known methods */
+    PyObject *methods;     /* dict of known methods, each its own value (method_names) */
     PyObject *tenant;      /* the tenant header's name: lowercase bytes */
     PyObject *request_id;  /* the request id header's name: lowercase bytes */
     int workload;
@@ -1353,6 +1600,14 @@ static int asgi_count(AsgiSend *req, PyObject *status) {
     PyObject *route = asgi_route(req, code);
     if (route == NULL)
         return -1;
+    Resolved *resolved_entry = find_resolved(mw->cells, req->method, route, status);
+    if (resolved_entry != NULL) {
+        int rc = count_resolved(resolved_entry, seconds);
+        if (rc == 0 && mw->workload)
+            rc = asgi_record(req, route, resolved_entry->code, seconds);
+        Py_DECREF(route);
+        return rc;
+    }
     PyObject *key = PyTuple_Pack(3, req->method, status, route);
     if (key == NULL) {
         Py_DECREF(route);
@@ -1361,6 +1616,7 @@ static int asgi_count(AsgiSend *req, PyObject *status) {
     PyObject *entry = PyDict_GetItemWithError(mw->cells, key);
     Py_XINCREF(entry);
     Py_DECREF(key);
+    int cached = entry != NULL;
     if (entry == NULL && PyErr_ExceptionMatches(PyExc_TypeError))
         PyErr_Clear();  /* an unhashable "status": asked every time, as in the Python path */
     if (entry == NULL && !PyErr_Occurred())
@@ -1370,6 +1626,8 @@ static int asgi_count(AsgiSend *req, PyObject *status) {
         PyErr_SetString(PyExc_TypeError, "_cells_of() must return an 8-tuple");
     }
     int rc = entry != NULL ? count_and_observe(entry, seconds) : -1;
+    if (rc == 0 && cached)
+        keep_resolved(mw->cells, req->method, route, status, entry);
     if (rc == 0 && mw->workload) {
         long recorded = PyLong_AsLong(PyTuple_GET_ITEM(entry, STATUS_ENTRY_FIELDS - 1));
         rc = recorded == -1 && PyErr_Occurred() ? -1 : asgi_record(req, route, recorded, seconds);
@@ -1535,10 +1793,10 @@ static PyObject *asgi_begin(AsgiMiddleware *self, PyObject *const *args, Py_ssiz
     PyObject *method = PyDict_GetItemWithError(scope, str_method_scope);
     if (method == NULL && PyErr_Occurred())
         return NULL;
-    int known = method != NULL ? PySet_Contains(self->methods, method) : 0;
-    if (known < 0)
+    PyObject *known = method != NULL ? PyDict_GetItemWithError(self->methods, method) : NULL;  /* its known name */
+    if (known == NULL && PyErr_Occurred())
         return NULL;  /* unhashable: as `method not in KNOWN_METHODS` raises */
-    method = known ? method : str_other;
+    method = known ? known : str_other;
     PyObject *root_path = PyDict_GetItemWithError(scope, str_root_path);
     if (root_path == NULL && PyErr_Occurred())
         return NULL;
@@ -1575,7 +1833,10 @@ static int asgi_init(AsgiMiddleware *self, PyObject *args, PyObject *kw) {
         return -1;
     Py_XSETREF(self->cells, Py_NewRef(cells));
     Py_XSETREF(self->paths, Py_NewRef(paths));
-    Py_XSETREF(self->methods, Py_NewRef(methods));
+    PyObject *names = method_names(methods);
+    if (names == NULL)
+        return -1;
+    Py_XSETREF(self->methods, names);
     Py_XSETREF(self->tenant, Py_NewRef(tenant));
     Py_XSETREF(self->request_id, Py_NewRef(request_id));
     self->workload = workload;
@@ -1765,6 +2026,7 @@ static PyObject *py_bind(PyObject *module, PyObject *args) {
     SET(bound_slab, slab);
     SET(combinations, combos);
     forget_last_combination();
+    forget_cells();
     SET(recorder, rec);
     SET(on_idle, idle);
 #undef SET
@@ -1789,7 +2051,7 @@ static PyObject *capture_request_of(PyObject *const *args, Py_ssize_t nargs, PyO
     if (kwnames == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++)
-        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "req") == 0)
+        if (PyTuple_GET_ITEM(kwnames, i) == str_req || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "req") == 0)
             return args[nargs + i];
     return NULL;
 }
@@ -1881,6 +2143,8 @@ static PyMethodDef module_methods[] = {
      "frame or None), ...]): the CPU thread sampler's wait and tick (samplers.ThreadSampler._run_cpu)."},
     {"configure", py_configure, METH_VARARGS, "Constants from the layout and the sketch."},
     {"bind", py_bind, METH_VARARGS, "The slab, the recorder's caches and the idle callback."},
+    {"forget_cells", py_forget_cells, METH_NOARGS,
+     "Forget the status entries' resolved cells (the series moved: CellCache.clear calls it)."},
     {"record", py_record, METH_VARARGS, "One workload record (sketch cells and ring)."},
     {"hold_listeners", py_hold_listeners, METH_O,
      "Hold these listening sockets at the first held request (a gunicorn sync worker's)."},
@@ -1936,6 +2200,7 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     INTERN(str_method_scope, "method");
     INTERN(str_code_of, "_code_of");
     INTERN(str_env, "env");
+    INTERN(str_req, "req");
 #undef INTERN
     Py_INCREF(&SlabType);
     Py_INCREF(&MiddlewareType);

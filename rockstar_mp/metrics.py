@@ -90,7 +90,16 @@ class LocalStore:
 
 class CellCache(dict[Any, Any]):
     """A cache holding cells (``(view, index)``) of series: emptied whenever the series move (attach,
-    fork), so nobody writes through a stale view. Get one from ``REGISTRY.cell_cache()``."""
+    fork), so nobody writes through a stale view. Get one from ``REGISTRY.cell_cache()``. What keeps
+    its entries elsewhere (the C request path keeps their cells' addresses) forgets them in a callback
+    of ``on_clear``, called at every ``clear``."""
+
+    on_clear: list[Callable[[], None]] = []
+
+    def clear(self) -> None:
+        super().clear()
+        for forget in CellCache.on_clear:
+            forget()
 
 
 class Registry:

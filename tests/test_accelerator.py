@@ -73,6 +73,19 @@ def test_c_and_python_paths_write_the_same(tmp_path, app):
             "http.requests['GET', '404', '<unmatched>']": 1}
 
 
+def test_moved_series_are_not_written_through_addresses_resolved_before(tmp_path):
+    """The C path keeps the cells' addresses of the responses it counted; once the series move (a forked
+    child's go to private memory), a request must count where they are now, never in the old slab."""
+    if hotpath is None and not IN_CI:
+        pytest.skip("rockstar_mp._hotpath is not built")
+    c, pure = _paths(tmp_path, False, "moved"), _paths(tmp_path, True, "moved")
+    assert c.pop("c") is True and pure.pop("c") is False
+    assert c == pure
+    assert len(c["statuses"]) == 2 * 8
+    counted = sum(v for k, v in c["series"].items() if k.startswith("http.requests["))
+    assert counted == 8  # the first round; the second went to private memory
+
+
 @pytest.mark.parametrize("path", ["c", "python"])
 def test_the_response_stays_corked_until_it_is_counted(path):
     """The hold on a real loopback connection: corked while the app runs and while the server writes;

@@ -19,6 +19,7 @@ import os
 import socket
 import types
 
+from ..metrics import CellCache
 from ..segment.layout import RECORD_SPANS, SLOT_PAYLOAD, SLOT_SEQ
 from ..sketch import BUCKET_SCALE, BUCKETS_PER_BLOCK, MIN_SECONDS
 from .keys import DEFAULT_REQUEST_ID_KEY, REQUEST_ID_KEY, ROUTE_KEY, TENANT_KEY, UNMATCHED, WSGI_KEY
@@ -37,5 +38,6 @@ if hotpath is not None:
                       {"route": ROUTE_KEY, "tenant": TENANT_KEY, "request_id": REQUEST_ID_KEY,
                        "default_request_id": DEFAULT_REQUEST_ID_KEY, "wsgi": WSGI_KEY,
                        "unmatched": UNMATCHED})
+    CellCache.on_clear.append(hotpath.forget_cells)  # the C path keeps the cached cells' addresses
     with socket.socket() as _probe:  # the hold reads a socket's descriptor from its struct, once checked here
         hotpath.trust_socket_layout(_probe)

@@ -2,7 +2,10 @@
 to a fresh segment, and prints (JSON) what landed in the slab: the test compares the C request path with
 the Python one (``ROCKSTAR_PURE_PYTHON=1``) through this script.
 
-    python -m tests.apps.paths <segment dir> [falcon]
+    python -m tests.apps.paths <segment dir> [falcon | moved]
+
+``moved``: the requests are served again after the series moved to private memory (as in a forked
+child, before it claims a slab): the slab must hold the first round only.
 """
 import io
 import json
@@ -12,10 +15,12 @@ import falcon
 
 from rockstar_mp.aggregator.merge import Merger
 from rockstar_mp.aggregator.workload import RingDrain
+from rockstar_mp.metrics import REGISTRY, LocalStore
 from rockstar_mp.segment import Geometry, Segment
 from rockstar_mp.worker.accelerator import hotpath
 from rockstar_mp.worker.attach import attach_worker
 from rockstar_mp.worker.falcon import WorkloadMiddleware
+from rockstar_mp.worker.workload import RECORDER
 from rockstar_mp.worker.wsgi import MetricsMiddleware
 
 
@@ -80,10 +85,15 @@ def main() -> None:
     segment = Segment.create(sys.argv[1], Geometry(n_slabs=2))
     slab, generation = segment.claim_slab()
     state = attach_worker(segment, slab, generation)
-    if len(sys.argv) > 2:
+    if sys.argv[2:] == ["falcon"]:
         statuses = serve(falcon_app(), FALCON_REQUESTS)
     else:
-        statuses = serve(MetricsMiddleware(plain_app, workload=True), REQUESTS)
+        app = MetricsMiddleware(plain_app, workload=True)
+        statuses = serve(app, REQUESTS)
+        if sys.argv[2:] == ["moved"]:  # what the C path resolved must not be written through any more
+            REGISTRY.bind(LocalStore())  # as attach's _after_fork_in_child
+            RECORDER.bind(None)
+            statuses += serve(app, REQUESTS)
     snap = Merger(segment).merge()
     series = {}
     for info in snap.series:
