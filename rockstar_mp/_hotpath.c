@@ -384,7 +384,6 @@ static PyTypeObject SlabType = {
 };
 
 /* ---------------------------------------------------------------- the workload record */
-/* The sketch cells and the ring, as WorkloadRecorder.record does. Returns 0, or -1 with an exception. */
 /* Bumped whenever the series move (forget_cells(), bind()): addresses resolved before are not used again. */
 static unsigned long cells_epoch = 1;
 
@@ -499,6 +498,7 @@ static PyObject *combination_of(PyObject *route, long status_class, PyObject *te
     return combination;
 }
 
+/* The sketch cells and the ring, as WorkloadRecorder.record does. Returns 0, or -1 with an exception. */
 static int record(PyObject *method, PyObject *route, long status, double seconds, double start,
                   uint64_t nbytes, PyObject *request_id, PyObject *tenant) {
     if (combinations == NULL || recorder == NULL)
@@ -1062,6 +1062,7 @@ static void keep_resolved(PyObject *cache, PyObject *method, PyObject *route, Py
         return;
     }
     Resolved *r = &resolved[k];
+    r->epoch = 0;  /* not found while it changes (a reference dropped here could run other code) */
     Py_XSETREF(r->cache, Py_NewRef(cache));
     Py_XSETREF(r->method, Py_NewRef(method));
     Py_XSETREF(r->route, Py_NewRef(route));
