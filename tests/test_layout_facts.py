@@ -35,6 +35,7 @@ C_NUMBERS_ALLOWED = {
     "100", "404",  # HTTP: the status class, Not Found
     "0xC0", "0x80",  # UTF-8 continuation bytes
     "1e9", "1000000000",  # nanoseconds a second: the thread sampler's clocks and wait (cpu_wake)
+    "10", "31", "131", "64",  # the resolved status entries' table: a status code's digits, its slot hash, its slots
 }
 
 
