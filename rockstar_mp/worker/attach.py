@@ -365,19 +365,21 @@ def _claim_for_fork(segment: Segment) -> tuple[int, int]:
     request exit faster than ticks a quarter of a second apart free their slabs: 100 requests on 2
     workers met 20 full tables) is not a reason to run unattached: wake the aggregator, whose next tick
     frees them, and try again, for up to ``FORK_CLAIM_WAIT`` seconds. With no such slab, it fails at once."""
-    deadline = None
+    deadline = None  # set at the first full table: until when to try again
     while True:
-        try:
-            return segment.claim_slab(master_pid=os.getppid(), counted=False)
+        final = deadline is not None and time.monotonic() >= deadline
+        try:  # only the final try counts a failure (claim_slab's claim_failures): one, however many tries
+            return segment.claim_slab(master_pid=os.getppid(), counted=final)
         except NoSpace:
             raise
         except NoFreeSlab:
-            if deadline is None and _slabs_of_gone_processes(segment):
-                deadline = time.monotonic() + FORK_CLAIM_WAIT
-            elif deadline is None or time.monotonic() >= deadline:
-                with segment.locked():  # one failure, however many tries
-                    Header.claim_failures.set(segment.buf, Header.claim_failures.get(segment.buf) + 1)
+            if final:
                 raise
+            if deadline is None:
+                waiting = _slabs_of_gone_processes(segment)
+                deadline = time.monotonic() + (FORK_CLAIM_WAIT if waiting else 0.0)
+                if not waiting:
+                    continue  # no slab about to be freed: the final try at once
         hurry_aggregator(segment, after=FORK_CLAIM_HURRY)
         time.sleep(FORK_CLAIM_POLL)  # a bounded wait for the aggregator's tick, in this fork only
 
