@@ -992,7 +992,8 @@ static PyObject *py_forget_cells(PyObject *module, PyObject *unused) {
 }
 
 /* A status the table keys: a str status line of three characters or more (WSGI's), or an int (ASGI's);
- * its code, or -1 for any other (never resolved). */
+ * a number for its slot (an int's value, a line's first three characters as one number), or -1 for any
+ * other (never resolved). */
 static long status_key(PyObject *status) {
     if (PyLong_CheckExact(status)) {
         long code = PyLong_AsLong(status);
@@ -1009,7 +1010,7 @@ static long status_key(PyObject *status) {
     return (long)c[0] * 100 + c[1] * 10 + c[2];
 }
 
-/* The slot of a key (the status's code with the cache's, method's and route's addresses), or -1. */
+/* The slot of a key (status_key's number with the cache's, method's and route's addresses), or -1. */
 static Py_ssize_t resolved_slot(PyObject *cache, PyObject *method, PyObject *route, long code) {
     if (code < 0 || !PyUnicode_CheckExact(route))
         return -1;

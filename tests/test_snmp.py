@@ -373,7 +373,7 @@ def test_fuzz_leaves_the_agent_answering(server):
             except OSError:
                 pass
             if i % 500 == 0:
-                time.sleep(0.005)  # let the agent's socket buffer drain a little
+                time.sleep(0.005)  # the flood's pace, not a synchronisation: the agent's buffer drains a little
     started = time.monotonic()
     result = run("snmpget", v2c(), port, "1.3.6.1.2.1.1.1.0", retries="5", wait="1")
     assert result.returncode == 0 and "rockstar-mp" in result.stdout, result
