@@ -107,14 +107,14 @@ def _get_body(port: int) -> tuple[int, str]:
 
 
 def test_small_tmpfs_refuses_slabs_instead_of_sigbus(gunicorn_factory, tmpfs):
-    """8 workers on a 2 MiB tmpfs, each declaring series until its catalogue is full: the slabs that
+    """8 workers on a 2 MiB tmpfs, each filling its catalogue on its first request: the slabs that
     cannot be reserved are refused and counted, their workers run unmonitored, no process gets
     SIGBUS, and every response of a monitored worker is counted."""
     shm = tmpfs("2m")
     server = gunicorn_factory(workers=8, app="tests.apps.series_flood:app", segment_dir=shm,
                               env=SMALL_GEOMETRY, monitored=False)
     poll(lambda: server.metrics()["system"]["workers_live"] >= 1, message="the aggregator serving")
-    tally = _served_by(server.port, 2400)  # 16 series a request, 2048 a catalogue: every one fills
+    tally = _served_by(server.port, 2400)  # a worker's first request fills its catalogue
     monitored = {pid for pid, on in tally if on}
     unmonitored = {pid for pid, on in tally if not on}
     counted = sum(n for (pid, on), n in tally.items() if on)
