@@ -472,9 +472,18 @@ static PyObject *block_entry(PyObject *blocks, long number) {
     return Py_NewRef(entry);
 }
 
-/* The combination of (route, status class, tenant): a new reference, or NULL with an exception. */
+/* Two exact strs of the same text (by their bytes: no rich comparison). */
+static int equal_strs(PyObject *a, PyObject *b) {
+    return a == b || (PyUnicode_GET_LENGTH(a) == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+                      && !memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), PyUnicode_GET_LENGTH(a) * PyUnicode_KIND(a)));
+}
+
+/* The combination of (route, status class, tenant): a new reference, or NULL with an exception. A tenant
+ * header's value is a new str every request, so the last tenant is compared by its text. */
 static PyObject *combination_of(PyObject *route, long status_class, PyObject *tenant) {
-    if (route == last_route && tenant == last_tenant && status_class == last_status_class)
+    if (route == last_route && status_class == last_status_class && last_tenant != NULL
+        && (tenant == last_tenant
+            || (PyUnicode_CheckExact(tenant) && PyUnicode_CheckExact(last_tenant) && equal_strs(tenant, last_tenant))))
         return Py_NewRef(last_combination);
     PyObject *klass = PyLong_FromLong(status_class);
     if (klass == NULL)
@@ -1364,18 +1373,21 @@ static PyTypeObject MiddlewareType = {
 };
 
 /* ---------------------------------------------------------------- the ASGI middleware */
-/* The per-message work of rockstar_mp.worker.asgi.MetricsMiddleware, whose Python __call__ (one coroutine)
- * makes an AsgiSend per HTTP request with begin(scope, send), hands it to the app as its send, and calls
- * its done(status) when the app returned or raised. The well-formed cases are done here; anything else
+/* The request path of rockstar_mp.worker.asgi.MetricsMiddleware. Its __call__ (asgi_call) makes an
+ * AsgiSend per HTTP request (begin), hands it to the app as its send, and returns an AsgiCall: the app's
+ * awaitable run through, which calls the AsgiSend's done(status) once the app returned or raised. The
+ * well-formed cases are done here; anything else
  * (a header list of odd items, a mounted route, a first-time status or path) is asked of the Python
  * middleware's slow paths (_cells_of, _route_of, _headers_of), which hold the reference behaviour. */
 typedef struct {
     PyObject_HEAD
+    PyObject *app;         /* the wrapped ASGI app (its "app" attribute) */
     PyObject *cells;       /* dict (method, status, route) -> status entry (as status_entry's): asgi._Cells.cache */
     PyObject *paths;       /* dict raw path -> route template: asgi._Routes' path cache */
     PyObject *methods;     /* dict of known methods, each its own value (method_names) */
     PyObject *tenant;      /* the tenant header's name: lowercase bytes */
     PyObject *request_id;  /* the request id header's name: lowercase bytes */
+    PyObject *client_closed;  /* the status of a request cancelled before any response: asgi.CLIENT_CLOSED */
     int workload;
 } AsgiMiddleware;
 
@@ -1397,6 +1409,9 @@ static PyObject *str_type, *str_status_key, *str_body, *str_more_body, *str_star
 static PyObject *str_scope_route, *str_router, *str_path, *str_root_path, *str_headers, *str_fastapi;
 static PyObject *str_effective, *str_path_format, *str_routes_attr, *str_path_template, *str_get;
 static PyObject *str_cells_of, *str_route_of, *str_headers_of, *str_method_scope, *str_code_of;
+static PyObject *str_http, *str_not_http, *str_throw, *str_close;
+static PyObject *status_500;                         /* done()'s fallback: the server answers 500 */
+static PyObject *cancelled_error = NULL;            /* asyncio.CancelledError */
 
 /* message[key] (dict or any mapping): a new reference, or NULL with an exception (KeyError if absent). */
 static PyObject *message_item(PyObject *message, PyObject *key) {
@@ -1645,8 +1660,7 @@ static int same_text(PyObject *kind, PyObject *text) {
     if (kind == text)
         return 1;
     if (PyUnicode_CheckExact(kind))
-        return PyUnicode_GET_LENGTH(kind) == PyUnicode_GET_LENGTH(text) && PyUnicode_KIND(kind) == PyUnicode_KIND(text)
-               && !memcmp(PyUnicode_DATA(kind), PyUnicode_DATA(text), PyUnicode_GET_LENGTH(text) * PyUnicode_KIND(text));
+        return equal_strs(kind, text);
     return PyObject_RichCompareBool(kind, text, Py_EQ);
 }
 
@@ -1823,15 +1837,302 @@ static PyObject *asgi_begin(AsgiMiddleware *self, PyObject *const *args, Py_ssiz
     return (PyObject *)req;
 }
 
+/* ---------------------------------------------------------------- the ASGI call */
+/* What MetricsMiddleware(scope, receive, send) returns for an HTTP request: the app's awaitable, run
+ * through, and the request ended (AsgiSend.done) once the app returned or raised, as the coroutine
+ *     try: await app(scope, receive, request)
+ *     except BaseException as error: request.done(499 if cancelled else 500); raise
+ *     request.done(500)
+ * would, without a Python frame per request. It is awaitable (am_await, am_send: a server's `await`
+ * drives it with no method call) and a coroutine as asyncio's and collections.abc's checks see one
+ * (send, throw, close), so a server may also run it as a task. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *awaiting;  /* the iterator of the app's awaitable; NULL once the app returned or raised */
+    AsgiSend *request;
+} AsgiCall;
+
+static PyTypeObject AsgiCallType;
+
+/* The app raised (its exception set): end the request with the status a cancelled or a failed request
+ * gets, and leave the app's exception set (or done()'s, with the app's as its context). */
+static void end_failed(AsgiSend *request) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    int cancelled = type != NULL && PyErr_GivenExceptionMatches(type, cancelled_error);
+    PyObject *r = asgi_send_done(request, cancelled ? request->owner->client_closed : status_500);
+    if (r != NULL) {
+        Py_DECREF(r);
+        PyErr_Restore(type, value, tb);
+        return;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *new_type, *new_value, *new_tb;
+    PyErr_Fetch(&new_type, &new_value, &new_tb);
+    PyErr_NormalizeException(&new_type, &new_value, &new_tb);
+    PyException_SetContext(new_value, value);  /* steals value */
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyErr_Restore(new_type, new_value, new_tb);
+}
+
+/* The app's awaitable is done: PYGEN_RETURN (*result its value) or PYGEN_ERROR (an exception set). End
+ * the request; the status to hand on. */
+static PySendResult call_finished(AsgiCall *self, PySendResult status, PyObject **result) {
+    Py_CLEAR(self->awaiting);
+    if (status == PYGEN_ERROR) {
+        end_failed(self->request);
+        return PYGEN_ERROR;
+    }
+    PyObject *r = asgi_send_done(self->request, status_500);  /* a response never completed: the server's 500 */
+    if (r == NULL) {
+        Py_CLEAR(*result);
+        return PYGEN_ERROR;
+    }
+    Py_DECREF(r);
+    return PYGEN_RETURN;
+}
+
+static PySendResult call_am_send(AsgiCall *self, PyObject *value, PyObject **result) {
+    if (self->awaiting == NULL) {
+        *result = NULL;
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited MetricsMiddleware call");
+        return PYGEN_ERROR;
+    }
+    PySendResult status = PyIter_Send(self->awaiting, value, result);
+    return status == PYGEN_NEXT ? status : call_finished(self, status, result);
+}
+
+/* A method call's end of a step: the value yielded, or StopIteration(value) once the app returned. */
+static PyObject *call_step_result(PySendResult status, PyObject *result, int none_ends) {
+    if (status != PYGEN_RETURN)
+        return result;  /* yielded, or NULL with the exception set */
+    if (result == Py_None && none_ends) {
+        Py_DECREF(result);
+        return NULL;  /* tp_iternext: exhausted, no exception */
+    }
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+    Py_DECREF(result);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    return NULL;
+}
+
+static PyObject *call_iternext(AsgiCall *self) {
+    PyObject *result;
+    PySendResult status = call_am_send(self, Py_None, &result);
+    return call_step_result(status, result, 1);
+}
+
+static PyObject *call_send(AsgiCall *self, PyObject *value) {
+    PyObject *result;
+    PySendResult status = call_am_send(self, value, &result);
+    return call_step_result(status, result, 0);
+}
+
+/* Raise what throw(type[, value]) or throw(exception) names, as a coroutine's throw does. Returns NULL. */
+static PyObject *raise_thrown(PyObject *const *args, Py_ssize_t n) {
+    if (PyExceptionInstance_Check(args[0]))
+        PyErr_SetObject((PyObject *)Py_TYPE(args[0]), args[0]);
+    else if (PyExceptionClass_Check(args[0]))
+        PyErr_SetObject(args[0], n > 1 ? args[1] : NULL);
+    else
+        PyErr_SetString(PyExc_TypeError, "exceptions must be classes or instances deriving from BaseException");
+    return NULL;
+}
+
+/* throw(...): into the app's awaitable, as `await` delegates it; an iterator with no throw of its own
+ * gets the exception raised at the await, as Python does. */
+static PyObject *call_throw(AsgiCall *self, PyObject *const *args, Py_ssize_t n) {
+    if (n < 1 || n > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw(value) or throw(type[, value[, traceback]])");
+        return NULL;
+    }
+    if (self->awaiting == NULL)  /* finished: the exception comes straight back, as from a finished coroutine */
+        return raise_thrown(args, n);
+    PyObject *throw, *result = NULL;
+    int found = _PyObject_LookupAttr(self->awaiting, str_throw, &throw);  /* its error ends the app as one raised */
+    if (found > 0)
+        result = PyObject_Vectorcall(throw, args, n, NULL);
+    else if (found == 0)
+        raise_thrown(args, n);
+    Py_XDECREF(throw);
+    if (result != NULL)
+        return result;  /* the app caught it and awaits again */
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        call_finished(self, PYGEN_ERROR, &result);
+        return NULL;
+    }
+    PyObject *type, *value, *tb;  /* the app returned: end the request, then hand the StopIteration on */
+    PyErr_Fetch(&type, &value, &tb);
+    result = Py_NewRef(Py_None);
+    if (call_finished(self, PYGEN_RETURN, &result) == PYGEN_ERROR) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return NULL;
+    }
+    Py_DECREF(result);
+    PyErr_Restore(type, value, tb);
+    return NULL;
+}
+
+/* close(): the app's awaitable is closed (GeneratorExit at the await) and the request ends as a failed
+ * one (500), as it would in the coroutine; whatever the app's close raised is raised after. */
+static PyObject *call_close(AsgiCall *self, PyObject *unused) {
+    if (self->awaiting == NULL)
+        Py_RETURN_NONE;
+    PyObject *close, *r = NULL;
+    if (_PyObject_LookupAttr(self->awaiting, str_close, &close) >= 0) {
+        r = close != NULL ? PyObject_CallNoArgs(close) : Py_NewRef(Py_None);
+        Py_XDECREF(close);
+    }
+    Py_CLEAR(self->awaiting);
+    if (r != NULL) {
+        Py_DECREF(r);
+        PyErr_SetNone(PyExc_GeneratorExit);
+    }
+    end_failed(self->request);
+    if (PyErr_ExceptionMatches(PyExc_GeneratorExit)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return NULL;
+}
+
+/* A call dropped while the app still awaited (its task collected): closed, as a coroutine's finalizer does. */
+static void call_finalize(AsgiCall *self) {
+    if (self->awaiting == NULL)
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = call_close(self, NULL);
+    if (r == NULL)
+        PyErr_WriteUnraisable((PyObject *)self);
+    Py_XDECREF(r);
+    PyErr_Restore(type, value, tb);
+}
+
+static int call_traverse(AsgiCall *self, visitproc visit, void *arg) {
+    Py_VISIT(self->awaiting);
+    Py_VISIT(self->request);
+    return 0;
+}
+
+static int call_clear(AsgiCall *self) {
+    Py_CLEAR(self->awaiting);
+    Py_CLEAR(self->request);
+    return 0;
+}
+
+static void call_dealloc(AsgiCall *self) {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0)
+        return;  /* resurrected */
+    PyObject_GC_UnTrack(self);
+    call_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyAsyncMethods call_async = {
+    .am_await = (unaryfunc)Py_NewRef,
+    .am_send = (sendfunc)call_am_send,
+};
+
+static PyMethodDef call_methods[] = {
+    {"send", (PyCFunction)call_send, METH_O, "Resume the app with a value; StopIteration once it returned."},
+    {"throw", (PyCFunction)(void (*)(void))call_throw, METH_FASTCALL, "Raise an exception at the app's await."},
+    {"close", (PyCFunction)call_close, METH_NOARGS, "Close the app's awaitable; the request ends (500)."},
+    {NULL}};
+
+static PyTypeObject AsgiCallType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rockstar_mp._hotpath.AsgiCall",
+    .tp_basicsize = sizeof(AsgiCall),
+    .tp_dealloc = (destructor)call_dealloc,
+    .tp_as_async = &call_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One HTTP request through MetricsMiddleware: the app's awaitable, then the request's end.",
+    .tp_traverse = (traverseproc)call_traverse,
+    .tp_clear = (inquiry)call_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)call_iternext,
+    .tp_methods = call_methods,
+    .tp_finalize = (destructor)call_finalize,
+};
+
+/* The iterator `await` drives for awaitable (a new reference), or NULL with TypeError. */
+static PyObject *awaited_iterator(PyObject *awaitable) {
+    if (PyCoro_CheckExact(awaitable))
+        return Py_NewRef(awaitable);
+    unaryfunc get = Py_TYPE(awaitable)->tp_as_async ? Py_TYPE(awaitable)->tp_as_async->am_await : NULL;
+    PyObject *it = get != NULL ? get(awaitable) : NULL;
+    if (it == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_TypeError, "the ASGI app returned %.100s, which cannot be awaited",
+                     Py_TYPE(awaitable)->tp_name);
+    if (it != NULL && (!PyIter_Check(it) || PyCoro_CheckExact(it))) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned %.100s, not an iterator", Py_TYPE(it)->tp_name);
+        Py_CLEAR(it);
+    }
+    return it;
+}
+
+/* MetricsMiddleware(scope, receive, send): an AsgiCall for an HTTP request; any other scope goes to the
+ * Python middleware's _not_http (WebSockets counted there, lifespan passed through). */
+static PyObject *asgi_call(AsgiMiddleware *self, PyObject *args, PyObject *kwargs) {
+    if ((kwargs != NULL && PyDict_GET_SIZE(kwargs)) || PyTuple_GET_SIZE(args) != 3) {
+        PyErr_Format(PyExc_TypeError, "MetricsMiddleware expected 3 arguments (scope, receive, send), got %zd",
+                     PyTuple_GET_SIZE(args) + (kwargs != NULL ? PyDict_GET_SIZE(kwargs) : 0));
+        return NULL;
+    }
+    PyObject *scope = PyTuple_GET_ITEM(args, 0), *receive = PyTuple_GET_ITEM(args, 1);
+    if (self->cells == NULL || self->app == NULL) {
+        PyErr_Format(PyExc_TypeError, "this %.100s was never initialised: create it by calling the class",
+                     Py_TYPE(self)->tp_name);
+        return NULL;
+    }
+    PyObject *kind = message_item(scope, str_type);
+    int http = kind != NULL ? same_text(kind, str_http) : -1;
+    Py_XDECREF(kind);
+    if (http < 0)
+        return NULL;
+    if (!http)
+        return PyObject_CallMethodObjArgs((PyObject *)self, str_not_http, scope, receive, PyTuple_GET_ITEM(args, 2),
+                                          NULL);
+    PyObject *begin_args[2] = {scope, PyTuple_GET_ITEM(args, 2)};
+    AsgiSend *request = (AsgiSend *)asgi_begin(self, begin_args, 2);
+    if (request == NULL)
+        return NULL;
+    PyObject *app_args[3] = {scope, receive, (PyObject *)request};
+    PyObject *awaitable = PyObject_Vectorcall(self->app, app_args, 3, NULL);
+    PyObject *awaiting = awaitable != NULL ? awaited_iterator(awaitable) : NULL;
+    Py_XDECREF(awaitable);
+    AsgiCall *call = awaiting != NULL ? PyObject_GC_New(AsgiCall, &AsgiCallType) : NULL;
+    if (call == NULL) {
+        Py_XDECREF(awaiting);
+        end_failed(request);
+        Py_DECREF(request);
+        return NULL;
+    }
+    call->awaiting = awaiting;
+    call->request = request;
+    PyObject_GC_Track(call);
+    return (PyObject *)call;
+}
+
 static int asgi_init(AsgiMiddleware *self, PyObject *args, PyObject *kw) {
-    PyObject *cells, *paths, *methods, *tenant, *request_id;
+    PyObject *cells, *paths, *methods, *tenant, *request_id, *client_closed;
     int workload;
     if (kw != NULL && PyDict_GET_SIZE(kw)) {
         PyErr_SetString(PyExc_TypeError, "AsgiMiddleware.__init__ takes positional arguments only");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "O!O!O!SSp:AsgiMiddleware", &PyDict_Type, &cells, &PyDict_Type, &paths,
-                          &PyFrozenSet_Type, &methods, &tenant, &request_id, &workload))
+    if (!PyArg_ParseTuple(args, "O!O!O!SSpO!:AsgiMiddleware", &PyDict_Type, &cells, &PyDict_Type, &paths,
+                          &PyFrozenSet_Type, &methods, &tenant, &request_id, &workload, &PyLong_Type,
+                          &client_closed))
         return -1;
     Py_XSETREF(self->cells, Py_NewRef(cells));
     Py_XSETREF(self->paths, Py_NewRef(paths));
@@ -1841,22 +2142,33 @@ static int asgi_init(AsgiMiddleware *self, PyObject *args, PyObject *kw) {
     Py_XSETREF(self->methods, names);
     Py_XSETREF(self->tenant, Py_NewRef(tenant));
     Py_XSETREF(self->request_id, Py_NewRef(request_id));
+    Py_XSETREF(self->client_closed, Py_NewRef(client_closed));
     self->workload = workload;
+    if (cancelled_error == NULL) {
+        PyObject *asyncio = PyImport_ImportModule("asyncio");
+        cancelled_error = asyncio ? PyObject_GetAttrString(asyncio, "CancelledError") : NULL;
+        Py_XDECREF(asyncio);
+        if (cancelled_error == NULL)
+            return -1;
+    }
     return 0;
 }
 
 static int asgi_traverse(AsgiMiddleware *self, visitproc visit, void *arg) {
+    Py_VISIT(self->app);
     Py_VISIT(self->cells);
     Py_VISIT(self->paths);
     return 0;
 }
 
 static int asgi_clear(AsgiMiddleware *self) {
+    Py_CLEAR(self->app);
     Py_CLEAR(self->cells);
     Py_CLEAR(self->paths);
     Py_CLEAR(self->methods);
     Py_CLEAR(self->tenant);
     Py_CLEAR(self->request_id);
+    Py_CLEAR(self->client_closed);
     return 0;
 }
 
@@ -1870,18 +2182,24 @@ static PyMethodDef asgi_methods[] = {
     {"_begin", (PyCFunction)(void (*)(void))asgi_begin, METH_FASTCALL, "An HTTP request starts: its send."},
     {NULL}};
 
+static PyMemberDef asgi_members[] = {
+    {"app", T_OBJECT_EX, offsetof(AsgiMiddleware, app), 0, "the wrapped ASGI app"},
+    {NULL}};
+
 static PyTypeObject AsgiMiddlewareType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "rockstar_mp._hotpath.AsgiMiddleware",
     .tp_basicsize = sizeof(AsgiMiddleware),
     .tp_dealloc = (destructor)asgi_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The base of asgi.MetricsMiddleware when the accelerator is built: _begin(scope, send).",
+    .tp_call = (ternaryfunc)asgi_call,
+    .tp_doc = "The base of asgi.MetricsMiddleware when the accelerator is built: its __call__ and _begin.",
     .tp_traverse = (traverseproc)asgi_traverse,
     .tp_clear = (inquiry)asgi_clear,
     .tp_init = (initproc)asgi_init,
     .tp_new = PyType_GenericNew,
     .tp_methods = asgi_methods,
+    .tp_members = asgi_members,
 };
 
 /* ---------------------------------------------------------------- module functions */
@@ -2161,7 +2479,7 @@ static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_hotpath",
 
 PyMODINIT_FUNC PyInit__hotpath(void) {
     if (PyType_Ready(&SlabType) < 0 || PyType_Ready(&RequestType) < 0 || PyType_Ready(&MiddlewareType) < 0
-        || PyType_Ready(&AsgiSendType) < 0 || PyType_Ready(&AsgiMiddlewareType) < 0
+        || PyType_Ready(&AsgiSendType) < 0 || PyType_Ready(&AsgiMiddlewareType) < 0 || PyType_Ready(&AsgiCallType) < 0
         || PyType_Ready(&RouteCaptureType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
@@ -2203,7 +2521,13 @@ PyMODINIT_FUNC PyInit__hotpath(void) {
     INTERN(str_code_of, "_code_of");
     INTERN(str_env, "env");
     INTERN(str_req, "req");
+    INTERN(str_http, "http");
+    INTERN(str_not_http, "_not_http");
+    INTERN(str_throw, "throw");
+    INTERN(str_close, "close");
 #undef INTERN
+    if ((status_500 = PyLong_FromLong(500)) == NULL)
+        return NULL;
     Py_INCREF(&SlabType);
     Py_INCREF(&MiddlewareType);
     Py_INCREF(&AsgiMiddlewareType);

@@ -5,7 +5,8 @@ Hypothesis generates batches of HTTP requests and WebSocket sessions: odd method
 (repeated, non-ASCII, of odd shapes), what a router puts in the scope (a route, FastAPI's effective route, a
 Mount, a mounted prefix, no match), statuses (odd ones too), streaming chunks, and apps that complete, stream
 until the client is gone (``http.disconnect``, or a server ``send`` that raises), raise before or after their
-response, send a body after the last, or are cancelled by the server (499). Each batch runs on a real event
+response, send a body after the last, are cancelled by the server (499), or wait after their response's start
+while the server closes its coroutine or drops theirs (counted as failed). Each batch runs on a real event
 loop in two fresh processes attached to fresh segments (tests/apps/asgi_cases.py), one per path; the slabs
 (series, records, in-flight fields) and what the server saw must be the same, and ``http.requests`` must hold
 exactly the status each request must be counted with.
@@ -24,7 +25,7 @@ from tests.apps.asgi_cases import ROUTES
 from tests.helpers import require_hotpath, run_in_both_request_paths
 
 HTTP_APPS = ["complete", "complete", "disconnect", "raise_before", "raise_after", "no_response", "twice",
-             "cancel_before", "cancel_after"]
+             "cancel_before", "cancel_after", "close_after", "drop_after"]
 WEBSOCKET_APPS = ["ws_accept", "ws_deny", "ws_raise"]
 
 texts = st.one_of(st.text(max_size=12), st.text(alphabet="aé€😀", min_size=10, max_size=70))

@@ -215,3 +215,27 @@ def test_a_thread_started_before_the_patch_ends_without_a_traceback():
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ended"
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
+
+
+def test_the_greenlet_dump_touches_no_object_it_does_not_list():
+    """The goroutine dump looks for greenlets among every object, by their type: an object whose
+    ``__class__`` runs code (Django's lazy settings proxies set themselves up, and may raise) is not asked
+    (pytest once failed here when a Django test had left such a proxy behind)."""
+    import greenlet
+
+    from rockstar_mp.profiling.threads import greenlet_dump
+
+    class LazyProxy:
+        touched = 0
+
+        @property
+        def __class__(self):
+            LazyProxy.touched += 1
+            raise RuntimeError("set up on first touch, and that failed")
+
+    proxy = LazyProxy()
+    waiting = greenlet.greenlet(lambda: greenlet.getcurrent().parent.switch())
+    waiting.switch()  # started and suspended: a greenlet the dump lists
+    dump = greenlet_dump()
+    assert LazyProxy.touched == 0 and proxy is not None
+    assert len(dump) >= 1

@@ -32,7 +32,7 @@ FORBIDDEN = (
 C_NUMBERS_ALLOWED = {
     "0", "1", "2", "3", "4", "5", "6", "7",  # tuple positions, counts of its own fields (STATUS_ENTRY_FIELDS)
     "0.0", "1.0", "1e-6", "1e-9",  # arithmetic, sketch.MIN_SECONDS's default until configure()
-    "100", "404",  # HTTP: the status class, Not Found
+    "100", "404", "500",  # HTTP: the status class, Not Found, the server's answer to an app that failed
     "0xC0", "0x80",  # UTF-8 continuation bytes
     "1e9", "1000000000",  # nanoseconds a second: the thread sampler's clocks and wait (cpu_wake)
     "10", "31", "131", "64",  # the resolved status entries' table: a status code's digits, its slot hash, its slots

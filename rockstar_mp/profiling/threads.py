@@ -127,7 +127,9 @@ def greenlet_dump(ids: dict | None = None) -> list[dict]:
     kind = getattr(module, "greenlet", None)
     if not isinstance(kind, type):
         return []
-    greenlets: list[Any] = [o for o in gc.get_objects() if isinstance(o, kind)]
+    # type(o), not isinstance: isinstance reads o.__class__, which a lazy proxy (Django's LazyObject)
+    # answers by setting itself up, and that may raise
+    greenlets: list[Any] = [o for o in gc.get_objects() if issubclass(type(o), kind)]
     found = [g for g in greenlets if g and g.gr_frame is not None]  # started, not dead, not running
     roots = {id(g.parent): g.thread_ident for g in greenlets
              if isinstance(getattr(g, "thread_ident", None), int) and g.parent is not None}

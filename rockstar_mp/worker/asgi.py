@@ -42,10 +42,12 @@ it raised before; the duration histogram gets the session's length. They are not
 session lasting hours would keep the optimizer from ever finding the worker idle) and write no
 workload record. ``lifespan`` (and any other scope type) goes to the app untouched.
 
-Cost: with the C accelerator built, the send the app gets is a C object (``_hotpath.AsgiMiddleware``'s
-``_begin``) doing the per-message work, the counting, the route, the headers and the record; one Python
-coroutine remains (``python -m benchmarks.asgi_overhead``). ``PythonMetricsMiddleware`` is the Python
-path, the reference (tests/test_asgi_paths_agree.py) and what runs without the accelerator.
+Cost: with the C accelerator built, ``__call__`` is C (``_hotpath.AsgiMiddleware``): the send the app gets
+is a C object doing the per-message work, the counting, the route, the headers and the record, and the
+awaitable the server gets is the app's, driven by a C object that ends the request when the app returned
+or raised; no Python frame of ours runs per request (``python -m benchmarks.asgi_overhead``).
+``PythonMetricsMiddleware`` is the Python path, the reference (tests/test_asgi_paths_agree.py) and what
+runs without the accelerator.
 """
 from __future__ import annotations
 
@@ -218,7 +220,7 @@ class _Shared:
         self._routes = _Routes()
         if hotpath is not None and isinstance(self, hotpath.AsgiMiddleware):
             hotpath.AsgiMiddleware.__init__(self, self._cells.cache, self._routes.paths, KNOWN_METHODS,
-                                            self._tenant, self._request_id, workload)
+                                            self._tenant, self._request_id, workload, CLIENT_CLOSED)
 
     # -- the slow paths (the C path asks them what its caches do not hold) --------------------------
     def _cells_of(self, method: str, status: Any, route: str) -> tuple:
@@ -372,19 +374,22 @@ if hotpath is not None:
 
     class MetricsMiddleware(_Shared, _CMiddleware):
         """Counts requests and their durations for any ASGI 3 ``app``, and records workload unless
-        ``workload=False`` (see the module's docstring for what is counted when). This build does the
-        per-message work in C (``rockstar_mp/_hotpath.c``: ``_begin`` makes the send the app gets)."""
+        ``workload=False`` (see the module's docstring for what is counted when). This build's
+        ``__call__`` is C (``rockstar_mp/_hotpath.c``: ``asgi_call``): an HTTP request's awaitable is
+        the app's, run through by a C object that ends the request when the app returned or raised, and
+        the send the app gets is a C object too. No Python frame of ours runs per request."""
 
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
-                return await self._not_http(scope, receive, send)
-            request = self._begin(scope, send)
-            try:
-                await self.app(scope, receive, request)
-            except BaseException as error:
-                request.done(CLIENT_CLOSED if isinstance(error, asyncio.CancelledError) else 500)
-                raise
-            request.done(500)  # a response never completed: what the server answers
+        def __init__(self, app: ASGIApp, workload: bool = True, tenant_header: str = "X-Tenant-ID",
+                     request_id_header: str = "X-Request-ID") -> None:
+            super().__init__(app, workload, tenant_header, request_id_header)
+            # Servers tell an ASGI 3 app by its __call__ being a coroutine function (uvicorn's
+            # interface="auto", asgiref's guarantee_single_callable); a C __call__ is none, so the
+            # instance names one. Calls still go through the type's C __call__.
+            self.__call__ = self._awaited_call
+
+        async def _awaited_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+            """The C ``__call__``, awaited: what ``app.__call__(...)`` runs when called by name."""
+            await _CMiddleware.__call__(self, scope, receive, send)
 else:
     class MetricsMiddleware(_PythonPath):  # type: ignore[no-redef]
         """Counts requests and their durations for any ASGI 3 ``app``, and records workload unless

@@ -310,9 +310,10 @@ class _StreamingBody:
 
 
 def is_asgi_app(app) -> bool:
-    """Is ``app`` clearly an ASGI app: a coroutine function, or an object whose ``__call__`` is one?"""
-    call = inspect.getattr_static(type(app), "__call__", None)
-    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call)
+    """Is ``app`` clearly an ASGI app: a coroutine function, or an object whose ``__call__`` is one (its
+    type's, or one it names itself as the accelerated ASGI ``MetricsMiddleware`` does)?"""
+    calls = (inspect.getattr_static(type(app), "__call__", None), inspect.getattr_static(app, "__call__", None))
+    return inspect.iscoroutinefunction(app) or any(map(inspect.iscoroutinefunction, calls))
 
 
 def _refuse_asgi(app) -> None:

@@ -76,8 +76,8 @@ async def _http_app(scope, receive, send, case):
     await send({"type": "http.response.start", "status": status, "headers": []})
     if app == "raise_after":
         raise AppError("after the start")
-    if app == "cancel_after":
-        await asyncio.Event().wait()
+    if app in ("cancel_after", "close_after", "drop_after"):
+        await asyncio.Event().wait()  # until the server cancels, closes or drops it
     last = app in ("complete", "twice")
     for k, chunk in enumerate(chunks):
         await send({"type": "http.response.body", "body": chunk, "more_body": not (last and k == len(chunks) - 1)})
@@ -130,6 +130,8 @@ async def serve(app, case: dict) -> list:
 
     CURRENT["case"] = case
     scope = {"type": case["type"], "asgi": {"version": "3.0"}, **case["scope"]}
+    if case["app"] in ("close_after", "drop_after"):
+        return _close_or_drop(app, scope, receive, send, case["app"], outcome)
     task = asyncio.ensure_future(app(scope, receive, send))
     if case["app"].startswith("cancel"):
         while not task.done() and not (outcome or case["app"] == "cancel_before"):
@@ -140,6 +142,27 @@ async def serve(app, case: dict) -> list:
         await task
     except BaseException as exc:  # noqa: BLE001 - what is raised is part of the outcome compared
         outcome.append(f"raised {type(exc).__name__}")
+    return outcome
+
+
+def _close_or_drop(app, scope, receive, send, how: str, outcome: list) -> list:
+    """The app runs until it waits after its response's start; then the server's coroutine that awaits
+    it is closed (``close_after``: the close reaches the app's awaitable through the await), or the app's
+    awaitable is dropped (``drop_after``: its finalizer closes it, as for a coroutine a server lost)."""
+
+    async def server_side():
+        await app(scope, receive, send)
+
+    awaiting = server_side() if how == "close_after" else app(scope, receive, send)
+    try:
+        awaiting.send(None)  # what it yields (the app's wait) is not the loop's business here
+    except BaseException as exc:  # noqa: BLE001 - a server send that raised: part of the outcome compared
+        outcome.append(f"raised {type(exc).__name__}")
+        return outcome
+    if how == "close_after":
+        awaiting.close()
+    del awaiting
+    outcome.append(how)
     return outcome
 
 
