@@ -23,7 +23,11 @@ import hashlib, json, signal, sys, threading, time
 from rockstar_mp.profiling import frames, samplers
 from tests.helpers import poll
 
-BUFFER = bytes(8 << 20)
+# 64 MiB: a hash long enough (some 35 ms with SHA-NI) that the hashing thread takes the GIL back a few
+# dozen times a second; with 8 MiB (4 ms a hash on such a CPU) it won the GIL from the woken sampler
+# nearly every time, which then woke 17-20 times a second instead of 100 (the sampler's own accounting was
+# right; CPython's GIL handoff on two busy CPUs was what the test measured)
+BUFFER = bytes(64 << 20)
 
 class Burner(threading.Thread):
     # burns CPU in Python arithmetic, or hashing (the GIL released): the two run side by side
